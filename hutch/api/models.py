@@ -1,0 +1,169 @@
+"""Wire types shared by the SDK and the engine: requests, responses and stream events.
+
+Every request body is validated by these models in the engine, so a wrong type is answered
+with a 422 validation error naming the field, never a 500.  Streams are NDJSON: one
+:class:`OutputEvent` per line, ending with an event that carries ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+API_VERSION = "1"
+DEFAULT_SANDBOX_TIMEOUT = 300.0
+MAX_TIMEOUT = 24 * 3600.0
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+SandboxState = Literal["creating", "running", "exited"]
+ExitReason = Literal["exited", "terminated", "timeout", "lost", "failed"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for key, value in env.items():
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
+    return env
+
+
+def _check_argv(argv: list[str]) -> list[str]:
+    if any("\0" in a for a in argv):
+        raise ValueError("arguments may not contain NUL bytes")
+    return argv
+
+
+def _check_workdir(path: str | None) -> str | None:
+    if path is not None and (not path.startswith("/") or "\0" in path):
+        raise ValueError("workdir must be an absolute path")
+    return path
+
+
+class CreateSandboxRequest(_Wire):
+    app_id: str | None = None
+    app_name: str | None = None
+    name: str | None = None
+    image: str | None = None
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    timeout: float = Field(default=DEFAULT_SANDBOX_TIMEOUT, gt=0, le=MAX_TIMEOUT)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(
+                "sandbox names are 1-63 characters of letters, digits, '.', '_' and '-'"
+            )
+        return v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _argv(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("entrypoint must not be empty")
+        return None if v is None else _check_argv(v)
+
+    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
+    _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
+
+
+class SandboxInfo(_Wire):
+    sandbox_id: str
+    app_id: str
+    name: str | None
+    state: SandboxState
+    image: str
+    created_at: float
+    finished_at: float | None = None
+    returncode: int | None = None
+    exit_reason: ExitReason | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    timeout: float
+    runtime: str
+
+
+class SandboxList(_Wire):
+    sandboxes: list[SandboxInfo]
+
+
+class SetTagsRequest(_Wire):
+    tags: dict[str, str]
+
+
+class TerminateRequest(_Wire):
+    grace_period: float = Field(default=3.0, ge=0, le=60)
+
+
+class ExecRequest(_Wire):
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
+    stdin: bool = False
+
+    _argv = field_validator("argv")(classmethod(lambda cls, v: _check_argv(v)))
+    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
+    _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
+
+
+class ExecInfo(_Wire):
+    exec_id: str
+    sandbox_id: str
+    argv: list[str]
+    state: Literal["running", "exited"]
+    returncode: int | None = None
+    timed_out: bool = False
+
+
+class OutputEvent(_Wire):
+    """One line of an NDJSON output stream.
+
+    ``fd`` is 1 (stdout) or 2 (stderr) and ``data`` the bytes, base64-encoded; the last event
+    of a finished stream has ``exit_code`` set instead.
+    """
+
+    fd: int | None = None
+    data: str | None = None
+    exit_code: int | None = None
+
+
+class AppInfo(_Wire):
+    app_id: str
+    name: str
+
+
+class LookupAppRequest(_Wire):
+    name: str
+    create_if_missing: bool = False
+
+
+class EngineInfo(_Wire):
+    version: str
+    api_version: str
+    pid: int
+    runtime: str
+    runtime_fallback_reason: str | None
+    userns_mode: str
+    data_dir: str
+    default_image: str
+
+
+class ErrorBody(_Wire):
+    """Every error the engine answers: a stable ``type`` the SDK maps to an exception."""
+
+    type: Literal[
+        "not_found", "already_exists", "invalid", "conflict", "engine", "timeout", "image_build"
+    ]
+    message: str

@@ -1,0 +1,143 @@
+"""One command running in a sandbox: its OCI exec process, output buffer, stdin and timeout.
+
+The output of an exec is kept as an ordered list of ``(fd, bytes)`` chunks, appended as the
+pipes produce them, so any number of readers can follow it from any offset and a reader
+that connects late still sees everything.  Readers are woken by a trio event that is
+replaced at each append.  A timeout kills the exec's whole process tree
+(:mod:`hutch.engine.proctree`), then records 124, like coreutils' ``timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from hutch.engine import proctree
+from hutch.engine.errors import Conflict
+
+log = logging.getLogger("hutch.exec")
+
+EXEC_TIMEOUT_CODE = 124
+#: Output beyond this many unread bytes pauses the pipes until a reader catches up.
+MAX_BUFFERED = 16 << 20
+
+
+class ExecSession:
+    def __init__(self, exec_id: str, sandbox_id: str, argv: list[str],
+                 process: trio.Process, pid_file: Path, marker: bytes, pidns: int | None,
+                 timeout: float | None) -> None:
+        self.exec_id = exec_id
+        self.sandbox_id = sandbox_id
+        self.argv = argv
+        self.process = process
+        self.pid_file = pid_file
+        self.marker = marker
+        self.pidns = pidns
+        self.timeout = timeout
+        self.chunks: list[tuple[int, bytes]] = []
+        self.buffered = 0
+        self.read_offset = 0
+        self.consumed = 0
+        self.returncode: int | None = None
+        self.timed_out = False
+        self.done = trio.Event()
+        self._changed = trio.Event()
+        self._drained = trio.Event()
+
+    # output ----------------------------------------------------------------------------
+    def _append(self, fd: int, data: bytes) -> None:
+        self.chunks.append((fd, data))
+        self.buffered += len(data)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _pump(self, stream: trio.abc.ReceiveStream | None, fd: int) -> None:
+        if stream is None:
+            return
+        async with stream:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                self._append(fd, data)
+                while self.buffered - self.consumed > MAX_BUFFERED:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+
+    async def follow(self, start: int = 0) -> AsyncIterator[tuple[int, int, bytes]]:
+        """Yield ``(index, fd, data)`` from chunk ``start`` on until the exec has ended."""
+        index = start
+        while True:
+            while index < len(self.chunks):
+                fd, data = self.chunks[index]
+                index += 1
+                if index > self.read_offset:
+                    self.read_offset = index
+                    self.consumed += len(data)
+                    self._drained.set()
+                yield index, fd, data
+            if self.done.is_set() and index >= len(self.chunks):
+                return
+            await self._changed.wait()
+
+    # stdin ------------------------------------------------------------------------------
+    async def write_stdin(self, data: bytes, eof: bool) -> None:
+        stdin = self.process.stdin
+        if stdin is None:
+            raise Conflict("this exec was started without stdin")
+        if self.done.is_set():
+            raise Conflict("the process has already exited")
+        try:
+            if data:
+                await stdin.send_all(data)
+            if eof:
+                await stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise Conflict(f"stdin is closed: {exc}") from exc
+
+    # lifetime ---------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def kill_tree(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            proctree.kill_tree(pid, self.marker, self.pidns)
+
+    async def run(self) -> int:
+        """Pump output until the exec ends (or times out); returns its exit code."""
+        deadline = math.inf if self.timeout is None else trio.current_time() + self.timeout
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, self.process.stdout, 1)
+                nursery.start_soon(self._pump, self.process.stderr, 2)
+                with trio.move_on_at(deadline) as scope:
+                    await self.process.wait()
+                if scope.cancelled_caught:
+                    self.timed_out = True
+                    await trio.to_thread.run_sync(self.kill_tree)
+                    with trio.CancelScope(shield=True):
+                        await self.process.wait()
+        finally:
+            if self.process.returncode is None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.kill_tree)
+                    self.process.kill()
+                    await self.process.wait()
+            with contextlib.suppress(OSError):
+                os.unlink(self.pid_file)
+        rc = self.process.returncode
+        assert rc is not None
+        self.returncode = EXEC_TIMEOUT_CODE if self.timed_out else (128 - rc if rc < 0 else rc)
+        self.done.set()
+        self._changed.set()
+        return self.returncode

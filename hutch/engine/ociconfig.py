@@ -1,0 +1,172 @@
+"""Typed models of the OCI runtime-spec ``config.json`` and the sandbox defaults.
+
+Only the parts hutch sets are modelled; ``to_json`` drops unset fields, so what is written is
+a valid runtime-spec document (the tests validate it against the official JSON schema).
+The defaults follow podman: its capability set, runc's masked and read-only ``/proc`` paths,
+``no_new_privs``, and fresh pid, mount, ipc, uts, cgroup and network namespaces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OCI_VERSION = "1.0.2"
+
+#: podman's default capability set (containers.conf ``default_capabilities``).
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+]
+
+#: runc's default masked paths (runc spec / libcontainer defaults).
+MASKED_PATHS = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+
+#: runc's default read-only paths.
+READONLY_PATHS = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+]
+
+NAMESPACES = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class User(_Model):
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] | None = Field(default=None, alias="additionalGids")
+
+
+class Capabilities(_Model):
+    bounding: list[str]
+    effective: list[str]
+    permitted: list[str]
+    inheritable: list[str] = Field(default_factory=list)
+    ambient: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def default(cls) -> Capabilities:
+        caps = list(DEFAULT_CAPABILITIES)
+        return cls(bounding=caps, effective=caps, permitted=caps)
+
+
+class Rlimit(_Model):
+    type: str
+    hard: int
+    soft: int
+
+
+class Process(_Model):
+    terminal: bool = False
+    user: User = Field(default_factory=User)
+    args: list[str]
+    env: list[str]
+    cwd: str = "/"
+    capabilities: Capabilities = Field(default_factory=Capabilities.default)
+    rlimits: list[Rlimit] | None = None
+    no_new_privileges: bool = Field(default=True, alias="noNewPrivileges")
+
+
+class Root(_Model):
+    path: str
+    readonly: bool = False
+
+
+class Mount(_Model):
+    destination: str
+    type: str | None = None
+    source: str | None = None
+    options: list[str] | None = None
+
+
+class Namespace(_Model):
+    type: str
+    path: str | None = None
+
+
+class Linux(_Model):
+    namespaces: list[Namespace]
+    masked_paths: list[str] = Field(default_factory=lambda: list(MASKED_PATHS), alias="maskedPaths")
+    readonly_paths: list[str] = Field(
+        default_factory=lambda: list(READONLY_PATHS), alias="readonlyPaths"
+    )
+
+
+class Spec(_Model):
+    oci_version: str = Field(default=OCI_VERSION, alias="ociVersion")
+    process: Process
+    root: Root
+    hostname: str
+    mounts: list[Mount]
+    linux: Linux
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def default_mounts(etc_files: dict[str, str], *, devpts_gid: bool) -> list[Mount]:
+    """The standard container mounts plus read-only binds of generated ``/etc`` files."""
+    devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
+    if devpts_gid:
+        devpts.append("gid=5")
+    mounts = [
+        Mount(destination="/proc", type="proc", source="proc"),
+        Mount(destination="/dev", type="tmpfs", source="tmpfs",
+              options=["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        Mount(destination="/dev/pts", type="devpts", source="devpts", options=devpts),
+        Mount(destination="/dev/shm", type="tmpfs", source="shm",
+              options=["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        Mount(destination="/dev/mqueue", type="mqueue", source="mqueue",
+              options=["nosuid", "noexec", "nodev"]),
+        Mount(destination="/sys", type="sysfs", source="sysfs",
+              options=["nosuid", "noexec", "nodev", "ro"]),
+    ]
+    for dest, src in sorted(etc_files.items()):
+        mounts.append(Mount(destination=dest, type="bind", source=src,
+                            options=["rbind", "ro", "nosuid", "nodev", "noexec"]))
+    return mounts
+
+
+def process_spec(args: list[str], env: dict[str, str], cwd: str) -> Process:
+    return Process(args=args, env=[f"{k}={v}" for k, v in env.items()], cwd=cwd)
+
+
+def sandbox_spec(
+    *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool
+) -> Spec:
+    return Spec(
+        process=process,
+        root=Root(path=rootfs),
+        hostname=hostname,
+        mounts=default_mounts(etc_files, devpts_gid=devpts_gid),
+        linux=Linux(namespaces=[Namespace(type=t) for t in NAMESPACES]),
+    )

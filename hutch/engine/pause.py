@@ -1,0 +1,174 @@
+"""The engine's namespace holder, reaper and daemon supervisor (``python -m hutch.engine.pause``).
+
+Like podman's pause process, this small long-lived process owns the user namespace (for a
+non-root user) and the mount namespace in which the engine mounts overlay root
+filesystems.  Unlike podman's it also
+
+* is the *child subreaper* for every sandbox: when ``crun run --detach`` exits, the
+  sandbox's init process is re-parented here, so its exit status is collected even while
+  the daemon is down, and written to ``<runtime>/exits/<pid>`` for the daemon to read;
+* starts the trio daemon as its own child (on start and on ``SIGUSR1``), so the daemon is
+  born inside the namespaces instead of joining them with setns(2), which a multi-threaded
+  Python process cannot do for a user namespace.
+
+A daemon killed with SIGKILL therefore loses nothing: the namespaces, the mounts and the
+sandboxes stay here, and the next daemon finds them.  ``SIGTERM`` stops the daemon and
+then this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from hutch.engine import linux, userns
+
+log = logging.getLogger("hutch.pause")
+
+_HANDLED = {signal.SIGCHLD, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
+
+
+def _enter_namespaces(runtime: Path) -> dict[str, object]:
+    """Unshare user (if unprivileged) and mount namespaces; return a description."""
+    if os.geteuid() == 0:
+        linux.unshare(linux.CLONE_NEWNS)
+        mode = "root"
+    else:
+        plan = userns.plan_for_current_user()
+        mode = "subuid" if plan.full else "single"
+        if plan.full:
+            ready_r, ready_w = os.pipe()
+            done_r, done_w = os.pipe()
+            parent = os.getpid()
+            child = os.fork()
+            if child == 0:  # stays in the parent namespace to run newuidmap for us
+                os.close(ready_w)
+                os.close(done_r)
+                os.read(ready_r, 1)
+                try:
+                    userns.apply_full_map(parent, plan)
+                    os.write(done_w, b"ok")
+                except Exception as exc:
+                    os.write(done_w, f"error: {exc}".encode()[:500])
+                os._exit(0)
+            os.close(ready_r)
+            os.close(done_w)
+            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+            os.write(ready_w, b"x")
+            result = os.read(done_r, 600).decode()
+            os.waitpid(child, 0)
+            if result != "ok":
+                raise RuntimeError(f"mapping the subordinate ids failed: {result}")
+        else:
+            log.warning(
+                "no /etc/subuid and /etc/subgid range for uid %d (or newuidmap missing): "
+                "mapping a single uid; images with files of other owners will not work. "
+                "Fix: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 <user>",
+                plan.uid,
+            )
+            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+            userns.apply_single_map(plan)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        if mode == "subuid":
+            os.setgroups([])
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    uid_map = Path("/proc/self/uid_map").read_text().split()
+    return {"mode": mode, "uid_map": uid_map, "pid": os.getpid()}
+
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+class Pause:
+    def __init__(self, runtime: Path, log_path: Path) -> None:
+        self.runtime = runtime
+        self.exits = runtime / "exits"
+        self.log_path = log_path
+        self.daemon_pid: int | None = None
+        self.stopping = False
+
+    def spawn_daemon(self) -> None:
+        if self.daemon_pid is not None:
+            return
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            self.daemon_pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-m", "hutch.engine.serve"],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, null, 0),
+                    (os.POSIX_SPAWN_DUP2, fd, 1),
+                    (os.POSIX_SPAWN_DUP2, fd, 2),
+                ],
+                setsigmask=set(),
+            )
+        finally:
+            os.close(fd)
+            os.close(null)
+        log.info("started engine daemon pid %d", self.daemon_pid)
+
+    def record_exit(self, pid: int, status: int) -> None:
+        if pid == self.daemon_pid:
+            log.info("engine daemon pid %d ended with %d", pid, _exit_code(status))
+            self.daemon_pid = None
+            (self.runtime / "daemon.exit").write_text(str(_exit_code(status)))
+            return
+        tmp = self.exits / f".{pid}.tmp"
+        tmp.write_text(json.dumps({"pid": pid, "code": _exit_code(status), "at": time.time()}))
+        tmp.rename(self.exits / str(pid))
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.record_exit(pid, status)
+
+    def run(self) -> int:
+        self.spawn_daemon()
+        while True:
+            signum = signal.sigwait(_HANDLED)
+            if signum == signal.SIGCHLD:
+                self.reap()
+                if self.stopping and self.daemon_pid is None:
+                    return 0
+            elif signum == signal.SIGUSR1 and not self.stopping:
+                self.spawn_daemon()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.stopping = True
+                if self.daemon_pid is None:
+                    return 0
+                os.kill(self.daemon_pid, signal.SIGTERM)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s pause %(levelname)s %(message)s")
+    runtime = Path(os.environ["HUTCH_RUNTIME_DIR"])
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+    (runtime / "exits").mkdir(parents=True, exist_ok=True)
+    info = _enter_namespaces(runtime)
+    linux.set_child_subreaper()
+    os.umask(0o077)
+    (runtime / "userns.json").write_text(json.dumps(info))
+    (runtime / "pause.pid").write_text(str(os.getpid()))
+    log.info("namespaces ready: %s", info)
+    code = Pause(runtime, runtime / "engine.log").run()
+    (runtime / "pause.pid").unlink(missing_ok=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Per-sandbox root filesystems: overlayfs over the image's shared, read-only layers.
+
+Each sandbox gets only an upper and a work directory of its own; the image's unpacked
+layer directories are the lowerdirs, shared by every sandbox.  The engine mounts overlayfs
+itself, as root of its user namespace (Linux >= 5.11 allows it there), with one mount(2)
+call and no helper process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hutch.engine import linux
+from hutch.engine.errors import Invalid
+
+
+@dataclass(frozen=True)
+class SandboxDirs:
+    """The directory layout of one sandbox (also its OCI bundle)."""
+
+    root: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def execs(self) -> Path:
+        return self.root / "execs"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "init.pid"
+
+
+def mount_rootfs(dirs: SandboxDirs, layers: list[Path]) -> None:
+    """Create the sandbox's directories and mount its overlay root filesystem."""
+    for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs):
+        d.mkdir(parents=True, exist_ok=True)
+    # overlayfs lists lowerdirs top first; image layers are stored bottom first.
+    lower = ":".join(str(p) for p in reversed(layers))
+    linux.mount("overlay", str(dirs.merged), "overlay", linux.MS_NODEV,
+                f"lowerdir={lower},upperdir={dirs.upper},workdir={dirs.work}")
+
+
+def unmount_rootfs(dirs: SandboxDirs, *, keep_logs: bool = True) -> None:
+    """Unmount the overlay and remove everything but the entrypoint's logs."""
+    try:
+        linux.umount(str(dirs.merged), linux.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs):
+        shutil.rmtree(d, ignore_errors=True)
+    for f in ("config.json", "init.pid", "runtime.log"):
+        (dirs.root / f).unlink(missing_ok=True)
+    if not keep_logs:
+        shutil.rmtree(dirs.root, ignore_errors=True)
+
+
+def make_dirs_inside(root: Path, path: str) -> None:
+    """``mkdir -p path`` inside ``root`` without following symlinks out of it.
+
+    Every component is opened relative to its parent with O_NOFOLLOW, so a symlink in the
+    image can never redirect the creation to a host path; such a path is refused.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise Invalid(f"workdir {path!r} may not contain '..'")
+    fd = os.open(root, os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        for part in parts:
+            try:
+                nfd = os.open(part, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nfd = os.open(part, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Invalid(
+                        f"workdir {path!r}: {part!r} is a symlink or not a directory"
+                    ) from exc
+                raise
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
+def write_etc_files(dirs: SandboxDirs, hostname: str) -> dict[str, str]:
+    """Generate /etc/hostname, /etc/hosts and /etc/resolv.conf; returns dest -> source."""
+    files = {
+        "/etc/hostname": f"{hostname}\n",
+        "/etc/hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n",
+        "/etc/resolv.conf": _resolv_conf(),
+    }
+    out = {}
+    for dest, text in files.items():
+        src = dirs.etc / Path(dest).name
+        src.write_text(text)
+        src.chmod(0o644)
+        out[dest] = str(src)
+    return out
+
+
+def _resolv_conf() -> str:
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""

@@ -1,0 +1,50 @@
+"""The OCI runtime interface the engine programs against.
+
+As in podman, the runtime adapter is thin and holds no lifecycle state: it turns calls into
+runtime command lines and runtime failures into :class:`RuntimeCommandError`.  Locking, state
+checks and persistence live above it, in the sandbox manager.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+
+class RuntimeCommandError(Exception):
+    """An OCI runtime command failed; carries the command line and what it printed."""
+
+    def __init__(self, argv: list[str], code: int, stderr: str) -> None:
+        self.argv = argv
+        self.code = code
+        self.stderr = stderr.strip()
+        super().__init__(f"{' '.join(argv[:4])} ... exited {code}: {self.stderr[-800:]}")
+
+
+class OCIRuntime(Protocol):
+    """create/start/run, exec, kill, delete and state for one runtime binary."""
+
+    name: str
+    binary: str
+
+    async def create(self, cid: str, bundle: Path, *, stdout: int, stderr: int,
+                     pid_file: Path) -> None: ...
+
+    async def start(self, cid: str) -> None: ...
+
+    async def run_detached(self, cid: str, bundle: Path, *, stdout: int, stderr: int,
+                           pid_file: Path) -> None:
+        """create + start in one runtime invocation (the fast path)."""
+
+    async def exec(self, cid: str, process_json: Path, *, pid_file: Path,
+                   stdin: bool) -> trio.Process:
+        """Start a process in the container; the caller owns the returned process."""
+
+    async def kill(self, cid: str, signal: int) -> None: ...
+
+    async def delete(self, cid: str, *, force: bool = True) -> None: ...
+
+    async def state(self, cid: str) -> dict[str, Any] | None:
+        """The runtime's state document, or None when the container does not exist."""

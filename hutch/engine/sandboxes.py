@@ -1,0 +1,333 @@
+"""Sandbox lifecycle: create, supervise, exec, terminate, and recover after a restart.
+
+Each running sandbox has one supervisor task in the daemon's nursery.  It waits on a pidfd
+of the sandbox's init process (or the sandbox's deadline), then records the outcome exactly
+once, in this order of precedence: terminated (137), timed out (124), the command's own
+code (128+n for signal n).  The exit status itself is collected by the pause process, the
+sandboxes' subreaper, which keeps it in ``<runtime>/exits/<pid>`` even while no daemon runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from hutch.api.models import CreateSandboxRequest, ExecRequest
+from hutch.engine import ociconfig, rootfs
+from hutch.engine.errors import Conflict, Invalid, NotFound
+from hutch.engine.execs import ExecSession
+from hutch.engine.images import ImageService
+from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
+from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
+
+log = logging.getLogger("hutch.sandbox")
+
+DEFAULT_ENTRYPOINT = ["sleep", "infinity"]
+TIMEOUT_CODE = 124
+TERMINATED_CODE = 137
+
+
+@dataclass
+class LiveSandbox:
+    """What the daemon knows of a running sandbox beyond its database row."""
+
+    sandbox_id: str
+    dirs: rootfs.SandboxDirs
+    pid: int
+    pidfd: int | None
+    deadline: float
+    default_entrypoint: bool
+    env: dict[str, str]
+    workdir: str
+    terminating: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def pidns(self) -> int | None:
+        try:
+            return os.stat(f"/proc/{self.pid}/ns/pid").st_ino
+        except OSError:
+            return None
+
+    def signal(self, sig: int) -> None:
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class SandboxManager:
+    def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
+                 data_dir: Path, runtime_dir: Path, devpts_gid: bool,
+                 nursery: trio.Nursery) -> None:
+        self.store = store
+        self.images = images
+        self.runtime = runtime
+        self.sandboxes_dir = data_dir / "sandboxes"
+        self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        self.exits_dir = runtime_dir / "exits"
+        self.devpts_gid = devpts_gid
+        self.nursery = nursery
+        self.live: dict[str, LiveSandbox] = {}
+        self.execs: dict[str, ExecSession] = {}
+
+    def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs:
+        return rootfs.SandboxDirs(self.sandboxes_dir / sandbox_id)
+
+    # create ----------------------------------------------------------------------------
+    def _app_id(self, req: CreateSandboxRequest) -> str:
+        if req.app_id is not None:
+            return self.store.app_by_id(req.app_id)[0]
+        return self.store.app_by_name(req.app_name or DEFAULT_APP, create=True)[0]
+
+    async def create(self, req: CreateSandboxRequest) -> SandboxRow:
+        app_id = self._app_id(req)
+        image = await self.images.resolve(req.image)
+        sandbox_id = new_id("sb")
+        env = {**image.env, **req.env}
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env.setdefault("HOSTNAME", sandbox_id)
+        workdir = req.workdir or image.workdir or "/"
+        argv = req.entrypoint or list(DEFAULT_ENTRYPOINT)
+        spec_record = {"env": env, "workdir": workdir, "argv": argv,
+                       "default_entrypoint": req.entrypoint is None}
+        self.store.insert_sandbox(
+            sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
+            spec=spec_record, timeout=req.timeout, runtime=self.runtime.name, tags=req.tags,
+        )
+        dirs = self.dirs(sandbox_id)
+        try:
+            pid = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env, workdir)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._cleanup(sandbox_id, dirs)
+                self.store.mark_exited(sandbox_id, None, "failed")
+            if isinstance(exc, RuntimeCommandError):
+                raise Invalid(f"the sandbox could not start: {exc.stderr}") from exc
+            raise
+        self.store.mark_running(sandbox_id, pid)
+        row = self.store.sandbox(sandbox_id)
+        self._supervise(row)
+        return row
+
+    async def _start(self, sandbox_id: str, dirs: rootfs.SandboxDirs, layers: list[Path],
+                     argv: list[str], env: dict[str, str], workdir: str) -> int:
+        dirs.root.mkdir(parents=True)
+        rootfs.mount_rootfs(dirs, layers)
+        rootfs.make_dirs_inside(dirs.merged, workdir)
+        etc = rootfs.write_etc_files(dirs, sandbox_id)
+        spec = ociconfig.sandbox_spec(
+            rootfs=str(dirs.merged), hostname=sandbox_id,
+            process=ociconfig.process_spec(argv, env, workdir), etc_files=etc,
+            devpts_gid=self.devpts_gid,
+        )
+        (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+        out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            await self.runtime.run_detached(sandbox_id, dirs.root, stdout=out, stderr=err,
+                                            pid_file=dirs.pid_file)
+        finally:
+            os.close(out)
+            os.close(err)
+        return int(dirs.pid_file.read_text().strip())
+
+    # supervision ----------------------------------------------------------------------------
+    def _supervise(self, row: SandboxRow) -> None:
+        assert row.init_pid is not None
+        try:
+            pidfd: int | None = os.pidfd_open(row.init_pid)
+        except ProcessLookupError:
+            pidfd = None
+        live = LiveSandbox(
+            sandbox_id=row.sandbox_id, dirs=self.dirs(row.sandbox_id), pid=row.init_pid,
+            pidfd=pidfd, deadline=row.deadline,
+            default_entrypoint=bool(row.spec.get("default_entrypoint")),
+            env=row.spec["env"], workdir=row.spec["workdir"],
+        )
+        self.live[row.sandbox_id] = live
+        self.nursery.start_soon(self._supervisor, live)
+
+    async def _supervisor(self, live: LiveSandbox) -> None:
+        timed_out = False
+        if live.pidfd is not None:
+            with trio.move_on_after(max(0.0, live.deadline - time.time())) as scope:
+                await trio.lowlevel.wait_readable(live.pidfd)
+            if scope.cancelled_caught and not live.terminating:
+                timed_out = True
+                live.signal(signal.SIGKILL)
+                await trio.lowlevel.wait_readable(live.pidfd)
+        code = await self._exit_code(live.pid)
+        if live.terminating:
+            self.store.mark_exited(live.sandbox_id, TERMINATED_CODE, "terminated")
+        elif timed_out:
+            self.store.mark_exited(live.sandbox_id, TIMEOUT_CODE, "timeout")
+        else:
+            self.store.mark_exited(live.sandbox_id, code, "exited" if code is not None else "lost")
+        with trio.CancelScope(shield=True):
+            await self._cleanup(live.sandbox_id, live.dirs)
+        if live.pidfd is not None:
+            os.close(live.pidfd)
+        self.live.pop(live.sandbox_id, None)
+        live.done.set()
+        log.info("sandbox %s ended", live.sandbox_id)
+
+    async def _exit_code(self, pid: int, wait: float = 5.0) -> int | None:
+        """The exit code the pause process recorded for ``pid``, waiting briefly for it."""
+        path = self.exits_dir / str(pid)
+        delay = 0.0005
+        with trio.move_on_after(wait):
+            while not path.exists():
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        try:
+            code = int(json.loads(path.read_text())["code"])
+        except (OSError, ValueError, KeyError):
+            log.warning("no exit status recorded for pid %d", pid)
+            return None
+        path.unlink(missing_ok=True)
+        return code
+
+    async def _cleanup(self, sandbox_id: str, dirs: rootfs.SandboxDirs) -> None:
+        for session in [s for s in self.execs.values() if s.sandbox_id == sandbox_id]:
+            session.kill_tree()
+        try:
+            await self.runtime.delete(sandbox_id, force=True)
+        except RuntimeCommandError as exc:
+            if "does not exist" not in exc.stderr and "not found" not in exc.stderr.lower():
+                log.warning("deleting container %s: %s", sandbox_id, exc)
+        try:
+            rootfs.unmount_rootfs(dirs)
+        except OSError as exc:
+            log.warning("cleaning up %s: %s", sandbox_id, exc)
+
+    # terminate / wait ---------------------------------------------------------------------
+    def get(self, sandbox_id: str) -> SandboxRow:
+        return self.store.sandbox(sandbox_id)
+
+    async def terminate(self, sandbox_id: str, grace: float) -> SandboxRow:
+        self.store.sandbox(sandbox_id)  # NotFound for unknown ids
+        live = self.live.get(sandbox_id)
+        if live is not None:
+            live.terminating = True
+            if live.default_entrypoint:
+                grace = 0.0  # `sleep` as pid 1 ignores SIGTERM: do not wait for nothing
+            else:
+                live.signal(signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await live.done.wait()
+            if not live.done.is_set():
+                live.signal(signal.SIGKILL)
+                await live.done.wait()
+        return self.store.sandbox(sandbox_id)
+
+    async def wait(self, sandbox_id: str, timeout: float) -> SandboxRow:
+        self.store.sandbox(sandbox_id)
+        live = self.live.get(sandbox_id)
+        if live is not None:
+            with trio.move_on_after(timeout):
+                await live.done.wait()
+        return self.store.sandbox(sandbox_id)
+
+    async def shutdown_all(self) -> None:
+        async with trio.open_nursery() as n:
+            for sandbox_id in list(self.live):
+                n.start_soon(self.terminate, sandbox_id, 0.0)
+
+    # exec -----------------------------------------------------------------------------------
+    async def exec(self, sandbox_id: str, req: ExecRequest) -> ExecSession:
+        row = self.store.sandbox(sandbox_id)
+        live = self.live.get(sandbox_id)
+        if row.state != "running" or live is None or live.terminating:
+            raise Conflict(f"Sandbox {sandbox_id} has already finished"
+                           if row.state == "exited" else f"Sandbox {sandbox_id} is not running")
+        exec_id = new_id("ex")
+        marker = f"HUTCH_EXEC_ID={exec_id}"
+        env = {**live.env, **req.env}
+        process = ociconfig.process_spec(
+            req.argv, env, req.workdir or live.workdir
+        ).model_copy(update={"env": [f"{k}={v}" for k, v in env.items()] + [marker]})
+        process_json = live.dirs.execs / f"{exec_id}.json"
+        process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
+        pid_file = live.dirs.execs / f"{exec_id}.pid"
+        self.store.insert_exec(exec_id, sandbox_id, req.argv)
+        proc = await self.runtime.exec(sandbox_id, process_json, pid_file=pid_file,
+                                       stdin=req.stdin)
+        session = ExecSession(exec_id, sandbox_id, req.argv, proc, pid_file, marker.encode(),
+                              live.pidns(), req.timeout)
+        self.execs[exec_id] = session
+        self.nursery.start_soon(self._run_exec, session, process_json)
+        return session
+
+    async def _run_exec(self, session: ExecSession, process_json: Path) -> None:
+        try:
+            code = await session.run()
+            self.store.finish_exec(session.exec_id, code, session.timed_out)
+        finally:
+            process_json.unlink(missing_ok=True)
+        # Keep finished sessions readable for a while, then forget them.
+        await trio.sleep(600)
+        self.execs.pop(session.exec_id, None)
+
+    def exec_session(self, exec_id: str) -> ExecSession:
+        session = self.execs.get(exec_id)
+        if session is None:
+            self.store.exec_row(exec_id)  # NotFound when unknown
+            raise Conflict(f"the output of exec {exec_id} is no longer available")
+        return session
+
+    # recovery -------------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Adopt the sandboxes a previous daemon left running; reap the ones that died."""
+        self.store.orphan_execs()
+        for row in self.store.list_sandboxes():
+            dirs = self.dirs(row.sandbox_id)
+            alive = row.state == "running" and row.init_pid is not None and _alive(row.init_pid)
+            if alive:
+                state = await self._runtime_state(row.sandbox_id)
+                alive = state is not None and state.get("pid") == row.init_pid
+            if alive:
+                log.info("adopting running sandbox %s", row.sandbox_id)
+                self._supervise(row)
+                continue
+            code = await self._exit_code(row.init_pid, wait=0) if row.init_pid else None
+            if row.state == "creating":
+                self.store.mark_exited(row.sandbox_id, None, "failed")
+            elif time.time() >= row.deadline and code is None:
+                self.store.mark_exited(row.sandbox_id, TIMEOUT_CODE, "timeout")
+            else:
+                self.store.mark_exited(row.sandbox_id, code, "exited" if code is not None
+                                       else "lost")
+            await self._cleanup(row.sandbox_id, dirs)
+            log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
+
+    async def _runtime_state(self, sandbox_id: str) -> dict[str, object] | None:
+        try:
+            return await self.runtime.state(sandbox_id)
+        except RuntimeCommandError:
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+    return True

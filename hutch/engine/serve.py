@@ -1,0 +1,118 @@
+"""The engine daemon's main (``python -m hutch.engine.serve``), run by the pause process.
+
+It opens the state database, probes the OCI runtime, adopts or reaps the sandboxes a
+previous daemon left, and serves the API on a Unix socket of mode 0600 until SIGTERM.
+SIGTERM stops serving but leaves sandboxes running: a later daemon adopts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from hutch import __version__
+from hutch.api import paths
+from hutch.api.models import API_VERSION, EngineInfo
+from hutch.engine.images import ImageService
+from hutch.engine.runtime.probe import choose_runtime
+from hutch.engine.sandboxes import SandboxManager
+from hutch.engine.server import build_app, stop_pause_process
+from hutch.engine.store import Store
+
+log = logging.getLogger("hutch.engine")
+
+
+def _listen(path: Path) -> socket.socket:
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def run() -> None:
+    runtime_dir, data_dir = paths.runtime_dir(), paths.data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    userns = json.loads((runtime_dir / "userns.json").read_text())
+    store = Store(data_dir / "state.db")
+    images = ImageService(data_dir)
+    probe = await choose_runtime(runtime_dir / "oci-state", images.store.tmp)
+    log.info("runtime %s%s", probe.runtime.name,
+             f" (fallback: {probe.fallback_reason})" if probe.fallback_reason else "")
+    stop = trio.Event()
+    stop_pause = False
+
+    def shutdown() -> None:
+        nonlocal stop_pause
+        stop_pause = True
+        stop.set()
+
+    async with trio.open_nursery() as nursery:
+        manager = SandboxManager(
+            store=store, images=images, runtime=probe.runtime, data_dir=data_dir,
+            runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
+        )
+        await manager.recover()
+
+        def info() -> EngineInfo:
+            return EngineInfo(
+                version=__version__, api_version=API_VERSION, pid=os.getpid(),
+                runtime=probe.runtime.name, runtime_fallback_reason=probe.fallback_reason,
+                userns_mode=userns["mode"], data_dir=str(data_dir),
+                default_image=images.default_ref,
+            )
+
+        sock = _listen(paths.socket_path())
+        config = Config()
+        config.bind = [f"fd://{sock.fileno()}"]
+        config.keep_alive_timeout = 300
+        config.graceful_timeout = 1
+        config.accesslog = None
+        app = build_app(manager, info, shutdown)
+
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    stop.set()
+                    return
+
+        nursery.start_soon(on_signals)
+        await nursery.start(_serve, app, config, stop)
+        log.info("engine %s ready on %s", __version__, paths.socket_path())
+        await stop.wait()
+        nursery.cancel_scope.cancel()
+    store.close()
+    if stop_pause:
+        stop_pause_process(runtime_dir)
+
+
+async def _serve(app: object, config: Config, stop: trio.Event,
+                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s engine %(levelname)s %(name)s: %(message)s")
+    os.umask(0o077)
+    try:
+        trio.run(run)
+    except Exception:
+        log.exception("engine failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

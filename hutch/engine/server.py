@@ -1,0 +1,278 @@
+"""The engine's HTTP API (JSON over a Unix socket), described by OpenAPI at /openapi.json.
+
+Handlers are thin: they validate with the wire models of :mod:`hutch.api.models`, call the
+sandbox manager, and translate :class:`hutch.engine.errors.EngineError` into an
+:class:`ErrorBody` with its status.  Output streams are NDJSON, one event per line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Annotated
+
+import trio
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from hutch import __version__
+from hutch.api.models import (
+    API_VERSION,
+    AppInfo,
+    CreateSandboxRequest,
+    EngineInfo,
+    ErrorBody,
+    ExecInfo,
+    ExecRequest,
+    LookupAppRequest,
+    SandboxInfo,
+    SandboxList,
+    SetTagsRequest,
+    TerminateRequest,
+)
+from hutch.engine.errors import EngineError, Invalid
+from hutch.engine.execs import ExecSession
+from hutch.engine.sandboxes import SandboxManager
+from hutch.engine.store import SandboxRow
+
+log = logging.getLogger("hutch.server")
+
+NDJSON = "application/x-ndjson"
+MAX_STDIN_CHUNK = 16 << 20
+LOG_POLL = 0.005
+
+
+def sandbox_info(row: SandboxRow) -> SandboxInfo:
+    return SandboxInfo(
+        sandbox_id=row.sandbox_id, app_id=row.app_id, name=row.name,
+        state=row.state,  # type: ignore[arg-type]
+        image=row.image, created_at=row.created_at, finished_at=row.finished_at,
+        returncode=row.returncode, exit_reason=row.exit_reason,  # type: ignore[arg-type]
+        tags=row.tags, timeout=row.timeout, runtime=row.runtime,
+    )
+
+
+def exec_info(session: ExecSession) -> ExecInfo:
+    return ExecInfo(
+        exec_id=session.exec_id, sandbox_id=session.sandbox_id, argv=session.argv,
+        state="exited" if session.done.is_set() else "running",
+        returncode=session.returncode, timed_out=session.timed_out,
+    )
+
+
+def _event(**fields: object) -> bytes:
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+def _chunk_event(fd: int, data: bytes) -> bytes:
+    return _event(fd=fd, data=base64.b64encode(data).decode())
+
+
+def _error(status: int, type_: str, message: str) -> JSONResponse:
+    body = ErrorBody(type=type_, message=message)  # type: ignore[arg-type]
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
+              shutdown: Callable[[], None]) -> FastAPI:
+    app = FastAPI(title="hutch engine", version=__version__,
+                  description="Local rootless sandboxes; the API behind the hutch SDK.")
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return _error(exc.status, exc.type, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return _error(422, "invalid", "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return _error(500, "engine", f"internal engine error: {type(exc).__name__}: {exc}")
+
+    # engine ---------------------------------------------------------------------------------
+    @app.get("/v1/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__, "api_version": API_VERSION}
+
+    @app.get("/v1/engine")
+    async def engine_info() -> EngineInfo:
+        return info()
+
+    @app.post("/v1/engine/shutdown")
+    async def engine_shutdown() -> dict[str, str]:
+        await manager.shutdown_all()
+        shutdown()
+        return {"status": "stopping"}
+
+    # apps -----------------------------------------------------------------------------------
+    @app.post("/v1/apps/lookup")
+    async def app_lookup(req: LookupAppRequest) -> AppInfo:
+        app_id, name = manager.store.app_by_name(req.name, create=req.create_if_missing)
+        return AppInfo(app_id=app_id, name=name)
+
+    # sandboxes ------------------------------------------------------------------------------
+    @app.post("/v1/sandboxes")
+    async def create_sandbox(req: CreateSandboxRequest) -> SandboxInfo:
+        return sandbox_info(await manager.create(req))
+
+    @app.get("/v1/sandboxes")
+    async def list_sandboxes(app_id: str | None = None,
+                             tags: Annotated[str | None, Query()] = None) -> SandboxList:
+        tag_filter = _parse_tags(tags)
+        rows = manager.store.list_sandboxes(app_id=app_id, tags=tag_filter)
+        return SandboxList(sandboxes=[sandbox_info(r) for r in rows])
+
+    @app.get("/v1/sandboxes/by-name")
+    async def sandbox_by_name(app_name: str, name: str) -> SandboxInfo:
+        app_id, _ = manager.store.app_by_name(app_name, create=False)
+        return sandbox_info(manager.store.sandbox_by_name(app_id, name))
+
+    @app.get("/v1/sandboxes/{sandbox_id}")
+    async def get_sandbox(sandbox_id: str) -> SandboxInfo:
+        return sandbox_info(manager.get(sandbox_id))
+
+    @app.put("/v1/sandboxes/{sandbox_id}/tags")
+    async def set_tags(sandbox_id: str, req: SetTagsRequest) -> SandboxInfo:
+        manager.store.set_tags(sandbox_id, req.tags)
+        return sandbox_info(manager.get(sandbox_id))
+
+    @app.post("/v1/sandboxes/{sandbox_id}/terminate")
+    async def terminate(sandbox_id: str,
+                        req: Annotated[TerminateRequest | None, Body()] = None) -> SandboxInfo:
+        grace = (req or TerminateRequest()).grace_period
+        return sandbox_info(await manager.terminate(sandbox_id, grace))
+
+    @app.post("/v1/sandboxes/{sandbox_id}/wait")
+    async def wait(sandbox_id: str,
+                   timeout: Annotated[float, Query(ge=0, le=3600)] = 60.0) -> SandboxInfo:
+        return sandbox_info(await manager.wait(sandbox_id, timeout))
+
+    @app.get("/v1/sandboxes/{sandbox_id}/logs")
+    async def logs(sandbox_id: str, follow: bool = True,
+                   fd: Annotated[int | None, Query(ge=1, le=2)] = None) -> StreamingResponse:
+        manager.get(sandbox_id)
+        return StreamingResponse(_follow_logs(manager, sandbox_id, follow, fd),
+                                 media_type=NDJSON)
+
+    # execs ----------------------------------------------------------------------------------
+    @app.post("/v1/sandboxes/{sandbox_id}/execs")
+    async def create_exec(sandbox_id: str, req: ExecRequest) -> ExecInfo:
+        return exec_info(await manager.exec(sandbox_id, req))
+
+    @app.get("/v1/execs/{exec_id}")
+    async def get_exec(exec_id: str) -> ExecInfo:
+        return exec_info(manager.exec_session(exec_id))
+
+    @app.post("/v1/execs/{exec_id}/wait")
+    async def wait_exec(exec_id: str,
+                        timeout: Annotated[float, Query(ge=0, le=3600)] = 60.0) -> ExecInfo:
+        session = manager.exec_session(exec_id)
+        with trio.move_on_after(timeout):
+            await session.done.wait()
+        return exec_info(session)
+
+    @app.get("/v1/execs/{exec_id}/output")
+    async def exec_output(exec_id: str, start: Annotated[int, Query(ge=0)] = 0,
+                          fd: Annotated[int | None, Query(ge=1, le=2)] = None
+                          ) -> StreamingResponse:
+        session = manager.exec_session(exec_id)
+
+        async def events() -> AsyncIterator[bytes]:
+            async for _, chunk_fd, data in session.follow(start):
+                if fd is None or fd == chunk_fd:
+                    yield _chunk_event(chunk_fd, data)
+            yield _event(exit_code=session.returncode)
+
+        return StreamingResponse(events(), media_type=NDJSON)
+
+    @app.post("/v1/execs/{exec_id}/stdin")
+    async def exec_stdin(exec_id: str, request: Request, eof: bool = False) -> ExecInfo:
+        session = manager.exec_session(exec_id)
+        data = b""
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_STDIN_CHUNK:
+                raise Invalid(f"a stdin write is limited to {MAX_STDIN_CHUNK} bytes")
+            if chunk:
+                await session.write_stdin(chunk, eof=False)
+        if eof:
+            await session.write_stdin(b"", eof=True)
+        return exec_info(session)
+
+    @app.post("/v1/execs/{exec_id}/kill")
+    async def kill_exec(exec_id: str) -> ExecInfo:
+        session = manager.exec_session(exec_id)
+        if not session.done.is_set():
+            await trio.to_thread.run_sync(session.kill_tree)
+            await session.done.wait()
+        return exec_info(session)
+
+    return app
+
+
+def _parse_tags(tags: str | None) -> dict[str, str] | None:
+    if tags is None:
+        return None
+    try:
+        parsed = json.loads(tags)
+    except ValueError as exc:
+        raise Invalid("tags must be a JSON object of strings") from exc
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise Invalid("tags must be a JSON object of strings")
+    return parsed
+
+
+async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
+                       only_fd: int | None) -> AsyncIterator[bytes]:
+    """The entrypoint's stdout and stderr, as written, until the sandbox has ended."""
+    dirs = manager.dirs(sandbox_id)
+    offsets = {1: 0, 2: 0}
+    paths = {fd: p for fd, p in ((1, dirs.stdout), (2, dirs.stderr))
+             if only_fd in (None, fd)}
+    while True:
+        live = manager.live.get(sandbox_id)
+        ended = live is None
+        progressed = False
+        for fd, path in paths.items():
+            data = _read_from(path, offsets[fd])
+            if data:
+                offsets[fd] += len(data)
+                progressed = True
+                yield _chunk_event(fd, data)
+        if progressed:
+            continue
+        if ended or not follow:
+            break
+        with trio.move_on_after(LOG_POLL):
+            await live.done.wait()  # type: ignore[union-attr]
+    row = manager.get(sandbox_id)
+    if row.state == "exited" or not follow:
+        yield _event(exit_code=row.returncode)
+
+
+def _read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def stop_pause_process(runtime_dir: Path) -> None:
+    try:
+        pid = int((runtime_dir / "pause.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass

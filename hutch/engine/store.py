@@ -1,0 +1,246 @@
+"""The engine's durable state: apps, sandboxes, names, tags and execs in SQLite (WAL).
+
+State is committed before it is reported, so a daemon killed at any point loses nothing a
+client was told.  A sandbox name is unique among the *live* sandboxes of an app; the
+database enforces it with a partial unique index, so concurrent creates with one name give
+exactly one winner whatever the Python code does.  Calls are short and synchronous: the
+daemon is one trio thread and SQLite answers these in microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hutch.engine.errors import AlreadyExists, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+    app_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    sandbox_id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(app_id),
+    name TEXT,
+    state TEXT NOT NULL CHECK (state IN ('creating', 'running', 'exited')),
+    image TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    init_pid INTEGER,
+    timeout REAL NOT NULL,
+    created_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    finished_at REAL,
+    returncode INTEGER,
+    exit_reason TEXT,
+    runtime TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sandbox_live_name
+    ON sandboxes (app_id, name) WHERE name IS NOT NULL AND state != 'exited';
+CREATE INDEX IF NOT EXISTS sandbox_state ON sandboxes (state);
+CREATE TABLE IF NOT EXISTS sandbox_tags (
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(sandbox_id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (sandbox_id, key)
+);
+CREATE TABLE IF NOT EXISTS execs (
+    exec_id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(sandbox_id) ON DELETE CASCADE,
+    argv TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'exited')),
+    returncode INTEGER,
+    timed_out INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+"""
+
+_ALPHABET = string.ascii_letters + string.digits
+DEFAULT_APP = "default"
+
+
+def new_id(prefix: str) -> str:
+    """Ids like Modal's: a kind prefix and 22 random base-62 characters."""
+    return prefix + "-" + "".join(secrets.choice(_ALPHABET) for _ in range(22))
+
+
+@dataclass
+class SandboxRow:
+    sandbox_id: str
+    app_id: str
+    name: str | None
+    state: str
+    image: str
+    spec: dict[str, Any]
+    init_pid: int | None
+    timeout: float
+    created_at: float
+    deadline: float
+    finished_at: float | None
+    returncode: int | None
+    exit_reason: str | None
+    runtime: str
+    tags: dict[str, str]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # apps -------------------------------------------------------------------------------
+    def app_by_name(self, name: str, *, create: bool) -> tuple[str, str]:
+        row = self.db.execute("SELECT app_id, name FROM apps WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if not create:
+                raise NotFound(f"App {name!r} not found")
+            self.db.execute(
+                "INSERT OR IGNORE INTO apps (app_id, name, created_at) VALUES (?, ?, ?)",
+                (new_id("ap"), name, time.time()),
+            )
+            row = self.db.execute("SELECT app_id, name FROM apps WHERE name = ?",
+                                  (name,)).fetchone()
+        return row["app_id"], row["name"]
+
+    def app_by_id(self, app_id: str) -> tuple[str, str]:
+        row = self.db.execute("SELECT app_id, name FROM apps WHERE app_id = ?",
+                              (app_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"App {app_id!r} not found")
+        return row["app_id"], row["name"]
+
+    # sandboxes --------------------------------------------------------------------------
+    def insert_sandbox(self, *, sandbox_id: str, app_id: str, name: str | None, image: str,
+                       spec: dict[str, Any], timeout: float, runtime: str,
+                       tags: dict[str, str]) -> None:
+        now = time.time()
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute(
+                    "INSERT INTO sandboxes (sandbox_id, app_id, name, state, image, spec, timeout,"
+                    " created_at, deadline, runtime) VALUES (?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?)",
+                    (sandbox_id, app_id, name, image, json.dumps(spec), timeout, now,
+                     now + timeout, runtime),
+                )
+                self.db.executemany(
+                    "INSERT INTO sandbox_tags (sandbox_id, key, value) VALUES (?, ?, ?)",
+                    [(sandbox_id, k, v) for k, v in tags.items()],
+                )
+        except sqlite3.IntegrityError as exc:
+            if "sandboxes.app_id, sandboxes.name" in str(exc) or "UNIQUE" in str(exc):
+                raise AlreadyExists(
+                    f"a running sandbox named {name!r} already exists in this app"
+                ) from exc
+            raise
+
+    def mark_running(self, sandbox_id: str, init_pid: int) -> None:
+        self.db.execute(
+            "UPDATE sandboxes SET state = 'running', init_pid = ? WHERE sandbox_id = ?",
+            (init_pid, sandbox_id),
+        )
+
+    def mark_exited(self, sandbox_id: str, returncode: int | None, reason: str) -> None:
+        """Record the end of a sandbox once: the first recorded outcome wins."""
+        self.db.execute(
+            "UPDATE sandboxes SET state = 'exited', returncode = ?, exit_reason = ?,"
+            " finished_at = ? WHERE sandbox_id = ? AND state != 'exited'",
+            (returncode, reason, time.time(), sandbox_id),
+        )
+
+    def delete_sandbox(self, sandbox_id: str) -> None:
+        self.db.execute("DELETE FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
+
+    def _row(self, row: sqlite3.Row) -> SandboxRow:
+        tags = dict(self.db.execute(
+            "SELECT key, value FROM sandbox_tags WHERE sandbox_id = ?", (row["sandbox_id"],)
+        ).fetchall())
+        data = dict(row)
+        data["spec"] = json.loads(data["spec"])
+        return SandboxRow(**data, tags=tags)
+
+    def sandbox(self, sandbox_id: str) -> SandboxRow:
+        row = self.db.execute("SELECT * FROM sandboxes WHERE sandbox_id = ?",
+                              (sandbox_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"Sandbox {sandbox_id!r} not found")
+        return self._row(row)
+
+    def sandbox_by_name(self, app_id: str, name: str) -> SandboxRow:
+        row = self.db.execute(
+            "SELECT * FROM sandboxes WHERE app_id = ? AND name = ? AND state != 'exited'",
+            (app_id, name),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no running sandbox named {name!r} in this app")
+        return self._row(row)
+
+    def list_sandboxes(self, *, app_id: str | None = None, tags: dict[str, str] | None = None,
+                       states: tuple[str, ...] = ("creating", "running")) -> list[SandboxRow]:
+        sql = f"SELECT * FROM sandboxes WHERE state IN ({','.join('?' * len(states))})"
+        args: list[Any] = list(states)
+        if app_id is not None:
+            sql += " AND app_id = ?"
+            args.append(app_id)
+        for key, value in (tags or {}).items():
+            sql += (" AND EXISTS (SELECT 1 FROM sandbox_tags t WHERE t.sandbox_id ="
+                    " sandboxes.sandbox_id AND t.key = ? AND t.value = ?)")
+            args += [key, value]
+        sql += " ORDER BY created_at DESC"
+        return [self._row(r) for r in self.db.execute(sql, args).fetchall()]
+
+    def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
+        self.sandbox(sandbox_id)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM sandbox_tags WHERE sandbox_id = ?", (sandbox_id,))
+            self.db.executemany(
+                "INSERT INTO sandbox_tags (sandbox_id, key, value) VALUES (?, ?, ?)",
+                [(sandbox_id, k, v) for k, v in tags.items()],
+            )
+
+    # execs ------------------------------------------------------------------------------
+    def insert_exec(self, exec_id: str, sandbox_id: str, argv: list[str]) -> None:
+        self.db.execute(
+            "INSERT INTO execs (exec_id, sandbox_id, argv, state, created_at)"
+            " VALUES (?, ?, ?, 'running', ?)",
+            (exec_id, sandbox_id, json.dumps(argv), time.time()),
+        )
+
+    def finish_exec(self, exec_id: str, returncode: int, timed_out: bool) -> None:
+        self.db.execute(
+            "UPDATE execs SET state = 'exited', returncode = ?, timed_out = ?, finished_at = ?"
+            " WHERE exec_id = ? AND state = 'running'",
+            (returncode, int(timed_out), time.time(), exec_id),
+        )
+
+    def exec_row(self, exec_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM execs WHERE exec_id = ?", (exec_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"exec {exec_id!r} not found")
+        data = dict(row)
+        data["argv"] = json.loads(data["argv"])
+        return data
+
+    def orphan_execs(self) -> None:
+        """Execs running when a daemon died lost their pipes with it; mark them ended."""
+        self.db.execute(
+            "UPDATE execs SET state = 'exited', returncode = -1, finished_at = ?"
+            " WHERE state = 'running'", (time.time(),),
+        )

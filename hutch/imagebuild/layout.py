@@ -1,0 +1,236 @@
+"""A content-addressed image store: a real OCI image layout plus unpacked, shared layers.
+
+``<data>/oci`` is a standard OCI image layout (``oci-layout``, ``index.json``,
+``blobs/sha256``) that ``skopeo inspect oci:<dir>:<ref>`` and umoci read.  Each layer is
+also unpacked once into ``<data>/layers/<diff-id>/``, and that directory is the read-only
+overlayfs lowerdir every sandbox of every image using the layer shares, so starting a
+sandbox never copies an image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+
+
+class ImageNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Image:
+    """A resolved image: its manifest digest and what a sandbox needs to run it."""
+
+    ref: str
+    digest: str
+    layer_dirs: list[Path]
+    env: dict[str, str] = field(default_factory=dict)
+    cmd: list[str] = field(default_factory=list)
+    workdir: str = "/"
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[1]
+
+
+class ImageStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "oci"
+        self.blobs = self.root / "blobs" / "sha256"
+        self.layers = data_dir / "layers"
+        self.tmp = data_dir / "tmp"
+        for d in (self.blobs, self.layers, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "oci-layout").exists():
+            (self.root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        if not (self.root / "index.json").exists():
+            self._write_index({"schemaVersion": 2, "manifests": []})
+
+    # blobs ------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / _hex(digest)
+
+    def put_json(self, doc: dict[str, Any]) -> tuple[str, int]:
+        data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.rename(path)
+        return digest, len(data)
+
+    def read_json(self, digest: str) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.blob_path(digest).read_bytes())
+        return doc
+
+    # index ------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _read_index(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((self.root / "index.json").read_text())
+        return doc
+
+    def _write_index(self, doc: dict[str, Any]) -> None:
+        tmp = self.root / "index.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.rename(self.root / "index.json")
+
+    def tag(self, ref: str, manifest_digest: str, size: int) -> None:
+        with self._locked():
+            index = self._read_index()
+            index["manifests"] = [
+                m for m in index["manifests"]
+                if m.get("annotations", {}).get(REF_ANNOTATION) != ref
+            ]
+            index["manifests"].append({
+                "mediaType": MEDIA_MANIFEST, "digest": manifest_digest, "size": size,
+                "annotations": {REF_ANNOTATION: ref},
+            })
+            self._write_index(index)
+
+    def lookup(self, ref: str) -> str | None:
+        for m in self._read_index()["manifests"]:
+            if m.get("annotations", {}).get(REF_ANNOTATION) == ref or m["digest"] == ref:
+                digest: str = m["digest"]
+                return digest
+        return None
+
+    def refs(self) -> dict[str, str]:
+        return {m.get("annotations", {}).get(REF_ANNOTATION, m["digest"]): m["digest"]
+                for m in self._read_index()["manifests"]}
+
+    # layers -----------------------------------------------------------------------------
+    def commit_layer_dir(self, rootfs: Path) -> tuple[dict[str, Any], str]:
+        """Turn an unpacked directory into a gzip layer blob and a shared layer directory.
+
+        Returns the layer descriptor and the diff id; ``rootfs`` is moved into place.
+        """
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "--sort=name", "-C", str(rootfs), "-cf", "-", "."],
+            stdout=subprocess.PIPE,
+        )
+        assert tar.stdout is not None
+        fd, tmpname = tempfile.mkstemp(dir=self.tmp, suffix=".tar.gz")
+        diff_hash = hashlib.sha256()
+        with os.fdopen(fd, "wb") as raw:
+            with _HashingWriter(raw) as hashed, gzip.GzipFile(
+                fileobj=hashed, mode="wb", compresslevel=1, mtime=0
+            ) as gz:
+                while chunk := tar.stdout.read(1 << 20):
+                    diff_hash.update(chunk)
+                    gz.write(chunk)
+            blob_digest = "sha256:" + hashed.sha.hexdigest()
+            size = hashed.size
+        if tar.wait() != 0:
+            os.unlink(tmpname)
+            raise RuntimeError(f"tar of {rootfs} failed with {tar.returncode}")
+        os.rename(tmpname, self.blob_path(blob_digest))
+        diff_id = "sha256:" + diff_hash.hexdigest()
+        target = self.layers / _hex(diff_id)
+        if target.exists():
+            shutil.rmtree(rootfs)
+        else:
+            rootfs.rename(target)
+        return {"mediaType": MEDIA_LAYER_GZIP, "digest": blob_digest, "size": size}, diff_id
+
+    def ensure_unpacked(self, layer_digest: str, diff_id: str) -> Path:
+        """The shared directory of a layer, unpacking its blob once if needed."""
+        target = self.layers / _hex(diff_id)
+        if target.exists():
+            return target
+        work = Path(tempfile.mkdtemp(dir=self.tmp, prefix="unpack-"))
+        subprocess.run(
+            ["tar", "--numeric-owner", "-xzf", str(self.blob_path(layer_digest)), "-C", str(work)],
+            check=True, capture_output=True,
+        )
+        try:
+            work.rename(target)
+        except OSError:
+            shutil.rmtree(work)  # another build unpacked it first
+        return target
+
+    def write_image(self, ref: str, layers: list[tuple[dict[str, Any], str]],
+                    config: dict[str, Any]) -> str:
+        """Write the config and manifest blobs for ``layers`` and tag the result ``ref``."""
+        image_config = {
+            "architecture": _oci_arch(),
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]},
+        }
+        cfg_digest, cfg_size = self.put_json(image_config)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": cfg_digest, "size": cfg_size},
+            "layers": [desc for desc, _ in layers],
+        }
+        digest, size = self.put_json(manifest)
+        self.tag(ref, digest, size)
+        return digest
+
+    def resolve(self, ref: str) -> Image:
+        digest = self.lookup(ref)
+        if digest is None:
+            raise ImageNotFound(ref)
+        manifest = self.read_json(digest)
+        config = self.read_json(manifest["config"]["digest"])
+        dirs = [
+            self.ensure_unpacked(desc["digest"], diff_id)
+            for desc, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"],
+                                     strict=True)
+        ]
+        cfg = config.get("config", {})
+        env = dict(e.split("=", 1) for e in cfg.get("Env", []) if "=" in e)
+        return Image(ref=ref, digest=digest, layer_dirs=dirs, env=env,
+                     cmd=list(cfg.get("Cmd") or []), workdir=cfg.get("WorkingDir") or "/")
+
+
+class _HashingWriter:
+    """A file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        written: int = self.raw.write(data)
+        return written
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def __enter__(self) -> _HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.flush()
+
+
+def _oci_arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)

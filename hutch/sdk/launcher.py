@@ -1,0 +1,106 @@
+"""Starting the engine on first use, the way a client finds it not running.
+
+Under a lock file (so concurrent clients start one engine), it asks a surviving pause
+process for a new daemon (SIGUSR1) or starts a new pause process, detached in its own
+session, then waits for the socket to answer with a deadline.  It never imports the engine:
+it runs ``python -m hutch.engine.pause`` like any other program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from hutch.api import paths
+from hutch.exception import EngineError
+
+START_TIMEOUT = 60.0
+
+
+def _pause_pid(runtime: Path) -> int | None:
+    try:
+        pid = int((runtime / "pause.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"hutch.engine.pause" in cmdline else None
+
+
+@contextlib.contextmanager
+def _launch_lock(runtime: Path) -> Iterator[None]:
+    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(runtime / "launch.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _log_tail(runtime: Path, lines: int = 20) -> str:
+    try:
+        text = (runtime / "engine.log").read_text(errors="replace")
+    except OSError:
+        return "(no engine log)"
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
+    """Start the engine unless ``is_ready()`` says it answers; wait until it does."""
+    if is_ready():
+        return
+    runtime, data = paths.runtime_dir(), paths.data_dir()
+    with _launch_lock(runtime):
+        if is_ready():
+            return
+        pid = _pause_pid(runtime)
+        child: subprocess.Popen[bytes] | None = None
+        daemon_exit = runtime / "daemon.exit"
+        daemon_exit.unlink(missing_ok=True)
+        if pid is not None:
+            os.kill(pid, signal.SIGUSR1)
+        else:
+            child = _spawn_pause(runtime, data)
+            pid = child.pid
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            if is_ready():
+                return
+            ended = child.poll() is not None if child else not Path(f"/proc/{pid}").exists()
+            if ended or daemon_exit.exists():
+                raise EngineError(f"the hutch engine failed to start:\n{_log_tail(runtime)}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        raise EngineError(
+            f"the hutch engine did not answer within {timeout:.0f} s:\n{_log_tail(runtime)}"
+        )
+
+
+def _spawn_pause(runtime: Path, data: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, HUTCH_RUNTIME_DIR=str(runtime), HUTCH_DATA_DIR=str(data))
+    (runtime / "exits").mkdir(parents=True, exist_ok=True)
+    log = open(runtime / "engine.log", "a")  # noqa: SIM115 - handed to the child
+    with log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hutch.engine.pause"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            start_new_session=True, close_fds=True,
+        )
+
+
+def stop_engine(timeout: float = 30.0) -> bool:
+    """Stop a pause process whose daemon no longer answers; True if one was running."""
+    runtime = paths.runtime_dir()
+    pid = _pause_pid(runtime)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.02)
+    return True
