@@ -87,19 +87,17 @@ async def run() -> None:
                     stop.set()
                     return
 
+        async def serve_until_stopped(task_status: trio.TaskStatus[None]) -> None:
+            # hypercorn finishes the requests in flight (the shutdown request included)
+            await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(on_signals)
-        await nursery.start(_serve, app, config, stop)
+        await nursery.start(serve_until_stopped)
         log.info("engine %s ready on %s", __version__, paths.socket_path())
-        await stop.wait()
-        nursery.cancel_scope.cancel()
     store.close()
     if stop_pause:
         stop_pause_process(runtime_dir)
-
-
-async def _serve(app: object, config: Config, stop: trio.Event,
-                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
 
 def main() -> int:

@@ -1,0 +1,7 @@
+"""``python -m hutch`` is the ``hutch`` command."""
+
+import sys
+
+from hutch.tools.cli import main
+
+sys.exit(main())

@@ -1,0 +1,206 @@
+"""The ``hutch`` command: a thin argparse front end over the SDK, like any other user."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from hutch.exception import Error
+from hutch.sdk.sandbox import ContainerProcess, Sandbox
+from hutch.sdk.transport import EngineClient, default_client
+
+
+def _env_pairs(items: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"hutch: --env expects KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise SystemExit("hutch: no command given (use: -- CMD ARGS...)")
+    return cmd
+
+
+def _forward_stdin(proc: ContainerProcess) -> None:
+    def pump() -> None:
+        while chunk := os.read(sys.stdin.fileno(), 65536):
+            proc.stdin.write(chunk)
+            proc.stdin.drain()
+        proc.stdin.write_eof()
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+def _stream(proc: ContainerProcess) -> int:
+    outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+    for fd, data in proc.events():
+        outs[fd].write(data)
+        outs[fd].flush()
+    return proc.wait()
+
+
+def _exec_and_stream(sb: Sandbox, args: argparse.Namespace) -> int:
+    proc = sb.exec(*_command(args), workdir=args.workdir, env=_env_pairs(args.env),
+                   timeout=args.exec_timeout, stdin=args.interactive)
+    if args.interactive:
+        _forward_stdin(proc)
+    return _stream(proc)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    sb = Sandbox.create(timeout=args.timeout, name=args.name, env=_env_pairs(args.env),
+                        workdir=args.workdir, image=args.image)
+    try:
+        return _exec_and_stream(sb, args)
+    finally:
+        sb.terminate(grace_period=0)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    return _exec_and_stream(Sandbox.from_id(args.sandbox_id), args)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    rows = [sb.info() for sb in Sandbox.list()]
+    print(f"{'SANDBOX ID':<26} {'NAME':<20} {'STATE':<9} {'AGE':>5}  TAGS")
+    now = time.time()
+    for info in rows:
+        tags = ",".join(f"{k}={v}" for k, v in sorted(info["tags"].items()))
+        print(f"{info['sandbox_id']:<26} {info['name'] or '-':<20} {info['state']:<9} "
+              f"{_age(now - info['created_at']):>5}  {tags}")
+    return 0
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    for sandbox_id in args.sandbox_ids:
+        sb = Sandbox.from_id(sandbox_id)
+        sb.terminate(grace_period=args.grace)
+        print(f"{sandbox_id} terminated (exit code {sb.returncode})")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = default_client()
+    outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+    for event in client.stream_events(f"/v1/sandboxes/{args.sandbox_id}/logs",
+                                      {"follow": "true" if args.follow else "false"}):
+        if event.get("data") is not None:
+            outs[event["fd"]].write(event["data"])
+            outs[event["fd"]].flush()
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from hutch.sdk import launcher
+
+    if args.action == "start":
+        info = default_client().request("GET", "/v1/engine")
+        print(f"engine running: pid {info['pid']}, runtime {info['runtime']}, "
+              f"user namespace {info['userns_mode']}")
+        return 0
+    client = EngineClient(autostart=False)
+    try:
+        info = client.request("GET", "/v1/engine")
+    except Error:
+        info = None
+    if args.action == "status":
+        if info is None:
+            print("engine not running")
+            return 3
+        for key, value in info.items():
+            print(f"{key}: {value}")
+        return 0
+    if info is not None:
+        client.request("POST", "/v1/engine/shutdown")
+    stopped = launcher.stop_engine()
+    print("engine stopped" if info is not None or stopped else "engine was not running")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from hutch.tools.doctor import report, run_checks
+
+    checks = run_checks()
+    print(report(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def _add_exec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-w", "--workdir", help="absolute working directory in the sandbox")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("--exec-timeout", type=float, default=None, metavar="S",
+                   help="kill the command (and its children) after S seconds")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hutch", description="Local rootless sandboxes.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a command in a new sandbox, then remove it")
+    run.add_argument("--timeout", type=float, default=300, metavar="S",
+                     help="sandbox timeout in seconds (default 300)")
+    run.add_argument("--name")
+    run.add_argument("--image", help="image reference (default: the Debian base)")
+    _add_exec_options(run)
+    run.set_defaults(func=cmd_run)
+
+    ex = sub.add_parser("exec", help="run a command in a running sandbox")
+    ex.add_argument("sandbox_id")
+    _add_exec_options(ex)
+    ex.set_defaults(func=cmd_exec)
+
+    sub.add_parser("ps", help="list running sandboxes").set_defaults(func=cmd_ps)
+
+    term = sub.add_parser("terminate", help="terminate sandboxes")
+    term.add_argument("sandbox_ids", nargs="+")
+    term.add_argument("--grace", type=float, default=3.0, help="seconds between TERM and KILL")
+    term.set_defaults(func=cmd_terminate)
+
+    logs = sub.add_parser("logs", help="print a sandbox's entrypoint output")
+    logs.add_argument("sandbox_id")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+
+    eng = sub.add_parser("engine", help="start, stop or inspect the engine daemon")
+    eng.add_argument("action", choices=["start", "stop", "status"])
+    eng.set_defaults(func=cmd_engine)
+
+    sub.add_parser("doctor", help="check the host").set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except Error as exc:
+        print(f"hutch: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 125
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""``hutch doctor``: check every host requirement and say exactly how to fix each.
+
+Each check is a function returning a :class:`Check`; none needs root or a running engine,
+but when an engine answers its own view (which runtime it chose and why, how its user
+namespace is mapped) is reported too.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hutch.engine.userns import subid_range
+
+Status = Literal["ok", "warn", "fail"]
+
+#: binary -> (Debian package, what it is for, required?)
+BINARIES: dict[str, tuple[str, str, bool]] = {
+    "crun": ("crun", "the preferred OCI runtime", False),
+    "runc": ("runc", "the fallback OCI runtime", True),
+    "newuidmap": ("uidmap", "mapping the subordinate uid range", True),
+    "newgidmap": ("uidmap", "mapping the subordinate gid range", True),
+    "mmdebstrap": ("mmdebstrap", "building the Debian base image", True),
+    "tar": ("tar", "packing and unpacking image layers", True),
+    "umoci": ("umoci", "OCI image interop (image builder)", False),
+    "skopeo": ("skopeo", "pulling images from registries (image builder)", False),
+    "slirp4netns": ("slirp4netns", "outbound networking for sandboxes", False),
+}
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def check_python() -> Check:
+    ok = sys.version_info >= (3, 11)
+    return Check("python", "ok" if ok else "fail", platform.python_version(),
+                 "" if ok else "install Python >= 3.11 (Debian 12: apt-get install python3)")
+
+
+def check_binaries() -> list[Check]:
+    out = []
+    for binary, (package, purpose, required) in BINARIES.items():
+        path = shutil.which(binary) or (f"/usr/sbin/{binary}"
+                                        if os.path.exists(f"/usr/sbin/{binary}") else None)
+        if path:
+            out.append(Check(binary, "ok", f"{path} ({purpose})"))
+        else:
+            out.append(Check(binary, "fail" if required else "warn", f"missing: {purpose}",
+                             f"apt-get install {package}"))
+    return out
+
+
+def check_subids() -> Check:
+    if os.geteuid() == 0:
+        return Check("subuid/subgid", "ok", "running as root: no user namespace needed")
+    uid = os.getuid()
+    name = pwd.getpwuid(uid).pw_name
+    su, sg = subid_range("/etc/subuid", uid), subid_range("/etc/subgid", uid)
+    if su and sg:
+        return Check("subuid/subgid", "ok", f"{su.count} uids from {su.start}, "
+                     f"{sg.count} gids from {sg.start}")
+    return Check("subuid/subgid", "warn",
+                 "no subordinate id range: sandboxes map a single uid (images whose files "
+                 "belong to other users will fail)",
+                 f"as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}")
+
+
+def check_userns() -> Check:
+    try:
+        limit = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except (OSError, ValueError):
+        limit = 0
+    if limit == 0:
+        return Check("user namespaces", "fail", "user.max_user_namespaces is 0",
+                     "as root: sysctl -w user.max_user_namespaces=15000")
+    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
+    if clone.exists() and clone.read_text().strip() == "0":
+        return Check("user namespaces", "fail", "kernel.unprivileged_userns_clone is 0",
+                     "as root: sysctl -w kernel.unprivileged_userns_clone=1")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return Check("user namespaces", "fail", f"unshare failed: {probe.stderr.strip()}",
+                     "enable unprivileged user namespaces (AppArmor: "
+                     "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)")
+    return Check("user namespaces", "ok", f"max {limit}")
+
+
+def check_kernel() -> Check:
+    release = platform.release()
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return Check("kernel", "warn", f"cannot parse {release}")
+    ok = (major, minor) >= (5, 11)
+    return Check("kernel", "ok" if ok else "fail", f"{release} (overlayfs in a user namespace "
+                 "needs >= 5.11)", "" if ok else "upgrade the kernel to 5.11 or newer")
+
+
+def cgroup_layout() -> tuple[str, list[str]]:
+    """("v2" | "v1" | "hybrid", controllers enabled on the v2 hierarchy of a hybrid host)."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    fstypes = {line.split()[1]: line.split()[2] for line in mounts if len(line.split()) > 2}
+    if fstypes.get("/sys/fs/cgroup") == "cgroup2":
+        return "v2", []
+    unified = "/sys/fs/cgroup/unified"
+    if fstypes.get(unified) == "cgroup2":
+        try:
+            ctrls = Path(unified, "cgroup.controllers").read_text().split()
+        except OSError:
+            ctrls = []
+        return "hybrid", ctrls
+    return "v1", []
+
+
+def check_cgroups() -> Check:
+    layout, ctrls = cgroup_layout()
+    if layout == "hybrid" and ctrls:
+        return Check("cgroups", "warn",
+                     f"hybrid cgroups with {', '.join(ctrls)} on the v2 hierarchy: crun refuses "
+                     "to run here, hutch falls back to runc (slower to start)",
+                     "as root: mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb "
+                     "cgroup /sys/fs/cgroup/hugetlb (tools/setup-host.sh does it)")
+    return Check("cgroups", "ok", layout + (" (no controllers on the v2 hierarchy)"
+                                            if layout == "hybrid" else ""))
+
+
+def check_tun() -> Check:
+    try:
+        mode = stat.S_IMODE(os.stat("/dev/net/tun").st_mode)
+    except OSError:
+        return Check("/dev/net/tun", "warn", "missing: sandbox networking will not work",
+                     "as root: modprobe tun")
+    if mode & 0o006 != 0o006 and os.geteuid() != 0:
+        return Check("/dev/net/tun", "warn", f"mode {mode:o}: slirp4netns cannot open it",
+                     "as root: chmod 0666 /dev/net/tun (tools/setup-host.sh does it)")
+    return Check("/dev/net/tun", "ok", f"mode {mode:o}")
+
+
+def check_engine() -> list[Check]:
+    from hutch.exception import Error
+    from hutch.sdk.transport import EngineClient
+
+    client = EngineClient(autostart=False)
+    try:
+        info = client.request("GET", "/v1/engine")
+    except Error:
+        return [Check("engine", "ok", "not running (clients start it on first use)")]
+    finally:
+        client.close()
+    checks = [Check("engine", "ok", f"pid {info['pid']}, version {info['version']}")]
+    if info["runtime_fallback_reason"]:
+        checks.append(Check("runtime", "warn", f"{info['runtime']}: "
+                            f"{info['runtime_fallback_reason']}",
+                            "see the cgroups check above"))
+    else:
+        checks.append(Check("runtime", "ok", info["runtime"]))
+    mode = info["userns_mode"]
+    checks.append(Check("engine user namespace", "warn" if mode == "single" else "ok", mode,
+                        "add a subuid/subgid range, then `hutch engine stop`"
+                        if mode == "single" else ""))
+    return checks
+
+
+CHECKS: list[Callable[[], Check | list[Check]]] = [
+    check_python, check_binaries, check_kernel, check_userns, check_subids, check_cgroups,
+    check_tun, check_engine,
+]
+
+
+def run_checks() -> list[Check]:
+    results: list[Check] = []
+    for check in CHECKS:
+        result = check()
+        results.extend(result if isinstance(result, list) else [result])
+    return results
+
+
+def report(checks: list[Check]) -> str:
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    lines = []
+    for c in checks:
+        lines.append(f"[{marks[c.status]}] {c.name}: {c.detail}")
+        if c.fix and c.status != "ok":
+            lines.append(f"       fix: {c.fix}")
+    return "\n".join(lines)

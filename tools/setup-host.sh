@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Make a Debian 12 host ready for hutch, the way a stock distribution already is.
+# Idempotent; run as root.  What it does:
+#   - installs the Debian packages hutch runs (crun, runc, uidmap, mmdebstrap, ...) and the
+#     peers the benchmarks compare against (podman, bubblewrap);
+#   - creates the unprivileged test user (default: hutchtest) with a subuid/subgid range;
+#   - on hybrid-cgroup hosts mounts the hugetlb v1 controller so crun can run;
+#   - makes /dev/net/tun usable by unprivileged users (mode 0666, as on stock distributions).
+set -euo pipefail
+
+TEST_USER="${HUTCH_TEST_USER:-hutchtest}"
+PACKAGES=(
+  crun runc uidmap mmdebstrap umoci skopeo slirp4netns fuse-overlayfs iproute2 tar gzip
+  python3 python3-venv python3-dev sqlite3 ca-certificates rsync util-linux procps
+  podman bubblewrap
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup-host.sh must run as root" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-host: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! id "$TEST_USER" >/dev/null 2>&1; then
+  echo "setup-host: creating user $TEST_USER"
+  useradd --create-home --shell /bin/bash "$TEST_USER"
+fi
+if ! grep -q "^$TEST_USER:" /etc/subuid 2>/dev/null; then
+  usermod --add-subuids 200000-265535 "$TEST_USER"
+fi
+if ! grep -q "^$TEST_USER:" /etc/subgid 2>/dev/null; then
+  usermod --add-subgids 200000-265535 "$TEST_USER"
+fi
+
+# crun (1.8) refuses hybrid cgroup hosts whose v2 hierarchy holds a controller; here it is
+# hugetlb. Mounting the v1 hugetlb hierarchy moves the controller there.
+if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] && [ -f /sys/fs/cgroup/unified/cgroup.controllers ] \
+   && grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers; then
+  echo "setup-host: mounting the hugetlb v1 cgroup controller (hybrid host)"
+  mkdir -p /sys/fs/cgroup/hugetlb
+  mountpoint -q /sys/fs/cgroup/hugetlb || mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+fi
+
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+  chmod 0666 /dev/net/tun
+fi
+
+echo "setup-host: ready (test user: $TEST_USER)"
