@@ -16,8 +16,8 @@ API_VERSION = "1"
 DEFAULT_SANDBOX_TIMEOUT = 300.0
 MAX_TIMEOUT = 24 * 3600.0
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SandboxState = Literal["creating", "running", "exited"]
 ExitReason = Literal["exited", "terminated", "timeout", "lost", "failed"]
@@ -29,7 +29,7 @@ class _Wire(BaseModel):
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
     for key, value in env.items():
-        if not _ENV_KEY.match(key):
+        if not _ENV_KEY.fullmatch(key):
             raise ValueError(f"invalid environment variable name {key!r}")
         if "\0" in value:
             raise ValueError(f"environment variable {key} contains a NUL byte")
@@ -62,7 +62,7 @@ class CreateSandboxRequest(_Wire):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
+        if v is not None and not _NAME.fullmatch(v):
             raise ValueError(
                 "sandbox names are 1-63 characters of letters, digits, '.', '_' and '-'"
             )

@@ -113,6 +113,11 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         shutdown()
         return {"status": "stopping"}
 
+    @app.post("/v1/images/default")
+    async def default_image() -> dict[str, str]:
+        """Build the default image unless it is built (the first sandbox would otherwise)."""
+        return {"ref": await manager.images.ensure_default()}
+
     # apps -----------------------------------------------------------------------------------
     @app.post("/v1/apps/lookup")
     async def app_lookup(req: LookupAppRequest) -> AppInfo:

@@ -144,7 +144,7 @@ class Store:
                     [(sandbox_id, k, v) for k, v in tags.items()],
                 )
         except sqlite3.IntegrityError as exc:
-            if "sandboxes.app_id, sandboxes.name" in str(exc) or "UNIQUE" in str(exc):
+            if "sandboxes.app_id, sandboxes.name" in str(exc):
                 raise AlreadyExists(
                     f"a running sandbox named {name!r} already exists in this app"
                 ) from exc

@@ -114,6 +114,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     if args.action == "start":
         info = default_client().request("GET", "/v1/engine")
+        default_client().request("POST", "/v1/images/default")
         print(f"engine running: pid {info['pid']}, runtime {info['runtime']}, "
               f"user namespace {info['userns_mode']}")
         return 0

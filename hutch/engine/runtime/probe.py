@@ -2,7 +2,8 @@
 
 The probe runs ``/bin/true`` in a throw-away container over the host's root filesystem,
 with the same namespaces a sandbox gets, so it fails exactly where a sandbox would (crun
-1.8 refuses hybrid cgroup hosts, for instance).  ``HUTCH_RUNTIME=crun|runc`` forces one.
+1.8 refuses hybrid cgroup hosts, for instance).  ``HUTCH_RUNTIME=crun|runc`` forces one;
+``HUTCH_CRUN_PATH`` and ``HUTCH_RUNC_PATH`` name other binaries than the ones on PATH.
 """
 
 from __future__ import annotations
@@ -80,11 +81,11 @@ async def choose_runtime(state_dir: Path, work: Path) -> ProbeResult:
         if forced not in RUNTIMES:
             raise ValueError(f"HUTCH_RUNTIME={forced!r}: choose one of {', '.join(RUNTIMES)}")
         return ProbeResult(RUNTIMES[forced](state_dir / forced), None)
-    crun = CrunRuntime(state_dir / "crun")
+    crun = CrunRuntime(state_dir / "crun", os.environ.get("HUTCH_CRUN_PATH"))
     reason = await _works(crun, work)
     if reason is None:
         return ProbeResult(crun, None)
-    runc = RuncRuntime(state_dir / "runc")
+    runc = RuncRuntime(state_dir / "runc", os.environ.get("HUTCH_RUNC_PATH"))
     runc_reason = await _works(runc, work)
     if runc_reason is not None:
         raise RuntimeError(f"no OCI runtime works here: crun: {reason}; runc: {runc_reason}")

@@ -1,0 +1,118 @@
+"""hutch itself as a contender, driven through its public SDK like any user would.
+
+Startup trial: ``hutch.Sandbox.create("python3", "-c", "print(1)")`` then the first line of
+``sb.stdout``, timed from before ``create`` to that line.  Two sub-timings go with it:
+``create_return`` (when ``create`` returned: the engine accepted and set up the sandbox) and
+``exit`` (when ``sb.wait()`` saw it end).  Exec trial: ``sb.exec("true").wait()`` on a
+sandbox running ``sleep infinity``.
+
+The engine's own description (``GET /v1/engine``: OCI runtime, user-namespace mode,
+data dir, default image) goes into the report, with the round trip of a no-op request
+(``GET /v1/health``) as the floor that every SDK call pays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Sample, Stats, Trial, TrialError, Unavailable, describe
+from benchmarks.peers import PRINT_ARGV, SLEEP_ARGV, Peer
+
+
+class HutchPeer(Peer):
+    """The hutch SDK against the user's engine (started on first use if not running)."""
+
+    name = "hutch"
+
+    def __init__(self, sandbox_timeout: float = 120.0) -> None:
+        super().__init__()
+        try:
+            import hutch
+            from hutch.sdk.transport import default_client
+        except ImportError as exc:
+            raise Unavailable(f"cannot import hutch: {exc}") from exc
+        self._hutch = hutch
+        self._client = default_client()
+        self.timeout = sandbox_timeout
+        try:
+            self.engine: dict[str, Any] = self._client.request("GET", "/v1/engine")
+        except Exception as exc:  # the SDK's errors, or anything below them
+            raise Unavailable(f"the hutch engine does not answer: {describe(exc)}") from exc
+        self.version: str = getattr(hutch, "__version__", "?")
+        self._sleeper: Any = None
+        self.notes.append(
+            f"engine {self.engine.get('version')}, runtime {self.engine.get('runtime')}, "
+            f"userns {self.engine.get('userns_mode')}"
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.engine["data_dir"])
+
+    @property
+    def image(self) -> str:
+        image: str = self.engine["default_image"]
+        return image
+
+    def request_rtt(self, runs: int = 20) -> Stats:
+        """Round trip of ``GET /v1/health`` over the SDK's connection: the per-call floor."""
+        samples = []
+        for _ in range(runs + 2):
+            t0 = time.perf_counter()
+            self._client.request("GET", "/v1/health")
+            samples.append(time.perf_counter() - t0)
+        return Stats.of(samples[2:])
+
+    def startup_command(self) -> str:
+        return "Sandbox.create('python3', '-c', 'print(1)'); first line of sb.stdout"
+
+    def exec_command(self) -> str:
+        return "sb.exec('true').wait()  (sb running sleep infinity)"
+
+    def startup_trial(self) -> Trial:
+        sandbox_cls = self._hutch.Sandbox
+
+        def trial() -> Sample:
+            t0 = time.perf_counter()
+            sb = sandbox_cls.create(*PRINT_ARGV, timeout=self.timeout)
+            t1 = time.perf_counter()
+            first = None
+            for line in sb.stdout:
+                first = line
+                break
+            t2 = time.perf_counter()
+            sb.wait(raise_on_termination=False)
+            t3 = time.perf_counter()
+            if first is None or first.strip() != "1":
+                raise TrialError(f"{sb.object_id}: first stdout line {first!r}, "
+                                 f"stderr {sb.stderr.read()[-300:]!r}")
+            if sb.returncode != 0:
+                raise TrialError(f"{sb.object_id} exited {sb.returncode}")
+            return Sample(t2 - t0, {"create_return": t1 - t0, "exit": t3 - t0})
+        return trial
+
+    def open_exec(self) -> Trial:
+        try:
+            sb = self._hutch.Sandbox.create(*SLEEP_ARGV, timeout=3600)
+        except Exception as exc:
+            raise Unavailable(f"cannot start a sandbox: {describe(exc)}") from exc
+        self._sleeper = sb
+
+        def trial() -> Sample:
+            t0 = time.perf_counter()
+            code = sb.exec("true").wait()
+            t1 = time.perf_counter()
+            if code != 0:
+                raise TrialError(f"exec true in {sb.object_id} exited {code}")
+            return Sample(t1 - t0)
+        return trial
+
+    def close(self) -> None:
+        if self._sleeper is None:
+            return
+        with contextlib.suppress(Exception):
+            self._sleeper.terminate(grace_period=1.0)
+        self._sleeper = None

@@ -1,0 +1,69 @@
+"""Helpers for tests that drive a real engine: isolated state dirs and deadline waits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from hutch.sdk import transport
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def hutch_cli(*args: str, input: bytes | None = None, timeout: float = 120
+              ) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``hutch`` command (``python -m hutch``) with the test engine's environment."""
+    return subprocess.run([sys.executable, "-m", "hutch", *args], input=input,
+                          capture_output=True, timeout=timeout, env=os.environ.copy())
+
+
+def reset_client() -> None:
+    """Forget the SDK's cached connection (after changing the engine's dirs)."""
+    if transport._default is not None:
+        transport._default.close()
+    transport._default = None
+
+
+@contextmanager
+def engine_dirs(runtime: Path, data: Path, **extra_env: str) -> Iterator[None]:
+    """Point the SDK (and engines it starts) at ``runtime``/``data`` for the block."""
+    keys = ["HUTCH_RUNTIME_DIR", "HUTCH_DATA_DIR", *extra_env]
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"HUTCH_RUNTIME_DIR": str(runtime), "HUTCH_DATA_DIR": str(data),
+                       **extra_env})
+    reset_client()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_client()
+
+
+def stop_engine() -> None:
+    result = hutch_cli("engine", "stop")
+    assert result.returncode == 0, result.stderr.decode()
+    reset_client()

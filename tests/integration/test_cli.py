@@ -1,0 +1,54 @@
+"""The ``hutch`` command over a real engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hutch
+from tests.helpers import hutch_cli
+
+
+def test_run_streams_and_returns_the_code(engine: dict[str, Any]) -> None:
+    r = hutch_cli("run", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert r.returncode == 3
+    assert r.stdout == b"out\n"
+    assert r.stderr == b"err\n"
+
+
+def test_run_python_and_stdin(engine: dict[str, Any]) -> None:
+    r = hutch_cli("run", "-i", "--", "python3", "-c", "import sys; print(sys.stdin.read()[::-1])",
+                  input=b"abc")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"cba\n"
+
+
+def test_run_timeout(engine: dict[str, Any]) -> None:
+    r = hutch_cli("run", "--timeout", "1", "--", "sleep", "60")
+    assert r.returncode != 0
+
+
+def test_ps_exec_terminate(engine: dict[str, Any]) -> None:
+    sb = hutch.Sandbox.create(name="cli-target", timeout=60)
+    ps = hutch_cli("ps")
+    assert ps.returncode == 0
+    assert sb.object_id in ps.stdout.decode() and "cli-target" in ps.stdout.decode()
+    ex = hutch_cli("exec", sb.object_id, "--", "sh", "-c", "echo $((6*7)); exit 4")
+    assert ex.returncode == 4 and ex.stdout == b"42\n"
+    term = hutch_cli("terminate", sb.object_id)
+    assert term.returncode == 0
+    assert sb.object_id not in hutch_cli("ps").stdout.decode()
+
+
+def test_unknown_sandbox_is_a_clear_error(engine: dict[str, Any]) -> None:
+    r = hutch_cli("exec", "sb-nope", "--", "true")
+    assert r.returncode == 125
+    assert b"NotFoundError" in r.stderr
+
+
+def test_doctor(engine: dict[str, Any]) -> None:
+    r = hutch_cli("doctor")
+    out = r.stdout.decode()
+    assert r.returncode == 0, out
+    for name in ("crun", "runc", "newuidmap", "mmdebstrap", "subuid/subgid", "cgroups",
+                 "user namespaces", "runtime"):
+        assert f"] {name}" in out

@@ -1,0 +1,96 @@
+"""The engine daemon: its socket, restarts after SIGKILL, and reaping while it was down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+from typing import Any
+
+import hutch
+from hutch.sdk.transport import default_client
+from tests.helpers import hutch_cli, reset_client, wait_for
+
+
+def _runtime() -> Path:
+    return Path(os.environ["HUTCH_RUNTIME_DIR"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kill_daemon() -> int:
+    pid: int = default_client().request("GET", "/v1/engine")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(pid), what="the daemon to die")
+    reset_client()
+    return pid
+
+
+def test_socket_is_private(engine: dict[str, Any]) -> None:
+    mode = os.stat(default_client().socket).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_openapi_description(engine: dict[str, Any]) -> None:
+    doc = default_client().request("GET", "/openapi.json")
+    assert doc["openapi"].startswith("3.")
+    assert "/v1/sandboxes" in doc["paths"] and "/v1/sandboxes/{sandbox_id}/execs" in doc["paths"]
+
+
+def test_sigkilled_daemon_restarts_and_keeps_sandboxes(engine: dict[str, Any]) -> None:
+    sb = hutch.Sandbox.create(name="survivor", tags={"k": "v"}, timeout=120)
+    assert sb.exec("sh", "-c", "echo before > /tmp/state").wait() == 0
+    old = _kill_daemon()
+    # The next call starts a new daemon, which adopts the running sandbox.
+    again = hutch.Sandbox.from_name("default", "survivor")
+    assert default_client().request("GET", "/v1/engine")["pid"] != old
+    assert again.object_id == sb.object_id
+    assert again.info()["state"] == "running"
+    assert again.get_tags() == {"k": "v"}
+    assert sb.object_id in {s.object_id for s in hutch.Sandbox.list(tags={"k": "v"})}
+    p = again.exec("cat", "/tmp/state")
+    assert p.stdout.read() == "before\n"
+    again.terminate()
+    assert again.returncode == 137
+
+
+def test_sandbox_that_ended_while_the_daemon_was_down_is_reaped(engine: dict[str, Any]) -> None:
+    sb = hutch.Sandbox.create("sh", "-c", "mkfifo /tmp/go; read line < /tmp/go; exit 5",
+                              timeout=120)
+    data_dir = Path(engine["data_dir"])
+    pid = int((data_dir / "sandboxes" / sb.object_id / "init.pid").read_text())
+    fifo = Path(f"/proc/{pid}/root/tmp/go")
+    wait_for(fifo.exists, what="the entrypoint's fifo")
+    _kill_daemon()
+    # With no daemon running, let the entrypoint finish: the pause process reaps it.
+    fifo.write_text("go\n")
+    record = wait_for(lambda: (_runtime() / "exits" / str(pid)).exists(),
+                      what="the pause process to record the exit")
+    assert record
+    assert json.loads((_runtime() / "exits" / str(pid)).read_text())["code"] == 5
+    info = hutch.Sandbox.from_id(sb.object_id).info()  # starts a daemon, which reaps it
+    assert info["state"] == "exited"
+    assert info["returncode"] == 5
+    assert not (data_dir / "sandboxes" / sb.object_id / "upper").exists()
+
+
+def test_engine_cli_status_stop_start(engine: dict[str, Any]) -> None:
+    status = hutch_cli("engine", "status")
+    assert status.returncode == 0 and b"runtime:" in status.stdout
+    sb = hutch.Sandbox.create(timeout=60)
+    assert hutch_cli("engine", "stop").returncode == 0
+    reset_client()
+    assert hutch_cli("engine", "status").returncode == 3
+    started = hutch_cli("engine", "start")
+    assert started.returncode == 0, started.stderr
+    # Stopping the engine terminated its sandboxes.
+    assert hutch.Sandbox.from_id(sb.object_id).info()["exit_reason"] == "terminated"

@@ -1,0 +1,107 @@
+"""What a sandbox can see and do by default: namespaces, capabilities, /proc, rootfs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import hutch
+from hutch.engine.ociconfig import DEFAULT_CAPABILITIES
+
+# Capability numbers (linux/capability.h) of podman's default set.
+CAP_NUMBERS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
+    "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10,
+    "CAP_SYS_CHROOT": 18, "CAP_SETFCAP": 31,
+}
+
+
+def _run(sb: hutch.Sandbox, script: str) -> str:
+    p = sb.exec("sh", "-c", script)
+    out = p.stdout.read()
+    assert p.wait() == 0, p.stderr.read()
+    return str(out)
+
+
+def test_identity_and_namespaces(sandbox: hutch.Sandbox) -> None:
+    assert _run(sandbox, "hostname").strip() == sandbox.object_id
+    assert _run(sandbox, "id -u").strip() == "0"
+    # A new pid namespace: the entrypoint is pid 1.
+    assert _run(sandbox, "cat /proc/1/cmdline | tr '\\0' ' '").strip() == "sleep infinity"
+    # Every namespace differs from the engine's host-side view except the user namespace,
+    # which is the engine's own (like podman's rootless containers).
+    inside = _run(sandbox, "for n in pid mnt ipc uts net cgroup; do readlink /proc/self/ns/$n; done")
+    host = "\n".join(os.readlink(f"/proc/self/ns/{n}")
+                     for n in ("pid", "mnt", "ipc", "uts", "net", "cgroup"))
+    for a, b in zip(inside.split(), host.split(), strict=True):
+        assert a != b
+
+
+def test_network_is_loopback_only(sandbox: hutch.Sandbox) -> None:
+    devices = _run(sandbox, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '").split()
+    assert devices == ["lo"]
+    code = sandbox.exec("python3", "-c",
+                        "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()"
+                        ).wait()
+    assert code == 0
+
+
+def test_no_new_privs_and_capabilities(sandbox: hutch.Sandbox) -> None:
+    status = dict(line.split(":\t", 1) for line in
+                  _run(sandbox, "cat /proc/self/status").splitlines() if ":\t" in line)
+    assert status["NoNewPrivs"].strip() == "1"
+    expected = sum(1 << CAP_NUMBERS[c] for c in DEFAULT_CAPABILITIES)
+    assert int(status["CapEff"], 16) == expected
+    assert int(status["CapBnd"], 16) == expected
+
+
+def test_proc_is_masked_and_read_only(sandbox: hutch.Sandbox) -> None:
+    from hutch.engine.ociconfig import MASKED_PATHS
+
+    files = [p for p in MASKED_PATHS if p.startswith("/proc/") and os.path.isfile(p)]
+    assert files, "the host has none of the masked /proc files"
+    for path in files:  # bind-mounted over with /dev/null: empty
+        assert _run(sandbox, f"wc -c < {path}").strip() == "0", path
+    assert sandbox.exec("sh", "-c", "echo 1 > /proc/sys/kernel/domainname").wait() != 0
+    assert sandbox.exec("sh", "-c", "echo 1 > /proc/sysrq-trigger").wait() != 0
+    assert sandbox.exec("sh", "-c", "touch /sys/x").wait() != 0
+    assert sandbox.exec("mount", "-t", "tmpfs", "t", "/mnt").wait() != 0
+
+
+def test_rootfs_is_an_overlay_private_to_each_sandbox(engine: dict[str, Any]) -> None:
+    a = hutch.Sandbox.create(timeout=60)
+    b = hutch.Sandbox.create(timeout=60)
+    try:
+        root = _run(a, "grep ' / / ' /proc/self/mountinfo")
+        assert " - overlay overlay " in root
+        _run(a, "echo mine > /etc/only-in-a && rm /etc/issue")
+        assert _run(a, "cat /etc/only-in-a") == "mine\n"
+        assert b.exec("test", "-e", "/etc/only-in-a").wait() == 1
+        assert b.exec("test", "-e", "/etc/issue").wait() == 0
+    finally:
+        a.terminate()
+        b.terminate()
+    c = hutch.Sandbox.create(timeout=60)
+    assert c.exec("test", "-e", "/etc/issue").wait() == 0  # the shared layer is untouched
+    c.terminate()
+
+
+def test_sandbox_directories_are_removed_on_terminate(engine: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    pause = int((Path(os.environ["HUTCH_RUNTIME_DIR"]) / "pause.pid").read_text())
+    engine_mounts = Path(f"/proc/{pause}/mountinfo")  # the engine's mount namespace
+    sb = hutch.Sandbox.create(timeout=60)
+    root = Path(engine["data_dir"]) / "sandboxes" / sb.object_id
+    assert (root / "upper").is_dir()
+    assert sb.object_id in engine_mounts.read_text()
+    sb.terminate()
+    assert not (root / "upper").exists()
+    assert not (root / "merged").exists()
+    assert sb.object_id not in engine_mounts.read_text()
+
+
+def test_default_image_has_what_users_expect(sandbox: hutch.Sandbox) -> None:
+    out = _run(sandbox, "python --version; bash --version | head -1; ps --version; "
+                        "ls /etc/ssl/certs | head -1; python3 -m pip --version")
+    assert "Python 3.11" in out and "GNU bash" in out and "procps" in out and "pip " in out
