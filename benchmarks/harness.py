@@ -185,7 +185,7 @@ def time_first_line(argv: Sequence[str], expect: str, timeout: float = 60.0) -> 
         assert proc.stdout is not None
         line = proc.stdout.readline()
         t1 = time.perf_counter()
-        rest, err = proc.communicate()
+        _, err = proc.communicate()
         t2 = time.perf_counter()
     finally:
         watchdog.cancel()

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,7 +117,7 @@ class CrunPeer(Peer):
         return "crun run --bundle B ID  (spec --rootless, root.readonly)"
 
     def exec_command(self) -> str:
-        return "crun exec ID true  (in a detached `crun run -d` of sleep infinity)"
+        return "crun exec ID true  (in a detached crun run -d of sleep infinity)"
 
     def startup_trial(self) -> Trial:
         def trial() -> Sample:
@@ -126,9 +127,19 @@ class CrunPeer(Peer):
 
     def open_exec(self) -> Trial:
         cid = self._next_id()
-        check_output([*self._base(), "run", "--detach", "--bundle", str(self.sleep_bundle), cid],
-                     timeout=60)
-        self._running = cid
+        argv = [*self._base(), "run", "--detach", "--bundle", str(self.sleep_bundle), cid]
+        # the container inherits crun's stdio: pipes would never reach EOF, so no pipes
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=err, timeout=60, check=False)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise Unavailable(f"crun run --detach failed: {describe(exc)}") from exc
+            self._running = cid
+            if proc.returncode != 0:
+                err.seek(0)
+                raise Unavailable(f"crun run --detach exited {proc.returncode}: "
+                                  f"{err.read().decode(errors='replace').strip()[-300:]}")
 
         def trial() -> Sample:
             return time_command([*self._base(), "exec", cid, "true"])

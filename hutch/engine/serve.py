@@ -30,6 +30,9 @@ from hutch.engine.store import Store
 
 log = logging.getLogger("hutch.engine")
 
+#: Seconds the daemon gives requests in flight to finish once asked to stop.
+SHUTDOWN_GRACE = 1.0
+
 
 def _listen(path: Path) -> socket.socket:
     path.unlink(missing_ok=True)
@@ -92,7 +95,14 @@ async def run() -> None:
             await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
             nursery.cancel_scope.cancel()
 
+        async def stop_after_grace() -> None:
+            # Idle keep-alive connections would hold hypercorn's graceful shutdown open.
+            await stop.wait()
+            await trio.sleep(SHUTDOWN_GRACE)
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(on_signals)
+        nursery.start_soon(stop_after_grace)
         await nursery.start(serve_until_stopped)
         log.info("engine %s ready on %s", __version__, paths.socket_path())
     store.close()

@@ -1,0 +1,49 @@
+"""Runtime choice: crun when it works, runc (with the reason shown) when it does not."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import hutch
+from hutch.sdk.transport import default_client
+from tests.helpers import engine_dirs, hutch_cli, stop_engine
+
+
+def _exercise() -> None:
+    sb = hutch.Sandbox.create(timeout=60)
+    p = sb.exec("python3", "-c", "print('ok')")
+    assert p.stdout.read() == "ok\n" and p.wait() == 0
+    sb.terminate()
+    assert sb.returncode == 137
+
+
+def test_crun_is_preferred_here(engine: dict[str, Any]) -> None:
+    assert default_client().request("GET", "/v1/engine")["runtime"] == "crun"
+
+
+def test_broken_crun_falls_back_to_runc_with_the_reason(engine: dict[str, Any]) -> None:
+    stop_engine()
+    with engine_dirs(os.environ["HUTCH_RUNTIME_DIR"], os.environ["HUTCH_DATA_DIR"],
+                     HUTCH_CRUN_PATH="/bin/false"):
+        try:
+            info = default_client().request("GET", "/v1/engine")
+            assert info["runtime"] == "runc"
+            assert "crun failed" in info["runtime_fallback_reason"]
+            doctor = hutch_cli("doctor").stdout.decode()
+            assert "[WARN] runtime: runc: crun failed" in doctor
+            _exercise()
+        finally:
+            stop_engine()
+
+
+def test_runc_can_be_forced(engine: dict[str, Any]) -> None:
+    stop_engine()
+    with engine_dirs(os.environ["HUTCH_RUNTIME_DIR"], os.environ["HUTCH_DATA_DIR"],
+                     HUTCH_RUNTIME="runc"):
+        try:
+            assert default_client().request("GET", "/v1/engine")["runtime"] == "runc"
+            _exercise()
+        finally:
+            stop_engine()
+    assert default_client().request("GET", "/v1/engine")["runtime"] == "crun"

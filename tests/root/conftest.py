@@ -1,0 +1,31 @@
+"""The root suite: the same engine run by real root (no user namespace, /run-style dirs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hutch.sdk.transport import default_client
+from tests.helpers import engine_dirs, stop_engine
+
+RUNTIME_DIR = Path("/tmp/hutch-root-it")
+DATA_DIR = Path("/var/tmp/hutch-root-it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(scope="session")
+def root_engine() -> Iterator[dict[str, Any]]:
+    with engine_dirs(RUNTIME_DIR, DATA_DIR):
+        info: dict[str, Any] = default_client().request("GET", "/v1/engine")
+        default_client().request("POST", "/v1/images/default")
+        yield info
+        stop_engine()
