@@ -55,7 +55,7 @@ class EngineError(Error):
     """The engine could not be started or reached, or answered unexpectedly."""
 
 
-class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - Modal's name
+class TimeoutError(Error, builtins.TimeoutError):
     """An operation ran out of time."""
 
 

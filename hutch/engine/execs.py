@@ -65,7 +65,7 @@ class ExecSession:
                 data = await stream.receive_some(65536)
                 if not data:
                     return
-                self._append(fd, data)
+                self._append(fd, bytes(data))
                 while self.buffered - self.consumed > MAX_BUFFERED:
                     self._drained = trio.Event()
                     await self._drained.wait()

@@ -23,7 +23,7 @@ import trio
 
 from hutch.api.models import CreateSandboxRequest, ExecRequest
 from hutch.engine import ociconfig, rootfs
-from hutch.engine.errors import Conflict, Invalid, NotFound
+from hutch.engine.errors import Conflict, Invalid
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
@@ -326,8 +326,7 @@ def _alive(pid: int) -> bool:
         return False
     except OSError as exc:
         return exc.errno == errno.EPERM
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as f:
+        if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+            return False
     return True

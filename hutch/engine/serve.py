@@ -90,9 +90,10 @@ async def run() -> None:
                     stop.set()
                     return
 
-        async def serve_until_stopped(task_status: trio.TaskStatus[None]) -> None:
+        async def serve_until_stopped(task_status: trio.TaskStatus[list[str]]) -> None:
             # hypercorn finishes the requests in flight (the shutdown request included)
-            await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+            await serve(app, config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
+                        task_status=task_status)
             nursery.cancel_scope.cancel()
 
         async def stop_after_grace() -> None:

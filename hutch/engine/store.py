@@ -134,8 +134,9 @@ class Store:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute(
-                    "INSERT INTO sandboxes (sandbox_id, app_id, name, state, image, spec, timeout,"
-                    " created_at, deadline, runtime) VALUES (?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO sandboxes (sandbox_id, app_id, name, state, image, spec,"
+                    " timeout, created_at, deadline, runtime)"
+                    " VALUES (?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?)",
                     (sandbox_id, app_id, name, image, json.dumps(spec), timeout, now,
                      now + timeout, runtime),
                 )

@@ -24,13 +24,22 @@ from hutch.exception import EngineError
 START_TIMEOUT = 60.0
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: the pause process may be our own child)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
 def _pause_pid(runtime: Path) -> int | None:
     try:
         pid = int((runtime / "pause.pid").read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"hutch.engine.pause" in cmdline else None
+    return pid if b"hutch.engine.pause" in cmdline and _running(pid) else None
 
 
 @contextlib.contextmanager
@@ -71,7 +80,7 @@ def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) 
         while time.monotonic() < deadline:
             if is_ready():
                 return
-            ended = child.poll() is not None if child else not Path(f"/proc/{pid}").exists()
+            ended = child.poll() is not None if child else not _running(pid)
             if ended or daemon_exit.exists():
                 raise EngineError(f"the hutch engine failed to start:\n{_log_tail(runtime)}")
             time.sleep(delay)
@@ -101,6 +110,6 @@ def stop_engine(timeout: float = 30.0) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and _running(pid):
         time.sleep(0.02)
     return True

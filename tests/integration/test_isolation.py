@@ -30,7 +30,8 @@ def test_identity_and_namespaces(sandbox: hutch.Sandbox) -> None:
     assert _run(sandbox, "cat /proc/1/cmdline | tr '\\0' ' '").strip() == "sleep infinity"
     # Every namespace differs from the engine's host-side view except the user namespace,
     # which is the engine's own (like podman's rootless containers).
-    inside = _run(sandbox, "for n in pid mnt ipc uts net cgroup; do readlink /proc/self/ns/$n; done")
+    inside = _run(sandbox,
+                  "for n in pid mnt ipc uts net cgroup; do readlink /proc/self/ns/$n; done")
     host = "\n".join(os.readlink(f"/proc/self/ns/{n}")
                      for n in ("pid", "mnt", "ipc", "uts", "net", "cgroup"))
     for a, b in zip(inside.split(), host.split(), strict=True):

@@ -158,7 +158,8 @@ def test_bad_argument_types_are_validation_errors(engine: dict[str, Any]) -> Non
         r = raw.post("/v1/sandboxes", json=body)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["type"] == "invalid"
-    r = raw.post("/v1/sandboxes", content=b"{not json", headers={"content-type": "application/json"})
+    r = raw.post("/v1/sandboxes", content=b"{not json",
+                 headers={"content-type": "application/json"})
     assert r.status_code == 422
     raw.close()
     with pytest.raises(InvalidError):
