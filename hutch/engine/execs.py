@@ -1,8 +1,9 @@
 """One command running in a sandbox: its OCI exec process, output buffer, stdin and timeout.
 
-The output of an exec is kept as an ordered list of ``(fd, bytes)`` chunks, appended as the
-pipes produce them, so any number of readers can follow it from any offset and a reader
-that connects late still sees everything.  Readers are woken by a trio event that is
+The output of an exec is kept in one queue per stream, in the order the pipes produce it,
+until a reader consumes it: a reader that connects late still sees everything, and what
+has been read is dropped.  Unread output beyond ``MAX_BUFFERED`` pauses the pipes, so the
+process blocks as it would on a full pipe.  Readers are woken by a trio event that is
 replaced at each append.  A timeout kills the exec's whole process tree
 (:mod:`hutch.engine.proctree`), then records 124, like coreutils' ``timeout``.
 """
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -40,10 +42,9 @@ class ExecSession:
         self.marker = marker
         self.pidns = pidns
         self.timeout = timeout
-        self.chunks: list[tuple[int, bytes]] = []
-        self.buffered = 0
-        self.read_offset = 0
-        self.consumed = 0
+        self._queues: dict[int, deque[tuple[int, bytes]]] = {1: deque(), 2: deque()}
+        self._seq = 0
+        self.unread = 0
         self.returncode: int | None = None
         self.timed_out = False
         self.done = trio.Event()
@@ -52,8 +53,9 @@ class ExecSession:
 
     # output ----------------------------------------------------------------------------
     def _append(self, fd: int, data: bytes) -> None:
-        self.chunks.append((fd, data))
-        self.buffered += len(data)
+        self._seq += 1
+        self._queues[fd].append((self._seq, data))
+        self.unread += len(data)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -66,23 +68,26 @@ class ExecSession:
                 if not data:
                     return
                 self._append(fd, bytes(data))
-                while self.buffered - self.consumed > MAX_BUFFERED:
+                while self.unread > MAX_BUFFERED:
                     self._drained = trio.Event()
                     await self._drained.wait()
 
-    async def follow(self, start: int = 0) -> AsyncIterator[tuple[int, int, bytes]]:
-        """Yield ``(index, fd, data)`` from chunk ``start`` on until the exec has ended."""
-        index = start
+    async def follow(self, fds: tuple[int, ...] = (1, 2)) -> AsyncIterator[tuple[int, bytes]]:
+        """Consume ``(fd, data)`` chunks of ``fds`` in the order produced, until the end.
+
+        Each chunk is delivered once (like reading a pipe) and then dropped, so the engine
+        holds at most ``MAX_BUFFERED`` bytes of output per exec.
+        """
         while True:
-            while index < len(self.chunks):
-                fd, data = self.chunks[index]
-                index += 1
-                if index > self.read_offset:
-                    self.read_offset = index
-                    self.consumed += len(data)
-                    self._drained.set()
-                yield index, fd, data
-            if self.done.is_set() and index >= len(self.chunks):
+            heads = [(q[0][0], fd) for fd in fds if (q := self._queues[fd])]
+            if heads:
+                _, fd = min(heads)
+                _, data = self._queues[fd].popleft()
+                self.unread -= len(data)
+                self._drained.set()
+                yield fd, data
+                continue
+            if self.done.is_set():
                 return
             await self._changed.wait()
 

@@ -186,15 +186,13 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         return exec_info(session)
 
     @app.get("/v1/execs/{exec_id}/output")
-    async def exec_output(exec_id: str, start: Annotated[int, Query(ge=0)] = 0,
-                          fd: Annotated[int | None, Query(ge=1, le=2)] = None
+    async def exec_output(exec_id: str, fd: Annotated[int | None, Query(ge=1, le=2)] = None
                           ) -> StreamingResponse:
         session = manager.exec_session(exec_id)
 
         async def events() -> AsyncIterator[bytes]:
-            async for _, chunk_fd, data in session.follow(start):
-                if fd is None or fd == chunk_fd:
-                    yield _chunk_event(chunk_fd, data)
+            async for chunk_fd, data in session.follow((fd,) if fd else (1, 2)):
+                yield _chunk_event(chunk_fd, data)
             yield _event(exit_code=session.returncode)
 
         return StreamingResponse(events(), media_type=NDJSON)

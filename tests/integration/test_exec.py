@@ -76,3 +76,18 @@ def test_exec_round_trip_is_fast_enough_to_be_interactive(sandbox: hutch.Sandbox
     start = time.monotonic()
     assert sandbox.exec("true").wait() == 0
     assert time.monotonic() - start < 5
+
+
+def test_engine_memory_stays_bounded_while_streaming(
+        sandbox: hutch.Sandbox, engine: dict[str, object]) -> None:
+    size = 400 << 20
+    p = sandbox.exec("head", "-c", str(size), "/dev/zero", text=False)
+    total = sum(len(chunk) for chunk in p.stdout)
+    assert total == size
+    assert p.wait() == 0
+    from hutch.sdk.transport import default_client
+
+    pid = default_client().request("GET", "/v1/engine")["pid"]
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    peak_kib = int(status["VmHWM"].split()[0])
+    assert peak_kib < 200 * 1024, f"engine peak RSS {peak_kib} KiB after streaming {size} bytes"
