@@ -1,8 +1,8 @@
 """Thin ctypes bindings for the Linux calls Python 3.11's ``os`` module lacks.
 
-unshare(2), mount(2), umount2(2) and prctl(2) are all the engine needs to own its
-namespaces and mount overlay root filesystems without a helper binary.  Errors come back as
-``OSError`` with the real errno, like every ``os`` call.
+unshare(2), mount(2), umount2(2), prctl(2) and inotify(7) are all the engine needs to own
+its namespaces, mount overlay root filesystems and follow log files without a helper.
+Errors come back as ``OSError`` with the real errno, like every ``os`` call.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ MS_PRIVATE = 1 << 18
 
 MNT_DETACH = 0x2
 
+IN_MODIFY = 0x2
+IN_CLOSE_WRITE = 0x8
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 
@@ -36,6 +41,8 @@ _libc.mount.argtypes = [
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
 
@@ -64,3 +71,17 @@ def umount(target: str, flags: int = 0) -> None:
 
 def set_child_subreaper() -> None:
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def inotify_watch(paths: list[str], mask: int) -> int:
+    """A non-blocking inotify descriptor watching ``paths``; the caller closes it."""
+    fd: int = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+    for path in paths:
+        if _libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+    return fd

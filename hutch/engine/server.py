@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,7 @@ from hutch.api.models import (
     SetTagsRequest,
     TerminateRequest,
 )
+from hutch.engine import linux
 from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.execs import ExecSession
 from hutch.engine.sandboxes import SandboxManager
@@ -45,7 +47,6 @@ log = logging.getLogger("hutch.server")
 
 NDJSON = "application/x-ndjson"
 MAX_STDIN_CHUNK = 16 << 20
-LOG_POLL = 0.005
 
 
 def sandbox_info(row: SandboxRow) -> SandboxInfo:
@@ -238,30 +239,61 @@ def _parse_tags(tags: str | None) -> dict[str, str] | None:
 
 async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
                        only_fd: int | None) -> AsyncIterator[bytes]:
-    """The entrypoint's stdout and stderr, as written, until the sandbox has ended."""
+    """The entrypoint's stdout and stderr, as written, until the sandbox has ended.
+
+    The log files are followed with inotify, so a line reaches the client as soon as the
+    sandbox writes it; the sandbox's end wakes the reader too.
+    """
     dirs = manager.dirs(sandbox_id)
     offsets = {1: 0, 2: 0}
     paths = {fd: p for fd, p in ((1, dirs.stdout), (2, dirs.stderr))
              if only_fd in (None, fd)}
-    while True:
+    watch = None
+    try:
         live = manager.live.get(sandbox_id)
-        ended = live is None
-        progressed = False
-        for fd, path in paths.items():
-            data = _read_from(path, offsets[fd])
-            if data:
-                offsets[fd] += len(data)
-                progressed = True
-                yield _chunk_event(fd, data)
-        if progressed:
-            continue
-        if ended or not follow:
-            break
-        with trio.move_on_after(LOG_POLL):
-            await live.done.wait()  # type: ignore[union-attr]
+        if follow and live is not None:
+            watch = linux.inotify_watch([str(p) for p in paths.values()],
+                                        linux.IN_MODIFY | linux.IN_CLOSE_WRITE)
+        while True:
+            live = manager.live.get(sandbox_id)
+            progressed = False
+            for fd, path in paths.items():
+                data = _read_from(path, offsets[fd])
+                if data:
+                    offsets[fd] += len(data)
+                    progressed = True
+                    yield _chunk_event(fd, data)
+            if progressed:
+                continue
+            if live is None or watch is None:
+                break
+            await _first_of(live.done.wait, partial(trio.lowlevel.wait_readable, watch))
+            _drain(watch)
+    finally:
+        if watch is not None:
+            os.close(watch)
     row = manager.get(sandbox_id)
     if row.state == "exited" or not follow:
         yield _event(exit_code=row.returncode)
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of ``waits`` returns."""
+    async with trio.open_nursery() as nursery:
+        async def run(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
