@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
+
 from hutch.sdk import transport
 
 T = TypeVar("T")
@@ -67,3 +69,10 @@ def stop_engine() -> None:
     result = hutch_cli("engine", "stop")
     assert result.returncode == 0, result.stderr.decode()
     reset_client()
+
+
+def mark_tests_under(items: list[pytest.Item], directory: Path, marker: str) -> None:
+    """Add ``marker`` to every collected test that lives under ``directory``."""
+    for item in items:
+        if directory in Path(str(item.fspath)).parents:
+            item.add_marker(getattr(pytest.mark, marker))

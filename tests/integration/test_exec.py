@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import hutch
 
@@ -88,6 +89,7 @@ def test_engine_memory_stays_bounded_while_streaming(
     from hutch.sdk.transport import default_client
 
     pid = default_client().request("GET", "/v1/engine")["pid"]
-    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    status = dict(line.split(":", 1) for line in lines)
     peak_kib = int(status["VmHWM"].split()[0])
     assert peak_kib < 200 * 1024, f"engine peak RSS {peak_kib} KiB after streaming {size} bytes"

@@ -9,17 +9,14 @@ from typing import Any
 import pytest
 
 from hutch.sdk.transport import default_client
-from tests.helpers import engine_dirs, stop_engine
+from tests.helpers import engine_dirs, mark_tests_under, stop_engine
 
 RUNTIME_DIR = Path("/tmp/hutch-root-it")
 DATA_DIR = Path("/var/tmp/hutch-root-it")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.root)
+    mark_tests_under(items, Path(__file__).parent, "root")
 
 
 @pytest.fixture(scope="session")
