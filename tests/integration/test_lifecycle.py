@@ -173,3 +173,17 @@ def test_exec_on_finished_sandbox_conflicts(engine: dict[str, Any]) -> None:
     sb.terminate()
     with pytest.raises(ConflictError):
         sb.exec("true")
+
+
+def test_entrypoint_that_cannot_start_is_invalid_and_leaves_nothing(
+        engine: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    with pytest.raises(InvalidError, match="no-such-command"):
+        hutch.Sandbox.create("no-such-command", name="never-started", timeout=60)
+    # The failed sandbox frees its name and leaves no directories behind.
+    sb = hutch.Sandbox.create(name="never-started", timeout=60)
+    sb.terminate()
+    leftovers = [p for p in (Path(engine["data_dir"]) / "sandboxes").iterdir()
+                 if (p / "upper").exists()]
+    assert leftovers == []

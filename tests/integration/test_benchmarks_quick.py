@@ -1,0 +1,25 @@
+"""The benchmark command in quick mode, so that it cannot rot (figures are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def test_quick_benchmark_writes_its_reports(engine: dict[str, Any], tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--peers", "hutch,crun",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "startup.json").read_text())
+    for scenario in ("startup", "exec"):
+        hutch = report["scenarios"][scenario]["peers"]["hutch"]
+        assert hutch["available"], hutch["reason"]
+        assert len(hutch["samples_s"]) == 3 and all(0 < s < 60 for s in hutch["samples_s"])
+    assert (tmp_path / "startup.md").read_text().startswith("# hutch startup benchmark")
