@@ -311,6 +311,14 @@ class SandboxManager:
                                        else "lost")
             await self._cleanup(row.sandbox_id, dirs)
             log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
+        self._forget_stale_exit_records()
+
+    def _forget_stale_exit_records(self) -> None:
+        """Drop exit records no sandbox will read (e.g. of execs orphaned by a dead daemon)."""
+        live_pids = {str(live.pid) for live in self.live.values()}
+        for record in self.exits_dir.iterdir():
+            if record.name not in live_pids:
+                record.unlink(missing_ok=True)
 
     async def _runtime_state(self, sandbox_id: str) -> dict[str, object] | None:
         try:
