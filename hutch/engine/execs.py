@@ -22,6 +22,7 @@ import trio
 
 from hutch.engine import proctree
 from hutch.engine.errors import Conflict
+from hutch.engine.runtime.spawn import SpawnedProcess
 
 log = logging.getLogger("hutch.exec")
 
@@ -32,7 +33,7 @@ MAX_BUFFERED = 16 << 20
 
 class ExecSession:
     def __init__(self, exec_id: str, sandbox_id: str, argv: list[str],
-                 process: trio.Process, pid_file: Path, marker: bytes, pidns: int | None,
+                 process: SpawnedProcess, pid_file: Path, marker: bytes, pidns: int | None,
                  timeout: float | None) -> None:
         self.exec_id = exec_id
         self.sandbox_id = sandbox_id
@@ -138,6 +139,9 @@ class ExecSession:
                     await trio.to_thread.run_sync(self.kill_tree)
                     self.process.kill()
                     await self.process.wait()
+            if self.process.stdin is not None:
+                with trio.CancelScope(shield=True):
+                    await self.process.stdin.aclose()
             with contextlib.suppress(OSError):
                 os.unlink(self.pid_file)
         rc = self.process.returncode

@@ -40,7 +40,6 @@ def _listen(path: Path) -> socket.socket:
     sock.bind(str(path))
     os.chmod(path, 0o600)
     sock.listen(512)
-    sock.set_inheritable(True)
     return sock
 
 

@@ -106,3 +106,6 @@ def test_default_image_has_what_users_expect(sandbox: hutch.Sandbox) -> None:
     out = _run(sandbox, "python --version; bash --version | head -1; ps --version; "
                         "ls /etc/ssl/certs | head -1; python3 -m pip --version")
     assert "Python 3.11" in out and "GNU bash" in out and "procps" in out and "pip " in out
+    # pip is usable: the PEP 668 marker that would refuse `pip install` is gone.
+    assert sandbox.exec("sh", "-c", "ls /usr/lib/python3*/EXTERNALLY-MANAGED").wait() != 0
+    assert sandbox.exec("python3", "-m", "venv", "/tmp/v").wait() == 0

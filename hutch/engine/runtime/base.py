@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-import trio
+from hutch.engine.runtime.spawn import SpawnedProcess
 
 
 class RuntimeCommandError(Exception):
@@ -39,7 +39,7 @@ class OCIRuntime(Protocol):
         """create + start in one runtime invocation (the fast path)."""
 
     async def exec(self, cid: str, process_json: Path, *, pid_file: Path,
-                   stdin: bool) -> trio.Process:
+                   stdin: bool) -> SpawnedProcess:
         """Start a process in the container; the caller owns the returned process."""
 
     async def kill(self, cid: str, signal: int) -> None: ...

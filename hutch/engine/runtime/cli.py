@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from hutch.engine.runtime.base import RuntimeCommandError
+from hutch.engine.runtime.spawn import SpawnedProcess, spawn
 
 
 class CLIRuntime:
@@ -72,15 +73,10 @@ class CLIRuntime:
             raise RuntimeCommandError(argv, exc.code, exc.stderr) from None
 
     async def exec(self, cid: str, process_json: Path, *, pid_file: Path,
-                   stdin: bool) -> trio.Process:
+                   stdin: bool) -> SpawnedProcess:
         argv = self._argv("exec", "--process", str(process_json), "--pid-file", str(pid_file),
                           cid)
-        return await trio.lowlevel.open_process(
-            argv,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        return spawn(argv, stdin=stdin)
 
     async def kill(self, cid: str, signal: int) -> None:
         await self._run(self._argv("kill", cid, str(signal)))
