@@ -48,7 +48,8 @@ if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] && [ -f /sys/fs/cgroup/unifi
    && grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers; then
   echo "setup-host: mounting the hugetlb v1 cgroup controller (hybrid host)"
   mkdir -p /sys/fs/cgroup/hugetlb
-  mountpoint -q /sys/fs/cgroup/hugetlb || mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+  mountpoint -q /sys/fs/cgroup/hugetlb || mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb \
+    || echo "setup-host: could not mount hugetlb; hutch will fall back to runc" >&2
 fi
 
 if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
