@@ -254,10 +254,8 @@ class SandboxManager:
                            if row.state == "exited" else f"Sandbox {sandbox_id} is not running")
         exec_id = new_id("ex")
         marker = f"HUTCH_EXEC_ID={exec_id}"
-        env = {**live.env, **req.env}
-        process = ociconfig.process_spec(
-            req.argv, env, req.workdir or live.workdir
-        ).model_copy(update={"env": [f"{k}={v}" for k, v in env.items()] + [marker]})
+        env = {**live.env, **req.env, "HUTCH_EXEC_ID": exec_id}  # the marker wins
+        process = ociconfig.process_spec(req.argv, env, req.workdir or live.workdir)
         process_json = live.dirs.execs / f"{exec_id}.json"
         process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
         pid_file = live.dirs.execs / f"{exec_id}.pid"
