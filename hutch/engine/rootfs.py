@@ -67,7 +67,7 @@ def mount_rootfs(dirs: SandboxDirs, layers: list[Path]) -> None:
                 f"lowerdir={lower},upperdir={dirs.upper},workdir={dirs.work}")
 
 
-def unmount_rootfs(dirs: SandboxDirs, *, keep_logs: bool = True) -> None:
+def unmount_rootfs(dirs: SandboxDirs) -> None:
     """Unmount the overlay and remove everything but the entrypoint's logs."""
     try:
         linux.umount(str(dirs.merged), linux.MNT_DETACH)
@@ -78,8 +78,6 @@ def unmount_rootfs(dirs: SandboxDirs, *, keep_logs: bool = True) -> None:
         shutil.rmtree(d, ignore_errors=True)
     for f in ("config.json", "init.pid", "runtime.log"):
         (dirs.root / f).unlink(missing_ok=True)
-    if not keep_logs:
-        shutil.rmtree(dirs.root, ignore_errors=True)
 
 
 def make_dirs_inside(root: Path, path: str) -> None:

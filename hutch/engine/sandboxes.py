@@ -9,8 +9,6 @@ sandboxes' subreaper, which keeps it in ``<runtime>/exits/<pid>`` even while no 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
@@ -22,7 +20,7 @@ from pathlib import Path
 import trio
 
 from hutch.api.models import CreateSandboxRequest, ExecRequest
-from hutch.engine import ociconfig, rootfs
+from hutch.engine import ociconfig, proctree, rootfs
 from hutch.engine.errors import Conflict, Invalid
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
@@ -291,7 +289,8 @@ class SandboxManager:
         self.store.orphan_execs()
         for row in self.store.list_sandboxes():
             dirs = self.dirs(row.sandbox_id)
-            alive = row.state == "running" and row.init_pid is not None and _alive(row.init_pid)
+            alive = (row.state == "running" and row.init_pid is not None
+                     and proctree.running(row.init_pid))
             if alive:
                 state = await self._runtime_state(row.sandbox_id)
                 alive = state is not None and state.get("pid") == row.init_pid
@@ -324,15 +323,3 @@ class SandboxManager:
         except RuntimeCommandError:
             return None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as f:
-        if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-            return False
-    return True

@@ -25,7 +25,7 @@ from hutch.api.models import API_VERSION, EngineInfo
 from hutch.engine.images import ImageService
 from hutch.engine.runtime.probe import choose_runtime
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.server import build_app, stop_pause_process
+from hutch.engine.server import build_app
 from hutch.engine.store import Store
 
 log = logging.getLogger("hutch.engine")
@@ -41,6 +41,15 @@ def _listen(path: Path) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(512)
     return sock
+
+
+def stop_pause_process(runtime_dir: Path) -> None:
+    """Ask the pause process to exit (after this daemon): ``hutch engine stop``."""
+    try:
+        pid = int((runtime_dir / "pause.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
 
 
 async def run() -> None:

@@ -8,13 +8,12 @@ sandbox manager, and translate :class:`hutch.engine.errors.EngineError` into an
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from pathlib import Path
 from typing import Annotated
 
 import trio
@@ -47,6 +46,7 @@ log = logging.getLogger("hutch.server")
 
 NDJSON = "application/x-ndjson"
 MAX_STDIN_CHUNK = 16 << 20
+LOG_CHUNK = 1 << 20
 
 
 def sandbox_info(row: SandboxRow) -> SandboxInfo:
@@ -245,22 +245,23 @@ async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
     sandbox writes it; the sandbox's end wakes the reader too.
     """
     dirs = manager.dirs(sandbox_id)
-    offsets = {1: 0, 2: 0}
     paths = {fd: p for fd, p in ((1, dirs.stdout), (2, dirs.stderr))
              if only_fd in (None, fd)}
-    watch = None
-    try:
+    with contextlib.ExitStack() as files_stack:
+        files = {fd: files_stack.enter_context(open(path, "rb"))
+                 for fd, path in paths.items() if path.exists()}
+        watch = None
         live = manager.live.get(sandbox_id)
-        if follow and live is not None:
-            watch = linux.inotify_watch([str(p) for p in paths.values()],
+        if follow and live is not None and files:
+            watch = linux.inotify_watch([str(paths[fd]) for fd in files],
                                         linux.IN_MODIFY | linux.IN_CLOSE_WRITE)
+            files_stack.callback(os.close, watch)
         while True:
             live = manager.live.get(sandbox_id)
             progressed = False
-            for fd, path in paths.items():
-                data = _read_from(path, offsets[fd])
+            for fd, f in files.items():
+                data = f.read(LOG_CHUNK)
                 if data:
-                    offsets[fd] += len(data)
                     progressed = True
                     yield _chunk_event(fd, data)
             if progressed:
@@ -269,9 +270,6 @@ async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
                 break
             await _first_of(live.done.wait, partial(trio.lowlevel.wait_readable, watch))
             _drain(watch)
-    finally:
-        if watch is not None:
-            os.close(watch)
     row = manager.get(sandbox_id)
     if row.state == "exited" or not follow:
         yield _event(exit_code=row.returncode)
@@ -293,21 +291,4 @@ def _drain(fd: int) -> None:
         while os.read(fd, 4096):
             pass
     except BlockingIOError:
-        pass
-
-
-def _read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(limit)
-    except FileNotFoundError:
-        return b""
-
-
-def stop_pause_process(runtime_dir: Path) -> None:
-    try:
-        pid = int((runtime_dir / "pause.pid").read_text())
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
         pass

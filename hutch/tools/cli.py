@@ -80,7 +80,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = [sb.info() for sb in Sandbox.list()]
+    rows = default_client().request("GET", "/v1/sandboxes")["sandboxes"]
     print(f"{'SANDBOX ID':<26} {'NAME':<20} {'STATE':<9} {'AGE':>5}  TAGS")
     now = time.time()
     for info in rows:
