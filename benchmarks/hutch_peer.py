@@ -31,14 +31,14 @@ class HutchPeer(Peer):
         super().__init__()
         try:
             import hutch
-            from hutch.sdk.transport import default_client
+            from hutch.sdk.transport import request_blocking
         except ImportError as exc:
             raise Unavailable(f"cannot import hutch: {exc}") from exc
         self._hutch = hutch
-        self._client = default_client()
+        self._request = request_blocking
         self.timeout = sandbox_timeout
         try:
-            self.engine: dict[str, Any] = self._client.request("GET", "/v1/engine")
+            self.engine: dict[str, Any] = request_blocking("GET", "/v1/engine")
         except Exception as exc:  # the SDK's errors, or anything below them
             raise Unavailable(f"the hutch engine does not answer: {describe(exc)}") from exc
         self.version: str = getattr(hutch, "__version__", "?")
@@ -62,7 +62,7 @@ class HutchPeer(Peer):
         samples = []
         for _ in range(runs + 2):
             t0 = time.perf_counter()
-            self._client.request("GET", "/v1/health")
+            self._request("GET", "/v1/health")
             samples.append(time.perf_counter() - t0)
         return Stats.of(samples[2:])
 

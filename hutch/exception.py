@@ -4,18 +4,24 @@
 
     Error                       every hutch error
     ├── InvalidError            bad arguments (also a request the engine rejected as invalid)
+    │   └── ConflictError       the operation does not fit the object's state (exec on a
+    │                           finished sandbox, stdin on an exited process)
     ├── NotFoundError           unknown sandbox, app, exec or image
     ├── AlreadyExistsError      a running sandbox of that name already exists in the app
-    ├── ConflictError           the operation does not fit the object's state (exec on a
-    │                           finished sandbox, stdin on an exited process)
     ├── ExecutionError          the engine failed to do what was asked
     │   └── ImageBuildError     building an image failed (with the build's last lines)
-    ├── EngineError             the engine could not be started or reached, or answered
-    │                           with an unexpected error or a version this SDK cannot use
+    ├── EngineError             the engine answered with an unexpected error
+    │   ├── ConnectionError     the engine could not be started or reached
+    │   └── VersionError        the running engine speaks another API version
+    ├── ClientClosed            the object was detached (``Sandbox.detach``)
     ├── TimeoutError            a wait ran out of time (also a builtin TimeoutError)
     │   ├── SandboxTimeoutError the sandbox hit its own timeout
     │   └── ExecTimeoutError    an exec hit its timeout
     └── SandboxTerminatedError  the sandbox was terminated
+
+As in Modal, ``ConflictError`` is an ``InvalidError``, and ``TimeoutError`` and
+``ConnectionError`` shadow the builtins of the same name inside this module (they also
+subclass them, so ``except builtins.TimeoutError`` catches them too).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ class AlreadyExistsError(Error):
     """An object with that name already exists."""
 
 
-class ConflictError(Error):
+class ConflictError(InvalidError):
     """The object's state does not allow the operation."""
 
 
@@ -52,7 +58,19 @@ class ImageBuildError(ExecutionError):
 
 
 class EngineError(Error):
-    """The engine could not be started or reached, or answered unexpectedly."""
+    """The engine answered with an unexpected error."""
+
+
+class ConnectionError(EngineError, builtins.ConnectionError):
+    """The engine could not be started, or the connection to it was lost."""
+
+
+class VersionError(EngineError):
+    """The running engine speaks an API version this SDK cannot use."""
+
+
+class ClientClosed(Error):
+    """The object was detached from the engine; get a new one with ``from_id``."""
 
 
 class TimeoutError(Error, builtins.TimeoutError):
@@ -73,7 +91,9 @@ class SandboxTerminatedError(Error):
 
 __all__ = [
     "AlreadyExistsError",
+    "ClientClosed",
     "ConflictError",
+    "ConnectionError",
     "EngineError",
     "Error",
     "ExecTimeoutError",
@@ -84,4 +104,5 @@ __all__ = [
     "SandboxTerminatedError",
     "SandboxTimeoutError",
     "TimeoutError",
+    "VersionError",
 ]

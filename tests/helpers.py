@@ -41,9 +41,7 @@ def hutch_cli(*args: str, input: bytes | None = None, timeout: float = 120
 
 def reset_client() -> None:
     """Forget the SDK's cached connection (after changing the engine's dirs)."""
-    if transport._default is not None:
-        transport._default.close()
-    transport._default = None
+    transport.forget_clients()
 
 
 @contextmanager

@@ -16,10 +16,11 @@ API_VERSION = "1"
 DEFAULT_SANDBOX_TIMEOUT = 300.0
 MAX_TIMEOUT = 24 * 3600.0
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SandboxState = Literal["creating", "running", "exited"]
+StreamMode = Literal["pipe", "devnull"]
 ExitReason = Literal["exited", "terminated", "timeout", "lost", "failed"]
 
 
@@ -58,13 +59,15 @@ class CreateSandboxRequest(_Wire):
     workdir: str | None = None
     timeout: float = Field(default=DEFAULT_SANDBOX_TIMEOUT, gt=0, le=MAX_TIMEOUT)
     tags: dict[str, str] = Field(default_factory=dict)
+    #: Clients print a line for each exec and file operation on this sandbox.
+    verbose: bool = False
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         if v is not None and not _NAME.fullmatch(v):
             raise ValueError(
-                "sandbox names are 1-63 characters of letters, digits, '.', '_' and '-'"
+                "sandbox names are 1-64 characters of letters, digits, '.', '_' and '-'"
             )
         return v
 
@@ -92,6 +95,7 @@ class SandboxInfo(_Wire):
     tags: dict[str, str] = Field(default_factory=dict)
     timeout: float
     runtime: str
+    verbose: bool = False
 
 
 class SandboxList(_Wire):
@@ -107,11 +111,15 @@ class TerminateRequest(_Wire):
 
 
 class ExecRequest(_Wire):
+    """An exec; ``stdout``/``stderr`` ``devnull`` discard a stream in the engine."""
+
     argv: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str | None = None
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
     stdin: bool = False
+    stdout: StreamMode = "pipe"
+    stderr: StreamMode = "pipe"
 
     _argv = field_validator("argv")(classmethod(lambda cls, v: _check_argv(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
@@ -148,6 +156,13 @@ class LookupAppRequest(_Wire):
     name: str
     create_if_missing: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.fullmatch(v):
+            raise ValueError("app names are 1-64 characters of letters, digits, '.', '_' and '-'")
+        return v
+
 
 class EngineInfo(_Wire):
     version: str
@@ -158,6 +173,31 @@ class EngineInfo(_Wire):
     userns_mode: str
     data_dir: str
     default_image: str
+
+
+#: Python version -> the Debian suite whose python3 it is (``Image.debian_slim``).
+DEBIAN_PYTHON_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+
+
+class DebianSlimStep(_Wire):
+    kind: Literal["debian_slim"] = "debian_slim"
+    python_version: str
+
+    @field_validator("python_version")
+    @classmethod
+    def _supported(cls, v: str) -> str:
+        if v not in DEBIAN_PYTHON_SUITES:
+            supported = ", ".join(sorted(DEBIAN_PYTHON_SUITES))
+            raise ValueError(f"Python {v} has no Debian base; supported versions: {supported}")
+        return v
+
+
+class BuildImageRequest(_Wire):
+    """Build an image (or find it cached).  The answer is an NDJSON stream of
+    ``{"log": line}`` events ending with ``{"ref": ...}`` or ``{"error": ErrorBody}``."""
+
+    steps: list[DebianSlimStep] = Field(min_length=1, max_length=1)
+    force_build: bool = False
 
 
 class ErrorBody(_Wire):

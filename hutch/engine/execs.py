@@ -48,6 +48,7 @@ class ExecSession:
         self.unread = 0
         self.returncode: int | None = None
         self.timed_out = False
+        self._stdin_closed = False
         self.done = trio.Event()
         self._changed = trio.Event()
         self._drained = trio.Event()
@@ -94,15 +95,19 @@ class ExecSession:
 
     # stdin ------------------------------------------------------------------------------
     async def write_stdin(self, data: bytes, eof: bool) -> None:
+        """Write ``data``; ``eof`` then closes stdin (a no-op once closed or exited)."""
         stdin = self.process.stdin
         if stdin is None:
             raise Conflict("this exec was started without stdin")
+        if not data and (self.done.is_set() or self._stdin_closed):
+            return
         if self.done.is_set():
             raise Conflict("the process has already exited")
         try:
             if data:
                 await stdin.send_all(data)
             if eof:
+                self._stdin_closed = True
                 await stdin.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise Conflict(f"stdin is closed: {exc}") from exc

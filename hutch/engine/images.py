@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -30,13 +32,29 @@ class ImageService:
         return debian.base_ref()
 
     async def ensure_default(self) -> str:
-        ref = self.default_ref
+        return await self.build_debian(debian.DEFAULT_PYTHON)
+
+    async def build_debian(self, python_version: str, force: bool = False,
+                           log_line: Callable[[str], None] | None = None) -> str:
+        """The Debian base image for ``python_version``, built unless cached.
+
+        ``log_line`` receives the build's output on the event loop, line by line.
+        """
+        ref = debian.base_ref(python_version)
+
+        def forward(line: str) -> None:
+            if log_line is not None:
+                trio.from_thread.run_sync(log_line, line)
+
         async with self._locks[ref]:
-            if self.store.lookup(ref) is None:
+            if force or self.store.lookup(ref) is None:
                 try:
-                    await trio.to_thread.run_sync(debian.build_debian_base, self.store)
+                    await trio.to_thread.run_sync(
+                        partial(debian.build_debian_base, self.store, python_version,
+                                forward, force))
                 except debian.ImageBuildError as exc:
                     raise ImageBuildFailed(str(exc)) from exc
+                self._resolved.pop(ref, None)
         return ref
 
     async def resolve(self, ref: str | None) -> Image:

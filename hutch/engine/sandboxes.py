@@ -47,6 +47,7 @@ class LiveSandbox:
     env: dict[str, str]
     workdir: str
     terminating: bool = False
+    stdin: trio.lowlevel.FdStream | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
     def pidns(self) -> int | None:
@@ -99,14 +100,16 @@ class SandboxManager:
         workdir = req.workdir or image.workdir or "/"
         argv = req.entrypoint or list(DEFAULT_ENTRYPOINT)
         spec_record = {"env": env, "workdir": workdir, "argv": argv,
-                       "default_entrypoint": req.entrypoint is None}
+                       "default_entrypoint": req.entrypoint is None, "verbose": req.verbose}
         self.store.insert_sandbox(
             sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
             spec=spec_record, timeout=req.timeout, runtime=self.runtime.name, tags=req.tags,
         )
         dirs = self.dirs(sandbox_id)
+        stdin: trio.lowlevel.FdStream | None = None
         try:
-            pid = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env, workdir)
+            pid, stdin = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env,
+                                           workdir)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._cleanup(sandbox_id, dirs)
@@ -116,11 +119,18 @@ class SandboxManager:
             raise
         self.store.mark_running(sandbox_id, pid)
         row = self.store.sandbox(sandbox_id)
-        self._supervise(row)
+        self._supervise(row, stdin)
         return row
 
     async def _start(self, sandbox_id: str, dirs: rootfs.SandboxDirs, layers: list[Path],
-                     argv: list[str], env: dict[str, str], workdir: str) -> int:
+                     argv: list[str], env: dict[str, str], workdir: str
+                     ) -> tuple[int, trio.lowlevel.FdStream]:
+        """Start the container; returns its init pid and the write end of its stdin.
+
+        The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
+        open read-write (so opening never blocks and the entrypoint sees no EOF until the
+        client sends one) and hands the entrypoint a read-only descriptor.
+        """
         dirs.root.mkdir(parents=True)
         rootfs.mount_rootfs(dirs, layers)
         rootfs.make_dirs_inside(dirs.merged, workdir)
@@ -131,18 +141,25 @@ class SandboxManager:
             devpts_gid=self.devpts_gid,
         )
         (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+        fifo = dirs.root / "stdin"
+        os.mkfifo(fifo, 0o600)
+        writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        reader = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
         out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            await self.runtime.run_detached(sandbox_id, dirs.root, stdout=out, stderr=err,
-                                            pid_file=dirs.pid_file)
+            await self.runtime.run_detached(sandbox_id, dirs.root, stdin=reader, stdout=out,
+                                            stderr=err, pid_file=dirs.pid_file)
+        except BaseException:
+            os.close(writer)
+            raise
         finally:
-            os.close(out)
-            os.close(err)
-        return int(dirs.pid_file.read_text().strip())
+            for fd in (reader, out, err):
+                os.close(fd)
+        return int(dirs.pid_file.read_text().strip()), trio.lowlevel.FdStream(writer)
 
     # supervision ----------------------------------------------------------------------------
-    def _supervise(self, row: SandboxRow) -> None:
+    def _supervise(self, row: SandboxRow, stdin: trio.lowlevel.FdStream | None = None) -> None:
         assert row.init_pid is not None
         try:
             pidfd: int | None = os.pidfd_open(row.init_pid)
@@ -152,7 +169,7 @@ class SandboxManager:
             sandbox_id=row.sandbox_id, dirs=self.dirs(row.sandbox_id), pid=row.init_pid,
             pidfd=pidfd, deadline=row.deadline,
             default_entrypoint=bool(row.spec.get("default_entrypoint")),
-            env=row.spec["env"], workdir=row.spec["workdir"],
+            env=row.spec["env"], workdir=row.spec["workdir"], stdin=stdin,
         )
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
@@ -177,6 +194,9 @@ class SandboxManager:
             await self._cleanup(live.sandbox_id, live.dirs)
         if live.pidfd is not None:
             os.close(live.pidfd)
+        if live.stdin is not None:
+            with trio.CancelScope(shield=True):
+                await live.stdin.aclose()
         self.live.pop(live.sandbox_id, None)
         live.done.set()
         log.info("sandbox %s ended", live.sandbox_id)
@@ -238,6 +258,24 @@ class SandboxManager:
                 await live.done.wait()
         return self.store.sandbox(sandbox_id)
 
+    async def write_stdin(self, sandbox_id: str, data: bytes, eof: bool) -> None:
+        """Write to the entrypoint's stdin (waiting while its pipe is full); maybe close it."""
+        row = self.store.sandbox(sandbox_id)
+        live = self.live.get(sandbox_id)
+        if row.state == "exited" or live is None:
+            raise Conflict(f"Sandbox {sandbox_id} has already finished")
+        if live.stdin is None:
+            raise Conflict(f"the stdin of sandbox {sandbox_id} is closed (write_eof was "
+                           "called, or the engine restarted since it was created)")
+        try:
+            if data:
+                await live.stdin.send_all(data)
+            if eof:
+                stream, live.stdin = live.stdin, None
+                await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise Conflict(f"the stdin of sandbox {sandbox_id} is closed: {exc}") from exc
+
     async def shutdown_all(self) -> None:
         async with trio.open_nursery() as n:
             for sandbox_id in list(self.live):
@@ -259,7 +297,8 @@ class SandboxManager:
         pid_file = live.dirs.execs / f"{exec_id}.pid"
         self.store.insert_exec(exec_id, sandbox_id, req.argv)
         proc = await self.runtime.exec(sandbox_id, process_json, pid_file=pid_file,
-                                       stdin=req.stdin)
+                                       stdin=req.stdin, stdout=req.stdout == "pipe",
+                                       stderr=req.stderr == "pipe")
         session = ExecSession(exec_id, sandbox_id, req.argv, proc, pid_file, marker.encode(),
                               live.pidns(), req.timeout)
         self.execs[exec_id] = session

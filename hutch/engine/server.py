@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -25,6 +26,7 @@ from hutch import __version__
 from hutch.api.models import (
     API_VERSION,
     AppInfo,
+    BuildImageRequest,
     CreateSandboxRequest,
     EngineInfo,
     ErrorBody,
@@ -56,6 +58,7 @@ def sandbox_info(row: SandboxRow) -> SandboxInfo:
         image=row.image, created_at=row.created_at, finished_at=row.finished_at,
         returncode=row.returncode, exit_reason=row.exit_reason,  # type: ignore[arg-type]
         tags=row.tags, timeout=row.timeout, runtime=row.runtime,
+        verbose=bool(row.spec.get("verbose")),
     )
 
 
@@ -119,6 +122,11 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         """Build the default image unless it is built (the first sandbox would otherwise)."""
         return {"ref": await manager.images.ensure_default()}
 
+    @app.post("/v1/images/build")
+    async def build_image(req: BuildImageRequest) -> StreamingResponse:
+        """Build an image, streaming its log as NDJSON, ending with its ref or an error."""
+        return StreamingResponse(_build_events(manager, req), media_type=NDJSON)
+
     # apps -----------------------------------------------------------------------------------
     @app.post("/v1/apps/lookup")
     async def app_lookup(req: LookupAppRequest) -> AppInfo:
@@ -164,10 +172,22 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
 
     @app.get("/v1/sandboxes/{sandbox_id}/logs")
     async def logs(sandbox_id: str, follow: bool = True,
-                   fd: Annotated[int | None, Query(ge=1, le=2)] = None) -> StreamingResponse:
+                   fd: Annotated[int | None, Query(ge=1, le=2)] = None,
+                   offset: Annotated[int, Query(ge=0)] = 0) -> StreamingResponse:
+        """The entrypoint's output; ``offset`` (with ``fd``) skips what a reader has seen."""
         manager.get(sandbox_id)
-        return StreamingResponse(_follow_logs(manager, sandbox_id, follow, fd),
+        if offset and fd is None:
+            raise Invalid("offset needs fd: each stream has its own offset")
+        return StreamingResponse(_follow_logs(manager, sandbox_id, follow, fd, offset),
                                  media_type=NDJSON)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/stdin")
+    async def sandbox_stdin(sandbox_id: str, request: Request, eof: bool = False
+                            ) -> SandboxInfo:
+        """Write the request body to the entrypoint's stdin; ``eof`` then closes it."""
+        data = await _read_limited(request)
+        await manager.write_stdin(sandbox_id, data, eof)
+        return sandbox_info(manager.get(sandbox_id))
 
     # execs ----------------------------------------------------------------------------------
     @app.post("/v1/sandboxes/{sandbox_id}/execs")
@@ -201,15 +221,8 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     @app.post("/v1/execs/{exec_id}/stdin")
     async def exec_stdin(exec_id: str, request: Request, eof: bool = False) -> ExecInfo:
         session = manager.exec_session(exec_id)
-        data = b""
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > MAX_STDIN_CHUNK:
-                raise Invalid(f"a stdin write is limited to {MAX_STDIN_CHUNK} bytes")
-            if chunk:
-                await session.write_stdin(chunk, eof=False)
-        if eof:
-            await session.write_stdin(b"", eof=True)
+        data = await _read_limited(request)
+        await session.write_stdin(data, eof)
         return exec_info(session)
 
     @app.post("/v1/execs/{exec_id}/kill")
@@ -221,6 +234,53 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         return exec_info(session)
 
     return app
+
+
+async def _read_limited(request: Request) -> bytes:
+    """The request body, refused beyond ``MAX_STDIN_CHUNK`` before more is read."""
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_STDIN_CHUNK:
+            raise Invalid(f"a stdin write is limited to {MAX_STDIN_CHUNK} bytes per request")
+    return bytes(data)
+
+
+async def _build_events(manager: SandboxManager, req: BuildImageRequest
+                        ) -> AsyncIterator[bytes]:
+    """Relay a build's lines; errors become an ``error`` event.
+
+    The build runs in the daemon's nursery, not in this generator, so a client that goes
+    away does not abandon a half-built image: it is finished and cached for the next call.
+    """
+    send, receive = trio.open_memory_channel[bytes](math.inf)
+    step = req.steps[0]
+
+    async def build() -> None:
+        async with send:
+            try:
+                ref = await manager.images.build_debian(
+                    step.python_version, req.force_build,
+                    lambda line: _send_open(send, _event(log=line)))
+            except EngineError as exc:
+                _send_open(send, _event(error={"type": exc.type, "message": exc.message}))
+            except Exception as exc:  # a daemon task must not die of one build
+                log.exception("image build failed", exc_info=exc)
+                _send_open(send, _event(error={"type": "engine",
+                                               "message": f"{type(exc).__name__}: {exc}"}))
+            else:
+                _send_open(send, _event(ref=ref))
+
+    manager.nursery.start_soon(build)
+    async with receive:
+        async for event in receive:
+            yield event
+
+
+def _send_open(channel: trio.MemorySendChannel[bytes], event: bytes) -> None:
+    """Send unless the reader went away (the build goes on without it)."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        channel.send_nowait(event)
 
 
 def _parse_tags(tags: str | None) -> dict[str, str] | None:
@@ -238,7 +298,7 @@ def _parse_tags(tags: str | None) -> dict[str, str] | None:
 
 
 async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
-                       only_fd: int | None) -> AsyncIterator[bytes]:
+                       only_fd: int | None, offset: int = 0) -> AsyncIterator[bytes]:
     """The entrypoint's stdout and stderr, as written, until the sandbox has ended.
 
     The log files are followed with inotify, so a line reaches the client as soon as the
@@ -250,6 +310,8 @@ async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
     with contextlib.ExitStack() as files_stack:
         files = {fd: files_stack.enter_context(open(path, "rb"))
                  for fd, path in paths.items() if path.exists()}
+        for f in files.values():
+            f.seek(offset)
         watch = None
         live = manager.live.get(sandbox_id)
         if follow and live is not None and files:

@@ -12,14 +12,16 @@ import logging
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from hutch.api.models import DEBIAN_PYTHON_SUITES
 from hutch.imagebuild.layout import ImageStore
 
 log = logging.getLogger("hutch.imagebuild")
 
 #: Python version -> Debian suite.
-SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+SUITES = DEBIAN_PYTHON_SUITES
 DEFAULT_PYTHON = "3.11"
 BASE_PACKAGES = [
     "python3", "python-is-python3", "python3-pip", "python3-venv", "bash", "coreutils",
@@ -40,15 +42,23 @@ def base_ref(python_version: str = DEFAULT_PYTHON) -> str:
     return f"hutch/debian-slim:{SUITES[python_version]}-py{python_version}"
 
 
-def build_debian_base(store: ImageStore, python_version: str = DEFAULT_PYTHON) -> str:
-    """Build (or find) the base image for ``python_version``; returns its ref."""
+def _no_log(line: str) -> None:
+    pass
+
+
+def build_debian_base(store: ImageStore, python_version: str = DEFAULT_PYTHON,
+                      log_line: Callable[[str], None] = _no_log, force: bool = False) -> str:
+    """Build (or find) the base image for ``python_version``; returns its ref.
+
+    mmdebstrap's output goes to ``log_line`` one line at a time as it is produced.
+    """
     if python_version not in SUITES:
         supported = ", ".join(sorted(SUITES))
         raise ImageBuildError(
             f"Python {python_version} has no Debian base; supported versions: {supported}"
         )
     ref = base_ref(python_version)
-    if store.lookup(ref):
+    if store.lookup(ref) and not force:
         return ref
     if shutil.which("mmdebstrap") is None:
         raise ImageBuildError("mmdebstrap is not installed: apt-get install mmdebstrap")
@@ -62,11 +72,19 @@ def build_debian_base(store: ImageStore, python_version: str = DEFAULT_PYTHON) -
         SUITES[python_version], str(rootfs), MIRROR,
     ]
     log.info("building %s with mmdebstrap", ref)
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    log_line(f"building {ref} from {MIRROR} with mmdebstrap")
+    tail: list[str] = []
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail = [*tail[-14:], line]
+            log_line(line)
     if proc.returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise ImageBuildError(f"mmdebstrap failed with exit code {proc.returncode}:\n{tail}")
+        text = "\n".join(tail)
+        raise ImageBuildError(f"mmdebstrap failed with exit code {proc.returncode}:\n{text}")
     layer = store.commit_layer_dir(rootfs)
     shutil.rmtree(work, ignore_errors=True)
     store.write_image(ref, [layer], {

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hutch.api import paths
-from hutch.exception import EngineError
+from hutch.exception import ConnectionError as EngineStartError
 
 START_TIMEOUT = 60.0
 
@@ -82,10 +82,10 @@ def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) 
                 return
             ended = child.poll() is not None if child else not _running(pid)
             if ended or daemon_exit.exists():
-                raise EngineError(f"the hutch engine failed to start:\n{_log_tail(runtime)}")
+                raise EngineStartError(f"the hutch engine failed to start:\n{_log_tail(runtime)}")
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
-        raise EngineError(
+        raise EngineStartError(
             f"the hutch engine did not answer within {timeout:.0f} s:\n{_log_tail(runtime)}"
         )
 

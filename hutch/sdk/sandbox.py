@@ -1,189 +1,209 @@
-"""``hutch.Sandbox`` and ``ContainerProcess``: the blocking client of the engine's sandboxes.
+"""``hutch.Sandbox``: sandboxes on the local engine, with Modal's Sandbox API.
 
-Names and semantics follow Modal's Sandbox API (``create``, ``exec``, ``terminate``,
-``wait``, ``poll``, ``returncode``, ``from_id``, ``from_name``, ``list``, tags and the
-entrypoint's ``stdout``/``stderr``).  Each call is one request to the engine; nothing is
-cached here but the id, so two processes see the same sandbox.
+Every method is written once, as a coroutine; ``synchronize`` gives it its blocking face
+and ``.aio`` (see :mod:`hutch.sdk.syncbridge`).  A ``Sandbox`` holds its id and the last
+record the engine sent, never a connection, so two processes (or loops, or threads) can
+drive the same sandbox.  ``async with sb.open_process(...)`` and
+:func:`hutch.open_sandbox` are the structured-concurrency forms: what they open is
+killed when the block exits, also on error or cancellation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
-from hutch.exception import InvalidError, SandboxTerminatedError, SandboxTimeoutError
+import anyio
+
+from hutch.exception import (
+    ClientClosed,
+    InvalidError,
+    SandboxTerminatedError,
+    SandboxTimeoutError,
+)
+from hutch.sdk import options, output
 from hutch.sdk.app import App
-from hutch.sdk.transport import EngineClient, default_client
+from hutch.sdk.image import Image
+from hutch.sdk.process import WAIT_SLICE, ContainerProcess
+from hutch.sdk.secret import Secret, merge_secrets
+from hutch.sdk.streams import (
+    StreamReader,
+    StreamType,
+    StreamWriter,
+    check_stream_type,
+    reader_mode,
+)
+from hutch.sdk.syncbridge import iterate_sync, synchronize, synchronize_static
+from hutch.sdk.transport import client
 
-_WAIT_SLICE = 55.0
-
-
-class StreamReader:
-    """One output stream (stdout or stderr) of an exec or of a sandbox's entrypoint."""
-
-    def __init__(self, client: EngineClient, path: str, fd: int, text: bool = True) -> None:
-        self._client = client
-        self._path = path
-        self._fd = fd
-        self._text = text
-        self._consumed = False
-
-    def _chunks(self) -> Iterator[bytes]:
-        if self._consumed:
-            return
-        self._consumed = True
-        for event in self._client.stream_events(self._path, {"fd": self._fd}):
-            if event.get("data") is not None:
-                yield event["data"]
-
-    def read(self) -> Any:
-        """Everything the stream produces until it ends (a second read returns empty)."""
-        data = b"".join(self._chunks())
-        return data.decode(errors="replace") if self._text else data
-
-    def __iter__(self) -> Iterator[Any]:
-        """Lines (text) or chunks (bytes), as they are produced."""
-        if not self._text:
-            yield from self._chunks()
-            return
-        pending = b""
-        for chunk in self._chunks():
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.decode(errors="replace") + "\n"
-        if pending:
-            yield pending.decode(errors="replace")
+#: Exit codes of sandboxes stopped by hutch (as Modal reports them).
+TIMEOUT_RETURNCODE = 124
+TERMINATED_RETURNCODE = 137
 
 
-class StreamWriter:
-    """The stdin of an exec."""
+class _ListCall:
+    """``Sandbox.list(...)``: a blocking generator; ``Sandbox.list.aio(...)`` an async one."""
 
-    def __init__(self, client: EngineClient, exec_id: str) -> None:
-        self._client = client
-        self._exec_id = exec_id
-        self._buffer = b""
+    def __init__(self) -> None:
+        self.__doc__ = "The running sandboxes, newest first, of an app and/or with these tags."
+        self.__name__ = "list"
 
-    def write(self, data: bytes | str) -> None:
-        self._buffer += data.encode() if isinstance(data, str) else bytes(data)
+    def __call__(self, *, app_id: str | None = None,
+                 tags: Mapping[str, str] | None = None) -> Iterator[Sandbox]:
+        return iterate_sync(lambda: Sandbox._list(app_id, tags))
 
-    def write_eof(self) -> None:
-        self.drain(eof=True)
-
-    def drain(self, eof: bool = False) -> None:
-        data, self._buffer = self._buffer, b""
-        self._client.request("POST", f"/v1/execs/{self._exec_id}/stdin", content=data,
-                             params={"eof": "true" if eof else "false"})
-
-
-class ContainerProcess:
-    """A command running in a sandbox (what ``Sandbox.exec`` returns)."""
-
-    def __init__(self, client: EngineClient, info: dict[str, Any], text: bool = True) -> None:
-        self._client = client
-        self.object_id: str = info["exec_id"]
-        self._returncode: int | None = info.get("returncode")
-        path = f"/v1/execs/{self.object_id}/output"
-        self.stdout = StreamReader(client, path, 1, text)
-        self.stderr = StreamReader(client, path, 2, text)
-        self.stdin = StreamWriter(client, self.object_id)
-
-    @property
-    def returncode(self) -> int | None:
-        return self._returncode
-
-    def poll(self) -> int | None:
-        if self._returncode is None:
-            self._returncode = self._client.request(
-                "GET", f"/v1/execs/{self.object_id}")["returncode"]
-        return self._returncode
-
-    def wait(self) -> int:
-        while self._returncode is None:
-            info = self._client.request("POST", f"/v1/execs/{self.object_id}/wait",
-                                        params={"timeout": _WAIT_SLICE})
-            self._returncode = info["returncode"]
-        return self._returncode
-
-    def events(self) -> Iterator[tuple[int, bytes]]:
-        """Both streams interleaved in the order produced, as ``(fd, data)``; ends at exit."""
-        for event in self._client.stream_events(f"/v1/execs/{self.object_id}/output"):
-            if event.get("data") is not None:
-                yield event["fd"], event["data"]
-            elif "exit_code" in event:
-                self._returncode = event["exit_code"]
-
-
-def _str_dict(value: Any, what: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise InvalidError(f"{what} must be a dict of str to str")
-    return dict(value)
+    def aio(self, *, app_id: str | None = None,
+            tags: Mapping[str, str] | None = None) -> AsyncIterator[Sandbox]:
+        return Sandbox._list(app_id, tags)
 
 
 class Sandbox:
-    """A sandbox on the local engine."""
+    """A sandbox: an isolated container started from an image on this machine."""
 
-    def __init__(self, client: EngineClient, info: dict[str, Any]) -> None:
-        self._client = client
-        self._info = info
+    def __init__(self, info: dict[str, Any]) -> None:
         self.object_id: str = info["sandbox_id"]
+        self._info = info
+        self._detached = False
         path = f"/v1/sandboxes/{self.object_id}/logs"
-        self.stdout = StreamReader(client, path, 1)
-        self.stderr = StreamReader(client, path, 2)
+        self._stdout: StreamReader[str] = StreamReader(path, 1, text=True, by_line=True,
+                                                       resumable=True)
+        self._stderr: StreamReader[str] = StreamReader(path, 2, text=True, by_line=True,
+                                                       resumable=True)
+        self._stdin = StreamWriter(f"/v1/sandboxes/{self.object_id}/stdin")
 
-    # constructors ---------------------------------------------------------------------------
-    @staticmethod
-    def create(*entrypoint_args: str, app: App | None = None, name: str | None = None,
-               tags: dict[str, str] | None = None, image: str | None = None,
-               env: dict[str, str] | None = None, workdir: str | None = None,
-               timeout: float = 300) -> Sandbox:
-        if not all(isinstance(a, str) for a in entrypoint_args):
-            raise InvalidError("entrypoint arguments must be strings")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidError("timeout must be a number of seconds")
-        client = default_client()
+    # constructors -----------------------------------------------------------------------
+    @synchronize_static
+    async def create(
+        *args: str,
+        app: App | None = None,
+        name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        image: Image | None = None,
+        env: Mapping[str, str | None] | None = None,
+        secrets: Collection[Secret] | None = None,
+        timeout: int | float = 300,
+        workdir: str | None = None,
+        block_network: bool = False,
+        verbose: bool = False,
+        idle_timeout: int | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        volumes: Mapping[str, Any] | None = None,
+        gpu: str | None = None,
+        cloud: str | None = None,
+        region: str | Sequence[str] | None = None,
+        network_file_systems: Mapping[str, Any] | None = None,
+        outbound_cidr_allowlist: Sequence[str] | None = None,
+        outbound_domain_allowlist: Sequence[str] | None = None,
+        inbound_cidr_allowlist: Sequence[str] | None = None,
+        cidr_allowlist: Sequence[str] | None = None,
+        encrypted_ports: Sequence[int] = (),
+        h2_ports: Sequence[int] = (),
+        unencrypted_ports: Sequence[int] = (),
+        readiness_probe: Any = None,
+        pty: bool = False,
+        pty_info: Any = None,
+        custom_domain: str | None = None,
+        proxy: Any = None,
+        include_oidc_identity_token: bool = False,
+        experimental_options: Mapping[str, Any] | None = None,
+        _experimental_enable_snapshot: bool = False,
+        client: Any = None,
+        environment_name: str | None = None,
+    ) -> Sandbox:
+        """Start a sandbox running ``args`` (or idling until terminated when none are given).
+
+        Raises :class:`AlreadyExistsError` when a running sandbox of the app has ``name``.
+        """
+        options.reject_unsupported({
+            "idle_timeout": idle_timeout, "cpu": cpu, "memory": memory, "volumes": volumes,
+            "gpu": gpu, "cloud": cloud, "region": region,
+            "network_file_systems": network_file_systems,
+            "outbound_cidr_allowlist": outbound_cidr_allowlist,
+            "outbound_domain_allowlist": outbound_domain_allowlist,
+            "inbound_cidr_allowlist": inbound_cidr_allowlist, "cidr_allowlist": cidr_allowlist,
+            "encrypted_ports": encrypted_ports, "h2_ports": h2_ports,
+            "unencrypted_ports": unencrypted_ports, "readiness_probe": readiness_probe,
+            "pty": pty, "pty_info": pty_info, "custom_domain": custom_domain, "proxy": proxy,
+            "include_oidc_identity_token": include_oidc_identity_token,
+            "experimental_options": experimental_options,
+            "_experimental_enable_snapshot": _experimental_enable_snapshot,
+            "client": client, "environment_name": environment_name,
+            "block_network": block_network,
+        })
+        entrypoint = options.check_args(args, "entrypoint")
+        if name is not None:
+            options.check_object_name(name, "Sandbox")
+        if app is not None and not isinstance(app, App):
+            raise InvalidError(f"app must be a hutch.App, not {type(app).__name__}")
+        if image is not None and not isinstance(image, Image):
+            raise InvalidError(f"image must be a hutch.Image, not {type(image).__name__}")
+        if not isinstance(block_network, bool) or not isinstance(verbose, bool):
+            raise InvalidError("block_network and verbose must be True or False")
         body: dict[str, Any] = {
-            "entrypoint": list(entrypoint_args) or None, "name": name,
-            "tags": _str_dict(tags, "tags"), "env": _str_dict(env, "env"),
-            "workdir": workdir, "timeout": float(timeout), "image": image,
+            "entrypoint": entrypoint or None,
+            "name": name,
+            "tags": options.env_without_none(tags) if tags else {},
+            "env": merge_secrets(secrets, options.env_without_none(env)),
+            "workdir": options.check_workdir(workdir),
+            "timeout": options.check_timeout(timeout, "timeout", optional=False),
+            "verbose": verbose,
         }
         if app is not None:
-            body["app_id"] = app.app_id
-        return Sandbox(client, client.request("POST", "/v1/sandboxes", json_body=body))
+            body["app_id"] = await app.resolve_id()
+        if image is not None:
+            body["image"] = await image.resolve()
+        info = await _client_request("POST", "/v1/sandboxes", json_body=body)
+        return Sandbox(info)
+
+    @synchronize_static
+    async def from_id(sandbox_id: str) -> Sandbox:
+        """The sandbox with this id (running or finished)."""
+        options.check_sandbox_id(sandbox_id)
+        return Sandbox(await _client_request("GET", f"/v1/sandboxes/{sandbox_id}"))
+
+    @synchronize_static
+    async def from_name(app_name: str, name: str, *,
+                        environment_name: str | None = None) -> Sandbox:
+        """The *running* sandbox called ``name`` in the app ``app_name``."""
+        if environment_name is not None:
+            options.reject_unsupported({"environment_name": environment_name})
+        options.check_object_name(app_name, "App")
+        options.check_object_name(name, "Sandbox")
+        info = await _client_request("GET", "/v1/sandboxes/by-name",
+                                     params={"app_name": app_name, "name": name})
+        return Sandbox(info)
 
     @staticmethod
-    def from_id(sandbox_id: str) -> Sandbox:
-        client = default_client()
-        return Sandbox(client, client.request("GET", f"/v1/sandboxes/{sandbox_id}"))
-
-    @staticmethod
-    def from_name(app_name: str, name: str) -> Sandbox:
-        client = default_client()
-        info = client.request("GET", "/v1/sandboxes/by-name",
-                              params={"app_name": app_name, "name": name})
-        return Sandbox(client, info)
-
-    @staticmethod
-    def list(*, app_id: str | None = None, tags: dict[str, str] | None = None
-             ) -> Iterator[Sandbox]:
-        client = default_client()
+    def _list(app_id: str | None = None, tags: Mapping[str, str] | None = None
+              ) -> AsyncIterator[Sandbox]:
         params: dict[str, Any] = {}
         if app_id is not None:
+            if not isinstance(app_id, str):
+                raise InvalidError("app_id must be a string")
             params["app_id"] = app_id
         if tags:
-            params["tags"] = json.dumps(_str_dict(tags, "tags"))
-        body = client.request("GET", "/v1/sandboxes", params=params)
-        for info in body["sandboxes"]:
-            yield Sandbox(client, info)
+            params["tags"] = json.dumps(options.env_without_none(tags))
 
-    # state ------------------------------------------------------------------------------------
-    def _refresh(self) -> dict[str, Any]:
-        self._info = self._client.request("GET", f"/v1/sandboxes/{self.object_id}")
+        async def sandboxes() -> AsyncIterator[Sandbox]:
+            body = await _client_request("GET", "/v1/sandboxes", params=params)
+            for info in body["sandboxes"]:
+                yield Sandbox(info)
+
+        return sandboxes()
+
+    list = _ListCall()
+
+    # state ------------------------------------------------------------------------------
+    def _attached(self) -> None:
+        if self._detached:
+            raise ClientClosed("Unable to perform operation on a detached sandbox")
+
+    async def _request(self, method: str, suffix: str = "", **kw: Any) -> dict[str, Any]:
+        self._info = await _client_request(method, f"/v1/sandboxes/{self.object_id}{suffix}",
+                                           **kw)
         return self._info
 
     @property
@@ -192,56 +212,176 @@ class Sandbox:
         return name
 
     @property
+    def stdout(self) -> StreamReader[str]:
+        """The entrypoint's stdout, line by line."""
+        self._attached()
+        return self._stdout
+
+    @property
+    def stderr(self) -> StreamReader[str]:
+        """The entrypoint's stderr, line by line."""
+        self._attached()
+        return self._stderr
+
+    @property
+    def stdin(self) -> StreamWriter:
+        """The entrypoint's stdin: ``write``, ``write_eof``, then ``drain``."""
+        self._attached()
+        return self._stdin
+
+    @property
     def returncode(self) -> int | None:
-        if self._info["state"] != "exited":
-            self._refresh()
-        code: int | None = self._info["returncode"]
+        """The exit code once the sandbox has finished (as last seen), else None.
+
+        124 when it hit its timeout, 137 when it was terminated.
+        """
+        code: int | None = self._info.get("returncode") \
+            if self._info.get("state") == "exited" else None
         return code
 
-    def poll(self) -> int | None:
+    @synchronize
+    async def poll(self) -> int | None:
+        """The exit code if the sandbox has finished, else None (asks the engine)."""
+        self._attached()
+        if self._info.get("state") != "exited":
+            await self._request("GET")
         return self.returncode
 
-    def wait(self, raise_on_termination: bool = True) -> None:
-        while self._info["state"] != "exited":
-            self._info = self._client.request(
-                "POST", f"/v1/sandboxes/{self.object_id}/wait", params={"timeout": _WAIT_SLICE}
-            )
-        if raise_on_termination:
-            if self._info["exit_reason"] == "timeout":
-                raise SandboxTimeoutError(f"Sandbox {self.object_id} timed out")
-            if self._info["exit_reason"] == "terminated":
-                raise SandboxTerminatedError(f"Sandbox {self.object_id} was terminated")
+    @synchronize
+    async def wait(self, raise_on_termination: bool = True) -> None:
+        """Wait for the sandbox to finish.
 
-    def terminate(self, grace_period: float = 3.0) -> None:
-        self._info = self._client.request("POST", f"/v1/sandboxes/{self.object_id}/terminate",
-                                          json_body={"grace_period": float(grace_period)})
+        Raises :class:`SandboxTimeoutError` if it hit its timeout, and
+        :class:`SandboxTerminatedError` if it was terminated (unless
+        ``raise_on_termination`` is False).
+        """
+        while self._info.get("state") != "exited":
+            await self._request("POST", "/wait", params={"timeout": WAIT_SLICE})
+        reason = self._info.get("exit_reason")
+        if reason == "timeout":
+            raise SandboxTimeoutError(f"Sandbox {self.object_id} reached its timeout")
+        if reason == "terminated" and raise_on_termination:
+            raise SandboxTerminatedError(f"Sandbox {self.object_id} was terminated")
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self._info = self._client.request("PUT", f"/v1/sandboxes/{self.object_id}/tags",
-                                          json_body={"tags": _str_dict(tags, "tags")})
+    @synchronize
+    async def terminate(self, *, wait: bool = False, grace_period: float = 0.0) -> int | None:
+        """Stop the sandbox (a no-op once finished); with ``wait=True`` return its exit code.
 
-    def get_tags(self) -> dict[str, str]:
-        tags: dict[str, str] = self._refresh()["tags"]
+        hutch sends SIGKILL at once, as Modal does; ``grace_period`` (a hutch extension)
+        sends SIGTERM first and waits that many seconds for the sandbox to exit.
+        """
+        self._attached()
+        if isinstance(grace_period, bool) or not isinstance(grace_period, int | float) \
+                or not 0 <= grace_period <= 60:
+            raise InvalidError("grace_period must be between 0 and 60 seconds")
+        await self._request("POST", "/terminate", json_body={"grace_period": grace_period})
+        if not wait:
+            return None
+        await self.wait.aio(raise_on_termination=False)
+        return self.returncode
+
+    def detach(self) -> None:
+        """Let go of the sandbox without stopping it; use ``from_id`` to get it back."""
+        self._detached = True
+
+    @synchronize
+    async def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Replace the sandbox's tags (``{}`` clears them)."""
+        self._attached()
+        if not isinstance(tags, Mapping):
+            raise InvalidError("tags must be a dict of str to str")
+        await self._request("PUT", "/tags", json_body={"tags": options.env_without_none(tags)})
+
+    @synchronize
+    async def get_tags(self) -> dict[str, str]:
+        self._attached()
+        tags: dict[str, str] = (await self._request("GET"))["tags"]
         return tags
 
-    def info(self) -> dict[str, Any]:
-        """The engine's current record of this sandbox."""
-        return dict(self._refresh())
+    @synchronize
+    async def info(self) -> dict[str, Any]:
+        """The engine's current record of this sandbox (a hutch extension)."""
+        return dict(await self._request("GET"))
 
-    # exec -------------------------------------------------------------------------------------
-    def exec(self, *args: str, timeout: float | None = None, workdir: str | None = None,
-             env: dict[str, str] | None = None, text: bool = True,
-             stdin: bool = True) -> ContainerProcess:
-        if not args or not all(isinstance(a, str) for a in args):
+    # exec -------------------------------------------------------------------------------
+    @synchronize
+    async def exec(
+        self,
+        *args: str,
+        stdout: StreamType = StreamType.PIPE,
+        stderr: StreamType = StreamType.PIPE,
+        timeout: int | float | None = None,
+        workdir: str | None = None,
+        env: Mapping[str, str | None] | None = None,
+        secrets: Collection[Secret] | None = None,
+        text: bool = True,
+        bufsize: Literal[-1, 1] = -1,
+        pty: bool = False,
+        pty_info: Any = None,
+        _pty_info: Any = None,
+    ) -> ContainerProcess[Any]:
+        """Run a command in the sandbox; its output streams as it is produced.
+
+        Raises :class:`ConflictError` when the sandbox has already finished.
+        """
+        self._attached()
+        argv = options.check_args(args, "exec")
+        if not argv:
             raise InvalidError("exec needs a command: one or more string arguments")
-        body: dict[str, Any] = {"argv": list(args), "env": _str_dict(env, "env"),
-                                "workdir": workdir, "stdin": stdin}
-        if timeout is not None:
-            body["timeout"] = float(timeout)
-        info = self._client.request("POST", f"/v1/sandboxes/{self.object_id}/execs",
-                                    json_body=body)
-        return ContainerProcess(self._client, info, text)
+        if pty or pty_info is not None or _pty_info is not None:
+            raise InvalidError("exec: `pty` is not supported by this version of hutch "
+                               "(pseudo-terminals are not implemented yet)")
+        text_mode, by_line = reader_mode(text, bufsize)
+        out_type = check_stream_type(stdout, "stdout")
+        err_type = check_stream_type(stderr, "stderr")
+        merged_secrets = merge_secrets(secrets, {})
+        body: dict[str, Any] = {
+            "argv": argv, "env": {**merged_secrets, **options.env_without_none(env)},
+            "workdir": options.check_workdir(workdir), "stdin": True,
+            "timeout": options.check_timeout(timeout, "timeout", optional=True),
+            "stdout": "devnull" if out_type is StreamType.DEVNULL else "pipe",
+            "stderr": "devnull" if err_type is StreamType.DEVNULL else "pipe",
+        }
+        if self._info.get("verbose"):
+            output.log_exec(self.object_id, argv, workdir, sorted(merged_secrets))
+        info = await _client_request("POST", f"/v1/sandboxes/{self.object_id}/execs",
+                                     json_body=body)
+        return ContainerProcess(info, text=text_mode, by_line=by_line, stdout=out_type,
+                                stderr=err_type)
+
+    @contextlib.asynccontextmanager
+    async def open_process(self, *args: str, **kwargs: Any
+                           ) -> AsyncIterator[ContainerProcess[Any]]:
+        """``exec`` as an async context manager: the process (and everything it started)
+        is killed when the block exits, unless it already ended."""
+        process = await self.exec.aio(*args, **kwargs)
+        try:
+            yield process
+        finally:
+            with anyio.CancelScope(shield=True):
+                if await process.poll.aio() is None:
+                    await process.kill.aio()
 
     def __repr__(self) -> str:
         return f"Sandbox({self.object_id})"
+
+
+
+
+async def _client_request(method: str, path: str, **kw: Any) -> Any:
+    return await client().request(method, path, **kw)
+
+
+@contextlib.asynccontextmanager
+async def open_sandbox(*args: str, **kwargs: Any) -> AsyncIterator[Sandbox]:
+    """``Sandbox.create`` as an async context manager: the sandbox is terminated when the
+    block exits, also on error or cancellation (under trio or asyncio)."""
+    sandbox = await Sandbox.create.aio(*args, **kwargs)
+    try:
+        yield sandbox
+    finally:
+        with anyio.CancelScope(shield=True):
+            sandbox._detached = False
+            await sandbox.terminate.aio()
+
 

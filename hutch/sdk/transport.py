@@ -1,18 +1,27 @@
 """The SDK's one transport: HTTP/1.1 + JSON to the engine's Unix socket, via httpx.
 
 Like httpx's own transports it is thin: it sends requests and translates what comes back at
-this boundary.  Engine error bodies become ``hutch.exception`` classes, connection failures
-start the engine (once) and otherwise become :class:`EngineError`.
+this boundary.  Engine error bodies become ``hutch.exception`` classes; a socket nobody
+answers on starts the engine (once, under a lock); other connection failures and an engine
+speaking another API version become :class:`~hutch.exception.EngineError`.
+
+A connection pool belongs to one event loop, so there is one :class:`EngineClient` per
+running loop (:func:`client`): the portal's loop for blocking calls, and the caller's own
+trio or asyncio loop for ``.aio`` calls.  SDK objects hold ids, never a client, so one
+``Sandbox`` can be used from any loop or thread.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import httpx
+import sniffio
 
 from hutch import exception
 from hutch.api import paths
@@ -30,6 +39,11 @@ _ERRORS: dict[str, type[exception.Error]] = {
 }
 
 
+def error_for(kind: str, message: str) -> exception.Error:
+    """The exception for an engine error body (also used for errors inside streams)."""
+    return _ERRORS.get(kind, exception.EngineError)(message)
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.is_success:
         return
@@ -40,86 +54,163 @@ def _raise_for(response: httpx.Response) -> None:
         raise exception.EngineError(
             f"engine answered {response.status_code}: {response.text[:500]}"
         ) from None
-    raise _ERRORS.get(kind, exception.EngineError)(message)
+    raise error_for(kind, message)
+
+
+def _check_health(status: int, body: dict[str, Any]) -> bool:
+    if status != 200:
+        return False
+    version = body.get("api_version")
+    if version != API_VERSION:
+        raise exception.VersionError(
+            f"the running hutch engine speaks API version {version}, this SDK needs "
+            f"{API_VERSION}: stop it with `hutch engine stop` and call again"
+        )
+    return True
+
+
+def _ready_blocking() -> bool:
+    """Whether the engine answers (a blocking probe, for the launcher's thread)."""
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(paths.socket_path())),
+                          base_url="http://hutch", timeout=2.0) as http:
+            r = http.get("/v1/health")
+    except httpx.TransportError:
+        return False
+    return _check_health(r.status_code, r.json() if r.status_code == 200 else {})
 
 
 class EngineClient:
-    """A connection pool to the engine, started on first use."""
+    """A connection pool to the engine for one event loop; the engine starts on first use."""
 
     def __init__(self, autostart: bool = True) -> None:
         self.socket = paths.socket_path()
         self.autostart = autostart
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket)),
+        self._http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
             base_url="http://hutch",
             timeout=httpx.Timeout(30.0, read=None),
         )
         self._checked = False
 
-    def close(self) -> None:
-        self._http.close()
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
-    def _ready(self) -> bool:
+    async def _ready(self) -> bool:
         try:
-            r = self._http.get("/v1/health", timeout=2.0)
+            r = await self._http.get("/v1/health", timeout=2.0)
         except httpx.TransportError:
             return False
-        if r.status_code != 200:
-            return False
-        version = r.json().get("api_version")
-        if version != API_VERSION:
-            raise exception.EngineError(
-                f"the running engine speaks API {version}, this SDK needs {API_VERSION}: "
-                "stop it with `hutch engine stop`"
-            )
-        return True
+        return _check_health(r.status_code, r.json() if r.status_code == 200 else {})
 
-    def _ensure(self) -> None:
+    async def ensure(self) -> None:
+        """Make sure an engine of our API version answers, starting one if allowed."""
         if self._checked:
             return
-        if self.autostart:
-            launcher.ensure_engine(self._ready)
-        elif not self._ready():
-            raise exception.EngineError(f"no hutch engine answers on {self.socket}")
+        if not await self._ready():
+            if not self.autostart:
+                raise exception.ConnectionError(f"no hutch engine answers on {self.socket}")
+            await anyio.to_thread.run_sync(launcher.ensure_engine, _ready_blocking)
         self._checked = True
 
-    def request(self, method: str, path: str, *, json_body: Any = None,
-                params: dict[str, Any] | None = None, content: bytes | None = None) -> Any:
-        self._ensure()
+    def _lost(self, exc: Exception) -> exception.ConnectionError:
+        self._checked = False
+        return exception.ConnectionError(f"lost the connection to the hutch engine: {exc}")
+
+    async def request(self, method: str, path: str, *, json_body: Any = None,
+                      params: dict[str, Any] | None = None, content: bytes | None = None) -> Any:
+        await self.ensure()
         try:
-            r = self._http.request(method, path, json=json_body, params=params, content=content)
+            r = await self._http.request(method, path, json=json_body, params=params,
+                                         content=content)
         except httpx.TransportError as exc:
-            self._checked = False
-            raise exception.EngineError(f"lost the connection to the engine: {exc}") from exc
+            raise self._lost(exc) from exc
         _raise_for(r)
         return r.json()
 
-    def stream_events(self, path: str, params: dict[str, Any] | None = None
-                      ) -> Iterator[dict[str, Any]]:
-        """Yield the NDJSON events of a stream, decoding ``data`` to bytes."""
-        self._ensure()
+    async def stream_events(self, path: str, params: dict[str, Any] | None = None,
+                            method: str = "GET", json_body: Any = None,
+                            ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the NDJSON events of a stream, decoding ``data`` to bytes.
+
+        An event with an ``error`` object (an engine failure after the stream began) is
+        raised as the matching exception.
+        """
+        await self.ensure()
         try:
-            with self._http.stream("GET", path, params=params) as r:
+            async with self._http.stream(method, path, params=params, json=json_body) as r:
                 if not r.is_success:
-                    r.read()
+                    await r.aread()
                     _raise_for(r)
-                for line in r.iter_lines():
+                async for line in r.aiter_lines():
                     if not line:
                         continue
                     event: dict[str, Any] = json.loads(line)
                     if event.get("data") is not None:
                         event["data"] = base64.b64decode(event["data"])
+                    if isinstance(event.get("error"), dict):
+                        err = event["error"]
+                        raise error_for(str(err.get("type")), str(err.get("message")))
                     yield event
         except httpx.TransportError as exc:
-            self._checked = False
-            raise exception.EngineError(f"lost the connection to the engine: {exc}") from exc
+            raise self._lost(exc) from exc
 
 
-_default: EngineClient | None = None
+_asyncio_clients: weakref.WeakKeyDictionary[object, EngineClient] = weakref.WeakKeyDictionary()
+_trio_client_var: Any = None
 
 
-def default_client() -> EngineClient:
-    global _default
-    if _default is None:
-        _default = EngineClient()
-    return _default
+def client() -> EngineClient:
+    """The engine client of the event loop this is called from."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        global _trio_client_var
+        if _trio_client_var is None:
+            _trio_client_var = trio.lowlevel.RunVar("hutch_engine_client")
+        try:
+            found: EngineClient = _trio_client_var.get()
+        except LookupError:
+            found = EngineClient()
+            _trio_client_var.set(found)
+        return found
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    existing = _asyncio_clients.get(loop)
+    if existing is None:
+        for old in [old for old in _asyncio_clients if getattr(old, "is_closed", bool)()]:
+            del _asyncio_clients[old]  # their sockets close as they are collected
+        existing = _asyncio_clients[loop] = EngineClient()
+    return existing
+
+
+def request_blocking(method: str, path: str, *, autostart: bool = True, **kw: Any) -> Any:
+    """One request from blocking code (the CLI); ``autostart=False`` never starts an engine."""
+    from hutch.sdk import syncbridge
+
+    async def call() -> Any:
+        if autostart:
+            return await client().request(method, path, **kw)
+        own = EngineClient(autostart=False)
+        try:
+            return await own.request(method, path, **kw)
+        finally:
+            await own.aclose()
+
+    return syncbridge.run_sync(call)
+
+
+def events_blocking(path: str, params: dict[str, Any] | None = None
+                    ) -> Iterator[dict[str, Any]]:
+    """The NDJSON events of a stream, from blocking code."""
+    from hutch.sdk import syncbridge
+
+    return syncbridge.iterate_sync(lambda: client().stream_events(path, params))
+
+
+def forget_clients() -> None:
+    """Drop every cached connection pool, e.g. after the engine's directories changed."""
+    global _trio_client_var
+    _asyncio_clients.clear()
+    _trio_client_var = None

@@ -8,10 +8,15 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from hutch.exception import Error
-from hutch.sdk.sandbox import ContainerProcess, Sandbox
-from hutch.sdk.transport import EngineClient, default_client
+from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
+from hutch.sdk.sandbox import Sandbox
+from hutch.sdk.transport import events_blocking, request_blocking
+
+#: ``hutch exec --exec-timeout`` exits like timeout(1) when the time runs out.
+TIMEOUT_EXIT = 124
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -33,7 +38,7 @@ def _command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def _forward_stdin(proc: ContainerProcess) -> None:
+def _forward_stdin(proc: ContainerProcess[Any]) -> None:
     def pump() -> None:
         while chunk := os.read(sys.stdin.fileno(), 65536):
             proc.stdin.write(chunk)
@@ -43,19 +48,23 @@ def _forward_stdin(proc: ContainerProcess) -> None:
     threading.Thread(target=pump, daemon=True).start()
 
 
-def _stream(proc: ContainerProcess) -> int:
+def _stream(proc: ContainerProcess[Any]) -> int:
     outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
     for fd, data in proc.events():
         outs[fd].write(data)
         outs[fd].flush()
-    return proc.wait()
+    code = proc.wait()
+    return TIMEOUT_EXIT if code == EXEC_TIMEOUT_RETURNCODE else code
 
 
 def _exec_and_stream(sb: Sandbox, args: argparse.Namespace) -> int:
     proc = sb.exec(*_command(args), workdir=args.workdir, env=_env_pairs(args.env),
-                   timeout=args.exec_timeout, stdin=args.interactive)
+                   timeout=args.exec_timeout)
     if args.interactive:
         _forward_stdin(proc)
+    else:
+        proc.stdin.write_eof()
+        proc.stdin.drain()
     return _stream(proc)
 
 
@@ -80,7 +89,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = default_client().request("GET", "/v1/sandboxes")["sandboxes"]
+    rows = request_blocking("GET", "/v1/sandboxes")["sandboxes"]
     print(f"{'SANDBOX ID':<26} {'NAME':<20} {'STATE':<9} {'AGE':>5}  TAGS")
     now = time.time()
     for info in rows:
@@ -99,10 +108,9 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    client = default_client()
     outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
-    for event in client.stream_events(f"/v1/sandboxes/{args.sandbox_id}/logs",
-                                      {"follow": "true" if args.follow else "false"}):
+    for event in events_blocking(f"/v1/sandboxes/{args.sandbox_id}/logs",
+                                 {"follow": "true" if args.follow else "false"}):
         if event.get("data") is not None:
             outs[event["fd"]].write(event["data"])
             outs[event["fd"]].flush()
@@ -113,14 +121,13 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from hutch.sdk import launcher
 
     if args.action == "start":
-        info = default_client().request("GET", "/v1/engine")
-        default_client().request("POST", "/v1/images/default")
+        info = request_blocking("GET", "/v1/engine")
+        request_blocking("POST", "/v1/images/default")
         print(f"engine running: pid {info['pid']}, runtime {info['runtime']}, "
               f"user namespace {info['userns_mode']}")
         return 0
-    client = EngineClient(autostart=False)
     try:
-        info = client.request("GET", "/v1/engine")
+        info = request_blocking("GET", "/v1/engine", autostart=False)
     except Error:
         info = None
     if args.action == "status":
@@ -131,7 +138,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
             print(f"{key}: {value}")
         return 0
     if info is not None:
-        client.request("POST", "/v1/engine/shutdown")
+        request_blocking("POST", "/v1/engine/shutdown", autostart=False)
     stopped = launcher.stop_engine()
     print("engine stopped" if info is not None or stopped else "engine was not running")
     return 0

@@ -153,15 +153,12 @@ def check_tun() -> Check:
 
 def check_engine() -> list[Check]:
     from hutch.exception import Error
-    from hutch.sdk.transport import EngineClient
+    from hutch.sdk.transport import request_blocking
 
-    client = EngineClient(autostart=False)
     try:
-        info = client.request("GET", "/v1/engine")
+        info = request_blocking("GET", "/v1/engine", autostart=False)
     except Error:
         return [Check("engine", "ok", "not running (clients start it on first use)")]
-    finally:
-        client.close()
     checks = [Check("engine", "ok", f"pid {info['pid']}, version {info['version']}")]
     if info["runtime_fallback_reason"]:
         checks.append(Check("runtime", "warn", f"{info['runtime']}: "

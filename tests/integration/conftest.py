@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hutch.sdk.transport import default_client
+from hutch.sdk.transport import request_blocking
 from tests.helpers import engine_dirs, mark_tests_under, stop_engine
 
 RUNTIME_DIR = Path(f"/tmp/hutch-it-{os.getuid()}")
@@ -30,9 +30,9 @@ def engine() -> Iterator[dict[str, Any]]:
     if os.geteuid() == 0:
         pytest.skip("the rootless suite runs as an unprivileged user")
     with engine_dirs(RUNTIME_DIR, DATA_DIR):
-        info: dict[str, Any] = default_client().request("GET", "/v1/engine")
+        info: dict[str, Any] = request_blocking("GET", "/v1/engine")
         # Build (or find) the default image once, before any timed expectation.
-        default_client().request("POST", "/v1/images/default")
+        request_blocking("POST", "/v1/images/default")
         yield info
         stop_engine()
 

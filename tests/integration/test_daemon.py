@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import hutch
-from hutch.sdk.transport import default_client
+from hutch.api import paths
+from hutch.sdk.transport import request_blocking
 from tests.helpers import hutch_cli, reset_client, wait_for
 
 
@@ -27,7 +28,7 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_daemon() -> int:
-    pid: int = default_client().request("GET", "/v1/engine")["pid"]
+    pid: int = request_blocking("GET", "/v1/engine")["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not _alive(pid), what="the daemon to die")
     reset_client()
@@ -35,13 +36,13 @@ def _kill_daemon() -> int:
 
 
 def test_socket_is_private(engine: dict[str, Any]) -> None:
-    mode = os.stat(default_client().socket).st_mode
+    mode = os.stat(paths.socket_path()).st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
 
 
 def test_openapi_description(engine: dict[str, Any]) -> None:
-    doc = default_client().request("GET", "/openapi.json")
+    doc = request_blocking("GET", "/openapi.json")
     assert doc["openapi"].startswith("3.")
     assert "/v1/sandboxes" in doc["paths"] and "/v1/sandboxes/{sandbox_id}/execs" in doc["paths"]
 
@@ -52,7 +53,7 @@ def test_sigkilled_daemon_restarts_and_keeps_sandboxes(engine: dict[str, Any]) -
     old = _kill_daemon()
     # The next call starts a new daemon, which adopts the running sandbox.
     again = hutch.Sandbox.from_name("default", "survivor")
-    assert default_client().request("GET", "/v1/engine")["pid"] != old
+    assert request_blocking("GET", "/v1/engine")["pid"] != old
     assert again.object_id == sb.object_id
     assert again.info()["state"] == "running"
     assert again.get_tags() == {"k": "v"}

@@ -86,9 +86,9 @@ def test_engine_memory_stays_bounded_while_streaming(
     total = sum(len(chunk) for chunk in p.stdout)
     assert total == size
     assert p.wait() == 0
-    from hutch.sdk.transport import default_client
+    from hutch.sdk.transport import request_blocking
 
-    pid = default_client().request("GET", "/v1/engine")["pid"]
+    pid = request_blocking("GET", "/v1/engine")["pid"]
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     status = dict(line.split(":", 1) for line in lines)
     peak_kib = int(status["VmHWM"].split()[0])

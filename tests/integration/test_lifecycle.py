@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 import hutch
+from hutch.api import paths
 from hutch.exception import (
     AlreadyExistsError,
     ConflictError,
@@ -18,7 +19,7 @@ from hutch.exception import (
     SandboxTerminatedError,
     SandboxTimeoutError,
 )
-from hutch.sdk.transport import default_client
+from hutch.sdk.transport import events_blocking
 
 
 def test_entrypoint_output_and_exit_code(engine: dict[str, Any]) -> None:
@@ -71,7 +72,7 @@ def test_terminate_sends_sigterm_first(engine: dict[str, Any]) -> None:
     assert next(lines) == "ready\n"
     sb.terminate(grace_period=10)
     assert sb.returncode == 137
-    log = default_client().stream_events(f"/v1/sandboxes/{sb.object_id}/logs",
+    log = events_blocking(f"/v1/sandboxes/{sb.object_id}/logs",
                                          {"follow": "false", "fd": 1})
     assert b"got TERM" in b"".join(e["data"] for e in log if e.get("data"))
 
@@ -151,7 +152,7 @@ def test_sandbox_ids_look_like_modal(sandbox: hutch.Sandbox) -> None:
 
 
 def test_bad_argument_types_are_validation_errors(engine: dict[str, Any]) -> None:
-    raw = httpx.Client(transport=httpx.HTTPTransport(uds=str(default_client().socket)),
+    raw = httpx.Client(transport=httpx.HTTPTransport(uds=str(paths.socket_path())),
                        base_url="http://hutch")
     for body in ({"timeout": "ten"}, {"env": {"A": 1}}, {"entrypoint": "echo hi"},
                  {"workdir": "relative"}, {"name": "has space"}, {"bogus": True}):

@@ -8,7 +8,7 @@ from typing import Any
 
 import hutch
 from hutch.engine.userns import subid_range
-from hutch.sdk.transport import default_client
+from hutch.sdk.transport import request_blocking
 from tests.helpers import engine_dirs, hutch_cli, stop_engine
 
 
@@ -27,7 +27,7 @@ def test_single_uid_fallback_warns_and_still_runs(engine: dict[str, Any]) -> Non
     runtime = Path(os.environ["HUTCH_RUNTIME_DIR"])
     with engine_dirs(runtime, Path(os.environ["HUTCH_DATA_DIR"]), HUTCH_IDMAP="single"):
         try:
-            assert default_client().request("GET", "/v1/engine")["userns_mode"] == "single"
+            assert request_blocking("GET", "/v1/engine")["userns_mode"] == "single"
             assert "mapping a single uid" in (runtime / "engine.log").read_text()
             assert "[WARN] engine user namespace: single" in hutch_cli("doctor").stdout.decode()
             sb = hutch.Sandbox.create(timeout=60)

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import hutch
-from hutch.sdk.transport import default_client
+from hutch.sdk.transport import request_blocking
 from tests.helpers import engine_dirs, hutch_cli, stop_engine
 
 
@@ -19,7 +19,7 @@ def _exercise() -> None:
 
 
 def test_crun_is_preferred_here(engine: dict[str, Any]) -> None:
-    assert default_client().request("GET", "/v1/engine")["runtime"] == "crun"
+    assert request_blocking("GET", "/v1/engine")["runtime"] == "crun"
 
 
 def test_broken_crun_falls_back_to_runc_with_the_reason(engine: dict[str, Any]) -> None:
@@ -27,7 +27,7 @@ def test_broken_crun_falls_back_to_runc_with_the_reason(engine: dict[str, Any]) 
     with engine_dirs(os.environ["HUTCH_RUNTIME_DIR"], os.environ["HUTCH_DATA_DIR"],
                      HUTCH_CRUN_PATH="/bin/false"):
         try:
-            info = default_client().request("GET", "/v1/engine")
+            info = request_blocking("GET", "/v1/engine")
             assert info["runtime"] == "runc"
             assert "crun failed" in info["runtime_fallback_reason"]
             doctor = hutch_cli("doctor").stdout.decode()
@@ -42,8 +42,8 @@ def test_runc_can_be_forced(engine: dict[str, Any]) -> None:
     with engine_dirs(os.environ["HUTCH_RUNTIME_DIR"], os.environ["HUTCH_DATA_DIR"],
                      HUTCH_RUNTIME="runc"):
         try:
-            assert default_client().request("GET", "/v1/engine")["runtime"] == "runc"
+            assert request_blocking("GET", "/v1/engine")["runtime"] == "runc"
             _exercise()
         finally:
             stop_engine()
-    assert default_client().request("GET", "/v1/engine")["runtime"] == "crun"
+    assert request_blocking("GET", "/v1/engine")["runtime"] == "crun"

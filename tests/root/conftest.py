@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hutch.sdk.transport import default_client
+from hutch.sdk.transport import request_blocking
 from tests.helpers import engine_dirs, mark_tests_under, stop_engine
 
 RUNTIME_DIR = Path("/tmp/hutch-root-it")
@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def root_engine() -> Iterator[dict[str, Any]]:
     with engine_dirs(RUNTIME_DIR, DATA_DIR):
-        info: dict[str, Any] = default_client().request("GET", "/v1/engine")
-        default_client().request("POST", "/v1/images/default")
+        info: dict[str, Any] = request_blocking("GET", "/v1/engine")
+        request_blocking("POST", "/v1/images/default")
         yield info
         stop_engine()

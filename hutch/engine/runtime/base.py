@@ -34,13 +34,17 @@ class OCIRuntime(Protocol):
 
     async def start(self, cid: str) -> None: ...
 
-    async def run_detached(self, cid: str, bundle: Path, *, stdout: int, stderr: int,
-                           pid_file: Path) -> None:
+    async def run_detached(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
+                           stderr: int, pid_file: Path) -> None:
         """create + start in one runtime invocation (the fast path)."""
 
-    async def exec(self, cid: str, process_json: Path, *, pid_file: Path,
-                   stdin: bool) -> SpawnedProcess:
-        """Start a process in the container; the caller owns the returned process."""
+    async def exec(self, cid: str, process_json: Path, *, pid_file: Path, stdin: bool,
+                   stdout: bool = True, stderr: bool = True) -> SpawnedProcess:
+        """Start a process in the container; the caller owns the returned process.
+
+        ``stdin``/``stdout``/``stderr`` say which streams are pipes; the others are
+        /dev/null.
+        """
 
     async def kill(self, cid: str, signal: int) -> None: ...
 

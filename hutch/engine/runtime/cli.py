@@ -30,8 +30,8 @@ class CLIRuntime:
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.state_root), *args]
 
-    async def _run(self, argv: list[str], *, stdout: int | None = None,
-                   stderr: int | None = None) -> str:
+    async def _run(self, argv: list[str], *, stdin: int | None = None,
+                   stdout: int | None = None, stderr: int | None = None) -> str:
         streams: dict[str, Any] = {}
         if stdout is None:
             streams["capture_stdout"] = True
@@ -41,7 +41,9 @@ class CLIRuntime:
             streams["capture_stderr"] = True
         else:
             streams["stderr"] = stderr
-        result = await trio.run_process(argv, stdin=subprocess.DEVNULL, check=False, **streams)
+        result = await trio.run_process(
+            argv, stdin=subprocess.DEVNULL if stdin is None else stdin, check=False, **streams
+        )
         if result.returncode != 0:
             err = (result.stderr or b"").decode(errors="replace")
             raise RuntimeCommandError(argv, result.returncode, err)
@@ -54,17 +56,18 @@ class CLIRuntime:
     async def start(self, cid: str) -> None:
         await self._run(self._argv("start", cid))
 
-    async def run_detached(self, cid: str, bundle: Path, *, stdout: int, stderr: int,
-                           pid_file: Path) -> None:
-        await self._run_logged("run", cid, bundle, stdout, stderr, pid_file, "--detach")
+    async def run_detached(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
+                           stderr: int, pid_file: Path) -> None:
+        await self._run_logged("run", cid, bundle, stdout, stderr, pid_file, "--detach",
+                               stdin=stdin)
 
     async def _run_logged(self, verb: str, cid: str, bundle: Path, stdout: int, stderr: int,
-                          pid_file: Path, *extra: str) -> None:
+                          pid_file: Path, *extra: str, stdin: int | None = None) -> None:
         log = bundle / "runtime.log"
         argv = [self.binary, "--root", str(self.state_root), "--log", str(log),
                 verb, *extra, "--bundle", str(bundle), "--pid-file", str(pid_file), cid]
         try:
-            await self._run(argv, stdout=stdout, stderr=stderr)
+            await self._run(argv, stdin=stdin, stdout=stdout, stderr=stderr)
         except RuntimeCommandError as exc:
             try:
                 exc.stderr = _last_error(log.read_text(errors="replace")) or exc.stderr
@@ -72,11 +75,11 @@ class CLIRuntime:
                 pass
             raise RuntimeCommandError(argv, exc.code, exc.stderr) from None
 
-    async def exec(self, cid: str, process_json: Path, *, pid_file: Path,
-                   stdin: bool) -> SpawnedProcess:
+    async def exec(self, cid: str, process_json: Path, *, pid_file: Path, stdin: bool,
+                   stdout: bool = True, stderr: bool = True) -> SpawnedProcess:
         argv = self._argv("exec", "--process", str(process_json), "--pid-file", str(pid_file),
                           cid)
-        return spawn(argv, stdin=stdin)
+        return spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
 
     async def kill(self, cid: str, signal: int) -> None:
         await self._run(self._argv("kill", cid, str(signal)))

@@ -18,12 +18,13 @@ import trio
 class SpawnedProcess:
     """A child process with piped stdio, owned by the task that spawned it."""
 
-    def __init__(self, pid: int, stdin: int | None, stdout: int, stderr: int) -> None:
+    def __init__(self, pid: int, stdin: int | None, stdout: int | None,
+                 stderr: int | None) -> None:
         self.pid = pid
         self._pidfd = os.pidfd_open(pid)
         self.stdin = trio.lowlevel.FdStream(stdin) if stdin is not None else None
-        self.stdout = trio.lowlevel.FdStream(stdout)
-        self.stderr = trio.lowlevel.FdStream(stderr)
+        self.stdout = trio.lowlevel.FdStream(stdout) if stdout is not None else None
+        self.stderr = trio.lowlevel.FdStream(stderr) if stderr is not None else None
         self.returncode: int | None = None
 
     async def wait(self) -> int:
@@ -43,14 +44,21 @@ class SpawnedProcess:
                 pass
 
 
-def spawn(argv: list[str], *, stdin: bool) -> SpawnedProcess:
-    """Start ``argv`` (looked up on PATH) with pipes for stdout, stderr and maybe stdin."""
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    if stdin:
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
-    else:
-        in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), None
+def _pipe_or_null(pipe: bool, child_end: int) -> tuple[int | None, int]:
+    """``(our end, the child's end)``: a pipe, or /dev/null for the child and nothing for us."""
+    if not pipe:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return None, null
+    r, w = os.pipe2(os.O_CLOEXEC)
+    return (w, r) if child_end == 0 else (r, w)
+
+
+def spawn(argv: list[str], *, stdin: bool, stdout: bool = True,
+          stderr: bool = True) -> SpawnedProcess:
+    """Start ``argv`` (looked up on PATH) with a pipe or /dev/null for each stdio stream."""
+    in_w, in_r = _pipe_or_null(stdin, 0)
+    out_r, out_w = _pipe_or_null(stdout, 1)
+    err_r, err_w = _pipe_or_null(stderr, 2)
     try:
         pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=[
             (os.POSIX_SPAWN_DUP2, in_r, 0),

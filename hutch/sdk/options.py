@@ -1,0 +1,139 @@
+"""Checking what users pass to ``Sandbox.create`` and ``exec`` before anything is sent.
+
+Names and messages follow Modal's, so code that handles Modal's ``InvalidError`` reads the
+same text.  A parameter hutch accepts is honoured; one it cannot honour on this host (or
+not yet) raises :class:`InvalidError` naming it, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from hutch.exception import InvalidError
+
+#: Modal's limit on the total length of a command's arguments.
+ARG_MAX_BYTES = 2**16
+_OBJECT_NAME = re.compile(r"[a-zA-Z0-9\-_.]+")
+SANDBOX_ID = re.compile(r"sb-[0-9A-Za-z]{22}")
+
+#: create() parameters this host can never honour, and why.
+_NEVER = {
+    "gpu": "there are no GPUs for sandboxes on this host",
+    "cloud": "hutch runs sandboxes on this machine only",
+    "region": "hutch runs sandboxes on this machine only",
+    "custom_domain": "hutch serves no public domains",
+    "proxy": "hutch has no Modal proxies",
+    "client": "hutch talks to the local engine; pass no client",
+    "environment_name": "hutch has no Modal environments",
+    "network_file_systems": "network file systems are a Modal cloud feature; use volumes",
+    "include_oidc_identity_token": "hutch issues no OIDC identity tokens",
+    "experimental_options": "hutch has no experimental options",
+    "_experimental_enable_snapshot": "hutch has no memory snapshots",
+}
+#: create() parameters for features hutch does not have yet.
+_NOT_YET = {
+    "idle_timeout": "idle timeouts",
+    "cpu": "CPU limits",
+    "memory": "memory limits",
+    "volumes": "volumes",
+    "outbound_cidr_allowlist": "network allowlists",
+    "outbound_domain_allowlist": "network allowlists",
+    "inbound_cidr_allowlist": "network allowlists",
+    "cidr_allowlist": "network allowlists",
+    "encrypted_ports": "port forwarding",
+    "h2_ports": "port forwarding",
+    "unencrypted_ports": "port forwarding",
+    "readiness_probe": "readiness probes",
+    "pty": "pseudo-terminals",
+    "pty_info": "pseudo-terminals",
+}
+
+
+def _is_unset(value: Any) -> bool:
+    return value is None or value is False or (
+        isinstance(value, list | tuple | dict | set | frozenset) and not value)
+
+
+def reject_unsupported(options: Mapping[str, Any]) -> None:
+    """:class:`InvalidError` for the first parameter set to something hutch cannot honour."""
+    if options.get("cidr_allowlist") is not None and \
+            options.get("outbound_cidr_allowlist") is not None:
+        raise InvalidError("Cannot specify both `cidr_allowlist` and `outbound_cidr_allowlist`.")
+    ports = any(options.get(p) for p in ("encrypted_ports", "h2_ports", "unencrypted_ports"))
+    if options.get("block_network") and ports:
+        raise InvalidError("Cannot specify open ports when `block_network` is enabled")
+    for name in ("outbound_cidr_allowlist", "outbound_domain_allowlist",
+                 "inbound_cidr_allowlist", "cidr_allowlist"):
+        if options.get("block_network") and options.get(name) is not None:
+            shown = "outbound_cidr_allowlist" if name == "cidr_allowlist" else name
+            raise InvalidError(f"`{shown}` cannot be used when `block_network` is enabled")
+    for name, value in options.items():
+        if _is_unset(value):
+            continue
+        if name in _NEVER:
+            raise InvalidError(f"Sandbox.create: `{name}` is not supported: {_NEVER[name]}")
+        if name in _NOT_YET:
+            raise InvalidError(
+                f"Sandbox.create: `{name}` is not supported by this version of hutch "
+                f"({_NOT_YET[name]} are not implemented yet)"
+            )
+
+
+def check_args(args: tuple[Any, ...], what: str) -> list[str]:
+    if not all(isinstance(a, str) for a in args):
+        raise InvalidError(f"All {what} arguments must be strings")
+    total = sum(len(a) for a in args)
+    if total > ARG_MAX_BYTES:
+        raise InvalidError(
+            f"Total length of CMD arguments cannot exceed {ARG_MAX_BYTES} bytes (ARG_MAX). "
+            f"Got {total} bytes."
+        )
+    return list(args)
+
+
+def check_object_name(name: object, kind: str) -> str:
+    if not isinstance(name, str) or not _OBJECT_NAME.fullmatch(name) or len(name) > 64:
+        raise InvalidError(
+            f"Invalid {kind} name: {name!r}.\n\nNames may contain only alphanumeric "
+            "characters, dashes, periods, and underscores, and must be shorter than 64 "
+            "characters."
+        )
+    return name
+
+
+def check_workdir(workdir: object) -> str | None:
+    if workdir is None:
+        return None
+    if not isinstance(workdir, str) or not workdir.startswith("/"):
+        raise InvalidError(f"workdir must be an absolute path, got: {workdir}")
+    return workdir
+
+
+def check_timeout(value: object, what: str, *, optional: bool) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidError(f"{what} must be a positive number of seconds, got: {value!r}")
+    return float(value)
+
+
+def check_sandbox_id(sandbox_id: object) -> str:
+    if not isinstance(sandbox_id, str) or not SANDBOX_ID.fullmatch(sandbox_id):
+        raise InvalidError(f"Invalid Sandbox ID: {sandbox_id!r}")
+    return sandbox_id
+
+
+def env_without_none(env: object) -> dict[str, str]:
+    """``env`` with None values dropped (Modal's rule), checked to be str -> str."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidError(f"env must be a dict of str to str, not {type(env).__name__}")
+    kept = {k: v for k, v in env.items() if v is not None}
+    for key, value in kept.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidError(f"env must be a dict of str to str; {key!r} maps to "
+                               f"{type(value).__name__}")
+    return kept

@@ -1,0 +1,110 @@
+"""``ContainerProcess``: a command running in a sandbox, as ``Sandbox.exec`` returns it.
+
+Semantics follow Modal's: ``wait()`` returns the exit code (``128 + n`` for signal ``n``,
+-1 when the exec's ``timeout`` ran out), ``poll()`` returns None while it runs, and
+``returncode`` is only known after one of them has seen the end.  Output printed locally
+(``StreamType.STDOUT``) is copied by tasks on hutch's event-loop thread; ``wait()``
+returns only after they have printed everything.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from hutch.exception import InvalidError
+from hutch.sdk import syncbridge
+from hutch.sdk.streams import EXEC_MAX_BUFFER_SIZE, StreamReader, StreamType, StreamWriter
+from hutch.sdk.syncbridge import synchronize
+from hutch.sdk.transport import client
+
+T = TypeVar("T", str, bytes)
+
+#: Seconds one wait request may last before the SDK asks again.
+WAIT_SLICE = 55.0
+#: What ``wait()`` returns for an exec stopped by its timeout (as Modal does).
+EXEC_TIMEOUT_RETURNCODE = -1
+
+
+def exec_returncode(info: dict[str, Any]) -> int | None:
+    """The Modal-style return code of an engine exec record."""
+    if info.get("state") != "exited":
+        return None
+    if info.get("timed_out"):
+        return EXEC_TIMEOUT_RETURNCODE
+    code: int | None = info.get("returncode")
+    return code
+
+
+class ContainerProcess(Generic[T]):
+    """A process started by ``Sandbox.exec``: its streams, ``wait``, ``poll``, ``returncode``."""
+
+    def __init__(self, info: dict[str, Any], *, text: bool, by_line: bool,
+                 stdout: StreamType = StreamType.PIPE,
+                 stderr: StreamType = StreamType.PIPE) -> None:
+        self.object_id: str = info["exec_id"]
+        self._returncode = exec_returncode(info)
+        path = f"/v1/execs/{self.object_id}/output"
+        self.stdout: StreamReader[T] = StreamReader(path, 1, text=text, by_line=by_line,
+                                                    stream_type=stdout)
+        self.stderr: StreamReader[T] = StreamReader(path, 2, text=text, by_line=by_line,
+                                                    stream_type=stderr)
+        self.stdin = StreamWriter(f"/v1/execs/{self.object_id}/stdin", EXEC_MAX_BUFFER_SIZE)
+        self._printers: list[concurrent.futures.Future[None]] = []
+        for reader, kind in ((self.stdout, stdout), (self.stderr, stderr)):
+            if kind is StreamType.STDOUT:
+                self._printers.append(
+                    syncbridge.portal().start_task_soon(reader.print_to_stdout))
+
+    @property
+    def returncode(self) -> int:
+        """The exit code; :class:`InvalidError` until ``wait()`` or ``poll()`` saw the end."""
+        if self._returncode is None:
+            raise InvalidError(
+                "You must call wait() before accessing the returncode. To poll for the status "
+                "of a running process, use poll() instead."
+            )
+        return self._returncode
+
+    @synchronize
+    async def poll(self) -> int | None:
+        """The exit code if the process has ended, else None (never blocks)."""
+        if self._returncode is None:
+            info = await client().request("GET", f"/v1/execs/{self.object_id}")
+            self._returncode = exec_returncode(info)
+        return self._returncode
+
+    @synchronize
+    async def wait(self) -> int:
+        """Wait for the process to end; returns its exit code."""
+        while self._returncode is None:
+            info = await client().request("POST", f"/v1/execs/{self.object_id}/wait",
+                                          params={"timeout": WAIT_SLICE})
+            self._returncode = exec_returncode(info)
+        for printer in self._printers:
+            await anyio.to_thread.run_sync(printer.result)
+        return self._returncode
+
+    @synchronize
+    async def kill(self) -> int:
+        """Kill the process and everything it started; returns its exit code (hutch only)."""
+        info = await client().request("POST", f"/v1/execs/{self.object_id}/kill")
+        self._returncode = exec_returncode(info)
+        assert self._returncode is not None
+        return self._returncode
+
+    def events(self) -> Iterator[tuple[int, bytes]]:
+        """Both streams interleaved in the order produced, as ``(fd, data)``, until the
+        process ends (a hutch extension, for terminals that show both as they come)."""
+        return syncbridge.iterate_sync(self._events)
+
+    async def _events(self) -> AsyncIterator[tuple[int, bytes]]:
+        async for event in client().stream_events(f"/v1/execs/{self.object_id}/output"):
+            if event.get("data") is not None:
+                yield event["fd"], event["data"]
+
+    def __repr__(self) -> str:
+        return f"ContainerProcess(process_id={self.object_id!r})"
