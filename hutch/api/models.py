@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-API_VERSION = "1"
+API_VERSION = "2"
 DEFAULT_SANDBOX_TIMEOUT = 300.0
 MAX_TIMEOUT = 24 * 3600.0
 

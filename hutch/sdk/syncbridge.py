@@ -16,6 +16,8 @@ in another thread; the loop thread itself gets a clear error instead of a deadlo
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -84,14 +86,40 @@ def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -
     return portal().call(call)
 
 
+_background: set[asyncio.Task[Any]] = set()
+
+
+def start_background(fn: Callable[[], Coroutine[Any, Any, None]]
+                     ) -> concurrent.futures.Future[None]:
+    """Run ``fn()`` as a task on the portal's loop, from any thread including the portal's."""
+    if not in_portal_thread():
+        return portal().start_task_soon(fn)
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    task = asyncio.get_running_loop().create_task(fn())
+    _background.add(task)
+
+    def finished(t: asyncio.Task[None]) -> None:
+        _background.discard(t)
+        if t.cancelled():
+            future.cancel()
+        elif (exc := t.exception()) is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    task.add_done_callback(finished)
+    return future
+
+
 class BoundCall(Generic[P, R]):
     """A call with a blocking face (``__call__``) and an async face (``aio``)."""
 
 
-    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> None:
+    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str | None = None,
+                 doc: str | None = None) -> None:
         self._fn = fn
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", "call")
+        self.__doc__ = doc or fn.__doc__
+        self.__name__ = name or getattr(fn, "__name__", "call")
         self.__wrapped__ = fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -121,7 +149,7 @@ class synchronize(Generic[S, P, R]):
     def __get__(self, obj: S | None, owner: type[Any]) -> BoundCall[P, R] | synchronize[S, P, R]:
         if obj is None:
             return self
-        return BoundCall(functools.partial(self._fn, obj))
+        return BoundCall(functools.partial(self._fn, obj), self.__name__, self.__doc__)
 
 
 class synchronize_static(Generic[P, R]):

@@ -44,6 +44,7 @@ def _forward_stdin(proc: ContainerProcess[Any]) -> None:
             proc.stdin.write(chunk)
             proc.stdin.drain()
         proc.stdin.write_eof()
+        proc.stdin.drain()
 
     threading.Thread(target=pump, daemon=True).start()
 

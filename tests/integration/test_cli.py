@@ -40,9 +40,12 @@ def test_ps_exec_terminate(engine: dict[str, Any]) -> None:
 
 
 def test_unknown_sandbox_is_a_clear_error(engine: dict[str, Any]) -> None:
-    r = hutch_cli("exec", "sb-nope", "--", "true")
+    r = hutch_cli("exec", "sb-" + "x" * 22, "--", "true")
     assert r.returncode == 125
     assert b"NotFoundError" in r.stderr
+    malformed = hutch_cli("exec", "sb-nope", "--", "true")
+    assert malformed.returncode == 125
+    assert b"InvalidError: Invalid Sandbox ID: 'sb-nope'" in malformed.stderr
 
 
 def test_doctor(engine: dict[str, Any]) -> None:
