@@ -17,7 +17,7 @@ import pytest
 from hutch.sdk.transport import request_blocking
 from tests.helpers import engine_dirs, mark_tests_under, stop_engine
 
-RUNTIME_DIR = Path(f"/tmp/hutch-it-{os.getuid()}")
+RUNTIME_DIR = Path(os.environ.get("HUTCH_TEST_RUNTIME", f"/tmp/hutch-it-{os.getuid()}"))
 DATA_DIR = Path(os.environ.get("HUTCH_TEST_DATA", Path.home() / ".cache" / "hutch-it"))
 
 
