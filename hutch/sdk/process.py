@@ -56,7 +56,7 @@ class ContainerProcess(Generic[T]):
         self._printers: list[concurrent.futures.Future[None]] = []
         for reader, kind in ((self.stdout, stdout), (self.stderr, stderr)):
             if kind is StreamType.STDOUT:
-                self._printers.append(syncbridge.start_background(reader.print_to_stdout))
+                self._printers.append(syncbridge.start_background(reader._print_to_stdout))
 
     @property
     def returncode(self) -> int:

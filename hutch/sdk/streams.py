@@ -131,7 +131,7 @@ class StreamReader(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         return iterate_sync(self._items)
 
-    async def print_to_stdout(self) -> None:
+    async def _print_to_stdout(self) -> None:
         """Copy the stream to this process's stdout as it arrives (``StreamType.STDOUT``)."""
         async for data in self._source.chunks():
             if self._text:
