@@ -62,11 +62,12 @@ class BuildDisplay:
 
     def line(self, text: str) -> None:
         if self._console is not None:
-            self._console.print(text, style="dim", markup=False)
+            self._console.print(text, style="dim", markup=False, soft_wrap=True)
 
     def done(self, ref: str) -> None:
         if self._console is not None:
-            self._console.print(f"[green]✓[/green] Built image {self._what} -> {ref}")
+            self._console.print(f"[green]✓[/green] Built image {self._what} -> {ref}",
+                                soft_wrap=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._status is not None:
