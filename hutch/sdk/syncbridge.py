@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -34,6 +35,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _portal: anyio.from_thread.BlockingPortal | None = None
 _portal_thread: threading.Thread | None = None
+_background: set[asyncio.Task[Any]] = set()
 
 
 def _start_portal() -> anyio.from_thread.BlockingPortal:
@@ -64,6 +66,18 @@ def _start_portal() -> anyio.from_thread.BlockingPortal:
     return ready[0]
 
 
+def _forget_portal_in_child() -> None:
+    """A forked child has no portal thread (threads do not survive fork): start afresh."""
+    global _lock, _portal, _portal_thread
+    _lock = threading.Lock()
+    _portal = None
+    _portal_thread = None
+    _background.clear()
+
+
+os.register_at_fork(after_in_child=_forget_portal_in_child)
+
+
 def portal() -> anyio.from_thread.BlockingPortal:
     """The process's portal, started on first use."""
     global _portal
@@ -84,9 +98,6 @@ def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -
         raise RuntimeError("a blocking hutch call was made from hutch's own event-loop thread")
     call = functools.partial(fn, *args, **kwargs)
     return portal().call(call)
-
-
-_background: set[asyncio.Task[Any]] = set()
 
 
 def start_background(fn: Callable[[], Coroutine[Any, Any, None]]

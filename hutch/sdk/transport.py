@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -157,6 +159,7 @@ class EngineClient:
 
 
 _asyncio_clients: weakref.WeakKeyDictionary[object, EngineClient] = weakref.WeakKeyDictionary()
+_clients_lock = threading.Lock()
 _trio_client_var: Any = None
 
 
@@ -179,9 +182,10 @@ def client() -> EngineClient:
     loop = asyncio.get_running_loop()
     existing = _asyncio_clients.get(loop)
     if existing is None:
-        for old in [old for old in _asyncio_clients if getattr(old, "is_closed", bool)()]:
-            del _asyncio_clients[old]  # their sockets close as they are collected
-        existing = _asyncio_clients[loop] = EngineClient()
+        with _clients_lock:
+            for old in [old for old in _asyncio_clients if getattr(old, "is_closed", bool)()]:
+                del _asyncio_clients[old]  # their sockets close as they are collected
+            existing = _asyncio_clients.setdefault(loop, EngineClient())
     return existing
 
 
@@ -214,3 +218,12 @@ def forget_clients() -> None:
     global _trio_client_var
     _asyncio_clients.clear()
     _trio_client_var = None
+
+
+def _after_fork_in_child() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    forget_clients()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
