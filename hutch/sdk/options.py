@@ -7,6 +7,7 @@ not yet) raises :class:`InvalidError` naming it, never silently ignored.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from hutch.exception import InvalidError
 #: Modal's limit on the total length of a command's arguments.
 ARG_MAX_BYTES = 2**16
 _OBJECT_NAME = re.compile(r"[a-zA-Z0-9\-_.]+")
-SANDBOX_ID = re.compile(r"sb-[0-9A-Za-z]{22}")
+SANDBOX_ID = re.compile(r"sb-(?:[0-9A-Za-z]{22}|[0-7][0-9A-HJKMNP-TV-Z]{25})")  # Modal: v1 or ULID
 
 #: create() parameters this host can never honour, and why.
 _NEVER = {
@@ -51,7 +52,14 @@ _NOT_YET = {
 }
 
 
-def _is_unset(value: Any) -> bool:
+#: Parameters whose empty value still means something (an empty allowlist blocks all).
+_EMPTY_IS_SET = {"outbound_cidr_allowlist", "outbound_domain_allowlist",
+                 "inbound_cidr_allowlist", "cidr_allowlist"}
+
+
+def _is_unset(name: str, value: Any) -> bool:
+    if name in _EMPTY_IS_SET:
+        return value is None
     return value is None or value is False or (
         isinstance(value, list | tuple | dict | set | frozenset) and not value)
 
@@ -70,7 +78,7 @@ def reject_unsupported(options: Mapping[str, Any]) -> None:
             shown = "outbound_cidr_allowlist" if name == "cidr_allowlist" else name
             raise InvalidError(f"`{shown}` cannot be used when `block_network` is enabled")
     for name, value in options.items():
-        if _is_unset(value):
+        if _is_unset(name, value):
             continue
         if name in _NEVER:
             raise InvalidError(f"Sandbox.create: `{name}` is not supported: {_NEVER[name]}")
@@ -114,7 +122,8 @@ def check_workdir(workdir: object) -> str | None:
 def check_timeout(value: object, what: str, *, optional: bool) -> float | None:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0:
         raise InvalidError(f"{what} must be a positive number of seconds, got: {value!r}")
     return float(value)
 
@@ -125,15 +134,22 @@ def check_sandbox_id(sandbox_id: object) -> str:
     return sandbox_id
 
 
-def env_without_none(env: object) -> dict[str, str]:
-    """``env`` with None values dropped (Modal's rule), checked to be str -> str."""
-    if env is None:
+def check_str_dict(value: object, what: str) -> dict[str, str]:
+    """``value`` as a dict of str to str (None is empty), or :class:`InvalidError`."""
+    if value is None:
         return {}
-    if not isinstance(env, Mapping):
-        raise InvalidError(f"env must be a dict of str to str, not {type(env).__name__}")
-    kept = {k: v for k, v in env.items() if v is not None}
-    for key, value in kept.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise InvalidError(f"env must be a dict of str to str; {key!r} maps to "
-                               f"{type(value).__name__}")
-    return kept
+    if not isinstance(value, Mapping):
+        raise InvalidError(f"{what} must be a dict of str to str, not {type(value).__name__}")
+    for key, val in value.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise InvalidError(
+                f"{what} must be a dict of str to str; {key!r} maps to {type(val).__name__}"
+            )
+    return dict(value)
+
+
+def env_without_none(env: object, what: str = "env") -> dict[str, str]:
+    """``env`` with None values dropped (Modal's rule), checked to be str -> str."""
+    if isinstance(env, Mapping):
+        env = {k: v for k, v in env.items() if v is not None}
+    return check_str_dict(env, what)

@@ -145,7 +145,7 @@ class Sandbox:
         body: dict[str, Any] = {
             "entrypoint": entrypoint or None,
             "name": name,
-            "tags": options.env_without_none(tags) if tags else {},
+            "tags": options.check_str_dict(tags, "tags"),
             "env": merge_secrets(secrets, options.env_without_none(env)),
             "workdir": options.check_workdir(workdir),
             "timeout": options.check_timeout(timeout, "timeout", optional=False),
@@ -185,7 +185,7 @@ class Sandbox:
                 raise InvalidError("app_id must be a string")
             params["app_id"] = app_id
         if tags:
-            params["tags"] = json.dumps(options.env_without_none(tags))
+            params["tags"] = json.dumps(options.check_str_dict(tags, "tags"))
 
         async def sandboxes() -> AsyncIterator[Sandbox]:
             body = await _client_request("GET", "/v1/sandboxes", params=params)
@@ -290,7 +290,8 @@ class Sandbox:
         self._attached()
         if not isinstance(tags, Mapping):
             raise InvalidError("tags must be a dict of str to str")
-        await self._request("PUT", "/tags", json_body={"tags": options.env_without_none(tags)})
+        await self._request("PUT", "/tags",
+                            json_body={"tags": options.check_str_dict(tags, "tags")})
 
     @synchronize
     async def get_tags(self) -> dict[str, str]:

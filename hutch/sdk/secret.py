@@ -15,20 +15,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from hutch.exception import InvalidError, NotFoundError
-
-
-def check_env_dict(value: object, what: str = "env") -> dict[str, str]:
-    """``value`` as a dict of str to str, or :class:`InvalidError` naming ``what``."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidError(f"{what} must be a dict of str to str, not {type(value).__name__}")
-    for key, val in value.items():
-        if not isinstance(key, str) or not isinstance(val, str):
-            raise InvalidError(
-                f"{what} must be a dict of str to str; {key!r} maps to {type(val).__name__}"
-            )
-    return dict(value)
+from hutch.sdk.options import check_str_dict
 
 
 class Secret:
@@ -44,7 +31,7 @@ class Secret:
         if not isinstance(env_dict, Mapping):
             raise InvalidError("Secret.from_dict needs a dict of str to str")
         kept = {k: v for k, v in env_dict.items() if v is not None}
-        return Secret(check_env_dict(kept, "Secret.from_dict"), origin="from_dict")
+        return Secret(check_str_dict(kept, "Secret.from_dict"), origin="from_dict")
 
     @staticmethod
     def from_local_environ(env_keys: list[str]) -> Secret:
@@ -64,20 +51,20 @@ class Secret:
     def from_dotenv(path: str | Path | None = None, *, filename: str = ".env") -> Secret:
         """The variables of a dotenv file.
 
-        With no ``path`` the file ``filename`` is looked for in the current directory and
-        then in each parent, as python-dotenv's ``find_dotenv`` does; with ``path`` (a
-        directory, or a file whose directory is used) only there.  A missing file gives an
-        empty secret, as Modal does.
+        The file ``filename`` is looked for in a directory and then in each of its parents,
+        as python-dotenv's ``find_dotenv`` does: from the current directory when ``path`` is
+        None, else from ``path`` (a directory, or a file such as ``__file__``, whose
+        directory is used).  A missing file gives an empty secret and a key without a value
+        an empty string, as in Modal.
         """
-        if path is None:
-            candidates = [d / filename for d in (Path.cwd(), *Path.cwd().parents)]
-        else:
-            base = Path(path)
-            candidates = [(base if base.is_dir() else base.parent) / filename]
+        start = Path.cwd() if path is None else Path(path).absolute()
+        if not start.is_dir():
+            start = start.parent
+        candidates = [d / filename for d in (start, *start.parents)]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             return Secret({}, origin=f"from_dotenv({filename})")
-        values = {k: v for k, v in dotenv_values(found).items() if v is not None}
+        values = {k: v or "" for k, v in dotenv_values(found).items()}
         return Secret(values, origin=f"from_dotenv({found})")
 
     @staticmethod

@@ -99,6 +99,12 @@ def test_timeout_rejects_non_positive_and_non_numbers(value: Any) -> None:
             options.check_timeout(value, "my_timeout", optional=optional)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_timeout_rejects_nan_and_infinity(value: float) -> None:
+    with pytest.raises(InvalidError):
+        options.check_timeout(value, "timeout", optional=True)
+
+
 # check_sandbox_id -------------------------------------------------------------------------
 @pytest.mark.parametrize("sandbox_id", ["sb-" + "a" * 22, "sb-0123456789abcdefABCDEF"])
 def test_sandbox_id_valid(sandbox_id: str) -> None:
@@ -166,6 +172,10 @@ def test_not_yet_and_never_messages_differ(name: str) -> None:
 @pytest.mark.parametrize("name", [*UNSUPPORTED, "block_network"])
 @pytest.mark.parametrize("value", [None, False, [], {}, ()])
 def test_unset_values_pass(name: str, value: Any) -> None:
+    if name in options._EMPTY_IS_SET and value is not None:
+        with pytest.raises(InvalidError, match=name):  # an empty allowlist blocks everything
+            options.reject_unsupported({name: value})
+        return
     options.reject_unsupported({name: value})
 
 

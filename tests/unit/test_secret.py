@@ -131,8 +131,6 @@ def test_from_dotenv_path_is_a_file_uses_its_directory(
     assert Secret.from_dotenv(str(script)).env() == {"WHERE": "project"}
 
 
-@pytest.mark.xfail(strict=True, reason="hutch bug: from_dotenv(path) looks only in path's own "
-                   "directory; Modal walks from there up to the root, as find_dotenv does")
 def test_from_dotenv_path_walks_up_to_the_root(tmp_path: Path) -> None:
     write_dotenv(tmp_path, "WHERE=root\n")
     script = tmp_path / "pkg" / "module.py"
