@@ -27,6 +27,8 @@ from hutch.engine.runtime.spawn import SpawnedProcess
 log = logging.getLogger("hutch.exec")
 
 EXEC_TIMEOUT_CODE = 124
+#: Seconds a kill waits for the runtime to report the exec's pid.
+PID_WAIT = 5.0
 #: Output beyond this many unread bytes pauses the pipes until a reader catches up.
 MAX_BUFFERED = 16 << 20
 
@@ -119,6 +121,20 @@ class ExecSession:
         except (OSError, ValueError):
             return None
 
+    async def kill(self) -> None:
+        """Kill the exec's process tree, and wait for the end.
+
+        Right after ``POST /execs`` the runtime may not have written the pid file yet: wait
+        for it (or for the runtime to exit) before killing, so that a kill is never lost.
+        A runtime that writes no pid within ``PID_WAIT`` seconds is killed itself.
+        """
+        with trio.move_on_after(PID_WAIT):
+            while self.pid() is None and self.process.returncode is None:
+                await trio.sleep(0.002)
+        await trio.to_thread.run_sync(self.kill_tree)
+        if self.pid() is None:
+            self.process.kill()
+
     def kill_tree(self) -> None:
         pid = self.pid()
         if pid is not None:
@@ -135,7 +151,7 @@ class ExecSession:
                     await self.process.wait()
                 if scope.cancelled_caught:
                     self.timed_out = True
-                    await trio.to_thread.run_sync(self.kill_tree)
+                    await self.kill()
                     with trio.CancelScope(shield=True):
                         await self.process.wait()
         finally:

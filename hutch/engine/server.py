@@ -229,7 +229,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     async def kill_exec(exec_id: str) -> ExecInfo:
         session = manager.exec_session(exec_id)
         if not session.done.is_set():
-            await trio.to_thread.run_sync(session.kill_tree)
+            await session.kill()
             await session.done.wait()
         return exec_info(session)
 

@@ -376,9 +376,14 @@ async def _client_request(method: str, path: str, **kw: Any) -> Any:
 @contextlib.asynccontextmanager
 async def open_sandbox(*args: str, **kwargs: Any) -> AsyncIterator[Sandbox]:
     """``Sandbox.create`` as an async context manager: the sandbox is terminated when the
-    block exits, also on error or cancellation (under trio or asyncio)."""
-    sandbox = await Sandbox.create.aio(*args, **kwargs)
+    block exits, also on error or cancellation (under trio or asyncio), including a
+    cancellation that arrives while it is being created."""
+    # Shielded: a create cancelled half-way would leave a sandbox nobody owns.  A pending
+    # cancellation is delivered by the checkpoint, inside the try, so it terminates it.
+    with anyio.CancelScope(shield=True):
+        sandbox = await Sandbox.create.aio(*args, **kwargs)
     try:
+        await anyio.lowlevel.checkpoint()
         yield sandbox
     finally:
         with anyio.CancelScope(shield=True):

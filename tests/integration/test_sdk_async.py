@@ -285,6 +285,38 @@ async def test_open_sandbox_terminates_when_cancelled(engine: dict[str, Any]) ->
 
 
 @pytest.mark.anyio
+async def test_open_sandbox_cancelled_while_creating_leaves_nothing_running(
+        engine: dict[str, Any]) -> None:
+    """Cancelled while ``create`` is in flight (the engine lists the sandbox as it starts
+    it): the sandbox must not outlive the block."""
+    app = await new_app("async-open-creating")
+    seen: list[str] = []
+
+    async def cancel_once_listed(scope: anyio.CancelScope) -> None:
+        with anyio.fail_after(DEADLINE):
+            while not (found := [s async for s in hutch.Sandbox.list.aio(app_id=app.app_id)]):
+                await anyio.sleep(0.005)
+        seen.append(found[0].object_id)
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as scope:
+            tg.start_soon(cancel_once_listed, scope)
+            async with hutch.open_sandbox(app=app, timeout=TIMEOUT):
+                await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    other = await hutch.Sandbox.from_id.aio(seen[0])
+    try:
+        with anyio.move_on_after(20) as waiting:
+            await other.wait.aio(raise_on_termination=False)
+        assert not waiting.cancelled_caught, "the sandbox is still running after the block"
+        assert other.returncode == 137
+    finally:
+        with anyio.CancelScope(shield=True):
+            await other.terminate.aio()
+
+
+@pytest.mark.anyio
 async def test_open_sandbox_terminates_when_a_sibling_task_fails(
         engine: dict[str, Any]) -> None:
     ids: list[str] = []
@@ -315,9 +347,25 @@ async def test_open_sandbox_terminates_when_a_sibling_task_fails(
 async def sleepers(sb: hutch.Sandbox, arg: str) -> str:
     """The `sleep <arg>` processes running in the sandbox, one per line."""
     p = await sb.exec.aio("sh", "-c", f"ps -eo args | grep -x 'sleep {arg}' || true")
-    out = await p.stdout.read.aio()
+    out: str = await p.stdout.read.aio()
     await p.wait.aio()
     return out
+
+
+@pytest.mark.anyio
+async def test_kill_right_after_exec(engine: dict[str, Any]) -> None:
+    """What ``open_process`` does when its block exits at once: the kill must not wait
+    for the process to end by itself."""
+    async with sandbox() as sb:
+        for attempt in range(5):  # the window right after exec is short: try it a few times
+            p = await sb.exec.aio("sleep", "60")
+            with anyio.move_on_after(15) as scope:
+                code = await p.kill.aio()
+            if scope.cancelled_caught:
+                pytest.fail(f"kill() right after exec (attempt {attempt}) was still waiting "
+                            "after 15 s: the process was not killed")
+            assert code == 137
+            assert await sleepers(sb, "60") == ""
 
 
 @pytest.mark.anyio
@@ -354,10 +402,10 @@ async def test_open_process_kills_when_the_block_raises(engine: dict[str, Any]) 
     with anyio.fail_after(DEADLINE):
         async with sandbox() as sb:
             with pytest.raises(ValueError, match="inside"):
-                async with sb.open_process("sleep", "63") as p:
+                async with sb.open_process("sleep", "33") as p:
                     raise ValueError("inside")
             assert await p.poll.aio() == 137
-            assert await sleepers(sb, "63") == ""
+            assert await sleepers(sb, "33") == ""
 
 
 @pytest.mark.anyio

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import anyio
 import pytest
@@ -216,7 +217,7 @@ def test_iterate_sync_closes_the_generator_when_the_loop_breaks() -> None:
 
 def test_iterate_sync_close_runs_finally() -> None:
     closed = threading.Event()
-    it = iterate_sync(counting(closed, []))
+    it = cast(Generator[int, None, None], iterate_sync(counting(closed, [])))
     assert next(it) == 0
     assert not closed.is_set()
     it.close()
