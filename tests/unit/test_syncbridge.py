@@ -312,3 +312,17 @@ def test_start_background_from_both_sides() -> None:
 
     Starter().start()
     assert ran == ["hutch-portal", "hutch-portal"]
+
+
+def test_portal_calls_from_a_trio_task_run_as_asyncio() -> None:
+    """The portal task inherits the caller's context variables, but not trio's sniffio mark."""
+    import sniffio
+    import trio
+
+    async def library() -> str:
+        return sniffio.current_async_library()
+
+    async def from_trio() -> str:
+        return syncbridge.run_sync(library)
+
+    assert trio.run(from_trio) == "asyncio"
