@@ -38,10 +38,6 @@ from hutch.sdk.streams import (
 from hutch.sdk.syncbridge import iterate_sync, synchronize, synchronize_static
 from hutch.sdk.transport import client
 
-#: Exit codes of sandboxes stopped by hutch (as Modal reports them).
-TIMEOUT_RETURNCODE = 124
-TERMINATED_RETURNCODE = 137
-
 
 class _ListCall:
     """``Sandbox.list(...)``: a blocking generator; ``Sandbox.list.aio(...)`` an async one."""

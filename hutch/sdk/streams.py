@@ -18,7 +18,7 @@ import enum
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hutch.exception import InvalidError
 from hutch.sdk.syncbridge import iterate_sync, synchronize
@@ -194,5 +194,3 @@ def reader_mode(text: object, bufsize: object) -> tuple[bool, bool]:
         raise ValueError("line-buffering is only supported when text=True")
     return text, bufsize == 1
 
-
-BufSize = Literal[-1, 1]

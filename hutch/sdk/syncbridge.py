@@ -163,22 +163,24 @@ class synchronize_static(Generic[P, R]):
 
 
 def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
-    """Drive an async iterator (created on the portal) from a blocking ``for`` loop."""
-    it: AsyncIterator[T] = run_sync(_make_async, make)
+    """Drive an async iterator from a blocking ``for`` loop, one portal hop per item.
+
+    The iterator is made here (making an async generator runs none of its code); it is
+    closed on the portal when the loop stops early.
+    """
+    it = make()
+    finished = False
     try:
         while True:
             done, item = run_sync(_anext, it)
             if done:
+                finished = True
                 return
             yield item  # type: ignore[misc]
     finally:
         aclose = getattr(it, "aclose", None)
-        if aclose is not None:
+        if not finished and aclose is not None:
             run_sync(aclose)
-
-
-async def _make_async(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
-    return make()
 
 
 async def _anext(it: AsyncIterator[T]) -> tuple[bool, T | None]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hutch.exception import Error
+from hutch.sdk.image import Image
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
 from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.transport import events_blocking, request_blocking
@@ -70,8 +71,9 @@ def _exec_and_stream(sb: Sandbox, args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    image = Image.from_id(args.image) if args.image else None
     sb = Sandbox.create(timeout=args.timeout, name=args.name, env=_env_pairs(args.env),
-                        workdir=args.workdir, image=args.image)
+                        workdir=args.workdir, image=image)
     try:
         return _exec_and_stream(sb, args)
     finally:

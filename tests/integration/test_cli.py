@@ -55,3 +55,12 @@ def test_doctor(engine: dict[str, Any]) -> None:
     for name in ("crun", "runc", "newuidmap", "mmdebstrap", "subuid/subgid", "cgroups",
                  "user namespaces", "runtime"):
         assert f"] {name}" in out
+
+
+def test_run_with_an_explicit_image(engine: dict[str, Any]) -> None:
+    r = hutch_cli("run", "--image", engine["default_image"], "--", "cat", "/etc/debian_version")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip().startswith("12")
+    missing = hutch_cli("run", "--image", "hutch/nothing:here", "--", "true")
+    assert missing.returncode == 125
+    assert b"NotFoundError" in missing.stderr
