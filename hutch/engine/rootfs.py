@@ -53,6 +53,11 @@ class SandboxDirs:
         return self.root / "stderr.log"
 
     @property
+    def stdin_fifo(self) -> Path:
+        """The entrypoint's stdin; removed once the client sent EOF."""
+        return self.root / "stdin"
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "init.pid"
 

@@ -141,7 +141,7 @@ class SandboxManager:
             devpts_gid=self.devpts_gid,
         )
         (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
-        fifo = dirs.root / "stdin"
+        fifo = dirs.stdin_fifo
         os.mkfifo(fifo, 0o600)
         writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         reader = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
@@ -272,6 +272,7 @@ class SandboxManager:
                 await live.stdin.send_all(data)
             if eof:
                 stream, live.stdin = live.stdin, None
+                live.dirs.stdin_fifo.unlink(missing_ok=True)  # a new daemon must not reopen it
                 await stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise Conflict(f"the stdin of sandbox {sandbox_id} is closed: {exc}") from exc
@@ -335,7 +336,7 @@ class SandboxManager:
                 alive = state is not None and state.get("pid") == row.init_pid
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
-                self._supervise(row)
+                self._supervise(row, _reopen_stdin(dirs))
                 continue
             code = await self._exit_code(row.init_pid, wait=0) if row.init_pid else None
             if row.state == "creating":
@@ -362,3 +363,16 @@ class SandboxManager:
         except RuntimeCommandError:
             return None
 
+
+
+def _reopen_stdin(dirs: rootfs.SandboxDirs) -> trio.lowlevel.FdStream | None:
+    """The write end of an adopted sandbox's stdin, unless its client already closed it.
+
+    An entrypoint that read stdin while no daemon held it open saw EOF; one that reads
+    later finds the pipe open again.
+    """
+    try:
+        fd = os.open(dirs.stdin_fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    return trio.lowlevel.FdStream(fd)

@@ -64,6 +64,28 @@ def test_sigkilled_daemon_restarts_and_keeps_sandboxes(engine: dict[str, Any]) -
     assert again.returncode == 137
 
 
+def test_entrypoint_stdin_is_reopened_by_a_new_daemon(engine: dict[str, Any]) -> None:
+    """An entrypoint that reads stdin only after the restart gets what a client writes then;
+    after write_eof a new daemon does not reopen it."""
+    sb = hutch.Sandbox.create("sh", "-c", "mkfifo /tmp/go; read go < /tmp/go; cat",
+                              timeout=120)
+    try:
+        _kill_daemon()
+        again = hutch.Sandbox.from_id(sb.object_id)
+        again.stdin.write(b"after restart\n")
+        again.stdin.write_eof()
+        again.stdin.drain()
+        # Let the entrypoint go on to `cat` once its FIFO exists (it makes it itself).
+        go = again.exec("sh", "-c", "until [ -p /tmp/go ]; do sleep 0.01; done; echo > /tmp/go",
+                        timeout=30)
+        assert go.wait() == 0
+        again.wait()
+        assert again.returncode == 0
+        assert again.stdout.read() == "after restart\n"
+    finally:
+        sb.terminate()
+
+
 def test_sandbox_that_ended_while_the_daemon_was_down_is_reaped(engine: dict[str, Any]) -> None:
     sb = hutch.Sandbox.create("sh", "-c", "mkfifo /tmp/go; read line < /tmp/go; exit 5",
                               timeout=120)
