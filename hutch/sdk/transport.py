@@ -210,7 +210,11 @@ def events_blocking(path: str, params: dict[str, Any] | None = None
     """The NDJSON events of a stream, from blocking code."""
     from hutch.sdk import syncbridge
 
-    return syncbridge.iterate_sync(lambda: client().stream_events(path, params))
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for event in client().stream_events(path, params):  # client() on the portal
+            yield event
+
+    return syncbridge.iterate_sync(events)
 
 
 def forget_clients() -> None:

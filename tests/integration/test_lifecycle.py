@@ -73,8 +73,7 @@ def test_terminate_sends_sigterm_first(engine: dict[str, Any]) -> None:
     assert next(lines) == "ready\n"
     sb.terminate(grace_period=10)
     assert sb.returncode == 137
-    log = events_blocking(f"/v1/sandboxes/{sb.object_id}/logs",
-                                         {"follow": "false", "fd": 1})
+    log = events_blocking(f"/v1/sandboxes/{sb.object_id}/logs", {"follow": "false", "fd": 1})
     assert b"got TERM" in b"".join(e["data"] for e in log if e.get("data"))
 
 
