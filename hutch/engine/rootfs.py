@@ -66,10 +66,12 @@ def mount_rootfs(dirs: SandboxDirs, layers: list[Path]) -> None:
     """Create the sandbox's directories and mount its overlay root filesystem."""
     for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs):
         d.mkdir(parents=True, exist_ok=True)
-    # overlayfs lists lowerdirs top first; image layers are stored bottom first.
+    # overlayfs lists lowerdirs top first; image layers are stored bottom first.  In a user
+    # namespace overlayfs cannot set its trusted.* xattrs, so without ``userxattr`` removing
+    # a directory that exists in a layer fails with EIO; use user.overlay.* everywhere.
     lower = ":".join(str(p) for p in reversed(layers))
     linux.mount("overlay", str(dirs.merged), "overlay", linux.MS_NODEV,
-                f"lowerdir={lower},upperdir={dirs.upper},workdir={dirs.work}")
+                f"userxattr,lowerdir={lower},upperdir={dirs.upper},workdir={dirs.work}")
 
 
 def unmount_rootfs(dirs: SandboxDirs) -> None:

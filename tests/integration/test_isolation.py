@@ -109,3 +109,18 @@ def test_default_image_has_what_users_expect(sandbox: hutch.Sandbox) -> None:
     # pip is usable: the PEP 668 marker that would refuse `pip install` is gone.
     assert sandbox.exec("sh", "-c", "ls /usr/lib/python3*/EXTERNALLY-MANAGED").wait() != 0
     assert sandbox.exec("python3", "-m", "venv", "/tmp/v").wait() == 0
+
+
+def test_a_sandbox_can_remove_and_recreate_image_directories(engine: dict[str, Any]) -> None:
+    """Removing a directory that lives in a lower layer needs an opaque-dir mark, which a
+    user-namespace overlay can only write as a user.* xattr (``userxattr``)."""
+    a = hutch.Sandbox.create(timeout=60)
+    b = hutch.Sandbox.create(timeout=60)
+    try:
+        p = a.exec("sh", "-c", "rm -rf /usr/share/doc && mkdir /usr/share/doc && "
+                   "touch /usr/share/doc/new && ls /usr/share/doc")
+        assert (p.stdout.read(), p.stderr.read(), p.wait()) == ("new\n", "", 0)
+        assert b.exec("test", "-d", "/usr/share/doc/bash").wait() == 0  # the layer is intact
+    finally:
+        a.terminate()
+        b.terminate()

@@ -28,6 +28,7 @@ def test_create_exec_terminate_as_root(root_engine: dict[str, Any]) -> None:
     assert "CapEff:\t00000000800405fb" in status
     assert sb.exec("hostname").stdout.read().strip() == sb.object_id
     assert sb.exec("mount", "-t", "tmpfs", "t", "/mnt").wait() != 0
+    assert sb.exec("sh", "-c", "rm -rf /usr/share/doc && mkdir /usr/share/doc").wait() == 0
     sb.terminate()
     assert sb.returncode == 137
 
