@@ -8,7 +8,7 @@ with a 422 validation error naming the field, never a 500.  Streams are NDJSON: 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -180,6 +180,8 @@ DEBIAN_PYTHON_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
 
 
 class DebianSlimStep(_Wire):
+    """Base: Debian with Python, built by mmdebstrap."""
+
     kind: Literal["debian_slim"] = "debian_slim"
     python_version: str
 
@@ -192,11 +194,68 @@ class DebianSlimStep(_Wire):
         return v
 
 
-class BuildImageRequest(_Wire):
-    """Build an image (or find it cached).  The answer is an NDJSON stream of
-    ``{"log": line}`` events ending with ``{"ref": ...}`` or ``{"error": ErrorBody}``."""
+class FromIdStep(_Wire):
+    """Base: an image the engine already has, by reference or manifest digest."""
 
-    steps: list[DebianSlimStep] = Field(min_length=1, max_length=1)
+    kind: Literal["from_id"] = "from_id"
+    ref: str = Field(min_length=1, max_length=512)
+
+
+class RunStep(_Wire):
+    """Shell commands run in order in a build container (host network); one layer.
+
+    ``secret_env`` is like ``env`` but its values never reach logs, records or cache keys
+    (only a hash of them does).
+    """
+
+    kind: Literal["run"] = "run"
+    commands: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+    force_build: bool = False
+
+    _env = field_validator("env", "secret_env")(classmethod(lambda cls, v: _check_env(v)))
+    _argv = field_validator("commands")(classmethod(lambda cls, v: _check_argv(v)))
+
+
+class CopyStep(_Wire):
+    """Files: an uploaded context tar (by digest) unpacked at ``dest``; one layer."""
+
+    kind: Literal["copy"] = "copy"
+    context: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    dest: str
+    description: str = ""
+
+    _dest = field_validator("dest")(classmethod(lambda cls, v: _check_workdir(v)))
+
+
+class ConfigStep(_Wire):
+    """Image settings only (no layer): env (``$VAR`` expanded), workdir, entrypoint, cmd."""
+
+    kind: Literal["config"] = "config"
+    env: dict[str, str] | None = None
+    workdir: str | None = None
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+
+    _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
+
+
+BaseStep = Annotated[DebianSlimStep | FromIdStep, Field(discriminator="kind")]
+LayerStep = Annotated[RunStep | CopyStep | ConfigStep, Field(discriminator="kind")]
+
+
+class BuildImageRequest(_Wire):
+    """Build an image (or find it cached): a base, then steps applied in order.
+
+    The answer is an NDJSON stream: ``{"step": i, "of": n, "description": ...,
+    "cached": bool}`` as each step starts, ``{"log": line}`` as it runs, and finally
+    ``{"ref": ...}`` or ``{"error": ErrorBody}``.
+    """
+
+    base: BaseStep
+    steps: list[LayerStep] = Field(default_factory=list, max_length=256)
     force_build: bool = False
 
 

@@ -7,6 +7,7 @@ so two creates asking for an image that is not built yet build it once.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import trio
 
+from hutch.api.models import BuildImageRequest, DebianSlimStep, RunStep
+from hutch.engine.builder import Builder, Emit, describe, step_key, step_ref
 from hutch.engine.errors import ImageBuildFailed, NotFound
 from hutch.imagebuild import debian
 from hutch.imagebuild.layout import Image, ImageNotFound, ImageStore
@@ -26,6 +29,8 @@ class ImageService:
         self.store = ImageStore(data_dir)
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._resolved: dict[str, Image] = {}
+        self.builder: Builder | None = None
+        self.contexts = data_dir / "contexts"
 
     @property
     def default_ref(self) -> str:
@@ -55,6 +60,49 @@ class ImageService:
                 except debian.ImageBuildError as exc:
                     raise ImageBuildFailed(str(exc)) from exc
                 self._resolved.pop(ref, None)
+        return ref
+
+    def enable_builds(self, builder: Builder) -> None:
+        self.builder = builder
+        self.contexts = builder.contexts
+
+    async def build(self, req: BuildImageRequest, emit: Emit) -> str:
+        """Build ``req`` step by step (cached steps are skipped); returns the image's ref.
+
+        ``emit`` receives the progress and log events of the build stream.
+        """
+        total = 1 + len(req.steps)
+        force_all = req.force_build or bool(os.environ.get("HUTCH_FORCE_BUILD"))
+        base = req.base
+        if isinstance(base, DebianSlimStep):
+            emit({"step": 1, "of": total, "description": f"debian_slim {base.python_version}",
+                  "cached": self.store.lookup(debian.base_ref(base.python_version)) is not None
+                  and not force_all})
+            ref = await self.build_debian(base.python_version, force_all,
+                                          lambda line: emit({"log": line}))
+            key = f"debian_slim:{base.python_version}"
+        else:
+            emit({"step": 1, "of": total, "description": f"from_id {base.ref}",
+                  "cached": True})
+            ref = base.ref
+            digest = self.store.lookup(ref)
+            if digest is None:
+                raise NotFound(f"image {ref!r} not found")
+            key = f"from_id:{digest}"
+        for number, step in enumerate(req.steps, start=2):
+            key = step_key(key, step)
+            target = step_ref(key)
+            forced = force_all or (isinstance(step, RunStep) and step.force_build)
+            async with self._locks[target]:
+                cached = self.store.lookup(target) is not None and not forced
+                emit({"step": number, "of": total, "description": describe(step),
+                      "cached": cached})
+                if not cached:
+                    if self.builder is None:
+                        raise ImageBuildFailed("this engine cannot run build steps")
+                    await self.builder.apply(number, ref, step, target, emit)
+                    self._resolved.pop(target, None)
+            ref = target
         return ref
 
     async def resolve(self, ref: str | None) -> Image:

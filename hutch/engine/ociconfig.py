@@ -161,12 +161,23 @@ def process_spec(args: list[str], env: dict[str, str], cwd: str) -> Process:
 
 
 def sandbox_spec(
-    *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool
+    *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool,
+    host_network: bool = False,
 ) -> Spec:
+    """A sandbox's spec; ``host_network`` (image builds) keeps the host's network namespace,
+    and then /sys is a read-only bind of the host's (sysfs needs its own netns)."""
+    mounts = default_mounts(etc_files, devpts_gid=devpts_gid)
+    namespaces = NAMESPACES
+    if host_network:
+        namespaces = [n for n in NAMESPACES if n != "network"]
+        mounts = [m if m.destination != "/sys" else
+                  Mount(destination="/sys", type="bind", source="/sys",
+                        options=["rbind", "ro", "nosuid", "noexec", "nodev"])
+                  for m in mounts]
     return Spec(
         process=process,
         root=Root(path=rootfs),
         hostname=hostname,
-        mounts=default_mounts(etc_files, devpts_gid=devpts_gid),
-        linux=Linux(namespaces=[Namespace(type=t) for t in NAMESPACES]),
+        mounts=mounts,
+        linux=Linux(namespaces=[Namespace(type=t) for t in namespaces]),
     )

@@ -74,13 +74,18 @@ def mount_rootfs(dirs: SandboxDirs, layers: list[Path]) -> None:
                 f"userxattr,lowerdir={lower},upperdir={dirs.upper},workdir={dirs.work}")
 
 
-def unmount_rootfs(dirs: SandboxDirs) -> None:
-    """Unmount the overlay and remove everything but the entrypoint's logs."""
+def unmount_rootfs_keep_upper(dirs: SandboxDirs) -> None:
+    """Unmount the overlay only (an image build keeps its upper directory as a layer)."""
     try:
         linux.umount(str(dirs.merged), linux.MNT_DETACH)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOENT):
             raise
+
+
+def unmount_rootfs(dirs: SandboxDirs) -> None:
+    """Unmount the overlay and remove everything but the entrypoint's logs."""
+    unmount_rootfs_keep_upper(dirs)
     for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs):
         shutil.rmtree(d, ignore_errors=True)
     for f in ("config.json", "init.pid", "runtime.log"):

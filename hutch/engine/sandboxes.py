@@ -98,9 +98,15 @@ class SandboxManager:
         env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         env.setdefault("HOSTNAME", sandbox_id)
         workdir = req.workdir or image.workdir or "/"
-        argv = req.entrypoint or list(DEFAULT_ENTRYPOINT)
+        if req.entrypoint:  # the arguments replace the image's Cmd, after its Entrypoint
+            argv = [*image.entrypoint, *req.entrypoint]
+        elif image.runs_cmd and (image.entrypoint or image.cmd):
+            argv = [*image.entrypoint, *image.cmd]
+        else:
+            argv = list(DEFAULT_ENTRYPOINT)
         spec_record = {"env": env, "workdir": workdir, "argv": argv,
-                       "default_entrypoint": req.entrypoint is None, "verbose": req.verbose}
+                       "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
+                       "verbose": req.verbose}
         self.store.insert_sandbox(
             sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
             spec=spec_record, timeout=req.timeout, runtime=self.runtime.name, tags=req.tags,

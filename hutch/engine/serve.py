@@ -22,6 +22,7 @@ from hypercorn.trio import serve
 from hutch import __version__
 from hutch.api import paths
 from hutch.api.models import API_VERSION, EngineInfo
+from hutch.engine.builder import Builder
 from hutch.engine.images import ImageService
 from hutch.engine.runtime.probe import choose_runtime
 from hutch.engine.sandboxes import SandboxManager
@@ -74,6 +75,10 @@ async def run() -> None:
             store=store, images=images, runtime=probe.runtime, data_dir=data_dir,
             runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
         )
+        contexts = data_dir / "contexts"
+        contexts.mkdir(exist_ok=True)
+        images.enable_builds(Builder(images.store, probe.runtime,
+                                     devpts_gid=userns["mode"] != "single", contexts=contexts))
         await manager.recover()
 
         def info() -> EngineInfo:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Annotated
 
 import trio
@@ -49,6 +52,7 @@ log = logging.getLogger("hutch.server")
 NDJSON = "application/x-ndjson"
 MAX_STDIN_CHUNK = 16 << 20
 LOG_CHUNK = 1 << 20
+MAX_CONTEXT = 4 << 30
 
 
 def sandbox_info(row: SandboxRow) -> SandboxInfo:
@@ -121,6 +125,32 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     async def default_image() -> dict[str, str]:
         """Build the default image unless it is built (the first sandbox would otherwise)."""
         return {"ref": await manager.images.ensure_default()}
+
+    @app.get("/v1/images/contexts/{digest}")
+    async def has_context(digest: str) -> dict[str, bool]:
+        """Whether a build context (a tar of local files) is already uploaded."""
+        return {"present": _context_path(manager, digest).is_file()}
+
+    @app.put("/v1/images/contexts/{digest}")
+    async def put_context(digest: str, request: Request) -> dict[str, str]:
+        """Upload a build context; the body must hash to ``digest``."""
+        target = _context_path(manager, digest)
+        tmp = target.with_suffix(".part")
+        sha = hashlib.sha256()
+        size = 0
+        with open(tmp, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_CONTEXT:
+                    tmp.unlink(missing_ok=True)
+                    raise Invalid(f"a build context is limited to {MAX_CONTEXT >> 20} MiB")
+                sha.update(chunk)
+                f.write(chunk)
+        if "sha256:" + sha.hexdigest() != digest:
+            tmp.unlink(missing_ok=True)
+            raise Invalid(f"the uploaded context does not hash to {digest}")
+        tmp.rename(target)
+        return {"digest": digest}
 
     @app.post("/v1/images/build")
     async def build_image(req: BuildImageRequest) -> StreamingResponse:
@@ -248,20 +278,17 @@ async def _read_limited(request: Request) -> bytes:
 
 async def _build_events(manager: SandboxManager, req: BuildImageRequest
                         ) -> AsyncIterator[bytes]:
-    """Relay a build's lines; errors become an ``error`` event.
+    """Relay a build's progress and log lines; errors become an ``error`` event.
 
     The build runs in the daemon's nursery, not in this generator, so a client that goes
     away does not abandon a half-built image: it is finished and cached for the next call.
     """
     send, receive = trio.open_memory_channel[bytes](math.inf)
-    step = req.steps[0]
 
     async def build() -> None:
         async with send:
             try:
-                ref = await manager.images.build_debian(
-                    step.python_version, req.force_build,
-                    lambda line: _send_open(send, _event(log=line)))
+                ref = await manager.images.build(req, lambda ev: _send_open(send, _event(**ev)))
             except EngineError as exc:
                 _send_open(send, _event(error={"type": exc.type, "message": exc.message}))
             except Exception as exc:  # a daemon task must not die of one build
@@ -275,6 +302,12 @@ async def _build_events(manager: SandboxManager, req: BuildImageRequest
     async with receive:
         async for event in receive:
             yield event
+
+
+def _context_path(manager: SandboxManager, digest: str) -> Path:
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise Invalid("a context digest is sha256: and 64 hex digits")
+    return manager.images.contexts / digest.split(":", 1)[1]
 
 
 def _send_open(channel: trio.MemorySendChannel[bytes], event: bytes) -> None:

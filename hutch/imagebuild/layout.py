@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hutch.imagebuild.layertar import write_layer_tar
+
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+RUNS_CMD_LABEL = "dev.hutch.runs-cmd"
 
 
 class ImageNotFound(LookupError):
@@ -43,6 +46,9 @@ class Image:
     env: dict[str, str] = field(default_factory=dict)
     cmd: list[str] = field(default_factory=list)
     workdir: str = "/"
+    entrypoint: list[str] = field(default_factory=list)
+    #: Set by an ``entrypoint``/``cmd`` build step: a sandbox without arguments runs them.
+    runs_cmd: bool = False
 
 
 def _hex(digest: str) -> str:
@@ -122,37 +128,41 @@ class ImageStore:
 
     # layers -----------------------------------------------------------------------------
     def commit_layer_dir(self, rootfs: Path) -> tuple[dict[str, Any], str]:
-        """Turn an unpacked directory into a gzip layer blob and a shared layer directory.
+        """Turn a directory of changes into a gzip layer blob and a shared layer directory.
 
+        ``rootfs`` is an unpacked root filesystem or a build step's overlay upper directory
+        (whose whiteouts become OCI ``.wh.`` entries, :mod:`hutch.imagebuild.layertar`).
         Returns the layer descriptor and the diff id; ``rootfs`` is moved into place.
         """
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "--sort=name", "-C", str(rootfs), "-cf", "-", "."],
-            stdout=subprocess.PIPE,
-        )
-        assert tar.stdout is not None
         fd, tmpname = tempfile.mkstemp(dir=self.tmp, suffix=".tar.gz")
-        diff_hash = hashlib.sha256()
-        with os.fdopen(fd, "wb") as raw:
-            with _HashingWriter(raw) as hashed, gzip.GzipFile(
-                fileobj=hashed, mode="wb", compresslevel=1, mtime=0
-            ) as gz:
-                while chunk := tar.stdout.read(1 << 20):
-                    diff_hash.update(chunk)
-                    gz.write(chunk)
-            blob_digest = "sha256:" + hashed.sha.hexdigest()
-            size = hashed.size
-        if tar.wait() != 0:
+        try:
+            with os.fdopen(fd, "wb") as raw, _HashingWriter(raw) as hashed:
+                with gzip.GzipFile(fileobj=hashed, mode="wb", compresslevel=1, mtime=0) as gz:
+                    diff = _HashingWriter(gz)
+                    write_layer_tar(rootfs, diff)  # type: ignore[arg-type]
+                blob_digest = "sha256:" + hashed.sha.hexdigest()
+                size = hashed.size
+        except BaseException:
             os.unlink(tmpname)
-            raise RuntimeError(f"tar of {rootfs} failed with {tar.returncode}")
+            raise
         os.rename(tmpname, self.blob_path(blob_digest))
-        diff_id = "sha256:" + diff_hash.hexdigest()
+        diff_id = "sha256:" + diff.sha.hexdigest()
         target = self.layers / _hex(diff_id)
         if target.exists():
             shutil.rmtree(rootfs)
         else:
             rootfs.rename(target)
         return {"mediaType": MEDIA_LAYER_GZIP, "digest": blob_digest, "size": size}, diff_id
+
+    def image_parts(self, ref: str) -> tuple[list[tuple[dict[str, Any], str]], dict[str, Any]]:
+        """An image's layers as ``(descriptor, diff id)`` and its whole config document."""
+        digest = self.lookup(ref)
+        if digest is None:
+            raise ImageNotFound(ref)
+        manifest = self.read_json(digest)
+        config = self.read_json(manifest["config"]["digest"])
+        layers = list(zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True))
+        return layers, config
 
     def ensure_unpacked(self, layer_digest: str, diff_id: str) -> Path:
         """The shared directory of a layer, unpacking its blob once if needed."""
@@ -204,7 +214,9 @@ class ImageStore:
         cfg = config.get("config", {})
         env = dict(e.split("=", 1) for e in cfg.get("Env", []) if "=" in e)
         return Image(ref=ref, digest=digest, layer_dirs=dirs, env=env,
-                     cmd=list(cfg.get("Cmd") or []), workdir=cfg.get("WorkingDir") or "/")
+                     cmd=list(cfg.get("Cmd") or []), workdir=cfg.get("WorkingDir") or "/",
+                     entrypoint=list(cfg.get("Entrypoint") or []),
+                     runs_cmd=(cfg.get("Labels") or {}).get(RUNS_CMD_LABEL) == "true")
 
 
 class _HashingWriter:

@@ -1,22 +1,34 @@
-"""``hutch.Image``: an immutable description of a sandbox's filesystem, built by the engine.
+"""``hutch.Image``: an immutable, declarative image, built (and cached) by the engine.
 
-An image is a list of steps; building it asks the engine (``POST /v1/images/build``), which
-builds what is not cached and answers with the image's reference while streaming its log.
-The first build of a given image in this process remembers the reference, so later sandboxes
-from the same ``Image`` object cost no extra request.  The Debian bases are here; further
-steps (``pip_install``, ``apt_install``, ...) belong to the image builder.
+Each method returns a new ``Image`` with one more step, Modal-style::
+
+    image = (hutch.Image.debian_slim().apt_install("jq").pip_install("six")
+             .env({"PATH": "/opt/bin:$PATH"}).workdir("/app").add_local_dir("src", "/app"))
+
+Arguments are checked here, before anything runs.  Building sends the steps to the engine
+(``POST /v1/images/build``), which runs only the steps it has not cached and streams its
+progress; local files travel as a tar uploaded once by content digest.  An image remembers
+its reference after the first build in this process.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hutch.api.models import DEBIAN_PYTHON_SUITES
 from hutch.exception import EngineError, InvalidError
+from hutch.sdk import imagesteps
+from hutch.sdk.localfiles import IgnoreSpec, upload_context
 from hutch.sdk.output import BuildDisplay
+from hutch.sdk.secret import Secret
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
+
+ImageStep = imagesteps.Step | imagesteps.LocalFiles
 
 
 def _local_python() -> str:
@@ -24,14 +36,19 @@ def _local_python() -> str:
 
 
 class Image:
-    """A sandbox image; construct one with a class method such as :meth:`debian_slim`."""
+    """A sandbox image; start from :meth:`debian_slim` (or :meth:`from_id`) and add steps."""
 
-    def __init__(self, steps: list[dict[str, Any]], *, force_build: bool = False,
-                 ref: str | None = None) -> None:
+    def __init__(self, base: dict[str, Any], steps: tuple[ImageStep, ...] = (), *,
+                 force_build: bool = False, ref: str | None = None) -> None:
+        self._base = base
         self._steps = steps
         self._force_build = force_build
         self._ref = ref
 
+    def _then(self, step: ImageStep) -> Image:
+        return Image(self._base, (*self._steps, step), force_build=self._force_build)
+
+    # bases --------------------------------------------------------------------------------
     @staticmethod
     def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
         """Debian with Python: bookworm for 3.11, trixie for 3.13.
@@ -47,38 +64,131 @@ class Image:
                 f"Python {python_version!r} has no Debian base image; supported versions: "
                 f"{supported}"
             )
-        step = {"kind": "debian_slim", "python_version": python_version}
-        return Image([step], force_build=bool(force_build))
+        return Image({"kind": "debian_slim", "python_version": python_version},
+                     force_build=bool(force_build))
 
     @staticmethod
     def from_id(image_id: str) -> Image:
         """An image the engine already has, by its reference (``hutch image ls``)."""
         if not isinstance(image_id, str) or not image_id:
             raise InvalidError("Image.from_id needs an image id")
-        return Image([], ref=image_id)
+        return Image({"kind": "from_id", "ref": image_id})
 
+    # packages -----------------------------------------------------------------------------
+    def apt_install(self, *packages: str | list[str], force_build: bool = False,
+                    env: dict[str, str] | None = None,
+                    secrets: Sequence[Secret] = ()) -> Image:
+        """Install Debian packages with apt-get."""
+        return self._then(imagesteps.apt_install(packages, force_build, env, secrets))
+
+    def pip_install(self, *packages: str | list[str], find_links: str | None = None,
+                    index_url: str | None = None, extra_index_url: str | None = None,
+                    pre: bool = False, extra_options: str = "", force_build: bool = False,
+                    env: dict[str, str] | None = None,
+                    secrets: Sequence[Secret] = ()) -> Image:
+        """Install Python packages with pip."""
+        return self._then(imagesteps.pip_install(
+            packages, find_links=find_links, index_url=index_url,
+            extra_index_url=extra_index_url, pre=pre, extra_options=extra_options,
+            force_build=force_build, env=env, secrets=secrets))
+
+    def pip_install_from_requirements(
+            self, requirements_txt: str, find_links: str | None = None, *,
+            index_url: str | None = None, extra_index_url: str | None = None,
+            pre: bool = False, extra_options: str = "", force_build: bool = False,
+            env: dict[str, str] | None = None, secrets: Sequence[Secret] = ()) -> Image:
+        """Install the requirements of a local ``requirements.txt`` with pip."""
+        path = Path(requirements_txt).expanduser()
+        if not path.is_file():
+            raise InvalidError(f"requirements file {requirements_txt!r} not found")
+        remote = "/.hutch/requirements.txt"
+        files = self.add_local_file(path, remote)
+        return files._then(imagesteps.pip_install(
+            (), requirements=remote, find_links=find_links, index_url=index_url,
+            extra_index_url=extra_index_url, pre=pre, extra_options=extra_options,
+            force_build=force_build, env=env, secrets=secrets))
+
+    def uv_pip_install(self, *packages: str | list[str], index_url: str | None = None,
+                       extra_index_url: str | None = None, find_links: str | None = None,
+                       pre: bool = False, extra_options: str = "", force_build: bool = False,
+                       env: dict[str, str] | None = None,
+                       secrets: Sequence[Secret] = ()) -> Image:
+        """Install Python packages with uv (installed with pip first)."""
+        return self._then(imagesteps.uv_pip_install(
+            packages, index_url=index_url, extra_index_url=extra_index_url,
+            find_links=find_links, pre=pre, extra_options=extra_options,
+            force_build=force_build, env=env, secrets=secrets))
+
+    def run_commands(self, *commands: str | list[str], env: dict[str, str] | None = None,
+                     secrets: Sequence[Secret] = (), force_build: bool = False) -> Image:
+        """Run shell commands, in order; a failing one fails the build."""
+        return self._then(imagesteps.run_commands(commands, env, secrets, force_build))
+
+    # settings -----------------------------------------------------------------------------
+    def env(self, vars: dict[str, str]) -> Image:
+        """Set environment variables; ``$VAR`` in a value expands the image's current one."""
+        return self._then(imagesteps.config(env=vars))
+
+    def workdir(self, path: str | os.PathLike[str]) -> Image:
+        """The working directory of later steps and of sandboxes."""
+        return self._then(imagesteps.config(workdir=str(path)))
+
+    def entrypoint(self, entrypoint_commands: list[str]) -> Image:
+        """What a sandbox runs (before its arguments, or before ``cmd`` without any)."""
+        return self._then(imagesteps.config(entrypoint=entrypoint_commands))
+
+    def cmd(self, cmd: list[str]) -> Image:
+        """What a sandbox created without arguments runs (after the entrypoint)."""
+        return self._then(imagesteps.config(cmd=cmd))
+
+    # files --------------------------------------------------------------------------------
+    def add_local_file(self, local_path: str | Path, remote_path: str, *,
+                       copy: bool = False) -> Image:
+        """Copy one local file to ``remote_path`` (absolute; ending in ``/`` = into that
+        directory).  hutch always copies the file into a layer."""
+        return self._then(imagesteps.local_file(Path(local_path), remote_path))
+
+    def add_local_dir(self, local_path: str | Path, remote_path: str, *, copy: bool = False,
+                      ignore: IgnoreSpec = ()) -> Image:
+        """Copy a local directory's contents to ``remote_path``; ``ignore`` is a list of
+        glob patterns (matched against paths relative to the directory) or a predicate."""
+        return self._then(imagesteps.local_dir(Path(local_path), remote_path, ignore))
+
+    def add_local_python_source(self, *modules: str, copy: bool = False,
+                                ignore: IgnoreSpec = imagesteps.PYTHON_IGNORE) -> Image:
+        """Copy importable local modules or packages (found like ``import`` finds them)
+        into ``/root``, which is on the sandbox's ``sys.path`` as its working directory."""
+        image = self
+        for step in imagesteps.python_sources(modules, ignore):
+            image = image._then(step)
+        return image
+
+    # building -----------------------------------------------------------------------------
     @property
     def object_id(self) -> str | None:
         """The engine's reference of this image once it has been built, else None."""
         return self._ref
 
     @synchronize
-    async def build(self) -> str:
-        """Build the image now (or find it cached); returns its reference."""
-        return await self.resolve()
+    async def build(self, app: Any = None) -> Image:
+        """Build the image now (or find it cached); returns the image itself."""
+        await self.resolve()
+        return self
 
     async def resolve(self) -> str:
+        """The image's reference, building what is not cached."""
         if self._ref is not None and not self._force_build:
             return self._ref
-        what = ", ".join(f"{k}={v}" for step in self._steps for k, v in step.items()
-                         if k != "kind")
-        with BuildDisplay(f"debian_slim({what})") as display:
-            body = {"steps": self._steps, "force_build": self._force_build}
-            ref: str | None = None
+        steps = [await _wire_step(step) for step in self._steps]
+        body = {"base": self._base, "steps": steps, "force_build": self._force_build}
+        ref: str | None = None
+        with BuildDisplay(self._describe()) as display:
             async for event in client().stream_events("/v1/images/build", method="POST",
                                                       json_body=body):
                 if "log" in event:
                     display.line(str(event["log"]))
+                elif "step" in event:
+                    display.step(event)
                 elif "ref" in event:
                     ref = str(event["ref"])
             if ref is None:
@@ -88,5 +198,19 @@ class Image:
         self._force_build = False
         return ref
 
+    def _describe(self) -> str:
+        base = ", ".join(f"{k}={v}" for k, v in self._base.items() if k != "kind")
+        more = f" + {len(self._steps)} steps" if self._steps else ""
+        return f"{self._base['kind']}({base}){more}"
+
     def __repr__(self) -> str:
-        return f"Image({self._ref or self._steps!r})"
+        return f"Image({self._ref or self._describe()})"
+
+
+async def _wire_step(step: ImageStep) -> dict[str, Any]:
+    """The step as the engine takes it: local files become an uploaded context digest."""
+    if isinstance(step, imagesteps.LocalFiles):
+        return {"kind": "copy", "dest": step.dest, "description": step.description,
+                "context": await upload_context(step.make_tar)}
+    return dict(step)
+

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from rich.console import Console
 from rich.status import Status
+from rich.text import Text
 
 _lock = threading.Lock()
 _depth = 0
@@ -59,6 +60,18 @@ class BuildDisplay:
             self._status = self._console.status(f"Building image {self._what}...")
             self._status.start()
         return self
+
+    def step(self, event: dict[str, object]) -> None:
+        """A step starts: ``=> [2/5] pip_install six`` (``CACHED`` when it will not run)."""
+        if self._console is not None:
+            text = Text(f"=> [{event.get('step')}/{event.get('of')}] ", style="bold")
+            if event.get("cached"):
+                text.append("CACHED ", style="green")
+            text.append(str(event.get("description")))
+            self._console.print(text, soft_wrap=True)
+            if self._status is not None:
+                self._status.update(f"Building image {self._what}: step {event.get('step')}/"
+                                    f"{event.get('of')}")
 
     def line(self, text: str) -> None:
         if self._console is not None:

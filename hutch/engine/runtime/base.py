@@ -46,6 +46,9 @@ class OCIRuntime(Protocol):
         /dev/null.
         """
 
+    async def run_attached(self, cid: str, bundle: Path) -> SpawnedProcess:
+        """Run a container in the foreground, stdout and stderr piped; the caller waits."""
+
     async def kill(self, cid: str, signal: int) -> None: ...
 
     async def delete(self, cid: str, *, force: bool = True) -> None: ...

@@ -81,6 +81,10 @@ class CLIRuntime:
                           cid)
         return spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
 
+    async def run_attached(self, cid: str, bundle: Path) -> SpawnedProcess:
+        """``run`` in the foreground with piped output (image build steps)."""
+        return spawn(self._argv("run", "--bundle", str(bundle), cid), stdin=False)
+
     async def kill(self, cid: str, signal: int) -> None:
         await self._run(self._argv("kill", cid, str(signal)))
 

@@ -1,0 +1,228 @@
+"""Building images from steps: a base, then one cached image per step.
+
+Each step's cache key is ``sha256(parent key + the step's canonical JSON)``, where a file
+step names its uploaded context by digest and a run step's secrets count by a hash of their
+values, never the values.  A step whose key is tagged in the store (``hutch/step:<key>``) is
+not run again; so a repeated build is a few lookups, and changing one step rebuilds from
+that step on.  Run steps execute in a build container: an overlay over the parent's layers,
+the host's network (builds reach Debian's mirror and PyPI), the sandbox's other isolation.
+Its upper directory becomes the step's layer.  A failing step raises with its exit code and
+the last lines of its log, and nothing of it is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hutch.api.models import ConfigStep, CopyStep, RunStep
+from hutch.engine import ociconfig, rootfs
+from hutch.engine.errors import ImageBuildFailed, Invalid
+from hutch.engine.runtime.base import OCIRuntime
+from hutch.imagebuild.layout import RUNS_CMD_LABEL, ImageStore
+
+log = logging.getLogger("hutch.build")
+
+Emit = Callable[[dict[str, Any]], None]
+LayerStep = RunStep | CopyStep | ConfigStep
+#: Lines of a failed step's log quoted in its error.
+ERROR_TAIL = 20
+#: Build steps trust what the host trusts (a TLS-inspecting proxy's CA, say): its bundle is
+#: bound into the build container, on /dev (a tmpfs, so nothing lands in the layer), and
+#: named by the variables pip, requests, curl, git, uv and node read.
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILD_CA_PATH = "/dev/hutch-host-ca.crt"
+CA_ENV_VARS = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+               "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS")
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def step_key(parent_key: str, step: LayerStep) -> str:
+    doc = step.model_dump(exclude={"force_build", "description"})
+    if isinstance(step, RunStep):
+        secrets = json.dumps(step.secret_env, sort_keys=True).encode()
+        doc["secret_env"] = hashlib.sha256(secrets).hexdigest()
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{parent_key}\n{canonical}".encode()).hexdigest()
+
+
+def step_ref(key: str) -> str:
+    return f"hutch/step:{key[:40]}"
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """``$VAR`` and ``${VAR}`` from ``env`` (unknown ones become empty), as Dockerfile ENV."""
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), value)
+
+
+def describe(step: LayerStep) -> str:
+    if not isinstance(step, ConfigStep) and step.description:
+        return step.description
+    if isinstance(step, RunStep):
+        return "RUN " + " && ".join(step.commands)
+    if isinstance(step, CopyStep):
+        return f"COPY {step.context[:19]} {step.dest}"
+    parts = [f"{k}={v}" for k, v in step.model_dump(exclude={"kind"}).items() if v is not None]
+    return "CONFIG " + " ".join(parts)
+
+
+class StepFailed(ImageBuildFailed):
+    pass
+
+
+class Builder:
+    def __init__(self, store: ImageStore, runtime: OCIRuntime, devpts_gid: bool,
+                 contexts: Path) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.devpts_gid = devpts_gid
+        self.contexts = contexts
+
+    async def apply(self, number: int, parent_ref: str, step: LayerStep, ref: str,
+                    emit: Emit) -> None:
+        """Build ``step`` on ``parent_ref`` and tag the result ``ref``."""
+        layers, config = await trio.to_thread.run_sync(self.store.image_parts, parent_ref)
+        cfg: dict[str, Any] = dict(config.get("config", {}))
+        if isinstance(step, ConfigStep):
+            self._configure(cfg, step)
+        elif isinstance(step, CopyStep):
+            layers = [*layers, await trio.to_thread.run_sync(self._copy_layer, step)]
+        else:
+            layers = [*layers, await self._run_layer(number, parent_ref, step, cfg, emit)]
+        await trio.to_thread.run_sync(self.store.write_image, ref, layers, cfg)
+
+    # config ------------------------------------------------------------------------------
+    @staticmethod
+    def _configure(cfg: dict[str, Any], step: ConfigStep) -> None:
+        if step.env is not None:
+            env = dict(e.split("=", 1) for e in cfg.get("Env", []) if "=" in e)
+            for key, value in step.env.items():
+                env[key] = expand(value, env)
+            cfg["Env"] = [f"{k}={v}" for k, v in env.items()]
+        if step.workdir is not None:
+            cfg["WorkingDir"] = step.workdir
+        if step.entrypoint is not None or step.cmd is not None:
+            if step.entrypoint is not None:
+                cfg["Entrypoint"] = step.entrypoint
+            if step.cmd is not None:
+                cfg["Cmd"] = step.cmd
+            cfg["Labels"] = {**(cfg.get("Labels") or {}), RUNS_CMD_LABEL: "true"}
+
+    # files -------------------------------------------------------------------------------
+    def _copy_layer(self, step: CopyStep) -> tuple[dict[str, Any], str]:
+        """A layer holding the context's files under ``step.dest``."""
+        context = self.contexts / step.context.split(":", 1)[1]
+        if not context.is_file():
+            raise Invalid(f"build context {step.context} was not uploaded")
+        work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix="copy-"))
+        try:
+            target = work.joinpath(*[p for p in step.dest.split("/") if p])
+            target.mkdir(parents=True, exist_ok=True)
+            for d in [work, *target.relative_to(work).parents, target.relative_to(work)]:
+                os.chmod(work / d, 0o755)
+            with tarfile.open(context) as tar:
+                for member in tar.getmembers():
+                    _check_member(member)
+                tar.extractall(target, numeric_owner=True)
+            return self.store.commit_layer_dir(work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    # commands ----------------------------------------------------------------------------
+    async def _run_layer(self, number: int, parent_ref: str, step: RunStep,
+                         cfg: dict[str, Any], emit: Emit) -> tuple[dict[str, Any], str]:
+        image = await trio.to_thread.run_sync(self.store.resolve, parent_ref)
+        work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix="build-"))
+        dirs = rootfs.SandboxDirs(work)
+        cid = f"hutch-build-{work.name.split('-', 1)[1]}"
+        env = dict(e.split("=", 1) for e in cfg.get("Env", []) if "=" in e)
+        env.update(step.env)
+        env.update(step.secret_env)
+        workdir = cfg.get("WorkingDir") or "/"
+        try:
+            rootfs.mount_rootfs(dirs, image.layer_dirs)
+            try:
+                rootfs.make_dirs_inside(dirs.merged, workdir)
+                etc = rootfs.write_etc_files(dirs, "hutch-build")
+                for command in step.commands:
+                    await self._run_command(number, cid, dirs, command, env, workdir, etc, emit)
+            finally:
+                rootfs.unmount_rootfs_keep_upper(dirs)
+            return await trio.to_thread.run_sync(self.store.commit_layer_dir, dirs.upper)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def _run_command(self, number: int, cid: str, dirs: rootfs.SandboxDirs,
+                           command: str, env: dict[str, str], workdir: str,
+                           etc: dict[str, str], emit: Emit) -> None:
+        env = dict(env)
+        if HOST_CA_BUNDLE.is_file():
+            etc = {**etc, BUILD_CA_PATH: str(HOST_CA_BUNDLE)}
+            env.update({var: BUILD_CA_PATH for var in CA_ENV_VARS if var not in env})
+        spec = ociconfig.sandbox_spec(
+            rootfs=str(dirs.merged), hostname="hutch-build",
+            process=ociconfig.process_spec(["/bin/sh", "-c", command], env, workdir),
+            etc_files=etc, devpts_gid=self.devpts_gid, host_network=True,
+        )
+        (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+        proc = await self.runtime.run_attached(cid, dirs.root)
+        tail: list[str] = []
+
+        async def pump(stream: trio.abc.ReceiveStream | None) -> None:
+            if stream is None:
+                return
+            pending = b""
+            async with stream:
+                while data := await stream.receive_some(65536):
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    for raw in lines:
+                        line = raw.decode(errors="replace")
+                        tail[:] = [*tail[-(ERROR_TAIL - 1):], line]
+                        emit({"log": line})
+            if pending:
+                emit({"log": pending.decode(errors="replace")})
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, proc.stdout)
+                nursery.start_soon(pump, proc.stderr)
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.runtime.delete(cid, force=True)
+                except Exception:
+                    pass
+        if code != 0:
+            code = 128 - code if code < 0 else code
+            text = "\n".join(tail)
+            raise StepFailed(f"image build step {number} failed: `{command}` exited with code "
+                             f"{code}; last lines of its output:\n{text}")
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    """Refuse archive entries that would land outside the destination."""
+    parts = Path(member.name).parts
+    if member.name.startswith("/") or ".." in parts:
+        raise Invalid(f"build context entry {member.name!r} leaves its directory")
+    if member.islnk() and (member.linkname.startswith("/") or ".." in Path(member.linkname).parts):
+        raise Invalid(f"build context hard link {member.name!r} leaves its directory")
+    if member.isdev():
+        raise Invalid(f"build context entry {member.name!r} is a device")

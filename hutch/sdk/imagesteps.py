@@ -1,0 +1,205 @@
+"""Image steps as the engine takes them, checked before anything runs.
+
+Package steps become shell commands here (``apt-get``, ``pip``, ``uv``), so the engine has
+one kind of command step and the cache key is exactly the command that ran.  Bad arguments
+(a package name starting with ``-``, a relative remote path, non-string env values) raise
+:class:`InvalidError` at the call that declares them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hutch.exception import InvalidError
+from hutch.sdk.localfiles import IgnoreSpec, tar_directory, tar_file
+from hutch.sdk.options import check_str_dict
+from hutch.sdk.secret import Secret, merge_secrets
+
+Step = dict[str, Any]
+
+#: What ``add_local_python_source`` leaves out by default.
+PYTHON_IGNORE: tuple[str, ...] = ("__pycache__", "*.pyc", ".git", ".venv")
+#: Where ``add_local_python_source`` puts modules (a sandbox's default working directory
+#: is /, so /root is added to PYTHONPATH too).
+PYTHON_SOURCE_DIR = "/root"
+APT = ("DEBIAN_FRONTEND=noninteractive apt-get -o APT::Sandbox::User=root")
+
+
+@dataclass(frozen=True)
+class LocalFiles:
+    """A step adding local files: its tar is made and uploaded when the image is built."""
+
+    dest: str
+    description: str
+    make_tar: Any  # () -> bytes
+
+
+def _flatten(items: Sequence[str | list[str]], what: str) -> list[str]:
+    flat: list[str] = []
+    for item in items:
+        for value in (item if isinstance(item, list | tuple) else [item]):
+            if not isinstance(value, str):
+                raise InvalidError(f"{what} must be strings, got {type(value).__name__}")
+            flat.append(value)
+    return flat
+
+
+def _packages(items: Sequence[str | list[str]], what: str) -> list[str]:
+    packages = [p.strip() for p in _flatten(items, what)]
+    for package in packages:
+        if not package or package.startswith("-") or any(c.isspace() for c in package):
+            raise InvalidError(
+                f"{what}: {package!r} is not a package name (options go in extra_options)"
+            )
+    return packages
+
+
+def _remote(path: object, what: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidError(f"{what}: the remote path must be absolute, got {path!r}")
+    if "\0" in path or ".." in Path(path).parts:
+        raise InvalidError(f"{what}: the remote path may not contain '..', got {path!r}")
+    return path
+
+
+def _run(commands: list[str], env: dict[str, str] | None, secrets: Sequence[Secret],
+         force_build: bool, description: str) -> Step:
+    return {"kind": "run", "commands": commands, "env": check_str_dict(env, "env"),
+            "secret_env": merge_secrets(secrets, {}), "force_build": bool(force_build),
+            "description": description}
+
+
+def apt_install(items: Sequence[str | list[str]], force_build: bool,
+                env: dict[str, str] | None, secrets: Sequence[Secret]) -> Step:
+    packages = _packages(items, "apt_install")
+    if not packages:
+        raise InvalidError("apt_install needs at least one package")
+    names = " ".join(shlex.quote(p) for p in packages)
+    return _run([f"{APT} update -q",
+                 f"{APT} install -y -q --no-install-recommends {names}",
+                 "rm -rf /var/lib/apt/lists/*"],
+                env, secrets, force_build, f"apt_install {' '.join(packages)}")
+
+
+def _pip_options(find_links: str | None, index_url: str | None, extra_index_url: str | None,
+                 pre: bool, extra_options: str) -> list[str]:
+    options: list[str] = []
+    for flag, value in (("--find-links", find_links), ("--index-url", index_url),
+                        ("--extra-index-url", extra_index_url)):
+        if value is not None:
+            if not isinstance(value, str):
+                raise InvalidError(f"{flag[2:].replace('-', '_')} must be a string")
+            options += [flag, shlex.quote(value)]
+    if pre:
+        options.append("--pre")
+    if not isinstance(extra_options, str):
+        raise InvalidError("extra_options must be a string")
+    if extra_options:
+        options += [shlex.quote(o) for o in shlex.split(extra_options)]
+    return options
+
+
+def pip_install(items: Sequence[str | list[str]], *, requirements: str | None = None,
+                find_links: str | None, index_url: str | None, extra_index_url: str | None,
+                pre: bool, extra_options: str, force_build: bool,
+                env: dict[str, str] | None, secrets: Sequence[Secret]) -> Step:
+    packages = _packages(items, "pip_install")
+    if not packages and requirements is None:
+        raise InvalidError("pip_install needs at least one package")
+    args = [shlex.quote(p) for p in packages]
+    if requirements is not None:
+        args = ["-r", shlex.quote(requirements)]
+    options = _pip_options(find_links, index_url, extra_index_url, pre, extra_options)
+    command = " ".join(["python3 -m pip install --no-cache-dir --disable-pip-version-check",
+                        "--root-user-action=ignore", *options, *args])
+    what = f"-r {requirements}" if requirements else " ".join(packages)
+    return _run([command], env, secrets, force_build, f"pip_install {what}")
+
+
+def uv_pip_install(items: Sequence[str | list[str]], *, index_url: str | None,
+                   extra_index_url: str | None, find_links: str | None, pre: bool,
+                   extra_options: str, force_build: bool, env: dict[str, str] | None,
+                   secrets: Sequence[Secret]) -> Step:
+    packages = _packages(items, "uv_pip_install")
+    if not packages:
+        raise InvalidError("uv_pip_install needs at least one package")
+    options = _pip_options(find_links, index_url, extra_index_url, False, extra_options)
+    if pre:
+        options.append("--prerelease=allow")
+    uv = ("command -v uv >/dev/null || python3 -m pip install --no-cache-dir "
+          "--disable-pip-version-check --root-user-action=ignore uv")
+    install = " ".join(["uv pip install --system --break-system-packages", *options,
+                        *[shlex.quote(p) for p in packages]])
+    return _run([uv, install], env, secrets, force_build,
+                f"uv_pip_install {' '.join(packages)}")
+
+
+def run_commands(items: Sequence[str | list[str]], env: dict[str, str] | None,
+                 secrets: Sequence[Secret], force_build: bool) -> Step:
+    commands = _flatten(items, "run_commands")
+    if not commands:
+        raise InvalidError("run_commands needs at least one command")
+    return _run(commands, env, secrets, force_build, "run_commands " + "; ".join(commands))
+
+
+def config(*, env: dict[str, str] | None = None, workdir: str | None = None,
+           entrypoint: list[str] | None = None, cmd: list[str] | None = None) -> Step:
+    step: Step = {"kind": "config"}
+    if env is not None:
+        if not env:
+            raise InvalidError("env needs at least one variable")
+        step["env"] = check_str_dict(env, "env")
+    if workdir is not None:
+        step["workdir"] = _remote(workdir, "workdir")
+    for name, value in (("entrypoint", entrypoint), ("cmd", cmd)):
+        if value is not None:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InvalidError(f"{name} must be a list of strings")
+            step[name] = list(value)
+    return step
+
+
+def local_file(local: Path, remote: str) -> LocalFiles:
+    _remote(remote, "add_local_file")
+    local = local.expanduser()
+    if not local.is_file():
+        raise InvalidError(f"add_local_file: {str(local)!r} is not a file")
+    if remote.endswith("/"):
+        directory, name = remote.rstrip("/") or "/", local.name
+    else:
+        directory, name = str(Path(remote).parent), Path(remote).name
+    return LocalFiles(directory, f"add_local_file {local} {remote}",
+                      lambda: tar_file(local, name))
+
+
+def local_dir(local: Path, remote: str, ignore: IgnoreSpec) -> LocalFiles:
+    _remote(remote, "add_local_dir")
+    local = local.expanduser()
+    if not local.is_dir():
+        raise InvalidError(f"add_local_dir: {str(local)!r} is not a directory")
+    tar = tar_directory(local, ignore)  # read now: the step is what the files are now
+    return LocalFiles(remote, f"add_local_dir {local} {remote}", lambda: tar)
+
+
+def python_sources(modules: Sequence[str], ignore: IgnoreSpec) -> list[Step | LocalFiles]:
+    if not modules:
+        raise InvalidError("add_local_python_source needs at least one module name")
+    steps: list[Step | LocalFiles] = []
+    for module in modules:
+        if not isinstance(module, str) or not module.isidentifier():
+            raise InvalidError(f"add_local_python_source: {module!r} is not a module name")
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin in (None, "built-in", "frozen"):
+            raise InvalidError(f"add_local_python_source: module {module!r} not found locally")
+        if spec.submodule_search_locations:
+            package = Path(next(iter(spec.submodule_search_locations)))
+            steps.append(local_dir(package, f"{PYTHON_SOURCE_DIR}/{module}", ignore))
+        else:
+            steps.append(local_file(Path(str(spec.origin)), f"{PYTHON_SOURCE_DIR}/"))
+    steps.append(config(env={"PYTHONPATH": f"{PYTHON_SOURCE_DIR}:$PYTHONPATH"}))
+    return steps
