@@ -105,6 +105,10 @@ class ImageService:
             ref = target
         return ref
 
+    def forget(self, ref: str) -> None:
+        """Drop what is remembered of ``ref`` (it was untagged)."""
+        self._resolved.pop(ref, None)
+
     async def resolve(self, ref: str | None) -> Image:
         if ref is None:
             ref = await self.ensure_default()

@@ -106,7 +106,8 @@ class SandboxManager:
             argv = list(DEFAULT_ENTRYPOINT)
         spec_record = {"env": env, "workdir": workdir, "argv": argv,
                        "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
-                       "verbose": req.verbose}
+                       "verbose": req.verbose,
+                       "layers": ["sha256:" + p.name for p in image.layer_dirs]}
         self.store.insert_sandbox(
             sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
             spec=spec_record, timeout=req.timeout, runtime=self.runtime.name, tags=req.tags,

@@ -42,10 +42,11 @@ from hutch.api.models import (
     TerminateRequest,
 )
 from hutch.engine import linux
-from hutch.engine.errors import EngineError, Invalid
+from hutch.engine.errors import EngineError, Invalid, NotFound
 from hutch.engine.execs import ExecSession
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.store import SandboxRow
+from hutch.imagebuild.layout import ImageNotFound
 
 log = logging.getLogger("hutch.server")
 
@@ -151,6 +152,44 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
             raise Invalid(f"the uploaded context does not hash to {digest}")
         tmp.rename(target)
         return {"digest": digest}
+
+    @app.get("/v1/images")
+    async def list_images() -> dict[str, list[dict[str, object]]]:
+        """Every tagged image: reference, manifest digest, layer count, compressed size."""
+        store = manager.images.store
+        images = []
+        for ref, digest in sorted(store.refs().items()):
+            layers, _ = store.image_parts(ref)
+            images.append({"ref": ref, "digest": digest, "layers": len(layers),
+                           "size": sum(int(desc["size"]) for desc, _ in layers)})
+        return {"images": images}
+
+    @app.get("/v1/images/inspect")
+    async def inspect_image(ref: str) -> dict[str, object]:
+        """An image's manifest digest, layers and OCI config."""
+        try:
+            layers, config = manager.images.store.image_parts(ref)
+        except ImageNotFound as exc:
+            raise NotFound(f"image {ref!r} not found") from exc
+        return {"ref": ref, "digest": manager.images.store.lookup(ref),
+                "layers": [{"digest": d["digest"], "size": d["size"], "diff_id": diff}
+                           for d, diff in layers],
+                "config": config}
+
+    @app.delete("/v1/images")
+    async def remove_image(ref: str) -> dict[str, str]:
+        """Untag an image; its layers go with the next prune unless something uses them."""
+        if not manager.images.store.untag(ref):
+            raise NotFound(f"image {ref!r} not found")
+        manager.images.forget(ref)
+        return {"removed": ref}
+
+    @app.post("/v1/images/prune")
+    async def prune_images() -> dict[str, int]:
+        """Delete blobs and unpacked layers no image and no running sandbox needs."""
+        in_use = {layer for row in manager.store.list_sandboxes()
+                  for layer in row.spec.get("layers", [])}
+        return await trio.to_thread.run_sync(manager.images.store.prune, in_use)
 
     @app.post("/v1/images/build")
     async def build_image(req: BuildImageRequest) -> StreamingResponse:

@@ -126,6 +126,41 @@ class ImageStore:
         return {m.get("annotations", {}).get(REF_ANNOTATION, m["digest"]): m["digest"]
                 for m in self._read_index()["manifests"]}
 
+    def untag(self, ref: str) -> bool:
+        """Remove ``ref`` from the index (its blobs stay until :meth:`prune`)."""
+        with self._locked():
+            index = self._read_index()
+            kept = [m for m in index["manifests"]
+                    if m.get("annotations", {}).get(REF_ANNOTATION) != ref]
+            if len(kept) == len(index["manifests"]):
+                return False
+            index["manifests"] = kept
+            self._write_index(index)
+            return True
+
+    def prune(self, in_use: set[str]) -> dict[str, int]:
+        """Delete blobs and unpacked layers no tagged image (nor ``in_use`` diff ids) needs."""
+        with self._locked():
+            keep_blobs: set[str] = set()
+            keep_layers: set[str] = {_hex(d) for d in in_use}
+            for m in self._read_index()["manifests"]:
+                manifest = self.read_json(m["digest"])
+                config = self.read_json(manifest["config"]["digest"])
+                keep_blobs |= {_hex(m["digest"]), _hex(manifest["config"]["digest"])}
+                keep_blobs |= {_hex(layer["digest"]) for layer in manifest["layers"]}
+                keep_layers |= {_hex(d) for d in config["rootfs"]["diff_ids"]}
+            removed = {"blobs": 0, "layers": 0, "bytes": 0}
+            for blob in self.blobs.iterdir():
+                if blob.name not in keep_blobs:
+                    removed["bytes"] += blob.stat().st_size
+                    blob.unlink()
+                    removed["blobs"] += 1
+            for layer in self.layers.iterdir():
+                if layer.name not in keep_layers:
+                    shutil.rmtree(layer, ignore_errors=True)
+                    removed["layers"] += 1
+        return removed
+
     # layers -----------------------------------------------------------------------------
     def commit_layer_dir(self, rootfs: Path) -> tuple[dict[str, Any], str]:
         """Turn a directory of changes into a gzip layer blob and a shared layer directory.

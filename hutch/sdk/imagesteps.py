@@ -82,7 +82,7 @@ def apt_install(items: Sequence[str | list[str]], force_build: bool,
     names = " ".join(shlex.quote(p) for p in packages)
     return _run([f"{APT} update -q",
                  f"{APT} install -y -q --no-install-recommends {names}",
-                 "rm -rf /var/lib/apt/lists/*"],
+                 f"{APT} clean && rm -rf /var/lib/apt/lists/*"],
                 env, secrets, force_build, f"apt_install {' '.join(packages)}")
 
 

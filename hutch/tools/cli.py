@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import sys
 import threading
@@ -12,6 +14,7 @@ from typing import Any
 
 from hutch.exception import Error
 from hutch.sdk.image import Image
+from hutch.sdk.output import enable_output
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
 from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.transport import events_blocking, request_blocking
@@ -147,6 +150,49 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_image(target: str) -> Image:
+    """``FILE.py::NAME``: the ``Image`` that module-level name holds in that file."""
+    path, sep, name = target.partition("::")
+    if not sep or not name:
+        raise SystemExit("hutch: image build expects FILE.py::NAME")
+    spec = importlib.util.spec_from_file_location("hutch_image_file", path)
+    if spec is None or spec.loader is None or not os.path.isfile(path):
+        raise SystemExit(f"hutch: cannot load {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    spec.loader.exec_module(module)
+    image = getattr(module, name, None)
+    if not isinstance(image, Image):
+        raise SystemExit(f"hutch: {name} in {path} is not a hutch.Image")
+    return image
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    if args.action in ("build", "inspect", "rm") and not args.target:
+        raise SystemExit(f"hutch: image {args.action} needs a target")
+    if args.action == "build":
+        with enable_output():
+            image = _load_image(args.target).build()
+        print(image.object_id)
+    elif args.action == "ls":
+        images = request_blocking("GET", "/v1/images")["images"]
+        print(f"{'REFERENCE':<60} {'LAYERS':>6} {'SIZE':>9}  DIGEST")
+        for img in images:
+            print(f"{img['ref']:<60} {img['layers']:>6} {img['size'] / 1e6:>7.1f}MB  "
+                  f"{img['digest'][:19]}")
+    elif args.action == "inspect":
+        doc = request_blocking("GET", "/v1/images/inspect", params={"ref": args.target})
+        print(json.dumps(doc, indent=2))
+    elif args.action == "rm":
+        request_blocking("DELETE", "/v1/images", params={"ref": args.target})
+        print(f"removed {args.target}")
+    else:
+        freed = request_blocking("POST", "/v1/images/prune")
+        print(f"removed {freed['blobs']} blobs ({freed['bytes'] / 1e6:.1f} MB) and "
+              f"{freed['layers']} unpacked layers")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from hutch.tools.doctor import report, run_checks
 
@@ -196,6 +242,12 @@ def parser() -> argparse.ArgumentParser:
     eng = sub.add_parser("engine", help="start, stop or inspect the engine daemon")
     eng.add_argument("action", choices=["start", "stop", "status"])
     eng.set_defaults(func=cmd_engine)
+
+    img = sub.add_parser("image", help="build, list, inspect, remove and prune images")
+    img.add_argument("action", choices=["build", "ls", "inspect", "rm", "prune"])
+    img.add_argument("target", nargs="?", default="",
+                     help="build: FILE.py::NAME; inspect, rm: an image reference")
+    img.set_defaults(func=cmd_image)
 
     sub.add_parser("doctor", help="check the host").set_defaults(func=cmd_doctor)
     return p
