@@ -201,6 +201,27 @@ class FromIdStep(_Wire):
     ref: str = Field(min_length=1, max_length=512)
 
 
+class FromRegistryStep(_Wire):
+    """Base: an image pulled from a registry with skopeo (``credentials``: ``user:pass``,
+    never logged or part of a cache key)."""
+
+    kind: Literal["from_registry"] = "from_registry"
+    ref: str = Field(min_length=1, max_length=512, pattern=r"^[^\s/][^\s]*$")
+    credentials: str | None = None
+    force_build: bool = False
+
+
+class FromOCIStep(_Wire):
+    """Base: an OCI image layout directory (``archive`` false) or an OCI archive file."""
+
+    kind: Literal["from_oci"] = "from_oci"
+    path: str
+    archive: bool = False
+    tag: str | None = None
+
+    _path = field_validator("path")(classmethod(lambda cls, v: _check_workdir(v)))
+
+
 class RunStep(_Wire):
     """Shell commands run in order in a build container (host network); one layer.
 
@@ -242,7 +263,8 @@ class ConfigStep(_Wire):
     _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
 
 
-BaseStep = Annotated[DebianSlimStep | FromIdStep, Field(discriminator="kind")]
+BaseStep = Annotated[DebianSlimStep | FromIdStep | FromRegistryStep | FromOCIStep,
+                     Field(discriminator="kind")]
 LayerStep = Annotated[RunStep | CopyStep | ConfigStep, Field(discriminator="kind")]
 
 

@@ -6,6 +6,7 @@ so two creates asking for an image that is not built yet build it once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import defaultdict
@@ -15,10 +16,18 @@ from pathlib import Path
 
 import trio
 
-from hutch.api.models import BuildImageRequest, DebianSlimStep, RunStep
+from hutch.api.models import (
+    BuildImageRequest,
+    DebianSlimStep,
+    FromIdStep,
+    FromOCIStep,
+    FromRegistryStep,
+    RunStep,
+)
 from hutch.engine.builder import Builder, Emit, describe, step_key, step_ref
-from hutch.engine.errors import ImageBuildFailed, NotFound
+from hutch.engine.errors import ImageBuildFailed, Invalid, NotFound
 from hutch.imagebuild import debian
+from hutch.imagebuild.importer import ImportFailed, import_image, skopeo_source
 from hutch.imagebuild.layout import Image, ImageNotFound, ImageStore
 
 log = logging.getLogger("hutch.images")
@@ -81,7 +90,7 @@ class ImageService:
             ref = await self.build_debian(base.python_version, force_all,
                                           lambda line: emit({"log": line}))
             key = f"debian_slim:{base.python_version}"
-        else:
+        elif isinstance(base, FromIdStep):
             emit({"step": 1, "of": total, "description": f"from_id {base.ref}",
                   "cached": True})
             ref = base.ref
@@ -89,6 +98,8 @@ class ImageService:
             if digest is None:
                 raise NotFound(f"image {ref!r} not found")
             key = f"from_id:{digest}"
+        else:
+            ref, key = await self._import(base, total, force_all, emit)
         for number, step in enumerate(req.steps, start=2):
             key = step_key(key, step)
             target = step_ref(key)
@@ -104,6 +115,42 @@ class ImageService:
                     self._resolved.pop(target, None)
             ref = target
         return ref
+
+    async def _import(self, base: FromRegistryStep | FromOCIStep, total: int, force: bool,
+                      emit: Emit) -> tuple[str, str]:
+        """A registry image or OCI layout/archive, copied in with skopeo unless cached."""
+        if isinstance(base, FromRegistryStep):
+            source = skopeo_source("registry", base.ref)
+            key = f"from_registry:{base.ref}"
+            force = force or base.force_build
+            credentials = base.credentials
+        else:
+            path = Path(base.path)
+            index = path if base.archive else path / "index.json"
+            try:
+                fingerprint = hashlib.sha256(index.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise Invalid(f"no OCI {'archive' if base.archive else 'layout'} at "
+                              f"{base.path}: {exc.strerror}") from exc
+            location = base.path + (f":{base.tag}" if base.tag else "")
+            source = skopeo_source("oci_archive" if base.archive else "oci_layout", location)
+            key = f"from_oci:{location}:{fingerprint}"
+            credentials = None
+        ref = step_ref(hashlib.sha256(key.encode()).hexdigest())
+        async with self._locks[ref]:
+            cached = self.store.lookup(ref) is not None and not force
+            emit({"step": 1, "of": total, "description": f"import {source}", "cached": cached})
+            if not cached:
+                def log_line(line: str) -> None:
+                    trio.from_thread.run_sync(emit, {"log": line})
+
+                try:
+                    await trio.to_thread.run_sync(partial(
+                        import_image, self.store, source, ref, log_line, credentials))
+                except ImportFailed as exc:
+                    raise ImageBuildFailed(str(exc)) from exc
+                self._resolved.pop(ref, None)
+        return ref, key
 
     def forget(self, ref: str) -> None:
         """Drop what is remembered of ``ref`` (it was untagged)."""

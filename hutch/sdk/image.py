@@ -74,6 +74,56 @@ class Image:
             raise InvalidError("Image.from_id needs an image id")
         return Image({"kind": "from_id", "ref": image_id})
 
+    @staticmethod
+    def from_registry(tag: str, secret: Secret | None = None, *,
+                      setup_dockerfile_commands: Sequence[str] = (), force_build: bool = False,
+                      add_python: str | None = None, **kwargs: Any) -> Image:
+        """An image from a registry (``docker.io/library/alpine:3.20``), pulled with skopeo.
+
+        ``secret`` holds ``REGISTRY_USERNAME`` and ``REGISTRY_PASSWORD`` for a private
+        registry.  Registries on localhost/127.0.0.1 are reached over plain HTTP.
+        """
+        if not isinstance(tag, str) or not tag or any(c.isspace() for c in tag):
+            raise InvalidError(f"from_registry needs an image reference, got {tag!r}")
+        for name, value in (("setup_dockerfile_commands", setup_dockerfile_commands),
+                            ("add_python", add_python), *kwargs.items()):
+            if value:
+                raise InvalidError(f"Image.from_registry: `{name}` is not supported by "
+                                   "hutch; add steps (run_commands, ...) instead")
+        base: dict[str, Any] = {"kind": "from_registry", "ref": tag,
+                                "force_build": bool(force_build)}
+        if secret is not None:
+            env = secret.env() if isinstance(secret, Secret) else None
+            if env is None or not {"REGISTRY_USERNAME", "REGISTRY_PASSWORD"} <= set(env):
+                raise InvalidError("from_registry's secret needs REGISTRY_USERNAME and "
+                                   "REGISTRY_PASSWORD")
+            base["credentials"] = f"{env['REGISTRY_USERNAME']}:{env['REGISTRY_PASSWORD']}"
+        return Image(base)
+
+    @staticmethod
+    def from_oci_layout(path: str | os.PathLike[str], tag: str | None = None) -> Image:
+        """An image from an OCI image layout directory (``tag``: its ref name, when it
+        holds several)."""
+        return Image._from_oci(path, tag, archive=False)
+
+    @staticmethod
+    def from_oci_archive(path: str | os.PathLike[str], tag: str | None = None) -> Image:
+        """An image from an OCI archive (a tar of a layout, as ``hutch image export`` and
+        ``skopeo copy ... oci-archive:`` write)."""
+        return Image._from_oci(path, tag, archive=True)
+
+    @staticmethod
+    def _from_oci(path: str | os.PathLike[str], tag: str | None, archive: bool) -> Image:
+        local = Path(path).expanduser().absolute()
+        if not (local.is_file() if archive else (local / "index.json").is_file()):
+            raise InvalidError(f"no OCI {'archive' if archive else 'layout'} at {str(local)!r}")
+        if tag is not None and (not isinstance(tag, str) or (":" in tag and archive is None)):
+            raise InvalidError("tag must be a string")
+        base: dict[str, Any] = {"kind": "from_oci", "path": str(local), "archive": archive}
+        if tag is not None:
+            base["tag"] = tag
+        return Image(base)
+
     # packages -----------------------------------------------------------------------------
     def apt_install(self, *packages: str | list[str], force_build: bool = False,
                     env: dict[str, str] | None = None,
