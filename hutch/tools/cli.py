@@ -6,10 +6,13 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hutch.exception import Error
@@ -167,8 +170,26 @@ def _load_image(target: str) -> Image:
     return image
 
 
+def _export(ref: str, output: str | None) -> int:
+    """Write an image as an OCI archive with skopeo, readable by podman load and others."""
+    if not output:
+        raise SystemExit("hutch: image export needs an output file: -o FILE.tar")
+    if shutil.which("skopeo") is None:
+        raise SystemExit("hutch: skopeo is not installed: apt-get install skopeo")
+    request_blocking("GET", "/v1/images/inspect", params={"ref": ref})  # NotFound early
+    layout = Path(request_blocking("GET", "/v1/engine")["data_dir"]) / "oci"
+    name = ref.rsplit("/", 1)[-1].replace(":", "-")
+    proc = subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:{ref}",
+                           f"oci-archive:{output}:hutch/{name}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"hutch: skopeo failed: {proc.stderr.strip()}", file=sys.stderr)
+        return 125
+    print(f"wrote {output} (image hutch/{name})")
+    return 0
+
+
 def cmd_image(args: argparse.Namespace) -> int:
-    if args.action in ("build", "inspect", "rm") and not args.target:
+    if args.action in ("build", "inspect", "rm", "export") and not args.target:
         raise SystemExit(f"hutch: image {args.action} needs a target")
     if args.action == "build":
         with enable_output():
@@ -183,6 +204,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     elif args.action == "inspect":
         doc = request_blocking("GET", "/v1/images/inspect", params={"ref": args.target})
         print(json.dumps(doc, indent=2))
+    elif args.action == "export":
+        return _export(args.target, args.output)
     elif args.action == "rm":
         request_blocking("DELETE", "/v1/images", params={"ref": args.target})
         print(f"removed {args.target}")
@@ -244,9 +267,10 @@ def parser() -> argparse.ArgumentParser:
     eng.set_defaults(func=cmd_engine)
 
     img = sub.add_parser("image", help="build, list, inspect, remove and prune images")
-    img.add_argument("action", choices=["build", "ls", "inspect", "rm", "prune"])
+    img.add_argument("action", choices=["build", "ls", "inspect", "rm", "prune", "export"])
     img.add_argument("target", nargs="?", default="",
-                     help="build: FILE.py::NAME; inspect, rm: an image reference")
+                     help="build: FILE.py::NAME; inspect, rm, export: an image reference")
+    img.add_argument("-o", "--output", help="export: the OCI archive to write")
     img.set_defaults(func=cmd_image)
 
     sub.add_parser("doctor", help="check the host").set_defaults(func=cmd_doctor)
