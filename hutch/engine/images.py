@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -81,7 +80,7 @@ class ImageService:
         ``emit`` receives the progress and log events of the build stream.
         """
         total = 1 + len(req.steps)
-        force_all = req.force_build or bool(os.environ.get("HUTCH_FORCE_BUILD"))
+        force_all = req.force_build
         base = req.base
         if isinstance(base, DebianSlimStep):
             emit({"step": 1, "of": total, "description": f"debian_slim {base.python_version}",

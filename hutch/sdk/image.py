@@ -8,7 +8,8 @@ Each method returns a new ``Image`` with one more step, Modal-style::
 Arguments are checked here, before anything runs.  Building sends the steps to the engine
 (``POST /v1/images/build``), which runs only the steps it has not cached and streams its
 progress; local files travel as a tar uploaded once by content digest.  An image remembers
-its reference after the first build in this process.
+its reference after the first build in this process.  ``HUTCH_FORCE_BUILD=1`` in the
+environment rebuilds every step of every image (like ``MODAL_FORCE_BUILD``).
 """
 
 from __future__ import annotations
@@ -227,10 +228,11 @@ class Image:
 
     async def resolve(self) -> str:
         """The image's reference, building what is not cached."""
-        if self._ref is not None and not self._force_build:
+        force = self._force_build or os.environ.get("HUTCH_FORCE_BUILD", "") not in ("", "0")
+        if self._ref is not None and not force:
             return self._ref
         steps = [await _wire_step(step) for step in self._steps]
-        body = {"base": self._base, "steps": steps, "force_build": self._force_build}
+        body = {"base": self._base, "steps": steps, "force_build": force}
         ref: str | None = None
         with BuildDisplay(self._describe()) as display:
             async for event in client().stream_events("/v1/images/build", method="POST",
