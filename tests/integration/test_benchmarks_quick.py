@@ -23,3 +23,17 @@ def test_quick_benchmark_writes_its_reports(engine: dict[str, Any], tmp_path: Pa
         assert hutch["available"], hutch["reason"]
         assert len(hutch["samples_s"]) == 3 and all(0 < s < 60 for s in hutch["samples_s"])
     assert (tmp_path / "startup.md").read_text().startswith("# hutch startup benchmark")
+
+
+def test_image_benchmark_writes_its_reports(engine: dict[str, Any], tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.images", "--cold-runs", "1", "--runs", "2",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "images.json").read_text())
+    assert len(report) == 3
+    assert all(0 < figure["median_ms"] < 600_000 for figure in report.values())
+    assert "| cache-hit build" in (tmp_path / "images.md").read_text()

@@ -1,0 +1,100 @@
+"""``python -m benchmarks.images``: what images cost to build, to find cached, and to start.
+
+Three figures, medians of several runs against the user's engine:
+
+1. **cold build** of ``Image.debian_slim().pip_install("six")``: the pip step is forced
+   (``force_build=True``) so it really runs every time: a build container, pip reaching
+   PyPI, the layer committed.  The Debian base itself is built once per machine (30-40 s)
+   and is not part of this figure.
+2. **cache-hit build**: the same declaration in a new ``Image`` object, built again (one
+   request; the engine finds every step's key).
+3. **start from the fresh image**: ``Sandbox.create(image=...)`` of ``python3 -c
+   'print(1)'`` to its first output line.
+
+Results go to ``benchmarks/results/images.md`` and ``images.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _median_ms(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"median_ms": statistics.median(ordered) * 1000,
+            "min_ms": ordered[0] * 1000, "max_ms": ordered[-1] * 1000, "runs": len(ordered)}
+
+
+def _timed(fn: Callable[[], object], runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def run(cold_runs: int, warm_runs: int) -> dict[str, Any]:
+    import hutch
+
+    def image(force: bool = False) -> hutch.Image:
+        return hutch.Image.debian_slim().pip_install("six", force_build=force)
+
+    image().build()  # the base and the step exist before anything is timed
+    cold = _timed(lambda: image(force=True).build(), cold_runs)
+    warm = _timed(lambda: image().build(), warm_runs)
+    built = image().build()
+
+    def start() -> float:
+        begin = time.perf_counter()
+        sb = hutch.Sandbox.create("python3", "-c", "print(1)", image=built, timeout=60)
+        line = next(iter(sb.stdout))
+        elapsed = time.perf_counter() - begin
+        if line.strip() != "1":
+            raise RuntimeError(f"unexpected first line {line!r}")
+        sb.wait()
+        return elapsed
+
+    started = [start() for _ in range(warm_runs)]
+    return {
+        "cold build (debian_slim().pip_install('six'), pip step forced)": _median_ms(cold),
+        "cache-hit build (same declaration, new Image object)": _median_ms(warm),
+        "create -> first output from the built image": _median_ms(started),
+    }
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "images.json").write_text(json.dumps(results, indent=1))
+    lines = ["# Image builds", "", "`python -m benchmarks.images`: medians on this machine "
+             "(see the module docstring for what each figure covers).", "",
+             "| figure | median | min | max | runs |", "|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | **{r['median_ms']:.1f} ms** | {r['min_ms']:.1f} ms | "
+                     f"{r['max_ms']:.1f} ms | {r['runs']} |")
+    (out / "images.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.images")
+    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=20, help="cache-hit and start runs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    results = run(args.cold_runs, args.runs)
+    write(results, args.out)
+    for name, r in results.items():
+        print(f"{name}: median {r['median_ms']:.1f} ms ({r['runs']} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
