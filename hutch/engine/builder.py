@@ -1,6 +1,7 @@
 """Building images from steps: a base, then one cached image per step.
 
-Each step's cache key is ``sha256(parent key + the step's canonical JSON)``, where a file
+Each step's cache key is ``sha256(parent's manifest digest + the step's canonical JSON)``
+(so a rebuilt parent rebuilds what follows), where a file
 step names its uploaded context by digest and a run step's secrets count by a hash of their
 values, never the values.  A step whose key is tagged in the store (``hutch/step:<key>``) is
 not run again; so a repeated build is a few lookups, and changing one step rebuilds from
@@ -18,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -49,6 +51,7 @@ _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))"
 
 
 def step_key(parent_key: str, step: LayerStep) -> str:
+    """The cache key of ``step`` applied to the image ``parent_key`` (its manifest digest)."""
     doc = step.model_dump(exclude={"force_build", "description"})
     if isinstance(step, RunStep):
         secrets = json.dumps(step.secret_env, sort_keys=True).encode()
@@ -97,7 +100,9 @@ class Builder:
         if isinstance(step, ConfigStep):
             self._configure(cfg, step)
         elif isinstance(step, CopyStep):
-            layers = [*layers, await trio.to_thread.run_sync(self._copy_layer, step)]
+            image = await trio.to_thread.run_sync(self.store.resolve, parent_ref)
+            layer = await trio.to_thread.run_sync(self._copy_layer, step, image.layer_dirs)
+            layers = [*layers, layer]
         else:
             layers = [*layers, await self._run_layer(number, parent_ref, step, cfg, emit)]
         await trio.to_thread.run_sync(self.store.write_image, ref, layers, cfg)
@@ -113,15 +118,22 @@ class Builder:
         if step.workdir is not None:
             cfg["WorkingDir"] = step.workdir
         if step.entrypoint is not None or step.cmd is not None:
+            set_by_steps = (cfg.get("Labels") or {}).get(RUNS_CMD_LABEL) == "true"
             if step.entrypoint is not None:
                 cfg["Entrypoint"] = step.entrypoint
+                if not set_by_steps:
+                    cfg.pop("Cmd", None)  # as Docker: a new entrypoint drops an inherited Cmd
             if step.cmd is not None:
                 cfg["Cmd"] = step.cmd
             cfg["Labels"] = {**(cfg.get("Labels") or {}), RUNS_CMD_LABEL: "true"}
 
     # files -------------------------------------------------------------------------------
-    def _copy_layer(self, step: CopyStep) -> tuple[dict[str, Any], str]:
-        """A layer holding the context's files under ``step.dest``."""
+    def _copy_layer(self, step: CopyStep, lower: list[Path]) -> tuple[dict[str, Any], str]:
+        """A layer holding the context's files under ``step.dest``.
+
+        The directories leading to ``dest`` are in the layer too, so they take the mode and
+        owner they have in the image below (``/tmp`` stays 1777), or 0755 root when new.
+        """
         context = self.contexts / step.context.split(":", 1)[1]
         if not context.is_file():
             raise Invalid(f"build context {step.context} was not uploaded")
@@ -129,8 +141,13 @@ class Builder:
         try:
             target = work.joinpath(*[p for p in step.dest.split("/") if p])
             target.mkdir(parents=True, exist_ok=True)
-            for d in [work, *target.relative_to(work).parents, target.relative_to(work)]:
-                os.chmod(work / d, 0o755)
+            rel = target.relative_to(work)
+            for d in [*reversed(rel.parents), rel]:
+                st = _lower_stat(lower, d)
+                mode, uid, gid = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) if st \
+                    else (0o755, 0, 0)
+                os.chown(work / d, uid, gid)
+                os.chmod(work / d, mode)
             with tarfile.open(context) as tar:
                 for member in tar.getmembers():
                     _check_member(member)
@@ -215,6 +232,20 @@ class Builder:
             text = "\n".join(tail)
             raise StepFailed(f"image build step {number} failed: `{command}` exited with code "
                              f"{code}; last lines of its output:\n{text}")
+
+
+def _lower_stat(layers: list[Path], rel: Path) -> os.stat_result | None:
+    """What ``rel`` is in the image made of ``layers`` (bottom first): the top-most layer
+    that has it decides; a whiteout there means it does not exist."""
+    for layer in reversed(layers):
+        try:
+            st = os.lstat(layer / rel)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None
+        return st if stat.S_ISDIR(st.st_mode) else None
+    return None
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

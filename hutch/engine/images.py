@@ -88,7 +88,6 @@ class ImageService:
                   and not force_all})
             ref = await self.build_debian(base.python_version, force_all,
                                           lambda line: emit({"log": line}))
-            key = f"debian_slim:{base.python_version}"
         elif isinstance(base, FromIdStep):
             emit({"step": 1, "of": total, "description": f"from_id {base.ref}",
                   "cached": True})
@@ -96,12 +95,15 @@ class ImageService:
             digest = self.store.lookup(ref)
             if digest is None:
                 raise NotFound(f"image {ref!r} not found")
-            key = f"from_id:{digest}"
         else:
-            ref, key = await self._import(base, total, force_all, emit)
+            ref = await self._import(base, total, force_all, emit)
         for number, step in enumerate(req.steps, start=2):
-            key = step_key(key, step)
-            target = step_ref(key)
+            # Keyed on what the parent *is* (its manifest digest), so a parent that was
+            # rebuilt (forced, or a new base) rebuilds everything after it.
+            parent_digest = self.store.lookup(ref)
+            if parent_digest is None:
+                raise NotFound(f"image {ref!r} vanished during the build")
+            target = step_ref(step_key(parent_digest, step))
             forced = force_all or (isinstance(step, RunStep) and step.force_build)
             async with self._locks[target]:
                 cached = self.store.lookup(target) is not None and not forced
@@ -116,7 +118,7 @@ class ImageService:
         return ref
 
     async def _import(self, base: FromRegistryStep | FromOCIStep, total: int, force: bool,
-                      emit: Emit) -> tuple[str, str]:
+                      emit: Emit) -> str:
         """A registry image or OCI layout/archive, copied in with skopeo unless cached."""
         if isinstance(base, FromRegistryStep):
             source = skopeo_source("registry", base.ref)
@@ -149,7 +151,7 @@ class ImageService:
                 except ImportFailed as exc:
                     raise ImageBuildFailed(str(exc)) from exc
                 self._resolved.pop(ref, None)
-        return ref, key
+        return ref
 
     def forget(self, ref: str) -> None:
         """Drop what is remembered of ``ref`` (it was untagged)."""

@@ -21,10 +21,12 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hutch.imagebuild.layertar import OPAQUE_MARKER, WHITEOUT_PREFIX
-from hutch.imagebuild.layout import ImageStore
+
+if TYPE_CHECKING:
+    from hutch.imagebuild.layout import ImageStore
 
 LogLine = Callable[[str], None]
 LOCAL_REGISTRIES = ("localhost", "127.0.0.1", "[::1]")

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,20 +198,15 @@ class ImageStore:
         layers = list(zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True))
         return layers, config
 
-    def ensure_unpacked(self, layer_digest: str, diff_id: str) -> Path:
-        """The shared directory of a layer, unpacking its blob once if needed."""
+    def ensure_unpacked(self, layer: dict[str, Any], diff_id: str) -> Path:
+        """The shared directory of a layer, unpacking its blob once if needed (OCI whiteouts
+        become overlay whiteouts, :func:`hutch.imagebuild.importer.unpack_layer`)."""
+        from hutch.imagebuild.importer import unpack_layer
+
         target = self.layers / _hex(diff_id)
-        if target.exists():
-            return target
-        work = Path(tempfile.mkdtemp(dir=self.tmp, prefix="unpack-"))
-        subprocess.run(
-            ["tar", "--numeric-owner", "-xzf", str(self.blob_path(layer_digest)), "-C", str(work)],
-            check=True, capture_output=True,
-        )
-        try:
-            work.rename(target)
-        except OSError:
-            shutil.rmtree(work)  # another build unpacked it first
+        if not target.exists():
+            unpack_layer(self.blob_path(layer["digest"]), layer["mediaType"], diff_id, target,
+                         self.tmp)
         return target
 
     def write_image(self, ref: str, layers: list[tuple[dict[str, Any], str]],
@@ -242,7 +236,7 @@ class ImageStore:
         manifest = self.read_json(digest)
         config = self.read_json(manifest["config"]["digest"])
         dirs = [
-            self.ensure_unpacked(desc["digest"], diff_id)
+            self.ensure_unpacked(desc, diff_id)
             for desc, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"],
                                      strict=True)
         ]

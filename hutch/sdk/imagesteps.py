@@ -173,8 +173,8 @@ def local_file(local: Path, remote: str) -> LocalFiles:
         directory, name = remote.rstrip("/") or "/", local.name
     else:
         directory, name = str(Path(remote).parent), Path(remote).name
-    return LocalFiles(directory, f"add_local_file {local} {remote}",
-                      lambda: tar_file(local, name))
+    tar = tar_file(local, name)  # read now, as add_local_dir does
+    return LocalFiles(directory, f"add_local_file {local} {remote}", lambda: tar)
 
 
 def local_dir(local: Path, remote: str, ignore: IgnoreSpec) -> LocalFiles:

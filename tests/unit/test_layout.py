@@ -210,7 +210,7 @@ def test_ensure_unpacked_recreates_deleted_layer(
     desc, diff_id, _ = image
     target = store.layers / diff_id.split(":", 1)[1]
     shutil.rmtree(target)
-    assert store.ensure_unpacked(desc["digest"], diff_id) == target
+    assert store.ensure_unpacked(desc, diff_id) == target
     _check_tree(target)
     # and via resolve
     shutil.rmtree(target)
@@ -227,7 +227,7 @@ def test_ensure_unpacked_keeps_existing_dir(
     desc, diff_id, _ = image
     target = store.layers / diff_id.split(":", 1)[1]
     (target / "marker").write_text("kept")
-    assert store.ensure_unpacked(desc["digest"], diff_id) == target
+    assert store.ensure_unpacked(desc, diff_id) == target
     assert (target / "marker").read_text() == "kept"
 
 
