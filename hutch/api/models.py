@@ -261,6 +261,9 @@ class ConfigStep(_Wire):
     cmd: list[str] | None = None
 
     _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
+    _env = field_validator("env")(classmethod(lambda cls, v: v if v is None else _check_env(v)))
+    _argv = field_validator("entrypoint", "cmd")(
+        classmethod(lambda cls, v: v if v is None else _check_argv(v)))
 
 
 BaseStep = Annotated[DebianSlimStep | FromIdStep | FromRegistryStep | FromOCIStep,

@@ -32,6 +32,7 @@ from hutch.api.models import ConfigStep, CopyStep, RunStep
 from hutch.engine import ociconfig, rootfs
 from hutch.engine.errors import ImageBuildFailed, Invalid
 from hutch.engine.runtime.base import OCIRuntime
+from hutch.imagebuild.importer import ImportFailed, extract_safely
 from hutch.imagebuild.layout import RUNS_CMD_LABEL, ImageStore
 
 log = logging.getLogger("hutch.build")
@@ -47,12 +48,15 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_CA_PATH = "/dev/hutch-host-ca.crt"
 CA_ENV_VARS = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
                "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS")
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|"
+                  r"\{([A-Za-z_][A-Za-z0-9_]*):\+([^}]*)\})")
 
 
 def step_key(parent_key: str, step: LayerStep) -> str:
     """The cache key of ``step`` applied to the image ``parent_key`` (its manifest digest)."""
     doc = step.model_dump(exclude={"force_build", "description"})
+    if isinstance(step, ConfigStep) and step.env is not None:
+        doc["env"] = list(step.env.items())  # order matters: later values expand earlier
     if isinstance(step, RunStep):
         secrets = json.dumps(step.secret_env, sort_keys=True).encode()
         doc["secret_env"] = hashlib.sha256(secrets).hexdigest()
@@ -65,8 +69,14 @@ def step_ref(key: str) -> str:
 
 
 def expand(value: str, env: dict[str, str]) -> str:
-    """``$VAR`` and ``${VAR}`` from ``env`` (unknown ones become empty), as Dockerfile ENV."""
-    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), value)
+    """``$VAR``, ``${VAR}`` (unknown ones become empty) and ``${VAR:+word}`` (``word`` when
+    VAR is set and not empty), as Dockerfile ENV does."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(3) is not None:
+            return expand(m.group(4), env) if env.get(m.group(3)) else ""
+        return env.get(m.group(1) or m.group(2), "")
+
+    return _VAR.sub(one, value)
 
 
 def describe(step: LayerStep) -> str:
@@ -151,8 +161,11 @@ class Builder:
             with tarfile.open(context) as tar:
                 for member in tar.getmembers():
                     _check_member(member)
-                tar.extractall(target, numeric_owner=True)
+                extract_safely(tar, target, whiteouts=False)
             return self.store.commit_layer_dir(work)
+        except ImportFailed as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            raise Invalid(f"build context {step.context}: {exc}") from exc
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -165,8 +178,8 @@ class Builder:
         dirs = rootfs.SandboxDirs(work)
         cid = f"hutch-build-{work.name.split('-', 1)[1]}"
         env = dict(e.split("=", 1) for e in cfg.get("Env", []) if "=" in e)
-        env.update(step.env)
         env.update(step.secret_env)
+        env.update(step.env)  # explicit env wins over secrets, as for sandboxes
         workdir = cfg.get("WorkingDir") or "/"
         try:
             rootfs.mount_rootfs(dirs, image.layer_dirs)

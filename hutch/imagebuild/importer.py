@@ -126,8 +126,7 @@ def unpack_layer(blob: Path, media_type: str, diff_id: str, target: Path, tmp: P
     hashing = _Hashing(stream)
     try:
         with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
-            for member in tar:
-                _unpack_member(tar, member, work)
+            extract_safely(tar, work, whiteouts=True)
         while hashing.read(1 << 20):  # the tar's padding counts for the diff id
             pass
         if proc is not None and proc.wait() != 0:
@@ -164,13 +163,22 @@ def _inside(root: Path, name: str) -> tuple[Path, Path]:
     return parent, parent / parts[-1]
 
 
-def _unpack_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
+def extract_safely(tar: tarfile.TarFile, root: Path, *, whiteouts: bool) -> None:
+    """Extract every member of ``tar`` under ``root`` without ever writing through a
+    symlink or outside ``root``; ``whiteouts`` turns OCI whiteout entries into overlay ones
+    (layers), else they are ordinary files (build contexts)."""
+    for member in tar:
+        _unpack_member(tar, member, root, whiteouts)
+
+
+def _unpack_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path,
+                   whiteouts: bool = True) -> None:
     parent, path = _inside(root, member.name)
     base = path.name
-    if base == OPAQUE_MARKER:
+    if whiteouts and base == OPAQUE_MARKER:
         os.setxattr(parent, "user.overlay.opaque", b"y")
         return
-    if base.startswith(WHITEOUT_PREFIX):
+    if whiteouts and base.startswith(WHITEOUT_PREFIX):
         hidden = parent / base[len(WHITEOUT_PREFIX):]
         if os.path.lexists(hidden):
             shutil.rmtree(hidden) if hidden.is_dir() and not hidden.is_symlink() \

@@ -61,6 +61,8 @@ def write_layer_tar(upper: Path, out: BinaryIO) -> None:
                 marker.mtime = int(st.st_mtime)
                 tar.addfile(marker)
                 continue
+            if stat.S_ISSOCK(st.st_mode):
+                continue  # a socket left by a build step is not content
             info = tar.gettarinfo(str(path), arcname=name)
             info.uname = info.gname = ""
             if info.isreg():

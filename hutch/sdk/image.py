@@ -84,7 +84,8 @@ class Image:
         ``secret`` holds ``REGISTRY_USERNAME`` and ``REGISTRY_PASSWORD`` for a private
         registry.  Registries on localhost/127.0.0.1 are reached over plain HTTP.
         """
-        if not isinstance(tag, str) or not tag or any(c.isspace() for c in tag):
+        if not isinstance(tag, str) or not tag or tag.startswith("/") \
+                or any(c.isspace() for c in tag):
             raise InvalidError(f"from_registry needs an image reference, got {tag!r}")
         for name, value in (("setup_dockerfile_commands", setup_dockerfile_commands),
                             ("add_python", add_python), *kwargs.items()):
@@ -178,6 +179,8 @@ class Image:
     # settings -----------------------------------------------------------------------------
     def env(self, vars: dict[str, str]) -> Image:
         """Set environment variables; ``$VAR`` in a value expands the image's current one."""
+        if not isinstance(vars, dict):
+            raise InvalidError("Image.env needs a dict of str to str")
         return self._then(imagesteps.config(env=vars))
 
     def workdir(self, path: str | os.PathLike[str]) -> Image:
@@ -186,10 +189,14 @@ class Image:
 
     def entrypoint(self, entrypoint_commands: list[str]) -> Image:
         """What a sandbox runs (before its arguments, or before ``cmd`` without any)."""
+        if not isinstance(entrypoint_commands, list):
+            raise InvalidError("Image.entrypoint needs a list of strings")
         return self._then(imagesteps.config(entrypoint=entrypoint_commands))
 
     def cmd(self, cmd: list[str]) -> Image:
         """What a sandbox created without arguments runs (after the entrypoint)."""
+        if not isinstance(cmd, list):
+            raise InvalidError("Image.cmd needs a list of strings")
         return self._then(imagesteps.config(cmd=cmd))
 
     # files --------------------------------------------------------------------------------

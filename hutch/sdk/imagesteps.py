@@ -9,6 +9,7 @@ one kind of command step and the cache key is exactly the command that ran.  Bad
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,14 +63,28 @@ def _packages(items: Sequence[str | list[str]], what: str) -> list[str]:
 def _remote(path: object, what: str) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidError(f"{what}: the remote path must be absolute, got {path!r}")
-    if "\0" in path or ".." in Path(path).parts:
+    if "\0" in path:
+        raise InvalidError(f"{what}: the remote path may not contain a NUL byte")
+    if ".." in Path(path).parts:
         raise InvalidError(f"{what}: the remote path may not contain '..', got {path!r}")
     return path
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env(env: object) -> dict[str, str]:
+    checked = check_str_dict(env, "env")
+    for key, value in checked.items():
+        if not _ENV_NAME.fullmatch(key) or "\0" in value:
+            raise InvalidError(f"env: {key!r} is not a valid variable name, or its value "
+                               "contains a NUL byte")
+    return checked
+
+
 def _run(commands: list[str], env: dict[str, str] | None, secrets: Sequence[Secret],
          force_build: bool, description: str) -> Step:
-    return {"kind": "run", "commands": commands, "env": check_str_dict(env, "env"),
+    return {"kind": "run", "commands": commands, "env": _env(env),
             "secret_env": merge_secrets(secrets, {}), "force_build": bool(force_build),
             "description": description}
 
@@ -100,7 +115,10 @@ def _pip_options(find_links: str | None, index_url: str | None, extra_index_url:
     if not isinstance(extra_options, str):
         raise InvalidError("extra_options must be a string")
     if extra_options:
-        options += [shlex.quote(o) for o in shlex.split(extra_options)]
+        try:
+            options += [shlex.quote(o) for o in shlex.split(extra_options)]
+        except ValueError as exc:
+            raise InvalidError(f"extra_options: {exc}") from exc
     return options
 
 
@@ -153,7 +171,7 @@ def config(*, env: dict[str, str] | None = None, workdir: str | None = None,
     if env is not None:
         if not env:
             raise InvalidError("env needs at least one variable")
-        step["env"] = check_str_dict(env, "env")
+        step["env"] = _env(env)
     if workdir is not None:
         step["workdir"] = _remote(workdir, "workdir")
     for name, value in (("entrypoint", entrypoint), ("cmd", cmd)):
@@ -201,5 +219,5 @@ def python_sources(modules: Sequence[str], ignore: IgnoreSpec) -> list[Step | Lo
             steps.append(local_dir(package, f"{PYTHON_SOURCE_DIR}/{module}", ignore))
         else:
             steps.append(local_file(Path(str(spec.origin)), f"{PYTHON_SOURCE_DIR}/"))
-    steps.append(config(env={"PYTHONPATH": f"{PYTHON_SOURCE_DIR}:$PYTHONPATH"}))
+    steps.append(config(env={"PYTHONPATH": f"{PYTHON_SOURCE_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"}))
     return steps

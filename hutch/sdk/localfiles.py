@@ -59,7 +59,10 @@ def tar_directory(root: Path, ignore: IgnoreSpec = ()) -> bytes:
         raise InvalidError("ignore must be a list of glob patterns or a predicate")
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(root):
+        def unreadable(exc: OSError) -> None:
+            raise InvalidError(f"add_local_dir: cannot read {exc.filename}: {exc.strerror}")
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
             base = Path(dirpath)
             rel_dir = base.relative_to(root)
             dirnames[:] = sorted(d for d in dirnames if not _ignored(rel_dir / d, ignore))
