@@ -190,6 +190,14 @@ def test_g3_g4_g7_unsupported_parameters(sb_app: modal.App, kwargs: dict[str, An
     assert list(modal.Sandbox.list(app_id=sb_app.app_id)) == []
 
 
+def test_g7_custom_image(sb_app: modal.App) -> None:
+    """G7's image (its volume is refused above until volumes exist): pandas imports."""
+    sb = modal.Sandbox.create(image=modal.Image.debian_slim().pip_install("pandas"),
+                              app=sb_app)
+    p = sb.exec("python", "-c", "import pandas; print(pandas.DataFrame({'a': [1, 2]}).a.sum())")
+    assert (p.stdout.read(), p.wait()) == ("3\n", 0), p.stderr.read()
+
+
 def test_block_network(sb_app: modal.App) -> None:
     with pytest.raises(modal.exception.InvalidError,
                        match=r"^Cannot specify open ports when `block_network` is enabled$"):
