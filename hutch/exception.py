@@ -17,7 +17,15 @@
     ├── TimeoutError            a wait ran out of time (also a builtin TimeoutError)
     │   ├── SandboxTimeoutError the sandbox hit its own timeout
     │   └── ExecTimeoutError    an exec hit its timeout
-    └── SandboxTerminatedError  the sandbox was terminated
+    ├── SandboxTerminatedError  the sandbox was terminated
+    └── SandboxFilesystemError  a file operation in a sandbox failed; each subclass is
+        │                       also the builtin ``OSError`` subclass of the same meaning
+        ├── SandboxFilesystemNotFoundError          (FileNotFoundError)
+        ├── SandboxFilesystemIsADirectoryError      (IsADirectoryError)
+        ├── SandboxFilesystemNotADirectoryError     (NotADirectoryError)
+        ├── SandboxFilesystemPermissionError        (PermissionError)
+        ├── SandboxFilesystemPathAlreadyExistsError (FileExistsError)
+        └── SandboxFilesystemDirectoryNotEmptyError (OSError, ENOTEMPTY)
 
 As in Modal, ``ConflictError`` is an ``InvalidError``, and ``TimeoutError`` and
 ``ConnectionError`` shadow the builtins of the same name inside this module (they also
@@ -89,6 +97,34 @@ class SandboxTerminatedError(Error):
     """The sandbox was terminated."""
 
 
+class SandboxFilesystemError(Error):
+    """A file operation in a sandbox failed."""
+
+
+class SandboxFilesystemNotFoundError(SandboxFilesystemError, FileNotFoundError):
+    """No such file or directory in the sandbox."""
+
+
+class SandboxFilesystemIsADirectoryError(SandboxFilesystemError, IsADirectoryError):
+    """A file operation met a directory."""
+
+
+class SandboxFilesystemNotADirectoryError(SandboxFilesystemError, NotADirectoryError):
+    """A directory operation met something else."""
+
+
+class SandboxFilesystemPermissionError(SandboxFilesystemError, PermissionError):
+    """Not allowed (including a path that would leave the sandbox)."""
+
+
+class SandboxFilesystemPathAlreadyExistsError(SandboxFilesystemError, FileExistsError):
+    """The path already exists."""
+
+
+class SandboxFilesystemDirectoryNotEmptyError(SandboxFilesystemError, OSError):
+    """The directory is not empty (remove it with ``recursive=True``)."""
+
+
 __all__ = [
     "AlreadyExistsError",
     "ClientClosed",
@@ -101,6 +137,13 @@ __all__ = [
     "ImageBuildError",
     "InvalidError",
     "NotFoundError",
+    "SandboxFilesystemDirectoryNotEmptyError",
+    "SandboxFilesystemError",
+    "SandboxFilesystemIsADirectoryError",
+    "SandboxFilesystemNotADirectoryError",
+    "SandboxFilesystemNotFoundError",
+    "SandboxFilesystemPathAlreadyExistsError",
+    "SandboxFilesystemPermissionError",
     "SandboxTerminatedError",
     "SandboxTimeoutError",
     "TimeoutError",

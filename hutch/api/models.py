@@ -284,10 +284,22 @@ class BuildImageRequest(_Wire):
     force_build: bool = False
 
 
+class MakeDirRequest(_Wire):
+    path: str = Field(min_length=1)
+    parents: bool = False
+
+
+class RemoveRequest(_Wire):
+    path: str = Field(min_length=1)
+    recursive: bool = False
+
+
 class ErrorBody(_Wire):
     """Every error the engine answers: a stable ``type`` the SDK maps to an exception."""
 
     type: Literal[
-        "not_found", "already_exists", "invalid", "conflict", "engine", "timeout", "image_build"
+        "not_found", "already_exists", "invalid", "conflict", "engine", "timeout", "image_build",
+        "file_not_found", "is_a_directory", "not_a_directory", "permission_denied",
+        "file_exists", "directory_not_empty",
     ]
     message: str

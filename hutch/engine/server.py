@@ -44,6 +44,7 @@ from hutch.api.models import (
 from hutch.engine import linux
 from hutch.engine.errors import EngineError, Invalid, NotFound
 from hutch.engine.execs import ExecSession
+from hutch.engine.files_api import add_file_routes
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.store import SandboxRow
 from hutch.imagebuild.layout import ImageNotFound
@@ -302,6 +303,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
             await session.done.wait()
         return exec_info(session)
 
+    add_file_routes(app, manager)
     return app
 
 

@@ -10,6 +10,7 @@ killed when the block exits, also on error or cancellation.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
@@ -25,6 +26,8 @@ from hutch.exception import (
 )
 from hutch.sdk import options, output
 from hutch.sdk.app import App
+from hutch.sdk.fileio import FileIO
+from hutch.sdk.files import SandboxFilesystem, _check_path
 from hutch.sdk.image import Image
 from hutch.sdk.process import WAIT_SLICE, ContainerProcess
 from hutch.sdk.secret import Secret, merge_secrets
@@ -299,6 +302,32 @@ class Sandbox:
     async def info(self) -> dict[str, Any]:
         """The engine's current record of this sandbox (a hutch extension)."""
         return dict(await self._request("GET"))
+
+    # files ------------------------------------------------------------------------------
+    @property
+    def filesystem(self) -> SandboxFilesystem:
+        """The sandbox's files: ``read_text``, ``write_bytes``, ``list_files``, ..."""
+        self._attached()
+        return SandboxFilesystem(self.object_id, bool(self._info.get("verbose")))
+
+    @synchronize
+    async def open(self, path: str, mode: str = "r") -> FileIO:
+        """A file handle (``r w a x``, with ``b`` and ``+``); a context manager."""
+        fs = self.filesystem
+        return await FileIO.open(fs, _check_path(path), mode)
+
+    @synchronize
+    async def ls(self, path: str) -> builtins.list[str]:
+        """The names in a directory."""
+        return [e.name for e in await self.filesystem.list_files.aio(path)]
+
+    @synchronize
+    async def mkdir(self, path: str, parents: bool = False) -> None:
+        await self.filesystem.make_directory.aio(path, create_parents=parents)
+
+    @synchronize
+    async def rm(self, path: str, recursive: bool = False) -> None:
+        await self.filesystem.remove.aio(path, recursive=recursive)
 
     # exec -------------------------------------------------------------------------------
     @synchronize

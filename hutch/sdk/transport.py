@@ -38,6 +38,12 @@ _ERRORS: dict[str, type[exception.Error]] = {
     "timeout": exception.TimeoutError,
     "image_build": exception.ImageBuildError,
     "engine": exception.EngineError,
+    "file_not_found": exception.SandboxFilesystemNotFoundError,
+    "is_a_directory": exception.SandboxFilesystemIsADirectoryError,
+    "not_a_directory": exception.SandboxFilesystemNotADirectoryError,
+    "permission_denied": exception.SandboxFilesystemPermissionError,
+    "file_exists": exception.SandboxFilesystemPathAlreadyExistsError,
+    "directory_not_empty": exception.SandboxFilesystemDirectoryNotEmptyError,
 }
 
 
@@ -129,6 +135,20 @@ class EngineClient:
             raise self._lost(exc) from exc
         _raise_for(r)
         return r.json()
+
+    async def stream_bytes(self, path: str, params: dict[str, Any] | None = None
+                           ) -> AsyncIterator[bytes]:
+        """The raw body of a GET, chunk by chunk (file contents)."""
+        await self.ensure()
+        try:
+            async with self._http.stream("GET", path, params=params) as r:
+                if not r.is_success:
+                    await r.aread()
+                    _raise_for(r)
+                async for chunk in r.aiter_bytes():
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise self._lost(exc) from exc
 
     async def stream_events(self, path: str, params: dict[str, Any] | None = None,
                             method: str = "GET", json_body: Any = None,

@@ -19,6 +19,12 @@ CASES = [
     ("timeout", 504, exception.TimeoutError),
     ("image_build", 500, exception.ImageBuildError),
     ("engine", 500, exception.EngineError),
+    ("file_not_found", 404, exception.SandboxFilesystemNotFoundError),
+    ("is_a_directory", 400, exception.SandboxFilesystemIsADirectoryError),
+    ("not_a_directory", 400, exception.SandboxFilesystemNotADirectoryError),
+    ("permission_denied", 403, exception.SandboxFilesystemPermissionError),
+    ("file_exists", 409, exception.SandboxFilesystemPathAlreadyExistsError),
+    ("directory_not_empty", 409, exception.SandboxFilesystemDirectoryNotEmptyError),
 ]
 
 

@@ -1,0 +1,122 @@
+"""The engine's file routes: a running sandbox's files, confined by :mod:`sandboxfs`.
+
+Reads stream the file in 1 MiB chunks from an offset; writes stream the request body to
+the file as it arrives.  Neither side ever holds a whole file, so a 1 GiB file costs a few
+MiB of memory.  Each call resolves its path anew (there are no server-side handles): an
+SDK file handle is a path, a mode and a position.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Annotated, Literal
+
+import trio
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import StreamingResponse
+
+from hutch.api.models import MakeDirRequest, RemoveRequest
+from hutch.engine.errors import Conflict
+from hutch.engine.sandboxes import SandboxManager
+from hutch.engine.sandboxfs import FileError, SandboxFS
+
+READ_CHUNK = 1 << 20
+WriteMode = Literal["w", "a", "x", "r+"]
+_FLAGS: dict[str, int] = {
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    "r+": os.O_WRONLY,
+}
+
+
+def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
+    @contextmanager
+    def files(sandbox_id: str) -> Iterator[SandboxFS]:
+        row = manager.get(sandbox_id)
+        live = manager.live.get(sandbox_id)
+        if row.state != "running" or live is None or live.terminating:
+            raise Conflict(f"Sandbox {sandbox_id} has already finished")
+        fs = SandboxFS(live.pid, live.workdir)
+        try:
+            yield fs
+        finally:
+            fs.close()
+
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/stat")
+    async def stat_path(sandbox_id: str, path: str) -> dict[str, object]:
+        with files(sandbox_id) as fs:
+            return asdict(fs.stat(path))
+
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/list")
+    async def list_dir(sandbox_id: str, path: str) -> dict[str, object]:
+        with files(sandbox_id) as fs:
+            return {"entries": [asdict(e) for e in fs.list(path)]}
+
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir")
+    async def make_dir(sandbox_id: str, req: MakeDirRequest) -> dict[str, object]:
+        with files(sandbox_id) as fs:
+            fs.mkdir(req.path, parents=req.parents)
+            return asdict(fs.stat(req.path))
+
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/remove")
+    async def remove(sandbox_id: str, req: RemoveRequest) -> dict[str, str]:
+        with files(sandbox_id) as fs:
+            await trio.to_thread.run_sync(fs.remove, req.path, req.recursive)
+        return {"removed": req.path}
+
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/file")
+    async def read_file(sandbox_id: str, path: str,
+                        offset: Annotated[int, Query(ge=0)] = 0,
+                        length: Annotated[int | None, Query(ge=0)] = None
+                        ) -> StreamingResponse:
+        """The file's bytes from ``offset`` (``length`` of them, or to the end)."""
+        with files(sandbox_id) as fs:
+            fd = fs.open(path, os.O_RDONLY)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileError(IsADirectoryError(errno.EISDIR, "Is a directory"), path)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                position, left = offset, length
+                while left is None or left > 0:
+                    size = READ_CHUNK if left is None else min(READ_CHUNK, left)
+                    data = await trio.to_thread.run_sync(os.pread, fd, size, position)
+                    if not data:
+                        return
+                    position += len(data)
+                    if left is not None:
+                        left -= len(data)
+                    yield data
+            finally:
+                os.close(fd)
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    @app.put("/v1/sandboxes/{sandbox_id}/fs/file")
+    async def write_file(sandbox_id: str, path: str, request: Request,
+                         mode: WriteMode = "w",
+                         offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, object]:
+        """Write the body to the file (``w`` truncates, ``a`` appends, ``x`` creates only a
+        new file, ``r+`` writes at ``offset`` into an existing one)."""
+        with files(sandbox_id) as fs:
+            fd = fs.open(path, _FLAGS[mode], 0o644)
+            try:
+                if mode == "r+" and offset:
+                    os.lseek(fd, offset, os.SEEK_SET)
+                async for chunk in request.stream():
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+            except OSError as exc:
+                raise FileError(exc, path) from exc
+            finally:
+                os.close(fd)
+            return asdict(fs.stat(path))

@@ -1,0 +1,161 @@
+"""A sandbox's files: ``sb.filesystem`` (Modal's newer calls) and ``sb.open`` handles.
+
+Paths resolve inside the sandbox (relative ones against its workdir) and can never leave
+it: the engine resolves them with openat2 ``RESOLVE_IN_ROOT`` (:mod:`hutch.engine.sandboxfs`).
+Contents stream in both directions, so copying a large file holds only a chunk of it.
+Errors are :class:`~hutch.exception.SandboxFilesystemError` subclasses that are also the
+builtin ``FileNotFoundError``, ``IsADirectoryError``, ... of the same meaning.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from hutch.exception import InvalidError
+from hutch.sdk import output
+from hutch.sdk.syncbridge import synchronize
+from hutch.sdk.transport import client
+
+CHUNK = 1 << 20
+
+
+class FileType(enum.Enum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """What ``list_files``, ``stat`` and ``ls`` report of a path."""
+
+    name: str
+    type: FileType
+    size: int
+    permissions: int
+    modified_time: float
+
+
+def _entry(doc: dict[str, Any]) -> FileEntry:
+    return FileEntry(doc["name"], FileType(doc["type"]), doc["size"], doc["mode"], doc["mtime"])
+
+
+def _check_path(path: object) -> str:
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise InvalidError(f"a sandbox path must be a non-empty string, got {path!r}")
+    return path
+
+
+class SandboxFilesystem:
+    """Files of one sandbox (``sb.filesystem``)."""
+
+    def __init__(self, sandbox_id: str, verbose: bool = False) -> None:
+        self._base = f"/v1/sandboxes/{sandbox_id}/fs"
+        self._sandbox_id = sandbox_id
+        self._verbose = verbose
+
+    def _log(self, operation: str, path: str) -> None:
+        if self._verbose:
+            output.log_file_operation(self._sandbox_id, operation, path)
+
+    async def _stream(self, path: str, offset: int = 0,
+                      length: int | None = None) -> AsyncIterator[bytes]:
+        params: dict[str, Any] = {"path": path, "offset": offset}
+        if length is not None:
+            params["length"] = length
+        async for chunk in client().stream_bytes(f"{self._base}/file", params):
+            yield chunk
+
+    async def _put(self, path: str, content: Any, mode: str = "w",
+                   offset: int = 0) -> FileEntry:
+        doc = await client().request("PUT", f"{self._base}/file", content=content,
+                                     params={"path": path, "mode": mode, "offset": offset})
+        return _entry(doc)
+
+    @synchronize
+    async def read_bytes(self, remote_path: str) -> bytes:
+        path = _check_path(remote_path)
+        self._log("read", path)
+        return b"".join([chunk async for chunk in self._stream(path)])
+
+    @synchronize
+    async def read_text(self, remote_path: str) -> str:
+        return (await self.read_bytes.aio(remote_path)).decode()
+
+    @synchronize
+    async def write_bytes(self, data: bytes, remote_path: str) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        path = _check_path(remote_path)
+        self._log("write", path)
+        await self._put(path, bytes(data))
+
+    @synchronize
+    async def write_text(self, data: str, remote_path: str) -> None:
+        if not isinstance(data, str):
+            raise TypeError(f"data must be str, not {type(data).__name__}")
+        await self.write_bytes.aio(data.encode(), remote_path)
+
+    @synchronize
+    async def list_files(self, remote_path: str) -> list[FileEntry]:
+        path = _check_path(remote_path)
+        self._log("list", path)
+        doc = await client().request("GET", f"{self._base}/list", params={"path": path})
+        return [_entry(e) for e in doc["entries"]]
+
+    @synchronize
+    async def stat(self, remote_path: str) -> FileEntry:
+        path = _check_path(remote_path)
+        return _entry(await client().request("GET", f"{self._base}/stat",
+                                             params={"path": path}))
+
+    @synchronize
+    async def make_directory(self, remote_path: str, *, create_parents: bool = True) -> None:
+        path = _check_path(remote_path)
+        self._log("mkdir", path)
+        await client().request("POST", f"{self._base}/mkdir",
+                               json_body={"path": path, "parents": bool(create_parents)})
+
+    @synchronize
+    async def remove(self, remote_path: str, *, recursive: bool = False) -> None:
+        path = _check_path(remote_path)
+        self._log("remove", path)
+        await client().request("POST", f"{self._base}/remove",
+                               json_body={"path": path, "recursive": bool(recursive)})
+
+    @synchronize
+    async def copy_from_local(self, local_path: str | os.PathLike[str],
+                              remote_path: str) -> None:
+        """Upload a local file, streamed (never held in memory)."""
+        path = _check_path(remote_path)
+        local = Path(local_path)
+        if not local.is_file():
+            raise FileNotFoundError(f"no local file {str(local)!r}")
+        self._log("write", path)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with await anyio.open_file(local, "rb") as f:
+                while data := await f.read(CHUNK):
+                    yield data
+
+        await self._put(path, chunks())
+
+    @synchronize
+    async def copy_to_local(self, remote_path: str,
+                            local_path: str | os.PathLike[str]) -> None:
+        """Download a file into a local one, streamed."""
+        path = _check_path(remote_path)
+        self._log("read", path)
+        async with await anyio.open_file(Path(local_path), "wb") as f:
+            async for chunk in self._stream(path):
+                await f.write(chunk)
