@@ -15,6 +15,7 @@ from hutch.sdk.process import ContainerProcess
 from hutch.sdk.sandbox import Sandbox, open_sandbox
 from hutch.sdk.secret import Secret
 from hutch.sdk.streams import StreamReader, StreamType, StreamWriter
+from hutch.sdk.volume import Volume
 
 __all__ = [
     "App",
@@ -26,6 +27,7 @@ __all__ = [
     "StreamReader",
     "StreamType",
     "StreamWriter",
+    "Volume",
     "__version__",
     "enable_output",
     "exception",

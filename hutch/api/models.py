@@ -49,6 +49,28 @@ def _check_workdir(path: str | None) -> str | None:
     return path
 
 
+class VolumeMount(_Wire):
+    """A volume mounted into a sandbox (``sub_path``: only that directory of it)."""
+
+    name: str
+    read_only: bool = False
+    sub_path: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.fullmatch(v):
+            raise ValueError("volume names are 1-64 letters, digits, '.', '_' and '-'")
+        return v
+
+    @field_validator("sub_path")
+    @classmethod
+    def _sub(cls, v: str | None) -> str | None:
+        if v is not None and (".." in v.split("/") or "\0" in v):
+            raise ValueError("sub_path may not contain '..'")
+        return v
+
+
 class CreateSandboxRequest(_Wire):
     app_id: str | None = None
     app_name: str | None = None
@@ -61,6 +83,16 @@ class CreateSandboxRequest(_Wire):
     tags: dict[str, str] = Field(default_factory=dict)
     #: Clients print a line for each exec and file operation on this sandbox.
     verbose: bool = False
+    #: mount path in the sandbox -> volume
+    volumes: dict[str, VolumeMount] = Field(default_factory=dict)
+
+    @field_validator("volumes")
+    @classmethod
+    def _mounts(cls, v: dict[str, VolumeMount]) -> dict[str, VolumeMount]:
+        for path in v:
+            if not path.startswith("/") or path.rstrip("/") == "" or ".." in path.split("/"):
+                raise ValueError(f"volume mount path {path!r} must be absolute, not /")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -282,6 +314,23 @@ class BuildImageRequest(_Wire):
     base: BaseStep
     steps: list[LayerStep] = Field(default_factory=list, max_length=256)
     force_build: bool = False
+
+
+class LookupVolumeRequest(_Wire):
+    name: str
+    create_if_missing: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.fullmatch(v):
+            raise ValueError("volume names are 1-64 letters, digits, '.', '_' and '-'")
+        return v
+
+
+class CopyFilesRequest(_Wire):
+    src_paths: list[str] = Field(min_length=1)
+    dst_path: str
 
 
 class MakeDirRequest(_Wire):

@@ -42,7 +42,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
         live = manager.live.get(sandbox_id)
         if row.state != "running" or live is None or live.terminating:
             raise Conflict(f"Sandbox {sandbox_id} has already finished")
-        fs = SandboxFS(live.pid, live.workdir)
+        fs = SandboxFS(f"/proc/{live.pid}/root", live.workdir)
         try:
             yield fs
         finally:

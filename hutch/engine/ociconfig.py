@@ -162,7 +162,7 @@ def process_spec(args: list[str], env: dict[str, str], cwd: str) -> Process:
 
 def sandbox_spec(
     *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool,
-    host_network: bool = False,
+    host_network: bool = False, extra_mounts: list[Mount] | None = None,
 ) -> Spec:
     """A sandbox's spec; ``host_network`` (image builds) keeps the host's network namespace,
     and then /sys is a read-only bind of the host's (sysfs needs its own netns)."""
@@ -174,6 +174,7 @@ def sandbox_spec(
                   Mount(destination="/sys", type="bind", source="/sys",
                         options=["rbind", "ro", "nosuid", "noexec", "nodev"])
                   for m in mounts]
+    mounts = [*mounts, *(extra_mounts or [])]
     return Spec(
         process=process,
         root=Root(path=rootfs),

@@ -26,6 +26,7 @@ from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
+from hutch.engine.volumes import VolumeService
 
 log = logging.getLogger("hutch.sandbox")
 
@@ -72,6 +73,7 @@ class SandboxManager:
                  nursery: trio.Nursery) -> None:
         self.store = store
         self.images = images
+        self.volumes = VolumeService(store, data_dir)
         self.runtime = runtime
         self.sandboxes_dir = data_dir / "sandboxes"
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,8 @@ class SandboxManager:
         spec_record = {"env": env, "workdir": workdir, "argv": argv,
                        "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
                        "verbose": req.verbose,
-                       "layers": ["sha256:" + p.name for p in image.layer_dirs]}
+                       "layers": ["sha256:" + p.name for p in image.layer_dirs],
+                       "volumes": sorted({v.name for v in req.volumes.values()})}
         self.store.insert_sandbox(
             sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
             spec=spec_record, timeout=req.timeout, runtime=self.runtime.name, tags=req.tags,
@@ -115,8 +118,9 @@ class SandboxManager:
         dirs = self.dirs(sandbox_id)
         stdin: trio.lowlevel.FdStream | None = None
         try:
+            mounts = self.volumes.mounts(req.volumes)
             pid, stdin = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env,
-                                           workdir)
+                                           workdir, mounts)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._cleanup(sandbox_id, dirs)
@@ -130,8 +134,8 @@ class SandboxManager:
         return row
 
     async def _start(self, sandbox_id: str, dirs: rootfs.SandboxDirs, layers: list[Path],
-                     argv: list[str], env: dict[str, str], workdir: str
-                     ) -> tuple[int, trio.lowlevel.FdStream]:
+                     argv: list[str], env: dict[str, str], workdir: str,
+                     mounts: list[ociconfig.Mount]) -> tuple[int, trio.lowlevel.FdStream]:
         """Start the container; returns its init pid and the write end of its stdin.
 
         The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
@@ -145,7 +149,7 @@ class SandboxManager:
         spec = ociconfig.sandbox_spec(
             rootfs=str(dirs.merged), hostname=sandbox_id,
             process=ociconfig.process_spec(argv, env, workdir), etc_files=etc,
-            devpts_gid=self.devpts_gid,
+            devpts_gid=self.devpts_gid, extra_mounts=mounts,
         )
         (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
         fifo = dirs.stdin_fifo

@@ -92,11 +92,12 @@ def entry(name: str, st: os.stat_result) -> Entry:
 
 
 class SandboxFS:
-    """The files of one sandbox, by its init process (``/proc/<pid>/root``)."""
+    """Files under a root that paths cannot leave: a sandbox's (``/proc/<pid>/root``, its
+    mounts included) or a volume's directory."""
 
-    def __init__(self, init_pid: int, workdir: str) -> None:
+    def __init__(self, root: str, workdir: str = "/") -> None:
         try:
-            self.root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY)
+            self.root = os.open(root, os.O_PATH | os.O_DIRECTORY)
         except OSError as exc:
             raise FileError(exc, "/") from exc
         self.workdir = workdir

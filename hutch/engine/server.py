@@ -47,6 +47,7 @@ from hutch.engine.execs import ExecSession
 from hutch.engine.files_api import add_file_routes
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.store import SandboxRow
+from hutch.engine.volumes import add_volume_routes
 from hutch.imagebuild.layout import ImageNotFound
 
 log = logging.getLogger("hutch.server")
@@ -304,6 +305,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         return exec_info(session)
 
     add_file_routes(app, manager)
+    add_volume_routes(app, manager.volumes)
     return app
 
 

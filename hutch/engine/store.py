@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS sandbox_tags (
     value TEXT NOT NULL,
     PRIMARY KEY (sandbox_id, key)
 );
+CREATE TABLE IF NOT EXISTS volumes (
+    volume_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS execs (
     exec_id TEXT PRIMARY KEY,
     sandbox_id TEXT NOT NULL REFERENCES sandboxes(sandbox_id) ON DELETE CASCADE,
@@ -124,6 +129,26 @@ class Store:
         if row is None:
             raise NotFound(f"App {app_id!r} not found")
         return row["app_id"], row["name"]
+
+    # volumes ----------------------------------------------------------------------------
+    def volume(self, name: str, *, create: bool) -> dict[str, Any]:
+        """A volume's record (created when missing and ``create``)."""
+        if create:
+            self.db.execute(
+                "INSERT OR IGNORE INTO volumes (volume_id, name, created_at) VALUES (?, ?, ?)",
+                (new_id("vo"), name, time.time()),
+            )
+        row = self.db.execute("SELECT * FROM volumes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"Volume {name!r} not found")
+        return dict(row)
+
+    def volumes(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM volumes ORDER BY name")]
+
+    def delete_volume(self, name: str) -> None:
+        if self.db.execute("DELETE FROM volumes WHERE name = ?", (name,)).rowcount == 0:
+            raise NotFound(f"Volume {name!r} not found")
 
     # sandboxes --------------------------------------------------------------------------
     def insert_sandbox(self, *, sandbox_id: str, app_id: str, name: str | None, image: str,

@@ -38,7 +38,6 @@ _NOT_YET = {
     "idle_timeout": "idle timeouts",
     "cpu": "CPU limits",
     "memory": "memory limits",
-    "volumes": "volumes",
     "outbound_cidr_allowlist": "network allowlists",
     "outbound_domain_allowlist": "network allowlists",
     "inbound_cidr_allowlist": "network allowlists",

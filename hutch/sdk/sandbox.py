@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from hutch.sdk.streams import (
 )
 from hutch.sdk.syncbridge import iterate_sync, synchronize, synchronize_static
 from hutch.sdk.transport import client
+from hutch.sdk.volume import Volume
 
 
 class _ListCall:
@@ -89,7 +91,7 @@ class Sandbox:
         idle_timeout: int | None = None,
         cpu: float | tuple[float, float] | None = None,
         memory: int | tuple[int, int] | None = None,
-        volumes: Mapping[str, Any] | None = None,
+        volumes: Mapping[str | os.PathLike[str], Volume] | None = None,
         gpu: str | None = None,
         cloud: str | None = None,
         region: str | Sequence[str] | None = None,
@@ -117,7 +119,7 @@ class Sandbox:
         Raises :class:`AlreadyExistsError` when a running sandbox of the app has ``name``.
         """
         options.reject_unsupported({
-            "idle_timeout": idle_timeout, "cpu": cpu, "memory": memory, "volumes": volumes,
+            "idle_timeout": idle_timeout, "cpu": cpu, "memory": memory,
             "gpu": gpu, "cloud": cloud, "region": region,
             "network_file_systems": network_file_systems,
             "outbound_cidr_allowlist": outbound_cidr_allowlist,
@@ -150,6 +152,13 @@ class Sandbox:
             "timeout": options.check_timeout(timeout, "timeout", optional=False),
             "verbose": verbose,
         }
+        if volumes:
+            if not isinstance(volumes, Mapping) or not all(
+                    isinstance(v, Volume) for v in volumes.values()):
+                raise InvalidError("volumes must be a dict of mount path to hutch.Volume")
+            for path in volumes:
+                options.check_workdir(os.fspath(path))
+            body["volumes"] = {os.fspath(p): v.mount() for p, v in volumes.items()}
         if app is not None:
             body["app_id"] = await app.resolve_id()
         if image is not None:

@@ -126,7 +126,8 @@ class EngineClient:
         return exception.ConnectionError(f"lost the connection to the hutch engine: {exc}")
 
     async def request(self, method: str, path: str, *, json_body: Any = None,
-                      params: dict[str, Any] | None = None, content: bytes | None = None) -> Any:
+                      params: dict[str, Any] | None = None,
+                      content: bytes | AsyncIterator[bytes] | None = None) -> Any:
         await self.ensure()
         try:
             r = await self._http.request(method, path, json=json_body, params=params,

@@ -1,0 +1,182 @@
+"""Volumes: named directories that outlive sandboxes and engine restarts.
+
+A volume is a row in the state database and a directory ``<data>/volumes/<id>/``.  A
+sandbox mounts it (or a ``sub_path`` of it) with a bind mount, read-write or read-only, so
+two sandboxes using one volume see each other's files at once; ``commit``/``reload`` have
+nothing to do here.  Files are read and written by the engine through the same confined
+resolution as a sandbox's (:class:`~hutch.engine.sandboxfs.SandboxFS` rooted at the
+volume's directory).  A volume some running sandbox mounts cannot be deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import StreamingResponse
+
+from hutch.api.models import CopyFilesRequest, LookupVolumeRequest, RemoveRequest, VolumeMount
+from hutch.engine import ociconfig
+from hutch.engine.errors import Conflict, Invalid
+from hutch.engine.sandboxfs import FileError, SandboxFS
+from hutch.engine.store import Store
+
+READ_CHUNK = 1 << 20
+
+
+class VolumeService:
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        self.store = store
+        self.root = data_dir / "volumes"
+        self.root.mkdir(exist_ok=True)
+
+    def lookup(self, name: str, create: bool) -> dict[str, Any]:
+        record = self.store.volume(name, create=create)
+        self.directory(record).mkdir(mode=0o755, exist_ok=True)
+        return record
+
+    def directory(self, record: dict[str, Any]) -> Path:
+        return self.root / str(record["volume_id"])
+
+    def users(self, name: str) -> list[str]:
+        """Running sandboxes that mount the volume ``name``."""
+        return [row.sandbox_id for row in self.store.list_sandboxes()
+                if name in row.spec.get("volumes", [])]
+
+    def delete(self, name: str) -> None:
+        record = self.store.volume(name, create=False)
+        users = self.users(name)
+        if users:
+            raise Conflict(f"Volume {name!r} is in use by running sandboxes: "
+                           f"{', '.join(users)}; terminate them first")
+        self.store.delete_volume(name)
+        shutil.rmtree(self.directory(record), ignore_errors=True)
+
+    def mounts(self, volumes: dict[str, VolumeMount]) -> list[ociconfig.Mount]:
+        """The bind mounts of a sandbox's volumes (sub paths are created if missing)."""
+        mounts = []
+        for path, volume in sorted(volumes.items()):
+            source = self.directory(self.lookup(volume.name, create=False))
+            if volume.sub_path:
+                with SandboxFS(str(source)) as fs:
+                    fs.mkdir(volume.sub_path, parents=True)
+                source = source / volume.sub_path.strip("/")
+            options = ["rbind", "ro" if volume.read_only else "rw", "nosuid", "nodev"]
+            mounts.append(ociconfig.Mount(destination=path, type="bind", source=str(source),
+                                          options=options))
+        return mounts
+
+
+def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
+    def files(name: str) -> SandboxFS:
+        return SandboxFS(str(volumes.directory(volumes.lookup(name, create=False))))
+
+    @app.post("/v1/volumes/lookup")
+    async def lookup(req: LookupVolumeRequest) -> dict[str, Any]:
+        return volumes.lookup(req.name, req.create_if_missing)
+
+    @app.get("/v1/volumes")
+    async def list_volumes() -> dict[str, Any]:
+        return {"volumes": volumes.store.volumes()}
+
+    @app.delete("/v1/volumes/{name}")
+    async def delete(name: str) -> dict[str, str]:
+        await trio.to_thread.run_sync(volumes.delete, name)
+        return {"deleted": name}
+
+    @app.get("/v1/volumes/{name}/list")
+    async def listdir(name: str, path: str = "/", recursive: bool = False) -> dict[str, Any]:
+        with files(name) as fs:
+            if not recursive:
+                return {"entries": [{**asdict(e), "path": _join(path, e.name)}
+                                    for e in fs.list(path)]}
+            entries: list[dict[str, Any]] = []
+            pending = [path]
+            while pending:
+                here = pending.pop()
+                for e in fs.list(here):
+                    entries.append({**asdict(e), "path": _join(here, e.name)})
+                    if e.type == "directory":
+                        pending.append(_join(here, e.name))
+            return {"entries": sorted(entries, key=lambda e: str(e["path"]))}
+
+    @app.get("/v1/volumes/{name}/file")
+    async def read(name: str, path: str) -> StreamingResponse:
+        with files(name) as fs:
+            fd = fs.open(path, os.O_RDONLY)
+
+        async def chunks() -> Any:
+            try:
+                while data := await trio.to_thread.run_sync(os.read, fd, READ_CHUNK):
+                    yield data
+            except IsADirectoryError as exc:
+                raise FileError(exc, path) from exc
+            finally:
+                os.close(fd)
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    @app.put("/v1/volumes/{name}/file")
+    async def write(name: str, path: str, request: Request,
+                    mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644) -> dict[str, Any]:
+        """Write a file (its parent directories are created), streamed from the body."""
+        with files(name) as fs:
+            parent = fs.path(path).rsplit("/", 1)[0]
+            if parent:
+                fs.mkdir(parent, parents=True)
+            fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                async for chunk in request.stream():
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+            except OSError as exc:
+                raise FileError(exc, path) from exc
+            finally:
+                os.close(fd)
+            return asdict(fs.stat(path))
+
+    @app.post("/v1/volumes/{name}/remove")
+    async def remove(name: str, req: RemoveRequest) -> dict[str, str]:
+        with files(name) as fs:
+            await trio.to_thread.run_sync(fs.remove, req.path, req.recursive)
+        return {"removed": req.path}
+
+    @app.post("/v1/volumes/{name}/copy")
+    async def copy(name: str, req: CopyFilesRequest) -> dict[str, str]:
+        """Copy files within the volume (into ``dst_path`` when it is a directory)."""
+        with files(name) as fs:
+            await trio.to_thread.run_sync(_copy_files, fs, req.src_paths, req.dst_path)
+        return {"copied": req.dst_path}
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def _copy_files(fs: SandboxFS, sources: list[str], dest: str) -> None:
+    into_dir = len(sources) > 1 or dest.endswith("/")
+    try:
+        into_dir = into_dir or fs.stat(dest).type == "directory"
+    except FileError:
+        pass
+    for source in sources:
+        if fs.stat(source).type != "file":
+            raise Invalid(f"copy_files copies files; {source!r} is not one")
+        target = _join(dest, source.rstrip("/").rsplit("/", 1)[-1]) if into_dir else dest
+        src = fs.open(source, os.O_RDONLY)
+        try:
+            dst = fs.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                          os.fstat(src).st_mode & 0o7777)
+            try:
+                while data := os.read(src, READ_CHUNK):
+                    os.write(dst, data)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)

@@ -1,0 +1,185 @@
+"""``hutch.Volume``: persistent storage shared by sandboxes, with Modal's Volume API.
+
+A volume lives in the engine's data directory; it survives sandboxes and engine restarts,
+and every sandbox mounting it sees the others' writes at once, so ``commit()`` and
+``reload()`` have nothing to wait for (they check the volume exists).  Its files can be
+read and written without a sandbox (``read_file``, ``batch_upload``, ...), streamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+from hutch.exception import InvalidError
+from hutch.sdk.files import CHUNK, FileType
+from hutch.sdk.options import check_object_name
+from hutch.sdk.syncbridge import iterate_sync, run_sync, synchronize, synchronize_static
+from hutch.sdk.transport import client
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    """A path in a volume, as ``listdir`` reports it."""
+
+    path: str
+    type: FileType
+    size: int
+    mtime: float
+
+
+class Volume:
+    """A named volume; mount it with ``Sandbox.create(volumes={"/data": vol})``."""
+
+    def __init__(self, name: str, volume_id: str, *, read_only: bool = False,
+                 sub_path: str | None = None) -> None:
+        self.name = name
+        self.object_id = volume_id
+        self._read_only = read_only
+        self._sub_path = sub_path
+
+    @property
+    def _base(self) -> str:
+        return f"/v1/volumes/{self.name}"
+
+    @synchronize_static
+    async def from_name(name: str, *, create_if_missing: bool = False,
+                        environment_name: str | None = None, version: Any = None) -> Volume:
+        """The volume called ``name``; :class:`NotFoundError` unless it exists or
+        ``create_if_missing`` is set."""
+        if environment_name is not None or version is not None:
+            raise InvalidError("Volume.from_name: `environment_name` and `version` are not "
+                               "supported by hutch")
+        check_object_name(name, "Volume")
+        doc = await client().request("POST", "/v1/volumes/lookup", json_body={
+            "name": name, "create_if_missing": bool(create_if_missing)})
+        return Volume(doc["name"], doc["volume_id"])
+
+    @staticmethod
+    @contextlib.contextmanager
+    def ephemeral() -> Iterator[Volume]:
+        """A new volume, deleted when the block exits."""
+        volume = Volume.from_name(f"ephemeral-{uuid.uuid4().hex[:16]}", create_if_missing=True)
+        try:
+            yield volume
+        finally:
+            Volume.delete(volume.name)
+
+    @synchronize_static
+    async def delete(name: str) -> None:
+        """Delete a volume and its files (refused while a running sandbox mounts it)."""
+        await client().request("DELETE", f"/v1/volumes/{name}")
+
+    def with_mount_options(self, *, read_only: bool = False,
+                           sub_path: str | None = None) -> Volume:
+        """This volume mounted read-only and/or only its directory ``sub_path``."""
+        if sub_path is not None and (not isinstance(sub_path, str) or ".." in sub_path.split("/")):
+            raise InvalidError("sub_path must be a path inside the volume")
+        return Volume(self.name, self.object_id, read_only=bool(read_only), sub_path=sub_path)
+
+    def mount(self) -> dict[str, Any]:
+        """How a sandbox mounts it (what ``Sandbox.create`` sends)."""
+        return {"name": self.name, "read_only": self._read_only, "sub_path": self._sub_path}
+
+    @synchronize
+    async def commit(self) -> None:
+        """Nothing to do: writes are visible at once (checks that the volume exists)."""
+        await client().request("POST", "/v1/volumes/lookup", json_body={"name": self.name})
+
+    @synchronize
+    async def reload(self) -> None:
+        """Nothing to do: other sandboxes' writes are visible at once."""
+        await self.commit.aio()
+
+    @synchronize
+    async def listdir(self, path: str = "/", *, recursive: bool = False) -> list[VolumeEntry]:
+        doc = await client().request("GET", f"{self._base}/list",
+                                     params={"path": path, "recursive": recursive})
+        return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
+                for e in doc["entries"]]
+
+    def read_file(self, path: str) -> Iterator[bytes]:
+        """The file's contents, chunk by chunk (``read_file.aio`` is an async iterator)."""
+        return iterate_sync(lambda: self._read(path))
+
+    async def _read(self, path: str) -> AsyncIterator[bytes]:
+        async for chunk in client().stream_bytes(f"{self._base}/file", {"path": path}):
+            yield chunk
+
+    @synchronize
+    async def read_file_into_fileobj(self, path: str, fileobj: IO[bytes]) -> int:
+        size = 0
+        async for chunk in self._read(path):
+            fileobj.write(chunk)
+            size += len(chunk)
+        return size
+
+    @synchronize
+    async def remove_file(self, path: str, recursive: bool = False) -> None:
+        await client().request("POST", f"{self._base}/remove",
+                               json_body={"path": path, "recursive": bool(recursive)})
+
+    @synchronize
+    async def copy_files(self, src_paths: list[str], dst_path: str) -> None:
+        await client().request("POST", f"{self._base}/copy",
+                               json_body={"src_paths": list(src_paths), "dst_path": dst_path})
+
+    @contextlib.contextmanager
+    def batch_upload(self, force: bool = False) -> Iterator[_BatchUpload]:
+        """Collect ``put_file``/``put_directory`` calls; they are uploaded when the block
+        exits (``FileExistsError`` for an existing file unless ``force``)."""
+        batch = _BatchUpload(self, force)
+        yield batch
+        run_sync(batch.upload)
+
+    def __repr__(self) -> str:
+        return f"Volume({self.name!r})"
+
+
+class _BatchUpload:
+    def __init__(self, volume: Volume, force: bool) -> None:
+        self._volume = volume
+        self._force = force
+        self._files: list[tuple[Path, str]] = []
+
+    def put_file(self, local_file: str | os.PathLike[str], remote_path: str) -> None:
+        local = Path(local_file)
+        if not local.is_file():
+            raise FileNotFoundError(f"no local file {str(local)!r}")
+        self._files.append((local, remote_path))
+
+    def put_directory(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
+        local = Path(local_path)
+        if not local.is_dir():
+            raise NotADirectoryError(f"{str(local)!r} is not a local directory")
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            self._files.append((file, f"{remote_path.rstrip('/')}/"
+                                      f"{file.relative_to(local).as_posix()}"))
+
+    async def upload(self) -> None:
+        engine = client()
+        base = f"/v1/volumes/{self._volume.name}"
+        if not self._force:
+            existing = {e.path.lstrip("/") for e in await self._volume.listdir.aio(
+                "/", recursive=True) if e.type is FileType.FILE}
+            clashes = [r for _, r in self._files if r.lstrip("/") in existing]
+            if clashes:
+                raise FileExistsError(f"already in the volume: {', '.join(clashes)} "
+                                      "(use batch_upload(force=True))")
+        for local, remote in self._files:
+            mode = local.stat().st_mode & 0o777
+
+            async def chunks(local: Path = local) -> AsyncIterator[bytes]:
+                async with await anyio.open_file(local, "rb") as f:
+                    while data := await f.read(CHUNK):
+                        yield data
+
+            await engine.request("PUT", f"{base}/file", content=chunks(),
+                                 params={"path": remote, "mode": mode})
