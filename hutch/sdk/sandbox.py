@@ -155,7 +155,7 @@ class Sandbox:
         if volumes:
             if not isinstance(volumes, Mapping) or not all(
                     isinstance(v, Volume) for v in volumes.values()):
-                raise InvalidError("volumes must be a dict of mount path to hutch.Volume")
+                raise InvalidError("`volumes` must be a dict of mount path to hutch.Volume")
             for path in volumes:
                 options.check_workdir(os.fspath(path))
             body["volumes"] = {os.fspath(p): v.mount() for p, v in volumes.items()}

@@ -177,7 +177,7 @@ def test_g16_detach_does_not_stop_it(sb_app: modal.App) -> None:
 
 @pytest.mark.parametrize(("kwargs", "named"), [
     ({"readiness_probe": object()}, "readiness_probe"),  # G3, G4
-    ({"volumes": {"/data": object()}}, "volumes"),  # G7
+    ({"volumes": {"/data": object()}}, "volumes"),  # G7 with something not a Volume
     ({"gpu": "a10g"}, "gpu"),
     ({"cpu": 1.0}, "cpu"),
     ({"idle_timeout": 10}, "idle_timeout"),
@@ -190,12 +190,20 @@ def test_g3_g4_g7_unsupported_parameters(sb_app: modal.App, kwargs: dict[str, An
     assert list(modal.Sandbox.list(app_id=sb_app.app_id)) == []
 
 
-def test_g7_custom_image(sb_app: modal.App) -> None:
-    """G7's image (its volume is refused above until volumes exist): pandas imports."""
-    sb = modal.Sandbox.create(image=modal.Image.debian_slim().pip_install("pandas"),
-                              app=sb_app)
-    p = sb.exec("python", "-c", "import pandas; print(pandas.DataFrame({'a': [1, 2]}).a.sum())")
-    assert (p.stdout.read(), p.wait()) == ("3\n", 0), p.stderr.read()
+def test_g7_custom_image_and_volume(sb_app: modal.App) -> None:
+    """G7: a custom image (pandas) and a volume."""
+    name = f"data-volume-{uuid4().hex[:8]}"
+    volume = modal.Volume.from_name(name, create_if_missing=True)
+    try:
+        sb = modal.Sandbox.create(image=modal.Image.debian_slim().pip_install("pandas"),
+                                  volumes={"/data": volume}, app=sb_app)
+        p = sb.exec("python", "-c", "import pandas; df = pandas.DataFrame({'a': [1, 2]}); "
+                    "df.to_csv('/data/a.csv'); print(df.a.sum())")
+        assert (p.stdout.read(), p.wait()) == ("3\n", 0), p.stderr.read()
+        sb.terminate(wait=True)
+        assert b"".join(volume.read_file("a.csv")).startswith(b",a\n")
+    finally:
+        modal.Volume.delete(name)
 
 
 def test_block_network(sb_app: modal.App) -> None:
