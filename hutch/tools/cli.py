@@ -21,6 +21,7 @@ from hutch.sdk.output import enable_output
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
 from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.transport import events_blocking, request_blocking
+from hutch.sdk.volume import Volume
 
 #: ``hutch exec --exec-timeout`` exits like timeout(1) when the time runs out.
 TIMEOUT_EXIT = 124
@@ -216,6 +217,65 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_volume(args: argparse.Namespace) -> int:
+    if args.action == "ls":
+        print(f"{'NAME':<40} {'ID':<26} CREATED")
+        for vol in request_blocking("GET", "/v1/volumes")["volumes"]:
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(vol["created_at"]))
+            print(f"{vol['name']:<40} {vol['volume_id']:<26} {created}")
+        return 0
+    if not args.name:
+        raise SystemExit(f"hutch: volume {args.action} needs a volume name")
+    if args.action == "create":
+        print(Volume.from_name(args.name, create_if_missing=True).object_id)
+    elif args.action == "rm":
+        Volume.delete(args.name)
+        print(f"deleted {args.name}")
+    elif args.action == "put":
+        if not args.local:
+            raise SystemExit("hutch: volume put NAME LOCAL [REMOTE]")
+        volume, local = Volume.from_name(args.name), Path(args.local)
+        remote = args.remote or f"/{local.name}"
+        with volume.batch_upload(force=True) as batch:
+            if local.is_dir():
+                batch.put_directory(local, remote)
+            else:
+                batch.put_file(local, remote)
+        print(f"uploaded {local} to {args.name}:{remote}")
+    else:
+        if not args.local:
+            raise SystemExit("hutch: volume get NAME REMOTE [LOCAL]")
+        remote, target = args.local, args.remote or Path(args.local).name
+        with open(target, "wb") as f:
+            size = Volume.from_name(args.name).read_file_into_fileobj(remote, f)
+        print(f"wrote {target} ({size} bytes)")
+    return 0
+
+
+def _sandbox_path(spec: str) -> tuple[str, str] | None:
+    """``SANDBOX_ID:PATH`` -> (id, path); a local path -> None."""
+    head, sep, path = spec.partition(":")
+    if sep and head.startswith("sb-") and "/" not in head:
+        return head, path or "/"
+    return None
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    src, dst = _sandbox_path(args.src), _sandbox_path(args.dst)
+    if (src is None) == (dst is None):
+        raise SystemExit("hutch: cp copies between the host and a sandbox: "
+                         "cp LOCAL SANDBOX_ID:PATH or cp SANDBOX_ID:PATH LOCAL")
+    if dst is not None:
+        Sandbox.from_id(dst[0]).filesystem.copy_from_local(args.src, dst[1])
+    else:
+        assert src is not None
+        target = Path(args.dst)
+        if target.is_dir():
+            target = target / Path(src[1]).name
+        Sandbox.from_id(src[0]).filesystem.copy_to_local(src[1], target)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from hutch.tools.doctor import report, run_checks
 
@@ -272,6 +332,20 @@ def parser() -> argparse.ArgumentParser:
                      help="build: FILE.py::NAME; inspect, rm, export: an image reference")
     img.add_argument("-o", "--output", help="export: the OCI archive to write")
     img.set_defaults(func=cmd_image)
+
+    vol = sub.add_parser("volume", help="create, list, remove, upload to, download from volumes")
+    vol.add_argument("action", choices=["create", "ls", "rm", "put", "get"])
+    vol.add_argument("name", nargs="?", default="")
+    vol.add_argument("local", nargs="?", default="",
+                     help="put: the local file or directory; get: the path in the volume")
+    vol.add_argument("remote", nargs="?", default="",
+                     help="put: the path in the volume; get: the local file to write")
+    vol.set_defaults(func=cmd_volume)
+
+    cp = sub.add_parser("cp", help="copy a file between the host and a sandbox")
+    cp.add_argument("src", help="LOCAL or SANDBOX_ID:PATH")
+    cp.add_argument("dst", help="SANDBOX_ID:PATH or LOCAL")
+    cp.set_defaults(func=cmd_cp)
 
     sub.add_parser("doctor", help="check the host").set_defaults(func=cmd_doctor)
     return p
