@@ -9,6 +9,8 @@ SDK file handle is a path, a mode and a position.
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import stat
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +26,7 @@ from hutch.api.models import MakeDirRequest, RemoveRequest
 from hutch.engine.errors import Conflict
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.sandboxfs import FileError, SandboxFS
+from hutch.engine.watch import Watch
 
 READ_CHUNK = 1 << 20
 WriteMode = Literal["w", "a", "x", "r+"]
@@ -69,6 +72,36 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
         with files(sandbox_id) as fs:
             await trio.to_thread.run_sync(fs.remove, req.path, req.recursive)
         return {"removed": req.path}
+
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/watch")
+    async def watch(sandbox_id: str, path: str, recursive: bool = False,
+                    timeout: Annotated[float | None, Query(gt=0, le=86400)] = None
+                    ) -> StreamingResponse:
+        """File events under ``path`` as NDJSON ``{"type", "path"}`` lines, until
+        ``timeout`` (or the sandbox ends, or the client goes away)."""
+        live = manager.live.get(sandbox_id)
+        if manager.get(sandbox_id).state != "running" or live is None:
+            raise Conflict(f"Sandbox {sandbox_id} has already finished")
+        fs = SandboxFS(f"/proc/{live.pid}/root", live.workdir)
+        try:
+            watcher = Watch(fs, path, recursive)  # owns fs from here on
+        except BaseException:
+            fs.close()
+            raise
+
+        async def events() -> AsyncIterator[bytes]:
+            deadline = math.inf if timeout is None else trio.current_time() + timeout
+            try:
+                while not live.done.is_set() and trio.current_time() < deadline:
+                    batch: list[tuple[str, str]] = []
+                    with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
+                        batch = await watcher.next_events()
+                    for kind, changed in batch:
+                        yield json.dumps({"type": kind, "path": changed}).encode() + b"\n"
+            finally:
+                watcher.close()
+
+        return StreamingResponse(events(), media_type="application/x-ndjson")
 
     @app.get("/v1/sandboxes/{sandbox_id}/fs/file")
     async def read_file(sandbox_id: str, path: str,
@@ -120,3 +153,4 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
             finally:
                 os.close(fd)
             return asdict(fs.stat(path))
+

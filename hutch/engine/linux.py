@@ -69,6 +69,24 @@ def set_child_subreaper() -> None:
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
+def inotify_init() -> int:
+    """A non-blocking inotify descriptor; the caller closes it."""
+    fd: int = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+    return fd
+
+
+def inotify_add(fd: int, path: str, mask: int) -> int:
+    """Watch ``path`` on the inotify descriptor ``fd``; returns the watch descriptor."""
+    wd: int = _libc.inotify_add_watch(fd, os.fsencode(path), mask)
+    if wd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+    return wd
+
+
 def inotify_watch(paths: list[str], mask: int) -> int:
     """A non-blocking inotify descriptor watching ``paths``; the caller closes it."""
     fd: int = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)

@@ -20,7 +20,7 @@ import anyio
 
 from hutch.exception import InvalidError
 from hutch.sdk import output
-from hutch.sdk.syncbridge import synchronize
+from hutch.sdk.syncbridge import synchronize, synchronize_generator
 from hutch.sdk.transport import client
 
 CHUNK = 1 << 20
@@ -31,6 +31,22 @@ class FileType(enum.Enum):
     DIRECTORY = "directory"
     SYMLINK = "symlink"
     OTHER = "other"
+
+
+class FileWatchEventType(enum.Enum):
+    Unknown = "Unknown"
+    Access = "Access"
+    Create = "Create"
+    Modify = "Modify"
+    Remove = "Remove"
+
+
+@dataclass(frozen=True)
+class FileWatchEvent:
+    """A change under a watched path (``sb.watch``, ``filesystem.watch``)."""
+
+    paths: list[str]
+    type: FileWatchEventType
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,23 @@ class SandboxFilesystem:
         self._log("remove", path)
         await client().request("POST", f"{self._base}/remove",
                                json_body={"path": path, "recursive": bool(recursive)})
+
+    @synchronize_generator
+    async def watch(self, remote_path: str, *,
+                    filter: list[FileWatchEventType] | None = None,
+                    recursive: bool = False,
+                    timeout: float | None = None) -> AsyncIterator[FileWatchEvent]:
+        """Changes under a path as they happen (inotify in the engine), until ``timeout``
+        seconds have passed or the sandbox ends; ``filter`` keeps only those types."""
+        path = _check_path(remote_path)
+        params: dict[str, Any] = {"path": path, "recursive": bool(recursive)}
+        if timeout is not None:
+            params["timeout"] = timeout
+        wanted = set(filter) if filter else None
+        async for event in client().stream_events(f"{self._base}/watch", params):
+            kind = FileWatchEventType(str(event["type"]).capitalize())
+            if wanted is None or kind in wanted:
+                yield FileWatchEvent([str(event["path"])], kind)
 
     @synchronize
     async def copy_from_local(self, local_path: str | os.PathLike[str],

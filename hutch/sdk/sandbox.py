@@ -28,7 +28,12 @@ from hutch.exception import (
 from hutch.sdk import options, output
 from hutch.sdk.app import App
 from hutch.sdk.fileio import FileIO
-from hutch.sdk.files import SandboxFilesystem, _check_path
+from hutch.sdk.files import (
+    FileWatchEvent,
+    FileWatchEventType,
+    SandboxFilesystem,
+    _check_path,
+)
 from hutch.sdk.image import Image
 from hutch.sdk.process import WAIT_SLICE, ContainerProcess
 from hutch.sdk.secret import Secret, merge_secrets
@@ -324,6 +329,13 @@ class Sandbox:
         """A file handle (``r w a x``, with ``b`` and ``+``); a context manager."""
         fs = self.filesystem
         return await FileIO.open(fs, _check_path(path), mode)
+
+    def watch(self, path: str, filter: builtins.list[FileWatchEventType] | None = None,
+              recursive: bool | None = None,
+              timeout: float | None = None) -> Iterator[FileWatchEvent]:
+        """File events under ``path`` (see ``filesystem.watch``)."""
+        return self.filesystem.watch(path, filter=filter, recursive=bool(recursive),
+                                     timeout=timeout)
 
     @synchronize
     async def ls(self, path: str) -> builtins.list[str]:

@@ -189,3 +189,31 @@ async def _anext(it: AsyncIterator[T]) -> tuple[bool, T | None]:
         return False, await it.__anext__()
     except StopAsyncIteration:
         return True, None
+
+
+class BoundGenerator(Generic[P, T]):
+    """An async generator call with a blocking face (a ``for`` iterator) and ``aio``."""
+
+    def __init__(self, fn: Callable[P, AsyncIterator[T]], name: str, doc: str | None) -> None:
+        self._fn = fn
+        self.__name__ = name
+        self.__doc__ = doc
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        return iterate_sync(lambda: self._fn(*args, **kwargs))
+
+    def aio(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        return self._fn(*args, **kwargs)
+
+
+class synchronize_generator(Generic[S, P, T]):
+    """Decorate an async generator method: calling it gives a blocking iterator, ``.aio``
+    the async one (``for e in sb.filesystem.watch(...)`` / ``async for ... .aio(...)``)."""
+
+    def __init__(self, fn: Callable[Concatenate[S, P], AsyncIterator[T]]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    def __get__(self, obj: S, owner: type[Any]) -> BoundGenerator[P, T]:
+        return BoundGenerator(functools.partial(self._fn, obj), self.__name__, self.__doc__)

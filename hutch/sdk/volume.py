@@ -21,7 +21,12 @@ import anyio
 from hutch.exception import InvalidError
 from hutch.sdk.files import CHUNK, FileType
 from hutch.sdk.options import check_object_name
-from hutch.sdk.syncbridge import iterate_sync, run_sync, synchronize, synchronize_static
+from hutch.sdk.syncbridge import (
+    run_sync,
+    synchronize,
+    synchronize_generator,
+    synchronize_static,
+)
 from hutch.sdk.transport import client
 
 
@@ -105,9 +110,11 @@ class Volume:
         return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
                 for e in doc["entries"]]
 
-    def read_file(self, path: str) -> Iterator[bytes]:
+    @synchronize_generator
+    async def read_file(self, path: str) -> AsyncIterator[bytes]:
         """The file's contents, chunk by chunk (``read_file.aio`` is an async iterator)."""
-        return iterate_sync(lambda: self._read(path))
+        async for chunk in self._read(path):
+            yield chunk
 
     async def _read(self, path: str) -> AsyncIterator[bytes]:
         async for chunk in client().stream_bytes(f"{self._base}/file", {"path": path}):

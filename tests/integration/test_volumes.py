@@ -1,0 +1,428 @@
+"""Volumes against the real engine: Modal's guide examples F4/F5, persistence across
+sandboxes and engine restarts, live sharing, read-only and ``sub_path`` mounts, deletion,
+the file calls, and the confinement of those calls to the volume's own directory.
+
+Every test works in a new app and new volumes (uuid names); the fixtures terminate the
+app's sandboxes and then delete the volumes, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hutch as modal
+from hutch.exception import (
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+    SandboxFilesystemDirectoryNotEmptyError,
+)
+from hutch.sdk.transport import request_blocking
+from tests.helpers import reset_client, stop_engine, wait_for
+
+Run = Callable[[modal.Sandbox, str], tuple[int, str]]
+
+
+def _name() -> str:
+    return f"vol-{uuid.uuid4().hex[:12]}"
+
+
+def run(sb: modal.Sandbox, script: str) -> tuple[int, str]:
+    """Run ``sh -c script`` in the sandbox: (exit code, stdout + stderr)."""
+    p = sb.exec("sh", "-c", f"({script}) 2>&1", timeout=30)
+    out = p.stdout.read()
+    return p.wait(), out
+
+
+def ok(sb: modal.Sandbox, script: str) -> str:
+    code, out = run(sb, script)
+    assert code == 0, (script, out)
+    return out
+
+
+@pytest.fixture
+def app(engine: dict[str, Any]) -> Iterator[modal.App]:
+    app = modal.App.lookup(f"vols-{uuid.uuid4().hex[:8]}", create_if_missing=True)
+    yield app
+    for sb in modal.Sandbox.list(app_id=app.app_id):
+        sb.terminate(wait=True)
+
+
+@pytest.fixture
+def new_volume(app: modal.App) -> Iterator[Callable[[], modal.Volume]]:
+    """Makes volumes, deleted after the app's sandboxes are terminated."""
+    names: list[str] = []
+
+    def make() -> modal.Volume:
+        names.append(_name())
+        return modal.Volume.from_name(names[-1], create_if_missing=True)
+
+    yield make
+    for sb in modal.Sandbox.list(app_id=app.app_id):
+        sb.terminate(wait=True)
+    for name in names:
+        try:
+            modal.Volume.delete(name)
+        except NotFoundError:
+            pass
+
+
+@pytest.fixture
+def vol(new_volume: Callable[[], modal.Volume]) -> modal.Volume:
+    return new_volume()
+
+
+def box(app: modal.App, volumes: dict[str, modal.Volume]) -> modal.Sandbox:
+    return modal.Sandbox.create(app=app, volumes=volumes, timeout=120)  # type: ignore[arg-type]
+
+
+def read(vol: modal.Volume, path: str) -> bytes:
+    return b"".join(vol.read_file(path))
+
+
+def upload(vol: modal.Volume, tmp_path: Path, files: dict[str, bytes], force: bool = True,
+           ) -> None:
+    with vol.batch_upload(force=force) as batch:
+        for remote, data in files.items():
+            local = tmp_path / f"up-{uuid.uuid4().hex}"
+            local.write_bytes(data)
+            batch.put_file(local, remote)
+
+
+# Modal's guide -----------------------------------------------------------------------------
+def test_f4_write_in_a_sandbox_read_from_the_volume(app: modal.App, vol: modal.Volume) -> None:
+    vol = modal.Volume.from_name(vol.name, create_if_missing=True)
+    sb = modal.Sandbox.create(app=app, volumes={"/cache": vol})
+    p = sb.exec("sh", "-c", "echo foo > /cache/a.txt")
+    assert p.wait() == 0
+    sb.terminate(wait=True)
+    assert b"".join(vol.read_file("a.txt")) == b"foo\n"
+
+
+def test_f5_sub_path_shows_only_that_directory(app: modal.App, vol: modal.Volume,
+                                               tmp_path: Path) -> None:
+    upload(vol, tmp_path, {"top.txt": b"top\n", "users/other/o.txt": b"other\n"})
+    sb = box(app, {"/data": vol.with_mount_options(sub_path="/users/user_123")})
+    assert ok(sb, "ls -A /data") == ""
+    ok(sb, "echo mine > /data/m.txt && mkdir /data/d && echo in > /data/d/i.txt")
+    assert ok(sb, "grep -rl . / --exclude-dir=proc --exclude-dir=sys 2>/dev/null "
+                  "| grep -e top.txt -e o.txt || true") == ""
+    paths = {e.path.lstrip("/") for e in vol.listdir("/users/user_123", recursive=True)}
+    assert paths == {"users/user_123/m.txt", "users/user_123/d", "users/user_123/d/i.txt"}
+    assert read(vol, "/users/user_123/d/i.txt") == b"in\n"
+    assert {e.path.lstrip("/") for e in vol.listdir("/")} == {"top.txt", "users"}
+
+
+# lookup, lifetime, persistence -------------------------------------------------------------
+def test_from_name_unknown_and_bad_names(engine: dict[str, Any]) -> None:
+    with pytest.raises(NotFoundError):
+        modal.Volume.from_name(_name())
+    for bad in ["has space", "a/b", "x" * 65, "", "../up"]:
+        with pytest.raises(InvalidError):
+            modal.Volume.from_name(bad, create_if_missing=True)
+    with pytest.raises(InvalidError):  # the engine checks names too
+        request_blocking("POST", "/v1/volumes/lookup",
+                         json_body={"name": "a/b", "create_if_missing": True})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kill_daemon() -> int:
+    pid: int = request_blocking("GET", "/v1/engine")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(pid), what="the daemon to die")
+    reset_client()
+    return pid
+
+
+def test_contents_persist_across_sandboxes_and_engine_restarts(app: modal.App,
+                                                               vol: modal.Volume) -> None:
+    first = box(app, {"/v": vol})
+    ok(first, "mkdir -p /v/d && echo one > /v/d/f.txt")
+    first.terminate(wait=True)
+    second = box(app, {"/mnt/other": vol})
+    assert ok(second, "cat /mnt/other/d/f.txt") == "one\n"
+    ok(second, "echo two >> /mnt/other/d/f.txt")
+
+    stop_engine()  # terminates `second`; the next call starts a new engine
+    assert modal.Volume.from_name(vol.name).object_id == vol.object_id
+    third = box(app, {"/v": vol})
+    assert ok(third, "cat /v/d/f.txt") == "one\ntwo\n"
+    ok(third, "echo three >> /v/d/f.txt")
+
+    old = _kill_daemon()  # `third` survives, adopted by the next daemon
+    assert read(vol, "d/f.txt") == b"one\ntwo\nthree\n"
+    assert request_blocking("GET", "/v1/engine")["pid"] != old
+    fourth = box(app, {"/v": vol})
+    ok(fourth, "echo four >> /v/d/f.txt")
+    assert ok(third, "cat /v/d/f.txt") == "one\ntwo\nthree\nfour\n"
+    with pytest.raises(ConflictError) as err:  # the adopted sandbox still counts as a user
+        modal.Volume.delete(vol.name)
+    assert third.object_id in str(err.value)
+
+
+def test_two_sandboxes_see_each_others_writes_at_once(app: modal.App, vol: modal.Volume) -> None:
+    a = box(app, {"/a": vol})
+    b = box(app, {"/b": vol})
+    ok(a, "echo from-a > /a/x")
+    assert ok(b, "cat /b/x") == "from-a\n"
+    ok(b, "echo from-b > /b/y && rm /b/x")
+    assert ok(a, "cat /a/y; ls /a") == "from-b\ny\n"
+    vol.commit()
+    vol.reload()
+    assert read(vol, "y") == b"from-b\n"
+
+
+def test_read_only_mount(app: modal.App, vol: modal.Volume, tmp_path: Path) -> None:
+    upload(vol, tmp_path, {"f.txt": b"kept\n"})
+    sb = box(app, {"/ro": vol.with_mount_options(read_only=True), "/rw": vol})
+    assert ok(sb, "cat /ro/f.txt") == "kept\n"
+    for script in ["echo x > /ro/new", "echo x >> /ro/f.txt", "rm /ro/f.txt", "mkdir /ro/d",
+                   "touch /ro/f.txt", "mount -o remount,rw /ro && echo x > /ro/new",
+                   "unshare -Urm sh -c 'mount -o remount,rw,bind /ro && echo x > /ro/new'"]:
+        code, out = run(sb, script)
+        assert code != 0, (script, out)
+    ok(sb, "echo rw > /rw/w.txt")  # the same volume mounted read-write beside it
+    assert ok(sb, "cat /ro/w.txt") == "rw\n"
+    assert {e.path.lstrip("/") for e in vol.listdir("/")} == {"f.txt", "w.txt"}
+    assert read(vol, "f.txt") == b"kept\n"
+
+
+def test_delete_refused_while_mounted(app: modal.App, tmp_path: Path) -> None:
+    name = _name()
+    vol = modal.Volume.from_name(name, create_if_missing=True)
+    try:
+        sb = box(app, {"/v": vol})
+        ok(sb, "echo old > /v/f")
+        with pytest.raises(ConflictError) as err:
+            modal.Volume.delete(name)
+        assert sb.object_id in str(err.value)
+        assert ok(sb, "cat /v/f") == "old\n"
+        sb.terminate(wait=True)
+        modal.Volume.delete(name)
+    except BaseException:
+        for s in modal.Sandbox.list(app_id=app.app_id):
+            s.terminate(wait=True)
+        modal.Volume.delete(name)
+        raise
+    with pytest.raises(NotFoundError):
+        modal.Volume.from_name(name)
+    with pytest.raises(NotFoundError):
+        vol.commit()
+    with pytest.raises(NotFoundError):
+        modal.Volume.delete(name)
+    again = modal.Volume.from_name(name, create_if_missing=True)
+    try:
+        assert again.object_id != vol.object_id
+        assert again.listdir("/") == []
+        with pytest.raises(FileNotFoundError):
+            read(again, "f")
+    finally:
+        modal.Volume.delete(name)
+
+
+def test_ephemeral(app: modal.App) -> None:
+    with modal.Volume.ephemeral() as vol:
+        sb = box(app, {"/e": vol})
+        ok(sb, "echo eph > /e/f")
+        assert read(vol, "f") == b"eph\n"
+        sb.terminate(wait=True)
+    with pytest.raises(NotFoundError):
+        modal.Volume.from_name(vol.name)
+
+
+# file calls --------------------------------------------------------------------------------
+def test_listdir_and_read_file(vol: modal.Volume, tmp_path: Path) -> None:
+    upload(vol, tmp_path, {"a.txt": b"abc", "d/b.txt": b"hello", "d/e/c.txt": b"x" * 70000})
+    top = {e.path.lstrip("/"): (e.type.value, e.size) for e in vol.listdir("/")}
+    assert top.keys() == {"a.txt", "d"}
+    assert top["a.txt"] == ("file", 3) and top["d"][0] == "directory"
+    every = vol.listdir("/", recursive=True)
+    assert [e.path.lstrip("/") for e in every] == ["a.txt", "d", "d/b.txt", "d/e", "d/e/c.txt"]
+    sizes = {e.path.lstrip("/"): e.size for e in every if e.type.value == "file"}
+    assert sizes == {"a.txt": 3, "d/b.txt": 5, "d/e/c.txt": 70000}
+    assert all(e.mtime > 0 for e in every)
+    assert [e.path.lstrip("/") for e in vol.listdir("/d")] == ["d/b.txt", "d/e"]
+    assert read(vol, "/d/e/c.txt") == b"x" * 70000
+    with pytest.raises(FileNotFoundError):
+        read(vol, "missing.txt")
+    with pytest.raises(FileNotFoundError):
+        vol.listdir("/nope")
+    with pytest.raises(IsADirectoryError):
+        read(vol, "d")
+
+
+def test_read_file_into_fileobj(vol: modal.Volume, tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)  # several chunks
+    upload(vol, tmp_path, {"big.bin": data})
+    buf = io.BytesIO()
+    assert vol.read_file_into_fileobj("big.bin", buf) == len(data)
+    assert buf.getvalue() == data
+    with pytest.raises(FileNotFoundError):
+        vol.read_file_into_fileobj("nope.bin", io.BytesIO())
+
+
+def test_remove_file(vol: modal.Volume, tmp_path: Path) -> None:
+    upload(vol, tmp_path, {"f": b"1", "d/g": b"2", "d/h/i": b"3"})
+    vol.remove_file("f")
+    with pytest.raises(SandboxFilesystemDirectoryNotEmptyError):
+        vol.remove_file("d")
+    assert {e.path.lstrip("/") for e in vol.listdir("/", recursive=True)} == {
+        "d", "d/g", "d/h", "d/h/i"}
+    vol.remove_file("d", recursive=True)
+    assert vol.listdir("/") == []
+    with pytest.raises(FileNotFoundError):
+        vol.remove_file("f")
+
+
+def test_copy_files(app: modal.App, vol: modal.Volume, tmp_path: Path) -> None:
+    upload(vol, tmp_path, {"a.txt": b"A", "b.txt": b"B", "sub/c.txt": b"C"})
+    vol.copy_files(["a.txt"], "a-copy.txt")
+    assert read(vol, "a-copy.txt") == b"A" and read(vol, "a.txt") == b"A"
+    sb = box(app, {"/v": vol})
+    ok(sb, "mkdir /v/into")
+    vol.copy_files(["a.txt", "b.txt", "sub/c.txt"], "into")
+    assert ok(sb, "cd /v/into && ls && cat a.txt b.txt c.txt") == "a.txt\nb.txt\nc.txt\nABC"
+    with pytest.raises(FileNotFoundError):
+        vol.copy_files(["missing.txt"], "x.txt")
+
+
+def test_batch_upload_files_directories_modes_and_force(app: modal.App, vol: modal.Volume,
+                                                         tmp_path: Path) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o755)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "top.txt").write_text("top\n")
+    (tree / "sub" / "secret").write_text("s\n")
+    (tree / "sub" / "secret").chmod(0o600)
+    with vol.batch_upload() as batch:
+        batch.put_file(script, "/bin/run.sh")
+        batch.put_directory(tree, "/tree")
+    sb = box(app, {"/v": vol})
+    assert ok(sb, "/v/bin/run.sh") == "ran\n"
+    assert ok(sb, "cd /v && stat -c '%a %n' bin/run.sh tree/top.txt tree/sub/secret") == (
+        "755 bin/run.sh\n644 tree/top.txt\n600 tree/sub/secret\n")
+    assert ok(sb, "cat /v/tree/top.txt /v/tree/sub/secret") == "top\ns\n"
+
+    (tmp_path / "new.txt").write_text("new\n")
+    (tmp_path / "other.txt").write_text("other\n")
+    with pytest.raises(FileExistsError):
+        with vol.batch_upload() as batch:
+            batch.put_file(tmp_path / "new.txt", "/fresh.txt")
+            batch.put_file(tmp_path / "other.txt", "tree/top.txt")
+    assert ok(sb, "ls /v; cat /v/tree/top.txt") == "bin\ntree\ntop\n"  # nothing uploaded
+    with vol.batch_upload(force=True) as batch:
+        batch.put_file(tmp_path / "new.txt", "/fresh.txt")
+        batch.put_file(tmp_path / "other.txt", "tree/top.txt")
+    assert ok(sb, "cat /v/fresh.txt /v/tree/top.txt") == "new\nother\n"
+
+
+# confinement -------------------------------------------------------------------------------
+def test_planted_symlinks_never_reach_host_files(app: modal.App, vol: modal.Volume,
+                                                 tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("host-secret\n")
+    host_hostname = Path("/etc/hostname").read_bytes()
+    upload(vol, tmp_path, {"a.txt": b"mine\n"})
+    sb = box(app, {"/cache": vol})
+    ok(sb, f"ln -s / /cache/root && ln -s /etc /cache/etc && ln -s {host} /cache/out && "
+           f"ln -s {host}/secret /cache/secretlink && ln -s ../../../../../.. /cache/up")
+
+    def refused_or_not(call: Callable[[], bytes], host_content: bytes) -> None:
+        try:
+            got = call()
+        except (OSError, modal.exception.Error):
+            return
+        assert got != host_content
+
+    for path in ["root/etc/hostname", "etc/hostname", "up/etc/hostname",
+                 f"root{Path('/etc/hostname').resolve()}"]:
+        refused_or_not(lambda p=path: read(vol, p), host_hostname)  # type: ignore[misc]
+    for path in ["out/secret", "secretlink", f"up{host}/secret", f"root{host}/secret"]:
+        refused_or_not(lambda p=path: read(vol, p), b"host-secret\n")  # type: ignore[misc]
+        buf = io.BytesIO()
+        refused_or_not(lambda p=path, b=buf: (vol.read_file_into_fileobj(p, b),  # type: ignore[misc]
+                                              b.getvalue())[1], b"host-secret\n")
+
+    for path in ["out", "root/etc", f"up{host}", f"root{host}"]:
+        try:
+            names = {e.path.rsplit("/", 1)[-1] for e in vol.listdir(path)}
+        except (OSError, modal.exception.Error):
+            continue
+        assert "secret" not in names and "passwd" not in names, (path, names)
+    every = {e.path.lstrip("/"): e.type.value for e in vol.listdir("/", recursive=True)}
+    assert every == {"a.txt": "file", "root": "symlink", "etc": "symlink", "out": "symlink",
+                     "secretlink": "symlink", "up": "symlink"}
+
+    attempts: list[Callable[[], None]] = [
+        lambda: vol.copy_files(["a.txt"], "out/copied"),
+        lambda: vol.copy_files(["a.txt"], "out/"),
+        lambda: vol.copy_files(["a.txt", "a.txt"], f"root{host}"),
+        lambda: vol.copy_files(["a.txt"], f"up{host}/copied"),
+        lambda: vol.copy_files(["a.txt"], "secretlink"),
+        lambda: upload(vol, tmp_path, {"out/put": b"x", f"root{host}/put2": b"x",
+                                       f"up{host}/put3": b"x"}),
+        lambda: upload(vol, tmp_path, {"secretlink": b"overwritten\n"}),
+        lambda: vol.remove_file("out/secret"),
+        lambda: vol.remove_file(f"root{host}/secret"),
+        lambda: vol.remove_file(f"up{host}", recursive=True),
+    ]
+    for attempt in attempts:
+        try:
+            attempt()
+        except (OSError, modal.exception.Error):
+            pass
+    assert sorted(p.name for p in host.iterdir()) == ["secret"]
+    assert (host / "secret").read_text() == "host-secret\n"
+    # What a sandbox sees through its links is its own filesystem, not the host's.
+    assert ok(sb, "cat /cache/root/etc/hostname") == f"{sb.object_id}\n"
+    refused_or_not(lambda: read(vol, "secretlink"), b"host-secret\n")
+    vol.copy_files(["secretlink"], "copied") if False else None
+
+
+def test_sub_path_through_a_planted_symlink_stays_in_the_volume(
+        app: modal.App, vol: modal.Volume, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("host-secret\n")
+    sb = box(app, {"/cache": vol})
+    ok(sb, f"ln -s {host} /cache/esc && mkdir /cache/real && ln -s {host} /cache/real/deeper")
+    for sub in ["/esc", "/real/deeper", "/real/deeper/more"]:
+        try:
+            other = box(app, {"/data": vol.with_mount_options(sub_path=sub)})
+        except modal.exception.Error:
+            continue
+        code, out = run(other, "cat /data/secret; echo x > /data/planted")
+        assert "host-secret" not in out, (sub, out)
+        other.terminate(wait=True)
+    assert sorted(p.name for p in host.iterdir()) == ["secret"]
+
+
+def test_bad_volume_mounts_are_invalid(app: modal.App, vol: modal.Volume) -> None:
+    for path in ["relative/path", "/", "", "/a/../b"]:
+        with pytest.raises(InvalidError):
+            box(app, {path: vol})
+    with pytest.raises(InvalidError):
+        box(app, {"/v": "not-a-volume"})  # type: ignore[dict-item]
+    with pytest.raises(InvalidError):
+        vol.with_mount_options(sub_path="../outside")
+    with pytest.raises(NotFoundError):
+        box(app, {"/v": modal.Volume(_name(), "vo-unknown")})
+    assert list(modal.Sandbox.list(app_id=app.app_id)) == []
