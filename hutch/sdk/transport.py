@@ -146,7 +146,7 @@ class EngineClient:
                 if not r.is_success:
                     await r.aread()
                     _raise_for(r)
-                async for chunk in r.aiter_bytes():
+                async for chunk in r.aiter_bytes(chunk_size=1 << 20):
                     yield chunk
         except httpx.TransportError as exc:
             raise self._lost(exc) from exc
