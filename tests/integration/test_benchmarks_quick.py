@@ -37,3 +37,18 @@ def test_image_benchmark_writes_its_reports(engine: dict[str, Any], tmp_path: Pa
     assert len(report) == 3
     assert all(0 < figure["median_ms"] < 600_000 for figure in report.values())
     assert "| cache-hit build" in (tmp_path / "images.md").read_text()
+
+
+def test_file_benchmark_writes_its_reports(engine: dict[str, Any], tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.files", "--runs", "1", "--large-runs", "1",
+         "--no-peers", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "files.json").read_text())
+    for size in ("1 MiB", "256 MiB"):
+        figures = report["hutch"][size]
+        assert figures["write"]["mb_per_s"] > 0 and figures["read"]["mb_per_s"] > 0
+    assert "| hutch | 256 MiB |" in (tmp_path / "files.md").read_text()
