@@ -26,7 +26,7 @@ from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
-from hutch.engine.volumes import VolumeService
+from hutch.engine.volumes import VolumeService, release_staging
 
 log = logging.getLogger("hutch.sandbox")
 
@@ -118,7 +118,8 @@ class SandboxManager:
         dirs = self.dirs(sandbox_id)
         stdin: trio.lowlevel.FdStream | None = None
         try:
-            mounts = self.volumes.mounts(req.volumes)
+            dirs.root.mkdir(parents=True)
+            mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes")
             pid, stdin = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env,
                                            workdir, mounts)
         except BaseException as exc:
@@ -142,7 +143,6 @@ class SandboxManager:
         open read-write (so opening never blocks and the entrypoint sees no EOF until the
         client sends one) and hands the entrypoint a read-only descriptor.
         """
-        dirs.root.mkdir(parents=True)
         rootfs.mount_rootfs(dirs, layers)
         rootfs.make_dirs_inside(dirs.merged, workdir)
         etc = rootfs.write_etc_files(dirs, sandbox_id)
@@ -236,6 +236,7 @@ class SandboxManager:
         except RuntimeCommandError as exc:
             if "does not exist" not in exc.stderr and "not found" not in exc.stderr.lower():
                 log.warning("deleting container %s: %s", sandbox_id, exc)
+        release_staging(dirs.root / "volumes")
         try:
             rootfs.unmount_rootfs(dirs)
         except OSError as exc:

@@ -56,6 +56,8 @@ def stop_pause_process(runtime_dir: Path) -> None:
 async def run() -> None:
     runtime_dir, data_dir = paths.runtime_dir(), paths.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # the state (and the secrets in it) is the user's alone
+    runtime_dir.chmod(0o700)
     userns = json.loads((runtime_dir / "userns.json").read_text())
     store = Store(data_dir / "state.db")
     images = ImageService(data_dir)
@@ -127,7 +129,9 @@ async def run() -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s engine %(levelname)s %(name)s: %(message)s")
-    os.umask(0o077)
+    # The data and runtime directories are 0700, which keeps everything below them private;
+    # what the engine creates for sandboxes (their root, volume files) gets normal modes.
+    os.umask(0o022)
     try:
         trio.run(run)
     except Exception:

@@ -10,8 +10,10 @@ volume's directory).  A volume some running sandbox mounts cannot be deleted.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +23,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
 from hutch.api.models import CopyFilesRequest, LookupVolumeRequest, RemoveRequest, VolumeMount
-from hutch.engine import ociconfig
+from hutch.engine import linux, ociconfig
 from hutch.engine.errors import Conflict, Invalid
 from hutch.engine.sandboxfs import FileError, SandboxFS
 from hutch.engine.store import Store
@@ -57,19 +59,54 @@ class VolumeService:
         self.store.delete_volume(name)
         shutil.rmtree(self.directory(record), ignore_errors=True)
 
-    def mounts(self, volumes: dict[str, VolumeMount]) -> list[ociconfig.Mount]:
-        """The bind mounts of a sandbox's volumes (sub paths are created if missing)."""
+    def mounts(self, volumes: dict[str, VolumeMount], staging: Path
+               ) -> list[ociconfig.Mount]:
+        """The bind mounts of a sandbox's volumes.
+
+        A ``sub_path`` is created if missing, resolved inside the volume by the kernel and
+        opened, and that open directory is bind-mounted by the engine onto a staging
+        directory of the sandbox (``staging/<n>``) that only the engine can reach; the
+        runtime mounts the staging directory.  So a sandbox swapping a symlink into the
+        volume meanwhile cannot redirect the mount.  :func:`release_staging` undoes it.
+        """
         mounts = []
-        for path, volume in sorted(volumes.items()):
-            source = self.directory(self.lookup(volume.name, create=False))
+        for number, (path, volume) in enumerate(sorted(volumes.items())):
+            source = str(self.directory(self.lookup(volume.name, create=False)))
             if volume.sub_path:
-                with SandboxFS(str(source)) as fs:
+                with SandboxFS(source) as fs:
                     fs.mkdir(volume.sub_path, parents=True)
-                source = source / volume.sub_path.strip("/")
+                    fd = fs.open(volume.sub_path, os.O_PATH | os.O_DIRECTORY)
+                try:
+                    target = staging / str(number)
+                    target.mkdir(parents=True, exist_ok=True)
+                    linux.mount(f"/proc/self/fd/{fd}", str(target), None,
+                                linux.MS_BIND | linux.MS_REC)
+                finally:
+                    os.close(fd)
+                source = str(target)
             options = ["rbind", "ro" if volume.read_only else "rw", "nosuid", "nodev"]
-            mounts.append(ociconfig.Mount(destination=path, type="bind", source=str(source),
+            mounts.append(ociconfig.Mount(destination=path, type="bind", source=source,
                                           options=options))
         return mounts
+
+
+def release_staging(staging: Path) -> None:
+    """Unmount a sandbox's staged volume directories (never deleting through them)."""
+    if not staging.is_dir():
+        return
+    for target in staging.iterdir():
+        try:
+            linux.umount(str(target), linux.MNT_DETACH)
+        except OSError:
+            pass
+        try:
+            target.rmdir()
+        except OSError:
+            pass
+    try:
+        staging.rmdir()
+    except OSError:
+        pass
 
 
 def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
@@ -109,13 +146,14 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
     async def read(name: str, path: str) -> StreamingResponse:
         with files(name) as fs:
             fd = fs.open(path, os.O_RDONLY)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileError(IsADirectoryError(errno.EISDIR, "Is a directory"), path)
 
         async def chunks() -> Any:
             try:
                 while data := await trio.to_thread.run_sync(os.read, fd, READ_CHUNK):
                     yield data
-            except IsADirectoryError as exc:
-                raise FileError(exc, path) from exc
             finally:
                 os.close(fd)
 
@@ -131,6 +169,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
                 fs.mkdir(parent, parents=True)
             fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
+                os.fchmod(fd, mode)
                 async for chunk in request.stream():
                     view = memoryview(chunk)
                     while view:

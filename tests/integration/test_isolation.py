@@ -124,3 +124,11 @@ def test_a_sandbox_can_remove_and_recreate_image_directories(engine: dict[str, A
     finally:
         a.terminate()
         b.terminate()
+
+
+def test_non_root_users_in_a_sandbox_can_run_programs(sandbox: hutch.Sandbox) -> None:
+    """The sandbox's / is 0755 (not the engine's private umask), so uid 65534 works too."""
+    assert sandbox.exec("stat", "-c", "%a", "/").stdout.read() == "755\n"
+    p = sandbox.exec("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                     "python3", "-c", "import os; print(os.getuid())")
+    assert (p.stdout.read(), p.wait()) == ("65534\n", 0), p.stderr.read()
