@@ -8,11 +8,9 @@ SDK file handle is a path, a mode and a position.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import stat
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -25,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from hutch.api.models import MakeDirRequest, RemoveRequest
 from hutch.engine.errors import Conflict
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.sandboxfs import FileError, SandboxFS
+from hutch.engine.sandboxfs import FileError, SandboxFS, entry
 from hutch.engine.watch import Watch
 
 READ_CHUNK = 1 << 20
@@ -110,10 +108,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
                         ) -> StreamingResponse:
         """The file's bytes from ``offset`` (``length`` of them, or to the end)."""
         with files(sandbox_id) as fs:
-            fd = fs.open(path, os.O_RDONLY)
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise FileError(IsADirectoryError(errno.EISDIR, "Is a directory"), path)
+            fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -139,7 +134,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
         """Write the body to the file (``w`` truncates, ``a`` appends, ``x`` creates only a
         new file, ``r+`` writes at ``offset`` into an existing one)."""
         with files(sandbox_id) as fs:
-            fd = fs.open(path, _FLAGS[mode], 0o644)
+            fd = await trio.to_thread.run_sync(fs.open_regular, path, _FLAGS[mode], 0o644)
             try:
                 if mode == "r+" and offset:
                     os.lseek(fd, offset, os.SEEK_SET)
@@ -148,9 +143,10 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
                     while view:
                         written = os.write(fd, view)
                         view = view[written:]
+                name = os.path.basename(fs.path(path).rstrip("/"))
+                return asdict(entry(name, os.fstat(fd)))  # the file written, not a new lookup
             except OSError as exc:
                 raise FileError(exc, path) from exc
             finally:
                 os.close(fd)
-            return asdict(fs.stat(path))
 

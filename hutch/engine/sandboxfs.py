@@ -34,6 +34,16 @@ class _OpenHow(ctypes.Structure):
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+PROC_SUPER_MAGIC = 0x9FA0
+SYSFS_MAGIC = 0x62656572
+
+
+def _fs_magic(fd: int) -> int:
+    """The filesystem type of an open file (fstatfs(2)'s ``f_type``)."""
+    buf = ctypes.create_string_buffer(256)
+    if _libc.fstatfs(ctypes.c_int(fd), buf) != 0:
+        return 0
+    return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], "little", signed=True)
 
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
@@ -58,11 +68,12 @@ class FileError(EngineError):
         errno.ENOTDIR: ("not_a_directory", 400), errno.EACCES: ("permission_denied", 403),
         errno.EPERM: ("permission_denied", 403), errno.EEXIST: ("file_exists", 409),
         errno.ENOTEMPTY: ("directory_not_empty", 409), errno.ELOOP: ("permission_denied", 403),
-        errno.EXDEV: ("permission_denied", 403),
+        errno.EXDEV: ("permission_denied", 403), errno.EROFS: ("permission_denied", 403),
+        errno.ETXTBSY: ("permission_denied", 403), errno.EBUSY: ("permission_denied", 403),
     }
 
     def __init__(self, exc: OSError, path: str) -> None:
-        kind, status = self.TYPES.get(exc.errno or 0, ("engine", 500))
+        kind, status = self.TYPES.get(exc.errno or 0, ("file_error", 400))
         super().__init__(f"{exc.strerror}: {path!r}")
         self.type = kind
         self.status = status
@@ -132,6 +143,28 @@ class SandboxFS:
             raise Invalid(f"{full!r} names no entry that can be changed")
         return self.open(parent or "/", os.O_PATH | os.O_DIRECTORY), name
 
+    def open_regular(self, path: str, flags: int, mode: int = 0o644) -> int:
+        """Open a regular file only: never blocks on a FIFO (``O_NONBLOCK``), refuses
+        devices and sockets, and refuses /proc and /sys, whose files would describe the
+        engine's namespaces rather than the sandbox's."""
+        fd = self.open(path, flags | os.O_NONBLOCK, mode)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise FileError(IsADirectoryError(errno.EISDIR, "Is a directory"),
+                                self.path(path))
+            if not stat.S_ISREG(st.st_mode):
+                raise FileError(OSError(errno.EINVAL, "Not a regular file"), self.path(path))
+            if _fs_magic(fd) in (PROC_SUPER_MAGIC, SYSFS_MAGIC):
+                raise FileError(PermissionError(
+                    errno.EACCES, "procfs and sysfs files show the reader's view; read them "
+                    "with exec"), self.path(path))
+            os.set_blocking(fd, True)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
     def stat(self, path: str) -> Entry:
         fd = self.open(path, os.O_PATH | os.O_NOFOLLOW)
         try:
@@ -160,8 +193,14 @@ class SandboxFS:
                 try:
                     self._mkdir_one(sub, mode)
                 except FileError as exc:
-                    if exc.type != "file_exists" or self.stat(sub).type != "directory":
+                    if exc.type != "file_exists":
                         raise
+                    # exists: fine if it is (or links, inside the sandbox, to) a directory
+                    try:
+                        os.close(self.open(sub, os.O_PATH | os.O_DIRECTORY))
+                    except FileError as inner:
+                        raise FileError(NotADirectoryError(errno.ENOTDIR, "Not a directory"),
+                                        sub) from inner
             return
         self._mkdir_one(path, mode)
 

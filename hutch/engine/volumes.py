@@ -10,10 +10,8 @@ volume's directory).  A volume some running sandbox mounts cannot be deleted.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from hutch.api.models import CopyFilesRequest, LookupVolumeRequest, RemoveRequest, VolumeMount
 from hutch.engine import linux, ociconfig
 from hutch.engine.errors import Conflict, Invalid
-from hutch.engine.sandboxfs import FileError, SandboxFS
+from hutch.engine.sandboxfs import FileError, SandboxFS, entry
 from hutch.engine.store import Store
 
 READ_CHUNK = 1 << 20
@@ -145,10 +143,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
     @app.get("/v1/volumes/{name}/file")
     async def read(name: str, path: str) -> StreamingResponse:
         with files(name) as fs:
-            fd = fs.open(path, os.O_RDONLY)
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise FileError(IsADirectoryError(errno.EISDIR, "Is a directory"), path)
+            fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
 
         async def chunks() -> Any:
             try:
@@ -167,18 +162,19 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
             parent = fs.path(path).rsplit("/", 1)[0]
             if parent:
                 fs.mkdir(parent, parents=True)
-            fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            fd = await trio.to_thread.run_sync(fs.open_regular, path,
+                                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
                 os.fchmod(fd, mode)
                 async for chunk in request.stream():
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view):]
+                return asdict(entry(os.path.basename(path.rstrip("/")), os.fstat(fd)))
             except OSError as exc:
                 raise FileError(exc, path) from exc
             finally:
                 os.close(fd)
-            return asdict(fs.stat(path))
 
     @app.post("/v1/volumes/{name}/remove")
     async def remove(name: str, req: RemoveRequest) -> dict[str, str]:

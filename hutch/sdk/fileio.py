@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hutch.exception import InvalidError
+from hutch.exception import InvalidError, SandboxFilesystemIsADirectoryError
 from hutch.sdk.files import SandboxFilesystem
 from hutch.sdk.syncbridge import synchronize
 
@@ -41,11 +41,12 @@ class FileIO:
         if normalized not in _MODES:
             raise InvalidError(f"invalid mode {mode!r}: use r, w, a or x, with b and/or +")
         handle = FileIO(fs, path, normalized)
+        fs._log(f"open ({normalized})", path)
         kind = normalized[0]
         if kind == "r":
             entry = await fs.stat.aio(path)
             if entry.type.value == "directory":
-                raise IsADirectoryError(f"{path!r} is a directory")
+                raise SandboxFilesystemIsADirectoryError(f"Is a directory: {path!r}")
         else:
             entry = await fs._put(path, b"", mode={"w": "w", "a": "a", "x": "x"}[kind])
         handle._pos = entry.size if kind == "a" else 0
@@ -151,6 +152,7 @@ class FileIO:
         return self._pos
 
     def tell(self) -> int:
+        self._check()
         return self._pos
 
     @synchronize

@@ -132,6 +132,7 @@ class SandboxFilesystem:
     @synchronize
     async def stat(self, remote_path: str) -> FileEntry:
         path = _check_path(remote_path)
+        self._log("stat", path)
         return _entry(await client().request("GET", f"{self._base}/stat",
                                              params={"path": path}))
 
@@ -189,6 +190,9 @@ class SandboxFilesystem:
         """Download a file into a local one, streamed."""
         path = _check_path(remote_path)
         self._log("read", path)
+        chunks = self._stream(path)
+        first = await anext(chunks, b"")  # a missing file fails before the local one opens
         async with await anyio.open_file(Path(local_path), "wb") as f:
-            async for chunk in self._stream(path):
+            await f.write(first)
+            async for chunk in chunks:
                 await f.write(chunk)

@@ -116,8 +116,6 @@ def test_errors_are_typed_and_builtin(sb: modal.Sandbox) -> None:
         fs.remove("/")
 
 
-@pytest.mark.xfail(strict=True, reason="hutch bug: EROFS is not in sandboxfs.FileError.TYPES, "
-                   "so it arrives as a bare EngineError")
 @pytest.mark.parametrize("path", ["/proc/sys/kernel/hostname", "/sys/kernel/hutch-test",
                                   "/etc/hostname"])
 def test_read_only_places_raise_filesystem_errors(sb: modal.Sandbox, path: str) -> None:
@@ -159,6 +157,14 @@ def test_api_and_exec_see_the_same_bytes(sb: modal.Sandbox) -> None:
     assert sh(sb, "sha256sum < /tmp/all.bin").split()[0] == hashlib.sha256(every).hexdigest()
     sh(sb, "cp /tmp/all.bin /tmp/copy.bin && printf '\\377\\000' >> /tmp/copy.bin")
     assert sb.filesystem.read_bytes("/tmp/copy.bin") == every + b"\xff\x00"
+
+
+def test_created_files_and_dirs_get_the_usual_modes(sb: modal.Sandbox) -> None:
+    sb.filesystem.make_directory("/tmp/mode.d")
+    sb.filesystem.write_text("for everyone", "/tmp/mode.d/f.txt")
+    assert sb.filesystem.stat("/tmp/mode.d/f.txt").permissions == 0o644
+    assert sb.filesystem.stat("/tmp/mode.d").permissions == 0o755
+    assert sh(sb, "su nobody -s /bin/sh -c 'cat /tmp/mode.d/f.txt'") == "for everyone"
 
 
 # sb.open ------------------------------------------------------------------------------------
@@ -493,7 +499,6 @@ def test_verbose_logs_each_file_operation(verbose_sb: modal.Sandbox, tmp_path: P
     ])
 
 
-@pytest.mark.xfail(strict=True, reason="hutch bug: stat and sb.open log nothing")
 def test_verbose_logs_stat_and_handles(verbose_sb: modal.Sandbox,
                                        caplog: pytest.LogCaptureFixture) -> None:
     check_one_line_each(verbose_sb, caplog, [
@@ -502,11 +507,13 @@ def test_verbose_logs_stat_and_handles(verbose_sb: modal.Sandbox,
 
 
 # more hutch bugs (strict xfails) --------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="hutch bug: the engine reads /proc/sys in its own "
-                   "namespaces: the host's hostname")
-def test_proc_sys_shows_the_sandbox_not_the_host(sb: modal.Sandbox) -> None:
+def test_proc_and_sys_are_refused_rather_than_showing_the_host(sb: modal.Sandbox) -> None:
+    """procfs/sysfs answer with the reader's namespaces: the engine refuses them (an exec
+    reads the sandbox's view)."""
     assert sh(sb, "cat /proc/sys/kernel/hostname") == f"{sb.object_id}\n"
-    assert sb.filesystem.read_text("/proc/sys/kernel/hostname") == f"{sb.object_id}\n"
+    for path in ("/proc/sys/kernel/hostname", "/sys/kernel/mm/transparent_hugepage/enabled"):
+        with pytest.raises(PermissionError, match="read them with exec"):
+            sb.filesystem.read_text(path)
 
 
 def in_fifo_open(pid: int) -> bool:
@@ -518,8 +525,6 @@ def in_fifo_open(pid: int) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="hutch bug: the engine opens a sandbox's FIFO on its "
-                   "event loop and hangs there, and every client with it")
 def test_a_fifo_does_not_wedge_the_engine(sb: modal.Sandbox) -> None:
     sh(sb, "mkfifo /tmp/fifo")
     engine = request_blocking("GET", "/v1/engine")["pid"]
@@ -541,26 +546,13 @@ def test_a_fifo_does_not_wedge_the_engine(sb: modal.Sandbox) -> None:
         reader.join(30)
 
 
-@pytest.mark.xfail(strict=True, reason="hutch bug: make_directory(create_parents=True) fails "
-                   "on a symlinked dir on the way (sandboxfs.mkdir checks with O_NOFOLLOW)")
 def test_make_directory_through_symlinked_parents(sb: modal.Sandbox) -> None:
     sb.filesystem.make_directory("/bin/hutch-dir/sub")  # /bin -> usr/bin in Debian
     assert sh(sb, "test -d /usr/bin/hutch-dir/sub && echo ok") == "ok\n"
 
 
-@pytest.mark.xfail(strict=True, reason="hutch bug: copy_to_local truncates the local file "
-                   "before it knows that the sandbox's exists")
 def test_failed_copy_to_local_keeps_the_local_file(sb: modal.Sandbox, tmp_path: Path) -> None:
     (tmp_path / "keep").write_text("precious")
     with pytest.raises(FileNotFoundError):
         sb.filesystem.copy_to_local("/tmp/missing", tmp_path / "keep")
     assert (tmp_path / "keep").read_text() == "precious"
-
-
-@pytest.mark.xfail(strict=True, reason="hutch bug: the engine's umask 077 makes the API's "
-                   "new files 0600 and dirs 0700")
-def test_created_files_and_dirs_get_the_usual_modes(sb: modal.Sandbox) -> None:
-    sb.filesystem.write_text("x", "/tmp/mode.txt")
-    sb.filesystem.make_directory("/tmp/mode.d")
-    assert sb.filesystem.stat("/tmp/mode.txt").permissions == 0o644
-    assert sb.filesystem.stat("/tmp/mode.d").permissions == 0o755
