@@ -80,6 +80,8 @@ class CreateSandboxRequest(_Wire):
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str | None = None
     timeout: float = Field(default=DEFAULT_SANDBOX_TIMEOUT, gt=0, le=MAX_TIMEOUT)
+    #: Terminated (like ``timeout``) after this long with no exec running and no stdin.
+    idle_timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
     tags: dict[str, str] = Field(default_factory=dict)
     #: Clients print a line for each exec and file operation on this sandbox.
     verbose: bool = False

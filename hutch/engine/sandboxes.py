@@ -49,7 +49,31 @@ class LiveSandbox:
     workdir: str
     terminating: bool = False
     stdin: trio.lowlevel.FdStream | None = None
+    idle_timeout: float | None = None
+    #: Execs running now, and when the sandbox was last used (exec or stdin), wall time.
+    active: int = 0
+    last_active: float = field(default_factory=time.time)
+    activity: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
+
+    def touch(self) -> None:
+        self.last_active = time.time()
+        self.activity.set()
+        self.activity = trio.Event()
+
+    def wake_at(self) -> float:
+        """When the supervisor must look again: the timeout, or the idle deadline."""
+        if self.idle_timeout is None:
+            return self.deadline
+        if self.active:
+            return self.deadline  # an exec's end touches the sandbox and wakes it
+        return min(self.deadline, self.last_active + self.idle_timeout)
+
+    def expired(self) -> bool:
+        now = time.time()
+        return now >= self.deadline or (
+            self.idle_timeout is not None and not self.active
+            and now >= self.last_active + self.idle_timeout)
 
     def pidns(self) -> int | None:
         try:
@@ -108,7 +132,7 @@ class SandboxManager:
             argv = list(DEFAULT_ENTRYPOINT)
         spec_record = {"env": env, "workdir": workdir, "argv": argv,
                        "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
-                       "verbose": req.verbose,
+                       "verbose": req.verbose, "idle_timeout": req.idle_timeout,
                        "layers": ["sha256:" + p.name for p in image.layer_dirs],
                        "volumes": sorted({v.name for v in req.volumes.values()})}
         self.store.insert_sandbox(
@@ -181,6 +205,7 @@ class SandboxManager:
             pidfd=pidfd, deadline=row.deadline,
             default_entrypoint=bool(row.spec.get("default_entrypoint")),
             env=row.spec["env"], workdir=row.spec["workdir"], stdin=stdin,
+            idle_timeout=row.spec.get("idle_timeout"),
         )
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
@@ -188,12 +213,18 @@ class SandboxManager:
     async def _supervisor(self, live: LiveSandbox) -> None:
         timed_out = False
         if live.pidfd is not None:
-            with trio.move_on_after(max(0.0, live.deadline - time.time())) as scope:
-                await trio.lowlevel.wait_readable(live.pidfd)
-            if scope.cancelled_caught and not live.terminating:
-                timed_out = True
-                live.signal(signal.SIGKILL)
-                await trio.lowlevel.wait_readable(live.pidfd)
+            while True:
+                woke = await _until_exit_activity_or(live, live.wake_at())
+                if woke == "exited":
+                    break
+                if live.terminating:
+                    await trio.lowlevel.wait_readable(live.pidfd)
+                    break
+                if woke == "deadline" and live.expired():
+                    timed_out = True
+                    live.signal(signal.SIGKILL)
+                    await trio.lowlevel.wait_readable(live.pidfd)
+                    break
         code = await self._exit_code(live.pid)
         if live.terminating:
             self.store.mark_exited(live.sandbox_id, TERMINATED_CODE, "terminated")
@@ -279,6 +310,7 @@ class SandboxManager:
         if live.stdin is None:
             raise Conflict(f"the stdin of sandbox {sandbox_id} is closed (write_eof was "
                            "called, or the engine restarted since it was created)")
+        live.touch()
         try:
             if data:
                 await live.stdin.send_all(data)
@@ -309,9 +341,16 @@ class SandboxManager:
         process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
         pid_file = live.dirs.execs / f"{exec_id}.pid"
         self.store.insert_exec(exec_id, sandbox_id, req.argv)
-        proc = await self.runtime.exec(sandbox_id, process_json, pid_file=pid_file,
-                                       stdin=req.stdin, stdout=req.stdout == "pipe",
-                                       stderr=req.stderr == "pipe")
+        live.active += 1
+        live.touch()
+        try:
+            proc = await self.runtime.exec(sandbox_id, process_json, pid_file=pid_file,
+                                           stdin=req.stdin, stdout=req.stdout == "pipe",
+                                           stderr=req.stderr == "pipe")
+        except BaseException:
+            live.active -= 1
+            live.touch()
+            raise
         session = ExecSession(exec_id, sandbox_id, req.argv, proc, pid_file, marker.encode(),
                               live.pidns(), req.timeout)
         self.execs[exec_id] = session
@@ -324,6 +363,10 @@ class SandboxManager:
             self.store.finish_exec(session.exec_id, code, session.timed_out)
         finally:
             process_json.unlink(missing_ok=True)
+            live = self.live.get(session.sandbox_id)
+            if live is not None:
+                live.active -= 1
+                live.touch()
         # Keep finished sessions readable for a while, then forget them.
         await trio.sleep(600)
         self.execs.pop(session.exec_id, None)
@@ -388,3 +431,28 @@ def _reopen_stdin(dirs: rootfs.SandboxDirs) -> trio.lowlevel.FdStream | None:
     except OSError:
         return None
     return trio.lowlevel.FdStream(fd)
+
+
+async def _until_exit_activity_or(live: LiveSandbox, deadline: float) -> str:
+    """Wait for the sandbox's process to end (``exited``), for it to be used (``activity``:
+    its idle deadline moved) or for the wall-clock ``deadline``."""
+    assert live.pidfd is not None
+    pidfd, activity = live.pidfd, live.activity
+    woke = "deadline"
+    with trio.move_on_after(max(0.0, deadline - time.time())):
+        async with trio.open_nursery() as nursery:
+            async def exited() -> None:
+                nonlocal woke
+                await trio.lowlevel.wait_readable(pidfd)
+                woke = "exited"
+                nursery.cancel_scope.cancel()
+
+            async def used() -> None:
+                nonlocal woke
+                await activity.wait()
+                woke = "activity"
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(exited)
+            nursery.start_soon(used)
+    return woke

@@ -35,7 +35,6 @@ _NEVER = {
 }
 #: create() parameters for features hutch does not have yet.
 _NOT_YET = {
-    "idle_timeout": "idle timeouts",
     "cpu": "CPU limits",
     "memory": "memory limits",
     "outbound_cidr_allowlist": "network allowlists",

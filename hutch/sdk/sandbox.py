@@ -124,7 +124,7 @@ class Sandbox:
         Raises :class:`AlreadyExistsError` when a running sandbox of the app has ``name``.
         """
         options.reject_unsupported({
-            "idle_timeout": idle_timeout, "cpu": cpu, "memory": memory,
+            "cpu": cpu, "memory": memory,
             "gpu": gpu, "cloud": cloud, "region": region,
             "network_file_systems": network_file_systems,
             "outbound_cidr_allowlist": outbound_cidr_allowlist,
@@ -155,6 +155,7 @@ class Sandbox:
             "env": merge_secrets(secrets, options.env_without_none(env)),
             "workdir": options.check_workdir(workdir),
             "timeout": options.check_timeout(timeout, "timeout", optional=False),
+            "idle_timeout": options.check_timeout(idle_timeout, "idle_timeout", optional=True),
             "verbose": verbose,
         }
         if volumes:
