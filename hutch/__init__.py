@@ -11,6 +11,7 @@ from hutch.exception import Error
 from hutch.sdk.app import App
 from hutch.sdk.image import Image
 from hutch.sdk.output import enable_output
+from hutch.sdk.probe import Probe
 from hutch.sdk.process import ContainerProcess
 from hutch.sdk.sandbox import Sandbox, open_sandbox
 from hutch.sdk.secret import Secret
@@ -22,6 +23,7 @@ __all__ = [
     "ContainerProcess",
     "Error",
     "Image",
+    "Probe",
     "Sandbox",
     "Secret",
     "StreamReader",

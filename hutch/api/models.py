@@ -71,6 +71,21 @@ class VolumeMount(_Wire):
         return v
 
 
+class ProbeSpec(_Wire):
+    """A readiness probe: a TCP port that accepts connections, or a command exiting 0."""
+
+    tcp_port: int | None = Field(default=None, ge=1, le=65535)
+    exec_argv: list[str] | None = None
+    interval_ms: int = Field(default=100, gt=0, le=3_600_000)
+
+    @field_validator("exec_argv")
+    @classmethod
+    def _argv(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("exec_argv must not be empty")
+        return None if v is None else _check_argv(v)
+
+
 class CreateSandboxRequest(_Wire):
     app_id: str | None = None
     app_name: str | None = None
@@ -87,6 +102,7 @@ class CreateSandboxRequest(_Wire):
     verbose: bool = False
     #: mount path in the sandbox -> volume
     volumes: dict[str, VolumeMount] = Field(default_factory=dict)
+    readiness_probe: ProbeSpec | None = None
 
     @field_validator("volumes")
     @classmethod

@@ -40,3 +40,8 @@ class Conflict(EngineError):
 class ImageBuildFailed(EngineError):
     type = "image_build"
     status = 500
+
+
+class TimedOut(EngineError):
+    type = "timeout"
+    status = 504

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import trio
 
-from hutch.api.models import CreateSandboxRequest, ExecRequest
+from hutch.api.models import CreateSandboxRequest, ExecRequest, ProbeSpec
 from hutch.engine import ociconfig, proctree, rootfs
-from hutch.engine.errors import Conflict, Invalid
+from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
@@ -50,6 +50,8 @@ class LiveSandbox:
     terminating: bool = False
     stdin: trio.lowlevel.FdStream | None = None
     idle_timeout: float | None = None
+    probe: ProbeSpec | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
     #: Execs running now, and when the sandbox was last used (exec or stdin), wall time.
     active: int = 0
     last_active: float = field(default_factory=time.time)
@@ -117,6 +119,9 @@ class SandboxManager:
         return self.store.app_by_name(req.app_name or DEFAULT_APP, create=True)[0]
 
     async def create(self, req: CreateSandboxRequest) -> SandboxRow:
+        probe = req.readiness_probe
+        if probe is not None and (probe.tcp_port is None) == (probe.exec_argv is None):
+            raise Invalid("a readiness probe has either tcp_port or exec_argv")
         app_id = self._app_id(req)
         image = await self.images.resolve(req.image)
         sandbox_id = new_id("sb")
@@ -133,6 +138,8 @@ class SandboxManager:
         spec_record = {"env": env, "workdir": workdir, "argv": argv,
                        "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
                        "verbose": req.verbose, "idle_timeout": req.idle_timeout,
+                       "probe": req.readiness_probe.model_dump() if req.readiness_probe
+                       else None,
                        "layers": ["sha256:" + p.name for p in image.layer_dirs],
                        "volumes": sorted({v.name for v in req.volumes.values()})}
         self.store.insert_sandbox(
@@ -206,9 +213,12 @@ class SandboxManager:
             default_entrypoint=bool(row.spec.get("default_entrypoint")),
             env=row.spec["env"], workdir=row.spec["workdir"], stdin=stdin,
             idle_timeout=row.spec.get("idle_timeout"),
+            probe=ProbeSpec.model_validate(row.spec["probe"]) if row.spec.get("probe") else None,
         )
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
+        if live.probe is not None:
+            self.nursery.start_soon(self._run_probe, live, live.probe)
 
     async def _supervisor(self, live: LiveSandbox) -> None:
         timed_out = False
@@ -300,6 +310,61 @@ class SandboxManager:
             with trio.move_on_after(timeout):
                 await live.done.wait()
         return self.store.sandbox(sandbox_id)
+
+    # readiness -----------------------------------------------------------------------------
+    async def _run_probe(self, live: LiveSandbox, probe: ProbeSpec) -> None:
+        """Run the probe every ``interval_ms`` until it passes or the sandbox ends."""
+        argv = probe.exec_argv or tcp_probe_argv(probe.tcp_port or 0)
+        async with trio.open_nursery() as nursery:
+            async def stop_when_done() -> None:
+                await live.done.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when_done)
+            while not live.ready.is_set():
+                if await self._probe_once(live, argv) == 0:
+                    live.ready.set()
+                    break
+                await trio.sleep(probe.interval_ms / 1000)
+            nursery.cancel_scope.cancel()
+
+    async def _probe_once(self, live: LiveSandbox, argv: list[str]) -> int:
+        """Run ``argv`` in the sandbox (no output, no stdin, not an exec of the API)."""
+        probe_id = new_id("pr")
+        process = ociconfig.process_spec(argv, live.env, live.workdir)
+        process_json = live.dirs.execs / f"{probe_id}.json"
+        pid_file = live.dirs.execs / f"{probe_id}.pid"
+        process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
+        try:
+            proc = await self.runtime.exec(live.sandbox_id, process_json, pid_file=pid_file,
+                                           stdin=False, stdout=False, stderr=False)
+            try:
+                return await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    with trio.CancelScope(shield=True):
+                        await proc.wait()
+        except (OSError, RuntimeCommandError):
+            return -1
+        finally:
+            process_json.unlink(missing_ok=True)
+            pid_file.unlink(missing_ok=True)
+
+    async def wait_ready(self, sandbox_id: str, timeout: float) -> None:
+        row = self.store.sandbox(sandbox_id)
+        live = self.live.get(sandbox_id)
+        if row.state == "exited" or live is None:
+            raise Conflict(f"Sandbox {sandbox_id} has already finished")
+        if live.probe is None:
+            raise Invalid(f"Sandbox {sandbox_id} has no readiness_probe")
+        with trio.move_on_after(timeout):
+            await _first_event(live.ready, live.done)
+        if live.ready.is_set():
+            return
+        if live.done.is_set():
+            raise Conflict(f"Sandbox {sandbox_id} finished before it was ready")
+        raise TimedOut("Timeout expired")
 
     async def write_stdin(self, sandbox_id: str, data: bytes, eof: bool) -> None:
         """Write to the entrypoint's stdin (waiting while its pipe is full); maybe close it."""
@@ -456,3 +521,22 @@ async def _until_exit_activity_or(live: LiveSandbox, deadline: float) -> str:
             nursery.start_soon(exited)
             nursery.start_soon(used)
     return woke
+
+
+def tcp_probe_argv(port: int) -> list[str]:
+    """A command that exits 0 once something accepts TCP connections on ``port`` inside the
+    sandbox (bash's /dev/tcp, else Python; the image needs one of them)."""
+    return ["/bin/sh", "-c",
+            f"if command -v bash >/dev/null; then exec bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"
+            f"; fi; exec python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", "
+            f"{port}), 1)'"]
+
+
+async def _first_event(*events: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)

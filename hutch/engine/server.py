@@ -236,6 +236,15 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         grace = (req or TerminateRequest()).grace_period
         return sandbox_info(await manager.terminate(sandbox_id, grace))
 
+    @app.post("/v1/sandboxes/{sandbox_id}/wait_until_ready")
+    async def wait_until_ready(sandbox_id: str,
+                               timeout: Annotated[float, Query(gt=0, le=3600)] = 60.0
+                               ) -> SandboxInfo:
+        """Return once the readiness probe has passed; 504 ``timeout`` when it has not
+        within ``timeout`` seconds, 409 when the sandbox ended first."""
+        await manager.wait_ready(sandbox_id, timeout)
+        return sandbox_info(manager.get(sandbox_id))
+
     @app.post("/v1/sandboxes/{sandbox_id}/wait")
     async def wait(sandbox_id: str,
                    timeout: Annotated[float, Query(ge=0, le=3600)] = 60.0) -> SandboxInfo:

@@ -44,7 +44,6 @@ _NOT_YET = {
     "encrypted_ports": "port forwarding",
     "h2_ports": "port forwarding",
     "unencrypted_ports": "port forwarding",
-    "readiness_probe": "readiness probes",
     "pty": "pseudo-terminals",
     "pty_info": "pseudo-terminals",
 }

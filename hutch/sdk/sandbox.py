@@ -25,6 +25,9 @@ from hutch.exception import (
     SandboxTerminatedError,
     SandboxTimeoutError,
 )
+from hutch.exception import (
+    TimeoutError as HutchTimeoutError,
+)
 from hutch.sdk import options, output
 from hutch.sdk.app import App
 from hutch.sdk.fileio import FileIO
@@ -35,6 +38,7 @@ from hutch.sdk.files import (
     _check_path,
 )
 from hutch.sdk.image import Image
+from hutch.sdk.probe import Probe
 from hutch.sdk.process import WAIT_SLICE, ContainerProcess
 from hutch.sdk.secret import Secret, merge_secrets
 from hutch.sdk.streams import (
@@ -108,7 +112,7 @@ class Sandbox:
         encrypted_ports: Sequence[int] = (),
         h2_ports: Sequence[int] = (),
         unencrypted_ports: Sequence[int] = (),
-        readiness_probe: Any = None,
+        readiness_probe: Probe | None = None,
         pty: bool = False,
         pty_info: Any = None,
         custom_domain: str | None = None,
@@ -131,7 +135,7 @@ class Sandbox:
             "outbound_domain_allowlist": outbound_domain_allowlist,
             "inbound_cidr_allowlist": inbound_cidr_allowlist, "cidr_allowlist": cidr_allowlist,
             "encrypted_ports": encrypted_ports, "h2_ports": h2_ports,
-            "unencrypted_ports": unencrypted_ports, "readiness_probe": readiness_probe,
+            "unencrypted_ports": unencrypted_ports,
             "pty": pty, "pty_info": pty_info, "custom_domain": custom_domain, "proxy": proxy,
             "include_oidc_identity_token": include_oidc_identity_token,
             "experimental_options": experimental_options,
@@ -158,6 +162,10 @@ class Sandbox:
             "idle_timeout": options.check_timeout(idle_timeout, "idle_timeout", optional=True),
             "verbose": verbose,
         }
+        if readiness_probe is not None:
+            if not isinstance(readiness_probe, Probe):
+                raise InvalidError("`readiness_probe` must be a hutch.Probe")
+            body["readiness_probe"] = readiness_probe.spec()
         if volumes:
             if not isinstance(volumes, Mapping) or not all(
                     isinstance(v, Volume) for v in volumes.values()):
@@ -293,6 +301,27 @@ class Sandbox:
             return None
         await self.wait.aio(raise_on_termination=False)
         return self.returncode
+
+    @synchronize
+    async def wait_until_ready(self, *, timeout: float = 300) -> None:
+        """Wait until the sandbox's readiness probe has passed.
+
+        :class:`InvalidError` without a probe, :class:`ConflictError` if the sandbox ended,
+        ``hutch.exception.TimeoutError`` after ``timeout`` seconds.
+        """
+        self._attached()
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidError(f"`timeout` must be positive, got: {timeout}")
+        deadline = anyio.current_time() + timeout
+        while True:
+            left = deadline - anyio.current_time()
+            try:
+                await self._request("POST", "/wait_until_ready",
+                                    params={"timeout": max(0.001, min(left, WAIT_SLICE))})
+                return
+            except HutchTimeoutError:
+                if left <= WAIT_SLICE:
+                    raise
 
     def detach(self) -> None:
         """Let go of the sandbox without stopping it; use ``from_id`` to get it back."""

@@ -176,7 +176,6 @@ def test_g16_detach_does_not_stop_it(sb_app: modal.App) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "named"), [
-    ({"readiness_probe": object()}, "readiness_probe"),  # G3, G4
     ({"volumes": {"/data": object()}}, "volumes"),  # G7 with something not a Volume
     ({"gpu": "a10g"}, "gpu"),
     ({"cpu": 1.0}, "cpu"),

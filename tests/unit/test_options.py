@@ -145,7 +145,7 @@ def test_the_unsupported_lists_cover_modal_parameters() -> None:
     # Guards the parametrized tests below against an accidentally emptied list.
     assert {"gpu", "cloud", "region", "client", "environment_name", "proxy"} <= set(
         options._NEVER)
-    assert {"cpu", "memory", "readiness_probe", "encrypted_ports",
+    assert {"cpu", "memory", "encrypted_ports",
             "pty", *ALLOWLISTS} <= set(options._NOT_YET)
     assert not set(options._NEVER) & set(options._NOT_YET)
 
