@@ -15,22 +15,13 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import timed_runs
+
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"1 MiB": 1 << 20, "256 MiB": 256 << 20}
-
-
-def _time(fn: Callable[[], object], runs: int) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def _figure(samples: list[float], size: int) -> dict[str, float]:
@@ -46,10 +37,10 @@ def _hutch(files: dict[str, Path], runs: dict[str, int], work: Path) -> dict[str
         out: dict[str, Any] = {}
         for label, local in files.items():
             size = local.stat().st_size
-            up = _time(lambda local=local: sb.filesystem.copy_from_local(local, "/tmp/f"),
+            up = timed_runs(lambda local=local: sb.filesystem.copy_from_local(local, "/tmp/f"),
                        runs[label])
             back = work / "back"
-            down = _time(lambda back=back: sb.filesystem.copy_to_local("/tmp/f", back),
+            down = timed_runs(lambda back=back: sb.filesystem.copy_to_local("/tmp/f", back),
                          runs[label])
             if back.read_bytes() != local.read_bytes():
                 raise RuntimeError("hutch copy_to_local returned different bytes")
@@ -77,9 +68,9 @@ def _podman(files: dict[str, Path], runs: dict[str, int], work: Path) -> dict[st
         for label, local in files.items():
             size = local.stat().st_size
             back = work / "podman-back"
-            up = _time(lambda local=local: subprocess.run(
+            up = timed_runs(lambda local=local: subprocess.run(
                 [*peer.base, "cp", str(local), f"{cid}:/tmp/f"], check=True), runs[label])
-            down = _time(lambda back=back: subprocess.run(
+            down = timed_runs(lambda back=back: subprocess.run(
                 [*peer.base, "cp", f"{cid}:/tmp/f", str(back)], check=True), runs[label])
             out[label] = {"write": _figure(up, size), "read": _figure(down, size)}
         return out

@@ -222,3 +222,13 @@ def check_output(argv: Sequence[str], timeout: float = 600.0,
     if proc.returncode != 0:
         raise Unavailable(f"{' '.join(argv[:3])} exited {proc.returncode}: {_tail(proc.stderr)}")
     return proc.stdout.decode(errors="replace")
+
+
+def timed_runs(fn: Callable[[], object], runs: int) -> list[float]:
+    """Seconds each of ``runs`` calls of ``fn`` took, in order."""
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples

@@ -20,9 +20,10 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks.harness import timed_runs
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,15 +34,6 @@ def _median_ms(samples: list[float]) -> dict[str, float]:
             "min_ms": ordered[0] * 1000, "max_ms": ordered[-1] * 1000, "runs": len(ordered)}
 
 
-def _timed(fn: Callable[[], object], runs: int) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
 def run(cold_runs: int, warm_runs: int) -> dict[str, Any]:
     import hutch
 
@@ -49,8 +41,8 @@ def run(cold_runs: int, warm_runs: int) -> dict[str, Any]:
         return hutch.Image.debian_slim().pip_install("six", force_build=force)
 
     image().build()  # the base and the step exist before anything is timed
-    cold = _timed(lambda: image(force=True).build(), cold_runs)
-    warm = _timed(lambda: image().build(), warm_runs)
+    cold = timed_runs(lambda: image(force=True).build(), cold_runs)
+    warm = timed_runs(lambda: image().build(), warm_runs)
     built = image().build()
 
     def start() -> float:

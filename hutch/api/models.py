@@ -37,6 +37,17 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _check_name(kind: str) -> classmethod:  # type: ignore[type-arg]
+    """A field validator for the name of a sandbox, app or volume (Modal's rule)."""
+    def check(cls: type, v: str | None) -> str | None:
+        if v is not None and not _NAME.fullmatch(v):
+            raise ValueError(
+                f"{kind} names are 1-64 characters of letters, digits, '.', '_' and '-'")
+        return v
+
+    return classmethod(check)
+
+
 def _check_argv(argv: list[str]) -> list[str]:
     if any("\0" in a for a in argv):
         raise ValueError("arguments may not contain NUL bytes")
@@ -56,12 +67,7 @@ class VolumeMount(_Wire):
     read_only: bool = False
     sub_path: str | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.fullmatch(v):
-            raise ValueError("volume names are 1-64 letters, digits, '.', '_' and '-'")
-        return v
+    _name = field_validator("name")(_check_name("volume"))
 
     @field_validator("sub_path")
     @classmethod
@@ -112,14 +118,7 @@ class CreateSandboxRequest(_Wire):
                 raise ValueError(f"volume mount path {path!r} must be absolute, not /")
         return v
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.fullmatch(v):
-            raise ValueError(
-                "sandbox names are 1-64 characters of letters, digits, '.', '_' and '-'"
-            )
-        return v
+    _name = field_validator("name")(_check_name("sandbox"))
 
     @field_validator("entrypoint")
     @classmethod
@@ -206,12 +205,7 @@ class LookupAppRequest(_Wire):
     name: str
     create_if_missing: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.fullmatch(v):
-            raise ValueError("app names are 1-64 characters of letters, digits, '.', '_' and '-'")
-        return v
+    _name = field_validator("name")(_check_name("app"))
 
 
 class EngineInfo(_Wire):
@@ -338,12 +332,7 @@ class LookupVolumeRequest(_Wire):
     name: str
     create_if_missing: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.fullmatch(v):
-            raise ValueError("volume names are 1-64 letters, digits, '.', '_' and '-'")
-        return v
+    _name = field_validator("name")(_check_name("volume"))
 
 
 class CopyFilesRequest(_Wire):

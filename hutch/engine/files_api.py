@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from hutch.api.models import MakeDirRequest, RemoveRequest
 from hutch.engine.errors import Conflict
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.sandboxfs import FileError, SandboxFS, entry
+from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd
 from hutch.engine.watch import Watch
 
 READ_CHUNK = 1 << 20
@@ -110,22 +110,8 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
         with files(sandbox_id) as fs:
             fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                position, left = offset, length
-                while left is None or left > 0:
-                    size = READ_CHUNK if left is None else min(READ_CHUNK, left)
-                    data = await trio.to_thread.run_sync(os.pread, fd, size, position)
-                    if not data:
-                        return
-                    position += len(data)
-                    if left is not None:
-                        left -= len(data)
-                    yield data
-            finally:
-                os.close(fd)
-
-        return StreamingResponse(chunks(), media_type="application/octet-stream")
+        return StreamingResponse(stream_fd(fd, offset, length),
+                                 media_type="application/octet-stream")
 
     @app.put("/v1/sandboxes/{sandbox_id}/fs/file")
     async def write_file(sandbox_id: str, path: str, request: Request,

@@ -24,6 +24,7 @@ from hutch.engine import ociconfig, proctree, rootfs
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
+from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
 from hutch.engine.volumes import VolumeService, release_staging
@@ -218,7 +219,7 @@ class SandboxManager:
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
         if live.probe is not None:
-            self.nursery.start_soon(self._run_probe, live, live.probe)
+            self.nursery.start_soon(run_probe, self.runtime, live, live.probe)
 
     async def _supervisor(self, live: LiveSandbox) -> None:
         timed_out = False
@@ -310,46 +311,6 @@ class SandboxManager:
             with trio.move_on_after(timeout):
                 await live.done.wait()
         return self.store.sandbox(sandbox_id)
-
-    # readiness -----------------------------------------------------------------------------
-    async def _run_probe(self, live: LiveSandbox, probe: ProbeSpec) -> None:
-        """Run the probe every ``interval_ms`` until it passes or the sandbox ends."""
-        argv = probe.exec_argv or tcp_probe_argv(probe.tcp_port or 0)
-        async with trio.open_nursery() as nursery:
-            async def stop_when_done() -> None:
-                await live.done.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_when_done)
-            while not live.ready.is_set():
-                if await self._probe_once(live, argv) == 0:
-                    live.ready.set()
-                    break
-                await trio.sleep(probe.interval_ms / 1000)
-            nursery.cancel_scope.cancel()
-
-    async def _probe_once(self, live: LiveSandbox, argv: list[str]) -> int:
-        """Run ``argv`` in the sandbox (no output, no stdin, not an exec of the API)."""
-        probe_id = new_id("pr")
-        process = ociconfig.process_spec(argv, live.env, live.workdir)
-        process_json = live.dirs.execs / f"{probe_id}.json"
-        pid_file = live.dirs.execs / f"{probe_id}.pid"
-        process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
-        try:
-            proc = await self.runtime.exec(live.sandbox_id, process_json, pid_file=pid_file,
-                                           stdin=False, stdout=False, stderr=False)
-            try:
-                return await proc.wait()
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    with trio.CancelScope(shield=True):
-                        await proc.wait()
-        except (OSError, RuntimeCommandError):
-            return -1
-        finally:
-            process_json.unlink(missing_ok=True)
-            pid_file.unlink(missing_ok=True)
 
     async def wait_ready(self, sandbox_id: str, timeout: float) -> None:
         row = self.store.sandbox(sandbox_id)
@@ -521,15 +482,6 @@ async def _until_exit_activity_or(live: LiveSandbox, deadline: float) -> str:
             nursery.start_soon(exited)
             nursery.start_soon(used)
     return woke
-
-
-def tcp_probe_argv(port: int) -> list[str]:
-    """A command that exits 0 once something accepts TCP connections on ``port`` inside the
-    sandbox (bash's /dev/tcp, else Python; the image needs one of them)."""
-    return ["/bin/sh", "-c",
-            f"if command -v bash >/dev/null; then exec bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"
-            f"; fi; exec python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", "
-            f"{port}), 1)'"]
 
 
 async def _first_event(*events: trio.Event) -> None:

@@ -16,9 +16,11 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
+
+import trio
 
 from hutch.engine.errors import EngineError, Invalid
 
@@ -244,3 +246,22 @@ class SandboxFS:
                     yield os.path.normpath(f"{dirpath}/{name}"), fd
         finally:
             os.close(top)
+
+
+async def stream_fd(fd: int, offset: int = 0, length: int | None = None,
+                    chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+    """The bytes of an open file from ``offset`` (``length`` of them, or to the end), read
+    in worker threads a chunk at a time; closes ``fd`` when done."""
+    try:
+        position, left = offset, length
+        while left is None or left > 0:
+            size = chunk if left is None else min(chunk, left)
+            data = await trio.to_thread.run_sync(os.pread, fd, size, position)
+            if not data:
+                return
+            position += len(data)
+            if left is not None:
+                left -= len(data)
+            yield data
+    finally:
+        os.close(fd)

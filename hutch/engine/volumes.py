@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from hutch.api.models import CopyFilesRequest, LookupVolumeRequest, RemoveRequest, VolumeMount
 from hutch.engine import linux, ociconfig
 from hutch.engine.errors import Conflict, Invalid
-from hutch.engine.sandboxfs import FileError, SandboxFS, entry
+from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd
 from hutch.engine.store import Store
 
 READ_CHUNK = 1 << 20
@@ -145,14 +145,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
         with files(name) as fs:
             fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
 
-        async def chunks() -> Any:
-            try:
-                while data := await trio.to_thread.run_sync(os.read, fd, READ_CHUNK):
-                    yield data
-            finally:
-                os.close(fd)
-
-        return StreamingResponse(chunks(), media_type="application/octet-stream")
+        return StreamingResponse(stream_fd(fd), media_type="application/octet-stream")
 
     @app.put("/v1/volumes/{name}/file")
     async def write(name: str, path: str, request: Request,
