@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,3 +75,23 @@ def mark_tests_under(items: list[pytest.Item], directory: Path, marker: str) -> 
     for item in items:
         if directory in Path(str(item.fspath)).parents:
             item.add_marker(getattr(pytest.mark, marker))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_daemon() -> int:
+    """SIGKILL the engine daemon (its pause process stays); returns the dead daemon's pid."""
+    from hutch.sdk.transport import request_blocking
+
+    pid: int = request_blocking("GET", "/v1/engine")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not process_alive(pid), what="the daemon to die")
+    reset_client()
+    return pid

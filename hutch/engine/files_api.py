@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from hutch.api.models import MakeDirRequest, RemoveRequest
 from hutch.engine.errors import Conflict
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd
+from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd, write_stream
 from hutch.engine.watch import Watch
 
 READ_CHUNK = 1 << 20
@@ -124,11 +124,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
             try:
                 if mode == "r+" and offset:
                     os.lseek(fd, offset, os.SEEK_SET)
-                async for chunk in request.stream():
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
+                await write_stream(fd, request.stream())
                 name = os.path.basename(fs.path(path).rstrip("/"))
                 return asdict(entry(name, os.fstat(fd)))  # the file written, not a new lookup
             except OSError as exc:

@@ -265,3 +265,11 @@ async def stream_fd(fd: int, offset: int = 0, length: int | None = None,
             yield data
     finally:
         os.close(fd)
+
+
+async def write_stream(fd: int, chunks: AsyncIterator[bytes]) -> None:
+    """Write every chunk of ``chunks`` to ``fd`` as it arrives (a request body)."""
+    async for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]

@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from hutch.api.models import CopyFilesRequest, LookupVolumeRequest, RemoveRequest, VolumeMount
 from hutch.engine import linux, ociconfig
 from hutch.engine.errors import Conflict, Invalid
-from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd
+from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd, write_stream
 from hutch.engine.store import Store
 
 READ_CHUNK = 1 << 20
@@ -159,10 +159,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
                                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
                 os.fchmod(fd, mode)
-                async for chunk in request.stream():
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                await write_stream(fd, request.stream())
                 return asdict(entry(os.path.basename(path.rstrip("/")), os.fstat(fd)))
             except OSError as exc:
                 raise FileError(exc, path) from exc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 from pathlib import Path
 from typing import Any
@@ -12,27 +11,13 @@ from typing import Any
 import hutch
 from hutch.api import paths
 from hutch.sdk.transport import request_blocking
-from tests.helpers import hutch_cli, reset_client, wait_for
+from tests.helpers import hutch_cli, kill_daemon, reset_client, wait_for
 
 
 def _runtime() -> Path:
     return Path(os.environ["HUTCH_RUNTIME_DIR"])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _kill_daemon() -> int:
-    pid: int = request_blocking("GET", "/v1/engine")["pid"]
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not _alive(pid), what="the daemon to die")
-    reset_client()
-    return pid
 
 
 def test_socket_is_private(engine: dict[str, Any]) -> None:
@@ -50,7 +35,7 @@ def test_openapi_description(engine: dict[str, Any]) -> None:
 def test_sigkilled_daemon_restarts_and_keeps_sandboxes(engine: dict[str, Any]) -> None:
     sb = hutch.Sandbox.create(name="survivor", tags={"k": "v"}, timeout=120)
     assert sb.exec("sh", "-c", "echo before > /tmp/state").wait() == 0
-    old = _kill_daemon()
+    old = kill_daemon()
     # The next call starts a new daemon, which adopts the running sandbox.
     again = hutch.Sandbox.from_name("default", "survivor")
     assert request_blocking("GET", "/v1/engine")["pid"] != old
@@ -70,7 +55,7 @@ def test_entrypoint_stdin_is_reopened_by_a_new_daemon(engine: dict[str, Any]) ->
     sb = hutch.Sandbox.create("sh", "-c", "mkfifo /tmp/go; read go < /tmp/go; cat",
                               timeout=120)
     try:
-        _kill_daemon()
+        kill_daemon()
         again = hutch.Sandbox.from_id(sb.object_id)
         again.stdin.write(b"after restart\n")
         again.stdin.write_eof()
@@ -93,7 +78,7 @@ def test_sandbox_that_ended_while_the_daemon_was_down_is_reaped(engine: dict[str
     pid = int((data_dir / "sandboxes" / sb.object_id / "init.pid").read_text())
     fifo = Path(f"/proc/{pid}/root/tmp/go")
     wait_for(fifo.exists, what="the entrypoint's fifo")
-    _kill_daemon()
+    kill_daemon()
     # With no daemon running, let the entrypoint finish: the pause process reaps it.
     fifo.write_text("go\n")
     record = wait_for(lambda: (_runtime() / "exits" / str(pid)).exists(),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
@@ -23,7 +22,7 @@ import pytest
 import hutch as modal
 from hutch.exception import ConflictError, InvalidError, NotFoundError
 from hutch.sdk.transport import request_blocking
-from tests.helpers import reset_client, stop_engine, wait_for
+from tests.helpers import kill_daemon, stop_engine
 
 
 def _name() -> str:
@@ -134,20 +133,6 @@ def test_from_name_unknown_and_bad_names(engine: dict[str, Any]) -> None:
                          json_body={"name": "a/b", "create_if_missing": True})
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _kill_daemon() -> int:
-    pid: int = request_blocking("GET", "/v1/engine")["pid"]
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not _alive(pid), what="the daemon to die")
-    reset_client()
-    return pid
 
 
 def test_contents_persist_across_sandboxes_and_engine_restarts(app: modal.App,
@@ -165,7 +150,7 @@ def test_contents_persist_across_sandboxes_and_engine_restarts(app: modal.App,
     assert ok(third, "cat /v/d/f.txt") == "one\ntwo\n"
     ok(third, "echo three >> /v/d/f.txt")
 
-    old = _kill_daemon()  # `third` survives, adopted by the next daemon
+    old = kill_daemon()  # `third` survives, adopted by the next daemon
     assert read(vol, "d/f.txt") == b"one\ntwo\nthree\n"
     assert request_blocking("GET", "/v1/engine")["pid"] != old
     fourth = box(app, {"/v": vol})
