@@ -109,6 +109,10 @@ class CreateSandboxRequest(_Wire):
     #: mount path in the sandbox -> volume
     volumes: dict[str, VolumeMount] = Field(default_factory=dict)
     readiness_probe: ProbeSpec | None = None
+    #: ``none``: loopback only; ``open``: outbound access (private ranges rejected) through
+    #: slirp4netns, or only to ``outbound_cidr_allowlist`` when it is given.
+    network: Literal["none", "open"] = "none"
+    outbound_cidr_allowlist: list[str] | None = None
 
     @field_validator("volumes")
     @classmethod

@@ -121,12 +121,14 @@ def make_dirs_inside(root: Path, path: str) -> None:
         os.close(fd)
 
 
-def write_etc_files(dirs: SandboxDirs, hostname: str) -> dict[str, str]:
-    """Generate /etc/hostname, /etc/hosts and /etc/resolv.conf; returns dest -> source."""
+def write_etc_files(dirs: SandboxDirs, hostname: str,
+                    nameserver: str | None = None) -> dict[str, str]:
+    """Generate /etc/hostname, /etc/hosts and /etc/resolv.conf (the host's, or one naming
+    ``nameserver``); returns dest -> source."""
     files = {
         "/etc/hostname": f"{hostname}\n",
         "/etc/hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n",
-        "/etc/resolv.conf": _resolv_conf(),
+        "/etc/resolv.conf": f"nameserver {nameserver}\n" if nameserver else _resolv_conf(),
     }
     out = {}
     for dest, text in files.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from hutch.api.models import CreateSandboxRequest, ExecRequest, ProbeSpec
-from hutch.engine import ociconfig, proctree, rootfs
+from hutch.engine import network, ociconfig, proctree, rootfs
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
@@ -120,6 +120,12 @@ class SandboxManager:
         return self.store.app_by_name(req.app_name or DEFAULT_APP, create=True)[0]
 
     async def create(self, req: CreateSandboxRequest) -> SandboxRow:
+        allowlist = None
+        if req.outbound_cidr_allowlist is not None:
+            if req.network != "open":
+                raise Invalid("`outbound_cidr_allowlist` cannot be used when `block_network` "
+                              "is enabled")
+            allowlist = network.check_allowlist(req.outbound_cidr_allowlist)
         probe = req.readiness_probe
         if probe is not None and (probe.tcp_port is None) == (probe.exec_argv is None):
             raise Invalid("a readiness probe has either tcp_port or exec_argv")
@@ -153,7 +159,8 @@ class SandboxManager:
             dirs.root.mkdir(parents=True)
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes")
             pid, stdin = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env,
-                                           workdir, mounts)
+                                           workdir, mounts, online=req.network == "open",
+                                           allowlist=allowlist)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._cleanup(sandbox_id, dirs)
@@ -168,16 +175,22 @@ class SandboxManager:
 
     async def _start(self, sandbox_id: str, dirs: rootfs.SandboxDirs, layers: list[Path],
                      argv: list[str], env: dict[str, str], workdir: str,
-                     mounts: list[ociconfig.Mount]) -> tuple[int, trio.lowlevel.FdStream]:
+                     mounts: list[ociconfig.Mount], online: bool = False,
+                     allowlist: list[str] | None = None
+                     ) -> tuple[int, trio.lowlevel.FdStream]:
         """Start the container; returns its init pid and the write end of its stdin.
 
         The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
         open read-write (so opening never blocks and the entrypoint sees no EOF until the
         client sends one) and hands the entrypoint a read-only descriptor.
+
+        A sandbox with network access is created, connected (:mod:`hutch.engine.network`)
+        and only then started, so its first instruction already has its network.
         """
         rootfs.mount_rootfs(dirs, layers)
         rootfs.make_dirs_inside(dirs.merged, workdir)
-        etc = rootfs.write_etc_files(dirs, sandbox_id)
+        etc = rootfs.write_etc_files(dirs, sandbox_id,
+                                     nameserver=network.SLIRP_DNS if online else None)
         spec = ociconfig.sandbox_spec(
             rootfs=str(dirs.merged), hostname=sandbox_id,
             process=ociconfig.process_spec(argv, env, workdir), etc_files=etc,
@@ -191,8 +204,15 @@ class SandboxManager:
         out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            await self.runtime.run_detached(sandbox_id, dirs.root, stdin=reader, stdout=out,
-                                            stderr=err, pid_file=dirs.pid_file)
+            if online:
+                await self.runtime.create(sandbox_id, dirs.root, stdin=reader, stdout=out,
+                                          stderr=err, pid_file=dirs.pid_file)
+                await network.attach(int(dirs.pid_file.read_text().strip()), dirs.root,
+                                     allowlist)
+                await self.runtime.start(sandbox_id)
+            else:
+                await self.runtime.run_detached(sandbox_id, dirs.root, stdin=reader,
+                                                stdout=out, stderr=err, pid_file=dirs.pid_file)
         except BaseException:
             os.close(writer)
             raise
@@ -278,6 +298,7 @@ class SandboxManager:
         except RuntimeCommandError as exc:
             if "does not exist" not in exc.stderr and "not found" not in exc.stderr.lower():
                 log.warning("deleting container %s: %s", sandbox_id, exc)
+        await network.detach(dirs.root)
         release_staging(dirs.root / "volumes")
         try:
             rootfs.unmount_rootfs(dirs)

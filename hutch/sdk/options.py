@@ -37,10 +37,8 @@ _NEVER = {
 _NOT_YET = {
     "cpu": "CPU limits",
     "memory": "memory limits",
-    "outbound_cidr_allowlist": "network allowlists",
-    "outbound_domain_allowlist": "network allowlists",
-    "inbound_cidr_allowlist": "network allowlists",
-    "cidr_allowlist": "network allowlists",
+    "outbound_domain_allowlist": "domain allowlists",
+    "inbound_cidr_allowlist": "inbound allowlists",
     "encrypted_ports": "port forwarding",
     "h2_ports": "port forwarding",
     "unencrypted_ports": "port forwarding",

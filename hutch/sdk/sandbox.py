@@ -152,7 +152,14 @@ class Sandbox:
             raise InvalidError(f"image must be a hutch.Image, not {type(image).__name__}")
         if not isinstance(block_network, bool) or not isinstance(verbose, bool):
             raise InvalidError("block_network and verbose must be True or False")
+        allowlist = outbound_cidr_allowlist if outbound_cidr_allowlist is not None \
+            else cidr_allowlist
+        if allowlist is not None and (isinstance(allowlist, str) or not all(
+                isinstance(c, str) for c in allowlist)):
+            raise InvalidError("`outbound_cidr_allowlist` must be a list of CIDR strings")
         body: dict[str, Any] = {
+            "network": "none" if block_network else "open",
+            "outbound_cidr_allowlist": None if allowlist is None else list(allowlist),
             "entrypoint": entrypoint or None,
             "name": name,
             "tags": options.check_str_dict(tags, "tags"),

@@ -38,13 +38,22 @@ def test_identity_and_namespaces(sandbox: hutch.Sandbox) -> None:
         assert a != b
 
 
-def test_network_is_loopback_only(sandbox: hutch.Sandbox) -> None:
+def test_blocked_network_is_loopback_only(engine: dict[str, Any]) -> None:
+    sandbox = hutch.Sandbox.create(block_network=True, timeout=60)
+    try:
+        devices = _run(sandbox, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '").split()
+        assert devices == ["lo"]
+        code = sandbox.exec("python3", "-c", "import socket; s=socket.socket(); "
+                            "s.bind(('127.0.0.1', 0)); s.listen()").wait()
+        assert code == 0
+    finally:
+        sandbox.terminate()
+
+
+def test_default_network_has_its_own_stack(sandbox: hutch.Sandbox) -> None:
     devices = _run(sandbox, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '").split()
-    assert devices == ["lo"]
-    code = sandbox.exec("python3", "-c",
-                        "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()"
-                        ).wait()
-    assert code == 0
+    assert sorted(devices) == ["lo", "tap0"]  # slirp4netns's device, in its own namespace
+    assert _run(sandbox, "cat /etc/resolv.conf") == "nameserver 10.0.2.3\n"
 
 
 def test_no_new_privs_and_capabilities(sandbox: hutch.Sandbox) -> None:

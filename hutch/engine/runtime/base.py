@@ -29,8 +29,8 @@ class OCIRuntime(Protocol):
     name: str
     binary: str
 
-    async def create(self, cid: str, bundle: Path, *, stdout: int, stderr: int,
-                     pid_file: Path) -> None: ...
+    async def create(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
+                     stderr: int, pid_file: Path) -> None: ...
 
     async def start(self, cid: str) -> None: ...
 

@@ -49,9 +49,9 @@ class CLIRuntime:
             raise RuntimeCommandError(argv, result.returncode, err)
         return (result.stdout or b"").decode(errors="replace")
 
-    async def create(self, cid: str, bundle: Path, *, stdout: int, stderr: int,
-                     pid_file: Path) -> None:
-        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file)
+    async def create(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
+                     stderr: int, pid_file: Path) -> None:
+        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file, stdin=stdin)
 
     async def start(self, cid: str) -> None:
         await self._run(self._argv("start", cid))

@@ -61,7 +61,8 @@ async def _works(runtime: OCIRuntime, work: Path) -> str | None:
     try:
         with contextlib.suppress(RuntimeCommandError):
             await runtime.delete(cid)
-        await runtime.create(cid, bundle, stdout=null, stderr=null, pid_file=bundle / "pid")
+        await runtime.create(cid, bundle, stdin=None, stdout=null, stderr=null,
+                             pid_file=bundle / "pid")
         await runtime.start(cid)
         return None
     except (RuntimeCommandError, OSError) as exc:

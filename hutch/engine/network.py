@@ -1,0 +1,128 @@
+"""Sandbox networking: loopback only, or outbound access through slirp4netns, filtered.
+
+Every sandbox has its own network namespace.  With network access, the engine (root in its
+user namespace, which owns the sandbox's network namespace) does two things before the
+sandbox's process starts:
+
+1. loads an nftables ruleset into the namespace (``nsenter --net ... nft -f -``) that
+   rejects what a sandbox must not reach: the host's loopback, private and link-local
+   ranges (the 169.254.169.254 metadata address among them), multicast, IPv6 - or, with an
+   allowlist, everything but the allowlisted networks.  The sandbox holds no
+   CAP_NET_ADMIN, so it cannot change these rules;
+2. starts slirp4netns, a user-mode network stack (``--configure`` sets up ``tap0``,
+   10.0.2.100/24 and the route; 10.0.2.3 is its DNS forwarder; ``--disable-host-loopback``
+   keeps 10.0.2.2 from reaching the host's 127.0.0.1).
+
+slirp4netns outlives a restarted daemon (its pid is kept in the sandbox's directory) and
+is stopped when the sandbox ends.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from hutch.engine.errors import Invalid
+
+SLIRP_DNS = "10.0.2.3"
+#: Destinations a sandbox never reaches unless they are allowlisted.
+BLOCKED_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+              "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+              "224.0.0.0/4", "240.0.0.0/4"]
+PID_FILE = "slirp4netns.pid"
+
+
+class NetworkSetupFailed(Invalid):
+    pass
+
+
+def check_allowlist(cidrs: list[str]) -> list[str]:
+    """The allowlist as normalized IPv4 networks (``InvalidError`` for anything else)."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise Invalid(f"outbound_cidr_allowlist: {cidr!r} is not a CIDR") from exc
+        if net.version != 4:
+            raise Invalid(f"outbound_cidr_allowlist: {cidr!r}: sandboxes have IPv4 only")
+        networks.append(str(net))
+    return networks
+
+
+def ruleset(allowlist: list[str] | None) -> str:
+    """The nftables ruleset of a sandbox with network access."""
+    lines = [
+        "table inet hutch {",
+        "  chain output {",
+        "    type filter hook output priority 0; policy accept;",
+        '    oifname "lo" accept',
+        f"    ip daddr {SLIRP_DNS} udp dport 53 accept",
+        f"    ip daddr {SLIRP_DNS} tcp dport 53 accept",
+        "    meta nfproto ipv6 reject",
+    ]
+    if allowlist is None:
+        lines.append(f"    ip daddr {{ {', '.join(BLOCKED_V4)} }} reject")
+    else:
+        if allowlist:
+            lines.append(f"    ip daddr {{ {', '.join(allowlist)} }} accept")
+        lines.append("    reject")
+    lines += ["  }", "}", ""]
+    return "\n".join(lines)
+
+
+async def attach(pid: int, sandbox_dir: Path, allowlist: list[str] | None) -> None:
+    """Filter, then connect, the network namespace of the process ``pid``."""
+    netns = f"/proc/{pid}/ns/net"
+    nft = await trio.run_process(["nsenter", f"--net={netns}", "nft", "-f", "-"],
+                                 stdin=ruleset(allowlist).encode(), capture_stdout=True,
+                                 capture_stderr=True, check=False)
+    if nft.returncode != 0:
+        raise NetworkSetupFailed(
+            f"could not load the sandbox's firewall (nft): {nft.stderr.decode().strip()}; "
+            "is the nftables package installed?")
+    ready_r, ready_w = os.pipe()
+    try:
+        pid_slirp = os.posix_spawnp("slirp4netns", [
+            "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+            "--ready-fd=3", str(pid), "tap0",
+        ], os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                     (os.POSIX_SPAWN_DUP2, ready_w, 3)],
+            setsid=True)
+    except FileNotFoundError as exc:
+        os.close(ready_r)
+        raise NetworkSetupFailed("slirp4netns is not installed: apt-get install slirp4netns") \
+            from exc
+    finally:
+        os.close(ready_w)
+    (sandbox_dir / PID_FILE).write_text(str(pid_slirp))
+    try:
+        with trio.fail_after(10):
+            ready = await trio.to_thread.run_sync(os.read, ready_r, 1, abandon_on_cancel=True)
+    except trio.TooSlowError as exc:
+        raise NetworkSetupFailed("slirp4netns did not become ready within 10 s") from exc
+    finally:
+        os.close(ready_r)
+    if ready != b"1":
+        raise NetworkSetupFailed("slirp4netns failed to set up the sandbox's network")
+
+
+async def detach(sandbox_dir: Path) -> None:
+    """Stop the sandbox's slirp4netns, if it has one (and reap it when it is our child; one
+    started by an earlier daemon is reaped by the pause process)."""
+    try:
+        pid = int((sandbox_dir / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        if b"slirp4netns" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGTERM)
+            await trio.to_thread.run_sync(os.waitpid, pid, 0)
+    except (OSError, ChildProcessError):
+        pass
+    (sandbox_dir / PID_FILE).unlink(missing_ok=True)
