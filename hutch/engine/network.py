@@ -36,6 +36,19 @@ BLOCKED_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.25
 PID_FILE = "slirp4netns.pid"
 
 
+#: The host's CA bundle, which sandboxes with network access trust as their own.
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def host_trust(rootfs: Path) -> dict[str, str]:
+    """Bind the host's CA bundle over the image's (when the image has one), so TLS through
+    a TLS-inspecting proxy the host trusts works in the sandbox as it does on the host."""
+    image_bundle = rootfs / str(HOST_CA_BUNDLE).lstrip("/")
+    if HOST_CA_BUNDLE.is_file() and image_bundle.is_file() and not image_bundle.is_symlink():
+        return {str(HOST_CA_BUNDLE): str(HOST_CA_BUNDLE)}
+    return {}
+
+
 class NetworkSetupFailed(Invalid):
     pass
 

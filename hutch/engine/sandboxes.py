@@ -191,6 +191,8 @@ class SandboxManager:
         rootfs.make_dirs_inside(dirs.merged, workdir)
         etc = rootfs.write_etc_files(dirs, sandbox_id,
                                      nameserver=network.SLIRP_DNS if online else None)
+        if online:
+            etc.update(network.host_trust(dirs.merged))
         spec = ociconfig.sandbox_spec(
             rootfs=str(dirs.merged), hostname=sandbox_id,
             process=ociconfig.process_spec(argv, env, workdir), etc_files=etc,

@@ -1,0 +1,118 @@
+"""Sandbox networking: outbound access by default, loopback only with block_network, the
+host and private ranges out of reach, allowlists, and a firewall the sandbox cannot change.
+
+Traffic goes only to this machine's loopback and to the package registries.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import hutch
+
+CONNECT = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), 5).close()
+        print(target, "open")
+    except OSError as exc:
+        print(target, "closed", type(exc).__name__)
+"""
+
+
+def _connect(sb: hutch.Sandbox, *targets: str) -> dict[str, str]:
+    p = sb.exec("python3", "-c", CONNECT, *targets)
+    out = p.stdout.read()
+    assert p.wait() == 0, p.stderr.read()
+    return {line.split()[0]: line.split()[1] for line in out.splitlines()}
+
+
+@pytest.fixture
+def online(engine: dict[str, Any]) -> Iterator[hutch.Sandbox]:
+    sb = hutch.Sandbox.create(timeout=120)
+    yield sb
+    sb.terminate()
+
+
+def test_pip_download_works_by_default_and_not_without_network(
+        online: hutch.Sandbox, engine: dict[str, Any]) -> None:
+    p = online.exec("python3", "-m", "pip", "download", "--no-deps", "-q", "-d", "/tmp/d", "six")
+    assert p.wait() == 0, p.stderr.read()[-2000:]
+    assert "six" in " ".join(online.ls("/tmp/d"))
+    blocked = hutch.Sandbox.create(block_network=True, timeout=60)
+    try:
+        p = blocked.exec("python3", "-m", "pip", "download", "--no-deps", "-d", "/tmp/d",
+                         "--retries", "0", "--timeout", "5", "six")
+        assert p.wait() != 0
+    finally:
+        blocked.terminate()
+
+
+def test_the_hosts_loopback_and_private_ranges_are_unreachable(online: hutch.Sandbox) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted: list[object] = []
+
+    def accept() -> None:
+        try:
+            accepted.append(listener.accept())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        result = _connect(online, f"10.0.2.2:{port}", f"127.0.0.1:{port}",
+                          "169.254.169.254:80", "192.168.1.1:80", "10.0.0.1:80",
+                          "172.16.0.1:80", "100.64.0.1:80")
+        assert set(result.values()) == {"closed"}, result
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+    assert accepted == []  # nothing from the sandbox ever reached the host's listener
+
+
+def test_an_allowlist_admits_only_its_destinations(engine: dict[str, Any]) -> None:
+    pypi = sorted({info[4][0] for info in socket.getaddrinfo("pypi.org", 443, socket.AF_INET)})
+    target = f"{pypi[0]}:443"
+    for allowlist, expected in (([f"{ip}/32" for ip in pypi], "open"),
+                                (["192.0.2.0/24"], "closed"), ([], "closed")):
+        sb = hutch.Sandbox.create(outbound_cidr_allowlist=allowlist, timeout=60)
+        try:
+            assert _connect(sb, target)[target] == expected, allowlist
+            if expected == "open":  # names resolve: DNS to slirp4netns is always allowed
+                assert _connect(sb, "pypi.org:443")["pypi.org:443"] == "open"
+        finally:
+            sb.terminate()
+
+
+def test_bad_allowlists() -> None:
+    with pytest.raises(hutch.exception.InvalidError, match="not a CIDR"):
+        hutch.Sandbox.create(outbound_cidr_allowlist=["nonsense"])
+    with pytest.raises(hutch.exception.InvalidError, match="cannot be used when"):
+        hutch.Sandbox.create(block_network=True, outbound_cidr_allowlist=["1.1.1.1/32"])
+    with pytest.raises(hutch.exception.InvalidError, match="list of CIDR strings"):
+        hutch.Sandbox.create(outbound_cidr_allowlist="1.1.1.1/32")  # type: ignore[arg-type]
+
+
+def test_the_sandbox_cannot_change_its_network(engine: dict[str, Any]) -> None:
+    image = hutch.Image.debian_slim().apt_install("nftables", "iproute2")
+    sb = hutch.Sandbox.create(image=image, timeout=120)
+    try:
+        for command in ("nft flush ruleset", "ip link set tap0 down",
+                        "ip route add 10.9.9.0/24 dev tap0"):
+            p = sb.exec("sh", "-c", command)
+            assert p.wait() != 0, command
+            assert "not permitted" in p.stderr.read().lower(), command
+        assert _connect(sb, "169.254.169.254:80")["169.254.169.254:80"] == "closed"
+    finally:
+        sb.terminate()
