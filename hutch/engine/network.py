@@ -27,6 +27,7 @@ from pathlib import Path
 import trio
 
 from hutch.engine.errors import Invalid
+from hutch.engine.runtime.spawn import spawn
 
 SLIRP_DNS = "10.0.2.3"
 #: Destinations a sandbox never reaches unless they are allowlisted.
@@ -89,15 +90,41 @@ def ruleset(allowlist: list[str] | None) -> str:
 
 
 async def attach(pid: int, sandbox_dir: Path, allowlist: list[str] | None) -> None:
-    """Filter, then connect, the network namespace of the process ``pid``."""
-    netns = f"/proc/{pid}/ns/net"
-    nft = await trio.run_process(["nsenter", f"--net={netns}", "nft", "-f", "-"],
-                                 stdin=ruleset(allowlist).encode(), capture_stdout=True,
-                                 capture_stderr=True, check=False)
-    if nft.returncode != 0:
+    """Filter and connect the network namespace of the process ``pid`` (which has not
+    started yet, so the two run side by side)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_firewall, f"/proc/{pid}/ns/net", allowlist)
+            nursery.start_soon(_connect, pid, sandbox_dir)
+    except BaseExceptionGroup as group:
+        failures = [e for e in group.exceptions if isinstance(e, NetworkSetupFailed)]
+        if failures:
+            raise failures[0] from group
+        raise
+
+
+async def _firewall(netns: str, allowlist: list[str] | None) -> None:
+    """Load the ruleset with nft inside the namespace (posix_spawn: no fork of the daemon)."""
+    try:
+        nft = spawn(["nsenter", f"--net={netns}", "nft", "-f", "-"], stdin=True, stdout=False)
+    except FileNotFoundError as exc:
+        raise NetworkSetupFailed("nsenter is not installed: apt-get install util-linux") \
+            from exc
+    assert nft.stdin is not None and nft.stderr is not None
+    async with nft.stdin:
+        await nft.stdin.send_all(ruleset(allowlist).encode())
+    errors = b""
+    async with nft.stderr:
+        while chunk := await nft.stderr.receive_some(65536):
+            errors += chunk
+    if await nft.wait() != 0:
         raise NetworkSetupFailed(
-            f"could not load the sandbox's firewall (nft): {nft.stderr.decode().strip()}; "
+            f"could not load the sandbox's firewall (nft): {errors.decode().strip()}; "
             "is the nftables package installed?")
+
+
+async def _connect(pid: int, sandbox_dir: Path) -> None:
+    """Start slirp4netns for ``pid``'s namespace and wait until it says it is ready."""
     ready_r, ready_w = os.pipe()
     try:
         pid_slirp = os.posix_spawnp("slirp4netns", [
@@ -115,8 +142,10 @@ async def attach(pid: int, sandbox_dir: Path, allowlist: list[str] | None) -> No
         os.close(ready_w)
     (sandbox_dir / PID_FILE).write_text(str(pid_slirp))
     try:
+        os.set_blocking(ready_r, False)
         with trio.fail_after(10):
-            ready = await trio.to_thread.run_sync(os.read, ready_r, 1, abandon_on_cancel=True)
+            await trio.lowlevel.wait_readable(ready_r)
+        ready = os.read(ready_r, 1)
     except trio.TooSlowError as exc:
         raise NetworkSetupFailed("slirp4netns did not become ready within 10 s") from exc
     finally:

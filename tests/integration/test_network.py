@@ -9,11 +9,13 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import hutch
+from tests.helpers import kill_daemon, process_alive, wait_for
 
 CONNECT = """
 import socket, sys
@@ -116,3 +118,17 @@ def test_the_sandbox_cannot_change_its_network(engine: dict[str, Any]) -> None:
         assert _connect(sb, "169.254.169.254:80")["169.254.169.254:80"] == "closed"
     finally:
         sb.terminate()
+
+
+def test_network_survives_a_daemon_restart_and_ends_with_the_sandbox(
+        engine: dict[str, Any]) -> None:
+    sb = hutch.Sandbox.create(timeout=120)
+    pid_file = Path(engine["data_dir"]) / "sandboxes" / sb.object_id / "slirp4netns.pid"
+    slirp = int(pid_file.read_text())
+    assert process_alive(slirp)
+    kill_daemon()
+    again = hutch.Sandbox.from_id(sb.object_id)
+    pypi = socket.getaddrinfo("pypi.org", 443, socket.AF_INET)[0][4][0]
+    assert _connect(again, f"{pypi}:443")[f"{pypi}:443"] == "open"
+    again.terminate()
+    wait_for(lambda: not process_alive(slirp), timeout=20, what="slirp4netns to stop")
