@@ -16,6 +16,7 @@ from hutch.sdk.process import ContainerProcess
 from hutch.sdk.sandbox import Sandbox, open_sandbox
 from hutch.sdk.secret import Secret
 from hutch.sdk.streams import StreamReader, StreamType, StreamWriter
+from hutch.sdk.tunnel import Tunnel
 from hutch.sdk.volume import Volume
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "StreamReader",
     "StreamType",
     "StreamWriter",
+    "Tunnel",
     "Volume",
     "__version__",
     "enable_output",

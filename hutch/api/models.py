@@ -113,6 +113,15 @@ class CreateSandboxRequest(_Wire):
     #: slirp4netns, or only to ``outbound_cidr_allowlist`` when it is given.
     network: Literal["none", "open"] = "none"
     outbound_cidr_allowlist: list[str] | None = None
+    #: Sandbox ports forwarded from ephemeral ports of the host's 127.0.0.1.
+    unencrypted_ports: list[int] = Field(default_factory=list, max_length=64)
+
+    @field_validator("unencrypted_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= p <= 65535 for p in v) or len(set(v)) != len(v):
+            raise ValueError("ports are distinct numbers from 1 to 65535")
+        return v
 
     @field_validator("volumes")
     @classmethod

@@ -20,8 +20,10 @@ is stopped when the sandbox ends.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import trio
@@ -35,6 +37,9 @@ BLOCKED_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.25
               "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
               "224.0.0.0/4", "240.0.0.0/4"]
 PID_FILE = "slirp4netns.pid"
+API_SOCKET = "slirp4netns.sock"
+TUNNELS_FILE = "tunnels.json"
+GUEST_ADDR = "10.0.2.100"
 
 
 #: The host's CA bundle, which sandboxes with network access trust as their own.
@@ -75,6 +80,7 @@ def ruleset(allowlist: list[str] | None) -> str:
         "  chain output {",
         "    type filter hook output priority 0; policy accept;",
         '    oifname "lo" accept',
+        "    ct state established,related accept",
         f"    ip daddr {SLIRP_DNS} udp dport 53 accept",
         f"    ip daddr {SLIRP_DNS} tcp dport 53 accept",
         "    meta nfproto ipv6 reject",
@@ -129,7 +135,7 @@ async def _connect(pid: int, sandbox_dir: Path) -> None:
     try:
         pid_slirp = os.posix_spawnp("slirp4netns", [
             "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-            "--ready-fd=3", str(pid), "tap0",
+            "--ready-fd=3", f"--api-socket={sandbox_dir / API_SOCKET}", str(pid), "tap0",
         ], os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                      (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                                      (os.POSIX_SPAWN_DUP2, ready_w, 3)],
@@ -168,3 +174,49 @@ async def detach(sandbox_dir: Path) -> None:
     except (OSError, ChildProcessError):
         pass
     (sandbox_dir / PID_FILE).unlink(missing_ok=True)
+
+
+async def _slirp_call(sandbox_dir: Path, request: dict[str, object]) -> dict[str, object]:
+    """One request to slirp4netns's API socket (JSON in, JSON out)."""
+    stream = await trio.open_unix_socket(str(sandbox_dir / API_SOCKET))
+    async with stream:
+        await stream.send_all(json.dumps(request).encode())
+        await stream.send_eof()
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    answer: dict[str, object] = json.loads(data or b"{}")
+    return answer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def forward(sandbox_dir: Path, guest_port: int) -> int:
+    """Forward an ephemeral port of the host's 127.0.0.1 to ``guest_port`` in the sandbox;
+    returns the host port (recorded in the sandbox's directory for later clients)."""
+    for _ in range(5):
+        host_port = _free_port()
+        answer = await _slirp_call(sandbox_dir, {"execute": "add_hostfwd", "arguments": {
+            "proto": "tcp", "host_addr": "127.0.0.1", "host_port": host_port,
+            "guest_addr": GUEST_ADDR, "guest_port": guest_port}})
+        if "error" not in answer:
+            tunnels = tunnels_of(sandbox_dir)
+            tunnels[guest_port] = host_port
+            (sandbox_dir / TUNNELS_FILE).write_text(json.dumps(tunnels))
+            return host_port
+    raise NetworkSetupFailed(f"could not forward a host port to sandbox port {guest_port}: "
+                             f"{answer.get('error')}")
+
+
+def tunnels_of(sandbox_dir: Path) -> dict[int, int]:
+    """Sandbox port -> host port of the 127.0.0.1 forwards."""
+    try:
+        return {int(k): int(v) for k, v in
+                json.loads((sandbox_dir / TUNNELS_FILE).read_text()).items()}
+    except (OSError, ValueError):
+        return {}

@@ -121,6 +121,8 @@ class SandboxManager:
 
     async def create(self, req: CreateSandboxRequest) -> SandboxRow:
         allowlist = None
+        if req.unencrypted_ports and req.network != "open":
+            raise Invalid("Cannot specify open ports when `block_network` is enabled")
         if req.outbound_cidr_allowlist is not None:
             if req.network != "open":
                 raise Invalid("`outbound_cidr_allowlist` cannot be used when `block_network` "
@@ -167,6 +169,15 @@ class SandboxManager:
                 self.store.mark_exited(sandbox_id, None, "failed")
             if isinstance(exc, RuntimeCommandError):
                 raise Invalid(f"the sandbox could not start: {exc.stderr}") from exc
+            raise
+        try:
+            for port in req.unencrypted_ports:
+                await network.forward(dirs.root, port)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stdin.aclose()
+                await self._cleanup(sandbox_id, dirs)
+                self.store.mark_exited(sandbox_id, None, "failed")
             raise
         self.store.mark_running(sandbox_id, pid)
         row = self.store.sandbox(sandbox_id)

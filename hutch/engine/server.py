@@ -41,7 +41,7 @@ from hutch.api.models import (
     SetTagsRequest,
     TerminateRequest,
 )
-from hutch.engine import linux
+from hutch.engine import linux, network
 from hutch.engine.errors import EngineError, Invalid, NotFound
 from hutch.engine.execs import ExecSession
 from hutch.engine.files_api import add_file_routes
@@ -244,6 +244,15 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         within ``timeout`` seconds, 409 when the sandbox ended first."""
         await manager.wait_ready(sandbox_id, timeout)
         return sandbox_info(manager.get(sandbox_id))
+
+    @app.get("/v1/sandboxes/{sandbox_id}/tunnels")
+    async def tunnels(sandbox_id: str) -> dict[str, dict[str, object]]:
+        """Sandbox port -> the host address that reaches it."""
+        if manager.get(sandbox_id).state != "running":
+            return {}
+        forwards = network.tunnels_of(manager.dirs(sandbox_id).root)
+        return {str(port): {"host": "127.0.0.1", "port": host_port}
+                for port, host_port in forwards.items()}
 
     @app.post("/v1/sandboxes/{sandbox_id}/wait")
     async def wait(sandbox_id: str,

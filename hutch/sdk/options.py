@@ -39,9 +39,8 @@ _NOT_YET = {
     "memory": "memory limits",
     "outbound_domain_allowlist": "domain allowlists",
     "inbound_cidr_allowlist": "inbound allowlists",
-    "encrypted_ports": "port forwarding",
-    "h2_ports": "port forwarding",
-    "unencrypted_ports": "port forwarding",
+    "encrypted_ports": "TLS port forwarding",
+    "h2_ports": "HTTP/2 port forwarding",
     "pty": "pseudo-terminals",
     "pty_info": "pseudo-terminals",
 }

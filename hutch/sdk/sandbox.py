@@ -50,6 +50,7 @@ from hutch.sdk.streams import (
 )
 from hutch.sdk.syncbridge import iterate_sync, synchronize, synchronize_static
 from hutch.sdk.transport import client
+from hutch.sdk.tunnel import Tunnel
 from hutch.sdk.volume import Volume
 
 
@@ -157,7 +158,11 @@ class Sandbox:
         if allowlist is not None and (isinstance(allowlist, str) or not all(
                 isinstance(c, str) for c in allowlist)):
             raise InvalidError("`outbound_cidr_allowlist` must be a list of CIDR strings")
+        ports = list(unencrypted_ports or ())
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
+            raise InvalidError("`unencrypted_ports` must be a list of port numbers")
         body: dict[str, Any] = {
+            "unencrypted_ports": ports,
             "network": "none" if block_network else "open",
             "outbound_cidr_allowlist": None if allowlist is None else list(allowlist),
             "entrypoint": entrypoint or None,
@@ -308,6 +313,14 @@ class Sandbox:
             return None
         await self.wait.aio(raise_on_termination=False)
         return self.returncode
+
+    @synchronize
+    async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
+        """Sandbox port -> :class:`Tunnel` for each of its ``unencrypted_ports``."""
+        self._attached()
+        doc = await _client_request("GET", f"/v1/sandboxes/{self.object_id}/tunnels")
+        return {int(port): Tunnel(t["host"], t["port"], t["host"], t["port"])
+                for port, t in doc.items()}
 
     @synchronize
     async def wait_until_ready(self, *, timeout: float = 300) -> None:

@@ -132,3 +132,25 @@ def test_network_survives_a_daemon_restart_and_ends_with_the_sandbox(
     assert _connect(again, f"{pypi}:443")[f"{pypi}:443"] == "open"
     again.terminate()
     wait_for(lambda: not process_alive(slirp), timeout=20, what="slirp4netns to stop")
+
+
+def test_an_http_server_is_reachable_through_its_tunnel(engine: dict[str, Any]) -> None:
+    import httpx
+
+    sb = hutch.Sandbox.create("python3", "-m", "http.server", "8000", "--directory", "/etc",
+                              unencrypted_ports=[8000],
+                              readiness_probe=hutch.Probe.with_tcp(8000), timeout=60)
+    try:
+        sb.wait_until_ready()
+        tunnels = sb.tunnels()
+        assert set(tunnels) == {8000}
+        tunnel = tunnels[8000]
+        assert tunnel.tcp_socket[0] == "127.0.0.1"
+        response = httpx.get(f"{tunnel.url}/hostname", timeout=10)
+        assert (response.status_code, response.text) == (200, f"{sb.object_id}\n")
+        assert hutch.Sandbox.from_id(sb.object_id).tunnels()[8000] == tunnel  # any client
+    finally:
+        sb.terminate()
+    assert sb.tunnels() == {}
+    with pytest.raises(hutch.exception.InvalidError, match="port numbers"):
+        hutch.Sandbox.create(unencrypted_ports=["80"])  # type: ignore[list-item]

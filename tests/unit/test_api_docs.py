@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import inspect
 import re
@@ -31,6 +32,8 @@ def test_every_public_member_of_an_exported_class_is_documented() -> None:
     members = _headings("###")
     for name, cls in _documented_classes().items():
         public = {m for m in dir(cls) if not m.startswith("_")}
+        if dataclasses.is_dataclass(cls):
+            public |= {f.name for f in dataclasses.fields(cls)}
         documented = {m.split(".", 1)[1] for m in members if m.startswith(f"{name}.")}
         assert public - documented == set(), f"{name}: undocumented members"
         for member in documented - public:
