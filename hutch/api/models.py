@@ -115,8 +115,10 @@ class CreateSandboxRequest(_Wire):
     outbound_cidr_allowlist: list[str] | None = None
     #: Sandbox ports forwarded from ephemeral ports of the host's 127.0.0.1.
     unencrypted_ports: list[int] = Field(default_factory=list, max_length=64)
+    #: The same, behind TLS terminated by the engine (certificate from its own CA).
+    encrypted_ports: list[int] = Field(default_factory=list, max_length=64)
 
-    @field_validator("unencrypted_ports")
+    @field_validator("unencrypted_ports", "encrypted_ports")
     @classmethod
     def _ports(cls, v: list[int]) -> list[int]:
         if any(not 1 <= p <= 65535 for p in v) or len(set(v)) != len(v):

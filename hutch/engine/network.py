@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -198,25 +199,30 @@ def _free_port() -> int:
 
 async def forward(sandbox_dir: Path, guest_port: int) -> int:
     """Forward an ephemeral port of the host's 127.0.0.1 to ``guest_port`` in the sandbox;
-    returns the host port (recorded in the sandbox's directory for later clients)."""
+    returns the host port."""
     for _ in range(5):
         host_port = _free_port()
         answer = await _slirp_call(sandbox_dir, {"execute": "add_hostfwd", "arguments": {
             "proto": "tcp", "host_addr": "127.0.0.1", "host_port": host_port,
             "guest_addr": GUEST_ADDR, "guest_port": guest_port}})
         if "error" not in answer:
-            tunnels = tunnels_of(sandbox_dir)
-            tunnels[guest_port] = host_port
-            (sandbox_dir / TUNNELS_FILE).write_text(json.dumps(tunnels))
             return host_port
     raise NetworkSetupFailed(f"could not forward a host port to sandbox port {guest_port}: "
                              f"{answer.get('error')}")
 
 
-def tunnels_of(sandbox_dir: Path) -> dict[int, int]:
-    """Sandbox port -> host port of the 127.0.0.1 forwards."""
+def record_tunnel(sandbox_dir: Path, guest_port: int, host_port: int, *, tls: bool,
+                  plain_port: int) -> None:
+    """Remember a forward for later clients (and for a restarted daemon's TLS proxies)."""
+    tunnels = tunnels_of(sandbox_dir)
+    tunnels[guest_port] = {"host_port": host_port, "tls": tls, "plain_port": plain_port}
+    (sandbox_dir / TUNNELS_FILE).write_text(json.dumps(tunnels))
+
+
+def tunnels_of(sandbox_dir: Path) -> dict[int, dict[str, Any]]:
+    """Sandbox port -> ``{"host_port", "tls", "plain_port"}`` of its 127.0.0.1 forward."""
     try:
-        return {int(k): int(v) for k, v in
+        return {int(k): dict(v) for k, v in
                 json.loads((sandbox_dir / TUNNELS_FILE).read_text()).items()}
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         return {}

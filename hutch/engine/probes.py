@@ -19,7 +19,7 @@ from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import new_id
 
 if TYPE_CHECKING:
-    from hutch.engine.sandboxes import LiveSandbox
+    from hutch.engine.livesandbox import LiveSandbox
 
 
 async def run_probe(runtime: OCIRuntime, live: LiveSandbox, probe: ProbeSpec) -> None:

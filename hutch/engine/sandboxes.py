@@ -13,17 +13,18 @@ import json
 import logging
 import os
 import signal
+import ssl
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from hutch.api.models import CreateSandboxRequest, ExecRequest, ProbeSpec
-from hutch.engine import network, ociconfig, proctree, rootfs
+from hutch.engine import network, ociconfig, proctree, rootfs, tlsproxy
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
+from hutch.engine.livesandbox import LiveSandbox, first_event, until_exit_activity_or
 from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
@@ -36,64 +37,6 @@ TIMEOUT_CODE = 124
 TERMINATED_CODE = 137
 
 
-@dataclass
-class LiveSandbox:
-    """What the daemon knows of a running sandbox beyond its database row."""
-
-    sandbox_id: str
-    dirs: rootfs.SandboxDirs
-    pid: int
-    pidfd: int | None
-    deadline: float
-    default_entrypoint: bool
-    env: dict[str, str]
-    workdir: str
-    terminating: bool = False
-    stdin: trio.lowlevel.FdStream | None = None
-    idle_timeout: float | None = None
-    probe: ProbeSpec | None = None
-    ready: trio.Event = field(default_factory=trio.Event)
-    #: Execs running now, and when the sandbox was last used (exec or stdin), wall time.
-    active: int = 0
-    last_active: float = field(default_factory=time.time)
-    activity: trio.Event = field(default_factory=trio.Event)
-    done: trio.Event = field(default_factory=trio.Event)
-
-    def touch(self) -> None:
-        self.last_active = time.time()
-        self.activity.set()
-        self.activity = trio.Event()
-
-    def wake_at(self) -> float:
-        """When the supervisor must look again: the timeout, or the idle deadline."""
-        if self.idle_timeout is None:
-            return self.deadline
-        if self.active:
-            return self.deadline  # an exec's end touches the sandbox and wakes it
-        return min(self.deadline, self.last_active + self.idle_timeout)
-
-    def expired(self) -> bool:
-        now = time.time()
-        return now >= self.deadline or (
-            self.idle_timeout is not None and not self.active
-            and now >= self.last_active + self.idle_timeout)
-
-    def pidns(self) -> int | None:
-        try:
-            return os.stat(f"/proc/{self.pid}/ns/pid").st_ino
-        except OSError:
-            return None
-
-    def signal(self, sig: int) -> None:
-        try:
-            if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, sig)
-            else:
-                os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 class SandboxManager:
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
@@ -102,6 +45,8 @@ class SandboxManager:
         self.images = images
         self.volumes = VolumeService(store, data_dir)
         self.runtime = runtime
+        self.data_dir = data_dir
+        self.tls_context: ssl.SSLContext | None = None
         self.sandboxes_dir = data_dir / "sandboxes"
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.exits_dir = runtime_dir / "exits"
@@ -121,7 +66,7 @@ class SandboxManager:
 
     async def create(self, req: CreateSandboxRequest) -> SandboxRow:
         allowlist = None
-        if req.unencrypted_ports and req.network != "open":
+        if (req.unencrypted_ports or req.encrypted_ports) and req.network != "open":
             raise Invalid("Cannot specify open ports when `block_network` is enabled")
         if req.outbound_cidr_allowlist is not None:
             if req.network != "open":
@@ -172,7 +117,12 @@ class SandboxManager:
             raise
         try:
             for port in req.unencrypted_ports:
-                await network.forward(dirs.root, port)
+                host_port = await network.forward(dirs.root, port)
+                network.record_tunnel(dirs.root, port, host_port, tls=False,
+                                      plain_port=host_port)
+            for port in req.encrypted_ports:
+                plain = await network.forward(dirs.root, port)
+                network.record_tunnel(dirs.root, port, 0, tls=True, plain_port=plain)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await stdin.aclose()
@@ -182,7 +132,21 @@ class SandboxManager:
         self.store.mark_running(sandbox_id, pid)
         row = self.store.sandbox(sandbox_id)
         self._supervise(row, stdin)
+        await self._serve_tls(self.live[sandbox_id])
         return row
+
+    async def _serve_tls(self, live: LiveSandbox) -> None:
+        """Start the TLS proxies of the sandbox's encrypted ports (again, after a restart)."""
+        for guest, tunnel in network.tunnels_of(live.dirs.root).items():
+            if not tunnel.get("tls"):
+                continue
+            if self.tls_context is None:
+                ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
+                self.tls_context = tlsproxy.server_context(ca)
+            port = await self.nursery.start(tlsproxy.serve_tls, self.tls_context,
+                                            tunnel["plain_port"], live.done)
+            network.record_tunnel(live.dirs.root, guest, port, tls=True,
+                                  plain_port=tunnel["plain_port"])
 
     async def _start(self, sandbox_id: str, dirs: rootfs.SandboxDirs, layers: list[Path],
                      argv: list[str], env: dict[str, str], workdir: str,
@@ -258,7 +222,7 @@ class SandboxManager:
         timed_out = False
         if live.pidfd is not None:
             while True:
-                woke = await _until_exit_activity_or(live, live.wake_at())
+                woke = await until_exit_activity_or(live, live.wake_at())
                 if woke == "exited":
                     break
                 if live.terminating:
@@ -354,7 +318,7 @@ class SandboxManager:
         if live.probe is None:
             raise Invalid(f"Sandbox {sandbox_id} has no readiness_probe")
         with trio.move_on_after(timeout):
-            await _first_event(live.ready, live.done)
+            await first_event(live.ready, live.done)
         if live.ready.is_set():
             return
         if live.done.is_set():
@@ -452,6 +416,7 @@ class SandboxManager:
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))
+                await self._serve_tls(self.live[row.sandbox_id])
                 continue
             code = await self._exit_code(row.init_pid, wait=0) if row.init_pid else None
             if row.state == "creating":
@@ -491,38 +456,3 @@ def _reopen_stdin(dirs: rootfs.SandboxDirs) -> trio.lowlevel.FdStream | None:
     except OSError:
         return None
     return trio.lowlevel.FdStream(fd)
-
-
-async def _until_exit_activity_or(live: LiveSandbox, deadline: float) -> str:
-    """Wait for the sandbox's process to end (``exited``), for it to be used (``activity``:
-    its idle deadline moved) or for the wall-clock ``deadline``."""
-    assert live.pidfd is not None
-    pidfd, activity = live.pidfd, live.activity
-    woke = "deadline"
-    with trio.move_on_after(max(0.0, deadline - time.time())):
-        async with trio.open_nursery() as nursery:
-            async def exited() -> None:
-                nonlocal woke
-                await trio.lowlevel.wait_readable(pidfd)
-                woke = "exited"
-                nursery.cancel_scope.cancel()
-
-            async def used() -> None:
-                nonlocal woke
-                await activity.wait()
-                woke = "activity"
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(exited)
-            nursery.start_soon(used)
-    return woke
-
-
-async def _first_event(*events: trio.Event) -> None:
-    async with trio.open_nursery() as nursery:
-        async def wait(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-
-        for event in events:
-            nursery.start_soon(wait, event)

@@ -41,7 +41,7 @@ from hutch.api.models import (
     SetTagsRequest,
     TerminateRequest,
 )
-from hutch.engine import linux, network
+from hutch.engine import linux, network, tlsproxy
 from hutch.engine.errors import EngineError, Invalid, NotFound
 from hutch.engine.execs import ExecSession
 from hutch.engine.files_api import add_file_routes
@@ -251,8 +251,14 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         if manager.get(sandbox_id).state != "running":
             return {}
         forwards = network.tunnels_of(manager.dirs(sandbox_id).root)
-        return {str(port): {"host": "127.0.0.1", "port": host_port}
-                for port, host_port in forwards.items()}
+        return {str(port): {"host": "127.0.0.1", "port": t["host_port"], "tls": t["tls"]}
+                for port, t in forwards.items()}
+
+    @app.get("/v1/engine/ca")
+    async def engine_ca() -> dict[str, str]:
+        """The engine's CA certificate (PEM), which signs its encrypted ports' TLS."""
+        ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, manager.data_dir)
+        return {"path": str(ca / "ca.crt"), "pem": (ca / "ca.crt").read_text()}
 
     @app.post("/v1/sandboxes/{sandbox_id}/wait")
     async def wait(sandbox_id: str,

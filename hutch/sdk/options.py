@@ -39,7 +39,6 @@ _NOT_YET = {
     "memory": "memory limits",
     "outbound_domain_allowlist": "domain allowlists",
     "inbound_cidr_allowlist": "inbound allowlists",
-    "encrypted_ports": "TLS port forwarding",
     "h2_ports": "HTTP/2 port forwarding",
     "pty": "pseudo-terminals",
     "pty_info": "pseudo-terminals",

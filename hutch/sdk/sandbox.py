@@ -159,10 +159,13 @@ class Sandbox:
                 isinstance(c, str) for c in allowlist)):
             raise InvalidError("`outbound_cidr_allowlist` must be a list of CIDR strings")
         ports = list(unencrypted_ports or ())
-        if not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
-            raise InvalidError("`unencrypted_ports` must be a list of port numbers")
+        tls_ports = list(encrypted_ports or ())
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in ports + tls_ports):
+            raise InvalidError("`unencrypted_ports` and `encrypted_ports` must be lists of "
+                               "port numbers")
         body: dict[str, Any] = {
             "unencrypted_ports": ports,
+            "encrypted_ports": tls_ports,
             "network": "none" if block_network else "open",
             "outbound_cidr_allowlist": None if allowlist is None else list(allowlist),
             "entrypoint": entrypoint or None,
@@ -319,7 +322,8 @@ class Sandbox:
         """Sandbox port -> :class:`Tunnel` for each of its ``unencrypted_ports``."""
         self._attached()
         doc = await _client_request("GET", f"/v1/sandboxes/{self.object_id}/tunnels")
-        return {int(port): Tunnel(t["host"], t["port"], t["host"], t["port"])
+        return {int(port): Tunnel(t["host"], t["port"]) if t.get("tls")
+                else Tunnel(t["host"], t["port"], t["host"], t["port"])
                 for port, t in doc.items()}
 
     @synchronize

@@ -154,3 +154,36 @@ def test_an_http_server_is_reachable_through_its_tunnel(engine: dict[str, Any]) 
     assert sb.tunnels() == {}
     with pytest.raises(hutch.exception.InvalidError, match="port numbers"):
         hutch.Sandbox.create(unencrypted_ports=["80"])  # type: ignore[list-item]
+
+
+def test_encrypted_ports_serve_tls_signed_by_the_engines_ca(
+        engine: dict[str, Any], tmp_path: Path) -> None:
+    import ssl
+
+    import httpx
+
+    from tests.helpers import hutch_cli
+
+    ca = hutch_cli("engine", "ca")
+    assert ca.returncode == 0 and b"BEGIN CERTIFICATE" in ca.stdout
+    (tmp_path / "ca.pem").write_bytes(ca.stdout)
+    verify = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    sb = hutch.Sandbox.create("python3", "-m", "http.server", "8443", "--directory", "/etc",
+                              encrypted_ports=[8443],
+                              readiness_probe=hutch.Probe.with_tcp(8443), timeout=60)
+    try:
+        sb.wait_until_ready()
+        tunnel = sb.tunnels()[8443]
+        assert tunnel.url.startswith("https://127.0.0.1:")
+        with pytest.raises(hutch.exception.InvalidError, match="not configured"):
+            tunnel.tcp_socket  # noqa: B018 - the property raises
+        response = httpx.get(f"{tunnel.url}/hostname", verify=verify, timeout=10)
+        assert (response.status_code, response.text) == (200, f"{sb.object_id}\n")
+        with pytest.raises(httpx.ConnectError):  # not trusted without the engine's CA
+            httpx.get(f"{tunnel.url}/hostname", timeout=10)
+        kill_daemon()  # a new daemon serves TLS for the sandbox it adopts
+        again = hutch.Sandbox.from_id(sb.object_id).tunnels()[8443]
+        response = httpx.get(f"{again.url}/hostname", verify=verify, timeout=10)
+        assert response.text == f"{sb.object_id}\n"
+    finally:
+        sb.terminate()

@@ -145,7 +145,7 @@ def test_the_unsupported_lists_cover_modal_parameters() -> None:
     # Guards the parametrized tests below against an accidentally emptied list.
     assert {"gpu", "cloud", "region", "client", "environment_name", "proxy"} <= set(
         options._NEVER)
-    assert {"cpu", "memory", "encrypted_ports", "pty", "outbound_domain_allowlist",
+    assert {"cpu", "memory", "h2_ports", "pty", "outbound_domain_allowlist",
             "inbound_cidr_allowlist"} <= set(options._NOT_YET)
     assert not set(options._NEVER) & set(options._NOT_YET)
 
@@ -206,7 +206,7 @@ def test_open_ports_contradict_block_network(port_option: str) -> None:
     message = "Cannot specify open ports when `block_network` is enabled"
     with pytest.raises(InvalidError, match=f"^{re.escape(message)}$"):
         options.reject_unsupported({"block_network": True, port_option: [8080]})
-    if port_option == "unencrypted_ports":  # supported: forwarded from the host
+    if port_option in ("unencrypted_ports", "encrypted_ports"):  # supported: forwarded
         options.reject_unsupported({"block_network": False, port_option: [8080]})
         return
     # Without block_network the other ports are simply not supported yet.

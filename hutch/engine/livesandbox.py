@@ -1,0 +1,107 @@
+"""What the daemon knows of a running sandbox beyond its database row, and the waits of
+its supervisor (exit, activity for ``idle_timeout``, deadlines)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from hutch.api.models import ProbeSpec
+from hutch.engine import rootfs
+
+
+@dataclass
+class LiveSandbox:
+    """What the daemon knows of a running sandbox beyond its database row."""
+
+    sandbox_id: str
+    dirs: rootfs.SandboxDirs
+    pid: int
+    pidfd: int | None
+    deadline: float
+    default_entrypoint: bool
+    env: dict[str, str]
+    workdir: str
+    terminating: bool = False
+    stdin: trio.lowlevel.FdStream | None = None
+    idle_timeout: float | None = None
+    probe: ProbeSpec | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    #: Execs running now, and when the sandbox was last used (exec or stdin), wall time.
+    active: int = 0
+    last_active: float = field(default_factory=time.time)
+    activity: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def touch(self) -> None:
+        self.last_active = time.time()
+        self.activity.set()
+        self.activity = trio.Event()
+
+    def wake_at(self) -> float:
+        """When the supervisor must look again: the timeout, or the idle deadline."""
+        if self.idle_timeout is None:
+            return self.deadline
+        if self.active:
+            return self.deadline  # an exec's end touches the sandbox and wakes it
+        return min(self.deadline, self.last_active + self.idle_timeout)
+
+    def expired(self) -> bool:
+        now = time.time()
+        return now >= self.deadline or (
+            self.idle_timeout is not None and not self.active
+            and now >= self.last_active + self.idle_timeout)
+
+    def pidns(self) -> int | None:
+        try:
+            return os.stat(f"/proc/{self.pid}/ns/pid").st_ino
+        except OSError:
+            return None
+
+    def signal(self, sig: int) -> None:
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+async def until_exit_activity_or(live: LiveSandbox, deadline: float) -> str:
+    """Wait for the sandbox's process to end (``exited``), for it to be used (``activity``:
+    its idle deadline moved) or for the wall-clock ``deadline``."""
+    assert live.pidfd is not None
+    pidfd, activity = live.pidfd, live.activity
+    woke = "deadline"
+    with trio.move_on_after(max(0.0, deadline - time.time())):
+        async with trio.open_nursery() as nursery:
+            async def exited() -> None:
+                nonlocal woke
+                await trio.lowlevel.wait_readable(pidfd)
+                woke = "exited"
+                nursery.cancel_scope.cancel()
+
+            async def used() -> None:
+                nonlocal woke
+                await activity.wait()
+                woke = "activity"
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(exited)
+            nursery.start_soon(used)
+    return woke
+
+
+async def first_event(*events: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)

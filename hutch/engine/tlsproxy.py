@@ -1,0 +1,97 @@
+"""TLS for ``encrypted_ports``: a per-engine CA, and proxies that terminate TLS on the host.
+
+The CA (``<data>/ca/ca.crt``, printed by ``hutch engine ca``) and a server certificate for
+127.0.0.1 and localhost signed by it are made once with the ``openssl`` command.  For each
+encrypted port the engine listens with TLS on an ephemeral port of 127.0.0.1 and relays each
+connection, decrypted, to the plain forward slirp4netns keeps for that port.  Clients that
+trust the CA get a verified ``https://127.0.0.1:<port>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import subprocess
+from pathlib import Path
+
+import trio
+
+from hutch.engine.errors import EngineError
+
+log = logging.getLogger("hutch.tls")
+
+
+class CertificateError(EngineError):
+    pass
+
+
+def ensure_ca(data_dir: Path) -> Path:
+    """The engine's CA directory, with ``ca.crt``, ``server.crt`` and ``server.key``."""
+    ca = data_dir / "ca"
+    if (ca / "server.crt").exists():
+        return ca
+    ca.mkdir(mode=0o700, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        result = subprocess.run(["openssl", *args], cwd=ca, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CertificateError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-days", "3650", "-subj", "/CN=hutch local CA",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-new", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "825", "-copy_extensions", "copy",
+            "-out", "server.crt.tmp")
+    (ca / "server.crt.tmp").rename(ca / "server.crt")
+    return ca
+
+
+def server_context(ca: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(ca / "server.crt", ca / "server.key")
+    return context
+
+
+async def _relay(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+    try:
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        try:
+            await sink.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def serve_tls(context: ssl.SSLContext, plain_port: int, done: trio.Event,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Terminate TLS on an ephemeral 127.0.0.1 port (reported via ``task_status``) and relay
+    each connection to ``127.0.0.1:plain_port`` until ``done`` is set."""
+    listeners = await trio.open_ssl_over_tcp_listeners(0, context, host="127.0.0.1")
+    transport = listeners[0].transport_listener
+    assert isinstance(transport, trio.SocketListener)
+    port: int = transport.socket.getsockname()[1]
+
+    async def handle(client: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", plain_port)
+        except OSError:
+            await client.aclose()
+            return
+        try:
+            async with trio.open_nursery() as relays:
+                relays.start_soon(_relay, client, upstream)
+                relays.start_soon(_relay, upstream, client)
+        except Exception as exc:
+            log.info("tls relay for port %d ended: %s", plain_port, exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        task_status.started(port)
+        await done.wait()
+        nursery.cancel_scope.cancel()
