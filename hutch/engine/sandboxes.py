@@ -116,13 +116,10 @@ class SandboxManager:
                 raise Invalid(f"the sandbox could not start: {exc.stderr}") from exc
             raise
         try:
-            for port in req.unencrypted_ports:
-                host_port = await network.forward(dirs.root, port)
-                network.record_tunnel(dirs.root, port, host_port, tls=False,
-                                      plain_port=host_port)
-            for port in req.encrypted_ports:
+            for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 plain = await network.forward(dirs.root, port)
-                network.record_tunnel(dirs.root, port, 0, tls=True, plain_port=plain)
+                network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
+                                      plain_port=plain)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await stdin.aclose()
@@ -132,20 +129,25 @@ class SandboxManager:
         self.store.mark_running(sandbox_id, pid)
         row = self.store.sandbox(sandbox_id)
         self._supervise(row, stdin)
-        await self._serve_tls(self.live[sandbox_id])
+        await self._serve_tunnels(self.live[sandbox_id])
         return row
 
-    async def _serve_tls(self, live: LiveSandbox) -> None:
-        """Start the TLS proxies of the sandbox's encrypted ports (again, after a restart)."""
+    async def _serve_tunnels(self, live: LiveSandbox) -> None:
+        """Start the listeners of the sandbox's ports (again, after a restart)."""
+        def connections(delta: int) -> None:
+            live.active += delta
+            live.touch()
+
         for guest, tunnel in network.tunnels_of(live.dirs.root).items():
-            if not tunnel.get("tls"):
-                continue
-            if self.tls_context is None:
-                ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
-                self.tls_context = tlsproxy.server_context(ca)
-            port = await self.nursery.start(tlsproxy.serve_tls, self.tls_context,
-                                            tunnel["plain_port"], live.done)
-            network.record_tunnel(live.dirs.root, guest, port, tls=True,
+            context = None
+            if tunnel.get("tls"):
+                if self.tls_context is None:
+                    ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
+                    self.tls_context = tlsproxy.server_context(ca)
+                context = self.tls_context
+            port = await self.nursery.start(tlsproxy.serve_tunnel, context,
+                                            tunnel["plain_port"], live.done, connections)
+            network.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")),
                                   plain_port=tunnel["plain_port"])
 
     async def _start(self, sandbox_id: str, dirs: rootfs.SandboxDirs, layers: list[Path],
@@ -416,7 +418,7 @@ class SandboxManager:
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))
-                await self._serve_tls(self.live[row.sandbox_id])
+                await self._serve_tunnels(self.live[row.sandbox_id])
                 continue
             code = await self._exit_code(row.init_pid, wait=0) if row.init_pid else None
             if row.state == "creating":

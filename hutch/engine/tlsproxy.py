@@ -1,10 +1,11 @@
-"""TLS for ``encrypted_ports``: a per-engine CA, and proxies that terminate TLS on the host.
+"""Tunnels: the engine's listeners for sandbox ports, with TLS for ``encrypted_ports``.
 
 The CA (``<data>/ca/ca.crt``, printed by ``hutch engine ca``) and a server certificate for
 127.0.0.1 and localhost signed by it are made once with the ``openssl`` command.  For each
-encrypted port the engine listens with TLS on an ephemeral port of 127.0.0.1 and relays each
-connection, decrypted, to the plain forward slirp4netns keeps for that port.  Clients that
-trust the CA get a verified ``https://127.0.0.1:<port>``.
+forwarded port the engine listens on an ephemeral port of 127.0.0.1 (with TLS for an
+encrypted one) and relays each connection to the plain forward slirp4netns keeps for that
+port, counting connections as the sandbox's activity.  Clients that trust the CA get a
+verified ``https://127.0.0.1:<port>``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import logging
 import ssl
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -68,27 +71,33 @@ async def _relay(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
             pass
 
 
-async def serve_tls(context: ssl.SSLContext, plain_port: int, done: trio.Event,
-                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Terminate TLS on an ephemeral 127.0.0.1 port (reported via ``task_status``) and relay
-    each connection to ``127.0.0.1:plain_port`` until ``done`` is set."""
-    listeners = await trio.open_ssl_over_tcp_listeners(0, context, host="127.0.0.1")
-    transport = listeners[0].transport_listener
-    assert isinstance(transport, trio.SocketListener)
-    port: int = transport.socket.getsockname()[1]
+async def serve_tunnel(context: ssl.SSLContext | None, plain_port: int, done: trio.Event,
+                       connections: Callable[[int], None],
+                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on an ephemeral 127.0.0.1 port (reported via ``task_status``), with TLS when
+    ``context`` is given, and relay each connection to ``127.0.0.1:plain_port`` (the
+    slirp4netns forward) until ``done`` is set.  ``connections(+1)``/``(-1)`` report each
+    connection's start and end (activity for ``idle_timeout``)."""
+    plain = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = plain[0].socket.getsockname()[1]
+    listeners: list[Any] = list(plain) if context is None else \
+        [trio.SSLListener(listener, context) for listener in plain]
 
-    async def handle(client: trio.SSLStream[trio.SocketStream]) -> None:
+    async def handle(client: trio.abc.Stream) -> None:
+        connections(+1)
         try:
-            upstream = await trio.open_tcp_stream("127.0.0.1", plain_port)
-        except OSError:
-            await client.aclose()
-            return
-        try:
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", plain_port)
+            except OSError:
+                await client.aclose()
+                return
             async with trio.open_nursery() as relays:
                 relays.start_soon(_relay, client, upstream)
                 relays.start_soon(_relay, upstream, client)
-        except Exception as exc:
-            log.info("tls relay for port %d ended: %s", plain_port, exc)
+        except Exception as exc:  # one bad connection must not stop the others
+            log.info("relay for port %d ended: %s", plain_port, exc)
+        finally:
+            connections(-1)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, handle, listeners)

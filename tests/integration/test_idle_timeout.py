@@ -51,3 +51,20 @@ def test_bad_idle_timeouts() -> None:
     for value in (0, -1, "10", float("nan")):
         with pytest.raises(InvalidError, match="idle_timeout"):
             hutch.Sandbox.create(idle_timeout=value)  # type: ignore[arg-type]
+
+
+def test_an_open_tunnel_connection_counts_as_activity(engine: dict[str, Any]) -> None:
+    import socket
+
+    sb = hutch.Sandbox.create("python3", "-m", "http.server", "8000", unencrypted_ports=[8000],
+                              readiness_probe=hutch.Probe.with_tcp(8000), idle_timeout=1.5,
+                              timeout=120)
+    try:
+        sb.wait_until_ready()
+        with socket.create_connection(sb.tunnels()[8000].tcp_socket, timeout=10):
+            time.sleep(3)  # a held connection, twice as long as idle_timeout
+            assert sb.poll() is None
+        with pytest.raises(SandboxTimeoutError):  # idle once the connection is closed
+            sb.wait()
+    finally:
+        sb.terminate()
