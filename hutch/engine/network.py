@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -110,10 +111,16 @@ async def attach(pid: int, sandbox_dir: Path, allowlist: list[str] | None) -> No
         raise
 
 
+def _nft() -> str:
+    """nft's path: it lives in /usr/sbin, which an ordinary user's PATH often lacks."""
+    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin") or "nft"
+
+
 async def _firewall(netns: str, allowlist: list[str] | None) -> None:
     """Load the ruleset with nft inside the namespace (posix_spawn: no fork of the daemon)."""
     try:
-        nft = spawn(["nsenter", f"--net={netns}", "nft", "-f", "-"], stdin=True, stdout=False)
+        nft = spawn(["nsenter", f"--net={netns}", _nft(), "-f", "-"], stdin=True,
+                    stdout=False)
     except FileNotFoundError as exc:
         raise NetworkSetupFailed("nsenter is not installed: apt-get install util-linux") \
             from exc

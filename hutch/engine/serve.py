@@ -129,6 +129,10 @@ async def run() -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s engine %(levelname)s %(name)s: %(message)s")
+    # runc, nft and friends live in sbin directories, which an ordinary user's PATH lacks.
+    path = os.environ.get("PATH", "/usr/bin:/bin").split(":")
+    os.environ["PATH"] = ":".join(
+        [*path, *[d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in path]])
     # The data and runtime directories are 0700, which keeps everything below them private;
     # what the engine creates for sandboxes (their root, volume files) gets normal modes.
     os.umask(0o022)

@@ -33,7 +33,11 @@ BINARIES: dict[str, tuple[str, str, bool]] = {
     "tar": ("tar", "packing and unpacking image layers", True),
     "umoci": ("umoci", "OCI image interop (image builder)", False),
     "skopeo": ("skopeo", "pulling images from registries (image builder)", False),
-    "slirp4netns": ("slirp4netns", "outbound networking for sandboxes", False),
+    "slirp4netns": ("slirp4netns", "outbound networking for sandboxes", True),
+    "nft": ("nftables", "the firewall of sandboxes with network access", True),
+    "nsenter": ("util-linux", "loading that firewall into a sandbox's namespace", True),
+    "openssl": ("openssl", "the engine's CA for encrypted ports", False),
+    "zstd": ("zstd", "importing zstd-compressed image layers", False),
 }
 
 

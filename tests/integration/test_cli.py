@@ -53,7 +53,7 @@ def test_doctor(engine: dict[str, Any]) -> None:
     out = r.stdout.decode()
     assert r.returncode == 0, out
     for name in ("crun", "runc", "newuidmap", "mmdebstrap", "subuid/subgid", "cgroups",
-                 "user namespaces", "runtime"):
+                 "user namespaces", "runtime", "slirp4netns", "nft", "nsenter", "openssl"):
         assert f"] {name}" in out
 
 

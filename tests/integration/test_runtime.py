@@ -38,9 +38,10 @@ def test_broken_crun_falls_back_to_runc_with_the_reason(engine: dict[str, Any]) 
 
 
 def test_runc_can_be_forced(engine: dict[str, Any]) -> None:
+    """Also with an ordinary user's PATH, which lacks /usr/sbin (runc's and nft's home)."""
     stop_engine()
     with engine_dirs(os.environ["HUTCH_RUNTIME_DIR"], os.environ["HUTCH_DATA_DIR"],
-                     HUTCH_RUNTIME="runc"):
+                     HUTCH_RUNTIME="runc", PATH="/usr/local/bin:/usr/bin:/bin"):
         try:
             assert request_blocking("GET", "/v1/engine")["runtime"] == "runc"
             _exercise()
