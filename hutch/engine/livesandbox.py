@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -97,11 +98,12 @@ async def until_exit_activity_or(live: LiveSandbox, deadline: float) -> str:
     return woke
 
 
-async def first_event(*events: trio.Event) -> None:
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of ``waits`` returns."""
     async with trio.open_nursery() as nursery:
-        async def wait(event: trio.Event) -> None:
-            await event.wait()
+        async def run(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
             nursery.cancel_scope.cancel()
 
-        for event in events:
-            nursery.start_soon(wait, event)
+        for wait in waits:
+            nursery.start_soon(run, wait)

@@ -24,7 +24,7 @@ from hutch.engine import network, ociconfig, proctree, rootfs, tlsproxy
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
-from hutch.engine.livesandbox import LiveSandbox, first_event, until_exit_activity_or
+from hutch.engine.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
@@ -108,28 +108,24 @@ class SandboxManager:
             pid, stdin = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env,
                                            workdir, mounts, online=req.network == "open",
                                            allowlist=allowlist)
+            for port in [*req.unencrypted_ports, *req.encrypted_ports]:
+                plain = await network.forward(dirs.root, port)
+                network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
+                                      plain_port=plain)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
+                if stdin is not None:
+                    await stdin.aclose()
                 await self._cleanup(sandbox_id, dirs)
                 self.store.mark_exited(sandbox_id, None, "failed")
             if isinstance(exc, RuntimeCommandError):
                 raise Invalid(f"the sandbox could not start: {exc.stderr}") from exc
             raise
-        try:
-            for port in [*req.unencrypted_ports, *req.encrypted_ports]:
-                plain = await network.forward(dirs.root, port)
-                network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
-                                      plain_port=plain)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await stdin.aclose()
-                await self._cleanup(sandbox_id, dirs)
-                self.store.mark_exited(sandbox_id, None, "failed")
-            raise
         self.store.mark_running(sandbox_id, pid)
         row = self.store.sandbox(sandbox_id)
         self._supervise(row, stdin)
-        await self._serve_tunnels(self.live[sandbox_id])
+        if req.unencrypted_ports or req.encrypted_ports:
+            await self._serve_tunnels(self.live[sandbox_id])
         return row
 
     async def _serve_tunnels(self, live: LiveSandbox) -> None:
@@ -320,7 +316,7 @@ class SandboxManager:
         if live.probe is None:
             raise Invalid(f"Sandbox {sandbox_id} has no readiness_probe")
         with trio.move_on_after(timeout):
-            await first_event(live.ready, live.done)
+            await first_of(live.ready.wait, live.done.wait)
         if live.ready.is_set():
             return
         if live.done.is_set():

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -45,6 +45,7 @@ from hutch.engine import linux, network, tlsproxy
 from hutch.engine.errors import EngineError, Invalid, NotFound
 from hutch.engine.execs import ExecSession
 from hutch.engine.files_api import add_file_routes
+from hutch.engine.livesandbox import first_of
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.store import SandboxRow
 from hutch.engine.volumes import add_volume_routes
@@ -430,22 +431,11 @@ async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
                 continue
             if live is None or watch is None:
                 break
-            await _first_of(live.done.wait, partial(trio.lowlevel.wait_readable, watch))
+            await first_of(live.done.wait, partial(trio.lowlevel.wait_readable, watch))
             _drain(watch)
     row = manager.get(sandbox_id)
     if row.state == "exited" or not follow:
         yield _event(exit_code=row.returncode)
-
-
-async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
-    """Return as soon as one of ``waits`` returns."""
-    async with trio.open_nursery() as nursery:
-        async def run(wait: Callable[[], Awaitable[object]]) -> None:
-            await wait()
-            nursery.cancel_scope.cancel()
-
-        for wait in waits:
-            nursery.start_soon(run, wait)
 
 
 def _drain(fd: int) -> None:

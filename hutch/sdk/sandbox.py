@@ -48,26 +48,29 @@ from hutch.sdk.streams import (
     check_stream_type,
     reader_mode,
 )
-from hutch.sdk.syncbridge import iterate_sync, synchronize, synchronize_static
+from hutch.sdk.syncbridge import BoundGenerator, synchronize, synchronize_static
 from hutch.sdk.transport import client
 from hutch.sdk.tunnel import Tunnel
 from hutch.sdk.volume import Volume
 
 
-class _ListCall:
-    """``Sandbox.list(...)``: a blocking generator; ``Sandbox.list.aio(...)`` an async one."""
+def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None = None
+                    ) -> AsyncIterator[Sandbox]:
+    """The running sandboxes, newest first, of an app and/or with these tags."""
+    params: dict[str, Any] = {}
+    if app_id is not None:
+        if not isinstance(app_id, str):
+            raise InvalidError("app_id must be a string")
+        params["app_id"] = app_id
+    if tags:
+        params["tags"] = json.dumps(options.check_str_dict(tags, "tags"))
 
-    def __init__(self) -> None:
-        self.__doc__ = "The running sandboxes, newest first, of an app and/or with these tags."
-        self.__name__ = "list"
+    async def sandboxes() -> AsyncIterator[Sandbox]:
+        body = await _client_request("GET", "/v1/sandboxes", params=params)
+        for info in body["sandboxes"]:
+            yield Sandbox(info)
 
-    def __call__(self, *, app_id: str | None = None,
-                 tags: Mapping[str, str] | None = None) -> Iterator[Sandbox]:
-        return iterate_sync(lambda: Sandbox._list(app_id, tags))
-
-    def aio(self, *, app_id: str | None = None,
-            tags: Mapping[str, str] | None = None) -> AsyncIterator[Sandbox]:
-        return Sandbox._list(app_id, tags)
+    return sandboxes()
 
 
 class Sandbox:
@@ -213,25 +216,8 @@ class Sandbox:
                                      params={"app_name": app_name, "name": name})
         return Sandbox(info)
 
-    @staticmethod
-    def _list(app_id: str | None = None, tags: Mapping[str, str] | None = None
-              ) -> AsyncIterator[Sandbox]:
-        params: dict[str, Any] = {}
-        if app_id is not None:
-            if not isinstance(app_id, str):
-                raise InvalidError("app_id must be a string")
-            params["app_id"] = app_id
-        if tags:
-            params["tags"] = json.dumps(options.check_str_dict(tags, "tags"))
-
-        async def sandboxes() -> AsyncIterator[Sandbox]:
-            body = await _client_request("GET", "/v1/sandboxes", params=params)
-            for info in body["sandboxes"]:
-                yield Sandbox(info)
-
-        return sandboxes()
-
-    list = _ListCall()
+    #: ``Sandbox.list(app_id=, tags=)``: a blocking iterator; ``.aio(...)`` an async one.
+    list = BoundGenerator(_list_sandboxes, "list", _list_sandboxes.__doc__)
 
     # state ------------------------------------------------------------------------------
     def _attached(self) -> None:
