@@ -4,7 +4,7 @@ Like podman's pause process, this small long-lived process owns the user namespa
 non-root user) and the mount namespace in which the engine mounts overlay root
 filesystems.  Unlike podman's it also
 
-* is the *child subreaper* for every sandbox: when ``crun run --detach`` exits, the
+* is the *child subreaper* for every sandbox: when ``crun create`` exits, the
   sandbox's init process is re-parented here, so its exit status is collected even while
   the daemon is down, and written to ``<runtime>/exits/<pid>`` for the daemon to read;
 * starts the trio daemon as its own child (on start and on ``SIGUSR1``), so the daemon is

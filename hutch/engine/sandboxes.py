@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from hutch.api.models import CreateSandboxRequest, ExecRequest, ProbeSpec
-from hutch.engine import network, ociconfig, proctree, rootfs, tlsproxy
+from hutch.engine import loopback, network, ociconfig, proctree, rootfs, tlsproxy
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
@@ -157,8 +157,9 @@ class SandboxManager:
         open read-write (so opening never blocks and the entrypoint sees no EOF until the
         client sends one) and hands the entrypoint a read-only descriptor.
 
-        A sandbox with network access is created, connected (:mod:`hutch.engine.network`)
-        and only then started, so its first instruction already has its network.
+        Every sandbox is created, its loopback configured (:mod:`hutch.engine.loopback`)
+        and, with network access, connected (:mod:`hutch.engine.network`), and only then
+        started, so its first instruction already has its network.
         """
         rootfs.mount_rootfs(dirs, layers)
         rootfs.make_dirs_inside(dirs.merged, workdir)
@@ -179,15 +180,20 @@ class SandboxManager:
         out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            if online:
-                await self.runtime.create(sandbox_id, dirs.root, stdin=reader, stdout=out,
-                                          stderr=err, pid_file=dirs.pid_file)
-                await network.attach(int(dirs.pid_file.read_text().strip()), dirs.root,
-                                     allowlist)
-                await self.runtime.start(sandbox_id)
-            else:
-                await self.runtime.run_detached(sandbox_id, dirs.root, stdin=reader,
-                                                stdout=out, stderr=err, pid_file=dirs.pid_file)
+            await self.runtime.create(sandbox_id, dirs.root, stdin=reader, stdout=out,
+                                      stderr=err, pid_file=dirs.pid_file)
+            pid = int(dirs.pid_file.read_text().strip())
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(loopback.configure, pid)
+                    if online:
+                        nursery.start_soon(network.attach, pid, dirs.root, allowlist)
+            except BaseExceptionGroup as group:
+                setup = [e for e in group.exceptions if isinstance(e, Invalid)]
+                if setup:
+                    raise setup[0] from group
+                raise
+            await self.runtime.start(sandbox_id)
         except BaseException:
             os.close(writer)
             raise

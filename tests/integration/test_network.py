@@ -57,6 +57,32 @@ def test_pip_download_works_by_default_and_not_without_network(
         blocked.terminate()
 
 
+LOOPBACK_ECHO = """
+import socket
+server = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(server.getsockname(), 5)
+conn, _ = server.accept()
+client.sendall(b"ping")
+print(conn.recv(4).decode(), open("/sys/class/net/lo/flags").read().strip())
+"""
+
+
+@pytest.mark.parametrize("block_network", [True, False])
+def test_loopback_is_up_with_or_without_network(engine: dict[str, Any],
+                                                block_network: bool) -> None:
+    sb = hutch.Sandbox.create(block_network=block_network, timeout=60)
+    try:
+        p = sb.exec("python3", "-c", LOOPBACK_ECHO)
+        out = p.stdout.read().split()
+        assert p.wait() == 0, p.stderr.read()
+        assert out[0] == "ping"
+        assert int(out[1], 16) & 0x1  # IFF_UP
+        interfaces = sorted(sb.ls("/sys/class/net"))
+        assert interfaces == (["lo"] if block_network else ["lo", "tap0"])
+    finally:
+        sb.terminate()
+
+
 def test_the_hosts_loopback_and_private_ranges_are_unreachable(online: hutch.Sandbox) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -34,10 +34,6 @@ class OCIRuntime(Protocol):
 
     async def start(self, cid: str) -> None: ...
 
-    async def run_detached(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
-                           stderr: int, pid_file: Path) -> None:
-        """create + start in one runtime invocation (the fast path)."""
-
     async def exec(self, cid: str, process_json: Path, *, pid_file: Path, stdin: bool,
                    stdout: bool = True, stderr: bool = True) -> SpawnedProcess:
         """Start a process in the container; the caller owns the returned process.

@@ -56,11 +56,6 @@ class CLIRuntime:
     async def start(self, cid: str) -> None:
         await self._run(self._argv("start", cid))
 
-    async def run_detached(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
-                           stderr: int, pid_file: Path) -> None:
-        await self._run_logged("run", cid, bundle, stdout, stderr, pid_file, "--detach",
-                               stdin=stdin)
-
     async def _run_logged(self, verb: str, cid: str, bundle: Path, stdout: int, stderr: int,
                           pid_file: Path, *extra: str, stdin: int | None = None) -> None:
         log = bundle / "runtime.log"
