@@ -2,16 +2,29 @@
 
 Tests marked ``root`` need real root; the rest run as the unprivileged user (the engine
 exists to be rootless), and integration tests refuse to run as root unless marked ``root``.
+
+The rootless suites (integration, security) share one real engine for the session.  Its
+state lives apart from the user's own engine: a runtime dir under /tmp (short enough for a
+Unix socket path) and a data dir under ~/.cache that survives runs, so the Debian base image
+is built once per machine.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hutch.sdk.transport import request_blocking
+from tests.helpers import engine_dirs, stop_engine
+
 os.environ.setdefault("HUTCH_OCI_SCHEMAS", str(Path(__file__).parent / "data" / "oci-schemas"))
+
+RUNTIME_DIR = Path(os.environ.get("HUTCH_TEST_RUNTIME", f"/tmp/hutch-it-{os.getuid()}"))
+DATA_DIR = Path(os.environ.get("HUTCH_TEST_DATA", Path.home() / ".cache" / "hutch-it"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -22,3 +35,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("rootless") and root:
             item.add_marker(pytest.mark.skip(
                 reason="runs the engine as an unprivileged user (tools/run-tests.sh does)"))
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[dict[str, Any]]:
+    if os.geteuid() == 0:
+        pytest.skip("the rootless suite runs as an unprivileged user")
+    with engine_dirs(RUNTIME_DIR, DATA_DIR):
+        info: dict[str, Any] = request_blocking("GET", "/v1/engine")
+        # Build (or find) the default image once, before any timed expectation.
+        request_blocking("POST", "/v1/images/default")
+        yield info
+        stop_engine()
+
+
+@pytest.fixture
+def sandbox(engine: dict[str, Any]) -> Iterator[Any]:
+    import hutch
+
+    sb = hutch.Sandbox.create(timeout=120)
+    yield sb
+    sb.terminate(grace_period=0)

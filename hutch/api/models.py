@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_VERSION = "2"
 DEFAULT_SANDBOX_TIMEOUT = 300.0
@@ -21,7 +21,10 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SandboxState = Literal["creating", "running", "exited"]
 StreamMode = Literal["pipe", "devnull"]
-ExitReason = Literal["exited", "terminated", "timeout", "lost", "failed"]
+ExitReason = Literal["exited", "terminated", "timeout", "lost", "failed", "oom", "pids_limit"]
+#: Default and largest pids limit of a sandbox (podman's default is 2048).
+DEFAULT_PIDS_LIMIT = 2048
+MAX_PIDS_LIMIT = 1 << 22
 
 
 class _Wire(BaseModel):
@@ -117,6 +120,25 @@ class CreateSandboxRequest(_Wire):
     unencrypted_ports: list[int] = Field(default_factory=list, max_length=64)
     #: The same, behind TLS terminated by the engine (certificate from its own CA).
     encrypted_ports: list[int] = Field(default_factory=list, max_length=64)
+    #: Resources, as Modal takes them: a CPU share (fractional cores) and memory (MiB) the
+    #: sandbox is guaranteed relative to others, and optional hard limits.
+    cpu: float | None = Field(default=None, gt=0, le=4096)
+    cpu_limit: float | None = Field(default=None, gt=0, le=4096)
+    memory: int | None = Field(default=None, gt=0, le=1 << 24)
+    memory_limit: int | None = Field(default=None, ge=6, le=1 << 24)
+    #: Most processes and threads at once (``None``: the engine's default).
+    pids_limit: int | None = Field(default=None, ge=8, le=MAX_PIDS_LIMIT)
+    #: Most the sandbox may write to its root filesystem, in MiB.
+    ephemeral_disk: int | None = Field(default=None, ge=1, le=1 << 24)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> CreateSandboxRequest:
+        if self.cpu is not None and self.cpu_limit is not None and self.cpu > self.cpu_limit:
+            raise ValueError("the cpu request may not exceed the cpu limit")
+        if self.memory is not None and self.memory_limit is not None \
+                and self.memory > self.memory_limit:
+            raise ValueError("the memory request may not exceed the memory limit")
+        return self
 
     @field_validator("unencrypted_ports", "encrypted_ports")
     @classmethod
@@ -156,6 +178,8 @@ class SandboxInfo(_Wire):
     finished_at: float | None = None
     returncode: int | None = None
     exit_reason: ExitReason | None = None
+    #: Why it ended, in words, when a limit ended it (``exit_reason`` oom or pids_limit).
+    exit_detail: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     timeout: float
     runtime: str

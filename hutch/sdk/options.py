@@ -35,8 +35,6 @@ _NEVER = {
 }
 #: create() parameters for features hutch does not have yet.
 _NOT_YET = {
-    "cpu": "CPU limits",
-    "memory": "memory limits",
     "outbound_domain_allowlist": "domain allowlists",
     "inbound_cidr_allowlist": "inbound allowlists",
     "h2_ports": "HTTP/2 port forwarding",
@@ -146,3 +144,47 @@ def env_without_none(env: object, what: str = "env") -> dict[str, str]:
     if isinstance(env, Mapping):
         env = {k: v for k, v in env.items() if v is not None}
     return check_str_dict(env, what)
+
+
+def _positive(value: object, what: str, kind: type) -> float:
+    number_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, number_types) \
+            or not math.isfinite(value) or value <= 0:
+        raise InvalidError(f"`{what}` must be a positive {kind.__name__}, got: {value!r}")
+    return float(value)
+
+
+def _request_and_limit(value: object, what: str, kind: type
+                       ) -> tuple[float | None, float | None]:
+    """Modal's ``x`` (a request) or ``(request, limit)`` (a request and a hard limit)."""
+    if value is None:
+        return None, None
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise InvalidError(f"`{what}` must be a number or a (request, limit) tuple")
+        request = _positive(value[0], f"{what}` request `", kind)
+        limit = _positive(value[1], f"{what}` limit `", kind)
+        if limit < request:
+            raise InvalidError(f"Cannot specify a {what} limit lower than request: "
+                               f"{value[1]} < {value[0]}")
+        return request, limit
+    return _positive(value, what, kind), None
+
+
+def check_resources(*, cpu: object, memory: object, ephemeral_disk: object,
+                    pids_limit: object) -> dict[str, Any]:
+    """The resource fields of a create request: ``cpu`` in fractional cores and ``memory``
+    in MiB, each a request or a ``(request, limit)`` pair as Modal takes them;
+    ``ephemeral_disk`` in MiB; ``pids_limit`` (hutch's own) a count of processes."""
+    cpu_request, cpu_limit = _request_and_limit(cpu, "cpu", float)
+    memory_request, memory_limit = _request_and_limit(memory, "memory", int)
+    fields: dict[str, Any] = {
+        "cpu": cpu_request, "cpu_limit": cpu_limit,
+        "memory": None if memory_request is None else int(memory_request),
+        "memory_limit": None if memory_limit is None else int(memory_limit),
+    }
+    if ephemeral_disk is not None:
+        fields["ephemeral_disk"] = int(_positive(ephemeral_disk, "ephemeral_disk", int))
+    if pids_limit is not None:
+        fields["pids_limit"] = int(_positive(pids_limit, "pids_limit", int))
+    return {k: v for k, v in fields.items() if v is not None}

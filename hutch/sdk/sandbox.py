@@ -104,6 +104,8 @@ class Sandbox:
         idle_timeout: int | None = None,
         cpu: float | tuple[float, float] | None = None,
         memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        pids_limit: int | None = None,
         volumes: Mapping[str | os.PathLike[str], Volume] | None = None,
         gpu: str | None = None,
         cloud: str | None = None,
@@ -132,7 +134,6 @@ class Sandbox:
         Raises :class:`AlreadyExistsError` when a running sandbox of the app has ``name``.
         """
         options.reject_unsupported({
-            "cpu": cpu, "memory": memory,
             "gpu": gpu, "cloud": cloud, "region": region,
             "network_file_systems": network_file_systems,
             "outbound_cidr_allowlist": outbound_cidr_allowlist,
@@ -179,6 +180,8 @@ class Sandbox:
             "timeout": options.check_timeout(timeout, "timeout", optional=False),
             "idle_timeout": options.check_timeout(idle_timeout, "idle_timeout", optional=True),
             "verbose": verbose,
+            **options.check_resources(cpu=cpu, memory=memory, ephemeral_disk=ephemeral_disk,
+                                      pids_limit=pids_limit),
         }
         if readiness_probe is not None:
             if not isinstance(readiness_probe, Probe):

@@ -28,8 +28,8 @@ import hutch as modal
 from hutch import exception as exc
 from hutch.api.paths import socket_path
 from hutch.sdk.transport import request_blocking
+from tests.conftest import DATA_DIR
 from tests.helpers import wait_for
-from tests.integration.conftest import DATA_DIR
 
 MiB = 1 << 20
 NOT_FOUND = (FileNotFoundError, exc.SandboxFilesystemNotFoundError)
