@@ -5,7 +5,10 @@
 #     peers the benchmarks compare against (podman, bubblewrap);
 #   - creates the unprivileged test user (default: hutchtest) with a subuid/subgid range;
 #   - on hybrid-cgroup hosts mounts the hugetlb v1 controller so crun can run;
-#   - makes /dev/net/tun usable by unprivileged users (mode 0666, as on stock distributions).
+#   - makes /dev/net/tun usable by unprivileged users (mode 0666, as on stock distributions);
+#   - on cgroup v1 hosts delegates a subtree of the memory, cpu and pids controllers to the
+#     test user (/sys/fs/cgroup/<controller>/hutch/<user>), so its engine can enforce
+#     sandbox limits.  cgroup v2 hosts delegate with systemd instead (docs/limits.md).
 set -euo pipefail
 
 TEST_USER="${HUTCH_TEST_USER:-hutchtest}"
@@ -54,6 +57,23 @@ fi
 
 if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
   chmod 0666 /dev/net/tun
+fi
+
+# cgroup v1: the user owns its directory and the files that move processes, not the limits
+# of the directory itself, so the subtree as a whole stays within what root set for it.
+delegate_v1() {
+  local user="$1" controller dir
+  for controller in memory cpu pids; do
+    mountpoint -q "/sys/fs/cgroup/$controller" || continue
+    dir="/sys/fs/cgroup/$controller/hutch/$user"
+    mkdir -p "$dir"
+    chown "$user:" "$dir" "$dir/cgroup.procs" "$dir/tasks"
+  done
+}
+if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+  echo "setup-host: delegating cgroup v1 memory, cpu and pids to $TEST_USER"
+  delegate_v1 "$TEST_USER"
+  for user in ${HUTCH_DELEGATE_USERS:-}; do delegate_v1 "$user"; done
 fi
 
 echo "setup-host: ready (test user: $TEST_USER)"

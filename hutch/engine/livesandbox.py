@@ -13,6 +13,7 @@ import trio
 
 from hutch.api.models import ProbeSpec
 from hutch.engine import rootfs
+from hutch.engine.cgroups import SandboxCgroup
 
 
 @dataclass
@@ -37,6 +38,11 @@ class LiveSandbox:
     last_active: float = field(default_factory=time.time)
     activity: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
+    cgroup: SandboxCgroup | None = None
+
+    def launcher(self) -> list[str]:
+        """The argv prefix that starts an exec (or probe) inside the sandbox's cgroup."""
+        return [] if self.cgroup is None else self.cgroup.launcher()
 
     def touch(self) -> None:
         self.last_active = time.time()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ _HANDLED = {signal.SIGCHLD, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
 
 def _enter_namespaces(runtime: Path) -> dict[str, object]:
     """Unshare user (if unprivileged) and mount namespaces; return a description."""
+    user = _user_name()
     if os.geteuid() == 0:
         linux.unshare(linux.CLONE_NEWNS)
         mode = "root"
@@ -79,7 +81,15 @@ def _enter_namespaces(runtime: Path) -> dict[str, object]:
             os.setgroups([])
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     uid_map = Path("/proc/self/uid_map").read_text().split()
-    return {"mode": mode, "uid_map": uid_map, "pid": os.getpid()}
+    return {"mode": mode, "uid_map": uid_map, "pid": os.getpid(), "user": user}
+
+
+def _user_name() -> str:
+    """The host user the engine runs for (its cgroups are delegated by this name)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _exit_code(status: int) -> int:

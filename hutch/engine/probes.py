@@ -48,7 +48,8 @@ async def probe_once(runtime: OCIRuntime, live: LiveSandbox, argv: list[str]) ->
     process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
     try:
         proc = await runtime.exec(live.sandbox_id, process_json, pid_file=pid_file,
-                                  stdin=False, stdout=False, stderr=False)
+                                  stdin=False, stdout=False, stderr=False,
+                                  prefix=live.launcher())
         try:
             return await proc.wait()
         finally:

@@ -33,6 +33,11 @@ class SandboxDirs:
         return self.root / "work"
 
     @property
+    def scratch(self) -> Path:
+        """The size-limited tmpfs holding upper and work (sandboxes with a disk limit)."""
+        return self.root / "scratch"
+
+    @property
     def merged(self) -> Path:
         return self.root / "merged"
 
@@ -62,16 +67,44 @@ class SandboxDirs:
         return self.root / "init.pid"
 
 
-def mount_rootfs(dirs: SandboxDirs, layers: list[Path]) -> None:
-    """Create the sandbox's directories and mount its overlay root filesystem."""
-    for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs):
+def mount_rootfs(dirs: SandboxDirs, layers: list[Path], *, disk_mib: int | None = None
+                 ) -> None:
+    """Create the sandbox's directories and mount its overlay root filesystem.
+
+    With ``disk_mib``, the upper and work directories live on a tmpfs of that size (at
+    ``scratch``; ``upper`` and ``work`` are links into it), so writes beyond it fail with
+    ENOSPC.  A tmpfs is the one size-limited file system a rootless engine can mount; its
+    pages are memory, charged to the sandbox's memory cgroup.
+    """
+    for d in (dirs.merged, dirs.etc, dirs.execs):
         d.mkdir(parents=True, exist_ok=True)
+    if disk_mib is None:
+        dirs.upper.mkdir(exist_ok=True)
+        dirs.work.mkdir(exist_ok=True)
+    else:
+        dirs.scratch.mkdir(exist_ok=True)
+        try:
+            linux.mount("tmpfs", str(dirs.scratch), "tmpfs", linux.MS_NODEV | linux.MS_NOSUID,
+                        f"size={disk_mib}m,mode=0755")
+        except OSError as exc:
+            raise Invalid(f"ephemeral_disk: cannot mount a {disk_mib} MiB tmpfs: {exc}") \
+                from exc
+        for name in ("upper", "work"):
+            (dirs.scratch / name).mkdir()
+            (dirs.root / name).symlink_to(dirs.scratch / name)
     # overlayfs lists lowerdirs top first; image layers are stored bottom first.  In a user
     # namespace overlayfs cannot set its trusted.* xattrs, so without ``userxattr`` removing
     # a directory that exists in a layer fails with EIO; use user.overlay.* everywhere.
     lower = ":".join(str(p) for p in reversed(layers))
-    linux.mount("overlay", str(dirs.merged), "overlay", linux.MS_NODEV,
-                f"userxattr,lowerdir={lower},upperdir={dirs.upper},workdir={dirs.work}")
+    try:
+        linux.mount("overlay", str(dirs.merged), "overlay", linux.MS_NODEV,
+                    f"userxattr,lowerdir={lower},upperdir={dirs.upper.resolve()},"
+                    f"workdir={dirs.work.resolve()}")
+    except OSError as exc:
+        if disk_mib is not None:
+            raise Invalid(f"ephemeral_disk: overlayfs refuses a tmpfs upper directory here "
+                          f"(Linux >= 6.6 needed for user xattrs on tmpfs): {exc}") from exc
+        raise
 
 
 def unmount_rootfs_keep_upper(dirs: SandboxDirs) -> None:
@@ -86,7 +119,15 @@ def unmount_rootfs_keep_upper(dirs: SandboxDirs) -> None:
 def unmount_rootfs(dirs: SandboxDirs) -> None:
     """Unmount the overlay and remove everything but the entrypoint's logs."""
     unmount_rootfs_keep_upper(dirs)
-    for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs):
+    for link in (dirs.upper, dirs.work):
+        if link.is_symlink():
+            link.unlink()
+    try:
+        linux.umount(str(dirs.scratch), linux.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs, dirs.scratch):
         shutil.rmtree(d, ignore_errors=True)
     for f in ("config.json", "init.pid", "runtime.log"):
         (dirs.root / f).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ sandboxes' subreaper, which keeps it in ``<runtime>/exits/<pid>`` even while no 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import trio
 
-from hutch.api.models import CreateSandboxRequest, ExecRequest, ProbeSpec
-from hutch.engine import loopback, network, ociconfig, proctree, rootfs, tlsproxy
+from hutch.api.models import DEFAULT_PIDS_LIMIT, CreateSandboxRequest, ExecRequest, ProbeSpec
+from hutch.engine import network, ociconfig, proctree, rootfs, tlsproxy
+from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
+from hutch.engine.launch import LaunchPlan, start_container
 from hutch.engine.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
@@ -40,7 +43,7 @@ TERMINATED_CODE = 137
 class SandboxManager:
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
-                 nursery: trio.Nursery) -> None:
+                 nursery: trio.Nursery, cgroups: CgroupHost) -> None:
         self.store = store
         self.images = images
         self.volumes = VolumeService(store, data_dir)
@@ -52,6 +55,7 @@ class SandboxManager:
         self.exits_dir = runtime_dir / "exits"
         self.devpts_gid = devpts_gid
         self.nursery = nursery
+        self.cgroups = cgroups
         self.live: dict[str, LiveSandbox] = {}
         self.execs: dict[str, ExecSession] = {}
 
@@ -76,6 +80,11 @@ class SandboxManager:
         probe = req.readiness_probe
         if probe is not None and (probe.tcp_port is None) == (probe.exec_argv is None):
             raise Invalid("a readiness probe has either tcp_port or exec_argv")
+        limits = Limits(cpu=req.cpu, cpu_limit=req.cpu_limit, memory=req.memory,
+                        memory_limit=req.memory_limit, pids=req.pids_limit)
+        self.cgroups.require(limits)
+        if limits.pids is None and "pids" in self.cgroups.bases:
+            limits = dataclasses.replace(limits, pids=DEFAULT_PIDS_LIMIT)
         app_id = self._app_id(req)
         image = await self.images.resolve(req.image)
         sandbox_id = new_id("sb")
@@ -95,7 +104,10 @@ class SandboxManager:
                        "probe": req.readiness_probe.model_dump() if req.readiness_probe
                        else None,
                        "layers": ["sha256:" + p.name for p in image.layer_dirs],
-                       "volumes": sorted({v.name for v in req.volumes.values()})}
+                       "volumes": sorted({v.name for v in req.volumes.values()}),
+                       "limits": dataclasses.asdict(limits),
+                       "cgroup": bool(self.cgroups.bases),
+                       "ephemeral_disk": req.ephemeral_disk}
         self.store.insert_sandbox(
             sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
             spec=spec_record, timeout=req.timeout, runtime=self.runtime.name, tags=req.tags,
@@ -105,9 +117,12 @@ class SandboxManager:
         try:
             dirs.root.mkdir(parents=True)
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes")
-            pid, stdin = await self._start(sandbox_id, dirs, image.layer_dirs, argv, env,
-                                           workdir, mounts, online=req.network == "open",
-                                           allowlist=allowlist)
+            pid, stdin = await start_container(self.runtime, LaunchPlan(
+                sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv, env=env,
+                workdir=workdir, mounts=mounts, devpts_gid=self.devpts_gid,
+                online=req.network == "open", allowlist=allowlist,
+                cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
+                disk_mib=req.ephemeral_disk))
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 plain = await network.forward(dirs.root, port)
                 network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
@@ -146,61 +161,9 @@ class SandboxManager:
             network.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")),
                                   plain_port=tunnel["plain_port"])
 
-    async def _start(self, sandbox_id: str, dirs: rootfs.SandboxDirs, layers: list[Path],
-                     argv: list[str], env: dict[str, str], workdir: str,
-                     mounts: list[ociconfig.Mount], online: bool = False,
-                     allowlist: list[str] | None = None
-                     ) -> tuple[int, trio.lowlevel.FdStream]:
-        """Start the container; returns its init pid and the write end of its stdin.
-
-        The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
-        open read-write (so opening never blocks and the entrypoint sees no EOF until the
-        client sends one) and hands the entrypoint a read-only descriptor.
-
-        Every sandbox is created, its loopback configured (:mod:`hutch.engine.loopback`)
-        and, with network access, connected (:mod:`hutch.engine.network`), and only then
-        started, so its first instruction already has its network.
-        """
-        rootfs.mount_rootfs(dirs, layers)
-        rootfs.make_dirs_inside(dirs.merged, workdir)
-        etc = rootfs.write_etc_files(dirs, sandbox_id,
-                                     nameserver=network.SLIRP_DNS if online else None)
-        if online:
-            etc.update(network.host_trust(dirs.merged))
-        spec = ociconfig.sandbox_spec(
-            rootfs=str(dirs.merged), hostname=sandbox_id,
-            process=ociconfig.process_spec(argv, env, workdir), etc_files=etc,
-            devpts_gid=self.devpts_gid, extra_mounts=mounts,
-        )
-        (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
-        fifo = dirs.stdin_fifo
-        os.mkfifo(fifo, 0o600)
-        writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        reader = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
-        out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            await self.runtime.create(sandbox_id, dirs.root, stdin=reader, stdout=out,
-                                      stderr=err, pid_file=dirs.pid_file)
-            pid = int(dirs.pid_file.read_text().strip())
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(loopback.configure, pid)
-                    if online:
-                        nursery.start_soon(network.attach, pid, dirs.root, allowlist)
-            except BaseExceptionGroup as group:
-                setup = [e for e in group.exceptions if isinstance(e, Invalid)]
-                if setup:
-                    raise setup[0] from group
-                raise
-            await self.runtime.start(sandbox_id)
-        except BaseException:
-            os.close(writer)
-            raise
-        finally:
-            for fd in (reader, out, err):
-                os.close(fd)
-        return int(dirs.pid_file.read_text().strip()), trio.lowlevel.FdStream(writer)
+    def _cgroup(self, sandbox_id: str, spec: dict[str, object]) -> SandboxCgroup | None:
+        return self.cgroups.cgroup(sandbox_id) if spec.get("cgroup") and self.cgroups.bases \
+            else None
 
     # supervision ----------------------------------------------------------------------------
     def _supervise(self, row: SandboxRow, stdin: trio.lowlevel.FdStream | None = None) -> None:
@@ -216,6 +179,7 @@ class SandboxManager:
             env=row.spec["env"], workdir=row.spec["workdir"], stdin=stdin,
             idle_timeout=row.spec.get("idle_timeout"),
             probe=ProbeSpec.model_validate(row.spec["probe"]) if row.spec.get("probe") else None,
+            cgroup=self._cgroup(row.sandbox_id, row.spec),
         )
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
@@ -238,12 +202,16 @@ class SandboxManager:
                     await trio.lowlevel.wait_readable(live.pidfd)
                     break
         code = await self._exit_code(live.pid)
+        oom, detail = (False, None) if live.cgroup is None else \
+            live.cgroup.outcome(killed=code == TERMINATED_CODE and not live.terminating
+                                and not timed_out)
         if live.terminating:
-            self.store.mark_exited(live.sandbox_id, TERMINATED_CODE, "terminated")
+            self.store.mark_exited(live.sandbox_id, TERMINATED_CODE, "terminated", detail)
         elif timed_out:
-            self.store.mark_exited(live.sandbox_id, TIMEOUT_CODE, "timeout")
+            self.store.mark_exited(live.sandbox_id, TIMEOUT_CODE, "timeout", detail)
         else:
-            self.store.mark_exited(live.sandbox_id, code, "exited" if code is not None else "lost")
+            reason = "oom" if oom else "exited" if code is not None else "lost"
+            self.store.mark_exited(live.sandbox_id, code, reason, detail)
         with trio.CancelScope(shield=True):
             await self._cleanup(live.sandbox_id, live.dirs)
         if live.pidfd is not None:
@@ -280,6 +248,10 @@ class SandboxManager:
             if "does not exist" not in exc.stderr and "not found" not in exc.stderr.lower():
                 log.warning("deleting container %s: %s", sandbox_id, exc)
         await network.detach(dirs.root)
+        row = self.store.sandbox(sandbox_id)
+        cgroup = self._cgroup(sandbox_id, row.spec)
+        if cgroup is not None:
+            cgroup.remove()
         release_staging(dirs.root / "volumes")
         try:
             rootfs.unmount_rootfs(dirs)
@@ -374,7 +346,8 @@ class SandboxManager:
         try:
             proc = await self.runtime.exec(sandbox_id, process_json, pid_file=pid_file,
                                            stdin=req.stdin, stdout=req.stdout == "pipe",
-                                           stderr=req.stderr == "pipe")
+                                           stderr=req.stderr == "pipe",
+                                           prefix=live.launcher())
         except BaseException:
             live.active -= 1
             live.touch()

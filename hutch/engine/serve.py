@@ -22,7 +22,7 @@ from hypercorn.trio import serve
 from hutch import __version__
 from hutch.api import paths
 from hutch.api.models import API_VERSION, EngineInfo
-from hutch.engine import loopback
+from hutch.engine import cgroups, loopback
 from hutch.engine.builder import Builder
 from hutch.engine.images import ImageService
 from hutch.engine.runtime.probe import choose_runtime
@@ -75,9 +75,15 @@ async def run() -> None:
         stop.set()
 
     async with trio.open_nursery() as nursery:
+        user = userns.get("user") or os.environ.get("USER", "root")
+        cgroup_host = cgroups.detect(user, root=userns["mode"] == "root")
+        log.info("cgroup v%d limits: %s%s", cgroup_host.version,
+                 ", ".join(cgroup_host.bases) or "none",
+                 f" ({cgroup_host.problem})" if cgroup_host.problem else "")
         manager = SandboxManager(
             store=store, images=images, runtime=probe.runtime, data_dir=data_dir,
             runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
+            cgroups=cgroup_host,
         )
         contexts = data_dir / "contexts"
         contexts.mkdir(exist_ok=True)

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     finished_at REAL,
     returncode INTEGER,
     exit_reason TEXT,
-    runtime TEXT NOT NULL
+    runtime TEXT NOT NULL,
+    exit_detail TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_live_name
     ON sandboxes (app_id, name) WHERE name IS NOT NULL AND state != 'exited';
@@ -94,6 +95,7 @@ class SandboxRow:
     exit_reason: str | None
     runtime: str
     tags: dict[str, str]
+    exit_detail: str | None = None
 
 
 class Store:
@@ -105,6 +107,9 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(sandboxes)")}
+        if "exit_detail" not in columns:  # a database made before limits existed
+            self.db.execute("ALTER TABLE sandboxes ADD COLUMN exit_detail TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -182,12 +187,13 @@ class Store:
             (init_pid, sandbox_id),
         )
 
-    def mark_exited(self, sandbox_id: str, returncode: int | None, reason: str) -> None:
+    def mark_exited(self, sandbox_id: str, returncode: int | None, reason: str,
+                    detail: str | None = None) -> None:
         """Record the end of a sandbox once: the first recorded outcome wins."""
         self.db.execute(
             "UPDATE sandboxes SET state = 'exited', returncode = ?, exit_reason = ?,"
-            " finished_at = ? WHERE sandbox_id = ? AND state != 'exited'",
-            (returncode, reason, time.time(), sandbox_id),
+            " exit_detail = ?, finished_at = ? WHERE sandbox_id = ? AND state != 'exited'",
+            (returncode, reason, detail, time.time(), sandbox_id),
         )
 
     def delete_sandbox(self, sandbox_id: str) -> None:

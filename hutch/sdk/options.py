@@ -150,7 +150,7 @@ def _positive(value: object, what: str, kind: type) -> float:
     number_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, number_types) \
             or not math.isfinite(value) or value <= 0:
-        raise InvalidError(f"`{what}` must be a positive {kind.__name__}, got: {value!r}")
+        raise InvalidError(f"{what} must be a positive {kind.__name__}, got: {value!r}")
     return float(value)
 
 
@@ -162,13 +162,13 @@ def _request_and_limit(value: object, what: str, kind: type
     if isinstance(value, tuple):
         if len(value) != 2:
             raise InvalidError(f"`{what}` must be a number or a (request, limit) tuple")
-        request = _positive(value[0], f"{what}` request `", kind)
-        limit = _positive(value[1], f"{what}` limit `", kind)
+        request = _positive(value[0], f"the `{what}` request", kind)
+        limit = _positive(value[1], f"the `{what}` limit", kind)
         if limit < request:
             raise InvalidError(f"Cannot specify a {what} limit lower than request: "
                                f"{value[1]} < {value[0]}")
         return request, limit
-    return _positive(value, what, kind), None
+    return _positive(value, f"`{what}`", kind), None
 
 
 def check_resources(*, cpu: object, memory: object, ephemeral_disk: object,
@@ -184,7 +184,7 @@ def check_resources(*, cpu: object, memory: object, ephemeral_disk: object,
         "memory_limit": None if memory_limit is None else int(memory_limit),
     }
     if ephemeral_disk is not None:
-        fields["ephemeral_disk"] = int(_positive(ephemeral_disk, "ephemeral_disk", int))
+        fields["ephemeral_disk"] = int(_positive(ephemeral_disk, "`ephemeral_disk`", int))
     if pids_limit is not None:
-        fields["pids_limit"] = int(_positive(pids_limit, "pids_limit", int))
+        fields["pids_limit"] = int(_positive(pids_limit, "`pids_limit`", int))
     return {k: v for k, v in fields.items() if v is not None}

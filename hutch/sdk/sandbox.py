@@ -265,6 +265,19 @@ class Sandbox:
             if self._info.get("state") == "exited" else None
         return code
 
+    @property
+    def exit_reason(self) -> str | None:
+        """Why it finished (as last seen; hutch's own): ``exited``, ``terminated``,
+        ``timeout``, ``oom`` (the OOM killer ended it at its memory limit), ``lost`` or
+        ``failed``; ``exit_detail`` says which limits it ran into, in words."""
+        reason: str | None = self._info.get("exit_reason")
+        return reason
+
+    @property
+    def exit_detail(self) -> str | None:
+        detail: str | None = self._info.get("exit_detail")
+        return detail
+
     @synchronize
     async def poll(self) -> int | None:
         """The exit code if the sandbox has finished, else None (asks the engine)."""

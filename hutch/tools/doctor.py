@@ -143,6 +143,36 @@ def check_cgroups() -> Check:
                                             if layout == "hybrid" else ""))
 
 
+def check_limits() -> list[Check]:
+    """Which sandbox limits this user's engine could enforce, and how to enable the rest."""
+    from hutch.engine import cgroups
+
+    root = os.geteuid() == 0
+    host = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=root, probe=True)
+    checks = []
+    for controller, what in (("memory", "memory="), ("cpu", "cpu="),
+                             ("pids", "pids_limit (and the default of 2048)")):
+        if controller in host.bases:
+            checks.append(Check(f"limit: {controller}", "ok",
+                                f"{what} enforced (cgroup v{host.version}, "
+                                f"{host.bases[controller]})"))
+        else:
+            checks.append(Check(f"limit: {controller}", "warn",
+                                f"{what} cannot be enforced: sandboxes asking for it are "
+                                "refused", host.problem))
+    release = platform.release().split(".")
+    try:
+        tmpfs_xattrs = root or (int(release[0]), int(release[1].split("-")[0])) >= (6, 6)
+    except (IndexError, ValueError):
+        tmpfs_xattrs = False
+    checks.append(Check("limit: ephemeral_disk", "ok" if tmpfs_xattrs else "warn",
+                        "enforced (a size-limited tmpfs under each sandbox's overlay)"
+                        if tmpfs_xattrs else "needs Linux >= 6.6 (user xattrs on tmpfs) "
+                        "for a rootless engine", "" if tmpfs_xattrs else
+                        "upgrade the kernel, or run the engine as root"))
+    return checks
+
+
 def check_tun() -> Check:
     try:
         mode = stat.S_IMODE(os.stat("/dev/net/tun").st_mode)
@@ -179,7 +209,7 @@ def check_engine() -> list[Check]:
 
 CHECKS: list[Callable[[], Check | list[Check]]] = [
     check_python, check_binaries, check_kernel, check_userns, check_subids, check_cgroups,
-    check_tun, check_engine,
+    check_limits, check_tun, check_engine,
 ]
 
 

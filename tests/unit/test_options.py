@@ -145,7 +145,7 @@ def test_the_unsupported_lists_cover_modal_parameters() -> None:
     # Guards the parametrized tests below against an accidentally emptied list.
     assert {"gpu", "cloud", "region", "client", "environment_name", "proxy"} <= set(
         options._NEVER)
-    assert {"cpu", "memory", "h2_ports", "pty", "outbound_domain_allowlist",
+    assert {"h2_ports", "pty", "outbound_domain_allowlist",
             "inbound_cidr_allowlist"} <= set(options._NOT_YET)
     assert not set(options._NEVER) & set(options._NOT_YET)
 
@@ -190,8 +190,8 @@ def test_block_network_alone_is_accepted() -> None:
 
 
 def test_first_unsupported_parameter_is_named() -> None:
-    with pytest.raises(InvalidError, match="`cpu`"):
-        options.reject_unsupported({"idle_timeout": None, "cpu": 2.0, "gpu": None})
+    with pytest.raises(InvalidError, match="`pty`"):
+        options.reject_unsupported({"idle_timeout": None, "pty": True, "gpu": None})
 
 
 @pytest.mark.parametrize("value", [["10.0.0.0/8"], []])
@@ -226,3 +226,35 @@ def test_deprecated_cidr_allowlist_is_reported_under_its_new_name() -> None:
     message = "`outbound_cidr_allowlist` cannot be used when `block_network` is enabled"
     with pytest.raises(InvalidError, match=f"^{re.escape(message)}$"):
         options.reject_unsupported({"block_network": True, "cidr_allowlist": ["10.0.0.0/8"]})
+
+
+# resources ------------------------------------------------------------------------------
+def test_resources_as_modal_takes_them() -> None:
+    assert options.check_resources(cpu=None, memory=None, ephemeral_disk=None,
+                                   pids_limit=None) == {}
+    assert options.check_resources(cpu=0.5, memory=256, ephemeral_disk=None,
+                                   pids_limit=None) == {"cpu": 0.5, "memory": 256}
+    assert options.check_resources(cpu=(1, 2.5), memory=(128, 512), ephemeral_disk=100,
+                                   pids_limit=64) == {
+        "cpu": 1.0, "cpu_limit": 2.5, "memory": 128, "memory_limit": 512,
+        "ephemeral_disk": 100, "pids_limit": 64}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"cpu": (2, 1)}, "Cannot specify a cpu limit lower than request: 1 < 2"),
+    ({"memory": (512, 256)}, "Cannot specify a memory limit lower than request: 256 < 512"),
+    ({"memory": 1.5}, "`memory` must be a positive int"),
+    ({"memory": (1, 2, 3)}, "`memory` must be a number or a"),
+    ({"cpu": -1}, "`cpu` must be a positive float"),
+    ({"cpu": float("nan")}, "`cpu` must be a positive float"),
+    ({"cpu": True}, "`cpu` must be a positive float"),
+    ({"cpu": "2"}, "`cpu` must be a positive float"),
+    ({"memory": (0, 10)}, "the `memory` request must be a positive int, got: 0"),
+    ({"ephemeral_disk": 0}, "`ephemeral_disk` must be a positive int"),
+    ({"pids_limit": 2.0}, "`pids_limit` must be a positive int"),
+])
+def test_bad_resources(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"cpu": None, "memory": None, "ephemeral_disk": None,
+                            "pids_limit": None, **kwargs}
+    with pytest.raises(InvalidError, match=re.escape(message)):
+        options.check_resources(**args)

@@ -7,6 +7,7 @@ checks and persistence live above it, in the sandbox manager.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,8 +36,12 @@ class OCIRuntime(Protocol):
     async def start(self, cid: str) -> None: ...
 
     async def exec(self, cid: str, process_json: Path, *, pid_file: Path, stdin: bool,
-                   stdout: bool = True, stderr: bool = True) -> SpawnedProcess:
+                   stdout: bool = True, stderr: bool = True,
+                   prefix: Sequence[str] = ()) -> SpawnedProcess:
         """Start a process in the container; the caller owns the returned process.
+
+        ``prefix`` is an argv the runtime's own command line is appended to (the engine's
+        cgroup launcher).
 
         ``stdin``/``stdout``/``stderr`` say which streams are pipes; the others are
         /dev/null.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,11 @@ class CLIRuntime:
             raise RuntimeCommandError(argv, exc.code, exc.stderr) from None
 
     async def exec(self, cid: str, process_json: Path, *, pid_file: Path, stdin: bool,
-                   stdout: bool = True, stderr: bool = True) -> SpawnedProcess:
+                   stdout: bool = True, stderr: bool = True,
+                   prefix: Sequence[str] = ()) -> SpawnedProcess:
         argv = self._argv("exec", "--process", str(process_json), "--pid-file", str(pid_file),
                           cid)
-        return spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
+        return spawn([*prefix, *argv], stdin=stdin, stdout=stdout, stderr=stderr)
 
     async def run_attached(self, cid: str, bundle: Path) -> SpawnedProcess:
         """``run`` in the foreground with piped output (image build steps)."""

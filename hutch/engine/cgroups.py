@@ -1,0 +1,314 @@
+"""Per-sandbox cgroups: the cpu, memory and pids limits a sandbox cannot lift.
+
+The engine manages the cgroups itself, the same way with every OCI runtime: it makes one
+cgroup per sandbox, writes the limits, and moves the sandbox's init into it between the
+runtime's ``create`` and ``start`` (so every process the sandbox ever forks is inside).
+Execs are started by ``sh -c 'echo $$ > cgroup.procs ...; exec crun exec ...'``, so the
+runtime's exec, and the process it forks into the sandbox, start inside too.  The sandbox
+holds no CAP_SYS_ADMIN over these files (they belong to the engine's user namespace and
+are not mounted in the sandbox), so it cannot move itself out or raise a limit.
+
+Where the cgroups live depends on the host (:func:`detect`):
+
+* **cgroup v1** (hybrid hosts): one directory per controller, ``/sys/fs/cgroup/<controller>
+  /hutch/<user>``, made and handed to the user by ``tools/setup-host.sh`` (root's engine
+  makes its own);
+* **cgroup v2**: the engine's own cgroup when it is delegated (writable, with the
+  controllers available: e.g. started by ``systemd-run --user --scope -p Delegate=yes``).
+  The engine moves its own processes into a leaf ``hutch-engine`` (v2 allows processes
+  only in leaves) and makes one sibling per sandbox; root's engine uses ``/hutch``.
+
+A limit the host cannot enforce is refused with a message saying how to enable it
+(:class:`LimitUnavailable`); sandboxes that ask for none still get the default pids limit
+where the pids controller is available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hutch.engine.errors import Invalid
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "cpu", "pids")
+CFS_PERIOD_US = 100_000
+#: Settings some kernels lack (swap accounting), which then have nothing to limit.
+_OPTIONAL = {"memory.memsw.limit_in_bytes", "memory.swap.max"}
+
+
+class LimitUnavailable(Invalid):
+    """A limit was asked for that this host's cgroups cannot enforce."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a sandbox asked for, in the units of the API (cores, MiB, processes)."""
+
+    cpu: float | None = None
+    cpu_limit: float | None = None
+    memory: int | None = None
+    memory_limit: int | None = None
+    pids: int | None = None
+
+    def controllers(self) -> set[str]:
+        needed = set()
+        if self.cpu is not None or self.cpu_limit is not None:
+            needed.add("cpu")
+        if self.memory is not None or self.memory_limit is not None:
+            needed.add("memory")
+        if self.pids is not None:
+            needed.add("pids")
+        return needed
+
+
+@dataclass
+class CgroupHost:
+    """Where this engine may make sandbox cgroups, controller by controller."""
+
+    version: int  # 1 or 2; 0: no cgroup file system found
+    bases: dict[str, Path] = field(default_factory=dict)
+    #: why the controllers missing from ``bases`` are unavailable, and how to fix it
+    problem: str = ""
+
+    def require(self, limits: Limits) -> None:
+        missing = sorted(limits.controllers() - set(self.bases))
+        if missing:
+            raise LimitUnavailable(
+                f"this host cannot enforce {', '.join(missing)} limits for this engine: "
+                f"{self.problem}")
+
+    def cgroup(self, sandbox_id: str) -> SandboxCgroup:
+        if self.version == 2:
+            base = next(iter(self.bases.values()))
+            return SandboxCgroup(2, {c: base / sandbox_id for c in self.bases})
+        return SandboxCgroup(1, {c: base / sandbox_id for c, base in self.bases.items()})
+
+
+def _mounts() -> list[tuple[Path, str, set[str]]]:
+    """(mount point, fs type, options) of every cgroup file system."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            _, point, fstype, opts, *_ = line.split()
+            if fstype in ("cgroup", "cgroup2"):
+                found.append((Path(point), fstype, set(opts.split(","))))
+    return found
+
+
+def _writable(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK) and \
+        os.access(path / "cgroup.procs", os.W_OK)
+
+
+def detect(user: str, *, root: bool, probe: bool = False) -> CgroupHost:
+    """The cgroup layout this engine can use (``user``: the host user it runs for).
+
+    ``probe`` (``hutch doctor``) only looks: it makes no directory and moves no process.
+    """
+    mounts = _mounts()
+    unified = [m for m in mounts if m[1] == "cgroup2" and m[0] == CGROUP_ROOT]
+    if unified:
+        return _detect_v2(root=root, probe=probe)
+    v1 = {c: point for point, fstype, opts in mounts if fstype == "cgroup"
+          for c in CONTROLLERS if c in opts}
+    if not v1:
+        return CgroupHost(0, problem="no cgroup file system is mounted at /sys/fs/cgroup")
+    bases: dict[str, Path] = {}
+    for controller, point in v1.items():
+        base = point / "hutch" / user
+        if root and not probe:
+            with contextlib.suppress(OSError):
+                base.mkdir(parents=True, exist_ok=True)
+        if _writable(base) or (root and probe and os.access(point, os.W_OK)):
+            bases[controller] = base
+    missing = [c for c in CONTROLLERS if c not in bases]
+    problem = ""
+    if missing:
+        dirs = " ".join(str(v1.get(c, CGROUP_ROOT / c) / "hutch" / user) for c in missing)
+        problem = (f"cgroup v1 controllers {', '.join(missing)} are not delegated to {user}; "
+                   f"as root: HUTCH_DELEGATE_USERS={user} tools/setup-host.sh, or "
+                   f"mkdir -p {dirs} && for d in {dirs}; "
+                   f"do chown {user}: $d $d/cgroup.procs $d/tasks; done")
+    return CgroupHost(1, bases, problem)
+
+
+def _own_v2_cgroup() -> Path:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return CGROUP_ROOT / line[3:].lstrip("/")
+    raise OSError(errno.ENOENT, "no cgroup v2 entry in /proc/self/cgroup")
+
+
+def _detect_v2(*, root: bool, probe: bool) -> CgroupHost:
+    try:
+        parent = CGROUP_ROOT / "hutch" if root else _own_v2_cgroup()
+        if parent.name == "hutch-engine":  # a restarted engine, already in its leaf
+            parent = parent.parent
+        if root and not probe:
+            parent.mkdir(exist_ok=True)
+        if root and probe:
+            parent = CGROUP_ROOT
+        available = set((parent / "cgroup.controllers").read_text().split())
+    except OSError as exc:
+        return CgroupHost(2, problem=f"cannot read the engine's cgroup: {exc}")
+    how = ("start the engine in a delegated cgroup, e.g. `systemd-run --user --scope "
+           "-p Delegate=yes hutch engine start`")
+    if not _writable(parent):
+        return CgroupHost(2, problem=f"the engine's cgroup {parent} is not delegated to it; "
+                          + how)
+    usable = [c for c in CONTROLLERS if c in available]
+    if probe:  # the engine would enable these in its subtree
+        missing = [c for c in CONTROLLERS if c not in usable]
+        return CgroupHost(2, {c: parent for c in usable}, f"controllers {', '.join(missing)} "
+                          f"are not delegated to {parent}; {how}" if missing else "")
+    try:
+        if not root:
+            leaf = parent / "hutch-engine"
+            leaf.mkdir(exist_ok=True)
+            for pid in (parent / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    (leaf / "cgroup.procs").write_text(pid)
+        if usable:
+            (parent / "cgroup.subtree_control").write_text(
+                " ".join(f"+{c}" for c in usable))
+    except OSError as exc:
+        return CgroupHost(2, problem=f"cannot set up the engine's cgroup {parent}: {exc}; "
+                          + how)
+    missing = [c for c in CONTROLLERS if c not in usable]
+    problem = f"controllers {', '.join(missing)} are not delegated to {parent}; {how}" \
+        if missing else ""
+    return CgroupHost(2, {c: parent for c in usable}, problem)
+
+
+@dataclass
+class SandboxCgroup:
+    """One sandbox's cgroup: a directory per controller (v1), or one directory (v2)."""
+
+    version: int
+    paths: dict[str, Path]
+
+    def dirs(self) -> list[Path]:
+        return sorted(set(self.paths.values()))
+
+    def create(self, limits: Limits) -> None:
+        for path in self.dirs():
+            path.mkdir(exist_ok=True)
+        for name, value in self._settings(limits):
+            directory = self.paths[name.split(".")[0]]
+            if name in _OPTIONAL and not (directory / name).exists():
+                continue  # no swap accounting on this kernel: nothing to hold
+            try:
+                (directory / name).write_text(value)
+            except OSError as exc:
+                raise LimitUnavailable(f"cannot set {name} = {value} for this sandbox: {exc}") \
+                    from exc
+
+    def _settings(self, limits: Limits) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        mib = 1 << 20
+        if self.version == 1:
+            if limits.memory_limit is not None:
+                out.append(("memory.limit_in_bytes", str(limits.memory_limit * mib)))
+                out.append(("memory.memsw.limit_in_bytes", str(limits.memory_limit * mib)))
+            if limits.memory is not None:
+                out.append(("memory.soft_limit_in_bytes", str(limits.memory * mib)))
+            if limits.cpu is not None:
+                out.append(("cpu.shares", str(max(2, round(limits.cpu * 1024)))))
+            if limits.cpu_limit is not None:
+                out.append(("cpu.cfs_period_us", str(CFS_PERIOD_US)))
+                out.append(("cpu.cfs_quota_us",
+                            str(max(1000, round(limits.cpu_limit * CFS_PERIOD_US)))))
+        else:
+            if limits.memory_limit is not None:
+                out.append(("memory.max", str(limits.memory_limit * mib)))
+                out.append(("memory.swap.max", "0"))
+            if limits.memory is not None:
+                out.append(("memory.low", str(limits.memory * mib)))
+            if limits.cpu is not None:
+                out.append(("cpu.weight", str(min(10000, max(1, round(limits.cpu * 100))))))
+            if limits.cpu_limit is not None:
+                quota = max(1000, round(limits.cpu_limit * CFS_PERIOD_US))
+                out.append(("cpu.max", f"{quota} {CFS_PERIOD_US}"))
+        if limits.pids is not None:
+            out.append(("pids.max", str(limits.pids)))
+        return out
+
+    def procs_files(self) -> list[str]:
+        return [str(path / "cgroup.procs") for path in self.dirs()]
+
+    def add(self, pid: int) -> None:
+        for procs in self.procs_files():
+            Path(procs).write_text(str(pid))
+
+    def launcher(self) -> list[str]:
+        """An argv prefix that runs the rest of the argv inside this cgroup: a shell that
+        writes its own pid into each ``cgroup.procs``, then execs (no fork, so nothing it
+        starts is ever outside)."""
+        script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; ' \
+            'shift; exec "$@"'
+        return ["/bin/sh", "-c", script, "hutch-cgroup-exec", *self.procs_files(), "--"]
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer has killed in this cgroup."""
+        path = self.paths.get("memory")
+        if path is None:
+            return 0
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        return _counter(path / name, "oom_kill")
+
+    def pids_max_hits(self) -> int:
+        """How many forks failed because of the pids limit."""
+        path = self.paths.get("pids")
+        return 0 if path is None else _counter(path / "pids.events", "max")
+
+    def memory_limit_mib(self) -> int | None:
+        path = self.paths.get("memory")
+        if path is None:
+            return None
+        name = "memory.limit_in_bytes" if self.version == 1 else "memory.max"
+        try:
+            value = (path / name).read_text().strip()
+        except OSError:
+            return None
+        if value == "max" or int(value) >= 1 << 60:
+            return None
+        return int(value) >> 20
+
+    def outcome(self, *, killed: bool) -> tuple[bool, str | None]:
+        """After the sandbox ended (``killed``: by SIGKILL): whether the OOM killer ended
+        it, and the limits it ran into, in words (None when it hit none)."""
+        oom_kills, pids_hits = self.oom_kills(), self.pids_max_hits()
+        parts = []
+        if oom_kills:
+            limit = self.memory_limit_mib()
+            what = f"its memory limit of {limit} MiB" if limit else "the memory available"
+            whom = "its main process" if killed else f"{oom_kills} of its processes"
+            parts.append(f"out of memory: the kernel's OOM killer ended {whom} when it "
+                         f"reached {what}")
+            if killed and oom_kills > 1:
+                parts[-1] += f" ({oom_kills} processes killed in all)"
+        if pids_hits:
+            parts.append(f"it reached its pids limit: {pids_hits} forks failed")
+        return bool(oom_kills) and killed, "; ".join(parts) or None
+
+    def remove(self) -> None:
+        """Remove the (empty) cgroup; one that still holds processes stays, and a later
+        cleanup of the same sandbox tries again."""
+        for path in self.dirs():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0

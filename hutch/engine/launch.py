@@ -1,0 +1,98 @@
+"""Starting one sandbox's container: root filesystem, bundle, stdio, then create, set up,
+start.
+
+Every sandbox is *created* by the runtime (namespaces made, its process waiting), then set
+up from outside while nothing in it runs yet: moved into its cgroup
+(:mod:`hutch.engine.cgroups`), its loopback configured (:mod:`hutch.engine.loopback`) and,
+with network access, its firewall loaded and connected (:mod:`hutch.engine.network`).
+Only then is it *started*, so its first instruction already runs under its limits and
+with its network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from hutch.engine import loopback, network, ociconfig, rootfs
+from hutch.engine.cgroups import Limits, SandboxCgroup
+from hutch.engine.errors import Invalid
+from hutch.engine.runtime.base import OCIRuntime
+
+
+@dataclass
+class LaunchPlan:
+    """Everything the container needs, decided by the manager."""
+
+    sandbox_id: str
+    dirs: rootfs.SandboxDirs
+    layers: list[Path]
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str
+    mounts: list[ociconfig.Mount]
+    devpts_gid: bool
+    online: bool = False
+    allowlist: list[str] | None = None
+    cgroup: SandboxCgroup | None = None
+    limits: Limits = field(default_factory=Limits)
+    disk_mib: int | None = None
+
+
+async def start_container(runtime: OCIRuntime, plan: LaunchPlan
+                          ) -> tuple[int, trio.lowlevel.FdStream]:
+    """Start the container; returns its init pid and the write end of its stdin.
+
+    The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
+    open read-write (so opening never blocks and the entrypoint sees no EOF until the
+    client sends one) and hands the entrypoint a read-only descriptor.
+    """
+    dirs = plan.dirs
+    rootfs.mount_rootfs(dirs, plan.layers, disk_mib=plan.disk_mib)
+    rootfs.make_dirs_inside(dirs.merged, plan.workdir)
+    etc = rootfs.write_etc_files(dirs, plan.sandbox_id,
+                                 nameserver=network.SLIRP_DNS if plan.online else None)
+    if plan.online:
+        etc.update(network.host_trust(dirs.merged))
+    spec = ociconfig.sandbox_spec(
+        rootfs=str(dirs.merged), hostname=plan.sandbox_id,
+        process=ociconfig.process_spec(plan.argv, plan.env, plan.workdir), etc_files=etc,
+        devpts_gid=plan.devpts_gid, extra_mounts=plan.mounts,
+    )
+    (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+    if plan.cgroup is not None:
+        plan.cgroup.create(plan.limits)
+    fifo = dirs.stdin_fifo
+    os.mkfifo(fifo, 0o600)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    reader = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
+    out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        await runtime.create(plan.sandbox_id, dirs.root, stdin=reader, stdout=out,
+                             stderr=err, pid_file=dirs.pid_file)
+        pid = int(dirs.pid_file.read_text().strip())
+        if plan.cgroup is not None:
+            plan.cgroup.add(pid)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(loopback.configure, pid)
+                if plan.online:
+                    nursery.start_soon(network.attach, pid, dirs.root, plan.allowlist)
+        except BaseExceptionGroup as group:
+            setup = [e for e in group.exceptions if isinstance(e, Invalid)]
+            if setup:
+                raise setup[0] from group
+            raise
+        await runtime.start(plan.sandbox_id)
+    except BaseException:
+        os.close(writer)
+        raise
+    finally:
+        for fd in (reader, out, err):
+            os.close(fd)
+    return pid, trio.lowlevel.FdStream(writer)
