@@ -81,11 +81,23 @@ class CgroupHost:
                 f"this host cannot enforce {', '.join(missing)} limits for this engine: "
                 f"{self.problem}")
 
+    #: the engine runs as root, so the OCI runtime manages cgroups too
+    root: bool = False
+
     def cgroup(self, sandbox_id: str) -> SandboxCgroup:
-        if self.version == 2:
-            base = next(iter(self.bases.values()))
-            return SandboxCgroup(2, {c: base / sandbox_id for c in self.bases})
-        return SandboxCgroup(1, {c: base / sandbox_id for c, base in self.bases.items()})
+        """The sandbox's cgroup.  Where the runtime manages cgroups itself (root, or cgroup
+        v2) it gets the same path as ``linux.cgroupsPath``, so that its ``exec`` joins
+        this cgroup rather than one of its own."""
+        paths = {c: base / sandbox_id for c, base in self.bases.items()}
+        runtime_path = None
+        if self.root or self.version == 2:
+            base = next(iter(self.bases.values()), None)
+            if base is not None:
+                relative = base.relative_to(CGROUP_ROOT)
+                if self.version == 1:  # below the controller's own mount point
+                    relative = relative.relative_to(relative.parts[0])
+                runtime_path = f"/{relative}/{sandbox_id}"
+        return SandboxCgroup(self.version, paths, runtime_path)
 
 
 def _mounts() -> list[tuple[Path, str, set[str]]]:
@@ -133,7 +145,7 @@ def detect(user: str, *, root: bool, probe: bool = False) -> CgroupHost:
                    f"as root: HUTCH_DELEGATE_USERS={user} tools/setup-host.sh, or "
                    f"mkdir -p {dirs} && for d in {dirs}; "
                    f"do chown {user}: $d $d/cgroup.procs $d/tasks; done")
-    return CgroupHost(1, bases, problem)
+    return CgroupHost(1, bases, problem, root=root)
 
 
 def _own_v2_cgroup() -> Path:
@@ -181,7 +193,7 @@ def _detect_v2(*, root: bool, probe: bool) -> CgroupHost:
     missing = [c for c in CONTROLLERS if c not in usable]
     problem = f"controllers {', '.join(missing)} are not delegated to {parent}; {how}" \
         if missing else ""
-    return CgroupHost(2, {c: parent for c in usable}, problem)
+    return CgroupHost(2, {c: parent for c in usable}, problem, root=root)
 
 
 @dataclass
@@ -190,6 +202,8 @@ class SandboxCgroup:
 
     version: int
     paths: dict[str, Path]
+    #: ``linux.cgroupsPath`` for runtimes that manage cgroups (None: they must not)
+    runtime_path: str | None = None
 
     def dirs(self) -> list[Path]:
         return sorted(set(self.paths.values()))

@@ -63,7 +63,10 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
         process=ociconfig.process_spec(plan.argv, plan.env, plan.workdir), etc_files=etc,
         devpts_gid=plan.devpts_gid, extra_mounts=plan.mounts,
     )
-    (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+    config = spec.to_json()
+    if plan.cgroup is not None and plan.cgroup.runtime_path is not None:
+        config["linux"]["cgroupsPath"] = plan.cgroup.runtime_path
+    (dirs.root / "config.json").write_text(json.dumps(config))
     if plan.cgroup is not None:
         plan.cgroup.create(plan.limits)
     fifo = dirs.stdin_fifo
