@@ -20,7 +20,7 @@ def test_limits_name_the_controllers_they_need() -> None:
 def test_a_host_without_the_controller_refuses_with_the_fix() -> None:
     host = CgroupHost(1, {"pids": Path("/x")}, problem="run tools/setup-host.sh")
     host.require(Limits(pids=10))
-    with pytest.raises(LimitUnavailable, match="cannot enforce cpu, memory limits.*setup-host"):
+    with pytest.raises(LimitUnavailable, match=r"cannot enforce cpu, memory limits.*setup-host"):
         host.require(Limits(cpu=1.0, memory=10, pids=10))
 
 
@@ -71,7 +71,7 @@ def test_a_setting_the_kernel_lacks_is_an_error_not_ignored(tmp_path: Path) -> N
     group = SandboxCgroup(1, {"cpu": tmp_path / "cpu"})
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.shares").mkdir()  # writing it fails, as a missing file would
-    with pytest.raises(LimitUnavailable, match="cpu.shares"):
+    with pytest.raises(LimitUnavailable, match=r"cpu\.shares"):
         group.create(Limits(cpu=1.0))
 
 
