@@ -17,16 +17,20 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from benchmarks import concurrency
+from benchmarks import files as files_bench
+from benchmarks import images as images_bench
 from benchmarks.environment import Rootfs, locate_rootfs, machine_info
 from benchmarks.harness import Outcome, Trial, Unavailable, describe, run_interleaved
-from benchmarks.hutch_peer import HutchPeer
+from benchmarks.hutch_peer import HutchPeer, HutchPoolPeer
 from benchmarks.peers import BwrapPeer, CrunPeer, Peer, PodmanPeer, default_podman_root
 from benchmarks.report import ms, ratios, write_all
 
-ALL_PEERS = ("hutch", "crun", "podman", "bwrap")
+ALL_PEERS = ("hutch", "hutch-pool", "crun", "podman", "bwrap")
 DEFAULT_IMAGE = "hutch/debian-slim:bookworm-py3.11"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -62,11 +66,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"where to write startup.{{md,json,png}} (default {DEFAULT_OUT})")
     parser.add_argument("--peers", default=",".join(ALL_PEERS),
                         help=f"comma-separated subset of {','.join(ALL_PEERS)}")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="sandboxes started at once in the concurrency scenario "
+                             "(0: skip it)")
+    parser.add_argument("--concurrency-runs", type=int, default=5,
+                        help="rounds of the concurrency scenario per contender")
     parser.add_argument("--podman-root", type=Path, default=default_podman_root(),
                         help="the benchmark's own podman storage (default %(default)s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs = 3
+        args.concurrency = min(args.concurrency, 5)
+        args.concurrency_runs = 1
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = sorted(set(wanted) - set(ALL_PEERS))
     if unknown or not wanted:
@@ -113,6 +124,9 @@ def _make_peers(names: list[str], hutch: HutchPeer | str, rootfs: Rootfs | str,
     for name in names:
         if name == "hutch":
             peers[name] = hutch
+        elif name == "hutch-pool":
+            _log("filling a warm pool")
+            peers[name] = _attempt(HutchPoolPeer) if isinstance(hutch, HutchPeer) else hutch
         elif isinstance(rootfs, str):
             peers[name] = f"no shared rootfs: {rootfs}"
         else:
@@ -144,6 +158,39 @@ def _scenario(key: str, peers: dict[str, Peer | str], runs: int, warmup: int
     run_interleaved(trials, outcomes, runs, warmup, progress=_log)
     return {"title": title, "description": description,
             "peers": {name: outcomes[name].as_dict() for name in peers}}
+
+
+def _concurrency(peers: dict[str, Peer | str], args: argparse.Namespace) -> dict[str, Any]:
+    _log(f"scenario: {args.concurrency} sandboxes at once")
+    with ThreadPoolExecutor(concurrency.PARALLEL) as pool:
+        rounds = []
+        for name, peer in peers.items():
+            if name == "hutch" and isinstance(peer, HutchPeer):
+                rounds.append(concurrency.hutch_round(pool))
+            elif isinstance(peer, CrunPeer):
+                rounds.append(concurrency.crun_round(pool, peer))
+            elif isinstance(peer, PodmanPeer):
+                rounds.append(concurrency.podman_round(pool, peer))
+        return concurrency.run(rounds, args.concurrency, args.concurrency_runs, _log)
+
+
+def _files_and_images(results: dict[str, Any], args: argparse.Namespace, out: Path) -> None:
+    """The file-copy and image-build benchmarks, in the same run (their own reports too)."""
+    _log("scenario: files into and out of a running sandbox")
+    found = _attempt(lambda: files_bench.run(args.runs, 1 if args.quick else 5,
+                                             peers="podman" in args.peers))
+    if isinstance(found, str):
+        results["notes"].append(f"files benchmark failed: {found}")
+    else:
+        results["files"] = found
+        files_bench.write(found, out)
+    _log("scenario: image builds and cache hits")
+    built = _attempt(lambda: images_bench.run(1 if args.quick else 5, args.runs))
+    if isinstance(built, str):
+        results["notes"].append(f"image benchmark failed: {built}")
+    else:
+        results["images"] = built
+        images_bench.write(built, out)
 
 
 def _summary(results: dict[str, Any]) -> str:
@@ -206,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for peer in peers.values():
                         if not isinstance(peer, str):
                             peer.close()
+            if args.concurrency > 0:
+                results["concurrency"] = _concurrency(peers, args)
+            if "hutch" in args.peers and isinstance(hutch, HutchPeer):
+                _files_and_images(results, args, out)
         except KeyboardInterrupt:
             _log("interrupted; writing what was measured")
     written = write_all(results, out)

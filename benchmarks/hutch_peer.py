@@ -116,3 +116,49 @@ class HutchPeer(Peer):
         with contextlib.suppress(Exception):
             self._sleeper.terminate(grace_period=1.0)
         self._sleeper = None
+
+
+class HutchPoolPeer(HutchPeer):
+    """hutch with a warm pool: ``app.warm_pool(size=2)``, then the same trial, whose
+    ``Sandbox.create(app=app)`` takes a pooled sandbox and runs ``python3 -c 'print(1)'``
+    in it with ``exec`` (a pooled sandbox has the default entrypoint).  Between rounds the
+    trial waits until the pool is full again, untimed."""
+
+    name = "hutch-pool"
+
+    def __init__(self, sandbox_timeout: float = 120.0) -> None:
+        super().__init__(sandbox_timeout)
+        try:
+            self.app = self._hutch.App.lookup("hutch-bench-pool", create_if_missing=True)
+            self.pool: Any = self.app.warm_pool(size=2)
+            self.pool.wait_ready(timeout=120)
+        except Exception as exc:
+            raise Unavailable(f"cannot fill a warm pool: {describe(exc)}") from exc
+
+    def startup_command(self) -> str:
+        return ("app.warm_pool(size=2); Sandbox.create(app=app); sb.exec('python3', '-c', "
+                "'print(1)'); first line of its stdout")
+
+    def startup_trial(self) -> Trial:
+        sandbox_cls = self._hutch.Sandbox
+
+        def trial() -> Sample:
+            self.pool.wait_ready(timeout=120)
+            t0 = time.perf_counter()
+            sb = sandbox_cls.create(app=self.app, timeout=self.timeout)
+            t1 = time.perf_counter()
+            p = sb.exec(*PRINT_ARGV)
+            first = next(iter(p.stdout), "")
+            t2 = time.perf_counter()
+            sb.terminate()
+            if first.strip() != "1":
+                raise TrialError(f"{sb.object_id}: first stdout line {first!r}")
+            return Sample(t2 - t0, {"create_return": t1 - t0})
+        return trial
+
+    def open_exec(self) -> Trial:
+        raise Unavailable("a pooled sandbox runs execs as any other: see hutch")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.pool.delete()

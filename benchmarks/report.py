@@ -136,6 +136,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             continue
         out += ["", f"## {scenario['title']}", "", scenario["description"], ""]
         out += _scenario_table(scenario)
+    out += _concurrency_section(results.get("concurrency"))
+    out += _files_images_section(results)
     notes = list(results.get("notes", []))
     for key in SCENARIO_ORDER:
         for name, peer in results["scenarios"].get(key, {}).get("peers", {}).items():
@@ -143,6 +145,62 @@ def render_markdown(results: dict[str, Any]) -> str:
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
     return "\n".join(out) + "\n"
+
+
+def _files_images_section(results: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    files = results.get("files")
+    if files:
+        out += ["", "## Files into and out of a running sandbox", "",
+                "Medians; hutch `copy_from_local`/`copy_to_local`, podman `podman cp` "
+                "(details: [files.md](files.md)).", "",
+                "| contender | size | write | read |", "|---|---|---:|---:|"]
+        for who, figures in files.items():
+            if isinstance(figures, str):
+                out.append(f"| {who} | — | {_cell(figures)} | |")
+                continue
+            for size, f in figures.items():
+                out.append(f"| {who} | {size} | {f['write']['median_ms']:.1f} ms "
+                           f"({f['write']['mb_per_s']:.0f} MB/s) | "
+                           f"{f['read']['median_ms']:.1f} ms "
+                           f"({f['read']['mb_per_s']:.0f} MB/s) |")
+    images = results.get("images")
+    if images:
+        out += ["", "## Images", "", "Medians (details: [images.md](images.md)).", "",
+                "| figure | median | runs |", "|---|---:|---:|"]
+        out += [f"| {name} | **{r['median_ms']:.1f} ms** | {r['runs']} |"
+                for name, r in images.items()]
+    return out
+
+
+def _concurrency_section(conc: dict[str, Any] | None) -> list[str]:
+    if not conc:
+        return []
+    out = ["", f"## {conc['n']} sandboxes at once", "",
+           f"{conc['n']} idle sandboxes (`sleep infinity`) started concurrently, timed until "
+           "all run; then the memory (PSS) that every process of the user gained, divided by "
+           f"{conc['n']}: what one more idle sandbox costs (`benchmarks/concurrency.py`). "
+           f"{conc['runs']} rounds per contender, alternating.", "",
+           "| contender | all running: median | p10 | p90 | hutch ÷ contender "
+           "| PSS per idle sandbox: median | hutch ÷ contender |",
+           "|---|---:|---:|---:|---|---:|---|"]
+    hutch = conc["peers"].get("hutch", {})
+    for name, peer in conc["peers"].items():
+        if not peer.get("available"):
+            out.append(f"| {name} | unavailable: {peer.get('reason')} | | | | | |")
+            continue
+        t, m = peer["total_s"], peer["pss_per_sandbox_bytes"]
+        t_ratio = m_ratio = "—"
+        if name != "hutch" and hutch.get("available"):
+            t_ratio = _ratio_text(hutch["total_s"]["median"] / t["median"])
+            mem = hutch["pss_per_sandbox_bytes"]["median"] / m["median"] if m["median"] \
+                else None
+            m_ratio = "—" if mem is None else f"{mem:.2f}x" + (
+                " (hutch larger)" if mem >= 1 else f" (hutch {1 / mem:.1f}x smaller)")
+        out.append(f"| {name} | **{t['median']:.2f} s** | {t['p10']:.2f} s | "
+                   f"{t['p90']:.2f} s | {t_ratio} | **{m['median'] / 2**20:.2f} MiB** | "
+                   f"{m_ratio} |")
+    return out
 
 
 def render_plot(results: dict[str, Any], path: Path) -> str | None:
@@ -183,6 +241,37 @@ def render_plot(results: dict[str, Any], path: Path) -> str | None:
     return None
 
 
+def render_concurrency_plot(conc: dict[str, Any], path: Path) -> str | None:
+    """Bars: time until N sandboxes run, and PSS per idle sandbox, per contender."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        return f"matplotlib is not importable ({exc})"
+    rows = [(n, p) for n, p in conc["peers"].items() if p.get("available")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 2.4 + 0.4 * len(rows)))
+    names = [n for n, _ in rows]
+    colors = ["tab:orange" if n == "hutch" else "tab:blue" for n in names]
+    times = [p["total_s"]["median"] for _, p in rows]
+    memory = [p["pss_per_sandbox_bytes"]["median"] / 2**20 for _, p in rows]
+    left.barh(names, times, color=colors)
+    left.set_xlabel(f"seconds until {conc['n']} sandboxes run (median)")
+    right.barh(names, memory, color=colors)
+    right.set_xlabel("MiB (PSS) per idle sandbox (median)")
+    for ax, values, unit in ((left, times, "s"), (right, memory, "MiB")):
+        for y, v in enumerate(values):
+            ax.annotate(f"{v:.2f} {unit}", (v, y), va="center", fontsize=8,
+                        xytext=(3, 0), textcoords="offset points")
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(values, default=1) * 1.35)
+    fig.suptitle(f"{conc['n']} idle sandboxes at once", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
 def write_all(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ``startup.json``, ``startup.md`` and (when possible) ``startup.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +281,15 @@ def write_all(results: dict[str, Any], out_dir: Path) -> list[Path]:
     why_not = render_plot(results, png)
     if why_not:
         results.setdefault("notes", []).append(f"no plot: {why_not}")
-    written = [out_dir / "startup.json", out_dir / "startup.md"]
+    extra = []
+    if results.get("concurrency"):
+        conc_png = out_dir / "concurrency.png"
+        why = render_concurrency_plot(results["concurrency"], conc_png)
+        if why:
+            results.setdefault("notes", []).append(f"no concurrency plot: {why}")
+        else:
+            extra.append(conc_png)
+    written = [out_dir / "startup.json", out_dir / "startup.md", *extra]
     written[0].write_text(json.dumps(results, indent=1) + "\n")
     written[1].write_text(render_markdown(results))
     return written + ([] if why_not else [png])

@@ -11,6 +11,7 @@ from hutch.exception import Error
 from hutch.sdk.app import App
 from hutch.sdk.image import Image
 from hutch.sdk.output import enable_output
+from hutch.sdk.pool import WarmPool
 from hutch.sdk.probe import Probe
 from hutch.sdk.process import ContainerProcess
 from hutch.sdk.sandbox import Sandbox, open_sandbox
@@ -32,6 +33,7 @@ __all__ = [
     "StreamWriter",
     "Tunnel",
     "Volume",
+    "WarmPool",
     "__version__",
     "enable_output",
     "exception",

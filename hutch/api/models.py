@@ -8,11 +8,13 @@ with a 422 validation error naming the field, never a 500.  Streams are NDJSON: 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_VERSION = "2"
+#: The media type of every output stream (one JSON event per line).
+NDJSON = "application/x-ndjson"
 DEFAULT_SANDBOX_TIMEOUT = 300.0
 MAX_TIMEOUT = 24 * 3600.0
 
@@ -21,10 +23,13 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SandboxState = Literal["creating", "running", "exited"]
 StreamMode = Literal["pipe", "devnull"]
-ExitReason = Literal["exited", "terminated", "timeout", "lost", "failed", "oom", "pids_limit"]
+ExitReason = Literal["exited", "terminated", "timeout", "lost", "failed", "oom"]
 #: Default and largest pids limit of a sandbox (podman's default is 2048).
 DEFAULT_PIDS_LIMIT = 2048
 MAX_PIDS_LIMIT = 1 << 22
+#: The largest offset into a file or log the API takes: far beyond any real file, and
+#: small enough that an offset plus a read's length still fits the kernel's ``loff_t``.
+MAX_FILE_OFFSET = 1 << 62
 
 
 class _Wire(BaseModel):
@@ -151,11 +156,14 @@ class CreateSandboxRequest(_Wire):
     @classmethod
     def _mounts(cls, v: dict[str, VolumeMount]) -> dict[str, VolumeMount]:
         for path in v:
-            if not path.startswith("/") or path.rstrip("/") == "" or ".." in path.split("/"):
-                raise ValueError(f"volume mount path {path!r} must be absolute, not /")
+            if not path.startswith("/") or path.rstrip("/") == "" or ".." in path.split("/") \
+                    or "\0" in path:
+                raise ValueError(f"volume mount path {path!r} must be absolute, not /, "
+                                 "without '..' or NUL bytes")
         return v
 
     _name = field_validator("name")(_check_name("sandbox"))
+    _app_name = field_validator("app_name")(_check_name("app"))
 
     @field_validator("entrypoint")
     @classmethod
@@ -166,6 +174,25 @@ class CreateSandboxRequest(_Wire):
 
     _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
     _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
+
+
+class PoolRequest(_Wire):
+    """Declare (or resize) an app's warm pool for sandboxes created like ``sandbox``."""
+
+    size: int = Field(ge=1, le=64)
+    sandbox: CreateSandboxRequest
+
+
+class PoolInfo(_Wire):
+    pool_id: str
+    app_id: str
+    image: str
+    size: int
+    #: sandboxes waiting now, and handed out so far
+    ready: int
+    taken: int
+    #: why the last start of a pooled sandbox failed (None once one succeeds)
+    last_error: str | None = None
 
 
 class SandboxInfo(_Wire):
@@ -398,3 +425,48 @@ class ErrorBody(_Wire):
         "file_exists", "directory_not_empty", "file_error",
     ]
     message: str
+
+
+_ERROR_STATUSES = {
+    400: "Invalid input (an unparsable body too), or a file operation's error (``type``)",
+    403: "A file operation was refused (``permission_denied``)",
+    404: "No such sandbox, exec, app, image, volume or file",
+    409: "Conflicts with the current state (e.g. the sandbox has finished)",
+    422: "The request does not match its schema (the message names the field)",
+    504: "Timed out",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a route: each of ``statuses`` answered with an
+    :class:`ErrorBody` (422 included: the engine's validation errors are ErrorBodies too)."""
+    return {status: {"model": ErrorBody, "description": _ERROR_STATUSES[status]}
+            for status in statuses}
+
+
+def stream_response(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entry of a route whose 200 answer is a stream."""
+    return {200: {"description": description, "content": {media_type: {}}}}
+
+
+def document_error_bodies(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI description as the engine answers: FastAPI documents every 422 as its
+    ``HTTPValidationError``, the engine answers them with an ErrorBody (the server's
+    validation error handler); and a route taking input that documents no other error
+    (a route module that declares none) gets the ones any such route may answer."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for item in schema["paths"].values():
+        for operation in item.values():
+            answers = operation.get("responses", {})
+            if "422" not in answers:
+                continue
+            answers["422"]["content"] = body
+            if not any(code.startswith("4") and code != "422" for code in answers):
+                for status in (400, 404, 409):
+                    answers[str(status)] = {"description": _ERROR_STATUSES[status],
+                                            "content": body}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+    return schema

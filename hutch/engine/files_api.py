@@ -20,13 +20,24 @@ import trio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
-from hutch.api.models import MakeDirRequest, RemoveRequest
+from hutch.api.models import (
+    MAX_FILE_OFFSET,
+    NDJSON,
+    MakeDirRequest,
+    RemoveRequest,
+    error_responses,
+    stream_response,
+)
 from hutch.engine.errors import Conflict
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd, write_stream
 from hutch.engine.watch import Watch
 
 READ_CHUNK = 1 << 20
+BYTES = "application/octet-stream"
+#: What a file route can answer besides 200: a file operation's typed errors (400, 403,
+#: 404, 409), no such sandbox (404), a finished sandbox (409), a malformed request (422).
+_FILE_ERRORS = error_responses(400, 403, 404, 409, 422)
 WriteMode = Literal["w", "a", "x", "r+"]
 _FLAGS: dict[str, int] = {
     "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -49,29 +60,30 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
         finally:
             fs.close()
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/stat")
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/stat", responses=_FILE_ERRORS)
     async def stat_path(sandbox_id: str, path: str) -> dict[str, object]:
         with files(sandbox_id) as fs:
             return asdict(fs.stat(path))
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/list")
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/list", responses=_FILE_ERRORS)
     async def list_dir(sandbox_id: str, path: str) -> dict[str, object]:
         with files(sandbox_id) as fs:
             return {"entries": [asdict(e) for e in fs.list(path)]}
 
-    @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir")
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir", responses=_FILE_ERRORS)
     async def make_dir(sandbox_id: str, req: MakeDirRequest) -> dict[str, object]:
         with files(sandbox_id) as fs:
             fs.mkdir(req.path, parents=req.parents)
             return asdict(fs.stat(req.path))
 
-    @app.post("/v1/sandboxes/{sandbox_id}/fs/remove")
+    @app.post("/v1/sandboxes/{sandbox_id}/fs/remove", responses=_FILE_ERRORS)
     async def remove(sandbox_id: str, req: RemoveRequest) -> dict[str, str]:
         with files(sandbox_id) as fs:
             await trio.to_thread.run_sync(fs.remove, req.path, req.recursive)
         return {"removed": req.path}
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/watch")
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/watch", response_class=StreamingResponse,
+             responses=stream_response(NDJSON, "NDJSON: file events") | _FILE_ERRORS)
     async def watch(sandbox_id: str, path: str, recursive: bool = False,
                     timeout: Annotated[float | None, Query(gt=0, le=86400)] = None
                     ) -> StreamingResponse:
@@ -83,6 +95,10 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
         fs = SandboxFS(f"/proc/{live.pid}/root", live.workdir)
         try:
             watcher = Watch(fs, path, recursive)  # owns fs from here on
+        except OSError as exc:  # inotify refused a directory (e.g. in /proc): typed
+            fs.close()
+            reason = f"cannot watch: {os.strerror(exc.errno or 0)}"
+            raise FileError(OSError(exc.errno, reason), path) from exc
         except BaseException:
             fs.close()
             raise
@@ -99,11 +115,12 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
             finally:
                 watcher.close()
 
-        return StreamingResponse(events(), media_type="application/x-ndjson")
+        return StreamingResponse(events(), media_type=NDJSON)
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/file")
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/file", response_class=StreamingResponse,
+             responses=stream_response(BYTES, "the file's bytes") | _FILE_ERRORS)
     async def read_file(sandbox_id: str, path: str,
-                        offset: Annotated[int, Query(ge=0)] = 0,
+                        offset: Annotated[int, Query(ge=0, le=MAX_FILE_OFFSET)] = 0,
                         length: Annotated[int | None, Query(ge=0)] = None
                         ) -> StreamingResponse:
         """The file's bytes from ``offset`` (``length`` of them, or to the end)."""
@@ -111,12 +128,13 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
             fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
 
         return StreamingResponse(stream_fd(fd, offset, length),
-                                 media_type="application/octet-stream")
+                                 media_type=BYTES)
 
-    @app.put("/v1/sandboxes/{sandbox_id}/fs/file")
+    @app.put("/v1/sandboxes/{sandbox_id}/fs/file", responses=_FILE_ERRORS)
     async def write_file(sandbox_id: str, path: str, request: Request,
                          mode: WriteMode = "w",
-                         offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, object]:
+                         offset: Annotated[int, Query(ge=0, le=MAX_FILE_OFFSET)] = 0
+                         ) -> dict[str, object]:
         """Write the body to the file (``w`` truncates, ``a`` appends, ``x`` creates only a
         new file, ``r+`` writes at ``offset`` into an existing one)."""
         with files(sandbox_id) as fs:

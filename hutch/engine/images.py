@@ -45,6 +45,9 @@ class ImageService:
         return debian.base_ref()
 
     async def ensure_default(self) -> str:
+        ref = debian.base_ref(debian.DEFAULT_PYTHON)
+        if ref in self._resolved:  # built and resolved before (resolve re-checks its layers)
+            return ref
         return await self.build_debian(debian.DEFAULT_PYTHON)
 
     async def build_debian(self, python_version: str, force: bool = False,

@@ -3,7 +3,8 @@
 Only the parts hutch sets are modelled; ``to_json`` drops unset fields, so what is written is
 a valid runtime-spec document (the tests validate it against the official JSON schema).
 The defaults follow podman: its capability set, runc's masked and read-only ``/proc`` paths,
-``no_new_privs``, and fresh pid, mount, ipc, uts, cgroup and network namespaces.
+``no_new_privs``, a seccomp allowlist (:mod:`hutch.engine.seccomp`), and fresh pid, mount,
+ipc, uts, cgroup and network namespaces.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from hutch.engine import seccompbpf
+from hutch.engine.seccomp import Seccomp, default_profile
 
 OCI_VERSION = "1.0.2"
 
@@ -119,6 +123,7 @@ class Linux(_Model):
     readonly_paths: list[str] = Field(
         default_factory=lambda: list(READONLY_PATHS), alias="readonlyPaths"
     )
+    seccomp: Seccomp | None = None
 
 
 class Spec(_Model):
@@ -128,6 +133,7 @@ class Spec(_Model):
     hostname: str
     mounts: list[Mount]
     linux: Linux
+    annotations: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
@@ -165,7 +171,8 @@ def sandbox_spec(
     host_network: bool = False, extra_mounts: list[Mount] | None = None,
 ) -> Spec:
     """A sandbox's spec; ``host_network`` (image builds) keeps the host's network namespace,
-    and then /sys is a read-only bind of the host's (sysfs needs its own netns)."""
+    and then /sys is a read-only bind of the host's (sysfs needs its own netns).  Build steps
+    get the same seccomp profile as sandboxes: apt, dpkg and pip need nothing it refuses."""
     mounts = default_mounts(etc_files, devpts_gid=devpts_gid)
     namespaces = NAMESPACES
     if host_network:
@@ -180,5 +187,7 @@ def sandbox_spec(
         root=Root(path=rootfs),
         hostname=hostname,
         mounts=mounts,
-        linux=Linux(namespaces=[Namespace(type=t) for t in namespaces]),
+        linux=Linux(namespaces=[Namespace(type=t) for t in namespaces],
+                    seccomp=default_profile()),
+        annotations=seccompbpf.default_annotation() or None,
     )

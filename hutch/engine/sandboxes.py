@@ -17,10 +17,17 @@ import signal
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from hutch.api.models import DEFAULT_PIDS_LIMIT, CreateSandboxRequest, ExecRequest, ProbeSpec
+from hutch.api.models import (
+    DEFAULT_PIDS_LIMIT,
+    MAX_TIMEOUT,
+    CreateSandboxRequest,
+    ExecRequest,
+    ProbeSpec,
+)
 from hutch.engine import network, ociconfig, proctree, rootfs, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.errors import Conflict, Invalid, TimedOut
@@ -28,10 +35,12 @@ from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
 from hutch.engine.launch import LaunchPlan, start_container
 from hutch.engine.livesandbox import LiveSandbox, first_of, until_exit_activity_or
+from hutch.engine.pool import PoolService
 from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
 from hutch.engine.volumes import VolumeService, release_staging
+from hutch.imagebuild.layout import Image
 
 log = logging.getLogger("hutch.sandbox")
 
@@ -56,6 +65,7 @@ class SandboxManager:
         self.devpts_gid = devpts_gid
         self.nursery = nursery
         self.cgroups = cgroups
+        self.pools: PoolService | None = None
         self.live: dict[str, LiveSandbox] = {}
         self.execs: dict[str, ExecSession] = {}
 
@@ -68,7 +78,9 @@ class SandboxManager:
             return self.store.app_by_id(req.app_id)[0]
         return self.store.app_by_name(req.app_name or DEFAULT_APP, create=True)[0]
 
-    async def create(self, req: CreateSandboxRequest) -> SandboxRow:
+    async def create(self, req: CreateSandboxRequest, *, pooled: bool = False) -> SandboxRow:
+        """A new sandbox for ``req`` (taken from a matching warm pool when there is one);
+        ``pooled``: a sandbox for a pool, unlisted until :meth:`adopt_pooled` hands it out."""
         allowlist = None
         if (req.unencrypted_ports or req.encrypted_ports) and req.network != "open":
             raise Invalid("Cannot specify open ports when `block_network` is enabled")
@@ -87,30 +99,24 @@ class SandboxManager:
             limits = dataclasses.replace(limits, pids=DEFAULT_PIDS_LIMIT)
         app_id = self._app_id(req)
         image = await self.images.resolve(req.image)
+        if not pooled and self.pools is not None:
+            taken = await self.pools.take(req, app_id, image)
+            if taken is not None:
+                return taken
         sandbox_id = new_id("sb")
-        env = {**image.env, **req.env}
-        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        env.setdefault("HOSTNAME", sandbox_id)
-        workdir = req.workdir or image.workdir or "/"
-        if req.entrypoint:  # the arguments replace the image's Cmd, after its Entrypoint
-            argv = [*image.entrypoint, *req.entrypoint]
-        elif image.runs_cmd and (image.entrypoint or image.cmd):
-            argv = [*image.entrypoint, *image.cmd]
-        else:
-            argv = list(DEFAULT_ENTRYPOINT)
-        spec_record = {"env": env, "workdir": workdir, "argv": argv,
-                       "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
-                       "verbose": req.verbose, "idle_timeout": req.idle_timeout,
-                       "probe": req.readiness_probe.model_dump() if req.readiness_probe
-                       else None,
-                       "layers": ["sha256:" + p.name for p in image.layer_dirs],
-                       "volumes": sorted({v.name for v in req.volumes.values()}),
-                       "limits": dataclasses.asdict(limits),
-                       "cgroup": bool(self.cgroups.bases),
-                       "ephemeral_disk": req.ephemeral_disk}
+        argv, spec_record = self._spec_record(req, image, sandbox_id)
+        spec_record.update({"limits": dataclasses.asdict(limits),
+                            "cgroup": bool(self.cgroups.bases),
+                            "ephemeral_disk": req.ephemeral_disk})
+        default = spec_record["default_entrypoint"]
+        # A default entrypoint (sleep) runs with the image's environment in / , so that a
+        # pooled sandbox, started before its user's env and workdir were known, is the same.
+        init_env = _base_env(image.env, sandbox_id) if default else spec_record["env"]
+        workdir = spec_record["workdir"]
         self.store.insert_sandbox(
             sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
-            spec=spec_record, timeout=req.timeout, runtime=self.runtime.name, tags=req.tags,
+            spec=spec_record, timeout=MAX_TIMEOUT if pooled else req.timeout,
+            runtime=self.runtime.name, tags=req.tags, pooled=pooled,
         )
         dirs = self.dirs(sandbox_id)
         stdin: trio.lowlevel.FdStream | None = None
@@ -118,11 +124,13 @@ class SandboxManager:
             dirs.root.mkdir(parents=True)
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes")
             pid, stdin = await start_container(self.runtime, LaunchPlan(
-                sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv, env=env,
-                workdir=workdir, mounts=mounts, devpts_gid=self.devpts_gid,
+                sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv,
+                env=init_env, workdir="/" if default else workdir, mounts=mounts,
+                devpts_gid=self.devpts_gid,
                 online=req.network == "open", allowlist=allowlist,
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk))
+            rootfs.make_dirs_inside(dirs.merged, workdir)
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 plain = await network.forward(dirs.root, port)
                 network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
@@ -142,6 +150,41 @@ class SandboxManager:
         if req.unencrypted_ports or req.encrypted_ports:
             await self._serve_tunnels(self.live[sandbox_id])
         return row
+
+    def _spec_record(self, req: CreateSandboxRequest, image: Image, sandbox_id: str
+                     ) -> tuple[list[str], dict[str, Any]]:
+        """The entrypoint, and what the engine keeps of a sandbox's request."""
+        env = {**_base_env(image.env, sandbox_id), **req.env}
+        if req.entrypoint:  # the arguments replace the image's Cmd, after its Entrypoint
+            argv = [*image.entrypoint, *req.entrypoint]
+        elif image.runs_cmd and (image.entrypoint or image.cmd):
+            argv = [*image.entrypoint, *image.cmd]
+        else:
+            argv = list(DEFAULT_ENTRYPOINT)
+        return argv, {
+            "env": env, "workdir": req.workdir or image.workdir or "/", "argv": argv,
+            "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
+            "verbose": req.verbose, "idle_timeout": req.idle_timeout,
+            "probe": req.readiness_probe.model_dump() if req.readiness_probe else None,
+            "layers": ["sha256:" + p.name for p in image.layer_dirs],
+            "volumes": sorted({v.name for v in req.volumes.values()}),
+        }
+
+    def adopt_pooled(self, sandbox_id: str, req: CreateSandboxRequest, image: Image
+                     ) -> SandboxRow:
+        """Hand the pooled sandbox ``sandbox_id`` to the user of ``req``: its env, workdir,
+        name, tags and timeouts become those of ``req``, its clock starts now."""
+        live = self.live[sandbox_id]
+        pooled = self.store.sandbox(sandbox_id).spec
+        _, spec = self._spec_record(req, image, sandbox_id)
+        spec.update({k: pooled[k] for k in ("limits", "cgroup", "ephemeral_disk")})
+        rootfs.make_dirs_inside(live.dirs.merged, spec["workdir"])
+        live.deadline = self.store.take_pooled(sandbox_id, name=req.name, tags=req.tags,
+                                               spec=spec, timeout=req.timeout)
+        live.env, live.workdir = spec["env"], spec["workdir"]
+        live.idle_timeout = req.idle_timeout
+        live.touch()  # the supervisor looks at the new deadline
+        return self.store.sandbox(sandbox_id)
 
     async def _serve_tunnels(self, live: LiveSandbox) -> None:
         """Start the listeners of the sandbox's ports (again, after a restart)."""
@@ -221,6 +264,8 @@ class SandboxManager:
                 await live.stdin.aclose()
         self.live.pop(live.sandbox_id, None)
         live.done.set()
+        if self.pools is not None:
+            self.pools.ended(live.sandbox_id)
         log.info("sandbox %s ended", live.sandbox_id)
 
     async def _exit_code(self, pid: int, wait: float = 5.0) -> int | None:
@@ -383,7 +428,7 @@ class SandboxManager:
     async def recover(self) -> None:
         """Adopt the sandboxes a previous daemon left running; reap the ones that died."""
         self.store.orphan_execs()
-        for row in self.store.list_sandboxes():
+        for row in self.store.list_sandboxes(pooled=True):
             dirs = self.dirs(row.sandbox_id)
             alive = (row.state == "running" and row.init_pid is not None
                      and proctree.running(row.init_pid))
@@ -394,6 +439,8 @@ class SandboxManager:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))
                 await self._serve_tunnels(self.live[row.sandbox_id])
+                if row.pooled:  # its pool died with the old daemon
+                    self.nursery.start_soon(self.terminate, row.sandbox_id, 0.0)
                 continue
             code = await self._exit_code(row.init_pid, wait=0) if row.init_pid else None
             if row.state == "creating":
@@ -420,6 +467,13 @@ class SandboxManager:
         except RuntimeCommandError:
             return None
 
+
+
+def _base_env(image_env: dict[str, str], sandbox_id: str) -> dict[str, str]:
+    env = dict(image_env)
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("HOSTNAME", sandbox_id)
+    return env
 
 
 def _reopen_stdin(dirs: rootfs.SandboxDirs) -> trio.lowlevel.FdStream | None:

@@ -22,9 +22,10 @@ from hypercorn.trio import serve
 from hutch import __version__
 from hutch.api import paths
 from hutch.api.models import API_VERSION, EngineInfo
-from hutch.engine import cgroups, loopback
+from hutch.engine import cgroups, loopback, seccompbpf
 from hutch.engine.builder import Builder
 from hutch.engine.images import ImageService
+from hutch.engine.pool import PoolService
 from hutch.engine.runtime.probe import choose_runtime
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.server import build_app
@@ -62,6 +63,7 @@ async def run() -> None:
     userns = json.loads((runtime_dir / "userns.json").read_text())
     store = Store(data_dir / "state.db")
     loopback.warm_up()
+    await trio.to_thread.run_sync(seccompbpf.default_annotation)  # compiled once, here
     images = ImageService(data_dir)
     probe = await choose_runtime(runtime_dir / "oci-state", images.store.tmp)
     log.info("runtime %s%s", probe.runtime.name,
@@ -85,6 +87,7 @@ async def run() -> None:
             runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
             cgroups=cgroup_host,
         )
+        manager.pools = PoolService(manager, nursery)
         contexts = data_dir / "contexts"
         contexts.mkdir(exist_ok=True)
         images.enable_builds(Builder(images.store, probe.runtime,

@@ -18,16 +18,19 @@ import re
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import trio
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from hutch import __version__
 from hutch.api.models import (
     API_VERSION,
+    MAX_FILE_OFFSET,
+    NDJSON,
     AppInfo,
     BuildImageRequest,
     CreateSandboxRequest,
@@ -40,12 +43,16 @@ from hutch.api.models import (
     SandboxList,
     SetTagsRequest,
     TerminateRequest,
+    document_error_bodies,
+    error_responses,
+    stream_response,
 )
 from hutch.engine import linux, network, tlsproxy
 from hutch.engine.errors import EngineError, Invalid, NotFound
 from hutch.engine.execs import ExecSession
 from hutch.engine.files_api import add_file_routes
 from hutch.engine.livesandbox import first_of
+from hutch.engine.pools_api import add_pool_routes
 from hutch.engine.sandboxes import SandboxManager
 from hutch.engine.store import SandboxRow
 from hutch.engine.volumes import add_volume_routes
@@ -53,7 +60,6 @@ from hutch.imagebuild.layout import ImageNotFound
 
 log = logging.getLogger("hutch.server")
 
-NDJSON = "application/x-ndjson"
 MAX_STDIN_CHUNK = 16 << 20
 LOG_CHUNK = 1 << 20
 MAX_CONTEXT = 4 << 30
@@ -65,6 +71,7 @@ def sandbox_info(row: SandboxRow) -> SandboxInfo:
         state=row.state,  # type: ignore[arg-type]
         image=row.image, created_at=row.created_at, finished_at=row.finished_at,
         returncode=row.returncode, exit_reason=row.exit_reason,  # type: ignore[arg-type]
+        exit_detail=row.exit_detail,
         tags=row.tags, timeout=row.timeout, runtime=row.runtime,
         verbose=bool(row.spec.get("verbose")),
     )
@@ -86,6 +93,15 @@ def _chunk_event(fd: int, data: bytes) -> bytes:
     return _event(fd=fd, data=base64.b64encode(data).decode())
 
 
+_errors = error_responses
+#: The ErrorBody type of a status that the framework answers by itself.
+_HTTP_ERROR_TYPES = {404: "not_found", 409: "conflict", 500: "engine", 504: "timeout"}
+
+
+def _stream(description: str) -> dict[int | str, dict[str, object]]:
+    return stream_response(NDJSON, f"NDJSON: {description}")
+
+
 def _error(status: int, type_: str, message: str) -> JSONResponse:
     body = ErrorBody(type=type_, message=message)  # type: ignore[arg-type]
     return JSONResponse(body.model_dump(), status_code=status)
@@ -104,6 +120,13 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return _error(422, "invalid", "; ".join(parts))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's and Starlette's own refusals (an unparsable body, an unknown route, a
+        method a route lacks) as ErrorBodies too, so that every error has one shape."""
+        return _error(exc.status_code, _HTTP_ERROR_TYPES.get(exc.status_code, "invalid"),
+                      str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -130,12 +153,12 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         """Build the default image unless it is built (the first sandbox would otherwise)."""
         return {"ref": await manager.images.ensure_default()}
 
-    @app.get("/v1/images/contexts/{digest}")
+    @app.get("/v1/images/contexts/{digest}", responses=_errors(400, 422))
     async def has_context(digest: str) -> dict[str, bool]:
         """Whether a build context (a tar of local files) is already uploaded."""
         return {"present": _context_path(manager, digest).is_file()}
 
-    @app.put("/v1/images/contexts/{digest}")
+    @app.put("/v1/images/contexts/{digest}", responses=_errors(400, 422))
     async def put_context(digest: str, request: Request) -> dict[str, str]:
         """Upload a build context; the body must hash to ``digest``."""
         target = _context_path(manager, digest)
@@ -167,7 +190,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
                            "size": sum(int(desc["size"]) for desc, _ in layers)})
         return {"images": images}
 
-    @app.get("/v1/images/inspect")
+    @app.get("/v1/images/inspect", responses=_errors(404, 422))
     async def inspect_image(ref: str) -> dict[str, object]:
         """An image's manifest digest, layers and OCI config."""
         try:
@@ -179,7 +202,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
                            for d, diff in layers],
                 "config": config}
 
-    @app.delete("/v1/images")
+    @app.delete("/v1/images", responses=_errors(404, 422))
     async def remove_image(ref: str) -> dict[str, str]:
         """Untag an image; its layers go with the next prune unless something uses them."""
         if not manager.images.store.untag(ref):
@@ -190,54 +213,58 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     @app.post("/v1/images/prune")
     async def prune_images() -> dict[str, int]:
         """Delete blobs and unpacked layers no image and no running sandbox needs."""
-        in_use = {layer for row in manager.store.list_sandboxes()
+        in_use = {layer for row in manager.store.list_sandboxes(pooled=True)
                   for layer in row.spec.get("layers", [])}
         return await trio.to_thread.run_sync(manager.images.store.prune, in_use)
 
-    @app.post("/v1/images/build")
+    @app.post("/v1/images/build", response_class=StreamingResponse,
+              responses=_stream("build progress and log events, then its ref or an error")
+              | _errors(400, 422))
     async def build_image(req: BuildImageRequest) -> StreamingResponse:
         """Build an image, streaming its log as NDJSON, ending with its ref or an error."""
         return StreamingResponse(_build_events(manager, req), media_type=NDJSON)
 
     # apps -----------------------------------------------------------------------------------
-    @app.post("/v1/apps/lookup")
+    @app.post("/v1/apps/lookup", responses=_errors(400, 404, 422))
     async def app_lookup(req: LookupAppRequest) -> AppInfo:
         app_id, name = manager.store.app_by_name(req.name, create=req.create_if_missing)
         return AppInfo(app_id=app_id, name=name)
 
     # sandboxes ------------------------------------------------------------------------------
-    @app.post("/v1/sandboxes")
+    @app.post("/v1/sandboxes", responses=_errors(400, 404, 409, 422))
     async def create_sandbox(req: CreateSandboxRequest) -> SandboxInfo:
         return sandbox_info(await manager.create(req))
 
-    @app.get("/v1/sandboxes")
+    @app.get("/v1/sandboxes", responses=_errors(400, 404, 422))
     async def list_sandboxes(app_id: str | None = None,
                              tags: Annotated[str | None, Query()] = None) -> SandboxList:
         tag_filter = _parse_tags(tags)
         rows = manager.store.list_sandboxes(app_id=app_id, tags=tag_filter)
         return SandboxList(sandboxes=[sandbox_info(r) for r in rows])
 
-    @app.get("/v1/sandboxes/by-name")
+    @app.get("/v1/sandboxes/by-name", responses=_errors(404, 422))
     async def sandbox_by_name(app_name: str, name: str) -> SandboxInfo:
         app_id, _ = manager.store.app_by_name(app_name, create=False)
         return sandbox_info(manager.store.sandbox_by_name(app_id, name))
 
-    @app.get("/v1/sandboxes/{sandbox_id}")
+    @app.get("/v1/sandboxes/{sandbox_id}", responses=_errors(404, 422))
     async def get_sandbox(sandbox_id: str) -> SandboxInfo:
         return sandbox_info(manager.get(sandbox_id))
 
-    @app.put("/v1/sandboxes/{sandbox_id}/tags")
+    @app.put("/v1/sandboxes/{sandbox_id}/tags", responses=_errors(400, 404, 422))
     async def set_tags(sandbox_id: str, req: SetTagsRequest) -> SandboxInfo:
         manager.store.set_tags(sandbox_id, req.tags)
         return sandbox_info(manager.get(sandbox_id))
 
-    @app.post("/v1/sandboxes/{sandbox_id}/terminate")
+    @app.post("/v1/sandboxes/{sandbox_id}/terminate",
+              responses=_errors(400, 404, 422))
     async def terminate(sandbox_id: str,
                         req: Annotated[TerminateRequest | None, Body()] = None) -> SandboxInfo:
         grace = (req or TerminateRequest()).grace_period
         return sandbox_info(await manager.terminate(sandbox_id, grace))
 
-    @app.post("/v1/sandboxes/{sandbox_id}/wait_until_ready")
+    @app.post("/v1/sandboxes/{sandbox_id}/wait_until_ready",
+              responses=_errors(400, 404, 409, 422, 504))
     async def wait_until_ready(sandbox_id: str,
                                timeout: Annotated[float, Query(gt=0, le=3600)] = 60.0
                                ) -> SandboxInfo:
@@ -246,7 +273,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         await manager.wait_ready(sandbox_id, timeout)
         return sandbox_info(manager.get(sandbox_id))
 
-    @app.get("/v1/sandboxes/{sandbox_id}/tunnels")
+    @app.get("/v1/sandboxes/{sandbox_id}/tunnels", responses=_errors(404, 422))
     async def tunnels(sandbox_id: str) -> dict[str, dict[str, object]]:
         """Sandbox port -> the host address that reaches it."""
         if manager.get(sandbox_id).state != "running":
@@ -261,15 +288,18 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, manager.data_dir)
         return {"path": str(ca / "ca.crt"), "pem": (ca / "ca.crt").read_text()}
 
-    @app.post("/v1/sandboxes/{sandbox_id}/wait")
+    @app.post("/v1/sandboxes/{sandbox_id}/wait", responses=_errors(404, 422))
     async def wait(sandbox_id: str,
                    timeout: Annotated[float, Query(ge=0, le=3600)] = 60.0) -> SandboxInfo:
         return sandbox_info(await manager.wait(sandbox_id, timeout))
 
-    @app.get("/v1/sandboxes/{sandbox_id}/logs")
+    @app.get("/v1/sandboxes/{sandbox_id}/logs", response_class=StreamingResponse,
+             responses=_stream("output events, then exit_code once the sandbox has ended")
+             | _errors(400, 404, 422))
     async def logs(sandbox_id: str, follow: bool = True,
                    fd: Annotated[int | None, Query(ge=1, le=2)] = None,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> StreamingResponse:
+                   offset: Annotated[int, Query(ge=0, le=MAX_FILE_OFFSET)] = 0
+                   ) -> StreamingResponse:
         """The entrypoint's output; ``offset`` (with ``fd``) skips what a reader has seen."""
         manager.get(sandbox_id)
         if offset and fd is None:
@@ -277,7 +307,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         return StreamingResponse(_follow_logs(manager, sandbox_id, follow, fd, offset),
                                  media_type=NDJSON)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/stdin")
+    @app.post("/v1/sandboxes/{sandbox_id}/stdin", responses=_errors(400, 404, 409, 422))
     async def sandbox_stdin(sandbox_id: str, request: Request, eof: bool = False
                             ) -> SandboxInfo:
         """Write the request body to the entrypoint's stdin; ``eof`` then closes it."""
@@ -286,15 +316,15 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         return sandbox_info(manager.get(sandbox_id))
 
     # execs ----------------------------------------------------------------------------------
-    @app.post("/v1/sandboxes/{sandbox_id}/execs")
+    @app.post("/v1/sandboxes/{sandbox_id}/execs", responses=_errors(400, 404, 409, 422))
     async def create_exec(sandbox_id: str, req: ExecRequest) -> ExecInfo:
         return exec_info(await manager.exec(sandbox_id, req))
 
-    @app.get("/v1/execs/{exec_id}")
+    @app.get("/v1/execs/{exec_id}", responses=_errors(404, 409, 422))
     async def get_exec(exec_id: str) -> ExecInfo:
         return exec_info(manager.exec_session(exec_id))
 
-    @app.post("/v1/execs/{exec_id}/wait")
+    @app.post("/v1/execs/{exec_id}/wait", responses=_errors(404, 409, 422))
     async def wait_exec(exec_id: str,
                         timeout: Annotated[float, Query(ge=0, le=3600)] = 60.0) -> ExecInfo:
         session = manager.exec_session(exec_id)
@@ -302,7 +332,8 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
             await session.done.wait()
         return exec_info(session)
 
-    @app.get("/v1/execs/{exec_id}/output")
+    @app.get("/v1/execs/{exec_id}/output", response_class=StreamingResponse,
+             responses=_stream("output events, then exit_code") | _errors(404, 409, 422))
     async def exec_output(exec_id: str, fd: Annotated[int | None, Query(ge=1, le=2)] = None
                           ) -> StreamingResponse:
         session = manager.exec_session(exec_id)
@@ -314,14 +345,14 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
 
         return StreamingResponse(events(), media_type=NDJSON)
 
-    @app.post("/v1/execs/{exec_id}/stdin")
+    @app.post("/v1/execs/{exec_id}/stdin", responses=_errors(400, 404, 409, 422))
     async def exec_stdin(exec_id: str, request: Request, eof: bool = False) -> ExecInfo:
         session = manager.exec_session(exec_id)
         data = await _read_limited(request)
         await session.write_stdin(data, eof)
         return exec_info(session)
 
-    @app.post("/v1/execs/{exec_id}/kill")
+    @app.post("/v1/execs/{exec_id}/kill", responses=_errors(404, 409, 422))
     async def kill_exec(exec_id: str) -> ExecInfo:
         session = manager.exec_session(exec_id)
         if not session.done.is_set():
@@ -330,7 +361,17 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         return exec_info(session)
 
     add_file_routes(app, manager)
+    if manager.pools is not None:
+        add_pool_routes(app, manager.pools)
     add_volume_routes(app, manager.volumes)
+    framework_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_error_bodies(framework_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -411,8 +452,9 @@ async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
     with contextlib.ExitStack() as files_stack:
         files = {fd: files_stack.enter_context(open(path, "rb"))
                  for fd, path in paths.items() if path.exists()}
-        for f in files.values():
-            f.seek(offset)
+        # Read at positions (pread), never seek: a seek past the largest file the file
+        # system can hold fails, while a read there just finds nothing (yet).
+        positions = dict.fromkeys(files, offset)
         watch = None
         live = manager.live.get(sandbox_id)
         if follow and live is not None and files:
@@ -423,8 +465,9 @@ async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
             live = manager.live.get(sandbox_id)
             progressed = False
             for fd, f in files.items():
-                data = f.read(LOG_CHUNK)
+                data = os.pread(f.fileno(), LOG_CHUNK, positions[fd])
                 if data:
+                    positions[fd] += len(data)
                     progressed = True
                     yield _chunk_event(fd, data)
             if progressed:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hutch.engine.errors import AlreadyExists, NotFound
+from hutch.engine.errors import AlreadyExists, Conflict, NotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     returncode INTEGER,
     exit_reason TEXT,
     runtime TEXT NOT NULL,
-    exit_detail TEXT
+    exit_detail TEXT,
+    pooled INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_live_name
     ON sandboxes (app_id, name) WHERE name IS NOT NULL AND state != 'exited';
@@ -96,6 +97,8 @@ class SandboxRow:
     runtime: str
     tags: dict[str, str]
     exit_detail: str | None = None
+    #: waiting in a warm pool: not listed, not found by name, no deadline yet
+    pooled: int = 0
 
 
 class Store:
@@ -110,6 +113,8 @@ class Store:
         columns = {r["name"] for r in self.db.execute("PRAGMA table_info(sandboxes)")}
         if "exit_detail" not in columns:  # a database made before limits existed
             self.db.execute("ALTER TABLE sandboxes ADD COLUMN exit_detail TEXT")
+        if "pooled" not in columns:  # ... or before warm pools
+            self.db.execute("ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -158,17 +163,17 @@ class Store:
     # sandboxes --------------------------------------------------------------------------
     def insert_sandbox(self, *, sandbox_id: str, app_id: str, name: str | None, image: str,
                        spec: dict[str, Any], timeout: float, runtime: str,
-                       tags: dict[str, str]) -> None:
+                       tags: dict[str, str], pooled: bool = False) -> None:
         now = time.time()
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute(
                     "INSERT INTO sandboxes (sandbox_id, app_id, name, state, image, spec,"
-                    " timeout, created_at, deadline, runtime)"
-                    " VALUES (?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?)",
+                    " timeout, created_at, deadline, runtime, pooled)"
+                    " VALUES (?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)",
                     (sandbox_id, app_id, name, image, json.dumps(spec), timeout, now,
-                     now + timeout, runtime),
+                     now + timeout, runtime, int(pooled)),
                 )
                 self.db.executemany(
                     "INSERT INTO sandbox_tags (sandbox_id, key, value) VALUES (?, ?, ?)",
@@ -186,6 +191,31 @@ class Store:
             "UPDATE sandboxes SET state = 'running', init_pid = ? WHERE sandbox_id = ?",
             (init_pid, sandbox_id),
         )
+
+    def take_pooled(self, sandbox_id: str, *, name: str | None, tags: dict[str, str],
+                    spec: dict[str, Any], timeout: float) -> float:
+        """Hand a pooled sandbox to its user: from now on it is an ordinary sandbox, created
+        now, with this name, tags, spec and timeout.  Returns its deadline."""
+        now = time.time()
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                changed = self.db.execute(
+                    "UPDATE sandboxes SET pooled = 0, name = ?, spec = ?, timeout = ?,"
+                    " created_at = ?, deadline = ? WHERE sandbox_id = ? AND pooled = 1"
+                    " AND state = 'running'",
+                    (name, json.dumps(spec), timeout, now, now + timeout, sandbox_id),
+                ).rowcount
+                if changed != 1:
+                    raise Conflict(f"pooled sandbox {sandbox_id} is gone")
+                self.db.executemany(
+                    "INSERT INTO sandbox_tags (sandbox_id, key, value) VALUES (?, ?, ?)",
+                    [(sandbox_id, k, v) for k, v in tags.items()],
+                )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(
+                f"a running sandbox named {name!r} already exists in this app") from exc
+        return now + timeout
 
     def mark_exited(self, sandbox_id: str, returncode: int | None, reason: str,
                     detail: str | None = None) -> None:
@@ -224,8 +254,12 @@ class Store:
         return self._row(row)
 
     def list_sandboxes(self, *, app_id: str | None = None, tags: dict[str, str] | None = None,
-                       states: tuple[str, ...] = ("creating", "running")) -> list[SandboxRow]:
+                       states: tuple[str, ...] = ("creating", "running"),
+                       pooled: bool = False) -> list[SandboxRow]:
+        """Sandboxes in ``states``, newest first (``pooled``: waiting ones too)."""
         sql = f"SELECT * FROM sandboxes WHERE state IN ({','.join('?' * len(states))})"
+        if not pooled:
+            sql += " AND pooled = 0"
         args: list[Any] = list(states)
         if app_id is not None:
             sql += " AND app_id = ?"

@@ -20,13 +20,24 @@ import trio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
-from hutch.api.models import CopyFilesRequest, LookupVolumeRequest, RemoveRequest, VolumeMount
+from hutch.api.models import (
+    CopyFilesRequest,
+    LookupVolumeRequest,
+    RemoveRequest,
+    VolumeMount,
+    error_responses,
+    stream_response,
+)
 from hutch.engine import linux, ociconfig
 from hutch.engine.errors import Conflict, Invalid
 from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd, write_stream
 from hutch.engine.store import Store
 
 READ_CHUNK = 1 << 20
+BYTES = "application/octet-stream"
+#: A volume file route's answers besides 200: a file operation's typed errors (400, 403,
+#: 404, 409), no such volume (404), a malformed request (422).
+_FILE_ERRORS = error_responses(400, 403, 404, 409, 422)
 
 
 class VolumeService:
@@ -45,7 +56,7 @@ class VolumeService:
 
     def users(self, name: str) -> list[str]:
         """Running sandboxes that mount the volume ``name``."""
-        return [row.sandbox_id for row in self.store.list_sandboxes()
+        return [row.sandbox_id for row in self.store.list_sandboxes(pooled=True)
                 if name in row.spec.get("volumes", [])]
 
     def delete(self, name: str) -> None:
@@ -111,7 +122,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
     def files(name: str) -> SandboxFS:
         return SandboxFS(str(volumes.directory(volumes.lookup(name, create=False))))
 
-    @app.post("/v1/volumes/lookup")
+    @app.post("/v1/volumes/lookup", responses=error_responses(400, 404, 422))
     async def lookup(req: LookupVolumeRequest) -> dict[str, Any]:
         return volumes.lookup(req.name, req.create_if_missing)
 
@@ -119,12 +130,12 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
     async def list_volumes() -> dict[str, Any]:
         return {"volumes": volumes.store.volumes()}
 
-    @app.delete("/v1/volumes/{name}")
+    @app.delete("/v1/volumes/{name}", responses=error_responses(404, 409, 422))
     async def delete(name: str) -> dict[str, str]:
         await trio.to_thread.run_sync(volumes.delete, name)
         return {"deleted": name}
 
-    @app.get("/v1/volumes/{name}/list")
+    @app.get("/v1/volumes/{name}/list", responses=_FILE_ERRORS)
     async def listdir(name: str, path: str = "/", recursive: bool = False) -> dict[str, Any]:
         with files(name) as fs:
             if not recursive:
@@ -140,14 +151,15 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
                         pending.append(_join(here, e.name))
             return {"entries": sorted(entries, key=lambda e: str(e["path"]))}
 
-    @app.get("/v1/volumes/{name}/file")
+    @app.get("/v1/volumes/{name}/file", response_class=StreamingResponse,
+             responses=stream_response(BYTES, "the file's bytes") | _FILE_ERRORS)
     async def read(name: str, path: str) -> StreamingResponse:
         with files(name) as fs:
             fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
 
-        return StreamingResponse(stream_fd(fd), media_type="application/octet-stream")
+        return StreamingResponse(stream_fd(fd), media_type=BYTES)
 
-    @app.put("/v1/volumes/{name}/file")
+    @app.put("/v1/volumes/{name}/file", responses=_FILE_ERRORS)
     async def write(name: str, path: str, request: Request,
                     mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644) -> dict[str, Any]:
         """Write a file (its parent directories are created), streamed from the body."""
@@ -166,13 +178,13 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
             finally:
                 os.close(fd)
 
-    @app.post("/v1/volumes/{name}/remove")
+    @app.post("/v1/volumes/{name}/remove", responses=_FILE_ERRORS)
     async def remove(name: str, req: RemoveRequest) -> dict[str, str]:
         with files(name) as fs:
             await trio.to_thread.run_sync(fs.remove, req.path, req.recursive)
         return {"removed": req.path}
 
-    @app.post("/v1/volumes/{name}/copy")
+    @app.post("/v1/volumes/{name}/copy", responses=_FILE_ERRORS)
     async def copy(name: str, req: CopyFilesRequest) -> dict[str, str]:
         """Copy files within the volume (into ``dst_path`` when it is a directory)."""
         with files(name) as fs:

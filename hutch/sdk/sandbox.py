@@ -30,6 +30,7 @@ from hutch.exception import (
 )
 from hutch.sdk import options, output
 from hutch.sdk.app import App
+from hutch.sdk.createrequest import create_request
 from hutch.sdk.fileio import FileIO
 from hutch.sdk.files import (
     FileWatchEvent,
@@ -133,71 +134,23 @@ class Sandbox:
 
         Raises :class:`AlreadyExistsError` when a running sandbox of the app has ``name``.
         """
-        options.reject_unsupported({
-            "gpu": gpu, "cloud": cloud, "region": region,
-            "network_file_systems": network_file_systems,
-            "outbound_cidr_allowlist": outbound_cidr_allowlist,
-            "outbound_domain_allowlist": outbound_domain_allowlist,
-            "inbound_cidr_allowlist": inbound_cidr_allowlist, "cidr_allowlist": cidr_allowlist,
-            "encrypted_ports": encrypted_ports, "h2_ports": h2_ports,
-            "unencrypted_ports": unencrypted_ports,
-            "pty": pty, "pty_info": pty_info, "custom_domain": custom_domain, "proxy": proxy,
-            "include_oidc_identity_token": include_oidc_identity_token,
-            "experimental_options": experimental_options,
-            "_experimental_enable_snapshot": _experimental_enable_snapshot,
-            "client": client, "environment_name": environment_name,
-            "block_network": block_network,
-        })
-        entrypoint = options.check_args(args, "entrypoint")
-        if name is not None:
-            options.check_object_name(name, "Sandbox")
-        if app is not None and not isinstance(app, App):
-            raise InvalidError(f"app must be a hutch.App, not {type(app).__name__}")
-        if image is not None and not isinstance(image, Image):
-            raise InvalidError(f"image must be a hutch.Image, not {type(image).__name__}")
-        if not isinstance(block_network, bool) or not isinstance(verbose, bool):
-            raise InvalidError("block_network and verbose must be True or False")
-        allowlist = outbound_cidr_allowlist if outbound_cidr_allowlist is not None \
-            else cidr_allowlist
-        if allowlist is not None and (isinstance(allowlist, str) or not all(
-                isinstance(c, str) for c in allowlist)):
-            raise InvalidError("`outbound_cidr_allowlist` must be a list of CIDR strings")
-        ports = list(unencrypted_ports or ())
-        tls_ports = list(encrypted_ports or ())
-        if not all(isinstance(p, int) and not isinstance(p, bool) for p in ports + tls_ports):
-            raise InvalidError("`unencrypted_ports` and `encrypted_ports` must be lists of "
-                               "port numbers")
-        body: dict[str, Any] = {
-            "unencrypted_ports": ports,
-            "encrypted_ports": tls_ports,
-            "network": "none" if block_network else "open",
-            "outbound_cidr_allowlist": None if allowlist is None else list(allowlist),
-            "entrypoint": entrypoint or None,
-            "name": name,
-            "tags": options.check_str_dict(tags, "tags"),
-            "env": merge_secrets(secrets, options.env_without_none(env)),
-            "workdir": options.check_workdir(workdir),
-            "timeout": options.check_timeout(timeout, "timeout", optional=False),
-            "idle_timeout": options.check_timeout(idle_timeout, "idle_timeout", optional=True),
-            "verbose": verbose,
-            **options.check_resources(cpu=cpu, memory=memory, ephemeral_disk=ephemeral_disk,
-                                      pids_limit=pids_limit),
-        }
-        if readiness_probe is not None:
-            if not isinstance(readiness_probe, Probe):
-                raise InvalidError("`readiness_probe` must be a hutch.Probe")
-            body["readiness_probe"] = readiness_probe.spec()
-        if volumes:
-            if not isinstance(volumes, Mapping) or not all(
-                    isinstance(v, Volume) for v in volumes.values()):
-                raise InvalidError("`volumes` must be a dict of mount path to hutch.Volume")
-            for path in volumes:
-                options.check_workdir(os.fspath(path))
-            body["volumes"] = {os.fspath(p): v.mount() for p, v in volumes.items()}
-        if app is not None:
-            body["app_id"] = await app.resolve_id()
-        if image is not None:
-            body["image"] = await image.resolve()
+        body = await create_request(
+            args, app=app, name=name, tags=tags, image=image, env=env, secrets=secrets,
+            timeout=timeout, workdir=workdir, block_network=block_network, verbose=verbose,
+            idle_timeout=idle_timeout, cpu=cpu, memory=memory, ephemeral_disk=ephemeral_disk,
+            pids_limit=pids_limit, volumes=volumes, outbound_cidr_allowlist=outbound_cidr_allowlist,
+            cidr_allowlist=cidr_allowlist, encrypted_ports=encrypted_ports,
+            unencrypted_ports=unencrypted_ports, readiness_probe=readiness_probe,
+            unsupported={
+                "gpu": gpu, "cloud": cloud, "region": region,
+                "network_file_systems": network_file_systems,
+                "outbound_domain_allowlist": outbound_domain_allowlist,
+                "inbound_cidr_allowlist": inbound_cidr_allowlist, "h2_ports": h2_ports,
+                "pty": pty, "pty_info": pty_info, "custom_domain": custom_domain,
+                "proxy": proxy, "include_oidc_identity_token": include_oidc_identity_token,
+                "experimental_options": experimental_options,
+                "_experimental_enable_snapshot": _experimental_enable_snapshot,
+                "client": client, "environment_name": environment_name})
         info = await _client_request("POST", "/v1/sandboxes", json_body=body)
         return Sandbox(info)
 

@@ -160,6 +160,16 @@ def check_limits() -> list[Check]:
             checks.append(Check(f"limit: {controller}", "warn",
                                 f"{what} cannot be enforced: sandboxes asking for it are "
                                 "refused", host.problem))
+    if host.bases:
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+        cgroup2 = [m for m in mounts if len(m) > 3 and m[2] == "cgroup2"]
+        fast = any("favordynmods" in m[3].split(",") for m in cgroup2)
+        checks.append(Check(
+            "cgroup moves", "ok" if fast or not cgroup2 else "warn",
+            "fast (favordynmods)" if fast else
+            "each sandbox start and exec waits 5-15 ms for an RCU grace period",
+            f"as root: mount -o remount,favordynmods {cgroup2[0][1]} "
+            "(tools/setup-host.sh does it)" if cgroup2 and not fast else ""))
     release = platform.release().split(".")
     try:
         tmpfs_xattrs = root or (int(release[0]), int(release[1].split("-")[0])) >= (6, 6)

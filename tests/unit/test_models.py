@@ -167,7 +167,7 @@ def test_sandbox_info_literals() -> None:
     info = SandboxInfo.model_validate(base)
     assert info.exit_reason is None and info.tags == {}
     _fails(SandboxInfo, "state", **{**base, "state": "paused"})
-    _fails(SandboxInfo, "exit_reason", **{**base, "exit_reason": "oom"})
+    _fails(SandboxInfo, "exit_reason", **{**base, "exit_reason": "crashed"})
     # round trip through JSON, as the engine and SDK use it
     again = SandboxInfo.model_validate_json(info.model_dump_json())
     assert again == info

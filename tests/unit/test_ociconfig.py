@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from jsonschema.protocols import Validator
 
-from hutch.engine import ociconfig
+from hutch.engine import ociconfig, seccomp
 
 PODMAN_DEFAULT_CAPS = {
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
@@ -31,7 +31,7 @@ ETC_FILES = {
 }
 
 
-def _spec(**overrides: Any) -> dict[str, Any]:
+def _kwargs(**overrides: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "rootfs": "/data/sandboxes/sb-x/rootfs",
         "hostname": "sb-x",
@@ -42,7 +42,11 @@ def _spec(**overrides: Any) -> dict[str, Any]:
         "devpts_gid": True,
     }
     kwargs.update(overrides)
-    return ociconfig.sandbox_spec(**kwargs).to_json()
+    return kwargs
+
+
+def _spec(**overrides: Any) -> dict[str, Any]:
+    return ociconfig.sandbox_spec(**_kwargs(**overrides)).to_json()
 
 
 def _errors(validator: Validator, doc: Any) -> list[str]:
@@ -69,6 +73,7 @@ def test_to_json_uses_spec_names_and_drops_unset(config_validator: Validator) ->
     assert doc["ociVersion"] == ociconfig.OCI_VERSION
     assert "noNewPrivileges" in doc["process"]
     assert "maskedPaths" in doc["linux"] and "readonlyPaths" in doc["linux"]
+    assert "seccomp" in doc["linux"]
     assert "no_new_privileges" not in doc["process"]
     assert "oci_version" not in doc
     # unset optional fields are dropped rather than written as null
@@ -197,6 +202,47 @@ def test_validator_rejects_invalid_documents(config_validator: Validator) -> Non
     bad_uid = copy.deepcopy(good)
     bad_uid["process"]["user"]["uid"] = -1
     assert _errors(config_validator, bad_uid)
+
+
+@pytest.mark.parametrize("host_network", [False, True])
+def test_seccomp_profile_is_part_of_every_spec(config_validator: Validator,
+                                               host_network: bool) -> None:
+    """Sandboxes and image-build steps (``host_network``) run under the same profile, and
+    the whole config, seccomp part included, is valid."""
+    doc = _spec(host_network=host_network)
+    assert _errors(config_validator, doc) == []
+    profile = doc["linux"]["seccomp"]
+    assert profile == seccomp.profile_json()
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert "defaultErrnoRet" in profile and "default_errno_ret" not in profile
+    denied = next(r for r in profile["syscalls"] if "keyctl" in r["names"])
+    assert denied == {"names": denied["names"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    masked = next(r for r in profile["syscalls"] if r["names"] == ["clone"] and "args" in r)
+    assert set(masked["args"][0]) == {"index", "value", "valueTwo", "op"}
+    # every spec gets its own copy
+    first = ociconfig.sandbox_spec(**_kwargs())
+    first.linux.seccomp.syscalls.clear()  # type: ignore[union-attr]
+    assert _spec()["linux"]["seccomp"]["syscalls"]
+
+
+def test_validator_checks_the_seccomp_part(config_validator: Validator) -> None:
+    good = _spec()
+    bad_action = copy.deepcopy(good)
+    bad_action["linux"]["seccomp"]["syscalls"][0]["action"] = "SCMP_ACT_PERHAPS"
+    assert _errors(config_validator, bad_action)
+    bad_op = copy.deepcopy(good)
+    rule = next(r for r in bad_op["linux"]["seccomp"]["syscalls"] if "args" in r)
+    rule["args"][0]["op"] = "SCMP_CMP_SOMETIMES"
+    assert _errors(config_validator, bad_op)
+    no_names = copy.deepcopy(good)
+    no_names["linux"]["seccomp"]["syscalls"].append({"names": [], "action": "SCMP_ACT_ALLOW"})
+    assert _errors(config_validator, no_names)
+    negative_errno = copy.deepcopy(good)
+    negative_errno["linux"]["seccomp"]["defaultErrnoRet"] = -1
+    assert _errors(config_validator, negative_errno)
+    no_default = copy.deepcopy(good)
+    del no_default["linux"]["seccomp"]["defaultAction"]
+    assert _errors(config_validator, no_default)
 
 
 def test_spec_model_rejects_unknown_fields() -> None:

@@ -1,0 +1,155 @@
+"""50 sandboxes at once: how long it takes to have them all running, and what each costs.
+
+For each contender, ``N`` idle sandboxes (``sleep infinity``) are started concurrently
+(hutch: ``Sandbox.create`` from 16 threads; crun and podman: ``N`` detached ``run``
+commands at once, 16 at a time), timed from the first call until every one is running.
+Then the memory every process this user runs gained is summed: the processes that are new
+(sandbox inits, slirp4netns, conmon, ...) count whole, the ones that were already there
+(hutch's engine, podman's pause process) count with their growth; the benchmark's own
+process is left out.  Memory is PSS (``/proc/<pid>/smaps_rollup``: shared pages divided
+among the processes sharing them), divided by ``N``: what one more idle sandbox costs.
+Everything is torn down before the next round; rounds alternate between contenders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Stats, Unavailable, describe
+from benchmarks.peers import SLEEP_ARGV, CrunPeer, PodmanPeer
+
+PARALLEL = 16
+
+
+def _pss_by_pid() -> dict[int, int]:
+    """PSS in bytes of every process of this user that can be read."""
+    uid, me = os.getuid(), os.getpid()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    found[int(entry.name)] = int(line.split()[1]) * 1024
+                    break
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _added(before: dict[int, int], after: dict[int, int]) -> int:
+    new = sum(pss for pid, pss in after.items() if pid not in before)
+    grown = sum(max(0, after[pid] - before[pid]) for pid in after if pid in before)
+    return new + grown
+
+
+class Round:
+    """One contender's way to start ``n`` idle sandboxes at once and to remove them."""
+
+    def __init__(self, name: str, start: Callable[[int], list[Any]],
+                 stop: Callable[[list[Any]], None]) -> None:
+        self.name, self.start, self.stop = name, start, stop
+
+    def run(self, n: int) -> tuple[float, int]:
+        before = _pss_by_pid()
+        t0 = time.perf_counter()
+        handles = self.start(n)
+        elapsed = time.perf_counter() - t0
+        try:
+            per_sandbox = _added(before, _pss_by_pid()) // n
+        finally:
+            self.stop(handles)
+        return elapsed, per_sandbox
+
+
+def hutch_round(pool: ThreadPoolExecutor) -> Round:
+    import hutch
+
+    def start(n: int) -> list[Any]:
+        return list(pool.map(lambda _: hutch.Sandbox.create(timeout=600), range(n)))
+
+    def stop(sandboxes: list[Any]) -> None:
+        list(pool.map(lambda sb: sb.terminate(wait=True), sandboxes))
+    return Round("hutch", start, stop)
+
+
+def _run_all(pool: ThreadPoolExecutor, argvs: list[list[str]]) -> None:
+    def run(argv: list[str]) -> None:
+        # a file, not a pipe: a detached container keeps its stderr open for good
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=err, timeout=300, check=False)
+            if proc.returncode != 0:
+                err.seek(0)
+                raise Unavailable(f"{argv[0]} exited {proc.returncode}: "
+                                  f"{err.read().decode(errors='replace')[-300:]}")
+    list(pool.map(run, argvs))
+
+
+def crun_round(pool: ThreadPoolExecutor, peer: CrunPeer) -> Round:
+    def start(n: int) -> list[Any]:
+        ids = [peer._next_id() for _ in range(n)]
+        _run_all(pool, [[*peer._base(), "run", "--detach", "--bundle",
+                         str(peer.sleep_bundle), cid] for cid in ids])
+        return ids
+
+    def stop(ids: list[Any]) -> None:
+        _run_all(pool, [[*peer._base(), "delete", "--force", cid] for cid in ids])
+    return Round("crun", start, stop)
+
+
+def podman_round(pool: ThreadPoolExecutor, peer: PodmanPeer) -> Round:
+    def start(n: int) -> list[Any]:
+        names = [f"hutch-bench-{os.getpid()}-{i}" for i in range(n)]
+        _run_all(pool, [[*peer.base, "run", "-d", "--rm", "--pull=never", "--name", name,
+                         peer.tag, *SLEEP_ARGV] for name in names])
+        return names
+
+    def stop(names: list[Any]) -> None:
+        with contextlib.suppress(Unavailable):
+            _run_all(pool, [[*peer.base, "rm", "--force", "--time", "0", *names]])
+    return Round("podman", start, stop)
+
+
+def run(rounds: list[Round], n: int, runs: int, progress: Callable[[str], None]
+        ) -> dict[str, Any]:
+    """``runs`` rounds of each contender, alternating; medians of time and memory."""
+    times: dict[str, list[float]] = {r.name: [] for r in rounds}
+    memory: dict[str, list[float]] = {r.name: [] for r in rounds}
+    failed: dict[str, str] = {}
+    for i in range(runs):
+        for contender in rounds[i % len(rounds):] + rounds[:i % len(rounds)]:
+            if contender.name in failed:
+                continue
+            try:
+                elapsed, per = contender.run(n)
+            except Exception as exc:  # one contender failing never stops the others
+                failed[contender.name] = describe(exc)
+                progress(f"  {contender.name}: unavailable: {failed[contender.name]}")
+                continue
+            times[contender.name].append(elapsed)
+            memory[contender.name].append(per)
+            progress(f"  {contender.name} round {i + 1}: {n} running in {elapsed:.2f} s, "
+                     f"{per / 2**20:.2f} MiB each")
+    out: dict[str, Any] = {"n": n, "runs": runs, "peers": {}}
+    for contender in rounds:
+        name = contender.name
+        if name in failed or not times[name]:
+            out["peers"][name] = {"available": False,
+                                  "reason": failed.get(name, "no rounds ran")}
+            continue
+        out["peers"][name] = {"available": True,
+                              "total_s": Stats.of(times[name]).as_dict(),
+                              "pss_per_sandbox_bytes": Stats.of(memory[name]).as_dict()}
+    return out
