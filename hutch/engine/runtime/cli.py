@@ -7,7 +7,6 @@ runtime dir; nothing else about a container is remembered here.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +16,6 @@ import trio
 
 from hutch.engine.runtime.base import RuntimeCommandError
 from hutch.engine.runtime.spawn import SpawnedProcess, spawn
-
-#: Seconds a created container's init may take to reach its exec FIFO.
-START_TIMEOUT = 10.0
 
 
 class CLIRuntime:
@@ -59,37 +55,7 @@ class CLIRuntime:
         await self._run_logged("create", cid, bundle, stdout, stderr, pid_file, stdin=stdin)
 
     async def start(self, cid: str) -> None:
-        """Let a created container run.
-
-        ``create`` leaves the container's init blocked opening ``exec.fifo`` in its state
-        directory for writing; ``start`` opens it for reading, reads the byte init writes,
-        and removes it.  crun and runc do exactly that and nothing else when the container
-        has no poststart hooks (hutch's never do), so the engine does it itself and saves
-        spawning the runtime; without the FIFO (another runtime layout) it runs ``start``.
-        """
-        fifo = self.state_root / cid / "exec.fifo"
-        if not fifo.exists():
-            await self._run(self._argv("start", cid))
-            return
-
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            with trio.fail_after(START_TIMEOUT):
-                while True:
-                    await trio.lowlevel.wait_readable(fd)
-                    try:
-                        byte = os.read(fd, 1)
-                        break
-                    except BlockingIOError:
-                        continue
-        except trio.TooSlowError:
-            byte = b""
-        finally:
-            os.close(fd)
-            fifo.unlink(missing_ok=True)
-        if not byte:
-            raise RuntimeCommandError(["start", cid], 1,
-                                      f"container {cid} exited before it started")
+        await self._run(self._argv("start", cid))
 
     async def _run_logged(self, verb: str, cid: str, bundle: Path, stdout: int, stderr: int,
                           pid_file: Path, *extra: str, stdin: int | None = None) -> None:
