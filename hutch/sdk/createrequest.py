@@ -54,19 +54,17 @@ async def create_request(
     if allowlist is not None and (isinstance(allowlist, str) or not all(
             isinstance(c, str) for c in allowlist)):
         raise InvalidError("`outbound_cidr_allowlist` must be a list of CIDR strings")
-    ports = list(unencrypted_ports or ())
-    tls_ports = list(encrypted_ports or ())
-    if not all(isinstance(p, int) and not isinstance(p, bool) for p in ports + tls_ports):
-        raise InvalidError("`unencrypted_ports` and `encrypted_ports` must be lists of "
-                           "port numbers")
+    for cidr in allowlist or ():
+        options.check_text(cidr, f"`outbound_cidr_allowlist`: {options.shown(cidr)}")
     body: dict[str, Any] = {
-        "unencrypted_ports": ports,
-        "encrypted_ports": tls_ports,
+        "unencrypted_ports": options.check_ports(unencrypted_ports, "unencrypted_ports"),
+        "encrypted_ports": options.check_ports(encrypted_ports, "encrypted_ports"),
         "network": "none" if block_network else "open",
         "outbound_cidr_allowlist": None if allowlist is None else list(allowlist),
         "entrypoint": entrypoint or None,
         "name": name,
         "tags": options.check_str_dict(tags, "tags"),
+        # each secret's variables are checked by merge_secrets, ``env``'s here
         "env": merge_secrets(secrets, options.env_without_none(env)),
         "workdir": options.check_workdir(workdir),
         "timeout": options.check_timeout(timeout, "timeout", optional=False),
@@ -83,9 +81,7 @@ async def create_request(
         if not isinstance(volumes, Mapping) or not all(
                 isinstance(v, Volume) for v in volumes.values()):
             raise InvalidError("`volumes` must be a dict of mount path to hutch.Volume")
-        for path in volumes:
-            options.check_workdir(os.fspath(path))
-        body["volumes"] = {os.fspath(p): v.mount() for p, v in volumes.items()}
+        body["volumes"] = {options.check_mount_path(p): v.mount() for p, v in volumes.items()}
     if app is not None:
         body["app_id"] = await app.resolve_id()
     if image is not None:

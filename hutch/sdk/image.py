@@ -24,12 +24,15 @@ from hutch.api.models import DEBIAN_PYTHON_SUITES
 from hutch.exception import EngineError, InvalidError
 from hutch.sdk import imagesteps
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
+from hutch.sdk.options import check_text, shown
 from hutch.sdk.output import BuildDisplay
 from hutch.sdk.secret import Secret
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
 
 ImageStep = imagesteps.Step | imagesteps.LocalFiles
+#: The engine's longest image reference (``FromIdStep``, ``FromRegistryStep``).
+MAX_REF_LENGTH = 512
 
 
 def _local_python() -> str:
@@ -71,8 +74,10 @@ class Image:
     @staticmethod
     def from_id(image_id: str) -> Image:
         """An image the engine already has, by its reference (``hutch image ls``)."""
-        if not isinstance(image_id, str) or not image_id:
-            raise InvalidError("Image.from_id needs an image id")
+        if not isinstance(image_id, str) or not image_id or len(image_id) > MAX_REF_LENGTH:
+            raise InvalidError(f"Image.from_id needs an image id of at most {MAX_REF_LENGTH} "
+                               f"characters, got {shown(image_id)}")
+        check_text(image_id, f"Image.from_id: {shown(image_id)}")
         return Image({"kind": "from_id", "ref": image_id})
 
     @staticmethod
@@ -85,8 +90,10 @@ class Image:
         registry.  Registries on localhost/127.0.0.1 are reached over plain HTTP.
         """
         if not isinstance(tag, str) or not tag or tag.startswith("/") \
-                or any(c.isspace() for c in tag):
-            raise InvalidError(f"from_registry needs an image reference, got {tag!r}")
+                or any(c.isspace() for c in tag) or len(tag) > MAX_REF_LENGTH:
+            raise InvalidError(f"from_registry needs an image reference (at most "
+                               f"{MAX_REF_LENGTH} characters), got {shown(tag)}")
+        check_text(tag, f"from_registry: {shown(tag)}")
         for name, value in (("setup_dockerfile_commands", setup_dockerfile_commands),
                             ("add_python", add_python), *kwargs.items()):
             if value:
@@ -99,7 +106,8 @@ class Image:
             if env is None or not {"REGISTRY_USERNAME", "REGISTRY_PASSWORD"} <= set(env):
                 raise InvalidError("from_registry's secret needs REGISTRY_USERNAME and "
                                    "REGISTRY_PASSWORD")
-            base["credentials"] = f"{env['REGISTRY_USERNAME']}:{env['REGISTRY_PASSWORD']}"
+            credentials = f"{env['REGISTRY_USERNAME']}:{env['REGISTRY_PASSWORD']}"
+            base["credentials"] = check_text(credentials, "from_registry's secret")
         return Image(base)
 
     @staticmethod
@@ -121,9 +129,10 @@ class Image:
             raise InvalidError(f"no OCI {'archive' if archive else 'layout'} at {str(local)!r}")
         if tag is not None and (not isinstance(tag, str) or (":" in tag and archive is None)):
             raise InvalidError("tag must be a string")
-        base: dict[str, Any] = {"kind": "from_oci", "path": str(local), "archive": archive}
+        base: dict[str, Any] = {"kind": "from_oci", "archive": archive,
+                                "path": check_text(str(local), f"the path {shown(str(local))}")}
         if tag is not None:
-            base["tag"] = tag
+            base["tag"] = check_text(tag, f"tag {shown(tag)}")
         return Image(base)
 
     # packages -----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ one kind of command step and the cache key is exactly the command that ran.  Bad
 from __future__ import annotations
 
 import importlib.util
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from hutch.exception import InvalidError
 from hutch.sdk.localfiles import IgnoreSpec, tar_directory, tar_file
-from hutch.sdk.options import check_str_dict
+from hutch.sdk.options import check_env, check_text, shown
 from hutch.sdk.secret import Secret, merge_secrets
 
 Step = dict[str, Any]
@@ -46,7 +45,7 @@ def _flatten(items: Sequence[str | list[str]], what: str) -> list[str]:
         for value in (item if isinstance(item, list | tuple) else [item]):
             if not isinstance(value, str):
                 raise InvalidError(f"{what} must be strings, got {type(value).__name__}")
-            flat.append(value)
+            flat.append(check_text(value, f"{what}: {shown(value)}"))
     return flat
 
 
@@ -63,28 +62,19 @@ def _packages(items: Sequence[str | list[str]], what: str) -> list[str]:
 def _remote(path: object, what: str) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidError(f"{what}: the remote path must be absolute, got {path!r}")
-    if "\0" in path:
-        raise InvalidError(f"{what}: the remote path may not contain a NUL byte")
+    check_text(path, f"{what}: the remote path {shown(path)}")
     if ".." in Path(path).parts:
         raise InvalidError(f"{what}: the remote path may not contain '..', got {path!r}")
     return path
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _env(env: object) -> dict[str, str]:
-    checked = check_str_dict(env, "env")
-    for key, value in checked.items():
-        if not _ENV_NAME.fullmatch(key) or "\0" in value:
-            raise InvalidError(f"env: {key!r} is not a valid variable name, or its value "
-                               "contains a NUL byte")
-    return checked
-
-
 def _run(commands: list[str], env: dict[str, str] | None, secrets: Sequence[Secret],
          force_build: bool, description: str) -> Step:
-    return {"kind": "run", "commands": commands, "env": _env(env),
+    """A run step; every command is checked again as a whole, as it may hold options
+    (``index_url``, ``extra_options``) besides what the caller checked."""
+    for command in commands:
+        check_text(command, f"{description.split()[0]}: the command {shown(command)}")
+    return {"kind": "run", "commands": commands, "env": check_env(env, "env"),
             "secret_env": merge_secrets(secrets, {}), "force_build": bool(force_build),
             "description": description}
 
@@ -107,13 +97,15 @@ def _pip_options(find_links: str | None, index_url: str | None, extra_index_url:
     for flag, value in (("--find-links", find_links), ("--index-url", index_url),
                         ("--extra-index-url", extra_index_url)):
         if value is not None:
+            name = flag[2:].replace("-", "_")
             if not isinstance(value, str):
-                raise InvalidError(f"{flag[2:].replace('-', '_')} must be a string")
-            options += [flag, shlex.quote(value)]
+                raise InvalidError(f"{name} must be a string")
+            options += [flag, shlex.quote(check_text(value, name))]
     if pre:
         options.append("--pre")
     if not isinstance(extra_options, str):
         raise InvalidError("extra_options must be a string")
+    check_text(extra_options, "extra_options")
     if extra_options:
         try:
             options += [shlex.quote(o) for o in shlex.split(extra_options)]
@@ -171,14 +163,14 @@ def config(*, env: dict[str, str] | None = None, workdir: str | None = None,
     if env is not None:
         if not env:
             raise InvalidError("env needs at least one variable")
-        step["env"] = _env(env)
+        step["env"] = check_env(env, "env")
     if workdir is not None:
         step["workdir"] = _remote(workdir, "workdir")
     for name, value in (("entrypoint", entrypoint), ("cmd", cmd)):
         if value is not None:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise InvalidError(f"{name} must be a list of strings")
-            step[name] = list(value)
+            step[name] = [check_text(v, f"{name}: {shown(v)}") for v in value]
     return step
 
 

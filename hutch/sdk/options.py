@@ -8,14 +8,28 @@ not yet) raises :class:`InvalidError` naming it, never silently ignored.
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from hutch.api.models import MAX_PIDS_LIMIT, MAX_TIMEOUT
 from hutch.exception import InvalidError
 
 #: Modal's limit on the total length of a command's arguments.
 ARG_MAX_BYTES = 2**16
+#: The engine's bounds on a sandbox's resources (``CreateSandboxRequest``): most cores,
+#: most MiB of memory or ephemeral disk, the least memory limit (MiB: below it the
+#: runtime cannot start the container) and the least pids limit.
+MAX_CPU = 4096
+MAX_MEMORY_MIB = 1 << 24
+MIN_MEMORY_LIMIT_MIB = 6
+MAX_EPHEMERAL_DISK_MIB = 1 << 24
+MIN_PIDS_LIMIT = 8
+#: The engine's limit on ``unencrypted_ports`` and on ``encrypted_ports``, each.
+MAX_PORTS = 64
+#: What the engine takes as an environment variable's name.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OBJECT_NAME = re.compile(r"[a-zA-Z0-9\-_.]+")
 SANDBOX_ID = re.compile(r"sb-(?:[0-9A-Za-z]{22}|[0-7][0-9A-HJKMNP-TV-Z]{25})")  # Modal: v1 or ULID
 
@@ -80,9 +94,38 @@ def reject_unsupported(options: Mapping[str, Any]) -> None:
             )
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages: a number such as
+    ``10**5000`` has no repr at all (Python refuses to print ints that long)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a huge integer"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_text(value: str, what: str, *, nul: bool = False) -> str:
+    """``value`` if it can be sent: every request is JSON in UTF-8, which a lone surrogate
+    (as ``os.fsdecode`` makes of bytes that are not UTF-8) cannot be encoded in, and the
+    engine refuses NUL bytes in what becomes a C string (arguments, paths, environment
+    variables) -- unless ``nul`` says this text may hold them (a tag's value)."""
+    if not nul and "\0" in value:
+        raise InvalidError(f"{what} contains a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidError(f"{what} is not valid UTF-8 text (it has a lone surrogate)"
+                           ) from None
+    return value
+
+
 def check_args(args: tuple[Any, ...], what: str) -> list[str]:
+    """The arguments of a command (an exec or an entrypoint): strings the kernel can take
+    (no NUL bytes), within Modal's ARG_MAX."""
     if not all(isinstance(a, str) for a in args):
         raise InvalidError(f"All {what} arguments must be strings")
+    for arg in args:
+        check_text(arg, f"{what}: the argument {shown(arg)}")
     total = sum(len(a) for a in args)
     if total > ARG_MAX_BYTES:
         raise InvalidError(
@@ -103,20 +146,61 @@ def check_object_name(name: object, kind: str) -> str:
 
 
 def check_workdir(workdir: object) -> str | None:
+    """An absolute path (Modal's rule) without NUL bytes (the engine's), or None."""
     if workdir is None:
         return None
     if not isinstance(workdir, str) or not workdir.startswith("/"):
         raise InvalidError(f"workdir must be an absolute path, got: {workdir}")
-    return workdir
+    return check_text(workdir, "workdir")
+
+
+def check_mount_path(path: object) -> str:
+    """Where a volume is mounted in a sandbox, as the engine takes it: an absolute path,
+    not ``/`` itself (the root filesystem is the image's), without ``..`` (the mount must
+    land where it says) or NUL bytes."""
+    try:
+        mount_path = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        mount_path = None
+    if not isinstance(mount_path, str) or not mount_path.startswith("/") \
+            or mount_path.rstrip("/") == "" or ".." in mount_path.split("/"):
+        raise InvalidError(f"`volumes`: the mount path {shown(path)} must be an absolute "
+                           "path other than / and without '..'")
+    return check_text(mount_path, f"`volumes`: the mount path {shown(mount_path)}")
+
+
+def _as_float(value: object) -> float | None:
+    """``value`` as a float if it is a number (not a bool) a float can hold, else None:
+    ``float(10**400)`` raises OverflowError, which callers turn into InvalidError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def check_timeout(value: object, what: str, *, optional: bool) -> float | None:
+    """A timeout in seconds as the engine takes it: positive and at most a day
+    (``MAX_TIMEOUT``, Modal's limit too); None only when ``optional``."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value <= 0:
-        raise InvalidError(f"{what} must be a positive number of seconds, got: {value!r}")
-    return float(value)
+    seconds = _as_float(value)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidError(f"{what} must be a positive number of seconds, got: {shown(value)}")
+    if seconds > MAX_TIMEOUT:
+        raise InvalidError(f"{what} must be at most {MAX_TIMEOUT:g} seconds (24 hours), "
+                           f"got: {shown(value)}")
+    return seconds
+
+
+def check_wait(value: object, what: str = "`timeout`") -> float:
+    """How long a client waits (``wait_until_ready``), in seconds: positive; no upper
+    bound, as only the client keeps it (``math.inf``: for as long as it takes)."""
+    seconds = _as_float(value)
+    if seconds is None or math.isnan(seconds) or seconds <= 0:
+        raise InvalidError(f"{what} must be positive, got: {shown(value)}")
+    return seconds
 
 
 def check_sandbox_id(sandbox_id: object) -> str:
@@ -134,57 +218,105 @@ def check_str_dict(value: object, what: str) -> dict[str, str]:
     for key, val in value.items():
         if not isinstance(key, str) or not isinstance(val, str):
             raise InvalidError(
-                f"{what} must be a dict of str to str; {key!r} maps to {type(val).__name__}"
+                f"{what} must be a dict of str to str; {shown(key)} maps to "
+                f"{type(val).__name__}"
             )
+        check_text(key, f"{what}: the key {shown(key)}", nul=True)
+        check_text(val, f"{what}: the value of {shown(key)}", nul=True)
     return dict(value)
 
 
+def check_env(env: object, what: str = "env") -> dict[str, str]:
+    """``env`` as the engine takes an environment: str -> str, each name a shell
+    variable's (``[A-Za-z_][A-Za-z0-9_]*``) and no value with a NUL byte (the kernel's
+    environment is C strings).  Messages name the variables, never their values, which
+    may be secrets."""
+    checked = check_str_dict(env, what)
+    for key, val in checked.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise InvalidError(f"{what}: {shown(key)} is not a valid environment variable "
+                               "name (letters, digits and '_', not starting with a digit)")
+        if "\0" in val:
+            raise InvalidError(f"{what}: the value of {key} contains a NUL byte")
+    return checked
+
+
 def env_without_none(env: object, what: str = "env") -> dict[str, str]:
-    """``env`` with None values dropped (Modal's rule), checked to be str -> str."""
+    """``env`` with None values dropped (Modal's rule), checked by :func:`check_env`."""
     if isinstance(env, Mapping):
         env = {k: v for k, v in env.items() if v is not None}
-    return check_str_dict(env, what)
+    return check_env(env, what)
 
 
-def _positive(value: object, what: str, kind: type) -> float:
+def _bounded(value: object, what: str, kind: type, low: int, high: int, unit: str) -> float:
+    """A positive number of ``kind`` (an int, or an int or float) within the engine's
+    ``low`` (when above 1) and ``high``; ints are compared as they are, so one too large
+    for a float is refused, never an OverflowError."""
     number_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, number_types) \
-            or not math.isfinite(value) or value <= 0:
-        raise InvalidError(f"{what} must be a positive {kind.__name__}, got: {value!r}")
-    return float(value)
+            or (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise InvalidError(f"{what} must be a positive {kind.__name__}, got: {shown(value)}")
+    if value < low:
+        raise InvalidError(f"{what} must be at least {low} {unit}, got: {shown(value)}")
+    if value > high:
+        raise InvalidError(f"{what} must be at most {high} {unit}, got: {shown(value)}")
+    return float(value) if kind is float else value  # type: ignore[return-value]
 
 
-def _request_and_limit(value: object, what: str, kind: type
-                       ) -> tuple[float | None, float | None]:
+def _request_and_limit(value: object, what: str, kind: type, high: int, unit: str,
+                       limit_low: int = 0) -> tuple[float | None, float | None]:
     """Modal's ``x`` (a request) or ``(request, limit)`` (a request and a hard limit)."""
     if value is None:
         return None, None
     if isinstance(value, tuple):
         if len(value) != 2:
             raise InvalidError(f"`{what}` must be a number or a (request, limit) tuple")
-        request = _positive(value[0], f"the `{what}` request", kind)
-        limit = _positive(value[1], f"the `{what}` limit", kind)
+        request = _bounded(value[0], f"the `{what}` request", kind, 0, high, unit)
+        limit = _bounded(value[1], f"the `{what}` limit", kind, limit_low, high, unit)
         if limit < request:
             raise InvalidError(f"Cannot specify a {what} limit lower than request: "
                                f"{value[1]} < {value[0]}")
         return request, limit
-    return _positive(value, f"`{what}`", kind), None
+    return _bounded(value, f"`{what}`", kind, 0, high, unit), None
 
 
 def check_resources(*, cpu: object, memory: object, ephemeral_disk: object,
                     pids_limit: object) -> dict[str, Any]:
     """The resource fields of a create request: ``cpu`` in fractional cores and ``memory``
     in MiB, each a request or a ``(request, limit)`` pair as Modal takes them;
-    ``ephemeral_disk`` in MiB; ``pids_limit`` (hutch's own) a count of processes."""
-    cpu_request, cpu_limit = _request_and_limit(cpu, "cpu", float)
-    memory_request, memory_limit = _request_and_limit(memory, "memory", int)
+    ``ephemeral_disk`` in MiB; ``pids_limit`` (hutch's own) a count of processes.  Each
+    within the engine's bounds, so a value it would refuse is refused here, by name."""
+    cpu_request, cpu_limit = _request_and_limit(cpu, "cpu", float, MAX_CPU, "cores")
+    memory_request, memory_limit = _request_and_limit(
+        memory, "memory", int, MAX_MEMORY_MIB, "MiB", MIN_MEMORY_LIMIT_MIB)
     fields: dict[str, Any] = {
         "cpu": cpu_request, "cpu_limit": cpu_limit,
-        "memory": None if memory_request is None else int(memory_request),
-        "memory_limit": None if memory_limit is None else int(memory_limit),
+        "memory": memory_request, "memory_limit": memory_limit,
     }
     if ephemeral_disk is not None:
-        fields["ephemeral_disk"] = int(_positive(ephemeral_disk, "`ephemeral_disk`", int))
+        fields["ephemeral_disk"] = _bounded(ephemeral_disk, "`ephemeral_disk`", int, 0,
+                                            MAX_EPHEMERAL_DISK_MIB, "MiB")
     if pids_limit is not None:
-        fields["pids_limit"] = int(_positive(pids_limit, "`pids_limit`", int))
+        fields["pids_limit"] = _bounded(pids_limit, "`pids_limit`", int, MIN_PIDS_LIMIT,
+                                        MAX_PIDS_LIMIT, "processes")
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def check_ports(ports: object, what: str) -> list[int]:
+    """``unencrypted_ports`` or ``encrypted_ports`` as the engine takes them: at most
+    ``MAX_PORTS`` distinct port numbers from 1 to 65535."""
+    if ports is None:
+        return []
+    checked = list(ports) if isinstance(ports, Iterable) \
+        and not isinstance(ports, str | bytes | Mapping) else None
+    if checked is None or not all(isinstance(p, int) and not isinstance(p, bool)
+                                  for p in checked):
+        raise InvalidError(f"`{what}` must be a list of port numbers")
+    bad = [p for p in checked if not 1 <= p <= 65535]
+    if bad:
+        raise InvalidError(f"`{what}`: {shown(bad[0])} is not a port number (1-65535)")
+    if len(set(checked)) != len(checked):
+        raise InvalidError(f"`{what}` lists a port more than once: {checked}")
+    if len(checked) > MAX_PORTS:
+        raise InvalidError(f"`{what}` may list at most {MAX_PORTS} ports")
+    return checked

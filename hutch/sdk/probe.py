@@ -12,13 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from hutch.exception import InvalidError
+from hutch.sdk.options import check_text, shown
+
+#: The engine's longest interval between two probes (``ProbeSpec``): an hour.
+MAX_INTERVAL_MS = 3_600_000
 
 
 def _interval(value: object, who: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidError(f"{who} expects an integer `interval_ms`")
     if value <= 0:
-        raise InvalidError(f"{who} expects `interval_ms` > 0, got {value}")
+        raise InvalidError(f"{who} expects `interval_ms` > 0, got {shown(value)}")
+    if value > MAX_INTERVAL_MS:
+        raise InvalidError(f"{who} expects `interval_ms` <= {MAX_INTERVAL_MS} (an hour), "
+                           f"got {shown(value)}")
     return value
 
 
@@ -40,7 +47,8 @@ class Probe:
         if not isinstance(port, int) or isinstance(port, bool):
             raise InvalidError("Probe.with_tcp() expects an integer `port`")
         if not 1 <= port <= 65535:
-            raise InvalidError(f"Probe.with_tcp() expects `port` in [1, 65535], got {port}")
+            raise InvalidError(
+                f"Probe.with_tcp() expects `port` in [1, 65535], got {shown(port)}")
         return Probe(tcp_port=port, interval_ms=_interval(interval_ms, "Probe.with_tcp()"))
 
     @staticmethod
@@ -49,6 +57,8 @@ class Probe:
             raise InvalidError("Probe.with_exec() requires at least one argument")
         if not all(isinstance(a, str) for a in argv):
             raise InvalidError("Probe.with_exec() expects all arguments to be strings")
+        for arg in argv:  # run by the engine as a command: no NUL bytes, UTF-8
+            check_text(arg, f"Probe.with_exec(): the argument {shown(arg)}")
         return Probe(exec_argv=tuple(argv),
                      interval_ms=_interval(interval_ms, "Probe.with_exec()"))
 

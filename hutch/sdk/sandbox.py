@@ -289,9 +289,7 @@ class Sandbox:
         ``hutch.exception.TimeoutError`` after ``timeout`` seconds.
         """
         self._attached()
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise InvalidError(f"`timeout` must be positive, got: {timeout}")
-        deadline = anyio.current_time() + timeout
+        deadline = anyio.current_time() + options.check_wait(timeout)
         while True:
             left = deadline - anyio.current_time()
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from hutch.exception import InvalidError, NotFoundError
-from hutch.sdk.options import check_str_dict
+from hutch.sdk.options import check_env, check_str_dict
 
 
 class Secret:
@@ -89,7 +89,10 @@ class Secret:
 
 
 def merge_secrets(secrets: object, env: dict[str, str]) -> dict[str, str]:
-    """The environment of ``secrets`` (in order) overlaid by ``env``."""
+    """The environment of ``secrets`` (in order) overlaid by ``env`` (checked by the
+    caller).  Each secret's variables are checked here, where they are used, as the
+    engine checks an environment (a secret may hold any names until it is used; the
+    message names the secret by its keys, never its values)."""
     if secrets is None:
         return dict(env)
     if isinstance(secrets, Secret) or not isinstance(secrets, Iterable):
@@ -98,6 +101,6 @@ def merge_secrets(secrets: object, env: dict[str, str]) -> dict[str, str]:
     for secret in secrets:
         if not isinstance(secret, Secret):
             raise InvalidError(f"secrets must be hutch.Secret objects, not {type(secret).__name__}")
-        merged.update(secret.env())
+        merged.update(check_env(secret.env(), f"secrets: {secret!r}"))
     merged.update(env)
     return merged

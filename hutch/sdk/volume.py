@@ -20,7 +20,7 @@ import anyio
 
 from hutch.exception import InvalidError
 from hutch.sdk.files import CHUNK, FileType
-from hutch.sdk.options import check_object_name
+from hutch.sdk.options import check_object_name, check_text, shown
 from hutch.sdk.syncbridge import (
     run_sync,
     synchronize,
@@ -28,6 +28,24 @@ from hutch.sdk.syncbridge import (
     synchronize_static,
 )
 from hutch.sdk.transport import client
+
+
+def _sub_path(sub_path: object) -> str | None:
+    """A ``sub_path`` as the engine takes it: a directory of the volume (no ``..``, which
+    could leave it) without NUL bytes; None for the whole volume."""
+    if sub_path is None:
+        return None
+    if not isinstance(sub_path, str) or ".." in sub_path.split("/"):
+        raise InvalidError("sub_path must be a path inside the volume")
+    return check_text(sub_path, f"sub_path {shown(sub_path)}")
+
+
+def _path(path: object, what: str = "path") -> str:
+    """A path in the volume as the engine takes it: a non-empty string without NUL bytes
+    (refused here, by name, rather than by the engine or by httpx)."""
+    if not isinstance(path, str) or not path:
+        raise InvalidError(f"{what} must be a non-empty string, got {shown(path)}")
+    return check_text(path, f"{what} {shown(path)}")
 
 
 @dataclass(frozen=True)
@@ -80,18 +98,20 @@ class Volume:
     @synchronize_static
     async def delete(name: str) -> None:
         """Delete a volume and its files (refused while a running sandbox mounts it)."""
+        check_object_name(name, "Volume")  # it becomes part of the request's path
         await client().request("DELETE", f"/v1/volumes/{name}")
 
     def with_mount_options(self, *, read_only: bool = False,
                            sub_path: str | None = None) -> Volume:
         """This volume mounted read-only and/or only its directory ``sub_path``."""
-        if sub_path is not None and (not isinstance(sub_path, str) or ".." in sub_path.split("/")):
-            raise InvalidError("sub_path must be a path inside the volume")
-        return Volume(self.name, self.object_id, read_only=bool(read_only), sub_path=sub_path)
+        return Volume(self.name, self.object_id, read_only=bool(read_only),
+                      sub_path=_sub_path(sub_path))
 
     def mount(self) -> dict[str, Any]:
-        """How a sandbox mounts it (what ``Sandbox.create`` sends)."""
-        return {"name": self.name, "read_only": self._read_only, "sub_path": self._sub_path}
+        """How a sandbox mounts it (what ``Sandbox.create`` sends), checked again: a
+        ``Volume`` made by its constructor has not been."""
+        return {"name": check_object_name(self.name, "Volume"), "read_only": self._read_only,
+                "sub_path": _sub_path(self._sub_path)}
 
     @synchronize
     async def commit(self) -> None:
@@ -106,7 +126,7 @@ class Volume:
     @synchronize
     async def listdir(self, path: str = "/", *, recursive: bool = False) -> list[VolumeEntry]:
         doc = await client().request("GET", f"{self._base}/list",
-                                     params={"path": path, "recursive": recursive})
+                                     params={"path": _path(path), "recursive": recursive})
         return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
                 for e in doc["entries"]]
 
@@ -117,7 +137,7 @@ class Volume:
             yield chunk
 
     async def _read(self, path: str) -> AsyncIterator[bytes]:
-        async for chunk in client().stream_bytes(f"{self._base}/file", {"path": path}):
+        async for chunk in client().stream_bytes(f"{self._base}/file", {"path": _path(path)}):
             yield chunk
 
     @synchronize
@@ -131,12 +151,15 @@ class Volume:
     @synchronize
     async def remove_file(self, path: str, recursive: bool = False) -> None:
         await client().request("POST", f"{self._base}/remove",
-                               json_body={"path": path, "recursive": bool(recursive)})
+                               json_body={"path": _path(path), "recursive": bool(recursive)})
 
     @synchronize
     async def copy_files(self, src_paths: list[str], dst_path: str) -> None:
+        if isinstance(src_paths, str):
+            raise InvalidError("src_paths must be a list of paths")
+        sources = [_path(p, "src_paths: the path") for p in src_paths]
         await client().request("POST", f"{self._base}/copy",
-                               json_body={"src_paths": list(src_paths), "dst_path": dst_path})
+                               json_body={"src_paths": sources, "dst_path": _path(dst_path)})
 
     @contextlib.contextmanager
     def batch_upload(self, force: bool = False) -> Iterator[_BatchUpload]:
@@ -160,15 +183,16 @@ class _BatchUpload:
         local = Path(local_file)
         if not local.is_file():
             raise FileNotFoundError(f"no local file {str(local)!r}")
-        self._files.append((local, remote_path))
+        self._files.append((local, _path(remote_path, "remote_path")))
 
     def put_directory(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
         local = Path(local_path)
         if not local.is_dir():
             raise NotADirectoryError(f"{str(local)!r} is not a local directory")
+        _path(remote_path, "remote_path")
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
-            self._files.append((file, f"{remote_path.rstrip('/')}/"
-                                      f"{file.relative_to(local).as_posix()}"))
+            remote = f"{remote_path.rstrip('/')}/{file.relative_to(local).as_posix()}"
+            self._files.append((file, _path(remote, "remote_path")))  # a name not UTF-8
 
     async def upload(self) -> None:
         engine = client()

@@ -178,7 +178,7 @@ def test_g16_detach_does_not_stop_it(sb_app: modal.App) -> None:
 @pytest.mark.parametrize(("kwargs", "named"), [
     ({"volumes": {"/data": object()}}, "volumes"),  # G7 with something not a Volume
     ({"gpu": "a10g"}, "gpu"),
-    ({"cpu": 1.0}, "cpu"),
+    ({"cpu": -1.0}, "cpu"),  # supported, but not a negative share
     ({"h2_ports": [8080]}, "h2_ports"),
 ])
 def test_g3_g4_g7_unsupported_parameters(sb_app: modal.App, kwargs: dict[str, Any],

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import re
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+from hutch.api.models import (
+    MAX_PIDS_LIMIT,
+    MAX_TIMEOUT,
+    CreateSandboxRequest,
+    ExecRequest,
+    FromIdStep,
+    FromRegistryStep,
+    ProbeSpec,
+)
 from hutch.exception import InvalidError
 from hutch.sdk import options
+from hutch.sdk.image import MAX_REF_LENGTH
+from hutch.sdk.probe import MAX_INTERVAL_MS
 
 UNSUPPORTED = sorted({*options._NEVER, *options._NOT_YET})
 ALLOWLISTS = ["outbound_cidr_allowlist", "outbound_domain_allowlist", "inbound_cidr_allowlist"]
@@ -258,3 +272,184 @@ def test_bad_resources(kwargs: dict[str, Any], message: str) -> None:
                             "pids_limit": None, **kwargs}
     with pytest.raises(InvalidError, match=re.escape(message)):
         options.check_resources(**args)
+
+
+# the engine's bounds ----------------------------------------------------------------------
+def _bounds(model: type[BaseModel], field: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in model.model_fields[field].metadata:
+        for name in ("gt", "ge", "le", "max_length"):
+            if getattr(item, name, None) is not None:
+                found[name] = getattr(item, name)
+    return found
+
+
+def test_the_bounds_are_the_engines() -> None:
+    """The SDK refuses exactly what the engine's models refuse: the same numbers."""
+    create = CreateSandboxRequest
+    assert _bounds(create, "cpu") == _bounds(create, "cpu_limit") == {
+        "gt": 0, "le": options.MAX_CPU}
+    assert _bounds(create, "memory") == {"gt": 0, "le": options.MAX_MEMORY_MIB}
+    assert _bounds(create, "memory_limit") == {"ge": options.MIN_MEMORY_LIMIT_MIB,
+                                               "le": options.MAX_MEMORY_MIB}
+    assert _bounds(create, "ephemeral_disk") == {"ge": 1, "le": options.MAX_EPHEMERAL_DISK_MIB}
+    assert _bounds(create, "pids_limit") == {"ge": options.MIN_PIDS_LIMIT,
+                                             "le": MAX_PIDS_LIMIT}
+    assert _bounds(create, "timeout") == _bounds(create, "idle_timeout") == \
+        _bounds(ExecRequest, "timeout") == {"gt": 0, "le": MAX_TIMEOUT}
+    assert _bounds(create, "unencrypted_ports") == _bounds(create, "encrypted_ports") == {
+        "max_length": options.MAX_PORTS}
+    assert _bounds(ProbeSpec, "interval_ms") == {"gt": 0, "le": MAX_INTERVAL_MS}
+    assert _bounds(FromIdStep, "ref")["max_length"] == MAX_REF_LENGTH
+    assert _bounds(FromRegistryStep, "ref")["max_length"] == MAX_REF_LENGTH
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"cpu": 4097}, "`cpu` must be at most 4096 cores, got: 4097"),
+    ({"cpu": (1, 4097)}, "the `cpu` limit must be at most 4096 cores"),
+    ({"cpu": 10**400}, "`cpu` must be at most 4096 cores, got: 1000"),
+    ({"memory": (1 << 24) + 1}, "`memory` must be at most 16777216 MiB"),
+    ({"memory": (1, 5)}, "the `memory` limit must be at least 6 MiB, got: 5"),
+    ({"ephemeral_disk": (1 << 24) + 1}, "`ephemeral_disk` must be at most 16777216 MiB"),
+    ({"ephemeral_disk": 10**5000}, "`ephemeral_disk` must be at most 16777216 MiB, "
+                                   "got: a huge integer"),
+    ({"pids_limit": 7}, "`pids_limit` must be at least 8 processes, got: 7"),
+    ({"pids_limit": MAX_PIDS_LIMIT + 1}, f"`pids_limit` must be at most {MAX_PIDS_LIMIT}"),
+], ids=lambda v: options.shown(v) if isinstance(v, dict) else "")
+def test_resources_beyond_the_engines_bounds(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"cpu": None, "memory": None, "ephemeral_disk": None,
+                            "pids_limit": None, **kwargs}
+    with pytest.raises(InvalidError, match=f"^{re.escape(message)}"):
+        options.check_resources(**args)
+
+
+def test_resources_at_the_engines_bounds() -> None:
+    assert options.check_resources(cpu=(4096, 4096), memory=(1 << 24, 1 << 24),
+                                   ephemeral_disk=1 << 24, pids_limit=MAX_PIDS_LIMIT) == {
+        "cpu": 4096.0, "cpu_limit": 4096.0, "memory": 1 << 24, "memory_limit": 1 << 24,
+        "ephemeral_disk": 1 << 24, "pids_limit": MAX_PIDS_LIMIT}
+    assert options.check_resources(cpu=None, memory=(1, 6), ephemeral_disk=1,
+                                   pids_limit=8) == {
+        "memory": 1, "memory_limit": 6, "ephemeral_disk": 1, "pids_limit": 8}
+    assert isinstance(options.check_resources(cpu=None, memory=(1, 6), ephemeral_disk=None,
+                                              pids_limit=None)["memory"], int)
+
+
+# timeouts -----------------------------------------------------------------------------------
+def test_timeout_at_most_a_day() -> None:
+    assert options.check_timeout(86400, "timeout", optional=False) == 86400.0
+    for value in (86400.5, 86401, 2**64):
+        with pytest.raises(InvalidError, match=r"^idle_timeout must be at most 86400 seconds"):
+            options.check_timeout(value, "idle_timeout", optional=True)
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**5000],
+                         ids=["1e400", "-1e400", "1e5000"])
+def test_timeout_too_large_for_a_float(value: int) -> None:
+    with pytest.raises(InvalidError, match="timeout must be a positive number of seconds"):
+        options.check_timeout(value, "timeout", optional=True)
+
+
+def test_wait_has_no_upper_bound_but_must_be_a_positive_number() -> None:
+    assert options.check_wait(10**6) == 1e6
+    assert options.check_wait(math.inf) == math.inf
+    for value in (10**400, float("nan"), 0, -1, True, "5", None):
+        with pytest.raises(InvalidError, match=r"^`timeout` must be positive"):
+            options.check_wait(value)
+
+
+# text -----------------------------------------------------------------------------------
+def test_text_without_nul_and_in_utf8() -> None:
+    assert options.check_text("ünïcode ✓", "x") == "ünïcode ✓"
+    with pytest.raises(InvalidError, match=r"^the thing contains a NUL byte$"):
+        options.check_text("a\0b", "the thing")
+    assert options.check_text("a\0b", "a tag", nul=True) == "a\0b"
+    for value in ("\udc00", "a\ud800b"):
+        with pytest.raises(InvalidError, match=r"^x is not valid UTF-8 text"):
+            options.check_text(value, "x", nul=True)
+
+
+def test_shown_is_short_and_never_fails() -> None:
+    assert options.shown("abc") == "'abc'"
+    assert options.shown("x" * 100) == "'" + "x" * 56 + "..."
+    assert options.shown(10**5000) == "a huge integer"
+
+
+def test_args_without_nul_or_surrogates() -> None:
+    with pytest.raises(InvalidError, match=r"^exec: the argument 'a\\x00' contains a NUL"):
+        options.check_args(("ls", "a\0"), "exec")
+    with pytest.raises(InvalidError, match=r"^entrypoint: the argument '\\udc00' is not valid"):
+        options.check_args(("\udc00",), "entrypoint")
+
+
+def test_workdir_without_nul_or_surrogates() -> None:
+    with pytest.raises(InvalidError, match=r"^workdir contains a NUL byte$"):
+        options.check_workdir("/a\0")
+    with pytest.raises(InvalidError, match=r"^workdir is not valid UTF-8"):
+        options.check_workdir("/\udc80")
+
+
+def test_str_dicts_in_utf8_but_nul_allowed() -> None:
+    assert options.check_str_dict({"a": "\0"}, "tags") == {"a": "\0"}
+    with pytest.raises(InvalidError, match=r"^tags: the key '\\udc00' is not valid UTF-8"):
+        options.check_str_dict({"\udc00": "x"}, "tags")
+    with pytest.raises(InvalidError, match=r"^tags: the value of 'a' is not valid UTF-8"):
+        options.check_str_dict({"a": "\udc00"}, "tags")
+
+
+# env ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["A", "_", "_a1", "PATH", "a_B_9"])
+def test_env_names_the_engine_takes(name: str) -> None:
+    assert options.check_env({name: "x"}) == {name: "x"}
+
+
+@pytest.mark.parametrize("name", ["", "1A", "A-B", "A B", "A=B", "Ä", "A\0", "\udc00"])
+def test_env_names_the_engine_refuses(name: str) -> None:
+    with pytest.raises(InvalidError, match=r"^env: .* (is not a valid environment variable "
+                                           r"name|is not valid UTF-8)"):
+        options.env_without_none({name: "x"})
+
+
+def test_env_values_without_nul_and_never_shown() -> None:
+    with pytest.raises(InvalidError, match=r"^env: the value of A contains a NUL byte$"):
+        options.env_without_none({"A": "sec\0ret"})
+    with pytest.raises(InvalidError) as info:
+        options.check_env({"A": "secret\udc00"}, "env")
+    assert "secret" not in str(info.value)
+
+
+# ports and mount paths ------------------------------------------------------------------
+def test_ports_as_the_engine_takes_them() -> None:
+    assert options.check_ports(None, "encrypted_ports") == []
+    assert options.check_ports((1, 65535), "encrypted_ports") == [1, 65535]
+    assert options.check_ports(iter([80]), "unencrypted_ports") == [80]
+    assert len(options.check_ports(range(1, 65), "unencrypted_ports")) == 64
+
+
+@pytest.mark.parametrize(("ports", "message"), [
+    ([0], "`unencrypted_ports`: 0 is not a port number (1-65535)"),
+    ([65536], "`unencrypted_ports`: 65536 is not a port number (1-65535)"),
+    ([443, 443], "`unencrypted_ports` lists a port more than once: [443, 443]"),
+    (range(1, 66), "`unencrypted_ports` may list at most 64 ports"),
+    ([True], "`unencrypted_ports` must be a list of port numbers"),
+    ([80.0], "`unencrypted_ports` must be a list of port numbers"),
+    ("80", "`unencrypted_ports` must be a list of port numbers"),
+    ({80: 1}, "`unencrypted_ports` must be a list of port numbers"),
+    (80, "`unencrypted_ports` must be a list of port numbers"),
+])
+def test_ports_the_engine_refuses(ports: Any, message: str) -> None:
+    with pytest.raises(InvalidError, match=f"^{re.escape(message)}$"):
+        options.check_ports(ports, "unencrypted_ports")
+
+
+@pytest.mark.parametrize("path", ["/data", "/a/b/", "//x", PurePosixPath("/mnt/v")])
+def test_mount_paths_the_engine_takes(path: Any) -> None:
+    assert options.check_mount_path(path) == str(path)
+
+
+@pytest.mark.parametrize("path", ["/", "//", "data", "", "/a/../b", "/..", "/x\0",
+                                  "/\udc00", b"/data", 5, None])
+def test_mount_paths_the_engine_refuses(path: Any) -> None:
+    with pytest.raises(InvalidError, match=r"^`volumes`: the mount path"):
+        options.check_mount_path(path)
+
