@@ -4,6 +4,7 @@ the sandbox's cgroup, and a sandbox ended by one says so."""
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import hutch
 from hutch.engine import cgroups
 
-USER_CGROUPS = cgroups.detect(os.environ.get("USER") or os.getlogin(), root=False, probe=True)
+USER_CGROUPS = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=False, probe=True)
 needs = pytest.mark.skipif(
     set(USER_CGROUPS.bases) != set(cgroups.CONTROLLERS),
     reason=f"cgroup limits are not delegated here: {USER_CGROUPS.problem}")

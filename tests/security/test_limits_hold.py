@@ -8,6 +8,7 @@ health request and another sandbox must answer an exec, each within a second.
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from hutch.engine import cgroups
 from hutch.sdk.transport import request_blocking
 from tests.helpers import wait_for
 
-USER_CGROUPS = cgroups.detect(os.environ.get("USER") or os.getlogin(), root=False, probe=True)
+USER_CGROUPS = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=False, probe=True)
 pytestmark = pytest.mark.skipif(
     set(USER_CGROUPS.bases) != set(cgroups.CONTROLLERS),
     reason=f"cgroup limits are not delegated here: {USER_CGROUPS.problem}")
