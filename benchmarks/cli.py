@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50,
                         help="sandboxes started at once in the concurrency scenario "
                              "(0: skip it)")
-    parser.add_argument("--concurrency-runs", type=int, default=5,
+    parser.add_argument("--concurrency-runs", type=int, default=20,
                         help="rounds of the concurrency scenario per contender")
     parser.add_argument("--podman-root", type=Path, default=default_podman_root(),
                         help="the benchmark's own podman storage (default %(default)s)")

@@ -219,7 +219,7 @@ def render_plot(results: dict[str, Any], path: Path) -> str | None:
         rows.reverse()  # first contender on top
         for y, (name, st) in enumerate(rows):
             med, p10, p90 = (st[k] * 1000 for k in ("median", "p10", "p90"))
-            color = "tab:orange" if name == "hutch" else "tab:blue"
+            color = "tab:orange" if name.startswith("hutch") else "tab:blue"
             ax.errorbar([med], [y], xerr=[[med - p10], [p90 - med]], fmt="o", color=color,
                         capsize=4, markersize=7)
             ax.annotate(f"{med:.1f} ms", (p90 * 1.08, y), va="center", fontsize=8)
