@@ -104,17 +104,22 @@ def write(results: dict[str, Any], out: Path) -> None:
     (out / "files.json").write_text(json.dumps(results, indent=1))
     lines = ["# Files into and out of a running sandbox", "",
              "`python -m benchmarks.files`: medians; hutch `copy_from_local`/`copy_to_local`, "
-             "podman `podman cp` (see the module docstring).", "",
-             "| contender | size | write | read |", "|---|---|---:|---:|"]
+             "podman `podman cp` (see the module docstring).", "", *table(results)]
+    (out / "files.md").write_text("\n".join(lines) + "\n")
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    """The markdown table of ``results`` (also in the main report)."""
+    lines = ["| contender | size | write | read |", "|---|---|---:|---:|"]
     for who, figures in results.items():
         if isinstance(figures, str):
-            lines.append(f"| {who} | — | {figures} | |")
+            lines.append(f"| {who} | — | {figures.replace('|', '/')} | |")
             continue
         for size, f in figures.items():
-            lines.append(f"| {who} | {size} | {f['write']['mb_per_s']:.0f} MB/s "
-                         f"({f['write']['median_ms']:.1f} ms) | {f['read']['mb_per_s']:.0f} "
-                         f"MB/s ({f['read']['median_ms']:.1f} ms) |")
-    (out / "files.md").write_text("\n".join(lines) + "\n")
+            lines.append(f"| {who} | {size} | {f['write']['median_ms']:.1f} ms "
+                         f"({f['write']['mb_per_s']:.0f} MB/s) | {f['read']['median_ms']:.1f} "
+                         f"ms ({f['read']['mb_per_s']:.0f} MB/s) |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

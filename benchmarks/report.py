@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.files import table as files_table
+
 SCENARIO_ORDER = ("startup", "exec")
 
 
@@ -153,17 +155,7 @@ def _files_images_section(results: dict[str, Any]) -> list[str]:
     if files:
         out += ["", "## Files into and out of a running sandbox", "",
                 "Medians; hutch `copy_from_local`/`copy_to_local`, podman `podman cp` "
-                "(details: [files.md](files.md)).", "",
-                "| contender | size | write | read |", "|---|---|---:|---:|"]
-        for who, figures in files.items():
-            if isinstance(figures, str):
-                out.append(f"| {who} | — | {_cell(figures)} | |")
-                continue
-            for size, f in figures.items():
-                out.append(f"| {who} | {size} | {f['write']['median_ms']:.1f} ms "
-                           f"({f['write']['mb_per_s']:.0f} MB/s) | "
-                           f"{f['read']['median_ms']:.1f} ms "
-                           f"({f['read']['mb_per_s']:.0f} MB/s) |")
+                "(details: [files.md](files.md)).", "", *files_table(files)]
     images = results.get("images")
     if images:
         out += ["", "## Images", "", "Medians (details: [images.md](images.md)).", "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -95,3 +96,15 @@ def kill_daemon() -> int:
     wait_for(lambda: not process_alive(pid), what="the daemon to die")
     reset_client()
     return pid
+
+
+def user_cgroups() -> tuple[Any, Any]:
+    """This user's delegated cgroups (as the engine would find them), and a skip marker
+    for tests that need all of memory, cpu and pids delegated."""
+    from hutch.engine import cgroups
+
+    found = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=False, probe=True)
+    marker = pytest.mark.skipif(set(found.bases) != set(cgroups.CONTROLLERS),
+                                reason=f"cgroup limits are not delegated here: "
+                                       f"{found.problem}")
+    return found, marker

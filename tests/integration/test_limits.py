@@ -3,20 +3,15 @@ the sandbox's cgroup, and a sandbox ended by one says so."""
 
 from __future__ import annotations
 
-import os
-import pwd
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import hutch
-from hutch.engine import cgroups
+from tests.helpers import user_cgroups
 
-USER_CGROUPS = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=False, probe=True)
-needs = pytest.mark.skipif(
-    set(USER_CGROUPS.bases) != set(cgroups.CONTROLLERS),
-    reason=f"cgroup limits are not delegated here: {USER_CGROUPS.problem}")
+USER_CGROUPS, needs = user_cgroups()
 
 ALLOCATE = "x = bytearray({mib} << 20); print('allocated', flush=True)"
 SPIN = """

@@ -7,8 +7,6 @@ health request and another sandbox must answer an exec, each within a second.
 
 from __future__ import annotations
 
-import os
-import pwd
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,17 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
-
 import hutch
-from hutch.engine import cgroups
 from hutch.sdk.transport import request_blocking
-from tests.helpers import wait_for
+from tests.helpers import user_cgroups, wait_for
 
-USER_CGROUPS = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=False, probe=True)
-pytestmark = pytest.mark.skipif(
-    set(USER_CGROUPS.bases) != set(cgroups.CONTROLLERS),
-    reason=f"cgroup limits are not delegated here: {USER_CGROUPS.problem}")
+USER_CGROUPS, pytestmark = user_cgroups()
 
 FORK_BOMB = "bomb() { bomb | bomb & }; bomb; sleep 600"
 MEMORY_BOMB = """
