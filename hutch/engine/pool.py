@@ -142,6 +142,8 @@ class PoolService:
     async def take(self, req: CreateSandboxRequest, app_id: str, image: Image
                    ) -> SandboxRow | None:
         """A pooled sandbox for ``req``, adopted, or None when no pool has one ready."""
+        if not self.pools:  # no pool declared: nothing to compute
+            return None
         key = pool_key(req, app_id, image)
         pool = next((p for p in self.pools.values() if p.key == key), None) \
             if key is not None else None
