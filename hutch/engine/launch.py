@@ -3,8 +3,9 @@ start.
 
 Every sandbox is *created* by the runtime (namespaces made, its process waiting), then set
 up from outside while nothing in it runs yet: moved into its cgroup
-(:mod:`hutch.engine.cgroups`), its loopback configured (:mod:`hutch.engine.loopback`) and,
-with network access, its firewall loaded and connected (:mod:`hutch.engine.network`).
+(:mod:`hutch.engine.cgroups`), its network namespace configured from inside (its loopback
+and, with network access, its firewall: :mod:`hutch.engine.netns`) and, with network
+access, connected (:mod:`hutch.engine.network`).
 Only then is it *started*, so its first instruction already runs under its limits and
 with its network.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from hutch.engine import loopback, network, ociconfig, rootfs
+from hutch.engine import netns, network, ociconfig, rootfs
 from hutch.engine.cgroups import Limits, SandboxCgroup
 from hutch.engine.errors import Invalid
 from hutch.engine.runtime.base import OCIRuntime
@@ -82,10 +83,11 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
         if plan.cgroup is not None:
             plan.cgroup.add(pid)
         try:
+            firewall = network.ruleset(plan.allowlist) if plan.online else None
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(loopback.configure, pid)
+                nursery.start_soon(netns.configure, pid, firewall)
                 if plan.online:
-                    nursery.start_soon(network.attach, pid, dirs.root, plan.allowlist)
+                    nursery.start_soon(network.attach, pid, dirs.root)
         except BaseExceptionGroup as group:
             setup = [e for e in group.exceptions if isinstance(e, Invalid)]
             if setup:

@@ -4,7 +4,7 @@ Every sandbox has its own network namespace.  With network access, the engine (r
 user namespace, which owns the sandbox's network namespace) does two things before the
 sandbox's process starts:
 
-1. loads an nftables ruleset into the namespace (``nsenter --net ... nft -f -``) that
+1. loads an nftables ruleset into the namespace (:mod:`hutch.engine.netns`, libnftables) that
    rejects what a sandbox must not reach: the host's loopback, private and link-local
    ranges (the 169.254.169.254 metadata address among them), multicast, IPv6 - or, with an
    allowlist, everything but the allowlisted networks.  The sandbox holds no
@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 from pathlib import Path
@@ -31,7 +30,6 @@ from typing import Any
 import trio
 
 from hutch.engine.errors import Invalid
-from hutch.engine.runtime.spawn import spawn
 
 SLIRP_DNS = "10.0.2.3"
 #: Destinations a sandbox never reaches unless they are allowlisted.
@@ -97,44 +95,10 @@ def ruleset(allowlist: list[str] | None) -> str:
     return "\n".join(lines)
 
 
-async def attach(pid: int, sandbox_dir: Path, allowlist: list[str] | None) -> None:
-    """Filter and connect the network namespace of the process ``pid`` (which has not
-    started yet, so the two run side by side)."""
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_firewall, f"/proc/{pid}/ns/net", allowlist)
-            nursery.start_soon(_connect, pid, sandbox_dir)
-    except BaseExceptionGroup as group:
-        failures = [e for e in group.exceptions if isinstance(e, NetworkSetupFailed)]
-        if failures:
-            raise failures[0] from group
-        raise
-
-
-def _nft() -> str:
-    """nft's path: it lives in /usr/sbin, which an ordinary user's PATH often lacks."""
-    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin") or "nft"
-
-
-async def _firewall(netns: str, allowlist: list[str] | None) -> None:
-    """Load the ruleset with nft inside the namespace (posix_spawn: no fork of the daemon)."""
-    try:
-        nft = spawn(["nsenter", f"--net={netns}", _nft(), "-f", "-"], stdin=True,
-                    stdout=False)
-    except FileNotFoundError as exc:
-        raise NetworkSetupFailed("nsenter is not installed: apt-get install util-linux") \
-            from exc
-    assert nft.stdin is not None and nft.stderr is not None
-    async with nft.stdin:
-        await nft.stdin.send_all(ruleset(allowlist).encode())
-    errors = b""
-    async with nft.stderr:
-        while chunk := await nft.stderr.receive_some(65536):
-            errors += chunk
-    if await nft.wait() != 0:
-        raise NetworkSetupFailed(
-            f"could not load the sandbox's firewall (nft): {errors.decode().strip()}; "
-            "is the nftables package installed?")
+async def attach(pid: int, sandbox_dir: Path) -> None:
+    """Connect the network namespace of the process ``pid`` (created, not started): start
+    its slirp4netns.  The firewall is loaded from inside by :mod:`hutch.engine.netns`."""
+    await _connect(pid, sandbox_dir)
 
 
 async def _connect(pid: int, sandbox_dir: Path) -> None:

@@ -22,7 +22,7 @@ from hypercorn.trio import serve
 from hutch import __version__
 from hutch.api import paths
 from hutch.api.models import API_VERSION, EngineInfo
-from hutch.engine import cgroups, loopback, seccompbpf
+from hutch.engine import cgroups, netns, seccompbpf
 from hutch.engine.builder import Builder
 from hutch.engine.images import ImageService
 from hutch.engine.pool import PoolService
@@ -62,7 +62,7 @@ async def run() -> None:
     runtime_dir.chmod(0o700)
     userns = json.loads((runtime_dir / "userns.json").read_text())
     store = Store(data_dir / "state.db")
-    loopback.warm_up()
+    netns.warm_up()
     await trio.to_thread.run_sync(seccompbpf.default_annotation)  # compiled once, here
     images = ImageService(data_dir)
     probe = await choose_runtime(runtime_dir / "oci-state", images.store.tmp)

@@ -7,6 +7,7 @@ namespace is mapped) is reported too.
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import platform
 import pwd
@@ -34,8 +35,6 @@ BINARIES: dict[str, tuple[str, str, bool]] = {
     "umoci": ("umoci", "OCI image interop (image builder)", False),
     "skopeo": ("skopeo", "pulling images from registries (image builder)", False),
     "slirp4netns": ("slirp4netns", "outbound networking for sandboxes", True),
-    "nft": ("nftables", "the firewall of sandboxes with network access", True),
-    "nsenter": ("util-linux", "loading that firewall into a sandbox's namespace", True),
     "openssl": ("openssl", "the engine's CA for encrypted ports", False),
     "zstd": ("zstd", "importing zstd-compressed image layers", False),
 }
@@ -47,6 +46,25 @@ class Check:
     status: Status
     detail: str
     fix: str = ""
+
+
+#: shared library -> (Debian package, what it is for, required?)
+LIBRARIES: dict[str, tuple[str, str, bool]] = {
+    "nftables": ("libnftables1", "the firewall of sandboxes with network access", True),
+    "seccomp": ("libseccomp2", "compiling the seccomp profile once per engine", False),
+}
+
+
+def check_libraries() -> list[Check]:
+    out = []
+    for name, (package, purpose, required) in LIBRARIES.items():
+        found = ctypes.util.find_library(name)
+        if found:
+            out.append(Check(f"lib{name}", "ok", f"{found} ({purpose})"))
+        else:
+            out.append(Check(f"lib{name}", "fail" if required else "warn",
+                             f"missing: {purpose}", f"apt-get install {package}"))
+    return out
 
 
 def check_python() -> Check:
@@ -218,8 +236,8 @@ def check_engine() -> list[Check]:
 
 
 CHECKS: list[Callable[[], Check | list[Check]]] = [
-    check_python, check_binaries, check_kernel, check_userns, check_subids, check_cgroups,
-    check_limits, check_tun, check_engine,
+    check_python, check_binaries, check_libraries, check_kernel, check_userns, check_subids,
+    check_cgroups, check_limits, check_tun, check_engine,
 ]
 
 

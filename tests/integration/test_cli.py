@@ -53,7 +53,8 @@ def test_doctor(engine: dict[str, Any]) -> None:
     out = r.stdout.decode()
     assert r.returncode == 0, out
     for name in ("crun", "runc", "newuidmap", "mmdebstrap", "subuid/subgid", "cgroups",
-                 "user namespaces", "runtime", "slirp4netns", "nft", "nsenter", "openssl"):
+                 "user namespaces", "runtime", "slirp4netns", "libnftables", "libseccomp",
+                 "openssl", "limit: memory", "limit: pids", "limit: ephemeral_disk"):
         assert f"] {name}" in out
 
 
