@@ -73,6 +73,8 @@ class CgroupHost:
     bases: dict[str, Path] = field(default_factory=dict)
     #: why the controllers missing from ``bases`` are unavailable, and how to fix it
     problem: str = ""
+    #: the engine runs as root, so the OCI runtime manages cgroups too
+    root: bool = False
 
     def require(self, limits: Limits) -> None:
         missing = sorted(limits.controllers() - set(self.bases))
@@ -80,9 +82,6 @@ class CgroupHost:
             raise LimitUnavailable(
                 f"this host cannot enforce {', '.join(missing)} limits for this engine: "
                 f"{self.problem}")
-
-    #: the engine runs as root, so the OCI runtime manages cgroups too
-    root: bool = False
 
     def cgroup(self, sandbox_id: str) -> SandboxCgroup:
         """The sandbox's cgroup.  Where the runtime manages cgroups itself (root, or cgroup

@@ -34,7 +34,11 @@ class LaunchPlan:
     layers: list[Path]
     argv: list[str]
     env: dict[str, str]
+    #: made inside the root file system before the container exists
     workdir: str
+    #: where the entrypoint starts (``/`` for the default one, which is the same in fresh
+    #: and pooled sandboxes)
+    init_cwd: str
     mounts: list[ociconfig.Mount]
     devpts_gid: bool
     online: bool = False
@@ -61,13 +65,11 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
         etc.update(network.host_trust(dirs.merged))
     spec = ociconfig.sandbox_spec(
         rootfs=str(dirs.merged), hostname=plan.sandbox_id,
-        process=ociconfig.process_spec(plan.argv, plan.env, plan.workdir), etc_files=etc,
+        process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd), etc_files=etc,
         devpts_gid=plan.devpts_gid, extra_mounts=plan.mounts,
+        cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
     )
-    config = spec.to_json()
-    if plan.cgroup is not None and plan.cgroup.runtime_path is not None:
-        config["linux"]["cgroupsPath"] = plan.cgroup.runtime_path
-    (dirs.root / "config.json").write_text(json.dumps(config))
+    (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
     if plan.cgroup is not None:
         plan.cgroup.create(plan.limits)
     fifo = dirs.stdin_fifo

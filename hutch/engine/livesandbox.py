@@ -41,8 +41,11 @@ class LiveSandbox:
     cgroup: SandboxCgroup | None = None
 
     def launcher(self) -> list[str]:
-        """The argv prefix that starts an exec (or probe) inside the sandbox's cgroup."""
-        return [] if self.cgroup is None else self.cgroup.launcher()
+        """The argv prefix that starts an exec (or probe) inside the sandbox's cgroup;
+        none where the runtime joins the cgroup itself (it was given ``cgroupsPath``)."""
+        if self.cgroup is None or self.cgroup.runtime_path is not None:
+            return []
+        return self.cgroup.launcher()
 
     def touch(self) -> None:
         self.last_active = time.time()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 
@@ -36,6 +37,7 @@ class NetnsSetupFailed(Invalid):
     pass
 
 
+@functools.lru_cache(maxsize=1)
 def _nftables() -> ctypes.CDLL:
     lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
     lib.nft_ctx_new.restype = ctypes.c_void_p

@@ -96,13 +96,9 @@ def ruleset(allowlist: list[str] | None) -> str:
 
 
 async def attach(pid: int, sandbox_dir: Path) -> None:
-    """Connect the network namespace of the process ``pid`` (created, not started): start
-    its slirp4netns.  The firewall is loaded from inside by :mod:`hutch.engine.netns`."""
-    await _connect(pid, sandbox_dir)
-
-
-async def _connect(pid: int, sandbox_dir: Path) -> None:
-    """Start slirp4netns for ``pid``'s namespace and wait until it says it is ready."""
+    """Connect the network namespace of ``pid`` (created, not started): start slirp4netns
+    for it and wait until it says it is ready.  The firewall is loaded from inside by
+    :mod:`hutch.engine.netns`."""
     ready_r, ready_w = os.pipe()
     try:
         pid_slirp = os.posix_spawnp("slirp4netns", [

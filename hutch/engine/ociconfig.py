@@ -124,6 +124,7 @@ class Linux(_Model):
         default_factory=lambda: list(READONLY_PATHS), alias="readonlyPaths"
     )
     seccomp: Seccomp | None = None
+    cgroups_path: str | None = Field(default=None, alias="cgroupsPath")
 
 
 class Spec(_Model):
@@ -169,6 +170,7 @@ def process_spec(args: list[str], env: dict[str, str], cwd: str) -> Process:
 def sandbox_spec(
     *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool,
     host_network: bool = False, extra_mounts: list[Mount] | None = None,
+    cgroups_path: str | None = None,
 ) -> Spec:
     """A sandbox's spec; ``host_network`` (image builds) keeps the host's network namespace,
     and then /sys is a read-only bind of the host's (sysfs needs its own netns).  Build steps
@@ -188,6 +190,6 @@ def sandbox_spec(
         hostname=hostname,
         mounts=mounts,
         linux=Linux(namespaces=[Namespace(type=t) for t in namespaces],
-                    seccomp=default_profile()),
+                    seccomp=default_profile(), cgroupsPath=cgroups_path),
         annotations=seccompbpf.default_annotation() or None,
     )

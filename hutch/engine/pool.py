@@ -96,7 +96,7 @@ class PoolService:
         # What differs per user is given at the take; a pooled sandbox waits without them.
         template = template.model_copy(update={
             "idle_timeout": None, "env": {}, "workdir": None, "tags": {}, "verbose": False})
-        app_id = self.manager._app_id(template)
+        app_id = self.manager.app_id(template)
         image = await self.manager.images.resolve(template.image)
         key = pool_key(template, app_id, image)
         if key is None:

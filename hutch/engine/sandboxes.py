@@ -73,7 +73,8 @@ class SandboxManager:
         return rootfs.SandboxDirs(self.sandboxes_dir / sandbox_id)
 
     # create ----------------------------------------------------------------------------
-    def _app_id(self, req: CreateSandboxRequest) -> str:
+    def app_id(self, req: CreateSandboxRequest) -> str:
+        """The id of the app ``req`` names (the default app, made on first use)."""
         if req.app_id is not None:
             return self.store.app_by_id(req.app_id)[0]
         return self.store.app_by_name(req.app_name or DEFAULT_APP, create=True)[0]
@@ -97,7 +98,7 @@ class SandboxManager:
         self.cgroups.require(limits)
         if limits.pids is None and "pids" in self.cgroups.bases:
             limits = dataclasses.replace(limits, pids=DEFAULT_PIDS_LIMIT)
-        app_id = self._app_id(req)
+        app_id = self.app_id(req)
         image = await self.images.resolve(req.image)
         if not pooled and self.pools is not None:
             taken = await self.pools.take(req, app_id, image)
@@ -125,12 +126,11 @@ class SandboxManager:
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes")
             pid, stdin = await start_container(self.runtime, LaunchPlan(
                 sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv,
-                env=init_env, workdir="/" if default else workdir, mounts=mounts,
-                devpts_gid=self.devpts_gid,
+                env=init_env, workdir=workdir, init_cwd="/" if default else workdir,
+                mounts=mounts, devpts_gid=self.devpts_gid,
                 online=req.network == "open", allowlist=allowlist,
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk))
-            rootfs.make_dirs_inside(dirs.merged, workdir)
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 plain = await network.forward(dirs.root, port)
                 network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
