@@ -283,6 +283,9 @@ class EngineInfo(_Wire):
     userns_mode: str
     data_dir: str
     default_image: str
+    #: how commands start in sandboxes: ``zygote`` (the engine's fork server) or
+    #: ``runtime`` (the OCI runtime's exec)
+    exec_via: str = "runtime"
 
 
 #: Python version -> the Debian suite whose python3 it is (``Image.debian_slim``).

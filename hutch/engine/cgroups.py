@@ -3,8 +3,9 @@
 The engine manages the cgroups itself, the same way with every OCI runtime: it makes one
 cgroup per sandbox, writes the limits, and moves the sandbox's init into it between the
 runtime's ``create`` and ``start`` (so every process the sandbox ever forks is inside).
-Execs are started by ``sh -c 'echo $$ > cgroup.procs ...; exec crun exec ...'``, so the
-runtime's exec, and the process it forks into the sandbox, start inside too.  The sandbox
+Execs are started by the sandbox's zygote, which joined the cgroup before anything else
+(:mod:`hutch.engine.forkserver`); with the runtime's exec they are started by
+``sh -c 'echo $$ > cgroup.procs ...; exec crun exec ...'``, so they start inside too.  The sandbox
 holds no CAP_SYS_ADMIN over these files (they belong to the engine's user namespace and
 are not mounted in the sandbox), so it cannot move itself out or raise a limit.
 

@@ -10,19 +10,16 @@ replaced at each append.  A timeout kills the exec's whole process tree
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import trio
 
 from hutch.engine import proctree
+from hutch.engine.commands import StartedCommand
 from hutch.engine.errors import Conflict
-from hutch.engine.runtime.spawn import SpawnedProcess
 
 log = logging.getLogger("hutch.exec")
 
@@ -35,13 +32,13 @@ MAX_BUFFERED = 16 << 20
 
 class ExecSession:
     def __init__(self, exec_id: str, sandbox_id: str, argv: list[str],
-                 process: SpawnedProcess, pid_file: Path, marker: bytes, pidns: int | None,
+                 command: StartedCommand, marker: bytes, pidns: int | None,
                  timeout: float | None) -> None:
         self.exec_id = exec_id
         self.sandbox_id = sandbox_id
         self.argv = argv
-        self.process = process
-        self.pid_file = pid_file
+        self.command = command
+        self.process = command.process
         self.marker = marker
         self.pidns = pidns
         self.timeout = timeout
@@ -116,15 +113,12 @@ class ExecSession:
 
     # lifetime ---------------------------------------------------------------------------
     def pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
+        return self.command.pid()
 
     async def kill(self) -> None:
         """Kill the exec's process tree, and wait for the end.
 
-        Right after ``POST /execs`` the runtime may not have written the pid file yet: wait
+        Right after ``POST /execs`` a runtime may not have written the pid file yet: wait
         for it (or for the runtime to exit) before killing, so that a kill is never lost.
         A runtime that writes no pid within ``PID_WAIT`` seconds is killed itself.
         """
@@ -163,8 +157,7 @@ class ExecSession:
             if self.process.stdin is not None:
                 with trio.CancelScope(shield=True):
                     await self.process.stdin.aclose()
-            with contextlib.suppress(OSError):
-                os.unlink(self.pid_file)
+            self.command.remove_leftovers()
         rc = self.process.returncode
         assert rc is not None
         self.returncode = EXEC_TIMEOUT_CODE if self.timed_out else (128 - rc if rc < 0 else rc)

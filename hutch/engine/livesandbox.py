@@ -14,6 +14,7 @@ import trio
 from hutch.api.models import ProbeSpec
 from hutch.engine import rootfs
 from hutch.engine.cgroups import SandboxCgroup
+from hutch.engine.zygote import ZygoteLink
 
 
 @dataclass
@@ -39,6 +40,9 @@ class LiveSandbox:
     activity: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     cgroup: SandboxCgroup | None = None
+    #: the zygote that starts its commands (made at the first one), and its guard
+    zygote: ZygoteLink | None = None
+    zygote_lock: trio.Lock = field(default_factory=trio.Lock)
 
     def launcher(self) -> list[str]:
         """The argv prefix that starts an exec (or probe) inside the sandbox's cgroup;

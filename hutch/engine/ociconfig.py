@@ -33,6 +33,26 @@ DEFAULT_CAPABILITIES = [
     "CAP_SYS_CHROOT",
 ]
 
+#: Linux's capabilities in the order of their numbers (linux/capability.h).
+CAPABILITY_NUMBERS = {f"CAP_{name}": number for number, name in enumerate([
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE",
+    "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME",
+    "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ",
+    "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+])}
+
+
+def capability_mask(names: list[str]) -> int:
+    """The kernel's bit mask of the capabilities ``names`` (as /proc/PID/status shows it)."""
+    mask = 0
+    for name in names:
+        mask |= 1 << CAPABILITY_NUMBERS[name]
+    return mask
+
+
 #: runc's default masked paths (runc spec / libcontainer defaults).
 MASKED_PATHS = [
     "/proc/acpi",

@@ -8,21 +8,21 @@ network namespace, where the port lives.  Passing sets ``live.ready`` once and f
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import trio
 
 from hutch.api.models import ProbeSpec
-from hutch.engine import ociconfig
-from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
+from hutch.engine.errors import EngineError
+from hutch.engine.runtime.base import RuntimeCommandError
 from hutch.engine.store import new_id
 
 if TYPE_CHECKING:
+    from hutch.engine.commands import CommandStarter
     from hutch.engine.livesandbox import LiveSandbox
 
 
-async def run_probe(runtime: OCIRuntime, live: LiveSandbox, probe: ProbeSpec) -> None:
+async def run_probe(commands: CommandStarter, live: LiveSandbox, probe: ProbeSpec) -> None:
     """Run the probe every ``interval_ms`` until it passes or the sandbox ends."""
     argv = probe.exec_argv or tcp_probe_argv(probe.tcp_port or 0)
     async with trio.open_nursery() as nursery:
@@ -32,36 +32,29 @@ async def run_probe(runtime: OCIRuntime, live: LiveSandbox, probe: ProbeSpec) ->
 
         nursery.start_soon(stop_when_done)
         while not live.ready.is_set():
-            if await probe_once(runtime, live, argv) == 0:
+            if await probe_once(commands, live, argv) == 0:
                 live.ready.set()
                 break
             await trio.sleep(probe.interval_ms / 1000)
         nursery.cancel_scope.cancel()
 
 
-async def probe_once(runtime: OCIRuntime, live: LiveSandbox, argv: list[str]) -> int:
+async def probe_once(commands: CommandStarter, live: LiveSandbox, argv: list[str]) -> int:
     """Run ``argv`` in the sandbox (no output, no stdin, not an exec of the API)."""
-    probe_id = new_id("pr")
-    process = ociconfig.process_spec(argv, live.env, live.workdir)
-    process_json = live.dirs.execs / f"{probe_id}.json"
-    pid_file = live.dirs.execs / f"{probe_id}.pid"
-    process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
     try:
-        proc = await runtime.exec(live.sandbox_id, process_json, pid_file=pid_file,
-                                  stdin=False, stdout=False, stderr=False,
-                                  prefix=live.launcher())
-        try:
-            return await proc.wait()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                with trio.CancelScope(shield=True):
-                    await proc.wait()
-    except (OSError, RuntimeCommandError):
+        command = await commands.start(live, new_id("pr"), argv, live.env, live.workdir,
+                                       stdin=False, stdout=False, stderr=False)
+    except (OSError, RuntimeCommandError, EngineError):
         return -1
+    proc = command.process
+    try:
+        return await proc.wait()
     finally:
-        process_json.unlink(missing_ok=True)
-        pid_file.unlink(missing_ok=True)
+        if proc.returncode is None:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+        command.remove_leftovers()
 
 
 def tcp_probe_argv(port: int) -> list[str]:

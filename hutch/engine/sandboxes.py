@@ -28,8 +28,9 @@ from hutch.api.models import (
     ExecRequest,
     ProbeSpec,
 )
-from hutch.engine import network, ociconfig, proctree, rootfs, tlsproxy
+from hutch.engine import network, proctree, rootfs, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
+from hutch.engine.commands import CommandStarter
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession
 from hutch.engine.images import ImageService
@@ -40,6 +41,7 @@ from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
 from hutch.engine.volumes import VolumeService, release_staging
+from hutch.engine.zygote import ForkServer
 from hutch.imagebuild.layout import Image
 
 log = logging.getLogger("hutch.sandbox")
@@ -52,7 +54,8 @@ TERMINATED_CODE = 137
 class SandboxManager:
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
-                 nursery: trio.Nursery, cgroups: CgroupHost) -> None:
+                 nursery: trio.Nursery, cgroups: CgroupHost,
+                 fork_server: ForkServer | None = None) -> None:
         self.store = store
         self.images = images
         self.volumes = VolumeService(store, data_dir)
@@ -65,6 +68,7 @@ class SandboxManager:
         self.devpts_gid = devpts_gid
         self.nursery = nursery
         self.cgroups = cgroups
+        self.commands = CommandStarter(runtime, fork_server, nursery)
         self.pools: PoolService | None = None
         self.live: dict[str, LiveSandbox] = {}
         self.execs: dict[str, ExecSession] = {}
@@ -227,7 +231,7 @@ class SandboxManager:
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
         if live.probe is not None:
-            self.nursery.start_soon(run_probe, self.runtime, live, live.probe)
+            self.nursery.start_soon(run_probe, self.commands, live, live.probe)
 
     async def _supervisor(self, live: LiveSandbox) -> None:
         timed_out = False
@@ -256,6 +260,7 @@ class SandboxManager:
             reason = "oom" if oom else "exited" if code is not None else "lost"
             self.store.mark_exited(live.sandbox_id, code, reason, detail)
         with trio.CancelScope(shield=True):
+            await self.commands.release(live)
             await self._cleanup(live.sandbox_id, live.dirs)
         if live.pidfd is not None:
             os.close(live.pidfd)
@@ -381,34 +386,28 @@ class SandboxManager:
         exec_id = new_id("ex")
         marker = f"HUTCH_EXEC_ID={exec_id}"
         env = {**live.env, **req.env, "HUTCH_EXEC_ID": exec_id}  # the marker wins
-        process = ociconfig.process_spec(req.argv, env, req.workdir or live.workdir)
-        process_json = live.dirs.execs / f"{exec_id}.json"
-        process_json.write_text(json.dumps(process.model_dump(by_alias=True, exclude_none=True)))
-        pid_file = live.dirs.execs / f"{exec_id}.pid"
         self.store.insert_exec(exec_id, sandbox_id, req.argv)
         live.active += 1
         live.touch()
         try:
-            proc = await self.runtime.exec(sandbox_id, process_json, pid_file=pid_file,
-                                           stdin=req.stdin, stdout=req.stdout == "pipe",
-                                           stderr=req.stderr == "pipe",
-                                           prefix=live.launcher())
+            command = await self.commands.start(
+                live, exec_id, req.argv, env, req.workdir or live.workdir, stdin=req.stdin,
+                stdout=req.stdout == "pipe", stderr=req.stderr == "pipe")
         except BaseException:
             live.active -= 1
             live.touch()
             raise
-        session = ExecSession(exec_id, sandbox_id, req.argv, proc, pid_file, marker.encode(),
+        session = ExecSession(exec_id, sandbox_id, req.argv, command, marker.encode(),
                               live.pidns(), req.timeout)
         self.execs[exec_id] = session
-        self.nursery.start_soon(self._run_exec, session, process_json)
+        self.nursery.start_soon(self._run_exec, session)
         return session
 
-    async def _run_exec(self, session: ExecSession, process_json: Path) -> None:
+    async def _run_exec(self, session: ExecSession) -> None:
         try:
             code = await session.run()
             self.store.finish_exec(session.exec_id, code, session.timed_out)
         finally:
-            process_json.unlink(missing_ok=True)
             live = self.live.get(session.sandbox_id)
             if live is not None:
                 live.active -= 1

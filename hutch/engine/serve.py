@@ -22,7 +22,7 @@ from hypercorn.trio import serve
 from hutch import __version__
 from hutch.api import paths
 from hutch.api.models import API_VERSION, EngineInfo
-from hutch.engine import cgroups, netns, seccompbpf
+from hutch.engine import cgroups, commands, netns, seccompbpf
 from hutch.engine.builder import Builder
 from hutch.engine.images import ImageService
 from hutch.engine.pool import PoolService
@@ -85,7 +85,7 @@ async def run() -> None:
         manager = SandboxManager(
             store=store, images=images, runtime=probe.runtime, data_dir=data_dir,
             runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
-            cgroups=cgroup_host,
+            cgroups=cgroup_host, fork_server=commands.make_fork_server(),
         )
         manager.pools = PoolService(manager, nursery)
         contexts = data_dir / "contexts"
@@ -99,7 +99,7 @@ async def run() -> None:
                 version=__version__, api_version=API_VERSION, pid=os.getpid(),
                 runtime=probe.runtime.name, runtime_fallback_reason=probe.fallback_reason,
                 userns_mode=userns["mode"], data_dir=str(data_dir),
-                default_image=images.default_ref,
+                default_image=images.default_ref, exec_via=manager.commands.via,
             )
 
         sock = _listen(paths.socket_path())

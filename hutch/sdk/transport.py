@@ -28,7 +28,7 @@ import sniffio
 from hutch import exception
 from hutch.api import paths
 from hutch.api.models import API_VERSION
-from hutch.sdk import launcher
+from hutch.sdk import http11, launcher
 
 _ERRORS: dict[str, type[exception.Error]] = {
     "not_found": exception.NotFoundError,
@@ -53,7 +53,7 @@ def error_for(kind: str, message: str) -> exception.Error:
     return _ERRORS.get(kind, exception.EngineError)(message)
 
 
-def _raise_for(response: httpx.Response) -> None:
+def _raise_for(response: httpx.Response | http11.Response) -> None:
     if response.is_success:
         return
     try:
@@ -100,9 +100,11 @@ class EngineClient:
             base_url="http://hutch",
             timeout=httpx.Timeout(30.0, read=None),
         )
+        self._pool = http11.Pool(str(self.socket))
         self._checked = False
 
     async def aclose(self) -> None:
+        await self._pool.aclose()
         await self._http.aclose()
 
     async def _ready(self) -> bool:
@@ -130,13 +132,25 @@ class EngineClient:
                       params: dict[str, Any] | None = None,
                       content: bytes | AsyncIterator[bytes] | None = None) -> Any:
         await self.ensure()
+        if content is not None and not isinstance(content, bytes):
+            try:  # a streamed upload
+                r = await self._http.request(method, path, params=params, content=content)
+            except httpx.TransportError as exc:
+                raise self._lost(exc) from exc
+            _raise_for(r)
+            return r.json()
+        body, content_type = content, None
+        if json_body is not None:
+            body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False).encode()
+            content_type = "application/json"
         try:
-            r = await self._http.request(method, path, json=json_body, params=params,
-                                         content=content)
-        except httpx.TransportError as exc:
+            answer = await self._pool.request(method, path, params=params, body=body,
+                                              content_type=content_type)
+        except (OSError, http11.ProtocolError) as exc:
             raise self._lost(exc) from exc
-        _raise_for(r)
-        return r.json()
+        _raise_for(answer)
+        return answer.json()
 
     async def stream_bytes(self, path: str, params: dict[str, Any] | None = None
                            ) -> AsyncIterator[bytes]:
