@@ -167,6 +167,7 @@ def _concurrency(peers: dict[str, Peer | str], args: argparse.Namespace) -> dict
         for name, peer in peers.items():
             if name == "hutch" and isinstance(peer, HutchPeer):
                 rounds.append(concurrency.hutch_round(pool))
+                rounds.append(concurrency.hutch_round(pool, exec_first=True))
             elif isinstance(peer, CrunPeer):
                 rounds.append(concurrency.crun_round(pool, peer))
             elif isinstance(peer, PodmanPeer):

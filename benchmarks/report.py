@@ -172,6 +172,8 @@ def _concurrency_section(conc: dict[str, Any] | None) -> list[str]:
            f"{conc['n']} idle sandboxes (`sleep infinity`) started concurrently, timed until "
            "all run; then the memory (PSS) that every process of the user gained, divided by "
            f"{conc['n']}: what one more idle sandbox costs (`benchmarks/concurrency.py`). "
+           "\"hutch, after an exec\" also runs `exec true` in each sandbox (timed with the "
+           "creates), so each has its zygote, kept for 30 s after its last command. "
            f"{conc['runs']} rounds per contender, alternating.", "",
            "| contender | all running: median | p10 | p90 | hutch ÷ contender "
            "| PSS per idle sandbox: median | hutch ÷ contender |",
@@ -183,7 +185,7 @@ def _concurrency_section(conc: dict[str, Any] | None) -> list[str]:
             continue
         t, m = peer["total_s"], peer["pss_per_sandbox_bytes"]
         t_ratio = m_ratio = "—"
-        if name != "hutch" and hutch.get("available"):
+        if not name.startswith("hutch") and hutch.get("available"):
             t_ratio = _ratio_text(hutch["total_s"]["median"] / t["median"])
             mem = hutch["pss_per_sandbox_bytes"]["median"] / m["median"] if m["median"] \
                 else None
@@ -244,7 +246,7 @@ def render_concurrency_plot(conc: dict[str, Any], path: Path) -> str | None:
     rows = [(n, p) for n, p in conc["peers"].items() if p.get("available")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 2.4 + 0.4 * len(rows)))
     names = [n for n, _ in rows]
-    colors = ["tab:orange" if n == "hutch" else "tab:blue" for n in names]
+    colors = ["tab:orange" if n.startswith("hutch") else "tab:blue" for n in names]
     times = [p["total_s"]["median"] for _, p in rows]
     memory = [p["pss_per_sandbox_bytes"]["median"] / 2**20 for _, p in rows]
     left.barh(names, times, color=colors)

@@ -7,6 +7,7 @@ SIGTERM stops serving but leaves sandboxes running: a later daemon adopts them.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from hutch.api import paths
 from hutch.api.models import API_VERSION, EngineInfo
 from hutch.engine import cgroups, commands, netns, seccompbpf
 from hutch.engine.builder import Builder
+from hutch.engine.fastpath import FastPath
 from hutch.engine.images import ImageService
 from hutch.engine.pool import PoolService
 from hutch.engine.runtime.probe import choose_runtime
@@ -108,7 +110,7 @@ async def run() -> None:
         config.keep_alive_timeout = 300
         config.graceful_timeout = 1
         config.accesslog = None
-        app = build_app(manager, info, shutdown)
+        app = FastPath(build_app(manager, info, shutdown), manager)
 
         async def on_signals() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -128,6 +130,10 @@ async def run() -> None:
             await trio.sleep(SHUTDOWN_GRACE)
             nursery.cancel_scope.cancel()
 
+        # What startup made (the app, its routes and models) lives as long as the engine:
+        # keep it out of the garbage collector's full passes.
+        gc.collect()
+        gc.freeze()
         nursery.start_soon(on_signals)
         nursery.start_soon(stop_after_grace)
         await nursery.start(serve_until_stopped)

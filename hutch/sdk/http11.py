@@ -5,8 +5,8 @@ on a raw socket, and an exec is two such calls.  The engine is the only server t
 talks to (hypercorn on a Unix socket), and its answers to these calls are JSON with a
 ``Content-Length`` (or chunked), so the client is small: keep-alive connections in a pool,
 a request written in one send, a response read until its body is complete.  It runs under
-trio and asyncio alike (anyio streams).  Streams (logs, exec output, file transfers) stay
-on httpx, which also handles their cancellation and back-pressure.
+trio and asyncio alike (anyio streams).  Streamed answers (logs, exec output) are read as
+they arrive; streamed uploads and file downloads stay on httpx.
 
 A pooled connection the engine closed while idle (a restarted daemon) fails before any byte
 of the answer arrives; the request is then sent once more on a new connection, as httpx
@@ -17,6 +17,8 @@ or :class:`ProtocolError`, which the transport translates at its boundary.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -114,8 +116,8 @@ class _Reader:
         return data
 
 
-async def read_response(reader: _Reader, method: str) -> tuple[Response, bool]:
-    """One response; also whether the connection may be used again."""
+async def read_head(reader: _Reader) -> tuple[int, dict[str, str], bool]:
+    """The status, the headers (lower-case names) and whether the connection may be kept."""
     head = (await reader.until(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     try:
         version, status_text = head[0].split(" ", 2)[:2]
@@ -127,22 +129,36 @@ async def read_response(reader: _Reader, method: str) -> tuple[Response, bool]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    return status, headers, keep
+
+
+async def body_chunks(reader: _Reader, method: str, status: int, headers: dict[str, str]
+                      ) -> AsyncIterator[bytes]:
+    """The body as it arrives (chunked or ``Content-Length``), until its end."""
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return Response(status, b""), keep
+        return
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        parts = []
         while True:
             size = int((await reader.until(b"\r\n")).split(b";")[0], 16)
             if size == 0:
                 while await reader.until(b"\r\n"):
                     pass  # trailers
-                break
-            parts.append(await reader.exactly(size))
+                return
+            yield await reader.exactly(size)
             await reader.until(b"\r\n")
-        return Response(status, b"".join(parts)), keep
-    if "content-length" in headers:
-        return Response(status, await reader.exactly(int(headers["content-length"]))), keep
-    raise ProtocolError("an answer with neither a length nor chunks")
+    elif "content-length" in headers:
+        length = int(headers["content-length"])
+        if length:
+            yield await reader.exactly(length)
+    else:
+        raise ProtocolError("an answer with neither a length nor chunks")
+
+
+async def read_response(reader: _Reader, method: str) -> tuple[Response, bool]:
+    """One whole response; also whether the connection may be used again."""
+    status, headers, keep = await read_head(reader)
+    body = b"".join([chunk async for chunk in body_chunks(reader, method, status, headers)])
+    return Response(status, body), keep
 
 
 class Pool:
@@ -171,6 +187,52 @@ class Pool:
                     raise  # the answer had begun: sending again could repeat the call
         stream = await anyio.connect_unix(self.socket_path)
         return await self._exchange(_Reader(stream), data, method)
+
+    @asynccontextmanager
+    async def stream(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                     body: bytes | None = None, content_type: str | None = None
+                     ) -> AsyncIterator[tuple[Response, AsyncIterator[bytes]]]:
+        """Send a request; yields the answer's status (``body`` empty) and an iterator over
+        its body as it arrives.  A connection left before the body's end is closed."""
+        data = encode_request(method, path, params, body, content_type)
+        reader = self._idle.pop() if self._idle else None
+        if reader is not None:
+            try:
+                await reader.stream.send(data)
+                head = await read_head(reader)
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                with anyio.CancelScope(shield=True):
+                    await reader.stream.aclose()
+                if reader.received:
+                    raise  # the answer had begun: sending again could repeat the call
+                reader = None
+        if reader is None:  # none idle, or the idle one was stale
+            reader = _Reader(await anyio.connect_unix(self.socket_path))
+            try:
+                await reader.stream.send(data)
+                head = await read_head(reader)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await reader.stream.aclose()
+                raise
+        status, headers, keep = head
+        finished = False
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal finished
+            async for chunk in body_chunks(reader, method, status, headers):
+                yield chunk
+            finished = True
+
+        try:
+            yield Response(status, b""), chunks()
+        finally:
+            if finished and keep and not reader.buffer and not self._closed \
+                    and len(self._idle) < MAX_IDLE:
+                self._idle.append(reader)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await reader.stream.aclose()
 
     async def _exchange(self, reader: _Reader, data: bytes, method: str) -> Response:
         reader.received = 0

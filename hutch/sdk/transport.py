@@ -175,23 +175,37 @@ class EngineClient:
         raised as the matching exception.
         """
         await self.ensure()
+        body = None if json_body is None else json.dumps(
+            json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         try:
-            async with self._http.stream(method, path, params=params, json=json_body) as r:
-                if not r.is_success:
-                    await r.aread()
-                    _raise_for(r)
-                async for line in r.aiter_lines():
-                    if not line:
-                        continue
-                    event: dict[str, Any] = json.loads(line)
-                    if event.get("data") is not None:
-                        event["data"] = base64.b64decode(event["data"])
-                    if isinstance(event.get("error"), dict):
-                        err = event["error"]
-                        raise error_for(str(err.get("type")), str(err.get("message")))
-                    yield event
-        except httpx.TransportError as exc:
+            async with self._pool.stream(method, path, params=params, body=body,
+                                         content_type="application/json" if body else None
+                                         ) as (answer, chunks):
+                if not answer.is_success:
+                    answer.body = b"".join([chunk async for chunk in chunks])
+                    _raise_for(answer)
+                pending = b""
+                async for chunk in chunks:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield _event(line)
+                if pending.strip():
+                    yield _event(pending)
+        except (OSError, http11.ProtocolError) as exc:
             raise self._lost(exc) from exc
+
+
+def _event(line: bytes) -> dict[str, Any]:
+    """One NDJSON event, its ``data`` decoded; an ``error`` event raised as its exception."""
+    event: dict[str, Any] = json.loads(line)
+    if event.get("data") is not None:
+        event["data"] = base64.b64decode(event["data"])
+    if isinstance(event.get("error"), dict):
+        err = event["error"]
+        raise error_for(str(err.get("type")), str(err.get("message")))
+    return event
 
 
 _asyncio_clients: weakref.WeakKeyDictionary[object, EngineClient] = weakref.WeakKeyDictionary()
