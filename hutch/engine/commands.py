@@ -156,11 +156,30 @@ class CommandStarter:
                 if live.zygote is not link:
                     return
                 idle_until = link.last_used + self.zygote_idle
-                if not link.processes and trio.current_time() >= idle_until:
+                if not link.processes and not link.keep and trio.current_time() >= idle_until:
                     live.zygote = None
                     await link.close()
                     return
             await trio.sleep(1.0)
+
+    async def prepare(self, live: LiveSandbox) -> None:
+        """Make the sandbox's zygote now and keep it until :meth:`taken` (a pooled sandbox:
+        its first exec should not pay for it).  A failure is only logged: that first exec
+        tries again, and reports it."""
+        if self.fork_server is None:
+            return
+        try:
+            link = await self._link(live)
+        except EngineError as exc:
+            log.warning("no zygote for pooled sandbox %s yet: %s", live.sandbox_id, exc)
+            return
+        link.keep = True
+
+    def taken(self, live: LiveSandbox) -> None:
+        """The pooled sandbox has a user now: its zygote retires when idle, as any other."""
+        if live.zygote is not None:
+            live.zygote.keep = False
+            live.zygote.last_used = trio.current_time()
 
     async def release(self, live: LiveSandbox) -> None:
         """Let the sandbox's zygote go (before its cgroup is removed)."""

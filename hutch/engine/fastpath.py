@@ -12,10 +12,11 @@ the OpenAPI schema stays the app's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,10 +24,10 @@ import trio
 from pydantic import BaseModel, ValidationError
 
 from hutch import __version__
-from hutch.api.models import API_VERSION, ErrorBody, ExecRequest
-from hutch.engine.errors import EngineError
+from hutch.api.models import API_VERSION, MAX_FILE_OFFSET, NDJSON, ErrorBody, ExecRequest
+from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.server import exec_info
+from hutch.engine.server import exec_events, exec_info, follow_logs
 
 log = logging.getLogger("hutch.fastpath")
 
@@ -64,6 +65,8 @@ class FastPath:
             if not complete:
                 raise Delegate
             status, payload = await route(scope, body)
+            if isinstance(payload, AsyncIterator):
+                return await _stream(send, receive, payload)
         except Delegate:
             return await self.app(scope, _replay(body, complete, receive), send)
         except EngineError as exc:
@@ -95,6 +98,11 @@ class FastPath:
                 return self._get_exec
             if method == "POST" and len(parts) == 5 and parts[4] == "wait":
                 return self._wait_exec
+            if method == "GET" and len(parts) == 5 and parts[4] == "output":
+                return self._exec_output
+        if method == "GET" and len(parts) == 5 and parts[2] == "sandboxes" \
+                and parts[4] == "logs":
+            return self._logs
         return None
 
     async def _health(self, scope: Scope, body: bytes) -> tuple[int, Any]:
@@ -118,18 +126,76 @@ class FastPath:
         return 200, exec_info(session)
 
 
-def _wait_timeout(scope: Scope) -> float:
+    async def _exec_output(self, scope: Scope, body: bytes) -> tuple[int, Any]:
+        query = _query(scope, {"fd"})
+        fd = _fd(query.get("fd"))
+        session = self.manager.exec_session(scope["path"].split("/")[3])
+        return 200, exec_events(session, fd)
+
+    async def _logs(self, scope: Scope, body: bytes) -> tuple[int, Any]:
+        query = _query(scope, {"fd", "follow", "offset"})
+        fd = _fd(query.get("fd"))
+        follow = _BOOLS.get(query.get("follow", "true").lower())
+        offset = query.get("offset", "0")
+        if follow is None or not offset.isdigit() or int(offset) > MAX_FILE_OFFSET:
+            raise Delegate
+        sandbox_id = scope["path"].split("/")[3]
+        self.manager.get(sandbox_id)
+        if int(offset) and fd is None:
+            raise Invalid("offset needs fd: each stream has its own offset")
+        return 200, follow_logs(self.manager, sandbox_id, follow, fd, int(offset))
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
+
+
+def _query(scope: Scope, known: set[str]) -> dict[str, str]:
+    """The query's parameters (the last of each); unknown or repeated ones go to the app."""
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    values = query.get("timeout")
-    if values is None:
+    if not set(query) <= known or any(len(v) > 1 for v in query.values()):
+        raise Delegate
+    return {k: v[0] for k, v in query.items()}
+
+
+def _fd(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value not in ("1", "2"):
+        raise Delegate
+    return int(value)
+
+
+def _wait_timeout(scope: Scope) -> float:
+    value = _query(scope, {"timeout"}).get("timeout")
+    if value is None:
         return DEFAULT_WAIT
     try:
-        timeout = float(values[-1])
+        timeout = float(value)
     except ValueError:
         raise Delegate from None
     if not math.isfinite(timeout) or not 0 <= timeout <= MAX_WAIT:
         raise Delegate
     return timeout
+
+
+async def _stream(send: Send, receive: Receive, events: AsyncIterator[bytes]) -> None:
+    """An NDJSON answer, each event sent as it comes (hypercorn frames it in chunks).  A
+    client that leaves stops it at once, as Starlette's streams do: a followed log could
+    otherwise wait for output that never comes, holding its files."""
+    async with contextlib.aclosing(events), trio.open_nursery() as nursery:  # type: ignore[type-var]
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until_disconnect)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", NDJSON.encode())]})
+        async for event in events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        nursery.cancel_scope.cancel()
 
 
 async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:

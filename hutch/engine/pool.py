@@ -183,6 +183,9 @@ class PoolService:
             if pool.closed:
                 await self.manager.terminate(row.sandbox_id, 0.0)
                 return
+            live = self.manager.live.get(row.sandbox_id)
+            if live is not None:
+                await self.manager.commands.prepare(live)  # its first exec starts at once
             pool.last_error = None
             pool.ready.append(row.sandbox_id)
             pool.notify()

@@ -187,6 +187,7 @@ class SandboxManager:
                                                spec=spec, timeout=req.timeout)
         live.env, live.workdir = spec["env"], spec["workdir"]
         live.idle_timeout = req.idle_timeout
+        self.commands.taken(live)
         live.touch()  # the supervisor looks at the new deadline
         return self.store.sandbox(sandbox_id)
 

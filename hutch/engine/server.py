@@ -85,6 +85,13 @@ def exec_info(session: ExecSession) -> ExecInfo:
     )
 
 
+async def exec_events(session: ExecSession, fd: int | None) -> AsyncIterator[bytes]:
+    """An exec's output as NDJSON events (``fd``: one stream only), then its exit code."""
+    async for chunk_fd, data in session.follow((fd,) if fd else (1, 2)):
+        yield _chunk_event(chunk_fd, data)
+    yield _event(exit_code=session.returncode)
+
+
 def _event(**fields: object) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
@@ -304,7 +311,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         manager.get(sandbox_id)
         if offset and fd is None:
             raise Invalid("offset needs fd: each stream has its own offset")
-        return StreamingResponse(_follow_logs(manager, sandbox_id, follow, fd, offset),
+        return StreamingResponse(follow_logs(manager, sandbox_id, follow, fd, offset),
                                  media_type=NDJSON)
 
     @app.post("/v1/sandboxes/{sandbox_id}/stdin", responses=_errors(400, 404, 409, 422))
@@ -337,13 +344,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     async def exec_output(exec_id: str, fd: Annotated[int | None, Query(ge=1, le=2)] = None
                           ) -> StreamingResponse:
         session = manager.exec_session(exec_id)
-
-        async def events() -> AsyncIterator[bytes]:
-            async for chunk_fd, data in session.follow((fd,) if fd else (1, 2)):
-                yield _chunk_event(chunk_fd, data)
-            yield _event(exit_code=session.returncode)
-
-        return StreamingResponse(events(), media_type=NDJSON)
+        return StreamingResponse(exec_events(session, fd), media_type=NDJSON)
 
     @app.post("/v1/execs/{exec_id}/stdin", responses=_errors(400, 404, 409, 422))
     async def exec_stdin(exec_id: str, request: Request, eof: bool = False) -> ExecInfo:
@@ -439,7 +440,7 @@ def _parse_tags(tags: str | None) -> dict[str, str] | None:
     return parsed
 
 
-async def _follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
+async def follow_logs(manager: SandboxManager, sandbox_id: str, follow: bool,
                        only_fd: int | None, offset: int = 0) -> AsyncIterator[bytes]:
     """The entrypoint's stdout and stderr, as written, until the sandbox has ended.
 

@@ -93,6 +93,8 @@ class ZygoteLink:
         self.alive = True
         #: when a command was last handed to it (trio's clock)
         self.last_used = trio.current_time()
+        #: kept however long it is idle (it belongs to a sandbox waiting in a warm pool)
+        self.keep = False
         self._send_lock = trio.Lock()
 
     async def spawn(self, exec_id: str, argv: list[str], env: dict[str, str], cwd: str, *,

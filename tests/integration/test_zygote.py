@@ -159,13 +159,39 @@ def test_the_zygote_leaves_with_its_sandbox(engine: dict[str, Any]) -> None:
     wait_for(lambda: not process_alive(zygote), timeout=10, what="the zygote to exit")
 
 
-def test_an_idle_zygote_is_retired(engine: dict[str, Any]) -> None:
+def _zygotes() -> set[int]:
+    """The pids of the engine's zygotes (children of its fork server)."""
+    def parent(pid: str) -> str:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("PPid:")[1].split()[0]
+        except (OSError, IndexError):
+            return ""
+
+    def fork_server(pid: str) -> bool:
+        try:
+            return b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    engine = str(request_blocking("GET", "/v1/engine")["pid"])
+    pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()]
+    servers = {p for p in pids if parent(p) == engine and fork_server(p)}
+    return {int(p) for p in pids if parent(p) in servers}
+
+
+def test_an_idle_zygote_is_retired_but_a_pooled_one_kept(engine: dict[str, Any]) -> None:
     """Each zygote holds pages of its own: one with nothing to do leaves, and the next
-    command makes a new one."""
+    command makes a new one.  A sandbox waiting in a warm pool has its zygote made ahead
+    and kept, so that its first exec starts at once."""
     stop_engine()
     with engine_dirs(Path(os.environ["HUTCH_RUNTIME_DIR"]), Path(os.environ["HUTCH_DATA_DIR"]),
                      HUTCH_ZYGOTE_IDLE="1"):
         try:
+            app = hutch.App.lookup("zygote-pool", create_if_missing=True)
+            pool = app.warm_pool(size=1)
+            pool.wait_ready(timeout=60)
+            pooled = _zygotes()
+            assert len(pooled) == 1
             sb = hutch.Sandbox.create(timeout=120)
             p = sb.exec("sleep", "3")
             _, zygote = _zygote_of(p.object_id)
@@ -174,7 +200,13 @@ def test_an_idle_zygote_is_retired(engine: dict[str, Any]) -> None:
             q = sb.exec("sleep", "0.5")
             _, second = _zygote_of(q.object_id)
             assert second != zygote and q.wait() == 0
-            sb.terminate()
+            assert pooled <= _zygotes()  # idle for as long, and still there
+            taken = hutch.Sandbox.create(app=app, timeout=60)
+            _, used = _zygote_of(taken.exec("sleep", "1").object_id)
+            assert {used} == pooled
+            for s in (sb, taken):
+                s.terminate()
+            pool.delete()
         finally:
             stop_engine()
 
