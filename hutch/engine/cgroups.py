@@ -317,6 +317,56 @@ class SandboxCgroup:
                 path.rmdir()
 
 
+def _memberships(pid: int | str) -> dict[str, str]:
+    """``{hierarchy: cgroup path}`` of a process (``/proc/PID/cgroup``); the hierarchy is
+    its controllers (``cpu,cpuacct``, ``name=systemd``), or ``""`` for cgroup v2."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        out[controllers] = path
+    return out
+
+
+def _hierarchy_key(names: list[str]) -> str:
+    return ",".join(sorted(names))
+
+
+def _mount_points() -> dict[str, tuple[str, str]]:
+    """``{hierarchy: (mount point, mount root)}`` of the cgroup file systems mounted here,
+    keyed like :func:`_memberships` (controllers sorted)."""
+    controllers = {line.split()[0] for line in Path("/proc/cgroups").read_text().splitlines()
+                   if line and not line.startswith("#")}
+    out: dict[str, tuple[str, str]] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        names = [o for o in tail[2].split(",") if o in controllers or o.startswith("name=")]
+        key = "" if tail[0] == "cgroup2" else _hierarchy_key(names)
+        out.setdefault(key, (fields[4], fields[3]))
+    return out
+
+
+def procs_files_to_join(pid: int) -> list[str]:
+    """The ``cgroup.procs`` files that put a process where process ``pid`` is, in every
+    hierarchy where this process is elsewhere: the sandbox's own cgroups, and as root also
+    those a runtime that manages cgroups put it in (hugetlb, freezer, devices, ...)."""
+    mine, mounts = _memberships("self"), _mount_points()
+    files = []
+    for hierarchy, path in _memberships(pid).items():
+        found = mounts.get(_hierarchy_key(hierarchy.split(",")) if hierarchy else "")
+        if mine.get(hierarchy) == path or found is None:
+            continue
+        point, root = found
+        if root != "/":
+            if not (path + "/").startswith(root.rstrip("/") + "/"):
+                continue  # outside what is mounted here
+            path = path[len(root.rstrip("/")):]
+        files.append(f"{point}{path.rstrip('/')}/cgroup.procs")
+    return files
+
+
 def _counter(path: Path, key: str) -> int:
     try:
         for line in path.read_text().splitlines():

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from hutch.engine import ociconfig, seccompbpf
+from hutch.engine import cgroups, ociconfig, seccompbpf
 from hutch.engine.errors import Conflict, EngineError
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.engine.zygote import ForkServer, ZygoteError, ZygoteLink
@@ -134,7 +134,10 @@ class CommandStarter:
                 return live.zygote
             if live.pidfd is None:
                 raise EngineError(f"sandbox {live.sandbox_id} has no process to join")
-            procs = live.cgroup.procs_files() if live.cgroup is not None else []
+            try:  # the init's cgroups, as the runtime's exec would join them
+                procs = await trio.to_thread.run_sync(cgroups.procs_files_to_join, live.pid)
+            except OSError as exc:
+                raise Conflict(f"Sandbox {live.sandbox_id} has already finished") from exc
             try:
                 link = await self.fork_server.zygote(live.pidfd, procs)
             except ZygoteError as exc:

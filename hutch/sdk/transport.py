@@ -193,6 +193,8 @@ class EngineClient:
                             yield _event(line)
                 if pending.strip():
                     yield _event(pending)
+        except exception.Error:
+            raise  # the engine's answer (some are OSErrors, e.g. a missing file)
         except (OSError, http11.ProtocolError) as exc:
             raise self._lost(exc) from exc
 

@@ -3,6 +3,7 @@ tests/integration/test_limits.py and tests/security/test_limits_hold.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,9 @@ def test_runtimes_that_manage_cgroups_get_the_same_path() -> None:
     assert v2_user.cgroup("sb-1").paths == {"memory": root / "user.slice" / "u.service" / "sb-1"}
     v1_user = CgroupHost(1, {"memory": root / "memory" / "hutch" / "someone"})
     assert v1_user.cgroup("sb-1").runtime_path is None  # rootless v1: runtimes keep out
+
+
+def test_procs_files_to_join_name_only_the_hierarchies_that_differ() -> None:
+    assert cgroups.procs_files_to_join(os.getpid()) == []  # where it already is
+    for path in cgroups.procs_files_to_join(1):  # wherever init is, the files exist
+        assert path.endswith("/cgroup.procs") and os.path.exists(path), path
