@@ -45,6 +45,8 @@ class CommandProcess(Protocol):
     @property
     def pid(self) -> int | None: ...
 
+    #: whether whatever watched it died with it still running (a zygote killed)
+    lost: bool
     stdin: trio.lowlevel.FdStream | None
     stdout: trio.lowlevel.FdStream | None
     stderr: trio.lowlevel.FdStream | None

@@ -130,9 +130,10 @@ class ExecSession:
             self.process.kill()
 
     def kill_tree(self) -> None:
+        """Kill the process, its descendants and whatever in the sandbox carries its
+        marker (by the marker alone while its pid is unknown)."""
         pid = self.pid()
-        if pid is not None:
-            proctree.kill_tree(pid, self.marker, self.pidns)
+        proctree.kill_tree(pid if pid is not None else 0, self.marker, self.pidns)
 
     async def run(self) -> int:
         """Pump output until the exec ends (or times out); returns its exit code."""
@@ -143,6 +144,8 @@ class ExecSession:
                 nursery.start_soon(self._pump, self.process.stderr, 2)
                 with trio.move_on_at(deadline) as scope:
                     await self.process.wait()
+                if self.process.lost:  # what it started may run on: end it by its marker
+                    await trio.to_thread.run_sync(self.kill_tree)
                 if scope.cancelled_caught:
                     self.timed_out = True
                     await self.kill()

@@ -53,6 +53,9 @@ class ZygoteProcess:
         self.stdout = trio.lowlevel.FdStream(stdout) if stdout is not None else None
         self.stderr = trio.lowlevel.FdStream(stderr) if stderr is not None else None
         self.returncode: int | None = None
+        #: the zygote died while this ran: the command (and what it started) may still run,
+        #: and perhaps unreported, so its owner kills it by its marker
+        self.lost = False
         self.ended = trio.Event()
         self._kill_when_running = False
 
@@ -165,6 +168,7 @@ class ZygoteLink:
             self.sock.close()
             for process in list(self.processes.values()):
                 log.warning("zygote %d ended while exec %s ran", self.pid, process.exec_id)
+                process.lost = True
                 process.kill()
                 process._exited(-signal.SIGKILL)
             self.processes.clear()

@@ -18,6 +18,9 @@ import trio
 class SpawnedProcess:
     """A child process with piped stdio, owned by the task that spawned it."""
 
+    #: never: the engine itself is its parent
+    lost = False
+
     def __init__(self, pid: int, stdin: int | None, stdout: int | None,
                  stderr: int | None) -> None:
         self.pid = pid
