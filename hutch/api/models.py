@@ -235,6 +235,9 @@ class ExecRequest(_Wire):
     stdin: bool = False
     stdout: StreamMode = "pipe"
     stderr: StreamMode = "pipe"
+    #: answer once the command has ended, or after this many milliseconds, whichever comes
+    #: first (0: at once): a short command's exit status then comes with the answer
+    settle_ms: float = Field(default=0.0, ge=0, le=1000)
 
     _argv = field_validator("argv")(classmethod(lambda cls, v: _check_argv(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))

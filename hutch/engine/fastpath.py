@@ -27,7 +27,7 @@ from hutch import __version__
 from hutch.api.models import API_VERSION, MAX_FILE_OFFSET, NDJSON, ErrorBody, ExecRequest
 from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.server import exec_events, exec_info, follow_logs
+from hutch.engine.server import exec_events, exec_info, follow_logs, start_exec
 
 log = logging.getLogger("hutch.fastpath")
 
@@ -113,7 +113,7 @@ class FastPath:
             req = ExecRequest.model_validate_json(body)
         except ValidationError:
             raise Delegate from None
-        return 200, exec_info(await self.manager.exec(scope["path"].split("/")[3], req))
+        return 200, await start_exec(self.manager, scope["path"].split("/")[3], req)
 
     async def _get_exec(self, scope: Scope, body: bytes) -> tuple[int, Any]:
         return 200, exec_info(self.manager.exec_session(scope["path"].split("/")[3]))

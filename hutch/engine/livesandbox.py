@@ -30,6 +30,8 @@ class LiveSandbox:
     env: dict[str, str]
     workdir: str
     terminating: bool = False
+    #: its process has exited (its row is being marked so, or is)
+    ended: bool = False
     stdin: trio.lowlevel.FdStream | None = None
     idle_timeout: float | None = None
     probe: ProbeSpec | None = None

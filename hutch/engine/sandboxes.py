@@ -249,6 +249,7 @@ class SandboxManager:
                     live.signal(signal.SIGKILL)
                     await trio.lowlevel.wait_readable(live.pidfd)
                     break
+        live.ended = True  # from here on its row says it has ended
         code = await self._exit_code(live.pid)
         oom, detail = (False, None) if live.cgroup is None else \
             live.cgroup.outcome(killed=code == TERMINATED_CODE and not live.terminating
@@ -379,9 +380,9 @@ class SandboxManager:
 
     # exec -----------------------------------------------------------------------------------
     async def exec(self, sandbox_id: str, req: ExecRequest) -> ExecSession:
-        row = self.store.sandbox(sandbox_id)
         live = self.live.get(sandbox_id)
-        if row.state != "running" or live is None or live.terminating:
+        if live is None or live.terminating or live.ended:
+            row = self.store.sandbox(sandbox_id)  # NotFound for unknown ids
             raise Conflict(f"Sandbox {sandbox_id} has already finished"
                            if row.state == "exited" else f"Sandbox {sandbox_id} is not running")
         exec_id = new_id("ex")

@@ -85,6 +85,15 @@ def exec_info(session: ExecSession) -> ExecInfo:
     )
 
 
+async def start_exec(manager: SandboxManager, sandbox_id: str, req: ExecRequest) -> ExecInfo:
+    """Start an exec; answer when it has ended or ``settle_ms`` have passed."""
+    session = await manager.exec(sandbox_id, req)
+    if req.settle_ms:
+        with trio.move_on_after(req.settle_ms / 1000):
+            await session.done.wait()
+    return exec_info(session)
+
+
 async def exec_events(session: ExecSession, fd: int | None) -> AsyncIterator[bytes]:
     """An exec's output as NDJSON events (``fd``: one stream only), then its exit code."""
     async for chunk_fd, data in session.follow((fd,) if fd else (1, 2)):
@@ -325,7 +334,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     # execs ----------------------------------------------------------------------------------
     @app.post("/v1/sandboxes/{sandbox_id}/execs", responses=_errors(400, 404, 409, 422))
     async def create_exec(sandbox_id: str, req: ExecRequest) -> ExecInfo:
-        return exec_info(await manager.exec(sandbox_id, req))
+        return await start_exec(manager, sandbox_id, req)
 
     @app.get("/v1/execs/{exec_id}", responses=_errors(404, 409, 422))
     async def get_exec(exec_id: str) -> ExecInfo:

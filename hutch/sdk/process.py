@@ -27,6 +27,9 @@ T = TypeVar("T", str, bytes)
 WAIT_SLICE = 55.0
 #: What ``wait()`` returns for an exec stopped by its timeout (as Modal does).
 EXEC_TIMEOUT_RETURNCODE = -1
+#: Milliseconds the engine may hold an exec's answer for the command to end: a command that
+#: ends that soon comes back with its exit status, and ``wait()`` needs no second call.
+EXEC_SETTLE_MS = 3.0
 
 
 def exec_returncode(info: dict[str, Any]) -> int | None:
@@ -86,6 +89,12 @@ class ContainerProcess(Generic[T]):
         for printer in self._printers:
             await anyio.to_thread.run_sync(printer.result)
         return self._returncode
+
+    @wait.shortcut
+    def _ended(self) -> int | None:
+        """The exit code when it is known and no output is being printed here (a command
+        that ended within the exec call's answer)."""
+        return None if self._printers else self._returncode
 
     @synchronize
     async def kill(self) -> int:

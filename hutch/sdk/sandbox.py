@@ -40,7 +40,7 @@ from hutch.sdk.files import (
 )
 from hutch.sdk.image import Image
 from hutch.sdk.probe import Probe
-from hutch.sdk.process import WAIT_SLICE, ContainerProcess
+from hutch.sdk.process import EXEC_SETTLE_MS, WAIT_SLICE, ContainerProcess
 from hutch.sdk.secret import Secret, merge_secrets
 from hutch.sdk.streams import (
     StreamReader,
@@ -395,6 +395,7 @@ class Sandbox:
             "timeout": options.check_timeout(timeout, "timeout", optional=True),
             "stdout": "devnull" if out_type is StreamType.DEVNULL else "pipe",
             "stderr": "devnull" if err_type is StreamType.DEVNULL else "pipe",
+            "settle_ms": EXEC_SETTLE_MS,
         }
         if self._info.get("verbose"):
             output.log_exec(self.object_id, argv, workdir, sorted(merged_secrets))

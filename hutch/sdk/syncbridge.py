@@ -114,13 +114,17 @@ class BoundCall(Generic[P, R]):
     """A call with a blocking face (``__call__``) and an async face (``aio``)."""
 
     def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str | None = None,
-                 doc: str | None = None) -> None:
+                 doc: str | None = None, shortcut: Callable[[], R | None] | None = None
+                 ) -> None:
         self._fn = fn
+        self._shortcut = shortcut
         self.__doc__ = doc or fn.__doc__
         self.__name__ = name or getattr(fn, "__name__", "call")
         self.__wrapped__ = fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._shortcut is not None and (known := self._shortcut()) is not None:
+            return known  # already known here: no hop to the portal (~0.6 ms when idle)
         return run_sync(self._fn, *args, **kwargs)
 
     def aio(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
@@ -135,9 +139,16 @@ class synchronize(Generic[S, P, R]):
 
     def __init__(self, fn: Callable[Concatenate[S, P], Coroutine[Any, Any, R]]) -> None:
         self._fn = fn
+        self._shortcut: Callable[[S], R | None] | None = None
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
         self.__wrapped__ = fn
+
+    def shortcut(self, check: Callable[[S], R | None]) -> Callable[[S], R | None]:
+        """Decorate a plain method that returns the call's result when it is already known
+        (else None): the blocking face then returns it without a hop to the portal."""
+        self._shortcut = check
+        return check
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> synchronize[S, P, R]: ...
@@ -147,7 +158,9 @@ class synchronize(Generic[S, P, R]):
     def __get__(self, obj: S | None, owner: type[Any]) -> BoundCall[P, R] | synchronize[S, P, R]:
         if obj is None:
             return self
-        return BoundCall(functools.partial(self._fn, obj), self.__name__, self.__doc__)
+        shortcut = None if self._shortcut is None else functools.partial(self._shortcut, obj)
+        return BoundCall(functools.partial(self._fn, obj), self.__name__, self.__doc__,
+                         shortcut)
 
 
 class synchronize_static(Generic[P, R]):
