@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from hutch.engine import forkserver
+from hutch.engine.runtime.spawn import pipe_or_null
 
 log = logging.getLogger("hutch.zygote")
 
@@ -107,9 +108,9 @@ class ZygoteLink:
         while the caller answers its own client."""
         if not self.alive:
             raise ZygoteError("the sandbox's zygote has exited")
-        in_w, in_r = _pipe_or_null(stdin, 0)
-        out_r, out_w = _pipe_or_null(stdout, 1)
-        err_r, err_w = _pipe_or_null(stderr, 2)
+        in_w, in_r = pipe_or_null(stdin, 0)
+        out_r, out_w = pipe_or_null(stdout, 1)
+        err_r, err_w = pipe_or_null(stderr, 2)
         process = ZygoteProcess(self, exec_id, in_w, out_r, err_r)
         self.processes[exec_id] = process
         try:
@@ -276,10 +277,3 @@ async def _receive(sock: trio.socket.SocketType) -> tuple[dict[str, Any] | None,
     obj: dict[str, Any] = json.loads(payload)
     return obj, fds
 
-
-def _pipe_or_null(pipe: bool, child_end: int) -> tuple[int | None, int]:
-    """``(our end, the command's end)``: a pipe, or /dev/null for it and nothing for us."""
-    if not pipe:
-        return None, os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    r, w = os.pipe2(os.O_CLOEXEC)
-    return (w, r) if child_end == 0 else (r, w)

@@ -47,7 +47,7 @@ class SpawnedProcess:
                 pass
 
 
-def _pipe_or_null(pipe: bool, child_end: int) -> tuple[int | None, int]:
+def pipe_or_null(pipe: bool, child_end: int) -> tuple[int | None, int]:
     """``(our end, the child's end)``: a pipe, or /dev/null for the child and nothing for us."""
     if not pipe:
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -59,9 +59,9 @@ def _pipe_or_null(pipe: bool, child_end: int) -> tuple[int | None, int]:
 def spawn(argv: list[str], *, stdin: bool, stdout: bool = True,
           stderr: bool = True) -> SpawnedProcess:
     """Start ``argv`` (looked up on PATH) with a pipe or /dev/null for each stdio stream."""
-    in_w, in_r = _pipe_or_null(stdin, 0)
-    out_r, out_w = _pipe_or_null(stdout, 1)
-    err_r, err_w = _pipe_or_null(stderr, 2)
+    in_w, in_r = pipe_or_null(stdin, 0)
+    out_r, out_w = pipe_or_null(stdout, 1)
+    err_r, err_w = pipe_or_null(stderr, 2)
     try:
         pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=[
             (os.POSIX_SPAWN_DUP2, in_r, 0),
