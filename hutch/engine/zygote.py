@@ -208,6 +208,9 @@ class ForkServer:
         finally:
             os.close(null)
             theirs.close()
+        # Requests are small and the fork server reads them at once; a wedged one must not
+        # block the engine's event loop (a timeout counts as gone: it is replaced).
+        ours.settimeout(READY_TIMEOUT)
         self._sock = ours
         log.info("fork server %d started", self._pid)
 
@@ -216,6 +219,9 @@ class ForkServer:
             self._sock.close()
             self._sock = None
         if self._pid is not None:
+            # it exits once its socket closes; killed first so that reaping never waits
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._pid, 0)
             self._pid = None

@@ -154,13 +154,6 @@ async def body_chunks(reader: _Reader, method: str, status: int, headers: dict[s
         raise ProtocolError("an answer with neither a length nor chunks")
 
 
-async def read_response(reader: _Reader, method: str) -> tuple[Response, bool]:
-    """One whole response; also whether the connection may be used again."""
-    status, headers, keep = await read_head(reader)
-    body = b"".join([chunk async for chunk in body_chunks(reader, method, status, headers)])
-    return Response(status, body), keep
-
-
 class Pool:
     """Keep-alive connections to one Unix socket, for one event loop."""
 
@@ -177,16 +170,11 @@ class Pool:
 
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       body: bytes | None = None, content_type: str | None = None) -> Response:
-        data = encode_request(method, path, params, body, content_type)
-        while self._idle:
-            reader = self._idle.pop()
-            try:
-                return await self._exchange(reader, data, method)
-            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                if reader.received:
-                    raise  # the answer had begun: sending again could repeat the call
-        stream = await anyio.connect_unix(self.socket_path)
-        return await self._exchange(_Reader(stream), data, method)
+        """Send a request; the whole answer."""
+        async with self.stream(method, path, params=params, body=body,
+                               content_type=content_type) as (answer, chunks):
+            answer.body = b"".join([chunk async for chunk in chunks])
+        return answer
 
     @asynccontextmanager
     async def stream(self, method: str, path: str, *, params: dict[str, Any] | None = None,
@@ -194,28 +182,8 @@ class Pool:
                      ) -> AsyncIterator[tuple[Response, AsyncIterator[bytes]]]:
         """Send a request; yields the answer's status (``body`` empty) and an iterator over
         its body as it arrives.  A connection left before the body's end is closed."""
-        data = encode_request(method, path, params, body, content_type)
-        reader = self._idle.pop() if self._idle else None
-        if reader is not None:
-            try:
-                await reader.stream.send(data)
-                head = await read_head(reader)
-            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                with anyio.CancelScope(shield=True):
-                    await reader.stream.aclose()
-                if reader.received:
-                    raise  # the answer had begun: sending again could repeat the call
-                reader = None
-        if reader is None:  # none idle, or the idle one was stale
-            reader = _Reader(await anyio.connect_unix(self.socket_path))
-            try:
-                await reader.stream.send(data)
-                head = await read_head(reader)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await reader.stream.aclose()
-                raise
-        status, headers, keep = head
+        reader, (status, headers, keep) = await self._send(
+            encode_request(method, path, params, body, content_type))
         finished = False
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -234,16 +202,22 @@ class Pool:
                 with anyio.CancelScope(shield=True):
                     await reader.stream.aclose()
 
-    async def _exchange(self, reader: _Reader, data: bytes, method: str) -> Response:
-        reader.received = 0
-        keep = False
-        try:
-            await reader.stream.send(data)
-            response, keep = await read_response(reader, method)
-        finally:
-            if keep and not reader.buffer and not self._closed and len(self._idle) < MAX_IDLE:
-                self._idle.append(reader)
-            else:
+    async def _send(self, data: bytes) -> tuple[_Reader, tuple[int, dict[str, str], bool]]:
+        """Send ``data`` on an idle connection (one the engine closed meanwhile is replaced)
+        or a new one; returns the connection and the answer's head."""
+        while True:
+            reader = self._idle.pop() if self._idle else None
+            fresh = reader is None
+            if reader is None:
+                reader = _Reader(await anyio.connect_unix(self.socket_path))
+            reader.received = 0
+            try:
+                await reader.stream.send(data)
+                return reader, await read_head(reader)
+            except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await reader.stream.aclose()
-        return response
+                stale = isinstance(exc, OSError | anyio.BrokenResourceError
+                                   | anyio.ClosedResourceError)
+                if fresh or not stale or reader.received:
+                    raise  # (an answer that had begun: sending again could repeat the call)
