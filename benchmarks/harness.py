@@ -6,6 +6,10 @@ measurement and returns a :class:`Sample` (seconds, plus optional named sub-timi
 round-robin, rotating the order every round, so slow drift on the machine (page cache, CPU
 frequency, a background job) spreads over all contenders instead of biasing the last one.
 
+Before each trial the harness waits until the machine is quiet (:func:`wait_quiet`), so
+that no trial pays for work the previous one left running (podman's cleanup after ``run
+--rm`` returns, an engine tearing a sandbox down): each measures its contender alone.
+
 A contender that cannot be set up, or whose trial raises, is *unavailable*: the run goes on
 without it and the report says why.  Nothing here may crash the whole benchmark.
 """
@@ -126,6 +130,40 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: ``wait_quiet``: the machine is quiet when its CPUs were busy at most this share of a
+#: ``QUIET_WINDOW``-second window; it waits ``QUIET_MAX_WAIT`` seconds at most.
+QUIET_SHARE, QUIET_WINDOW, QUIET_MAX_WAIT = 0.10, 0.05, 2.0
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_quiet(share: float = QUIET_SHARE, window: float = QUIET_WINDOW,
+               max_wait: float = QUIET_MAX_WAIT) -> bool:
+    """Wait until one ``window`` passes with the CPUs busy at most ``share`` of it; False
+    if that did not happen within ``max_wait`` seconds (or ``/proc/stat`` is unreadable)."""
+    deadline = time.monotonic() + max_wait
+    before = _cpu_jiffies()
+    while before is not None and time.monotonic() < deadline:
+        time.sleep(window)
+        after = _cpu_jiffies()
+        if after is None:
+            return False
+        busy, total = after[0] - before[0], after[1] - before[1]
+        if total > 0 and busy <= share * total:
+            return True
+        before = after
+    return False
+
+
 def run_interleaved(trials: dict[str, Trial], outcomes: dict[str, Outcome], runs: int,
                     warmup: int, progress: Callable[[str], None] = print) -> None:
     """Call every available trial ``warmup + runs`` times, round-robin; record the last ``runs``.
@@ -140,6 +178,7 @@ def run_interleaved(trials: dict[str, Trial], outcomes: dict[str, Outcome], runs
             outcome = outcomes[name]
             if not outcome.available:
                 continue
+            wait_quiet()
             try:
                 sample = trials[name]()
             except Exception as exc:  # a failing peer must never stop the run

@@ -121,7 +121,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Measured {results['started']} with `python -m benchmarks "
         f"{'--quick' if results.get('quick') else '--runs ' + str(results['runs'])}`: "
         f"{results['runs']} runs per contender "
-        f"after {results['warmup']} warm-up, interleaved round-robin. Every contender runs "
+        f"after {results['warmup']} warm-up, interleaved round-robin, each trial started "
+        "once the machine is quiet (CPUs under 10% busy for 50 ms, or after 2 s). "
+        "Every contender runs "
         "the same Debian root filesystem (the unpacked layer of hutch's default image, "
         "read-only for the peers). p10/p90 are the 10th/90th percentiles; "
         "\"hutch ÷ contender\" is the ratio of medians.",

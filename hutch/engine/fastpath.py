@@ -180,7 +180,7 @@ def _wait_timeout(scope: Scope) -> float:
 
 
 async def _stream(send: Send, receive: Receive, events: AsyncIterator[bytes]) -> None:
-    """An NDJSON answer, each event sent as it comes (hypercorn frames it in chunks).  A
+    """An NDJSON answer, each event sent as it comes (the server frames it in chunks).  A
     client that leaves stops it at once, as Starlette's streams do: a followed log could
     otherwise wait for output that never comes, holding its files."""
     async with contextlib.aclosing(events), trio.open_nursery() as nursery:  # type: ignore[type-var]

@@ -388,7 +388,6 @@ class SandboxManager:
         exec_id = new_id("ex")
         marker = f"HUTCH_EXEC_ID={exec_id}"
         env = {**live.env, **req.env, "HUTCH_EXEC_ID": exec_id}  # the marker wins
-        self.store.insert_exec(exec_id, sandbox_id, req.argv)
         live.active += 1
         live.touch()
         try:
@@ -403,11 +402,18 @@ class SandboxManager:
                               live.pidns(), req.timeout)
         self.execs[exec_id] = session
         self.nursery.start_soon(self._run_exec, session)
+        try:  # recorded once the zygote has the request, so that both work side by side
+            self.store.insert_exec(exec_id, sandbox_id, req.argv)
+        except BaseException:
+            command.process.kill()  # the caller hears of a failure: nothing may run on
+            raise
         return session
 
     async def _run_exec(self, session: ExecSession) -> None:
         try:
             code = await session.run()
+            # Let whoever waits on the session (an exec answered at its end) go first.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             self.store.finish_exec(session.exec_id, code, session.timed_out)
         finally:
             live = self.live.get(session.sandbox_id)

@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from hutch import __version__
 from hutch.api import paths
@@ -26,6 +24,7 @@ from hutch.api.models import API_VERSION, EngineInfo
 from hutch.engine import cgroups, commands, netns, seccompbpf
 from hutch.engine.builder import Builder
 from hutch.engine.fastpath import FastPath
+from hutch.engine.httpserver import HTTPServer
 from hutch.engine.images import ImageService
 from hutch.engine.pool import PoolService
 from hutch.engine.runtime.probe import choose_runtime
@@ -37,6 +36,8 @@ log = logging.getLogger("hutch.engine")
 
 #: Seconds the daemon gives requests in flight to finish once asked to stop.
 SHUTDOWN_GRACE = 1.0
+#: Seconds an idle client connection is kept open.
+KEEP_ALIVE = 300.0
 
 
 def _listen(path: Path) -> socket.socket:
@@ -104,13 +105,9 @@ async def run() -> None:
                 default_image=images.default_ref, exec_via=manager.commands.via,
             )
 
-        sock = _listen(paths.socket_path())
-        config = Config()
-        config.bind = [f"fd://{sock.fileno()}"]
-        config.keep_alive_timeout = 300
-        config.graceful_timeout = 1
-        config.accesslog = None
-        app = FastPath(build_app(manager, info, shutdown), manager)
+        sock = trio.socket.from_stdlib_socket(_listen(paths.socket_path()))
+        server = HTTPServer(FastPath(build_app(manager, info, shutdown), manager),
+                            keep_alive_timeout=KEEP_ALIVE)
 
         async def on_signals() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -118,14 +115,13 @@ async def run() -> None:
                     stop.set()
                     return
 
-        async def serve_until_stopped(task_status: trio.TaskStatus[list[str]]) -> None:
-            # hypercorn finishes the requests in flight (the shutdown request included)
-            await serve(app, config, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
-                        task_status=task_status)
+        async def serve_until_stopped(task_status: trio.TaskStatus[None]) -> None:
+            # the server finishes the requests in flight (the shutdown request included)
+            await server.serve(sock, stop.wait, task_status=task_status)
             nursery.cancel_scope.cancel()
 
         async def stop_after_grace() -> None:
-            # Idle keep-alive connections would hold hypercorn's graceful shutdown open.
+            # A request still running (a long poll, a stream) gets SHUTDOWN_GRACE seconds.
             await stop.wait()
             await trio.sleep(SHUTDOWN_GRACE)
             nursery.cancel_scope.cancel()

@@ -2,7 +2,7 @@
 
 Why not httpx for these: one ``GET /v1/health`` took 1.2 ms through httpx against 0.35 ms
 on a raw socket, and an exec is two such calls.  The engine is the only server this client
-talks to (hypercorn on a Unix socket), and its answers to these calls are JSON with a
+talks to (its own HTTP/1.1 server on a Unix socket), and its answers to these calls are JSON with a
 ``Content-Length`` (or chunked), so the client is small: keep-alive connections in a pool,
 a request written in one send, a response read until its body is complete.  It runs under
 trio and asyncio alike (anyio streams).  Streamed answers (logs, exec output) are read as
@@ -17,6 +17,7 @@ or :class:`ProtocolError`, which the transport translates at its boundary.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -199,8 +200,14 @@ class Pool:
                     and len(self._idle) < MAX_IDLE:
                 self._idle.append(reader)
             else:
-                with anyio.CancelScope(shield=True):
-                    await reader.stream.aclose()
+                await self._discard(reader)
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        return await anyio.connect_unix(self.socket_path)
+
+    async def _discard(self, reader: _Reader) -> None:
+        with anyio.CancelScope(shield=True):
+            await reader.stream.aclose()
 
     async def _send(self, data: bytes) -> tuple[_Reader, tuple[int, dict[str, str], bool]]:
         """Send ``data`` on an idle connection (one the engine closed meanwhile is replaced)
@@ -209,15 +216,51 @@ class Pool:
             reader = self._idle.pop() if self._idle else None
             fresh = reader is None
             if reader is None:
-                reader = _Reader(await anyio.connect_unix(self.socket_path))
+                reader = _Reader(await self._connect())
             reader.received = 0
             try:
                 await reader.stream.send(data)
                 return reader, await read_head(reader)
             except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await reader.stream.aclose()
+                await self._discard(reader)
                 stale = isinstance(exc, OSError | anyio.BrokenResourceError
                                    | anyio.ClosedResourceError)
                 if fresh or not stale or reader.received:
                     raise  # (an answer that had begun: sending again could repeat the call)
+
+
+class BlockingStream:
+    """A connected socket behind the ``send``/``receive``/``aclose`` coroutines the pool
+    awaits, none of which suspends: each blocks its thread instead.  For direct calls
+    (``syncbridge.run_direct``), which run without an event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
+        return self.sock.recv(max_bytes)
+
+    async def aclose(self) -> None:
+        self.sock.close()
+
+    def __del__(self) -> None:
+        self.sock.close()  # a thread's pool goes with its thread: no warning for that
+
+
+class BlockingPool(Pool):
+    """A :class:`Pool` of :class:`BlockingStream` connections, for one thread."""
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        return BlockingStream(sock)  # type: ignore[return-value]
+
+    async def _discard(self, reader: _Reader) -> None:
+        await reader.stream.aclose()

@@ -242,9 +242,12 @@ class Image:
         await self.resolve()
         return self
 
+    def _force(self) -> bool:
+        return self._force_build or os.environ.get("HUTCH_FORCE_BUILD", "") not in ("", "0")
+
     async def resolve(self) -> str:
         """The image's reference, building what is not cached."""
-        force = self._force_build or os.environ.get("HUTCH_FORCE_BUILD", "") not in ("", "0")
+        force = self._force()
         if self._ref is not None and not force:
             return self._ref
         steps = [await _wire_step(step) for step in self._steps]
@@ -282,3 +285,12 @@ async def _wire_step(step: ImageStep) -> dict[str, Any]:
                 "context": await upload_context(step.make_tar)}
     return dict(step)
 
+
+def resolves_directly(image: object) -> bool:
+    """Whether resolving ``image`` needs nothing but the engine's answers, so that a blocking
+    ``Sandbox.create`` with it can be a direct call (see ``syncbridge``): no image (the
+    default), one resolved before, or one without local files to upload."""
+    if not isinstance(image, Image):
+        return image is None
+    return (image._ref is not None and not image._force()) or not any(
+        isinstance(step, imagesteps.LocalFiles) for step in image._steps)

@@ -18,7 +18,7 @@ import anyio
 from hutch.exception import InvalidError
 from hutch.sdk import syncbridge
 from hutch.sdk.streams import EXEC_MAX_BUFFER_SIZE, StreamReader, StreamType, StreamWriter
-from hutch.sdk.syncbridge import synchronize
+from hutch.sdk.syncbridge import synchronize_direct
 from hutch.sdk.transport import client
 
 T = TypeVar("T", str, bytes)
@@ -71,7 +71,7 @@ class ContainerProcess(Generic[T]):
             )
         return self._returncode
 
-    @synchronize
+    @synchronize_direct
     async def poll(self) -> int | None:
         """The exit code if the process has ended, else None (never blocks)."""
         if self._returncode is None:
@@ -79,7 +79,7 @@ class ContainerProcess(Generic[T]):
             self._returncode = exec_returncode(info)
         return self._returncode
 
-    @synchronize
+    @synchronize_direct
     async def wait(self) -> int:
         """Wait for the process to end; returns its exit code."""
         while self._returncode is None:
@@ -87,7 +87,10 @@ class ContainerProcess(Generic[T]):
                                           params={"timeout": WAIT_SLICE})
             self._returncode = exec_returncode(info)
         for printer in self._printers:
-            await anyio.to_thread.run_sync(printer.result)
+            if syncbridge.direct():
+                printer.result()  # a direct call may block its thread
+            else:
+                await anyio.to_thread.run_sync(printer.result)
         return self._returncode
 
     @wait.shortcut
@@ -96,7 +99,7 @@ class ContainerProcess(Generic[T]):
         that ended within the exec call's answer)."""
         return None if self._printers else self._returncode
 
-    @synchronize
+    @synchronize_direct
     async def kill(self) -> int:
         """Kill the process and everything it started; returns its exit code (hutch only)."""
         info = await client().request("POST", f"/v1/execs/{self.object_id}/kill")
@@ -107,7 +110,7 @@ class ContainerProcess(Generic[T]):
     def events(self) -> Iterator[tuple[int, bytes]]:
         """Both streams interleaved in the order produced, as ``(fd, data)``, until the
         process ends (a hutch extension, for terminals that show both as they come)."""
-        return syncbridge.iterate_sync(self._events)
+        return syncbridge.iterate_sync(self._events, direct=True)
 
     async def _events(self) -> AsyncIterator[tuple[int, bytes]]:
         async for event in client().stream_events(f"/v1/execs/{self.object_id}/output"):

@@ -38,7 +38,7 @@ from hutch.sdk.files import (
     SandboxFilesystem,
     _check_path,
 )
-from hutch.sdk.image import Image
+from hutch.sdk.image import Image, resolves_directly
 from hutch.sdk.probe import Probe
 from hutch.sdk.process import EXEC_SETTLE_MS, WAIT_SLICE, ContainerProcess
 from hutch.sdk.secret import Secret, merge_secrets
@@ -49,7 +49,12 @@ from hutch.sdk.streams import (
     check_stream_type,
     reader_mode,
 )
-from hutch.sdk.syncbridge import BoundGenerator, synchronize, synchronize_static
+from hutch.sdk.syncbridge import (
+    BoundGenerator,
+    static_direct,
+    synchronize,
+    synchronize_direct,
+)
 from hutch.sdk.transport import client
 from hutch.sdk.tunnel import Tunnel
 from hutch.sdk.volume import Volume
@@ -89,7 +94,7 @@ class Sandbox:
         self._stdin = StreamWriter(f"/v1/sandboxes/{self.object_id}/stdin")
 
     # constructors -----------------------------------------------------------------------
-    @synchronize_static
+    @static_direct(when=lambda *args, image=None, **kw: resolves_directly(image))
     async def create(
         *args: str,
         app: App | None = None,
@@ -154,13 +159,13 @@ class Sandbox:
         info = await _client_request("POST", "/v1/sandboxes", json_body=body)
         return Sandbox(info)
 
-    @synchronize_static
+    @static_direct()
     async def from_id(sandbox_id: str) -> Sandbox:
         """The sandbox with this id (running or finished)."""
         options.check_sandbox_id(sandbox_id)
         return Sandbox(await _client_request("GET", f"/v1/sandboxes/{sandbox_id}"))
 
-    @synchronize_static
+    @static_direct()
     async def from_name(app_name: str, name: str, *,
                         environment_name: str | None = None) -> Sandbox:
         """The *running* sandbox called ``name`` in the app ``app_name``."""
@@ -231,7 +236,7 @@ class Sandbox:
         detail: str | None = self._info.get("exit_detail")
         return detail
 
-    @synchronize
+    @synchronize_direct
     async def poll(self) -> int | None:
         """The exit code if the sandbox has finished, else None (asks the engine)."""
         self._attached()
@@ -239,7 +244,7 @@ class Sandbox:
             await self._request("GET")
         return self.returncode
 
-    @synchronize
+    @synchronize_direct
     async def wait(self, raise_on_termination: bool = True) -> None:
         """Wait for the sandbox to finish.
 
@@ -255,7 +260,7 @@ class Sandbox:
         if reason == "terminated" and raise_on_termination:
             raise SandboxTerminatedError(f"Sandbox {self.object_id} was terminated")
 
-    @synchronize
+    @synchronize_direct
     async def terminate(self, *, wait: bool = False, grace_period: float = 0.0) -> int | None:
         """Stop the sandbox (a no-op once finished); with ``wait=True`` return its exit code.
 
@@ -304,7 +309,7 @@ class Sandbox:
         """Let go of the sandbox without stopping it; use ``from_id`` to get it back."""
         self._detached = True
 
-    @synchronize
+    @synchronize_direct
     async def set_tags(self, tags: Mapping[str, str]) -> None:
         """Replace the sandbox's tags (``{}`` clears them)."""
         self._attached()
@@ -313,13 +318,13 @@ class Sandbox:
         await self._request("PUT", "/tags",
                             json_body={"tags": options.check_str_dict(tags, "tags")})
 
-    @synchronize
+    @synchronize_direct
     async def get_tags(self) -> dict[str, str]:
         self._attached()
         tags: dict[str, str] = (await self._request("GET"))["tags"]
         return tags
 
-    @synchronize
+    @synchronize_direct
     async def info(self) -> dict[str, Any]:
         """The engine's current record of this sandbox (a hutch extension)."""
         return dict(await self._request("GET"))
@@ -358,7 +363,7 @@ class Sandbox:
         await self.filesystem.remove.aio(path, recursive=recursive)
 
     # exec -------------------------------------------------------------------------------
-    @synchronize
+    @synchronize_direct
     async def exec(
         self,
         *args: str,

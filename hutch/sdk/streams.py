@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
 from hutch.exception import InvalidError
-from hutch.sdk.syncbridge import iterate_sync, synchronize
+from hutch.sdk.syncbridge import iterate_sync, synchronize_direct
 from hutch.sdk.transport import client
 
 #: Bytes a sandbox's ``stdin.write`` may hold before a ``drain()`` (Modal's limits).
@@ -117,7 +117,7 @@ class StreamReader(Generic[T]):
             rest, self._pending = self._pending, self._pending[:0]
             yield rest
 
-    @synchronize
+    @synchronize_direct
     async def read(self) -> T:
         """Everything until the stream ends; a second call returns an empty value."""
         parts = [item async for item in self._items()]
@@ -129,7 +129,7 @@ class StreamReader(Generic[T]):
         return self._items()
 
     def __iter__(self) -> Iterator[T]:
-        return iterate_sync(self._items)
+        return iterate_sync(self._items, direct=True)
 
     async def _print_to_stdout(self) -> None:
         """Copy the stream to this process's stdout as it arrives (``StreamType.STDOUT``)."""
@@ -172,7 +172,7 @@ class StreamWriter:
         """Close stdin after what is buffered; delivered by the next :meth:`drain`."""
         self._eof = True
 
-    @synchronize
+    @synchronize_direct
     async def drain(self) -> None:
         """Send what is buffered (and the end of input, after ``write_eof``)."""
         if not self._buffer and (self._eof_sent or not self._eof):

@@ -12,12 +12,20 @@ Blocking calls run on the *portal*: one asyncio event loop in a daemon thread, s
 first use and shared by every thread of the process.  So the blocking API works in a plain
 script, from many threads at once, and beside (not inside) an event loop the program runs
 in another thread; the loop thread itself gets a clear error instead of a deadlock.
+
+The hottest calls (``exec``, ``wait``, reading a stream) only ever talk to the engine, and
+the two thread hops of the portal were a fifth of an ``exec``.  They are marked *direct*
+(:func:`synchronize_direct`): their blocking face runs the coroutine right on the calling
+thread, in one step, with :func:`direct` true so that the transport answers its awaits
+over a blocking socket of that thread (no event loop, nothing suspends).  A direct
+coroutine that tried to suspend would be a bug: it is stopped with a ``RuntimeError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import os
 import threading
@@ -82,6 +90,34 @@ def in_portal_thread() -> bool:
     return threading.current_thread() is _portal_thread
 
 
+_direct: contextvars.ContextVar[bool] = contextvars.ContextVar("hutch_direct", default=False)
+
+
+def direct() -> bool:
+    """Whether the code running is a direct call (see the module docstring)."""
+    return _direct.get()
+
+
+def run_direct(fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args,
+               **kwargs: P.kwargs) -> R:
+    """Run the coroutine function ``fn`` to its end on this thread, as a direct call."""
+    if in_portal_thread():
+        raise RuntimeError("a blocking hutch call was made from hutch's own event-loop thread")
+    token = _direct.set(True)
+    try:
+        coro = fn(*args, **kwargs)
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+        coro.close()
+    finally:
+        _direct.reset(token)
+    raise RuntimeError(f"{getattr(fn, '__name__', fn)!s} waited on something other than "
+                       "the engine in a direct call")
+
+
 def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run the coroutine function ``fn`` on the portal and block until it returns.
 
@@ -114,10 +150,11 @@ class BoundCall(Generic[P, R]):
     """A call with a blocking face (``__call__``) and an async face (``aio``)."""
 
     def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str | None = None,
-                 doc: str | None = None, shortcut: Callable[[], R | None] | None = None
-                 ) -> None:
+                 doc: str | None = None, shortcut: Callable[[], R | None] | None = None,
+                 direct: bool | Callable[..., bool] = False) -> None:
         self._fn = fn
         self._shortcut = shortcut
+        self._direct = direct
         self.__doc__ = doc or fn.__doc__
         self.__name__ = name or getattr(fn, "__name__", "call")
         self.__wrapped__ = fn
@@ -125,6 +162,8 @@ class BoundCall(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self._shortcut is not None and (known := self._shortcut()) is not None:
             return known  # already known here: no hop to the portal (~0.6 ms when idle)
+        if self._direct is True or (callable(self._direct) and self._direct(*args, **kwargs)):
+            return run_direct(self._fn, *args, **kwargs)
         return run_sync(self._fn, *args, **kwargs)
 
     def aio(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
@@ -135,10 +174,13 @@ class BoundCall(Generic[P, R]):
 
 
 class synchronize(Generic[S, P, R]):
-    """Decorate an ``async def`` method: calling it blocks; ``.aio`` is the coroutine."""
+    """Decorate an ``async def`` method: calling it blocks; ``.aio`` is the coroutine.
+    (:func:`synchronize_direct` for one whose blocking face is a direct call.)"""
 
-    def __init__(self, fn: Callable[Concatenate[S, P], Coroutine[Any, Any, R]]) -> None:
+    def __init__(self, fn: Callable[Concatenate[S, P], Coroutine[Any, Any, R]], *,
+                 direct: bool = False) -> None:
         self._fn = fn
+        self._direct = direct
         self._shortcut: Callable[[S], R | None] | None = None
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
@@ -160,14 +202,17 @@ class synchronize(Generic[S, P, R]):
             return self
         shortcut = None if self._shortcut is None else functools.partial(self._shortcut, obj)
         return BoundCall(functools.partial(self._fn, obj), self.__name__, self.__doc__,
-                         shortcut)
+                         shortcut, self._direct)
 
 
 class synchronize_static(Generic[P, R]):
-    """Like :class:`synchronize` for a static constructor (``Sandbox.create``)."""
+    """Like :class:`synchronize` for a static constructor (``Sandbox.create``).
+    ``direct``: True, or a function of the call's arguments that says whether this call
+    is a direct one (:func:`static_direct`)."""
 
-    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> None:
-        self._bound = BoundCall(fn)
+    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], *,
+                 direct: bool | Callable[..., bool] = False) -> None:
+        self._bound = BoundCall(fn, direct=direct)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -175,17 +220,36 @@ class synchronize_static(Generic[P, R]):
         return self._bound
 
 
-def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
-    """Drive an async iterator from a blocking ``for`` loop, one portal hop per item.
+def synchronize_direct(fn: Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
+                       ) -> synchronize[S, P, R]:
+    """:class:`synchronize` for a method that only awaits the engine's answers: its
+    blocking face is a direct call."""
+    return synchronize(fn, direct=True)
+
+
+def static_direct(when: bool | Callable[..., bool] = True
+                  ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], synchronize_static[P, R]]:
+    """:class:`synchronize_static` whose blocking face is a direct call (``when`` it says so,
+    given the call's arguments)."""
+    def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> synchronize_static[P, R]:
+        return synchronize_static(fn, direct=when)
+    return decorate
+
+
+def iterate_sync(make: Callable[[], AsyncIterator[T]], direct: bool = False
+                 ) -> Iterator[T]:
+    """Drive an async iterator from a blocking ``for`` loop, one portal hop per item (or,
+    ``direct``, each step a direct call).
 
     The iterator is made here (making an async generator runs none of its code); it is
-    closed on the portal when the loop stops early.
+    closed the same way when the loop stops early.
     """
+    step = run_direct if direct else run_sync
     it = make()
     finished = False
     try:
         while True:
-            done, item = run_sync(_anext, it)
+            done, item = step(_anext, it)
             if done:
                 finished = True
                 return
@@ -193,7 +257,7 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     finally:
         aclose = getattr(it, "aclose", None)
         if not finished and aclose is not None:
-            run_sync(aclose)
+            step(aclose)
 
 
 async def _anext(it: AsyncIterator[T]) -> tuple[bool, T | None]:

@@ -7,8 +7,9 @@ speaking another API version become :class:`~hutch.exception.EngineError`.
 
 A connection pool belongs to one event loop, so there is one :class:`EngineClient` per
 running loop (:func:`client`): the portal's loop for blocking calls, and the caller's own
-trio or asyncio loop for ``.aio`` calls.  SDK objects hold ids, never a client, so one
-``Sandbox`` can be used from any loop or thread.
+trio or asyncio loop for ``.aio`` calls; a thread making direct calls (see
+``syncbridge``) has a :class:`DirectClient` of blocking sockets.  SDK objects hold ids,
+never a client, so one ``Sandbox`` can be used from any loop or thread.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sniffio
 from hutch import exception
 from hutch.api import paths
 from hutch.api.models import API_VERSION
-from hutch.sdk import http11, launcher
+from hutch.sdk import http11, launcher, syncbridge
 
 _ERRORS: dict[str, type[exception.Error]] = {
     "not_found": exception.NotFoundError,
@@ -95,17 +96,28 @@ class EngineClient:
     def __init__(self, autostart: bool = True) -> None:
         self.socket = paths.socket_path()
         self.autostart = autostart
-        self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
-            base_url="http://hutch",
-            timeout=httpx.Timeout(30.0, read=None),
-        )
-        self._pool = http11.Pool(str(self.socket))
+        self._http_client: httpx.AsyncClient | None = None
+        self._pool = self._make_pool()
         self._checked = False
+
+    def _make_pool(self) -> http11.Pool:
+        return http11.Pool(str(self.socket))
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """httpx, for streamed uploads and downloads (made on first use)."""
+        if self._http_client is None:
+            self._http_client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+                base_url="http://hutch",
+                timeout=httpx.Timeout(30.0, read=None),
+            )
+        return self._http_client
 
     async def aclose(self) -> None:
         await self._pool.aclose()
-        await self._http.aclose()
+        if self._http_client is not None:
+            await self._http_client.aclose()
 
     async def _ready(self) -> bool:
         try:
@@ -121,8 +133,11 @@ class EngineClient:
         if not await self._ready():
             if not self.autostart:
                 raise exception.ConnectionError(f"no hutch engine answers on {self.socket}")
-            await anyio.to_thread.run_sync(launcher.ensure_engine, _ready_blocking)
+            await self._launch()
         self._checked = True
+
+    async def _launch(self) -> None:
+        await anyio.to_thread.run_sync(launcher.ensure_engine, _ready_blocking)
 
     def _lost(self, exc: Exception) -> exception.ConnectionError:
         self._checked = False
@@ -199,6 +214,28 @@ class EngineClient:
             raise self._lost(exc) from exc
 
 
+class DirectClient(EngineClient):
+    """The engine client of one thread's direct calls: blocking sockets, no event loop.
+    Streamed uploads and downloads (httpx) are not for direct calls."""
+
+    def _make_pool(self) -> http11.Pool:
+        return http11.BlockingPool(str(self.socket))
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        raise RuntimeError("a direct call cannot stream files (it has no event loop)")
+
+    async def _ready(self) -> bool:
+        try:
+            answer = await self._pool.request("GET", "/v1/health")
+        except (OSError, http11.ProtocolError):
+            return False
+        return _check_health(answer.status, answer.json() if answer.status == 200 else {})
+
+    async def _launch(self) -> None:
+        launcher.ensure_engine(_ready_blocking)  # this thread may block: it is a call
+
+
 def _event(line: bytes) -> dict[str, Any]:
     """One NDJSON event, its ``data`` decoded; an ``error`` event raised as its exception."""
     event: dict[str, Any] = json.loads(line)
@@ -215,8 +252,17 @@ _clients_lock = threading.Lock()
 _trio_client_var: Any = None
 
 
+_direct_clients = threading.local()
+
+
 def client() -> EngineClient:
-    """The engine client of the event loop this is called from."""
+    """The engine client of the event loop this is called from (or of this thread, in a
+    direct call)."""
+    if syncbridge.direct():
+        found_here: EngineClient | None = getattr(_direct_clients, "client", None)
+        if found_here is None:
+            found_here = _direct_clients.client = DirectClient()
+        return found_here
     if sniffio.current_async_library() == "trio":
         import trio
 
@@ -242,38 +288,38 @@ def client() -> EngineClient:
 
 
 def request_blocking(method: str, path: str, *, autostart: bool = True, **kw: Any) -> Any:
-    """One request from blocking code (the CLI); ``autostart=False`` never starts an engine."""
-    from hutch.sdk import syncbridge
+    """One request from blocking code (the CLI), as a direct call; ``autostart=False``
+    never starts an engine."""
 
     async def call() -> Any:
         if autostart:
             return await client().request(method, path, **kw)
-        own = EngineClient(autostart=False)
+        own = DirectClient(autostart=False)
         try:
             return await own.request(method, path, **kw)
         finally:
             await own.aclose()
 
-    return syncbridge.run_sync(call)
+    return syncbridge.run_direct(call)
 
 
 def events_blocking(path: str, params: dict[str, Any] | None = None
                     ) -> Iterator[dict[str, Any]]:
-    """The NDJSON events of a stream, from blocking code."""
-    from hutch.sdk import syncbridge
+    """The NDJSON events of a stream, from blocking code (direct calls)."""
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        async for event in client().stream_events(path, params):  # client() on the portal
+        async for event in client().stream_events(path, params):
             yield event
 
-    return syncbridge.iterate_sync(events)
+    return syncbridge.iterate_sync(events, direct=True)
 
 
 def forget_clients() -> None:
     """Drop every cached connection pool, e.g. after the engine's directories changed."""
-    global _trio_client_var
+    global _trio_client_var, _direct_clients
     _asyncio_clients.clear()
     _trio_client_var = None
+    _direct_clients = threading.local()  # every thread's: their sockets close as collected
 
 
 def _after_fork_in_child() -> None:

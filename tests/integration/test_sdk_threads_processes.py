@@ -143,6 +143,32 @@ def test_blocking_api_on_hutchs_own_loop_thread_is_refused(sandbox: hutch.Sandbo
     assert sandbox.poll() is None  # and the portal still serves
 
 
+def test_calls_that_only_talk_to_the_engine_run_on_the_callers_thread(
+        engine: dict[str, Any]) -> None:
+    """create, exec, streams, wait, poll, tags, terminate: direct calls, so a process that
+    makes only these never starts the portal thread (and each is one socket round trip)."""
+    got = run_child("""
+        import json, threading, hutch
+        from hutch.sdk import syncbridge
+        sb = hutch.Sandbox.create("sh", "-c", "echo ready; sleep 60", timeout=120)
+        first = next(iter(sb.stdout))
+        p = sb.exec("sh", "-c", "read x; echo got-$x; echo err >&2; exit 3")
+        p.stdin.write(b"in\\n")
+        p.stdin.drain()
+        lines = list(p.stdout)
+        result = [first, lines, p.stderr.read(), p.wait(), p.poll(), sb.poll()]
+        sb.set_tags({"k": "v"})
+        result.append(sb.get_tags())
+        result.append(sb.terminate(wait=True))
+        again = hutch.Sandbox.from_id(sb.object_id)
+        result.append(again.poll())
+        result.append([syncbridge._loop is None, threading.active_count()])
+        print(json.dumps(result))
+    """)
+    assert got == ["ready\n", ["got-in\n"], "err\n", 3, 3, None, {"k": "v"}, 137, 137,
+                   [True, 1]]
+
+
 # other processes -----------------------------------------------------------------------------
 
 RECONNECT = """

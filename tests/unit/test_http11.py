@@ -7,11 +7,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from hutch.sdk import http11
+from hutch.sdk import http11, syncbridge
 
 
 def test_requests_are_encoded_as_httpx_would() -> None:
@@ -173,3 +174,27 @@ def test_cancelled_requests_do_not_poison_the_pool(tmp_path: Path, backend: str)
 
     with server(tmp_path, handle) as (path, _):
         anyio.run(main, path, backend=backend)
+
+
+def test_the_blocking_pool_answers_direct_calls_and_replaces_stale_connections(
+        tmp_path: Path) -> None:
+    def handle(conn: socket.socket, n: int) -> None:
+        if _read_request(conn):
+            conn.sendall(_answer(str(n).encode()))
+        if n == 0:
+            conn.close()  # the engine restarted: the idle connection is gone
+            return
+        while _read_request(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"1\r\n7\r\n0\r\n\r\n")
+
+    async def main(path: str) -> list[Any]:
+        pool = http11.BlockingPool(path)
+        got = [(await pool.request("GET", "/")).json() for _ in range(3)]
+        await pool.aclose()
+        return got
+
+    with server(tmp_path, handle) as (path, seen):
+        # run_direct: no event loop at all, so nothing in the pool may suspend
+        assert syncbridge.run_direct(main, path) == [0, 1, 7]
+        assert seen == [0, 1]

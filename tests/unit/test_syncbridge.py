@@ -326,3 +326,91 @@ def test_portal_calls_from_a_trio_task_run_as_asyncio() -> None:
         return syncbridge.run_sync(library)
 
     assert trio.run(from_trio) == "asyncio"
+
+
+# direct calls ----------------------------------------------------------------------------------
+
+class Engineish:
+    """Methods whose only awaits never suspend in a direct call (as the engine's answers
+    over a blocking socket do), and one that does suspend."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    async def _answer(self, value: int) -> int:
+        self.steps.append(threading.current_thread().name)
+        return value
+
+    @syncbridge.synchronize_direct
+    async def ask(self, value: int) -> tuple[int, bool, str]:
+        got = await self._answer(value)
+        return got, syncbridge.direct(), threading.current_thread().name
+
+    @syncbridge.synchronize_direct
+    async def suspends(self) -> None:
+        self.steps.append("before")
+        await asyncio.sleep(0)  # yields to an event loop, which a direct call has none of
+        self.steps.append("after")
+
+    @syncbridge.static_direct(when=lambda value: value > 0)
+    async def maybe(value: int) -> tuple[bool, str]:
+        await anyio.sleep(0) if value <= 0 else None
+        return syncbridge.direct(), threading.current_thread().name
+
+
+def test_a_direct_call_runs_on_the_calling_thread() -> None:
+    thing = Engineish()
+    here = threading.current_thread().name
+    assert thing.ask(5) == (5, True, here)
+    assert thing.steps == [here]
+    assert syncbridge.direct() is False  # only inside the call
+
+
+def test_a_direct_call_that_suspends_is_stopped_with_a_clear_error() -> None:
+    thing = Engineish()
+    with pytest.raises(RuntimeError, match="other than the engine"):
+        thing.suspends()
+    assert thing.steps == ["before"]  # stopped there, not run on elsewhere
+    assert syncbridge.direct() is False
+
+
+def test_direct_calls_keep_their_aio_face() -> None:
+    async def main() -> tuple[int, bool, str]:
+        return await Engineish().ask.aio(7)
+
+    value, direct, _ = asyncio.run(main())
+    assert (value, direct) == (7, False)
+
+
+def test_a_static_call_is_direct_when_its_arguments_say_so() -> None:
+    here = threading.current_thread().name
+    assert Engineish.maybe(1) == (True, here)
+    assert Engineish.maybe(0) == (False, "hutch-portal")
+
+
+def test_direct_iteration_runs_each_step_on_the_calling_thread() -> None:
+    seen: list[tuple[bool, str]] = []
+    closed: list[bool] = []
+
+    async def gen() -> AsyncIterator[int]:
+        try:
+            for i in range(3):
+                seen.append((syncbridge.direct(), threading.current_thread().name))
+                yield i
+        finally:
+            closed.append(syncbridge.direct())
+
+    assert list(iterate_sync(gen, direct=True)) == [0, 1, 2]
+    here = threading.current_thread().name
+    assert seen == [(True, here)] * 3 and closed == [True]
+    for _ in iterate_sync(gen, direct=True):
+        break  # closed early: its finally runs, directly too
+    assert closed == [True, True]
+
+
+def test_direct_calls_from_the_portal_thread_are_refused() -> None:
+    async def on_portal() -> None:
+        Engineish().ask(1)
+
+    with pytest.raises(RuntimeError, match="own event-loop thread"):
+        syncbridge.run_sync(on_portal)
