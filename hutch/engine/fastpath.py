@@ -3,11 +3,12 @@
 An ``exec`` is two calls (start it, wait for it), and profiling the engine under a stream
 of them put half of its CPU time in FastAPI and Starlette: middleware, routing over every
 route, dependency resolution, validation of the response against its model.  This ASGI
-wrapper answers the few calls on that path itself: the same handlers of the sandbox
-manager, the same request and response models (validated by pydantic directly), the same
-error bodies.  Whatever it does not recognise, or cannot parse, goes to the FastAPI app
-untouched (with the body it read), so bad input gets exactly the answer it got before and
-the OpenAPI schema stays the app's.
+wrapper answers the few calls on that path itself (and creates, which a warm pool makes
+as quick as an exec): the same handlers of the sandbox manager, the same request and
+response models (validated by pydantic directly), the same error bodies.  Whatever it
+does not recognise, or cannot parse, goes to the FastAPI app untouched (with the body it
+read), so bad input gets exactly the answer it got before and the OpenAPI schema stays
+the app's.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ import trio
 from pydantic import BaseModel, ValidationError
 
 from hutch import __version__
-from hutch.api.models import API_VERSION, MAX_FILE_OFFSET, NDJSON, ErrorBody, ExecRequest
+from hutch.api.models import (
+    API_VERSION,
+    MAX_FILE_OFFSET,
+    NDJSON,
+    CreateSandboxRequest,
+    ErrorBody,
+    ExecRequest,
+)
 from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.server import exec_events, exec_info, follow_logs, start_exec
+from hutch.engine.server import exec_events, exec_info, follow_logs, sandbox_info, start_exec
 
 log = logging.getLogger("hutch.fastpath")
 
@@ -90,6 +98,8 @@ class FastPath:
             return None
         if method == "GET" and parts[2:] == ["health"]:
             return self._health
+        if method == "POST" and parts[2:] == ["sandboxes"]:
+            return self._create_sandbox
         if method == "POST" and len(parts) == 5 and parts[2] == "sandboxes" \
                 and parts[4] == "execs":
             return self._create_exec
@@ -107,6 +117,15 @@ class FastPath:
 
     async def _health(self, scope: Scope, body: bytes) -> tuple[int, Any]:
         return 200, {"status": "ok", "version": __version__, "api_version": API_VERSION}
+
+    async def _create_sandbox(self, scope: Scope, body: bytes) -> tuple[int, Any]:
+        if scope.get("query_string"):
+            raise Delegate
+        try:  # as FastAPI does: the parsed JSON, validated in python mode
+            req = CreateSandboxRequest.model_validate(json.loads(body))
+        except (ValueError, ValidationError):
+            raise Delegate from None
+        return 200, sandbox_info(await self.manager.create(req))
 
     async def _create_exec(self, scope: Scope, body: bytes) -> tuple[int, Any]:
         try:

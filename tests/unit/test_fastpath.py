@@ -30,6 +30,10 @@ class FakeManager:
         self.requests.append((sandbox_id, req))
         return FakeSession("ex-1", done=False)
 
+    async def create(self, req: Any) -> Any:
+        self.requests.append(("create", req))
+        raise NotFound("no image called nope")
+
     def exec_session(self, exec_id: str) -> FakeSession:
         if exec_id == "ex-gone":
             raise NotFound(f"no exec {exec_id}")
@@ -100,6 +104,20 @@ def test_bad_input_goes_to_the_app_with_its_body() -> None:
         manager, inner, status, _ = call("POST", "/v1/sandboxes/sb-1/execs", body)
         assert (status, inner.calls, manager.requests) == (299, [("/v1/sandboxes/sb-1/execs",
                                                                   body)], [])
+
+
+def test_creates_are_parsed_here_and_bad_ones_go_to_the_app() -> None:
+    manager, inner, status, body = call("POST", "/v1/sandboxes",
+                                        b'{"entrypoint": ["true"], "image": "nope"}')
+    assert status == 404 and not inner.calls
+    assert json.loads(body) == {"type": "not_found", "message": "no image called nope"}
+    (kind, req), = manager.requests
+    assert (kind, req.entrypoint, req.image) == ("create", ["true"], "nope")
+    for bad in (b'{"entrypoint": "true"}', b"[1", b'{"timeout": "soon"}'):
+        manager, inner, status, _ = call("POST", "/v1/sandboxes", bad)
+        assert (status, inner.calls, manager.requests) == (299, [("/v1/sandboxes", bad)], [])
+    _, inner, status, _ = call("POST", "/v1/sandboxes", b"{}", query=b"x=1")
+    assert status == 299 and inner.calls
 
 
 def test_a_large_body_reaches_the_app_whole() -> None:
