@@ -19,7 +19,7 @@ from hutch.exception import (
     SandboxTerminatedError,
     SandboxTimeoutError,
 )
-from hutch.sdk.transport import events_blocking
+from hutch.sdk.transport import events_blocking, request_blocking
 
 
 def test_entrypoint_output_and_exit_code(engine: dict[str, Any]) -> None:
@@ -63,8 +63,10 @@ def test_terminate_gives_137_and_frees_the_name(engine: dict[str, Any]) -> None:
 def test_terminate_sends_sigterm_first(engine: dict[str, Any]) -> None:
     sb = hutch.Sandbox.create(
         "python3", "-c",
-        "import signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *a: (print('got TERM', flush=True), sys.exit(0)))\n"
+        "import os, signal, time\n"
+        # os.write, not print: the signal may land while print('ready') is still inside
+        # stdout's buffer, and print from the handler would then be a reentrant call
+        "signal.signal(signal.SIGTERM, lambda *a: (os.write(1, b'got TERM\\n'), os._exit(0)))\n"
         "print('ready', flush=True)\n"
         "time.sleep(600)\n",
         timeout=60,
@@ -180,11 +182,26 @@ def test_entrypoint_that_cannot_start_is_invalid_and_leaves_nothing(
         engine: dict[str, Any]) -> None:
     from pathlib import Path
 
+    def with_rootfs() -> set[str]:
+        return {p.name for p in (Path(engine["data_dir"]) / "sandboxes").iterdir()
+                if (p / "upper").exists()}
+
+    before = with_rootfs()
     with pytest.raises(InvalidError, match="no-such-command"):
         hutch.Sandbox.create("no-such-command", name="never-started", timeout=60)
-    # The failed sandbox frees its name and leaves no directories behind.
+    # The failed sandbox frees its name and leaves no directories behind; so does one that
+    # was terminated (terminate returns once it is cleaned up).  Sandboxes that other tests
+    # left running (or a pool refilling) keep theirs.
     sb = hutch.Sandbox.create(name="never-started", timeout=60)
     sb.terminate()
-    leftovers = [p for p in (Path(engine["data_dir"]) / "sandboxes").iterdir()
-                 if (p / "upper").exists()]
+    leftovers = [sid for sid in with_rootfs() - before
+                 if sid == sb.object_id or _state(sid) != "running"]
     assert leftovers == []
+
+
+def _state(sandbox_id: str) -> str | None:
+    try:
+        state: str = request_blocking("GET", f"/v1/sandboxes/{sandbox_id}")["state"]
+    except NotFoundError:
+        return None
+    return state

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import hutch
@@ -20,6 +23,22 @@ def _exercise() -> None:
 
 def test_crun_is_preferred_here(engine: dict[str, Any]) -> None:
     assert request_blocking("GET", "/v1/engine")["runtime"] == "crun"
+
+
+def test_crun_agrees_that_a_sandbox_the_engine_started_runs(engine: dict[str, Any]) -> None:
+    """The engine starts crun's containers itself (the byte ``crun start`` would write to
+    ``exec.fifo``); crun's own view of the container must be the same as after its start."""
+    sb = hutch.Sandbox.create("sh", "-c", "echo started; sleep 60", timeout=60)
+    try:
+        assert next(iter(sb.stdout)) == "started\n"
+        root = Path(os.environ["HUTCH_RUNTIME_DIR"]) / "oci-state" / "crun"
+        out = subprocess.run(["crun", "--root", str(root), "state", sb.object_id],
+                             capture_output=True, text=True, timeout=30, check=True)
+        state = json.loads(out.stdout)
+        assert (state["status"], state["id"]) == ("running", sb.object_id)
+        assert (root / sb.object_id).is_dir() and not (root / sb.object_id / "exec.fifo").exists()
+    finally:
+        sb.terminate()
 
 
 def test_broken_crun_falls_back_to_runc_with_the_reason(engine: dict[str, Any]) -> None:

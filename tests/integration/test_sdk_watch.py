@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -25,6 +26,15 @@ def _collect(sb: hutch.Sandbox, path: str, **kwargs: Any
     return events, thread
 
 
+_pings = itertools.count(1)
+
+
+def _ping(sb: hutch.Sandbox) -> bool:
+    """Create a new file in the watched directory: a Create event each time, so that
+    pinging until the watch (which starts asynchronously) reports one always ends."""
+    return sb.exec("touch", f"/tmp/w/ping-{next(_pings)}").wait() == 0
+
+
 def _seen(events: list[FileWatchEvent]) -> set[tuple[str, str]]:
     return {(e.type.value, p) for e in events for p in e.paths}
 
@@ -41,7 +51,7 @@ def test_recursive_watch_sees_new_files_dirs_and_removals(sandbox_with_dirs: Any
     sb = sandbox_with_dirs
     events, thread = _collect(sb, "/tmp/w", recursive=True, timeout=8)
     # Write until the watch has seen a first event (it starts asynchronously).
-    wait_for(lambda: sb.exec("touch", "/tmp/w/ping").wait() == 0 and events, timeout=20,
+    wait_for(lambda: _ping(sb) and events, timeout=20,
              what="the watch to start")
     script = ("echo a > /tmp/w/a; mkdir /tmp/w/new; echo b > /tmp/w/new/b; rm /tmp/w/a; "
               "echo c > /tmp/w/sub/c")
@@ -58,7 +68,7 @@ def test_non_recursive_watch_and_filter(sandbox_with_dirs: Any) -> None:
     sb = sandbox_with_dirs
     events, thread = _collect(sb, "/tmp/w", recursive=False, timeout=30,
                               filter=[FileWatchEventType.Create])
-    wait_for(lambda: sb.exec("touch", "/tmp/w/ping").wait() == 0 and events, timeout=20,
+    wait_for(lambda: _ping(sb) and events, timeout=20,
              what="the watch to start")
     assert sb.exec("sh", "-c", "echo x > /tmp/w/sub/deep; echo y > /tmp/w/top").wait() == 0
     wait_for(lambda: ("Create", "/tmp/w/top") in _seen(events), timeout=20, what="top")
