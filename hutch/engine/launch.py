@@ -22,7 +22,7 @@ import trio
 from hutch.engine import netns, network, ociconfig, rootfs
 from hutch.engine.cgroups import Limits, SandboxCgroup
 from hutch.engine.errors import Invalid
-from hutch.engine.runtime.base import OCIRuntime
+from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 
 
 @dataclass
@@ -63,38 +63,47 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
                                  nameserver=network.SLIRP_DNS if plan.online else None)
     if plan.online:
         etc.update(network.host_trust(dirs.merged))
-    spec = ociconfig.sandbox_spec(
-        rootfs=str(dirs.merged), hostname=plan.sandbox_id,
-        process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd), etc_files=etc,
-        devpts_gid=plan.devpts_gid, extra_mounts=plan.mounts,
-        cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
-    )
-    (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
-    if plan.cgroup is not None:
-        plan.cgroup.create(plan.limits)
+    firewall = network.ruleset(plan.allowlist) if plan.online else None
     fifo = dirs.stdin_fifo
     os.mkfifo(fifo, 0o600)
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     reader = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
     out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    netns_fd: int | None = None
     try:
-        await runtime.create(plan.sandbox_id, dirs.root, stdin=reader, stdout=out,
-                             stderr=err, pid_file=dirs.pid_file)
-        pid = int(dirs.pid_file.read_text().strip())
-        if plan.cgroup is not None:
-            plan.cgroup.add(pid)
         try:
-            firewall = network.ruleset(plan.allowlist) if plan.online else None
+            # The network namespace is made first (moments), then configured and connected
+            # while the runtime creates the container in it; all of it before the start.
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(netns.configure, pid, firewall)
+                netns_fd = await nursery.start(netns.prepare, firewall)
+                netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 if plan.online:
-                    nursery.start_soon(network.attach, pid, dirs.root)
+                    nursery.start_soon(network.attach, netns_path, dirs.root)
+                spec = ociconfig.sandbox_spec(
+                    rootfs=str(dirs.merged), hostname=plan.sandbox_id,
+                    process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd),
+                    etc_files=etc, devpts_gid=plan.devpts_gid, extra_mounts=plan.mounts,
+                    cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
+                    netns_path=netns_path,
+                )
+                (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+                if plan.cgroup is not None:
+                    plan.cgroup.create(plan.limits)
+                await runtime.create(plan.sandbox_id, dirs.root, stdin=reader, stdout=out,
+                                     stderr=err, pid_file=dirs.pid_file)
+                pid = int(dirs.pid_file.read_text().strip())
+                if plan.cgroup is not None:
+                    plan.cgroup.add(pid)
         except BaseExceptionGroup as group:
-            setup = [e for e in group.exceptions if isinstance(e, Invalid)]
-            if setup:
-                raise setup[0] from group
+            # the set-up's own failure, or the runtime's, rather than the group
+            first = [e for e in group.exceptions if isinstance(e, Invalid | RuntimeCommandError)]
+            if first:
+                raise first[0] from group
             raise
+        finally:
+            if netns_fd is not None:
+                os.close(netns_fd)  # the container holds the namespace from here on
         await runtime.start(plan.sandbox_id)
     except BaseException:
         os.close(writer)

@@ -1,6 +1,10 @@
-"""A sandbox's network namespace, configured from inside before its process starts.
+"""A sandbox's network namespace, made and configured by the engine before the runtime
+joins it.
 
-The runtime gives every sandbox a fresh network namespace; the engine then
+The engine makes every sandbox's network namespace itself (the runtime's config names it
+by path), so that setting it up runs beside ``crun create`` instead of after it: the
+namespace is ready, with slirp4netns attached, by the time the container is created.
+The engine
 
 * brings its ``lo`` up and makes sure it holds 127.0.0.1/8 (pyroute2), whatever the
   runtime did, so "loopback only" (``block_network=True``) means a working loopback on
@@ -10,10 +14,11 @@ The runtime gives every sandbox a fresh network namespace; the engine then
   processes per sandbox (they cost about 6 ms and a few ms of CPU each).
 
 Netlink sockets belong to the network namespace of the thread that opens them, so the
-work runs on a thread of its own that joins the sandbox's namespace with setns(2).  That
-thread never returns to the host's namespace (a rootless engine may not join it again) and
-is not one of trio's pooled worker threads, which must stay in the host's namespace: it
-ends when the work is done.
+work runs on a thread of its own that makes the namespace with unshare(2) (which moves only
+that thread) and configures it from inside.  That thread never returns to the host's
+namespace (a rootless engine may not join it again) and is not one of trio's pooled worker
+threads, which must stay in the host's namespace: it ends when the work is done.  The
+namespace outlives it through a descriptor the engine holds until the runtime has joined.
 """
 
 from __future__ import annotations
@@ -69,16 +74,11 @@ def _load_firewall(ruleset: str) -> None:
         lib.nft_ctx_free(ctx)
 
 
-def _configure(netns_path: str, firewall: str | None) -> None:
-    """Runs on its own thread: join the namespace, configure ``lo`` over netlink, then
-    load the firewall, if any."""
+def _configure(firewall: str | None) -> None:
+    """Configure the calling thread's network namespace: ``lo`` over netlink, then the
+    firewall, if any."""
     from pyroute2 import IPRoute  # imported by warm_up at engine start
 
-    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        linux.setns(fd, linux.CLONE_NEWNET)
-    finally:
-        os.close(fd)
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname="lo")
         ipr.link("set", index=index, state="up")
@@ -89,31 +89,43 @@ def _configure(netns_path: str, firewall: str | None) -> None:
         _load_firewall(firewall)
 
 
-async def configure(pid: int, firewall: str | None = None) -> None:
-    """Configure the network namespace of ``pid`` (created, not started): its loopback,
-    and the nftables ``firewall`` ruleset when given."""
+async def prepare(firewall: str | None = None, *,
+                  task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Make a sandbox's network namespace (``nursery.start`` gives a descriptor of it, which
+    the caller closes once the runtime has joined it), then configure it: its loopback, and
+    the nftables ``firewall`` ruleset when given.  Returns when it is configured."""
     token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
+    made: list[int] = []
     failure: list[BaseException] = []
+    ready, done = trio.Event(), trio.Event()
+
+    def report(event: trio.Event) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(event.set, trio_token=token)
 
     def work() -> None:
         try:
-            _configure(f"/proc/{pid}/ns/net", firewall)
+            linux.unshare(linux.CLONE_NEWNET)  # this thread only
+            made.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+            report(ready)
+            _configure(firewall)
         except BaseException as exc:  # handed to the waiting task
             failure.append(exc)
         finally:
-            try:
-                trio.from_thread.run_sync(done.set, trio_token=token)
-            except trio.RunFinishedError:
-                pass
+            report(ready)
+            report(done)
 
-    threading.Thread(target=work, name=f"hutch-netns-{pid}", daemon=True).start()
+    threading.Thread(target=work, name="hutch-netns", daemon=True).start()
+    with trio.CancelScope(shield=True):  # moments; and the descriptor must reach the caller
+        await ready.wait()
+    if made:
+        task_status.started(made[0])
     await done.wait()
     if failure:
         if isinstance(failure[0], NetnsSetupFailed):
             raise failure[0]
         raise NetnsSetupFailed(
-            f"could not configure the sandbox's loopback with pyroute2: {failure[0]}"
+            f"could not set up the sandbox's network namespace: {failure[0]}"
         ) from failure[0]
 
 

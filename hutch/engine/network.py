@@ -95,15 +95,16 @@ def ruleset(allowlist: list[str] | None) -> str:
     return "\n".join(lines)
 
 
-async def attach(pid: int, sandbox_dir: Path) -> None:
-    """Connect the network namespace of ``pid`` (created, not started): start slirp4netns
-    for it and wait until it says it is ready.  The firewall is loaded from inside by
-    :mod:`hutch.engine.netns`."""
+async def attach(netns_path: str, sandbox_dir: Path) -> None:
+    """Connect the network namespace at ``netns_path`` (the engine's, for a sandbox not
+    started yet): start slirp4netns for it and wait until it says it is ready.  The
+    firewall is loaded from inside by :mod:`hutch.engine.netns`."""
     ready_r, ready_w = os.pipe()
     try:
         pid_slirp = os.posix_spawnp("slirp4netns", [
             "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-            "--ready-fd=3", f"--api-socket={sandbox_dir / API_SOCKET}", str(pid), "tap0",
+            "--ready-fd=3", f"--api-socket={sandbox_dir / API_SOCKET}",
+            "--netns-type=path", netns_path, "tap0",
         ], os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                      (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                                      (os.POSIX_SPAWN_DUP2, ready_w, 3)],

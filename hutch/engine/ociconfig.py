@@ -190,11 +190,13 @@ def process_spec(args: list[str], env: dict[str, str], cwd: str) -> Process:
 def sandbox_spec(
     *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool,
     host_network: bool = False, extra_mounts: list[Mount] | None = None,
-    cgroups_path: str | None = None,
+    cgroups_path: str | None = None, netns_path: str | None = None,
 ) -> Spec:
     """A sandbox's spec; ``host_network`` (image builds) keeps the host's network namespace,
-    and then /sys is a read-only bind of the host's (sysfs needs its own netns).  Build steps
-    get the same seccomp profile as sandboxes: apt, dpkg and pip need nothing it refuses."""
+    and then /sys is a read-only bind of the host's (sysfs needs its own netns);
+    ``netns_path``: a network namespace the engine made, for the runtime to join.  Build
+    steps get the same seccomp profile as sandboxes: apt, dpkg and pip need nothing it
+    refuses."""
     mounts = default_mounts(etc_files, devpts_gid=devpts_gid)
     namespaces = NAMESPACES
     if host_network:
@@ -209,7 +211,8 @@ def sandbox_spec(
         root=Root(path=rootfs),
         hostname=hostname,
         mounts=mounts,
-        linux=Linux(namespaces=[Namespace(type=t) for t in namespaces],
+        linux=Linux(namespaces=[Namespace(type=t, path=netns_path if t == "network" else None)
+                                for t in namespaces],
                     seccomp=default_profile(), cgroupsPath=cgroups_path),
         annotations=seccompbpf.default_annotation() or None,
     )
