@@ -1,10 +1,13 @@
-"""The engine's set-up of a network namespace nobody configured (root: the test itself must
-join the namespace, and ``unshare --net`` leaves ``lo`` down, unlike the OCI runtimes)."""
+"""The engine's own network namespaces (root: the test inspects them with ``nsenter``).
+
+``netns.prepare`` makes a namespace on a thread of its own, hands its descriptor over at
+once (the runtime joins it by path while the set-up goes on) and then configures it.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -12,49 +15,57 @@ import trio
 from hutch.engine import netns, network
 
 
-def _lo(pid: int) -> str:
-    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-o", "addr", "show",
-                           "dev", "lo"], capture_output=True, text=True, check=True).stdout
-
-
-@pytest.fixture
-def bare_netns() -> Iterator[int]:
-    holder = subprocess.Popen(["unshare", "--net", "sh", "-c", "echo ready; exec sleep 60"],
-                              stdout=subprocess.PIPE, text=True)
+async def _prepare(firewall: str | None = None) -> int:
+    """A namespace made and configured by ``prepare`` (its failure raised as itself)."""
+    fd: int | None = None
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "ready\n"  # it is in its own namespace now
-        yield holder.pid
+        async with trio.open_nursery() as nursery:
+            fd = await nursery.start(netns.prepare, firewall)
+    except BaseExceptionGroup as group:
+        if fd is not None:
+            os.close(fd)
+        raise group.exceptions[0] from None
+    assert fd is not None
+    return fd  # the nursery has waited for the configuration too
+
+
+def _in(fd: int, *argv: str) -> str:
+    return subprocess.run(["nsenter", f"--net=/proc/{os.getpid()}/fd/{fd}", *argv],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_prepare_makes_a_new_namespace_with_lo_up_and_its_address() -> None:
+    fd = trio.run(_prepare)
+    try:
+        assert os.stat(f"/proc/{os.getpid()}/fd/{fd}").st_ino != \
+            os.stat("/proc/self/ns/net").st_ino  # not the host's (nor the caller's)
+        assert "inet 127.0.0.1/8" in _in(fd, "ip", "-o", "addr", "show", "dev", "lo")
+        assert "UP" in _in(fd, "ip", "-o", "link", "show", "lo").split(">")[0]
+        links = _in(fd, "ip", "-o", "link", "show")
+        assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"]
     finally:
-        holder.kill()
-        holder.wait()
+        os.close(fd)
 
 
-def test_configure_brings_lo_up_with_its_address(bare_netns: int) -> None:
-    assert "127.0.0.1" not in _lo(bare_netns)
-    trio.run(netns.configure, bare_netns)
-    shown = _lo(bare_netns)
-    assert "inet 127.0.0.1/8" in shown
-    flags = subprocess.run(["nsenter", f"--net=/proc/{bare_netns}/ns/net", "ip", "-o", "link",
-                            "show", "lo"], capture_output=True, text=True, check=True).stdout
-    assert "UP" in flags.split(">")[0]
+def test_each_sandbox_gets_its_own_namespace() -> None:
+    first, second = trio.run(_prepare), trio.run(_prepare)
+    try:
+        assert os.fstat(first).st_ino != os.fstat(second).st_ino
+    finally:
+        os.close(first)
+        os.close(second)
 
 
-def test_a_namespace_that_is_gone_is_a_clear_error() -> None:
-    holder = subprocess.Popen(["true"])
-    holder.wait()
-    with pytest.raises(netns.NetnsSetupFailed, match="pyroute2"):
-        trio.run(netns.configure, holder.pid)
+def test_prepare_loads_the_firewall_with_libnftables() -> None:
+    fd = trio.run(_prepare, network.ruleset(["192.0.2.0/24"]))
+    try:
+        rules = _in(fd, "nft", "list", "ruleset")
+        assert "table inet hutch" in rules and "192.0.2.0/24 accept" in rules
+        assert "inet 127.0.0.1/8" in _in(fd, "ip", "-o", "addr", "show", "dev", "lo")
+    finally:
+        os.close(fd)
 
 
-def test_configure_loads_the_firewall_with_libnftables(bare_netns: int) -> None:
-    trio.run(netns.configure, bare_netns, network.ruleset(["192.0.2.0/24"]))
-    rules = subprocess.run(["nsenter", f"--net=/proc/{bare_netns}/ns/net", "nft", "list",
-                            "ruleset"], capture_output=True, text=True, check=True).stdout
-    assert "table inet hutch" in rules and "192.0.2.0/24 accept" in rules
-    assert "inet 127.0.0.1/8" in _lo(bare_netns)
-
-
-def test_a_bad_ruleset_is_a_clear_error(bare_netns: int) -> None:
+def test_a_bad_ruleset_is_a_clear_error() -> None:
     with pytest.raises(netns.NetnsSetupFailed, match="firewall"):
-        trio.run(netns.configure, bare_netns, "table inet hutch { chain output { nonsense } }")
+        trio.run(_prepare, "table inet hutch { chain output { nonsense } }")
