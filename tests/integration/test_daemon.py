@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,33 @@ def test_socket_is_private(engine: dict[str, Any]) -> None:
     mode = os.stat(paths.socket_path()).st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
+
+
+def _raw(request: bytes) -> bytes:
+    """Send raw bytes to the engine's socket; everything it answers until it closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(paths.socket_path()))
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_malformed_http_is_answered_and_the_engine_serves_on(engine: dict[str, Any]) -> None:
+    for request, status in [(b"GARBAGE\r\n\r\n", b"400"),
+                            (b"GET /v1/health HTTP/1.1\r\nX: " + b"a" * 70_000, b"431"),
+                            (b"POST /v1/sandboxes HTTP/1.1\r\nContent-Length: 2\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n{}", b"400"),
+                            (b"GET /v1/health HTTP/2.0\r\n\r\n", b"505")]:
+        answer = _raw(request)  # returns: the engine closed the connection after answering
+        assert answer.split(b" ")[1] == status, answer[:200]
+    # a well-formed HTTP/1.0 request still gets its answer, then the connection closes
+    answer = _raw(b"GET /v1/health HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and json.loads(answer.split(b"\r\n\r\n")[1])[
+        "status"] == "ok"
+    assert request_blocking("GET", "/v1/engine")["pid"] == engine["pid"]  # the same daemon
 
 
 def test_openapi_description(engine: dict[str, Any]) -> None:
