@@ -56,6 +56,23 @@ def test_broken_crun_falls_back_to_runc_with_the_reason(engine: dict[str, Any]) 
             stop_engine()
 
 
+def test_a_wedged_crun_falls_back_to_runc_in_bounded_time(engine: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    wedged = tmp_path / "crun-wedged"
+    wedged.write_text('#!/bin/sh\ncase " $* " in *" create "*) exec sleep 600;; esac\n'
+                      'exec crun "$@"\n')
+    wedged.chmod(0o755)
+    stop_engine()
+    with engine_dirs(os.environ["HUTCH_RUNTIME_DIR"], os.environ["HUTCH_DATA_DIR"],
+                     HUTCH_CRUN_PATH=str(wedged), HUTCH_RUNTIME_PROBE_TIMEOUT="2"):
+        try:
+            info = request_blocking("GET", "/v1/engine")
+            assert info["runtime"] == "runc"
+            assert "did not start a container within 2 s" in info["runtime_fallback_reason"]
+        finally:
+            stop_engine()
+
+
 def test_runc_can_be_forced(engine: dict[str, Any]) -> None:
     """Also with an ordinary user's PATH, which lacks /usr/sbin (runc's and nft's home)."""
     stop_engine()

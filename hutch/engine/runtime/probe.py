@@ -3,7 +3,9 @@
 The probe runs ``/bin/true`` in a throw-away container over the host's root filesystem,
 with the same namespaces a sandbox gets, so it fails exactly where a sandbox would (crun
 1.8 refuses hybrid cgroup hosts, for instance).  ``HUTCH_RUNTIME=crun|runc`` forces one;
-``HUTCH_CRUN_PATH`` and ``HUTCH_RUNC_PATH`` name other binaries than the ones on PATH.
+``HUTCH_CRUN_PATH`` and ``HUTCH_RUNC_PATH`` name other binaries than the ones on PATH.  A
+runtime that has not started the probe container within ``PROBE_TIMEOUT`` seconds counts as
+not working, so a wedged one cannot keep the engine from starting.
 """
 
 from __future__ import annotations
@@ -17,12 +19,25 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 from hutch.engine import ociconfig
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.runtime.crun import CrunRuntime
 from hutch.engine.runtime.runc import RuncRuntime
 
 log = logging.getLogger("hutch.runtime")
+
+#: Seconds the probe container may take to be created and started
+#: (``HUTCH_RUNTIME_PROBE_TIMEOUT`` overrides it).
+PROBE_TIMEOUT = 20.0
+
+
+def _probe_timeout() -> float:
+    try:
+        return float(os.environ.get("HUTCH_RUNTIME_PROBE_TIMEOUT", PROBE_TIMEOUT))
+    except ValueError:
+        return PROBE_TIMEOUT
 
 RUNTIMES: dict[str, type[CrunRuntime] | type[RuncRuntime]] = {
     "crun": CrunRuntime,
@@ -61,12 +76,15 @@ async def _works(runtime: OCIRuntime, work: Path) -> str | None:
     try:
         with contextlib.suppress(RuntimeCommandError):
             await runtime.delete(cid)
-        await runtime.create(cid, bundle, stdin=None, stdout=null, stderr=null,
-                             pid_file=bundle / "pid")
-        await runtime.start(cid)
+        with trio.fail_after(_probe_timeout()):  # a wedged runtime must not hold the engine
+            await runtime.create(cid, bundle, stdin=None, stdout=null, stderr=null,
+                                 pid_file=bundle / "pid")
+            await runtime.start(cid)
         return None
     except (RuntimeCommandError, OSError) as exc:
         return str(exc)
+    except trio.TooSlowError:
+        return f"{runtime.binary} did not start a container within {_probe_timeout():g} s"
     finally:
         os.close(null)
         try:
