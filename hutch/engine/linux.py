@@ -1,7 +1,7 @@
 """Thin ctypes bindings for the Linux calls Python 3.11's ``os`` module lacks.
 
-unshare(2), setns(2), mount(2), umount2(2), prctl(2) and inotify(7) are all the engine needs to own
-its namespaces, mount overlay root filesystems and follow log files without a helper.
+unshare(2), mount(2), umount2(2), prctl(2) and inotify(7) are all the engine needs to own its
+namespaces, mount overlay root filesystems and follow log files without a helper.
 Errors come back as ``OSError`` with the real errno, like every ``os`` call.
 """
 
@@ -40,7 +40,6 @@ _libc.mount.argtypes = [
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
@@ -57,12 +56,8 @@ def _b(value: str | None) -> bytes | None:
 
 
 def unshare(flags: int) -> None:
+    """Move the calling thread (or, for some flags, the process) into new namespaces."""
     _check(_libc.unshare(flags), "unshare")
-
-
-def setns(fd: int, nstype: int) -> None:
-    """Move the calling thread into the namespace ``fd`` refers to (Python 3.12's os.setns)."""
-    _check(_libc.setns(fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
