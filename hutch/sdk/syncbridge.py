@@ -134,9 +134,11 @@ def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -
 
 
 async def _await(awaitable: Awaitable[R]) -> R:
-    """Await on the portal.  The task runs in a copy of the *caller's* context variables;
-    sniffio's must not say "trio" there when the caller was a trio task."""
+    """Await on the portal.  The task runs in a copy of the *caller's* context variables:
+    sniffio's must not say "trio" there when the caller was a trio task, nor ours that it is
+    a direct call when a direct call started it (``start_background`` from ``exec``)."""
     sniffio.current_async_library_cvar.set(None)
+    _direct.set(False)
     return await awaitable
 
 
@@ -154,7 +156,9 @@ class BoundCall(Generic[P, R]):
                  direct: bool | Callable[..., bool] = False) -> None:
         self._fn = fn
         self._shortcut = shortcut
-        self._direct = direct
+        #: whether a blocking call with these arguments is a direct one
+        self._direct: Callable[..., bool] | None = \
+            (lambda *args, **kwargs: True) if direct is True else direct or None
         self.__doc__ = doc or fn.__doc__
         self.__name__ = name or getattr(fn, "__name__", "call")
         self.__wrapped__ = fn
@@ -162,7 +166,7 @@ class BoundCall(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self._shortcut is not None and (known := self._shortcut()) is not None:
             return known  # already known here: no hop to the portal (~0.6 ms when idle)
-        if self._direct is True or (callable(self._direct) and self._direct(*args, **kwargs)):
+        if self._direct is not None and self._direct(*args, **kwargs):
             return run_direct(self._fn, *args, **kwargs)
         return run_sync(self._fn, *args, **kwargs)
 

@@ -414,3 +414,18 @@ def test_direct_calls_from_the_portal_thread_are_refused() -> None:
 
     with pytest.raises(RuntimeError, match="own event-loop thread"):
         syncbridge.run_sync(on_portal)
+
+
+def test_background_work_a_direct_call_starts_is_not_direct() -> None:
+    """``exec(stdout=StreamType.STDOUT)`` starts its printers from a direct call: they run
+    on the portal's loop, which must not take them for direct calls (blocking its loop)."""
+    seen: list[tuple[bool, str]] = []
+
+    async def background() -> None:
+        seen.append((syncbridge.direct(), threading.current_thread().name))
+
+    async def starter() -> None:
+        syncbridge.start_background(background).result(timeout=10)
+
+    syncbridge.run_direct(starter)
+    assert seen == [(False, "hutch-portal")]
