@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,9 +332,11 @@ def _hierarchy_key(names: list[str]) -> str:
     return ",".join(sorted(names))
 
 
+@functools.cache
 def _mount_points() -> dict[str, tuple[str, str]]:
     """``{hierarchy: (mount point, mount root)}`` of the cgroup file systems mounted here,
-    keyed like :func:`_memberships` (controllers sorted)."""
+    keyed like :func:`_memberships` (controllers sorted).  Read once: the host mounts them
+    before the engine starts, and the engine's mount table grows with every sandbox."""
     controllers = {line.split()[0] for line in Path("/proc/cgroups").read_text().splitlines()
                    if line and not line.startswith("#")}
     out: dict[str, tuple[str, str]] = {}

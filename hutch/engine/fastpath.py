@@ -202,7 +202,8 @@ async def _stream(send: Send, receive: Receive, events: AsyncIterator[bytes]) ->
     """An NDJSON answer, each event sent as it comes (the server frames it in chunks).  A
     client that leaves stops it at once, as Starlette's streams do: a followed log could
     otherwise wait for output that never comes, holding its files."""
-    async with contextlib.aclosing(events), trio.open_nursery() as nursery:  # type: ignore[type-var]
+    closing = contextlib.aclosing(events)  # type: ignore[type-var]
+    async with closing, trio.open_nursery() as nursery:
         async def until_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass

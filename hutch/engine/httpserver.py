@@ -163,8 +163,9 @@ class _Connection:
                 return
 
     async def _send_error(self, status: int, reason: str) -> None:
-        body = f"{status} {HTTPStatus(status).phrase}: {reason}\n".encode()
-        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        phrase = HTTPStatus(status).phrase
+        body = f"{status} {phrase}: {reason}\n".encode()
+        head = (f"HTTP/1.1 {status} {phrase}\r\n"
                 "content-type: text/plain; charset=utf-8\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
         try:
@@ -288,21 +289,14 @@ class _Exchange:
 
     async def _read_body(self) -> bytes:
         """The next piece of the request body (at most READ_SIZE)."""
-        buf = self.conn.buffer
         if not self.request.chunked:
-            if not buf:
-                await self.conn._fill()
-            data = bytes(buf[:min(self.body_left, READ_SIZE)])
-            del buf[:len(data)]
+            data = await self._take(self.body_left)
             self.body_left -= len(data)
             self.body_done = self.body_left == 0
             return data
         while True:
             if self.chunk_left:
-                if not buf:
-                    await self.conn._fill()
-                data = bytes(buf[:min(self.chunk_left, READ_SIZE)])
-                del buf[:len(data)]
+                data = await self._take(self.chunk_left)
                 self.chunk_left -= len(data)
                 if self.chunk_left == 0:
                     await self._expect_crlf()
@@ -315,6 +309,15 @@ class _Exchange:
                 self.body_done = True
                 return b""
             self.chunk_left = size
+
+    async def _take(self, limit: int) -> bytes:
+        """Up to ``limit`` (and READ_SIZE) bytes of body: what is buffered, else one read."""
+        buf = self.conn.buffer
+        if not buf:
+            await self.conn._fill()
+        data = bytes(buf[:min(limit, READ_SIZE)])
+        del buf[:len(data)]
+        return data
 
     async def _line(self) -> bytes:
         buf = self.conn.buffer

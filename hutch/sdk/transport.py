@@ -79,15 +79,25 @@ def _check_health(status: int, body: dict[str, Any]) -> bool:
     return True
 
 
+#: Seconds the engine has to answer a health check before it counts as not running.
+READY_TIMEOUT = 2.0
+
+
 def _ready_blocking() -> bool:
-    """Whether the engine answers (a blocking probe, for the launcher's thread)."""
+    """Whether the engine answers (a blocking probe, for the launcher's thread and direct
+    calls)."""
+    pool = http11.BlockingPool(str(paths.socket_path()), timeout=READY_TIMEOUT)
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(paths.socket_path())),
-                          base_url="http://hutch", timeout=2.0) as http:
-            r = http.get("/v1/health")
-    except httpx.TransportError:
+        answer = syncbridge.run_direct(pool.request, "GET", "/v1/health")
+    except (OSError, http11.ProtocolError):
         return False
-    return _check_health(r.status_code, r.json() if r.status_code == 200 else {})
+    finally:
+        syncbridge.run_direct(pool.aclose)
+    return _check_health(answer.status, answer.json() if answer.status == 200 else {})
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 class EngineClient:
@@ -120,11 +130,13 @@ class EngineClient:
             await self._http_client.aclose()
 
     async def _ready(self) -> bool:
-        try:
-            r = await self._http.get("/v1/health", timeout=2.0)
-        except httpx.TransportError:
-            return False
-        return _check_health(r.status_code, r.json() if r.status_code == 200 else {})
+        with anyio.move_on_after(READY_TIMEOUT):
+            try:
+                answer = await self._pool.request("GET", "/v1/health")
+            except (OSError, http11.ProtocolError):
+                return False
+            return _check_health(answer.status, answer.json() if answer.status == 200 else {})
+        return False
 
     async def ensure(self) -> None:
         """Make sure an engine of our API version answers, starting one if allowed."""
@@ -156,9 +168,7 @@ class EngineClient:
             return r.json()
         body, content_type = content, None
         if json_body is not None:
-            body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":"),
-                              allow_nan=False).encode()
-            content_type = "application/json"
+            body, content_type = _json(json_body), "application/json"
         try:
             answer = await self._pool.request(method, path, params=params, body=body,
                                               content_type=content_type)
@@ -190,8 +200,7 @@ class EngineClient:
         raised as the matching exception.
         """
         await self.ensure()
-        body = None if json_body is None else json.dumps(
-            json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        body = None if json_body is None else _json(json_body)
         try:
             async with self._pool.stream(method, path, params=params, body=body,
                                          content_type="application/json" if body else None
@@ -226,14 +235,10 @@ class DirectClient(EngineClient):
         raise RuntimeError("a direct call cannot stream files (it has no event loop)")
 
     async def _ready(self) -> bool:
-        try:
-            answer = await self._pool.request("GET", "/v1/health")
-        except (OSError, http11.ProtocolError):
-            return False
-        return _check_health(answer.status, answer.json() if answer.status == 200 else {})
+        return _ready_blocking()  # this thread may block: it is a call
 
     async def _launch(self) -> None:
-        launcher.ensure_engine(_ready_blocking)  # this thread may block: it is a call
+        launcher.ensure_engine(_ready_blocking)
 
 
 def _event(line: bytes) -> dict[str, Any]:

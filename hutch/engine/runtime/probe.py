@@ -39,6 +39,7 @@ def _probe_timeout() -> float:
     except ValueError:
         return PROBE_TIMEOUT
 
+
 RUNTIMES: dict[str, type[CrunRuntime] | type[RuncRuntime]] = {
     "crun": CrunRuntime,
     "runc": RuncRuntime,
@@ -73,10 +74,11 @@ async def _works(runtime: OCIRuntime, work: Path) -> str | None:
     (bundle / "config.json").write_text(json.dumps(doc))
     cid = f"hutch-probe-{os.getpid()}"
     null = os.open(os.devnull, os.O_WRONLY)
+    deadline = _probe_timeout()
     try:
         with contextlib.suppress(RuntimeCommandError):
             await runtime.delete(cid)
-        with trio.fail_after(_probe_timeout()):  # a wedged runtime must not hold the engine
+        with trio.fail_after(deadline):  # a wedged runtime must not hold the engine
             await runtime.create(cid, bundle, stdin=None, stdout=null, stderr=null,
                                  pid_file=bundle / "pid")
             await runtime.start(cid)
@@ -84,7 +86,7 @@ async def _works(runtime: OCIRuntime, work: Path) -> str | None:
     except (RuntimeCommandError, OSError) as exc:
         return str(exc)
     except trio.TooSlowError:
-        return f"{runtime.binary} did not start a container within {_probe_timeout():g} s"
+        return f"{runtime.binary} did not start a container within {deadline:g} s"
     finally:
         os.close(null)
         try:
