@@ -108,6 +108,8 @@ class Pause:
     def spawn_daemon(self) -> None:
         if self.daemon_pid is not None:
             return
+        # The record of the daemon before (read by a launcher waiting for this one) is stale.
+        (self.runtime / "daemon.exit").unlink(missing_ok=True)
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
@@ -156,6 +158,7 @@ class Pause:
                 if self.stopping and self.daemon_pid is None:
                     return 0
             elif signum == signal.SIGUSR1 and not self.stopping:
+                self.reap()  # a daemon killed moments ago may not be reaped yet: not running
                 self.spawn_daemon()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.stopping = True
