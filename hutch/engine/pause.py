@@ -31,6 +31,10 @@ from hutch.engine import linux, userns
 
 log = logging.getLogger("hutch.pause")
 
+#: Files in the runtime dir for the launcher: the running daemon's pid, and "pid code" of
+#: the last daemon that ended (a launcher that asked for a new daemon tells its own by pid).
+DAEMON_PID, DAEMON_EXIT = "daemon.pid", "daemon.exit"
+
 _HANDLED = {signal.SIGCHLD, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
 
 
@@ -104,12 +108,13 @@ class Pause:
         self.log_path = log_path
         self.daemon_pid: int | None = None
         self.stopping = False
+        #: a launcher asked for a daemon (SIGUSR1) and none has been started since
+        self.wanted = False
 
     def spawn_daemon(self) -> None:
         if self.daemon_pid is not None:
             return
-        # The record of the daemon before (read by a launcher waiting for this one) is stale.
-        (self.runtime / "daemon.exit").unlink(missing_ok=True)
+        self.wanted = False
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
@@ -127,13 +132,18 @@ class Pause:
         finally:
             os.close(fd)
             os.close(null)
+        (self.runtime / DAEMON_PID).write_text(str(self.daemon_pid))
         log.info("started engine daemon pid %d", self.daemon_pid)
 
     def record_exit(self, pid: int, status: int) -> None:
         if pid == self.daemon_pid:
             log.info("engine daemon pid %d ended with %d", pid, _exit_code(status))
             self.daemon_pid = None
-            (self.runtime / "daemon.exit").write_text(str(_exit_code(status)))
+            # this order: a launcher that finds no daemon.pid finds the record to discard
+            (self.runtime / DAEMON_EXIT).write_text(f"{pid} {_exit_code(status)}")
+            (self.runtime / DAEMON_PID).unlink(missing_ok=True)
+            if self.wanted and not self.stopping:  # asked for while this one was dying
+                self.spawn_daemon()
             return
         tmp = self.exits / f".{pid}.tmp"
         tmp.write_text(json.dumps({"pid": pid, "code": _exit_code(status), "at": time.time()}))
@@ -158,7 +168,10 @@ class Pause:
                 if self.stopping and self.daemon_pid is None:
                     return 0
             elif signum == signal.SIGUSR1 and not self.stopping:
-                self.reap()  # a daemon killed moments ago may not be reaped yet: not running
+                # The daemon may be dying (killed moments ago, not reaped yet): then the
+                # new one starts as soon as it is reaped.
+                self.wanted = True
+                self.reap()
                 self.spawn_daemon()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.stopping = True

@@ -58,6 +58,22 @@ def _log_tail(runtime: Path, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _daemon_pid(runtime: Path) -> int | None:
+    """The daemon the pause process runs (``daemon.pid``), if any."""
+    try:
+        return int((runtime / "daemon.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _ended_daemon(runtime: Path) -> int | None:
+    """The pid of the last daemon that ended (``daemon.exit``: "pid code"), if any."""
+    try:
+        return int((runtime / "daemon.exit").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
     """Start the engine unless ``is_ready()`` says it answers; wait until it does."""
     if is_ready():
@@ -68,8 +84,10 @@ def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) 
             return
         pid = _pause_pid(runtime)
         child: subprocess.Popen[bytes] | None = None
-        daemon_exit = runtime / "daemon.exit"
-        daemon_exit.unlink(missing_ok=True)
+        # The daemon there now (if any) may have died unreaped; only the exit of another,
+        # the one started for this request, is a failure.
+        before = _daemon_pid(runtime)
+        (runtime / "daemon.exit").unlink(missing_ok=True)  # a record older than this request
         if pid is not None:
             os.kill(pid, signal.SIGUSR1)
         else:
@@ -81,7 +99,7 @@ def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) 
             if is_ready():
                 return
             ended = child.poll() is not None if child else not _running(pid)
-            if ended or daemon_exit.exists():
+            if ended or _ended_daemon(runtime) not in (None, before):
                 raise EngineStartError(f"the hutch engine failed to start:\n{_log_tail(runtime)}")
             time.sleep(delay)
             delay = min(delay * 2, 0.2)

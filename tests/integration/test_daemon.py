@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 from pathlib import Path
@@ -76,6 +77,18 @@ def test_sigkilled_daemon_restarts_and_keeps_sandboxes(engine: dict[str, Any]) -
     assert p.stdout.read() == "before\n"
     again.terminate()
     assert again.returncode == 137
+
+
+def test_a_call_right_after_the_daemon_is_killed_starts_a_new_one(
+        engine: dict[str, Any]) -> None:
+    """No wait between the kill and the call: the pause process may not have reaped the
+    dead daemon yet when the SDK asks it for a new one (once taken for still running)."""
+    for _ in range(5):
+        old = request_blocking("GET", "/v1/engine")["pid"]
+        os.kill(old, signal.SIGKILL)
+        reset_client()
+        new = request_blocking("GET", "/v1/engine")["pid"]
+        assert new != old
 
 
 def test_entrypoint_stdin_is_reopened_by_a_new_daemon(engine: dict[str, Any]) -> None:
