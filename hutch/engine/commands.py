@@ -111,10 +111,17 @@ class CommandStarter:
                     env: dict[str, str], cwd: str, *, stdin: bool, stdout: bool,
                     stderr: bool) -> StartedCommand:
         if self.fork_server is not None:
-            link = await self._link(live)
-            process = await link.spawn(command_id, argv, env, cwd, stdin=stdin,
-                                       stdout=stdout, stderr=stderr)
-            return StartedCommand(process)
+            for retry in (True, False):
+                link = await self._link(live)
+                try:
+                    process = await link.spawn(command_id, argv, env, cwd, stdin=stdin,
+                                               stdout=stdout, stderr=stderr)
+                except ZygoteError as exc:
+                    # gone before its reader noticed: a new one, unless the sandbox ended
+                    if retry and not _has_exited(live.pidfd):
+                        continue
+                    raise _refusal(live, exc) from exc
+                return StartedCommand(process)
         process_json = live.dirs.execs / f"{command_id}.json"
         process_json.write_text(json.dumps(ociconfig.process_spec(argv, env, cwd).model_dump(
             by_alias=True, exclude_none=True)))
@@ -143,10 +150,7 @@ class CommandStarter:
             try:
                 link = await self.fork_server.zygote(live.pidfd, procs)
             except ZygoteError as exc:
-                if _has_exited(live.pidfd):
-                    raise Conflict(f"Sandbox {live.sandbox_id} has already finished") from exc
-                raise EngineError(
-                    f"cannot start commands in sandbox {live.sandbox_id}: {exc}") from exc
+                raise _refusal(live, exc) from exc
             self.nursery.start_soon(link.read_frames)
             self.nursery.start_soon(self._retire_when_idle, live, link)
             live.zygote = link
@@ -194,8 +198,19 @@ class CommandStarter:
                 await link.close()
 
 
-def _has_exited(pidfd: int) -> bool:
-    """Whether the process of ``pidfd`` has exited (a pidfd polls readable then)."""
+def _has_exited(pidfd: int | None) -> bool:
+    """Whether the process of ``pidfd`` has exited (a pidfd polls readable then; no pidfd:
+    it is gone)."""
+    if pidfd is None:
+        return True
     poll = select.poll()
     poll.register(pidfd, select.POLLIN)
     return bool(poll.poll(0))
+
+
+def _refusal(live: LiveSandbox, exc: ZygoteError) -> EngineError:
+    """What a caller hears when the zygote failed it: the sandbox has ended (409), or an
+    engine error; never the bare ZygoteError, which no caller (a probe) expects."""
+    if _has_exited(live.pidfd):
+        return Conflict(f"Sandbox {live.sandbox_id} has already finished")
+    return EngineError(f"cannot start commands in sandbox {live.sandbox_id}: {exc}")

@@ -51,6 +51,7 @@ from hutch.engine import linux, network, tlsproxy
 from hutch.engine.errors import EngineError, Invalid, NotFound
 from hutch.engine.execs import ExecSession
 from hutch.engine.files_api import add_file_routes
+from hutch.engine.httpserver import ClientDisconnected
 from hutch.engine.livesandbox import first_of
 from hutch.engine.pools_api import add_pool_routes
 from hutch.engine.sandboxes import SandboxManager
@@ -146,7 +147,10 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=exc)
+        if isinstance(exc, ClientDisconnected):  # a client that left a stream: no error here
+            log.debug("client left: %s", exc)
+        else:
+            log.exception("unexpected error", exc_info=exc)
         return _error(500, "engine", f"internal engine error: {type(exc).__name__}: {exc}")
 
     # engine ---------------------------------------------------------------------------------
