@@ -60,6 +60,7 @@ CLONE_NEWNET = 0x40000000
 #: namespace is the engine's own).
 JOIN = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 PR_CAPBSET_DROP = 24
+PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 PR_SET_NO_NEW_PRIVS = 38
@@ -125,6 +126,7 @@ def unpack_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 # the fork server --------------------------------------------------------------------------
 def serve(sock: socket.socket) -> None:
     """Fork a zygote per request until the engine closes its end."""
+    _non_dumpable()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited zygotes
     # Zygotes share this process's pages until they write to them.  A garbage collection
     # writes to every object it visits, so the heap is frozen out of the collector here and
@@ -179,6 +181,19 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def _non_dumpable() -> None:
+    """Nothing but a holder of CAP_SYS_PTRACE in the engine's user namespace may trace this
+    process or read or write its memory; forks (zygotes, and the commands they start, until
+    their ``execve``) inherit it with the memory itself.
+
+    Why: ``posix_spawn`` is a vfork, so a command being started runs in the zygote's memory
+    while it is already a process of the sandbox.  Dumpable, it could be opened by
+    ``/proc/PID/mem``, ``process_vm_writev`` or ``ptrace`` from the sandbox (same uid,
+    same capabilities), and code written there runs in the zygote, outside the sandbox's
+    pid namespace (tests/security/test_engine_processes.py)."""
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "making the process non-dumpable")
+
+
 def _join(req: dict[str, Any], init_pidfd: int) -> None:
     """Enter the sandbox: its cgroup first (its files are out of sight once inside)."""
     for procs in req.get("cgroup_procs", []):
@@ -216,6 +231,7 @@ def _restrict(req: dict[str, Any]) -> None:
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
            "loading the seccomp filter")
+    _non_dumpable()  # again: a change of credentials may have reset it
 
 
 def zygote(req: dict[str, Any], init_pidfd: int, sock: socket.socket) -> int:

@@ -28,6 +28,7 @@ IN_CLOSE_WRITE = 0x8
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -71,6 +72,15 @@ def umount(target: str, flags: int = 0) -> None:
 
 def set_child_subreaper() -> None:
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def set_non_dumpable() -> None:
+    """Make this process (and what it forks, until an ``execve``) non-dumpable: only a
+    holder of CAP_SYS_PTRACE in the user namespace it was started in may then trace it, read
+    or write its memory (``/proc/PID/mem``, ``process_vm_*``) or take its file descriptors.
+    Sandbox processes share the engine's uid, so without this the uid check alone lets
+    them in wherever they can name one of the engine's processes."""
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
 
 
 def inotify_init() -> int:

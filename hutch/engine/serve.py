@@ -21,7 +21,7 @@ import trio
 from hutch import __version__
 from hutch.api import paths
 from hutch.api.models import API_VERSION, EngineInfo
-from hutch.engine import cgroups, commands, netns, seccompbpf
+from hutch.engine import cgroups, commands, linux, netns, seccompbpf
 from hutch.engine.builder import Builder
 from hutch.engine.fastpath import FastPath
 from hutch.engine.httpserver import HTTPServer
@@ -149,6 +149,7 @@ def main() -> int:
     # The data and runtime directories are 0700, which keeps everything below them private;
     # what the engine creates for sandboxes (their root, volume files) gets normal modes.
     os.umask(0o022)
+    linux.set_non_dumpable()  # nothing a sandbox runs may read or write the engine's memory
     try:
         trio.run(run)
     except Exception:

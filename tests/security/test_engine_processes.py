@@ -1,0 +1,120 @@
+"""Hostile code against the engine's own processes: what a sandbox can see of them, and
+what it can do to them.
+
+The engine starts each command from a zygote that lives outside the sandbox's pid
+namespace.  Between ``clone`` and ``execve`` the new command is already a process of the
+sandbox (its pid namespace is the sandbox's) but still runs the zygote's code, in the
+zygote's memory (``posix_spawn`` is a vfork).  An attacker who finds that moment and may
+write the child's memory (``/proc/PID/mem``, ``process_vm_writev``, ``ptrace``) runs code
+in the zygote, outside the sandbox.  The window is widened here on purpose with a large
+command line (``execve`` copies it before it leaves the old memory): the test proves it
+saw the window, and that nothing in it could be opened for writing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import hutch
+from tests.helpers import wait_for
+
+#: Watches ``/proc`` for a process that still runs the zygote's code and tries to write
+#: its memory every way a sandbox process can.  Prints one JSON object per sighting.
+ATTACKER = r"""
+import ctypes, errno, json, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(8)
+local = iovec(ctypes.cast(buf, ctypes.c_void_p), 8)
+
+def zygote_code(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pid != os.getpid() and b"forkserver.py\0" in f.read(4096)
+    except OSError:
+        return False
+
+def writable_address(pid):
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                addresses, perms = line.split()[:2]
+                if perms.startswith("rw"):
+                    return int(addresses.split("-")[0], 16)
+    except OSError:
+        pass
+    return 0x10000  # unknown (maps is refused too): any address shows a refusal
+
+def err(e):
+    return errno.errorcode.get(e, str(e))
+
+def attack(pid):
+    out = {"pid": pid}
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    except OSError as exc:
+        out["mem"] = err(exc.errno)
+    else:
+        os.close(fd)
+        out["mem"] = "OPENED"
+    # the same 8 bytes read and written back: harmless, but proof of access
+    remote = iovec(writable_address(pid), 8)
+    res = libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if res == 8:
+        res = libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    out["vm_writev"] = "ok" if res == 8 else err(ctypes.get_errno())
+    res = libc.ptrace(16, pid, 0, 0)  # PTRACE_ATTACH
+    out["ptrace"] = "ATTACHED" if res == 0 else err(ctypes.get_errno())
+    if res == 0:
+        libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH
+    out["still_zygote"] = zygote_code(pid)
+    return out
+
+deadline = time.monotonic() + float(sys.argv[1])
+seen = set()
+print("ready", flush=True)
+while time.monotonic() < deadline and len(seen) < 40:
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in seen:
+            continue
+        pid = int(name)
+        if zygote_code(pid):
+            seen.add(pid)
+            try:
+                print(json.dumps(attack(pid)), flush=True)
+            except OSError as exc:
+                print(json.dumps({"pid": pid, "gone": err(exc.errno)}), flush=True)
+"""
+
+
+def test_a_command_being_started_cannot_be_used_to_reach_the_zygote(
+        sandbox: hutch.Sandbox) -> None:
+    attacker = sandbox.exec("python3", "-c", ATTACKER, "60")
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(attacker.stdout), daemon=True)
+    reader.start()
+    wait_for(lambda: "".join(chunks), timeout=30, what="the attacker to start")
+    assert "".join(chunks).startswith("ready\n")
+    # A long command line keeps execve in the zygote's memory for a millisecond or so.
+    args = ["x" * 4000] * 16
+
+    def caught() -> list[dict[str, Any]]:
+        lines = "".join(chunks).splitlines()[1:]
+        return [s for s in map(json.loads, lines) if s.get("still_zygote")]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(caught()) < 3 and attacker.poll() is None:
+        sandbox.exec("true", *args).wait()  # (the attacker may spoil its exit code)
+    attacker.kill()
+    reader.join(10)
+    sightings = caught()
+    assert sightings, ("the attacker never caught a command before its execve (a blind "
+                       f"test): {''.join(chunks)!r}")
+    for s in sightings:  # each one was the zygote's memory while it was tried
+        assert s["mem"] != "OPENED", s
+        assert s["vm_writev"] != "ok", s
+        assert s["ptrace"] != "ATTACHED", s
