@@ -27,7 +27,7 @@ import trio
 from hutch.engine import cgroups, ociconfig, seccompbpf
 from hutch.engine.errors import Conflict, EngineError
 from hutch.engine.runtime.base import OCIRuntime
-from hutch.engine.zygote import ForkServer, ZygoteError, ZygoteLink
+from hutch.engine.zygote import ForkServer, ZygoteError, ZygoteLink, ZygoteProcess
 
 if TYPE_CHECKING:
     from hutch.engine.livesandbox import LiveSandbox
@@ -72,6 +72,13 @@ class StartedCommand:
             return int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def pidfd(self) -> int | None:
+        """A pidfd on the command held since it started (a zygote's command, while it runs):
+        the one name of it that cannot have been reused."""
+        if self.pid_file is None and isinstance(self.process, ZygoteProcess):
+            return self.process.pidfd
+        return None
 
     def remove_leftovers(self) -> None:
         for path in self.leftovers:

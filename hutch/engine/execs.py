@@ -131,9 +131,14 @@ class ExecSession:
 
     def kill_tree(self) -> None:
         """Kill the process, its descendants and whatever in the sandbox carries its
-        marker (by the marker alone while its pid is unknown)."""
-        pid = self.pid()
-        proctree.kill_tree(pid if pid is not None else 0, self.marker, self.pidns)
+        marker (by the marker alone while its pid is unknown).  Only processes of the
+        sandbox's pid namespace are signalled, each through a pidfd (its pid may be
+        another process's by now: :mod:`hutch.engine.proctree`)."""
+        pid = self.pid() if self.process.returncode is None else None
+        if self.pidns is None and self.command.pidfd() is None:
+            return  # nothing here can be told apart from a host process
+        proctree.kill_tree(pid if pid is not None else 0, self.marker, self.pidns,
+                           self.command.pidfd())
 
     async def run(self) -> int:
         """Pump output until the exec ends (or times out); returns its exit code."""

@@ -5,6 +5,12 @@ two ways: the descendants of its first process, and any process in the sandbox's
 namespace still carrying the exec's marker variable in its environment (a daemonised
 grandchild re-parented to the sandbox's init keeps it).  Processes are stopped with SIGSTOP
 until no new one appears, so none can fork away, then killed with SIGKILL.
+
+A pid is only a name, and names are reused: an exec's pid may belong to an unrelated
+process of the user by the time its sandbox is terminated.  So every signal goes through a
+pidfd, and a pidfd is only used once the process it pins was seen inside the sandbox's pid
+namespace (checked after the pidfd was opened, and confirmed by a signal 0 through it: a
+process that was not yet reaped then still owned the pid the check read).
 """
 
 from __future__ import annotations
@@ -55,17 +61,20 @@ def _has_marker(pid: int, marker: bytes) -> bool:
 
 
 def find_tree(root: int, marker: bytes | None = None, pidns: int | None = None) -> set[int]:
-    """``root``, its descendants and the marked processes of the namespace ``pidns``."""
+    """``root``, its descendants and the marked processes of the namespace ``pidns``
+    (with ``pidns``, only processes in that namespace: nothing of the host)."""
     children: dict[int, list[int]] = defaultdict(list)
-    pids = _pids()
+    pids = _pids() if pidns is None else [p for p in _pids() if _pidns(p) == pidns]
     for pid in pids:
         ppid = _ppid(pid)
         if ppid is not None:
             children[ppid].append(pid)
     found: set[int] = set()
-    stack = [root] if os.path.exists(f"/proc/{root}") else []
+    stack = []
+    if root > 0 and os.path.exists(f"/proc/{root}") and (pidns is None or _pidns(root) == pidns):
+        stack.append(root)
     if marker is not None and pidns is not None:
-        stack += [p for p in pids if _pidns(p) == pidns and _has_marker(p, marker)]
+        stack += [p for p in pids if _has_marker(p, marker)]
     while stack:
         pid = stack.pop()
         if pid not in found:
@@ -74,25 +83,55 @@ def find_tree(root: int, marker: bytes | None = None, pidns: int | None = None) 
     return found
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(pidfd: int, sig: int) -> bool:
     try:
-        os.kill(pid, sig)
+        signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
-        pass
+        return False
+    return True
 
 
-def kill_tree(root: int, marker: bytes | None = None, pidns: int | None = None) -> set[int]:
-    """Freeze then SIGKILL ``root``'s whole tree; returns the pids that were killed."""
-    stopped: set[int] = set()
-    for _ in range(100):
-        new = find_tree(root, marker, pidns) - stopped
-        if not new:
-            break
-        for pid in new:
-            _signal(pid, signal.SIGSTOP)
-        stopped |= new
-    for pid in stopped:
-        _signal(pid, signal.SIGKILL)
-    for pid in stopped:
-        _signal(pid, signal.SIGCONT)
-    return stopped
+def pin(pid: int, pidns: int | None) -> int | None:
+    """A pidfd for ``pid`` if it is (still) a live process of the namespace ``pidns`` (any,
+    with None); None otherwise.  The caller closes it."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if (pidns is not None and _pidns(pid) != pidns) or not _signal(pidfd, 0):
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def kill_tree(root: int, marker: bytes | None = None, pidns: int | None = None,
+              root_pidfd: int | None = None) -> set[int]:
+    """Freeze then SIGKILL ``root``'s whole tree; returns the pids that were killed.
+
+    ``root_pidfd``, a pidfd held since ``root`` started, names the root for certain (it is
+    used even when the namespace check cannot be made); the caller keeps it open.
+    """
+    pinned: dict[int, int] = {}
+    try:
+        if root_pidfd is not None and _signal(root_pidfd, 0):
+            pinned[root] = os.dup(root_pidfd)
+            _signal(pinned[root], signal.SIGSTOP)
+        tried = set(pinned)
+        for _ in range(100):  # until no new process appears (stopped ones cannot fork)
+            new = find_tree(root, marker, pidns) - tried
+            if not new:
+                break
+            tried |= new
+            for pid in new:
+                pidfd = pin(pid, pidns)
+                if pidfd is not None:
+                    pinned[pid] = pidfd
+                    _signal(pidfd, signal.SIGSTOP)
+        for pidfd in pinned.values():
+            _signal(pidfd, signal.SIGKILL)
+        for pidfd in pinned.values():
+            _signal(pidfd, signal.SIGCONT)
+    finally:
+        for pidfd in pinned.values():
+            os.close(pidfd)
+    return set(pinned)

@@ -292,7 +292,8 @@ class SandboxManager:
         return code
 
     async def _cleanup(self, sandbox_id: str, dirs: rootfs.SandboxDirs) -> None:
-        for session in [s for s in self.execs.values() if s.sandbox_id == sandbox_id]:
+        for session in [s for s in self.execs.values()
+                        if s.sandbox_id == sandbox_id and not s.done.is_set()]:
             session.kill_tree()
         try:
             await self.runtime.delete(sandbox_id, force=True)

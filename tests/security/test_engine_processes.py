@@ -14,8 +14,12 @@ saw the window, and that nothing in it could be opened for writing.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import hutch
@@ -118,3 +122,72 @@ def test_a_command_being_started_cannot_be_used_to_reach_the_zygote(
         assert s["mem"] != "OPENED", s
         assert s["vm_writev"] != "ok", s
         assert s["ptrace"] != "ATTACHED", s
+
+
+def _last_pid() -> int:
+    return int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+
+
+def _burn_pids(count: int) -> None:
+    """Use up ``count`` pids (threads take them from the same counter as processes, and
+    start in ~60 us: a whole cycle of pid_max 32768 in ~2 s)."""
+    for _ in range(count):
+        t = threading.Thread(target=int)
+        t.start()
+        t.join()
+
+
+def _process_with_pid(target: int, argv: list[str], timeout: float = 60
+                      ) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as a process whose pid is ``target`` (free now), as the kernel's pid
+    counter comes round to it: what happens by itself on a busy host."""
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = _last_pid()
+        # pids below RESERVED_PIDS (300) are skipped when the counter wraps
+        distance = target - 1 - last if target > last else pid_max - 1 - last + target - 300
+        if distance > 40:
+            _burn_pids(min(distance - 20, 4000))
+        elif distance > 0:
+            _burn_pids(1)
+        else:
+            proc = subprocess.Popen(argv)
+            if proc.pid == target:
+                return proc
+            proc.kill()
+            proc.wait()
+    raise AssertionError(f"pid {target} did not come round within {timeout} s")
+
+
+def _host_pid_of(cmdline: bytes) -> int:
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes() == cmdline:
+                return int(entry)
+        except OSError:
+            pass
+    return 0
+
+
+def test_terminate_does_not_kill_a_process_that_took_an_ended_execs_pid(
+        engine: dict[str, Any]) -> None:
+    sb = hutch.Sandbox.create(timeout=120)
+    try:
+        marker = f"0.{uuid.uuid4().int % 10**9:09d}"
+        p = sb.exec("sleep", "30", marker)  # sleep adds up its arguments
+        pid = wait_for(lambda: _host_pid_of(b"sleep\0" + b"30\0" + marker.encode() + b"\0"),
+                       what="the exec's host pid")
+        p.kill()
+        assert p.wait() != 0
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), what="the exec's pid to be free")
+        victim = _process_with_pid(pid, ["sleep", "300"])
+    except BaseException:
+        sb.terminate()
+        raise
+    try:
+        sb.terminate(wait=True)
+        assert victim.poll() is None, "terminating the sandbox killed an unrelated process"
+    finally:
+        victim.kill()
+        victim.wait()

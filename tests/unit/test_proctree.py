@@ -213,3 +213,28 @@ def test_kill_tree_with_marker_kills_detached_process(
     _wait_until(lambda: _dead(detached), "the detached sleep to die")
     assert _stat(bystander.pid) is not None and not _dead(bystander.pid)
     assert bystander.poll() is None
+
+
+def test_kill_tree_spares_processes_outside_the_namespace(
+        popen: Callable[..., subprocess.Popen[bytes]], cleanup: Callable[[int], None]) -> None:
+    """An exec's pid may be an unrelated process's by the time it is killed: with the
+    sandbox's pid namespace given, nothing outside it is signalled."""
+    shell, sleeps = _tree(popen, cleanup)
+    elsewhere = os.stat("/proc/self/ns/pid").st_ino + 1  # a namespace none of them is in
+    assert proctree.find_tree(shell.pid, pidns=elsewhere) == set()
+    assert proctree.pin(shell.pid, elsewhere) is None
+    assert proctree.kill_tree(shell.pid, b"X=1", pidns=elsewhere) == set()
+    assert not _dead(shell.pid) and not any(_dead(p) for p in sleeps)
+
+
+def test_kill_tree_through_a_held_pidfd(popen: Callable[..., subprocess.Popen[bytes]],
+                                        cleanup: Callable[[int], None]) -> None:
+    shell, sleeps = _tree(popen, cleanup)
+    here = os.stat("/proc/self/ns/pid").st_ino
+    pidfd = os.pidfd_open(shell.pid)
+    try:
+        assert proctree.kill_tree(shell.pid, pidns=here, root_pidfd=pidfd) == {shell.pid, *sleeps}
+    finally:
+        os.close(pidfd)
+    assert _reap(shell) == -signal.SIGKILL
+    _wait_until(lambda: all(_dead(p) for p in sleeps), "the sleeps to die")
