@@ -25,7 +25,9 @@
         ├── SandboxFilesystemNotADirectoryError     (NotADirectoryError)
         ├── SandboxFilesystemPermissionError        (PermissionError)
         ├── SandboxFilesystemPathAlreadyExistsError (FileExistsError)
-        └── SandboxFilesystemDirectoryNotEmptyError (OSError, ENOTEMPTY)
+        ├── SandboxFilesystemDirectoryNotEmptyError (OSError, ENOTEMPTY)
+        └── SandboxFilesystemBusyError              (BlockingIOError: a lease the
+                                                     sandbox holds; try again later)
 
 As in Modal, ``ConflictError`` is an ``InvalidError``, and ``TimeoutError`` and
 ``ConnectionError`` shadow the builtins of the same name inside this module (they also
@@ -125,6 +127,11 @@ class SandboxFilesystemDirectoryNotEmptyError(SandboxFilesystemError, OSError):
     """The directory is not empty (remove it with ``recursive=True``)."""
 
 
+class SandboxFilesystemBusyError(SandboxFilesystemError, BlockingIOError):
+    """The file is held by a lease (``fcntl F_SETLEASE``) of a process in the sandbox; the
+    engine never waits for one (a lease holder could make it wait 45 s), so try again."""
+
+
 __all__ = [
     "AlreadyExistsError",
     "ClientClosed",
@@ -137,6 +144,7 @@ __all__ = [
     "ImageBuildError",
     "InvalidError",
     "NotFoundError",
+    "SandboxFilesystemBusyError",
     "SandboxFilesystemDirectoryNotEmptyError",
     "SandboxFilesystemError",
     "SandboxFilesystemIsADirectoryError",

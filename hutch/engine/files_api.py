@@ -4,6 +4,11 @@ Reads stream the file in 1 MiB chunks from an offset; writes stream the request 
 the file as it arrives.  Neither side ever holds a whole file, so a 1 GiB file costs a few
 MiB of memory.  Each call resolves its path anew (there are no server-side handles): an
 SDK file handle is a path, a mode and a position.
+
+Every step that touches the sandbox's files runs in one of that sandbox's own worker
+threads, with a deadline (:mod:`hutch.engine.fileops`); listings stream in batches
+(:mod:`hutch.engine.filestreams`), so no call holds the event loop, trio's shared thread
+pool or another sandbox's threads.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from hutch.api.models import (
     stream_response,
 )
 from hutch.engine.errors import Conflict
+from hutch.engine.fileops import FileOps, deadline_after
+from hutch.engine.filestreams import entry_row, list_directory, stream_fd, write_stream
 from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd, write_stream
+from hutch.engine.sandboxfs import FileError, SandboxFS, entry
 from hutch.engine.watch import Watch
 
-READ_CHUNK = 1 << 20
 BYTES = "application/octet-stream"
 #: What a file route can answer besides 200: a file operation's typed errors (400, 403,
 #: 404, 409), no such sandbox (404), a finished sandbox (409), a malformed request (422).
@@ -47,7 +53,10 @@ _FLAGS: dict[str, int] = {
 }
 
 
-def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
+def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None = None
+                    ) -> None:
+    ops = ops or FileOps()
+
     @contextmanager
     def files(sandbox_id: str) -> Iterator[SandboxFS]:
         row = manager.get(sandbox_id)
@@ -63,23 +72,29 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
     @app.get("/v1/sandboxes/{sandbox_id}/fs/stat", responses=_FILE_ERRORS)
     async def stat_path(sandbox_id: str, path: str) -> dict[str, object]:
         with files(sandbox_id) as fs:
-            return asdict(fs.stat(path))
+            return asdict(await ops.run(sandbox_id, fs.stat, path))
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/list", responses=_FILE_ERRORS)
-    async def list_dir(sandbox_id: str, path: str) -> dict[str, object]:
-        with files(sandbox_id) as fs:
-            return {"entries": [asdict(e) for e in fs.list(path)]}
+    @app.get("/v1/sandboxes/{sandbox_id}/fs/list", response_class=StreamingResponse,
+             responses=stream_response("application/json", "the entries, streamed "
+                                       "in batches: {entries, error?}") | _FILE_ERRORS)
+    async def list_dir(sandbox_id: str, path: str) -> StreamingResponse:
+        """The directory's entries, sorted by name, as ``{"entries": [...]}`` streamed in
+        batches; an ``error`` member ends it if a batch fails (past its deadline)."""
+        with files(sandbox_id) as fs:  # the listing holds its own directory descriptor
+            body = await list_directory(ops, sandbox_id, fs, path, entry_row)
+        return StreamingResponse(body, media_type="application/json")
 
     @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir", responses=_FILE_ERRORS)
     async def make_dir(sandbox_id: str, req: MakeDirRequest) -> dict[str, object]:
         with files(sandbox_id) as fs:
-            fs.mkdir(req.path, parents=req.parents)
-            return asdict(fs.stat(req.path))
+            await ops.run(sandbox_id, fs.mkdir, req.path, req.parents)
+            return asdict(await ops.run(sandbox_id, fs.stat, req.path))
 
     @app.post("/v1/sandboxes/{sandbox_id}/fs/remove", responses=_FILE_ERRORS)
     async def remove(sandbox_id: str, req: RemoveRequest) -> dict[str, str]:
         with files(sandbox_id) as fs:
-            await trio.to_thread.run_sync(fs.remove, req.path, req.recursive)
+            await ops.run(sandbox_id, fs.remove, req.path, req.recursive,
+                          deadline_after(ops.timeout), doing=f"removing {req.path!r}")
         return {"removed": req.path}
 
     @app.get("/v1/sandboxes/{sandbox_id}/fs/watch", response_class=StreamingResponse,
@@ -94,11 +109,9 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
             raise Conflict(f"Sandbox {sandbox_id} has already finished")
         fs = SandboxFS(f"/proc/{live.pid}/root", live.workdir)
         try:
-            watcher = Watch(fs, path, recursive)  # owns fs from here on
-        except OSError as exc:  # inotify refused a directory (e.g. in /proc): typed
-            fs.close()
-            reason = f"cannot watch: {os.strerror(exc.errno or 0)}"
-            raise FileError(OSError(exc.errno, reason), path) from exc
+            # owns fs from here on; a recursive watch lists every directory: a thread's work
+            watcher = await ops.run(sandbox_id, Watch.start, fs, path, recursive,
+                                    deadline_after(ops.timeout), doing=f"watching {path!r}")
         except BaseException:
             fs.close()
             raise
@@ -107,9 +120,13 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
             deadline = math.inf if timeout is None else trio.current_time() + timeout
             try:
                 while not live.done.is_set() and trio.current_time() < deadline:
-                    batch: list[tuple[str, str]] = []
-                    with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
-                        batch = await watcher.next_events()
+                    with trio.move_on_at(min(deadline, trio.current_time() + 1.0)) as wait:
+                        await trio.lowlevel.wait_readable(watcher.fd)
+                    if wait.cancelled_caught:
+                        continue
+                    batch = await ops.run(sandbox_id, watcher.read_events,
+                                          deadline_after(ops.timeout),
+                                          doing=f"watching {path!r}")
                     for kind, changed in batch:
                         yield json.dumps({"type": kind, "path": changed}).encode() + b"\n"
             finally:
@@ -125,9 +142,9 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
                         ) -> StreamingResponse:
         """The file's bytes from ``offset`` (``length`` of them, or to the end)."""
         with files(sandbox_id) as fs:
-            fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
+            fd = await ops.run(sandbox_id, fs.open_regular, path, os.O_RDONLY)
 
-        return StreamingResponse(stream_fd(fd, offset, length),
+        return StreamingResponse(stream_fd(ops, sandbox_id, fd, offset, length),
                                  media_type=BYTES)
 
     @app.put("/v1/sandboxes/{sandbox_id}/fs/file", responses=_FILE_ERRORS)
@@ -138,15 +155,16 @@ def add_file_routes(app: FastAPI, manager: SandboxManager) -> None:
         """Write the body to the file (``w`` truncates, ``a`` appends, ``x`` creates only a
         new file, ``r+`` writes at ``offset`` into an existing one)."""
         with files(sandbox_id) as fs:
-            fd = await trio.to_thread.run_sync(fs.open_regular, path, _FLAGS[mode], 0o644)
+            fd = await ops.run(sandbox_id, fs.open_regular, path, _FLAGS[mode], 0o644)
             try:
                 if mode == "r+" and offset:
                     os.lseek(fd, offset, os.SEEK_SET)
-                await write_stream(fd, request.stream())
+                await write_stream(ops, sandbox_id, fd, request.stream())
                 name = os.path.basename(fs.path(path).rstrip("/"))
                 return asdict(entry(name, os.fstat(fd)))  # the file written, not a new lookup
             except OSError as exc:
                 raise FileError(exc, path) from exc
             finally:
                 os.close(fd)
+
 

@@ -7,22 +7,29 @@ links planted by code in the sandbox all stay inside (``RESOLVE_NO_MAGICLINKS`` 
 last).  No string checks, no window between a check and the use: what is opened is what
 the kernel resolved.  Operations on a last path component (mkdir, unlink, rename) run on
 the descriptor of its resolved parent.
+
+Nothing here waits on code in the sandbox.  A FIFO opened for reading waits for a writer,
+and an open of a file the sandbox holds a lease on (``fcntl F_SETLEASE``) waits for the
+holder to give it up, up to the kernel's lease-break-time (45 s): so every open that is
+not ``O_PATH`` is ``O_NONBLOCK`` (a lease then answers ``EWOULDBLOCK`` at once, reported
+as ``file_busy``), and files to read or write are first opened ``O_PATH``, checked to be
+regular files and only then reopened from that very inode (FIFOs, sockets and devices are
+refused without being opened).  Long walks (listings, recursive removal) check a deadline
+(:mod:`hutch.engine.fileops`) as they go.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import os
-import shutil
 import stat
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-import trio
-
 from hutch.engine.errors import EngineError, Invalid
+from hutch.engine.fileops import check_deadline
 
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -48,17 +55,32 @@ def _fs_magic(fd: int) -> int:
     return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], "little", signed=True)
 
 
+#: Times an open answered ``EAGAIN`` or ``EINTR`` is tried again.  ``RESOLVE_IN_ROOT``
+#: answers ``EAGAIN`` when a rename raced a ``..`` (rare: tried again at once), and so
+#: does an ``O_NONBLOCK`` open of a leased file, for as long as the lease holder wants:
+#: an unbounded retry spun the engine for the whole 45 s lease-break-time.
+OPEN_RETRIES = 8
+#: What a listing returns at most, and how deep a recursive removal goes.
+MAX_LIST_ENTRIES = 1_000_000
+MAX_REMOVE_DEPTH = 128
+#: Entries handled between two deadline checks of a walk.
+_CHECK_EVERY = 256
+
+
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
             resolve: int = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) -> int:
+    if not flags & os.O_PATH:  # openat2 refuses flags O_PATH ignores
+        flags |= os.O_NOCTTY
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
-    while True:
+    for _ in range(OPEN_RETRIES):
         fd = _libc.syscall(SYS_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path),
                            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()
         if err not in (errno.EINTR, errno.EAGAIN):
-            raise OSError(err, os.strerror(err), path)
+            break
+    raise OSError(err, os.strerror(err), path)
 
 
 class FileError(EngineError):
@@ -72,11 +94,15 @@ class FileError(EngineError):
         errno.ENOTEMPTY: ("directory_not_empty", 409), errno.ELOOP: ("permission_denied", 403),
         errno.EXDEV: ("permission_denied", 403), errno.EROFS: ("permission_denied", 403),
         errno.ETXTBSY: ("permission_denied", 403), errno.EBUSY: ("permission_denied", 403),
+        errno.EAGAIN: ("file_busy", 409),
     }
+    LEASED = ("held by a lease of a process in the sandbox (fcntl F_SETLEASE), which the "
+              "engine does not wait for; try again later")
 
     def __init__(self, exc: OSError, path: str) -> None:
         kind, status = self.TYPES.get(exc.errno or 0, ("file_error", 400))
-        super().__init__(f"{exc.strerror}: {path!r}")
+        reason = self.LEASED if exc.errno == errno.EAGAIN else exc.strerror
+        super().__init__(f"{reason}: {path!r}")
         self.type = kind
         self.status = status
 
@@ -88,6 +114,17 @@ class Entry:
     size: int
     mode: int
     mtime: float
+
+
+_SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+            stat.S_IFBLK: "a device", stat.S_IFLNK: "a symbolic link"}
+
+
+def not_regular(mode: int, path: str) -> FileError:
+    """The error for reading or writing something that is not a regular file."""
+    what = _SPECIAL.get(stat.S_IFMT(mode), "not a file")
+    return FileError(OSError(errno.EINVAL, f"Not a regular file ({what}): only regular "
+                             "files are read or written"), path)
 
 
 def _kind(mode: int) -> str:
@@ -131,7 +168,10 @@ class SandboxFS:
         return path if path.startswith("/") else f"{self.workdir.rstrip('/')}/{path}"
 
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        """Open inside the root; never blocks (``O_NONBLOCK`` unless ``O_PATH``)."""
         full = self.path(path)
+        if not flags & os.O_PATH:
+            flags |= os.O_NONBLOCK
         try:
             return openat2(self.root, full, flags, mode)
         except OSError as exc:
@@ -146,26 +186,51 @@ class SandboxFS:
         return self.open(parent or "/", os.O_PATH | os.O_DIRECTORY), name
 
     def open_regular(self, path: str, flags: int, mode: int = 0o644) -> int:
-        """Open a regular file only: never blocks on a FIFO (``O_NONBLOCK``), refuses
-        devices and sockets, and refuses /proc and /sys, whose files would describe the
-        engine's namespaces rather than the sandbox's."""
-        fd = self.open(path, flags | os.O_NONBLOCK, mode)
+        """Open a regular file only, without ever waiting: what the path names is first
+        opened ``O_PATH`` and checked (FIFOs, sockets and devices are refused unopened,
+        so none can block or have side effects), then that inode is reopened through
+        ``/proc/self/fd`` (no second lookup to race); a new file is created
+        ``O_NONBLOCK`` and checked after.  /proc and /sys are refused too: their files
+        would describe the engine's namespaces rather than the sandbox's."""
+        full = self.path(path)
         try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise FileError(IsADirectoryError(errno.EISDIR, "Is a directory"),
-                                self.path(path))
-            if not stat.S_ISREG(st.st_mode):
-                raise FileError(OSError(errno.EINVAL, "Not a regular file"), self.path(path))
-            if _fs_magic(fd) in (PROC_SUPER_MAGIC, SYSFS_MAGIC):
-                raise FileError(PermissionError(
-                    errno.EACCES, "procfs and sysfs files show the reader's view; read them "
-                    "with exec"), self.path(path))
+            probe = self.open(path, os.O_PATH)
+        except FileError as exc:
+            if not (flags & os.O_CREAT and exc.type == "file_not_found"):
+                raise
+            fd = self.open(path, flags, mode)  # O_NONBLOCK: a FIFO swapped in cannot block
+        else:
+            try:
+                if flags & os.O_CREAT and flags & os.O_EXCL:
+                    raise FileError(FileExistsError(errno.EEXIST, "File exists"), full)
+                self._check_regular(probe, full)
+                try:
+                    fd = os.open(f"/proc/self/fd/{probe}",
+                                 (flags & ~(os.O_CREAT | os.O_EXCL)) | os.O_NONBLOCK
+                                 | os.O_NOCTTY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise FileError(exc, full) from exc
+            finally:
+                os.close(probe)
+        try:
+            self._check_regular(fd, full)
             os.set_blocking(fd, True)
             return fd
         except BaseException:
             os.close(fd)
             raise
+
+    @staticmethod
+    def _check_regular(fd: int, path: str) -> None:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise FileError(IsADirectoryError(errno.EISDIR, "Is a directory"), path)
+        if not stat.S_ISREG(mode):
+            raise not_regular(mode, path)
+        if _fs_magic(fd) in (PROC_SUPER_MAGIC, SYSFS_MAGIC):
+            raise FileError(PermissionError(
+                errno.EACCES, "procfs and sysfs files show the reader's view; read them "
+                "with exec"), path)
 
     def stat(self, path: str) -> Entry:
         fd = self.open(path, os.O_PATH | os.O_NOFOLLOW)
@@ -174,18 +239,65 @@ class SandboxFS:
         finally:
             os.close(fd)
 
-    def list(self, path: str) -> list[Entry]:
+    def names(self, path: str, deadline: float) -> tuple[int, list[str]]:
+        """An open directory and its entries' names, sorted (at most
+        ``MAX_LIST_ENTRIES``); the caller closes the descriptor."""
         fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            entries = []
-            for name in sorted(os.listdir(fd)):
-                try:
-                    entries.append(entry(name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
-                except FileNotFoundError:
-                    continue  # removed while listing
-            return entries
-        finally:
+            names: list[str] = []
+            with os.scandir(fd) as it:
+                for item in it:
+                    names.append(item.name)
+                    if len(names) % _CHECK_EVERY == 0:
+                        check_deadline(deadline, f"listing {self.path(path)!r}")
+                        if len(names) > MAX_LIST_ENTRIES:
+                            raise too_many(self.path(path))
+            names.sort()
+            return fd, names
+        except BaseException:
             os.close(fd)
+            raise
+
+    @staticmethod
+    def entries(dirfd: int, names: list[str]) -> list[Entry]:
+        """The entries of ``names`` in an open directory (those removed meanwhile left
+        out): one batch of a listing."""
+        found = []
+        for name in names:
+            try:
+                found.append(entry(name, os.stat(name, dir_fd=dirfd, follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+        return found
+
+    def walk(self, path: str, deadline: float) -> list[tuple[str, Entry]]:
+        """``(path, entry)`` of everything under a directory, sorted by path (at most
+        ``MAX_LIST_ENTRIES``); symlinks are listed, never followed."""
+        top = self.path(path)
+        found: list[tuple[str, Entry]] = []
+        pending = [path]  # paths as the caller named them, the entries' paths built on it
+        while pending:
+            here = pending.pop()
+            fd = self.open(here, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                with os.scandir(fd) as it:
+                    for item in it:
+                        child = f"{here.rstrip('/')}/{item.name}"
+                        try:
+                            found.append((child, entry(item.name, item.stat(
+                                follow_symlinks=False))))
+                        except FileNotFoundError:
+                            continue
+                        if item.is_dir(follow_symlinks=False):
+                            pending.append(child)
+                        if len(found) % _CHECK_EVERY == 0:
+                            check_deadline(deadline, f"listing {top!r}")
+                            if len(found) > MAX_LIST_ENTRIES:
+                                raise too_many(top)
+            finally:
+                os.close(fd)
+        found.sort(key=lambda pair: pair[0])
+        return found
 
     def mkdir(self, path: str, parents: bool = False, mode: int = 0o755) -> None:
         if parents:
@@ -215,14 +327,15 @@ class SandboxFS:
         finally:
             os.close(parent)
 
-    def remove(self, path: str, recursive: bool = False) -> None:
+    def remove(self, path: str, recursive: bool = False, deadline: float = math.inf
+               ) -> None:
         parent, name = self._parent(path)
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=parent)
             elif recursive:
-                shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows symlinks
+                _remove_tree(parent, name, self.path(path), deadline)
             else:
                 os.rmdir(name, dir_fd=parent)
         except OSError as exc:
@@ -230,46 +343,54 @@ class SandboxFS:
         finally:
             os.close(parent)
 
-    def walk_files(self, path: str) -> Iterator[tuple[str, int]]:
-        """``(relative path, descriptor)`` of every regular file under a directory."""
-        top = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for dirpath, _, files, dirfd in os.fwalk(".", dir_fd=top):
-                for name in files:
-                    try:
-                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
-                    except OSError:
-                        continue  # a symlink or something that went away
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        os.close(fd)
-                        continue
-                    yield os.path.normpath(f"{dirpath}/{name}"), fd
-        finally:
-            os.close(top)
+
+def too_many(path: str) -> FileError:
+    return FileError(OSError(errno.EFBIG, f"More than {MAX_LIST_ENTRIES} entries; list "
+                             "them with exec"), path)
 
 
-async def stream_fd(fd: int, offset: int = 0, length: int | None = None,
-                    chunk: int = 1 << 20) -> AsyncIterator[bytes]:
-    """The bytes of an open file from ``offset`` (``length`` of them, or to the end), read
-    in worker threads a chunk at a time; closes ``fd`` when done."""
+def _open_dir(parent: int, name: str) -> tuple[int, list[str]]:
+    """A subdirectory (never through a symlink) and its names, last first."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | os.O_CLOEXEC, dir_fd=parent)
     try:
-        position, left = offset, length
-        while left is None or left > 0:
-            size = chunk if left is None else min(chunk, left)
-            data = await trio.to_thread.run_sync(os.pread, fd, size, position)
-            if not data:
-                return
-            position += len(data)
-            if left is not None:
-                left -= len(data)
-            yield data
-    finally:
+        return fd, sorted(os.listdir(fd), reverse=True)
+    except BaseException:
         os.close(fd)
+        raise
 
 
-async def write_stream(fd: int, chunks: AsyncIterator[bytes]) -> None:
-    """Write every chunk of ``chunks`` to ``fd`` as it arrives (a request body)."""
-    async for chunk in chunks:
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
+def _remove_tree(parent: int, name: str, path: str, deadline: float) -> None:
+    """Remove a directory and everything in it through descriptors (never following a
+    symlink), without recursion: a stack of open directories, at most
+    ``MAX_REMOVE_DEPTH`` deep, checking ``deadline`` as it goes (300,000 files take a few
+    seconds)."""
+    stack: list[tuple[int, list[str], int, str]] = []
+    done = 0
+    try:
+        stack.append((*_open_dir(parent, name), parent, name))
+        while stack:
+            fd, left, up, here = stack[-1]
+            if not left:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(here, dir_fd=up)
+                continue
+            child = left.pop()
+            done += 1
+            if done % _CHECK_EVERY == 0:
+                check_deadline(deadline, f"removing {path!r} ({done} entries removed)")
+            try:
+                if not stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(child, dir_fd=fd)
+                    continue
+                if len(stack) >= MAX_REMOVE_DEPTH:
+                    raise FileError(OSError(errno.EINVAL, f"Directories nested deeper than "
+                                            f"{MAX_REMOVE_DEPTH} levels; remove them with "
+                                            "exec"), path)
+                stack.append((*_open_dir(fd, child), fd, child))
+            except FileNotFoundError:
+                continue  # removed meanwhile
+    finally:
+        for fd, *_ in stack:
+            os.close(fd)

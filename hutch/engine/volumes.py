@@ -6,6 +6,10 @@ two sandboxes using one volume see each other's files at once; ``commit``/``relo
 nothing to do here.  Files are read and written by the engine through the same confined
 resolution as a sandbox's (:class:`~hutch.engine.sandboxfs.SandboxFS` rooted at the
 volume's directory).  A volume some running sandbox mounts cannot be deleted.
+
+Code in a sandbox that mounts a volume can plant FIFOs, leases and huge directories in it,
+so its file calls are run like a sandbox's (:mod:`hutch.engine.fileops`): in the volume's
+own worker threads, each step with a deadline, listings streamed in batches.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-import trio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
@@ -29,11 +32,18 @@ from hutch.api.models import (
     stream_response,
 )
 from hutch.engine import linux, ociconfig
-from hutch.engine.errors import Conflict, Invalid
-from hutch.engine.sandboxfs import FileError, SandboxFS, entry, stream_fd, write_stream
+from hutch.engine.errors import Conflict
+from hutch.engine.fileops import FileOps, deadline_after
+from hutch.engine.filestreams import (
+    copy_files,
+    list_directory,
+    stream_fd,
+    walk_directory,
+    write_stream,
+)
+from hutch.engine.sandboxfs import Entry, FileError, SandboxFS, entry
 from hutch.engine.store import Store
 
-READ_CHUNK = 1 << 20
 BYTES = "application/octet-stream"
 #: A volume file route's answers besides 200: a file operation's typed errors (400, 403,
 #: 404, 409), no such volume (404), a malformed request (422).
@@ -118,9 +128,15 @@ def release_staging(staging: Path) -> None:
         pass
 
 
-def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
+def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None = None
+                      ) -> None:
+    ops = ops or FileOps()
+
     def files(name: str) -> SandboxFS:
         return SandboxFS(str(volumes.directory(volumes.lookup(name, create=False))))
+
+    def owner(name: str) -> str:
+        return f"volume {name}"
 
     @app.post("/v1/volumes/lookup", responses=error_responses(400, 404, 422))
     async def lookup(req: LookupVolumeRequest) -> dict[str, Any]:
@@ -132,32 +148,35 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
 
     @app.delete("/v1/volumes/{name}", responses=error_responses(404, 409, 422))
     async def delete(name: str) -> dict[str, str]:
-        await trio.to_thread.run_sync(volumes.delete, name)
+        # one worker thread of the volume's own (removing a big tree takes a while)
+        await ops.run(owner(name), volumes.delete, name, doing=f"deleting volume {name!r}")
         return {"deleted": name}
 
-    @app.get("/v1/volumes/{name}/list", responses=_FILE_ERRORS)
-    async def listdir(name: str, path: str = "/", recursive: bool = False) -> dict[str, Any]:
-        with files(name) as fs:
-            if not recursive:
-                return {"entries": [{**asdict(e), "path": _join(path, e.name)}
-                                    for e in fs.list(path)]}
-            entries: list[dict[str, Any]] = []
-            pending = [path]
-            while pending:
-                here = pending.pop()
-                for e in fs.list(here):
-                    entries.append({**asdict(e), "path": _join(here, e.name)})
-                    if e.type == "directory":
-                        pending.append(_join(here, e.name))
-            return {"entries": sorted(entries, key=lambda e: str(e["path"]))}
+    @app.get("/v1/volumes/{name}/list", response_class=StreamingResponse,
+             responses=stream_response("application/json", "the entries, streamed "
+                                       "in batches: {entries, error?}") | _FILE_ERRORS)
+    async def listdir(name: str, path: str = "/", recursive: bool = False
+                      ) -> StreamingResponse:
+        """Entries with their ``path``, sorted, as ``{"entries": [...]}`` streamed in
+        batches (``error`` ends it if a batch fails)."""
+        fs = files(name)
+        try:
+            if recursive:
+                body = await walk_directory(ops, owner(name), fs, path, _path_row)
+            else:
+                body = await list_directory(ops, owner(name), fs, path,
+                                            lambda e: _path_row(_join(path, e.name), e))
+        finally:
+            fs.close()  # the listing holds its own directory descriptor
+        return StreamingResponse(body, media_type="application/json")
 
     @app.get("/v1/volumes/{name}/file", response_class=StreamingResponse,
              responses=stream_response(BYTES, "the file's bytes") | _FILE_ERRORS)
     async def read(name: str, path: str) -> StreamingResponse:
         with files(name) as fs:
-            fd = await trio.to_thread.run_sync(fs.open_regular, path, os.O_RDONLY)
+            fd = await ops.run(owner(name), fs.open_regular, path, os.O_RDONLY)
 
-        return StreamingResponse(stream_fd(fd), media_type=BYTES)
+        return StreamingResponse(stream_fd(ops, owner(name), fd), media_type=BYTES)
 
     @app.put("/v1/volumes/{name}/file", responses=_FILE_ERRORS)
     async def write(name: str, path: str, request: Request,
@@ -166,12 +185,12 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
         with files(name) as fs:
             parent = fs.path(path).rsplit("/", 1)[0]
             if parent:
-                fs.mkdir(parent, parents=True)
-            fd = await trio.to_thread.run_sync(fs.open_regular, path,
-                                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+                await ops.run(owner(name), fs.mkdir, parent, True)
+            fd = await ops.run(owner(name), fs.open_regular, path,
+                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
                 os.fchmod(fd, mode)
-                await write_stream(fd, request.stream())
+                await write_stream(ops, owner(name), fd, request.stream())
                 return asdict(entry(os.path.basename(path.rstrip("/")), os.fstat(fd)))
             except OSError as exc:
                 raise FileError(exc, path) from exc
@@ -181,14 +200,15 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService) -> None:
     @app.post("/v1/volumes/{name}/remove", responses=_FILE_ERRORS)
     async def remove(name: str, req: RemoveRequest) -> dict[str, str]:
         with files(name) as fs:
-            await trio.to_thread.run_sync(fs.remove, req.path, req.recursive)
+            await ops.run(owner(name), fs.remove, req.path, req.recursive,
+                          deadline_after(ops.timeout), doing=f"removing {req.path!r}")
         return {"removed": req.path}
 
     @app.post("/v1/volumes/{name}/copy", responses=_FILE_ERRORS)
     async def copy(name: str, req: CopyFilesRequest) -> dict[str, str]:
         """Copy files within the volume (into ``dst_path`` when it is a directory)."""
         with files(name) as fs:
-            await trio.to_thread.run_sync(_copy_files, fs, req.src_paths, req.dst_path)
+            await copy_files(ops, owner(name), fs, req.src_paths, req.dst_path)
         return {"copied": req.dst_path}
 
 
@@ -196,24 +216,5 @@ def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-def _copy_files(fs: SandboxFS, sources: list[str], dest: str) -> None:
-    into_dir = len(sources) > 1 or dest.endswith("/")
-    try:
-        into_dir = into_dir or fs.stat(dest).type == "directory"
-    except FileError:
-        pass
-    for source in sources:
-        if fs.stat(source).type != "file":
-            raise Invalid(f"copy_files copies files; {source!r} is not one")
-        target = _join(dest, source.rstrip("/").rsplit("/", 1)[-1]) if into_dir else dest
-        src = fs.open(source, os.O_RDONLY)
-        try:
-            dst = fs.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                          os.fstat(src).st_mode & 0o7777)
-            try:
-                while data := os.read(src, READ_CHUNK):
-                    os.write(dst, data)
-            finally:
-                os.close(dst)
-        finally:
-            os.close(src)
+def _path_row(path: str, e: Entry) -> dict[str, Any]:
+    return {**asdict(e), "path": path}

@@ -5,17 +5,23 @@ and watched through their ``/proc/self/fd`` links, so a watch lands on the inode
 resolved inside the sandbox.  With ``recursive`` every subdirectory is watched, including
 those created while the watch runs.  Events come out as ``(type, path)`` with the path as
 the sandbox sees it.
+
+Setting up a recursive watch lists every directory of the tree, and each directory costs
+one of the user's inotify watches (shared with the user's desktop and every other
+sandbox): a watch takes at most :data:`MAX_WATCH_DIRS` directories (a tree of 5,000 was
+watched whole, on the event loop).  Setting up and reading events (which may list new
+directories) are worker-thread steps with a deadline, run by the file routes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
-import trio
-
 from hutch.engine import linux
-from hutch.engine.sandboxfs import SandboxFS
+from hutch.engine.fileops import check_deadline
+from hutch.engine.sandboxfs import FileError, SandboxFS
 
 IN_ACCESS = 0x001
 IN_MODIFY = 0x002
@@ -30,6 +36,8 @@ IN_IGNORED = 0x8000
 WATCH_MASK = (IN_ACCESS | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
               | IN_CREATE | IN_DELETE | IN_DELETE_SELF)
 _EVENT = struct.Struct("iIII")
+#: Directories one watch may watch (a recursive one: the tree's, new ones included).
+MAX_WATCH_DIRS = 4096
 
 
 def event_type(mask: int) -> str:
@@ -43,9 +51,11 @@ def event_type(mask: int) -> str:
 
 
 class Watch:
-    def __init__(self, fs: SandboxFS, path: str, recursive: bool) -> None:
+    def __init__(self, fs: SandboxFS, path: str, recursive: bool,
+                 deadline: float = float("inf")) -> None:
         self.fs = fs
         self.recursive = recursive
+        self.deadline = deadline
         self.fd = linux.inotify_init()
         self.paths: dict[int, str] = {}
         try:
@@ -54,32 +64,57 @@ class Watch:
             os.close(self.fd)
             raise
 
+    @classmethod
+    def start(cls, fs: SandboxFS, path: str, recursive: bool, deadline: float) -> Watch:
+        """A watch of ``path`` (a worker thread's work: it may list a whole tree); owns
+        ``fs`` once made.  inotify's refusals (a directory in /proc, no watches left)
+        are typed file errors."""
+        try:
+            return cls(fs, path, recursive, deadline)
+        except OSError as exc:
+            reason = f"cannot watch: {os.strerror(exc.errno or 0)}"
+            raise FileError(OSError(exc.errno, reason), path) from exc
+
     def close(self) -> None:
         """Stop watching; closes the sandbox files handle too (the watch owns it)."""
         os.close(self.fd)
         self.fs.close()
 
     def _add(self, path: str) -> None:
-        target = self.fs.open(path, os.O_PATH)
-        try:
-            wd = linux.inotify_add(self.fd, f"/proc/self/fd/{target}", WATCH_MASK)
-            self.paths[wd] = path
-            if self.recursive and os.path.isdir(f"/proc/self/fd/{target}"):
-                for entry in self.fs.list(path):
-                    if entry.type == "directory":
-                        self._add(f"{path.rstrip('/')}/{entry.name}")
-        finally:
-            os.close(target)
-
-    async def next_events(self) -> list[tuple[str, str]]:
-        """The next batch of events (waits for at least one); safe to cancel."""
-        while True:
-            await trio.lowlevel.wait_readable(self.fd)
+        pending = [path]
+        while pending:
+            here = pending.pop()
+            if len(self.paths) >= MAX_WATCH_DIRS:
+                raise FileError(OSError(errno.ENOSPC, f"more than {MAX_WATCH_DIRS} "
+                                        "directories to watch; watch a smaller tree"), path)
+            check_deadline(self.deadline, f"watching {path!r}")
+            target = self.fs.open(here, os.O_PATH)
             try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                continue
-            return self._parse(data)
+                wd = linux.inotify_add(self.fd, f"/proc/self/fd/{target}", WATCH_MASK)
+                self.paths[wd] = here
+                if self.recursive and os.path.isdir(f"/proc/self/fd/{target}"):
+                    pending += [f"{here.rstrip('/')}/{name}"
+                                for name in self._subdirectories(here)]
+            finally:
+                os.close(target)
+
+    def _subdirectories(self, path: str) -> list[str]:
+        fd = self.fs.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with os.scandir(fd) as it:
+                return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        finally:
+            os.close(fd)
+
+    def read_events(self, deadline: float) -> list[tuple[str, str]]:
+        """The events ready now (none if there are none); a worker thread's work, since
+        new directories of a recursive watch are listed and watched."""
+        self.deadline = deadline
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return []
+        return self._parse(data)
 
     def _parse(self, data: bytes) -> list[tuple[str, str]]:
         events = []
@@ -108,11 +143,18 @@ class Watch:
             pending = [path]
             while pending:
                 here = pending.pop()
-                for entry in self.fs.list(here):
-                    child = f"{here.rstrip('/')}/{entry.name}"
-                    found.append(("create", child))
-                    if entry.type == "directory":
-                        pending.append(child)
+                fd = self.fs.open(here, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    with os.scandir(fd) as it:
+                        for item in it:
+                            child = f"{here.rstrip('/')}/{item.name}"
+                            found.append(("create", child))
+                            if item.is_dir(follow_symlinks=False):
+                                pending.append(child)
+                            if len(found) % 256 == 0:
+                                check_deadline(self.deadline, f"watching {path!r}")
+                finally:
+                    os.close(fd)
             return found
         except Exception:
-            return []
+            return []  # gone meanwhile, past the watch's size or deadline: not reported

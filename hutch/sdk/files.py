@@ -21,7 +21,7 @@ import anyio
 from hutch.exception import InvalidError
 from hutch.sdk import output
 from hutch.sdk.syncbridge import synchronize, synchronize_generator
-from hutch.sdk.transport import client
+from hutch.sdk.transport import client, error_for
 
 CHUNK = 1 << 20
 
@@ -62,6 +62,16 @@ class FileEntry:
 
 def _entry(doc: dict[str, Any]) -> FileEntry:
     return FileEntry(doc["name"], FileType(doc["type"]), doc["size"], doc["mode"], doc["mtime"])
+
+
+def listing(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of a listing document; the engine streams it in batches, and a batch
+    that failed (past its deadline) ends it with an ``error`` body, raised here."""
+    error = doc.get("error")
+    if isinstance(error, dict):
+        raise error_for(str(error.get("type")), str(error.get("message")))
+    entries: list[dict[str, Any]] = doc["entries"]
+    return entries
 
 
 def _check_path(path: object) -> str:
@@ -127,7 +137,7 @@ class SandboxFilesystem:
         path = _check_path(remote_path)
         self._log("list", path)
         doc = await client().request("GET", f"{self._base}/list", params={"path": path})
-        return [_entry(e) for e in doc["entries"]]
+        return [_entry(e) for e in listing(doc)]
 
     @synchronize
     async def stat(self, remote_path: str) -> FileEntry:

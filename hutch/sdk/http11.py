@@ -219,7 +219,15 @@ class Pool:
                 reader = _Reader(await self._connect())
             reader.received = 0
             try:
-                await reader.stream.send(data)
+                try:
+                    await reader.stream.send(data)
+                except (OSError, anyio.BrokenResourceError) as exc:
+                    # The engine may have answered before reading the whole body (a file
+                    # write it refused) and closed: its answer is still there to read.
+                    try:
+                        return reader, await read_head(reader)
+                    except (OSError, ProtocolError):
+                        raise exc from None
                 return reader, await read_head(reader)
             except BaseException as exc:
                 await self._discard(reader)

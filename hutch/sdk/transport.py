@@ -45,6 +45,7 @@ _ERRORS: dict[str, type[exception.Error]] = {
     "permission_denied": exception.SandboxFilesystemPermissionError,
     "file_exists": exception.SandboxFilesystemPathAlreadyExistsError,
     "directory_not_empty": exception.SandboxFilesystemDirectoryNotEmptyError,
+    "file_busy": exception.SandboxFilesystemBusyError,
     "file_error": exception.SandboxFilesystemError,
 }
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 import anyio
 
 from hutch.exception import InvalidError
-from hutch.sdk.files import CHUNK, FileType
+from hutch.sdk.files import CHUNK, FileType, listing
 from hutch.sdk.options import check_object_name, check_text, shown
 from hutch.sdk.syncbridge import (
     run_sync,
@@ -128,7 +128,7 @@ class Volume:
         doc = await client().request("GET", f"{self._base}/list",
                                      params={"path": _path(path), "recursive": recursive})
         return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
-                for e in doc["entries"]]
+                for e in listing(doc)]
 
     @synchronize_generator
     async def read_file(self, path: str) -> AsyncIterator[bytes]:

@@ -198,3 +198,25 @@ def test_the_blocking_pool_answers_direct_calls_and_replaces_stale_connections(
         # run_direct: no event loop at all, so nothing in the pool may suspend
         assert syncbridge.run_direct(main, path) == [0, 1, 7]
         assert seen == [0, 1]
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_an_answer_before_the_whole_body_is_read(tmp_path: Path, blocking: bool) -> None:
+    """The engine refuses a file write (a FIFO, say) before reading its 4 MiB body and
+    closes: the client's send breaks, and the answer already sent is what it reports."""
+    def handle(conn: socket.socket, n: int) -> None:
+        _read_request(conn)
+        body = b'{"type":"file_error","message":"Not a regular file (a FIFO)"}'
+        conn.sendall(f"HTTP/1.1 400 Bad Request\r\ncontent-length: {len(body)}\r\n"
+                     "connection: close\r\n\r\n".encode() + body)
+        conn.close()
+
+    async def main(path: str) -> None:
+        pool = http11.BlockingPool(path) if blocking else http11.Pool(path)
+        answer = await pool.request("PUT", "/v1/sandboxes/sb/fs/file", body=b"x" * (4 << 20),
+                                    content_type="application/octet-stream")
+        assert answer.status == 400 and "FIFO" in answer.json()["message"]
+        await pool.aclose()
+
+    with server(tmp_path, handle) as (path, _):
+        anyio.run(main, path)

@@ -25,6 +25,7 @@ CASES = [
     ("permission_denied", 403, exception.SandboxFilesystemPermissionError),
     ("file_exists", 409, exception.SandboxFilesystemPathAlreadyExistsError),
     ("directory_not_empty", 409, exception.SandboxFilesystemDirectoryNotEmptyError),
+    ("file_busy", 409, exception.SandboxFilesystemBusyError),
     ("file_error", 400, exception.SandboxFilesystemError),
 ]
 
