@@ -6,8 +6,11 @@ so two creates asking for an image that is not built yet build it once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import stat
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -132,7 +135,7 @@ class ImageService:
             path = Path(base.path)
             index = path if base.archive else path / "index.json"
             try:
-                fingerprint = hashlib.sha256(index.read_bytes()).hexdigest()
+                fingerprint = await trio.to_thread.run_sync(_fingerprint, index)
             except OSError as exc:
                 raise Invalid(f"no OCI {'archive' if base.archive else 'layout'} at "
                               f"{base.path}: {exc.strerror}") from exc
@@ -171,5 +174,22 @@ class ImageService:
                 image = await trio.to_thread.run_sync(self.store.resolve, ref)
             except ImageNotFound as exc:
                 raise NotFound(f"image {ref!r} not found") from exc
+            except (ImportFailed, OSError, ValueError, KeyError) as exc:
+                # a layer that cannot be unpacked (again) from its blob: the sandbox is
+                # refused with the reason rather than left to fail later
+                raise ImageBuildFailed(f"image {ref!r} cannot be used: {exc}") from exc
         self._resolved[ref] = image
         return image
+
+
+def _fingerprint(path: Path) -> str:
+    """The sha256 of a regular file, read in a worker thread: opened without blocking
+    (a FIFO named as an OCI layout must not hold the engine), refused unless regular."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        sha = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+        return sha.hexdigest()

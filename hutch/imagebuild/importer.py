@@ -3,9 +3,15 @@
 skopeo copies the image into a scratch OCI layout (converting Docker manifests to OCI);
 its blobs then move into the store and each layer is unpacked once into its shared
 directory, turning OCI whiteouts into what overlayfs reads: ``.wh.<name>`` becomes a 0:0
-character device and ``.wh..wh..opq`` the ``user.overlay.opaque`` xattr.  Unpacking never
-writes through a symlink (a hostile layer cannot reach outside its directory) and checks
-each layer against the diff id its config promises.
+character device and ``.wh..wh..opq`` the ``user.overlay.opaque`` xattr.
+
+An image is untrusted input.  Every digest and diff id it names must be ``sha256:`` and 64
+hex digits before it becomes a path; every entry of a layer is resolved by the kernel
+inside the layer's directory (:mod:`hutch.imagebuild.inroot`: no ``..``, no writes
+through symlinks, no device nodes, no hard links out, no entry larger than the disk can
+spare).  Layers are unpacked into scratch directories and checked against their diff ids;
+only when all of them are complete are they renamed into the shared store, and only then
+are the blobs moved and the image tagged, so an import that fails leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,22 +20,25 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
-import stat
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from hutch.imagebuild.layertar import OPAQUE_MARKER, WHITEOUT_PREFIX
+from hutch.imagebuild import inroot
+from hutch.imagebuild.inroot import UnsafeEntry
 
 if TYPE_CHECKING:
     from hutch.imagebuild.layout import ImageStore
 
 LogLine = Callable[[str], None]
 LOCAL_REGISTRIES = ("localhost", "127.0.0.1", "[::1]")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class ImportFailed(RuntimeError):
@@ -71,27 +80,56 @@ def import_image(store: ImageStore, source: str, ref: str, log_line: LogLine,
 
 
 def _adopt(store: ImageStore, layout: Path, ref: str, log_line: LogLine) -> str:
-    index = json.loads((layout / "index.json").read_text())
-    manifest_desc = index["manifests"][0]
-
-    def blob(digest: str) -> Path:
-        return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-
-    manifest: dict[str, Any] = json.loads(blob(manifest_desc["digest"]).read_bytes())
-    config: dict[str, Any] = json.loads(blob(manifest["config"]["digest"]).read_bytes())
-    diff_ids: list[str] = config["rootfs"]["diff_ids"]
-    for desc, diff_id in zip(manifest["layers"], diff_ids, strict=True):
-        target = store.layers / diff_id.split(":", 1)[1]
-        if not target.exists():
-            log_line(f"unpacking layer {diff_id[:19]}")
-            unpack_layer(blob(desc["digest"]), desc["mediaType"], diff_id, target, store.tmp)
-    for digest in [manifest_desc["digest"], manifest["config"]["digest"],
-                   *[d["digest"] for d in manifest["layers"]]]:
+    """Move the image skopeo wrote into the store: every layer unpacked and checked first,
+    then all of them renamed into place, then the blobs, then the tag; an image that fails
+    anywhere before leaves nothing in the store."""
+    try:
+        index = json.loads((layout / "index.json").read_text())
+        manifest_desc = index["manifests"][0]
+        manifest: dict[str, Any] = json.loads(_blob(layout, manifest_desc["digest"]).read_bytes())
+        config_digest = check_digest(manifest["config"]["digest"], "config")
+        config: dict[str, Any] = json.loads(_blob(layout, config_digest).read_bytes())
+        diff_ids = [check_digest(d, "diff id") for d in config["rootfs"]["diff_ids"]]
+        layers = [(check_digest(d["digest"], "layer"), str(d["mediaType"]))
+                  for d in manifest["layers"]]
+        if len(layers) != len(diff_ids):
+            raise ImportFailed(f"the image has {len(layers)} layers and {len(diff_ids)} "
+                               "diff ids")
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ImportFailed(f"the image's index, manifest or config is malformed: {exc}") \
+            from exc
+    staged: dict[Path, Path] = {}
+    try:
+        for (digest, media_type), diff_id in zip(layers, diff_ids, strict=True):
+            target = store.layers / diff_id.split(":", 1)[1]
+            if not target.exists() and target not in staged:
+                log_line(f"unpacking layer {diff_id[:19]}")
+                staged[target] = stage_layer(_blob(layout, digest), media_type, diff_id,
+                                             store.tmp)
+        for target, work in list(staged.items()):
+            place_layer(work, target)
+            del staged[target]
+    finally:
+        for work in staged.values():
+            shutil.rmtree(work, ignore_errors=True)
+    for digest in [manifest_desc["digest"], config_digest, *[d for d, _ in layers]]:
         dest = store.blob_path(digest)
         if not dest.exists():
-            os.replace(blob(digest), dest)
+            os.replace(_blob(layout, digest), dest)
     store.tag(ref, manifest_desc["digest"], manifest_desc["size"])
     return ref
+
+
+def check_digest(digest: object, what: str) -> str:
+    """``digest`` if it is ``sha256:`` and 64 hex digits; an image names its blobs and
+    layers this way, and anything else (``sha256:../../home``) would become a path."""
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        raise ImportFailed(f"the image's {what} {digest!r} is not a sha256 digest")
+    return digest
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / check_digest(digest, "blob").split(":", 1)[1]
 
 
 class _Hashing:
@@ -120,81 +158,68 @@ def _decompressed(path: Path, media_type: str) -> tuple[IO[bytes], subprocess.Po
 
 
 def unpack_layer(blob: Path, media_type: str, diff_id: str, target: Path, tmp: Path) -> None:
-    """Unpack one layer blob into ``target`` as an overlayfs lowerdir."""
+    """Unpack one layer blob into ``target`` as an overlayfs lowerdir (nothing is left
+    behind if it fails)."""
+    place_layer(stage_layer(blob, media_type, check_digest(diff_id, "diff id"), tmp), target)
+
+
+def stage_layer(blob: Path, media_type: str, diff_id: str, tmp: Path) -> Path:
+    """Unpack a layer blob into a new scratch directory under ``tmp`` and check it against
+    its diff id; returns that directory.  On any failure it is removed and
+    :class:`ImportFailed` says why."""
     work = Path(tempfile.mkdtemp(dir=tmp, prefix="layer-"))
-    stream, proc = _decompressed(blob, media_type)
-    hashing = _Hashing(stream)
     try:
-        with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
-            extract_safely(tar, work, whiteouts=True)
-        while hashing.read(1 << 20):  # the tar's padding counts for the diff id
-            pass
-        if proc is not None and proc.wait() != 0:
+        stream, proc = _decompressed(blob, media_type)
+        hashing = _Hashing(stream)
+        try:
+            with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
+                extract_safely(tar, work, whiteouts=True)
+            while hashing.read(1 << 20):  # the tar's padding counts for the diff id
+                pass
+        except BaseException:
+            if proc is not None:
+                proc.kill()
+            raise
+        finally:
+            stream.close()
+            if proc is not None:
+                proc.wait()
+        if proc is not None and proc.returncode != 0:
             raise ImportFailed(f"zstd failed on layer {diff_id}")
         if "sha256:" + hashing.sha.hexdigest() != diff_id:
             raise ImportFailed(f"layer content does not match its diff id {diff_id}")
-        try:
-            work.rename(target)
-        except OSError:
-            shutil.rmtree(work, ignore_errors=True)  # another import unpacked it first
-    except BaseException:
+        return work
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, UnsafeEntry | OSError | tarfile.TarError | EOFError | zlib.error):
+            raise ImportFailed(f"layer {diff_id[:19]}: {exc}") from exc
         raise
+
+
+def place_layer(work: Path, target: Path) -> None:
+    """Rename a complete, checked layer into the store (an empty directory there, left by
+    nothing hutch does, would be replaced; another import's copy of it wins)."""
+    try:
+        work.rename(target)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)  # another import unpacked it first
+
+
+def extract_safely(tar: tarfile.TarFile, root: Path, *, whiteouts: bool,
+                   under: str = "/") -> None:
+    """Extract every member of ``tar`` under ``root`` (into the directory ``under`` of it)
+    without ever leaving ``root`` (:mod:`hutch.imagebuild.inroot`).
+
+    ``whiteouts``: an image layer, unpacked into an empty directory: OCI whiteouts become
+    overlay ones and no symlink is followed.  Otherwise a build context, written into a
+    mounted image: its entries are ordinary files, and the image's symlinks are followed
+    inside ``root`` as the sandbox would see them.
+    """
+    fd = inroot.open_root(root)
+    try:
+        ex = inroot.Extractor(fd, follow=not whiteouts, whiteouts=whiteouts)
+        dest = ex.make_dirs(under)
+        os.close(dest)
+        ex.extract_all(tar, inroot.components(under))
     finally:
-        stream.close()
-
-
-def _inside(root: Path, name: str) -> tuple[Path, Path]:
-    """``(parent dir, path)`` of a member, refusing absolute paths, ``..`` and any parent
-    that is a symlink (which could lead the write out of ``root``)."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        raise ImportFailed(f"layer entry {name!r} leaves the layer")
-    parent = root
-    for part in parts[:-1]:
-        parent = parent / part
-        try:
-            st = os.lstat(parent)
-        except FileNotFoundError:
-            parent.mkdir(mode=0o755)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise ImportFailed(f"layer entry {name!r} goes through a non-directory")
-    return parent, parent / parts[-1]
-
-
-def extract_safely(tar: tarfile.TarFile, root: Path, *, whiteouts: bool) -> None:
-    """Extract every member of ``tar`` under ``root`` without ever writing through a
-    symlink or outside ``root``; ``whiteouts`` turns OCI whiteout entries into overlay ones
-    (layers), else they are ordinary files (build contexts)."""
-    for member in tar:
-        _unpack_member(tar, member, root, whiteouts)
-
-
-def _unpack_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path,
-                   whiteouts: bool = True) -> None:
-    parent, path = _inside(root, member.name)
-    base = path.name
-    if whiteouts and base == OPAQUE_MARKER:
-        os.setxattr(parent, "user.overlay.opaque", b"y")
-        return
-    if whiteouts and base.startswith(WHITEOUT_PREFIX):
-        hidden = parent / base[len(WHITEOUT_PREFIX):]
-        if os.path.lexists(hidden):
-            shutil.rmtree(hidden) if hidden.is_dir() and not hidden.is_symlink() \
-                else hidden.unlink()
-        os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
-        return
-    if member.isdev() or member.isfifo():
-        return  # device nodes come from the runtime's /dev, not from images
-    if member.islnk():
-        _, source = _inside(root, member.linkname)
-        if os.path.lexists(path):
-            path.unlink()
-        os.link(source, path, follow_symlinks=False)
-        return
-    if os.path.lexists(path) and not (member.isdir() and path.is_dir()
-                                       and not path.is_symlink()):
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    member.name = str(path.relative_to(root))
-    tar.extract(member, root, set_attrs=True, numeric_owner=True)
+        os.close(fd)

@@ -4,7 +4,8 @@
 ``blobs/sha256``) that ``skopeo inspect oci:<dir>:<ref>`` and umoci read.  Each layer is
 also unpacked once into ``<data>/layers/<diff-id>/``, and that directory is the read-only
 overlayfs lowerdir every sandbox of every image using the layer shares, so starting a
-sandbox never copies an image.
+sandbox never copies an image.  Blobs and layer directories are named by digests only,
+checked to be ``sha256:`` and 64 hex digits before they become paths.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 RUNS_CMD_LABEL = "dev.hutch.runs-cmd"
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class ImageNotFound(LookupError):
@@ -51,6 +54,10 @@ class Image:
 
 
 def _hex(digest: str) -> str:
+    """The hex part of a ``sha256:`` digest, which names a blob or a layer directory; any
+    other string (``sha256:../../home``) is refused before it can become a path."""
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
     return digest.split(":", 1)[1]
 
 

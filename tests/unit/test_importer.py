@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import stat
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hutch.imagebuild.importer import ImportFailed, unpack_layer
+from hutch.imagebuild.importer import ImportFailed, _adopt, unpack_layer
+from hutch.imagebuild.layout import ImageStore
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -132,3 +134,88 @@ def test_unknown_media_type(tmp_path: Path) -> None:
     blob, diff_id = _blob(tmp_path, _tar([("a", "file", "a\n")]))
     with pytest.raises(ImportFailed, match="unsupported layer media type"):
         unpack_layer(blob, "application/x-weird", diff_id, tmp_path / "layer", tmp_path)
+
+
+# unpack_layer and _adopt: hostile layers leave nothing behind -----------------------------------
+@pytest.mark.parametrize("entries", [
+    [("a", "file", "a"), (".wh...", "file", b"")],
+    [("a", "dir", b""), ("a/.wh...", "file", b"")],
+    [("x/.wh.", "file", b"")],
+])
+def test_whiteouts_naming_no_file_are_refused(tmp_path: Path,
+                                              entries: list[tuple[str, str, bytes | str]]
+                                              ) -> None:
+    """``.wh...`` once removed everything beside the layer's scratch directory (other
+    builds in progress): the scratch's neighbours stay, the layer is refused."""
+    scratch = tmp_path / "tmp"
+    (scratch / "bystander").mkdir(parents=True)
+    (scratch / "bystander" / "sleep").write_text("another build's")
+    blob, diff_id = _blob(tmp_path, _tar(entries))
+    with pytest.raises(ImportFailed, match="whiteout"):
+        unpack_layer(blob, GZIP, diff_id, tmp_path / "layer", scratch)
+    assert os.listdir(scratch) == ["bystander"]
+    assert (scratch / "bystander" / "sleep").read_text() == "another build's"
+    assert not (tmp_path / "layer").exists()
+
+
+def test_a_diff_id_that_is_not_a_digest_is_refused(tmp_path: Path) -> None:
+    blob, _ = _blob(tmp_path, _tar([("a", "file", "a")]))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(ImportFailed, match="not a sha256 digest"):
+        unpack_layer(blob, GZIP, "sha256:../../x", tmp_path / "layer", tmp_path / "tmp")
+
+
+def test_an_entry_larger_than_the_disk_is_refused_before_writing(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    info = tarfile.TarInfo("huge")
+    info.size = 1 << 50
+    out.write(info.tobuf(tarfile.PAX_FORMAT) + b"\0" * 1024)
+    blob, diff_id = _blob(tmp_path, out.getvalue())
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(ImportFailed, match="do not fit"):
+        unpack_layer(blob, GZIP, diff_id, tmp_path / "layer", tmp_path / "tmp")
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def _layout(root: Path, layers: list[bytes], diff_ids: list[str] | None = None) -> Path:
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict[str, object]:
+        (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+        return {"digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    config = {"rootfs": {"type": "layers", "diff_ids": diff_ids or [
+        "sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]}}
+    manifest = {"schemaVersion": 2, "config": put(json.dumps(config).encode()),
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            **put(layer)} for layer in layers]}
+    index = {"manifests": [put(json.dumps(manifest).encode())]}
+    (root / "index.json").write_text(json.dumps(index))
+    return root
+
+
+def test_adopt_renames_layers_only_when_every_one_is_complete(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "data")
+    good = _tar([("usr", "dir", b""), ("usr/bin", "dir", b""), ("usr/bin/sleep", "file", "x")])
+    bad = _tar([("ok", "file", "x"), ("../escape", "file", "x")])
+    with pytest.raises(ImportFailed, match="climbs out"):
+        _adopt(store, _layout(tmp_path / "layout", [good, bad]), "ref", lambda line: None)
+    assert list(store.layers.iterdir()) == []
+    assert list(store.tmp.iterdir()) == []
+    assert list(store.blobs.iterdir()) == []
+    assert store.lookup("ref") is None
+    # the good layer alone imports
+    _adopt(store, _layout(tmp_path / "alone", [good]), "ref", lambda line: None)
+    [layer] = store.layers.iterdir()
+    assert (layer / "usr" / "bin" / "sleep").read_text() == "x"
+    assert store.lookup("ref") is not None
+
+
+@pytest.mark.parametrize("diff_id", ["sha256:" + "../" * 12 + "home", "sha256:..", "x"])
+def test_adopt_refuses_diff_ids_that_are_not_digests(tmp_path: Path, diff_id: str) -> None:
+    store = ImageStore(tmp_path / "data")
+    layout = _layout(tmp_path / "layout", [_tar([("a", "file", "a")])], diff_ids=[diff_id])
+    with pytest.raises(ImportFailed, match="diff id"):
+        _adopt(store, layout, "ref", lambda line: None)
+    assert store.lookup("ref") is None and list(store.layers.iterdir()) == []

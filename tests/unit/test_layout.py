@@ -261,3 +261,29 @@ def test_skopeo_reads_layout(store: ImageStore, image: tuple[dict[str, Any], str
     )
     assert raw.returncode == 0, raw.stderr
     assert json.loads(raw.stdout)["rootfs"]["diff_ids"] == [diff_id]
+
+
+@pytest.mark.parametrize("digest", ["sha256:../../home", "sha256:" + "A" * 64, "md5:" + "0" * 64,
+                                    "sha256:" + "0" * 63 + "/", "sha256:" + "0" * 64 + "/..",
+                                    "sha256"])
+def test_digests_that_are_not_sha256_never_become_paths(store: ImageStore,
+                                                        digest: str) -> None:
+    with pytest.raises(ValueError, match="not a sha256 digest"):
+        store.blob_path(digest)
+    with pytest.raises(ValueError, match="not a sha256 digest"):
+        store.ensure_unpacked({"digest": "sha256:" + "0" * 64, "mediaType": "x"}, digest)
+
+
+def test_a_layer_that_fails_to_unpack_again_leaves_nothing(
+    store: ImageStore, image: tuple[dict[str, Any], str, str]
+) -> None:
+    """A blob that no longer matches its diff id (a damaged store): resolve fails, and
+    neither a half-unpacked layer nor scratch is left for a later sandbox to use."""
+    desc, diff_id, _ = image
+    target = store.layers / diff_id.split(":", 1)[1]
+    shutil.rmtree(target)
+    store.blob_path(desc["digest"]).write_bytes(gzip.compress(b"\0" * 1024))
+    with pytest.raises(RuntimeError, match="does not match its diff id"):
+        store.resolve(REF)
+    assert not target.exists()
+    assert list(store.tmp.iterdir()) == []
