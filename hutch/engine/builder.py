@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from hutch.engine import ociconfig, rootfs
 from hutch.engine.errors import ImageBuildFailed, Invalid
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.imagebuild.importer import ImportFailed, extract_safely
+from hutch.imagebuild.inroot import UnsafeEntry
 from hutch.imagebuild.layout import RUNS_CMD_LABEL, ImageStore
 
 log = logging.getLogger("hutch.build")
@@ -141,34 +140,36 @@ class Builder:
     def _copy_layer(self, step: CopyStep, lower: list[Path]) -> tuple[dict[str, Any], str]:
         """A layer holding the context's files under ``step.dest``.
 
-        The directories leading to ``dest`` are in the layer too, so they take the mode and
-        owner they have in the image below (``/tmp`` stays 1777), or 0755 root when new.
+        The context is written into the image itself, mounted as a build container gets it
+        (an overlay over its layers), and every path is resolved by the kernel inside that
+        root: ``dest`` and the image's symlinks lead where they lead in a sandbox
+        (``/../../x`` is ``/x``; ``/escape/x``, with ``/escape -> /home/me``, is the image's
+        ``/home/me/x``), never to the host.  The overlay's upper directory is the layer, so
+        directories leading to ``dest`` keep the mode and owner they have below (``/tmp``
+        stays 1777) and new ones are 0755 root.  A failure leaves nothing behind.
         """
         context = self.contexts / step.context.split(":", 1)[1]
         if not context.is_file():
             raise Invalid(f"build context {step.context} was not uploaded")
         work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix="copy-"))
+        dirs = rootfs.SandboxDirs(work)
         try:
-            target = work.joinpath(*[p for p in step.dest.split("/") if p])
-            target.mkdir(parents=True, exist_ok=True)
-            rel = target.relative_to(work)
-            for d in [*reversed(rel.parents), rel]:
-                st = _lower_stat(lower, d)
-                mode, uid, gid = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) if st \
-                    else (0o755, 0, 0)
-                os.chown(work / d, uid, gid)
-                os.chmod(work / d, mode)
-            with tarfile.open(context) as tar:
-                for member in tar.getmembers():
-                    _check_member(member)
-                extract_safely(tar, target, whiteouts=False)
-            return self.store.commit_layer_dir(work)
-        except ImportFailed as exc:
+            if not lower:  # an image without layers: overlayfs needs one, an empty one
+                (work / "empty").mkdir()
+                lower = [work / "empty"]
+            rootfs.mount_rootfs(dirs, lower)
+            try:
+                with tarfile.open(context) as tar:
+                    for member in tar.getmembers():
+                        _check_member(member)
+                    extract_safely(tar, dirs.merged, whiteouts=False, under=step.dest)
+            except (ImportFailed, UnsafeEntry, OSError, tarfile.TarError) as exc:
+                raise Invalid(f"build context {step.context}: {exc}") from exc
+            finally:
+                rootfs.unmount_rootfs_keep_upper(dirs)
+            return self.store.commit_layer_dir(dirs.upper)
+        finally:
             shutil.rmtree(work, ignore_errors=True)
-            raise Invalid(f"build context {step.context}: {exc}") from exc
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
 
     # commands ----------------------------------------------------------------------------
     async def _run_layer(self, number: int, parent_ref: str, step: RunStep,
@@ -245,20 +246,6 @@ class Builder:
             text = "\n".join(tail)
             raise StepFailed(f"image build step {number} failed: `{command}` exited with code "
                              f"{code}; last lines of its output:\n{text}")
-
-
-def _lower_stat(layers: list[Path], rel: Path) -> os.stat_result | None:
-    """What ``rel`` is in the image made of ``layers`` (bottom first): the top-most layer
-    that has it decides; a whiteout there means it does not exist."""
-    for layer in reversed(layers):
-        try:
-            st = os.lstat(layer / rel)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            return None
-        return st if stat.S_ISDIR(st.st_mode) else None
-    return None
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hutch.engine import linux
 from hutch.engine.errors import Invalid
+from hutch.imagebuild import inroot
 
 
 @dataclass(frozen=True)
@@ -134,30 +135,23 @@ def unmount_rootfs(dirs: SandboxDirs) -> None:
 
 
 def make_dirs_inside(root: Path, path: str) -> None:
-    """``mkdir -p path`` inside ``root`` without following symlinks out of it.
+    """``mkdir -p path`` inside ``root``, resolved by the kernel as the sandbox will see it.
 
-    Every component is opened relative to its parent with O_NOFOLLOW, so a symlink in the
-    image can never redirect the creation to a host path; such a path is refused.
+    ``path`` (a workdir from the API or an image's config) is resolved with openat2's
+    ``RESOLVE_IN_ROOT`` against ``root`` (:mod:`hutch.imagebuild.inroot`): the image's
+    symlinks are followed inside it and ``..`` stops at its ``/``, so nothing is ever
+    created on the host; a component that is not a directory (or a dangling symlink) is
+    refused.
     """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise Invalid(f"workdir {path!r} may not contain '..'")
-    fd = os.open(root, os.O_DIRECTORY | os.O_RDONLY)
+    fd = inroot.open_root(root)
     try:
-        for part in parts:
-            try:
-                nfd = os.open(part, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-            except FileNotFoundError:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                nfd = os.open(part, os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise Invalid(
-                        f"workdir {path!r}: {part!r} is a symlink or not a directory"
-                    ) from exc
-                raise
-            os.close(fd)
-            fd = nfd
+        os.close(inroot.Extractor(fd, follow=True, whiteouts=False).make_dirs(path))
+    except inroot.UnsafeEntry as exc:
+        raise Invalid(f"workdir {path!r}: {exc}") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.ENAMETOOLONG):
+            raise Invalid(f"workdir {path!r}: {exc.strerror}") from exc
+        raise
     finally:
         os.close(fd)
 

@@ -354,6 +354,56 @@ def test_copy_layer_refuses_overwriting_through_symlinks(tmp_path: Path) -> None
     assert victim.read_text() == "original"
 
 
+@needs_root
+@pytest.mark.parametrize("dest", ["/../../../app", "/srv/../../../../../app", "//..//app/"])
+def test_copy_layer_dest_is_resolved_inside_the_image(tmp_path: Path, dest: str) -> None:
+    """``..`` in a destination stops at the image's root: nothing lands beside the scratch
+    directory (where ``/../../../x`` once wrote, three levels up)."""
+    builder = _builder(tmp_path)
+    digest = _upload(builder, _context_tar([(_member("f"), b"f")]))
+    before = sorted(os.listdir(tmp_path))
+    _, diff_id = builder._copy_layer(CopyStep(context=digest, dest=dest), [])
+    layer = builder.store.layers / diff_id.split(":", 1)[1]
+    assert (layer / "app" / "f").read_bytes() == b"f"
+    assert sorted(os.listdir(tmp_path)) == before
+    assert not any(p.name == "app" for p in tmp_path.rglob("app") if layer not in p.parents)
+    assert list(builder.store.tmp.iterdir()) == []
+
+
+@needs_root
+def test_copy_layer_follows_the_images_symlinks_inside_it(tmp_path: Path) -> None:
+    """``/lib -> usr/lib`` (merged /usr) and ``/escape -> <a host directory>``: the files
+    go where the sandbox will look, and the symlinks of the image stay symlinks."""
+    builder = _builder(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    bottom = tmp_path / "bottom"
+    (bottom / "usr" / "lib").mkdir(parents=True)
+    (bottom / "lib").symlink_to("usr/lib")
+    (bottom / "escape").symlink_to(outside)
+    digest = _upload(builder, _context_tar([(_member("f"), b"f")]))
+    _, lib_id = builder._copy_layer(CopyStep(context=digest, dest="/lib/mod"), [bottom])
+    _, esc_id = builder._copy_layer(CopyStep(context=digest, dest="/escape/x"), [bottom])
+    lib = builder.store.layers / lib_id.split(":", 1)[1]
+    esc = builder.store.layers / esc_id.split(":", 1)[1]
+    assert (lib / "usr" / "lib" / "mod" / "f").read_bytes() == b"f"
+    assert not (lib / "lib").exists()  # the layer does not hide the symlink below
+    assert (esc / str(outside).lstrip("/") / "x" / "f").read_bytes() == b"f"
+    assert list(outside.iterdir()) == []
+
+
+@needs_root
+def test_copy_layer_failure_leaves_no_mount_and_no_scratch(tmp_path: Path) -> None:
+    builder = _builder(tmp_path)
+    digest = _upload(builder, _context_tar([(_member("l", tarfile.SYMTYPE, "loop"), None),
+                                            (_member("loop", tarfile.SYMTYPE, "l"), None),
+                                            (_member("l/x"), b"x")]))
+    with pytest.raises(Invalid, match="build context"):
+        builder._copy_layer(CopyStep(context=digest, dest="/app"), [])
+    assert list(builder.store.tmp.iterdir()) == []
+    assert str(builder.store.tmp) not in Path("/proc/self/mountinfo").read_text()
+
+
 # Builder._configure -------------------------------------------------------------------------
 def test_configure_expands_and_labels() -> None:
     cfg: dict[str, Any] = {"Env": ["PATH=/usr/bin", "KEEP=1"]}
