@@ -67,6 +67,8 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
+#: Bytes of the sandbox's /etc/passwd a zygote reads to find root's home.
+PASSWD_MAX = 1 << 20
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Signals a zygote ignores (Python ignores SIGPIPE and SIGXFSZ) that a command must not.
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
@@ -324,16 +326,28 @@ class Zygote:
         send(self.sock, {"id": exec_id, "exit": os.waitstatus_to_exitcode(status)})
 
 
-def home_of_root() -> str:
-    """Root's home directory in the sandbox's ``/etc/passwd`` (``/`` when it has none)."""
+def home_of_root(passwd: str = "/etc/passwd") -> str:
+    """Root's home directory in the sandbox's ``/etc/passwd`` (``/`` when it has none).
+
+    The file is the sandbox's: it may be a FIFO nobody writes (an open would block the
+    zygote for good), a device or a huge file.  Only a regular file is read, opened
+    without blocking, and only its first ``PASSWD_MAX`` bytes."""
     try:
-        with open("/etc/passwd", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.rstrip("\n").split(":")
-                if len(fields) >= 6 and fields[2] == "0":
-                    return fields[5] or "/"
+        fd = os.open(passwd, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
-        pass
+        return "/"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "/"
+        data = os.read(fd, PASSWD_MAX)
+    except OSError:
+        return "/"
+    finally:
+        os.close(fd)
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[2] == "0":
+            return fields[5] or "/"
     return "/"
 
 

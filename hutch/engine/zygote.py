@@ -175,11 +175,15 @@ class ZygoteLink:
             self.processes.clear()
 
     async def close(self) -> None:
-        """Hang up, and wait (briefly) for the zygote to leave the sandbox's cgroup.  The
-        reader task sees the zygote's end and closes the socket."""
+        """End the zygote, and wait (briefly) for it to leave the sandbox's cgroup.  It is
+        killed, not asked: it has nothing to finish (nothing it started runs, or its sandbox
+        has ended), and a zygote wedged in the sandbox's files would never see a hang-up.
+        The reader task sees its end and closes the socket."""
         self.alive = False
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         with trio.move_on_after(EXIT_TIMEOUT):
             await trio.lowlevel.wait_readable(self.pidfd)
         os.close(self.pidfd)

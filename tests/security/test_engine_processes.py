@@ -19,11 +19,15 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hutch
 from tests.helpers import wait_for
+
+T = TypeVar("T")
 
 #: Watches ``/proc`` for a process that still runs the zygote's code and tries to write
 #: its memory every way a sandbox process can.  Prints one JSON object per sighting.
@@ -191,3 +195,46 @@ def test_terminate_does_not_kill_a_process_that_took_an_ended_execs_pid(
     finally:
         victim.kill()
         victim.wait()
+
+
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``'s result, failing (not hanging) if it takes longer than ``seconds``."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).result(timeout=seconds)
+    except TimeoutError:
+        raise AssertionError(f"{call} took more than {seconds} s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _zygotes() -> set[int]:
+    """Host pids of the engine's zygotes (children of its fork server)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and b"forkserver.py" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.add(int(entry))
+        except OSError:
+            pass
+    servers = {p for p in found if Path(f"/proc/{p}/stat").read_text().split()[3] not in
+               {str(q) for q in found}}
+    return found - servers
+
+
+def test_a_fifo_for_etc_passwd_does_not_wedge_the_zygote(engine: dict[str, Any]) -> None:
+    """The zygote reads the sandbox's /etc/passwd for HOME: a FIFO there used to block it
+    in open() for good, every later exec with it, and the sandbox's end (the zygote, outside
+    the sandbox's pid namespace, outlived it)."""
+    sb = hutch.Sandbox.create(timeout=120)
+    before = _zygotes()
+    try:
+        assert sb.exec("sh", "-c", "rm /etc/passwd && mkfifo /etc/passwd").wait() == 0
+        p = sb.exec("sh", "-c", "echo $HOME")  # no HOME given: the zygote looks it up
+        assert _within(30, p.wait) == 0
+        assert p.stdout.read() == "/\n"
+    finally:
+        started = time.monotonic()
+        sb.terminate(wait=True)
+    assert time.monotonic() - started < 10
+    wait_for(lambda: not (_zygotes() - before), timeout=10, what="the sandbox's zygote to end")

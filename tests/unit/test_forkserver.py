@@ -81,17 +81,13 @@ def test_a_path_with_a_slash_is_taken_as_it_is(tmp_path: Path) -> None:
     assert missing.value.errno == errno.ENOENT
 
 
-def test_root_home_comes_from_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_root_home_comes_from_passwd(tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
-    real_open = open
-
-    def fake_open(path: str, *args: object, **kwargs: object) -> object:
-        return real_open(passwd if path == "/etc/passwd" else path, *args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr("builtins.open", fake_open)
     passwd.write_text("daemon:x:1:1::/usr/sbin:/bin/false\nroot:x:0:0:root:/var/root:/bin/sh\n")
-    assert forkserver.home_of_root() == "/var/root"
+    assert forkserver.home_of_root(str(passwd)) == "/var/root"
     passwd.write_text("daemon:x:1:1::/usr/sbin:/bin/false\n")
-    assert forkserver.home_of_root() == "/"
+    assert forkserver.home_of_root(str(passwd)) == "/"
     passwd.unlink()
-    assert forkserver.home_of_root() == "/"
+    assert forkserver.home_of_root(str(passwd)) == "/"
+    os.mkfifo(passwd)  # nobody writes it: an open that blocked would never return
+    assert forkserver.home_of_root(str(passwd)) == "/"
