@@ -5,9 +5,10 @@ image arrives as an OCI layout whose layer tars and config were crafted by hand.
 attack checks, measured rather than assumed:
 
 1. no file appeared (or changed) on the host outside the engine's data directory;
-2. the shared layer store is intact: its scratch directory is a directory and empty (a
-   failed import or build step leaves nothing behind), every layer of the default image
-   still holds ``usr/bin/sleep``, and a failed import added no layer, blob or tag;
+2. the shared layer store is intact: its scratch directory is still a directory, holding
+   nothing but a bystander (standing for another build in progress, untouched) since a
+   failed import or build step leaves nothing behind; every layer of the default image
+   still holds ``usr/bin/sleep``; a failed import added no layer (nor blob, nor tag);
 3. an ordinary sandbox still starts within a deadline and runs ``sleep 0`` and ``echo``.
 
 Before the fixes a copy step to ``/../../../x`` wrote on the host, a whiteout entry named
@@ -100,9 +101,9 @@ def try_build(base: dict[str, Any], steps: list[dict[str, Any]]) -> str | Error:
         return exc
 
 
-def run_in(ref: str, script: str) -> tuple[int, str]:
+def run_in(ref: str, script: str) -> tuple[int | None, str]:
     """Exit code and stdout of ``sh -c script`` in a new sandbox of ``ref``."""
-    def go() -> tuple[int, str]:
+    def go() -> tuple[int | None, str]:
         sb = hutch.Sandbox.create("sh", "-c", script, image=hutch.Image.from_id(ref),
                                   timeout=60)
         try:
@@ -133,10 +134,10 @@ def ordinary_sandbox_works() -> None:
 @pytest.fixture
 def store(engine: dict[str, Any]) -> Iterator[Path]:
     """The engine's data directory.  A bystander stands in the store's scratch directory
-    for another build in progress (whose overlay a hostile whiteout once emptied, which is
-    how an unrelated image lost ``sleep``); after the test it must be untouched, nothing
-    else may be left there, every layer of the default image must be whole and an ordinary
-    sandbox must work."""
+    for another build in progress (a hostile ``.wh...`` once emptied that directory; with
+    a build's overlay mounted there, its layer would white out the whole image); after the
+    test it must be untouched, nothing else may be left there, every layer of the default
+    image must be whole and an ordinary sandbox must work."""
     data = Path(engine["data_dir"])
     tmp = data / "tmp"
     bystander = tmp / f"bystander-{uuid.uuid4().hex[:8]}"
