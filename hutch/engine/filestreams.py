@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from typing import Any
 
 from hutch.engine.errors import EngineError, Invalid
@@ -72,7 +71,7 @@ def _document(rows: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]
         try:
             async for batch in rows:
                 if batch:
-                    text = ",".join(json.dumps(row, separators=(",", ":")) for row in batch)
+                    text = json.dumps(batch, separators=(",", ":"))[1:-1]
                     yield (text if first else "," + text).encode()
                     first = False
         except EngineError as exc:
@@ -153,4 +152,7 @@ async def copy_files(ops: FileOps, owner: str, fs: SandboxFS, sources: list[str]
 
 
 def entry_row(entry: Entry) -> dict[str, Any]:
-    return asdict(entry)
+    """An entry as a listing's JSON object (``dataclasses.asdict`` copies deeply: slow
+    for 300,000 entries)."""
+    return {"name": entry.name, "type": entry.type, "size": entry.size, "mode": entry.mode,
+            "mtime": entry.mtime}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import math
+import operator
 import os
 import stat
 from dataclasses import dataclass
@@ -296,7 +297,7 @@ class SandboxFS:
                                 raise too_many(top)
             finally:
                 os.close(fd)
-        found.sort(key=lambda pair: pair[0])
+        found.sort(key=operator.itemgetter(0))
         return found
 
     def mkdir(self, path: str, parents: bool = False, mode: int = 0o755) -> None:

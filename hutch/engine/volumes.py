@@ -36,6 +36,7 @@ from hutch.engine.errors import Conflict
 from hutch.engine.fileops import FileOps, deadline_after
 from hutch.engine.filestreams import (
     copy_files,
+    entry_row,
     list_directory,
     stream_fd,
     walk_directory,
@@ -217,4 +218,4 @@ def _join(base: str, name: str) -> str:
 
 
 def _path_row(path: str, e: Entry) -> dict[str, Any]:
-    return {**asdict(e), "path": path}
+    return {**entry_row(e), "path": path}
