@@ -21,9 +21,11 @@ bound of last resort, not the usual way out.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, Self, TypeVar
 
 import trio
 
@@ -52,6 +54,32 @@ def check_deadline(deadline: float, doing: str) -> None:
         raise TimedOut(f"{doing} did not finish within its {FILE_OP_TIMEOUT:g} s deadline")
 
 
+class Resource(Protocol):
+    """What :meth:`FileOps.run_fs` duplicates for a step (a ``SandboxFS``)."""
+
+    def dup(self) -> Self: ...
+
+    def close(self) -> None: ...
+
+
+class _GaveUp(Exception):
+    """A step whose caller had given up before its thread began it."""
+
+
+class _Claim:
+    """Who runs a step's clean-up: its thread, once it begins the step, or the caller,
+    if the step never began; whichever takes the claim first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def take(self) -> bool:
+        with self._lock:
+            taken, self._taken = self._taken, True
+            return not taken
+
+
 class FileOps:
     """The engine's thread-run file operations, one limiter per owner."""
 
@@ -73,16 +101,64 @@ class FileOps:
         return 0 if limiter is None else int(limiter.borrowed_tokens)
 
     async def run(self, owner: str, fn: Callable[..., T], *args: object,
-                  doing: str = "a file operation") -> T:
-        """``fn(*args)`` in a worker thread of ``owner``'s, within the deadline."""
+                  doing: str = "a file operation", abandon: bool = True) -> T:
+        """``fn(*args)`` in a worker thread of ``owner``'s, within the deadline.
+
+        ``fn`` must use no descriptor the caller may close when the call ends (use
+        :meth:`run_fd` or :meth:`run_fs`), or be given ``abandon=False``: a step abandoned
+        at its deadline goes on running, and a descriptor number closed under it may
+        meanwhile name another sandbox's file."""
+        return await self._run(owner, fn, args, doing, abandon, None)
+
+    async def run_fd(self, owner: str, fn: Callable[..., T], fd: int, *args: object,
+                     doing: str = "a file operation") -> T:
+        """``fn(copy, *args)``, ``copy`` a duplicate of ``fd`` that only the step uses and
+        closes: an abandoned step keeps its own descriptor, whatever the caller closes."""
+        copy = os.dup(fd)
+
+        def step() -> T:
+            try:
+                return fn(copy, *args)
+            finally:
+                os.close(copy)
+
+        return await self._run(owner, step, (), doing, True, lambda: os.close(copy))
+
+    async def run_fs(self, owner: str, fs: Resource, fn: Callable[..., T], *args: object,
+                     doing: str = "a file operation") -> T:
+        """``fn(copy, *args)`` with a duplicate of ``fs`` (a root descriptor of the step's
+        own), as :meth:`run_fd` does for a descriptor."""
+        copy = fs.dup()
+
+        def step() -> T:
+            try:
+                return fn(copy, *args)
+            finally:
+                copy.close()
+
+        return await self._run(owner, step, (), doing, True, copy.close)
+
+    async def _run(self, owner: str, fn: Callable[..., T], args: tuple[object, ...],
+                   doing: str, abandon: bool, unstarted: Callable[[], None] | None) -> T:
+        """Run ``fn`` in a thread; ``unstarted`` is called if ``fn`` never runs (the call
+        was cancelled, or timed out, before its thread began it)."""
         limiter = self.limiter(owner)
+        claim = _Claim()
+
+        def step() -> T:
+            if not claim.take():
+                raise _GaveUp  # the caller gave up before this began: nobody reads this
+            return fn(*args)
+
         try:
             with trio.move_on_after(self.timeout + _GRACE):
-                return await trio.to_thread.run_sync(fn, *args, limiter=limiter,
-                                                     abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(step, limiter=limiter,
+                                                     abandon_on_cancel=abandon)
             raise TimedOut(f"{doing} did not finish within its {self.timeout:g} s deadline "
                            f"({owner} runs at most {self.per_owner} file operations at once)")
         finally:
+            if claim.take() and unstarted is not None:
+                unstarted()
             self._forget_idle(owner, limiter)
 
     def _forget_idle(self, owner: str, limiter: trio.CapacityLimiter) -> None:

@@ -72,7 +72,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
     @app.get("/v1/sandboxes/{sandbox_id}/fs/stat", responses=_FILE_ERRORS)
     async def stat_path(sandbox_id: str, path: str) -> dict[str, object]:
         with files(sandbox_id) as fs:
-            return asdict(await ops.run(sandbox_id, fs.stat, path))
+            return asdict(await ops.run_fs(sandbox_id, fs, SandboxFS.stat, path))
 
     @app.get("/v1/sandboxes/{sandbox_id}/fs/list", response_class=StreamingResponse,
              responses=stream_response("application/json", "the entries, streamed "
@@ -87,13 +87,13 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
     @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir", responses=_FILE_ERRORS)
     async def make_dir(sandbox_id: str, req: MakeDirRequest) -> dict[str, object]:
         with files(sandbox_id) as fs:
-            await ops.run(sandbox_id, fs.mkdir, req.path, req.parents)
-            return asdict(await ops.run(sandbox_id, fs.stat, req.path))
+            await ops.run_fs(sandbox_id, fs, SandboxFS.mkdir, req.path, req.parents)
+            return asdict(await ops.run_fs(sandbox_id, fs, SandboxFS.stat, req.path))
 
     @app.post("/v1/sandboxes/{sandbox_id}/fs/remove", responses=_FILE_ERRORS)
     async def remove(sandbox_id: str, req: RemoveRequest) -> dict[str, str]:
         with files(sandbox_id) as fs:
-            await ops.run(sandbox_id, fs.remove, req.path, req.recursive,
+            await ops.run_fs(sandbox_id, fs, SandboxFS.remove, req.path, req.recursive,
                           deadline_after(ops.timeout), doing=f"removing {req.path!r}")
         return {"removed": req.path}
 
@@ -107,14 +107,11 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         live = manager.live.get(sandbox_id)
         if manager.get(sandbox_id).state != "running" or live is None:
             raise Conflict(f"Sandbox {sandbox_id} has already finished")
-        fs = SandboxFS(f"/proc/{live.pid}/root", live.workdir)
-        try:
-            # owns fs from here on; a recursive watch lists every directory: a thread's work
-            watcher = await ops.run(sandbox_id, Watch.start, fs, path, recursive,
-                                    deadline_after(ops.timeout), doing=f"watching {path!r}")
-        except BaseException:
-            fs.close()
-            raise
+        with SandboxFS(f"/proc/{live.pid}/root", live.workdir) as fs:
+            # a recursive watch lists every directory: a thread's work (the watch keeps a
+            # root descriptor of its own)
+            watcher = await ops.run_fs(sandbox_id, fs, Watch.start, path, recursive,
+                                       deadline_after(ops.timeout), doing=f"watching {path!r}")
 
         async def events() -> AsyncIterator[bytes]:
             deadline = math.inf if timeout is None else trio.current_time() + timeout
@@ -124,9 +121,11 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
                         await trio.lowlevel.wait_readable(watcher.fd)
                     if wait.cancelled_caught:
                         continue
+                    # not abandoned at the deadline (it uses the watch's descriptors,
+                    # closed below): it never waits, and checks its deadline as it scans
                     batch = await ops.run(sandbox_id, watcher.read_events,
                                           deadline_after(ops.timeout),
-                                          doing=f"watching {path!r}")
+                                          doing=f"watching {path!r}", abandon=False)
                     for kind, changed in batch:
                         yield json.dumps({"type": kind, "path": changed}).encode() + b"\n"
             finally:
@@ -142,7 +141,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
                         ) -> StreamingResponse:
         """The file's bytes from ``offset`` (``length`` of them, or to the end)."""
         with files(sandbox_id) as fs:
-            fd = await ops.run(sandbox_id, fs.open_regular, path, os.O_RDONLY)
+            fd = await ops.run_fs(sandbox_id, fs, SandboxFS.open_regular, path, os.O_RDONLY)
 
         return StreamingResponse(stream_fd(ops, sandbox_id, fd, offset, length),
                                  media_type=BYTES)
@@ -155,7 +154,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         """Write the body to the file (``w`` truncates, ``a`` appends, ``x`` creates only a
         new file, ``r+`` writes at ``offset`` into an existing one)."""
         with files(sandbox_id) as fs:
-            fd = await ops.run(sandbox_id, fs.open_regular, path, _FLAGS[mode], 0o644)
+            fd = await ops.run_fs(sandbox_id, fs, SandboxFS.open_regular, path, _FLAGS[mode], 0o644)
             try:
                 if mode == "r+" and offset:
                     os.lseek(fd, offset, os.SEEK_SET)

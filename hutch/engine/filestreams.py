@@ -36,7 +36,7 @@ async def stream_fd(ops: FileOps, owner: str, fd: int, offset: int = 0,
         position, left = offset, length
         while left is None or left > 0:
             size = chunk if left is None else min(chunk, left)
-            data = await ops.run(owner, os.pread, fd, size, position, doing="a file read")
+            data = await ops.run_fd(owner, os.pread, fd, size, position, doing="a file read")
             if not data:
                 return
             position += len(data)
@@ -59,7 +59,7 @@ async def write_stream(ops: FileOps, owner: str, fd: int,
     worker thread: a write may wait for the disk (dirty-page throttling)."""
     async for chunk in chunks:
         if chunk:
-            await ops.run(owner, _write_all, fd, chunk, doing="a file write")
+            await ops.run_fd(owner, _write_all, fd, chunk, doing="a file write")
 
 
 def _document(rows: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
@@ -87,14 +87,14 @@ async def list_directory(ops: FileOps, owner: str, fs: SandboxFS, path: str,
     """A directory's entries as a streamed JSON document, ``row`` making each one's
     object.  Opening and reading the names happen before the first byte, so a missing
     or unreadable directory is answered with its own error status."""
-    dirfd, names = await ops.run(owner, fs.names, path, deadline_after(ops.timeout),
+    dirfd, names = await ops.run_fs(owner, fs, SandboxFS.names, path, deadline_after(ops.timeout),
                                  doing=f"listing {path!r}")
 
     async def batches() -> AsyncIterator[list[dict[str, Any]]]:
         try:
             for start in range(0, len(names), LIST_BATCH):
                 part = names[start:start + LIST_BATCH]
-                found = await ops.run(owner, fs.entries, dirfd, part,
+                found = await ops.run_fd(owner, SandboxFS.entries, dirfd, part,
                                       doing=f"listing {path!r}")
                 yield [row(e) for e in found]
         finally:
@@ -108,7 +108,7 @@ async def walk_directory(ops: FileOps, owner: str, fs: SandboxFS, path: str,
                          ) -> AsyncIterator[bytes]:
     """Everything under a directory, sorted by path, as a streamed JSON document (the
     walk is one worker-thread step, within its deadline; the encoding is batched)."""
-    found = await ops.run(owner, fs.walk, path, deadline_after(ops.timeout),
+    found = await ops.run_fs(owner, fs, SandboxFS.walk, path, deadline_after(ops.timeout),
                           doing=f"listing {path!r}")
 
     async def batches() -> AsyncIterator[list[dict[str, Any]]]:
@@ -126,23 +126,23 @@ async def copy_files(ops: FileOps, owner: str, fs: SandboxFS, sources: list[str]
     into_dir = len(sources) > 1 or dest.endswith("/")
     if not into_dir:
         try:
-            into_dir = (await ops.run(owner, fs.stat, dest)).type == "directory"
+            into_dir = (await ops.run_fs(owner, fs, SandboxFS.stat, dest)).type == "directory"
         except FileError:
             pass
     for source in sources:
-        if (await ops.run(owner, fs.stat, source)).type == "directory":
+        if (await ops.run_fs(owner, fs, SandboxFS.stat, source)).type == "directory":
             raise Invalid(f"copy_files copies files; {source!r} is a directory")
         name = source.rstrip("/").rsplit("/", 1)[-1]
         target = f"{dest.rstrip('/')}/{name}" if into_dir else dest
-        src = await ops.run(owner, fs.open_regular, source, os.O_RDONLY)
+        src = await ops.run_fs(owner, fs, SandboxFS.open_regular, source, os.O_RDONLY)
         try:
             mode = os.fstat(src).st_mode & 0o7777
-            dst = await ops.run(owner, fs.open_regular, target,
+            dst = await ops.run_fs(owner, fs, SandboxFS.open_regular, target,
                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
-                while data := await ops.run(owner, os.read, src, READ_CHUNK,
+                while data := await ops.run_fd(owner, os.read, src, READ_CHUNK,
                                             doing="a copy"):
-                    await ops.run(owner, _write_all, dst, data, doing="a copy")
+                    await ops.run_fd(owner, _write_all, dst, data, doing="a copy")
             except OSError as exc:
                 raise FileError(exc, target) from exc
             finally:

@@ -156,6 +156,14 @@ class SandboxFS:
     def close(self) -> None:
         os.close(self.root)
 
+    def dup(self) -> SandboxFS:
+        """The same root through a descriptor of its own (for a worker thread's step,
+        which may outlive the caller's handle)."""
+        copy = object.__new__(SandboxFS)
+        copy.root = os.dup(self.root)
+        copy.workdir = self.workdir
+        return copy
+
     def __enter__(self) -> SandboxFS:
         return self
 

@@ -175,7 +175,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
              responses=stream_response(BYTES, "the file's bytes") | _FILE_ERRORS)
     async def read(name: str, path: str) -> StreamingResponse:
         with files(name) as fs:
-            fd = await ops.run(owner(name), fs.open_regular, path, os.O_RDONLY)
+            fd = await ops.run_fs(owner(name), fs, SandboxFS.open_regular, path, os.O_RDONLY)
 
         return StreamingResponse(stream_fd(ops, owner(name), fd), media_type=BYTES)
 
@@ -186,8 +186,8 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
         with files(name) as fs:
             parent = fs.path(path).rsplit("/", 1)[0]
             if parent:
-                await ops.run(owner(name), fs.mkdir, parent, True)
-            fd = await ops.run(owner(name), fs.open_regular, path,
+                await ops.run_fs(owner(name), fs, SandboxFS.mkdir, parent, True)
+            fd = await ops.run_fs(owner(name), fs, SandboxFS.open_regular, path,
                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
                 os.fchmod(fd, mode)
@@ -201,7 +201,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
     @app.post("/v1/volumes/{name}/remove", responses=_FILE_ERRORS)
     async def remove(name: str, req: RemoveRequest) -> dict[str, str]:
         with files(name) as fs:
-            await ops.run(owner(name), fs.remove, req.path, req.recursive,
+            await ops.run_fs(owner(name), fs, SandboxFS.remove, req.path, req.recursive,
                           deadline_after(ops.timeout), doing=f"removing {req.path!r}")
         return {"removed": req.path}
 

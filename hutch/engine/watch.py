@@ -53,22 +53,26 @@ def event_type(mask: int) -> str:
 class Watch:
     def __init__(self, fs: SandboxFS, path: str, recursive: bool,
                  deadline: float = float("inf")) -> None:
-        self.fs = fs
+        self.fs = fs.dup()  # its own: the caller's handle may be closed before the watch
         self.recursive = recursive
         self.deadline = deadline
-        self.fd = linux.inotify_init()
+        try:
+            self.fd = linux.inotify_init()
+        except BaseException:
+            self.fs.close()
+            raise
         self.paths: dict[int, str] = {}
         try:
             self._add(fs.path(path).rstrip("/") or "/")
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
 
     @classmethod
     def start(cls, fs: SandboxFS, path: str, recursive: bool, deadline: float) -> Watch:
-        """A watch of ``path`` (a worker thread's work: it may list a whole tree); owns
-        ``fs`` once made.  inotify's refusals (a directory in /proc, no watches left)
-        are typed file errors."""
+        """A watch of ``path`` (a worker thread's work: it may list a whole tree), through
+        a duplicate of ``fs`` that it closes.  inotify's refusals (a directory in /proc,
+        no watches left) are typed file errors."""
         try:
             return cls(fs, path, recursive, deadline)
         except OSError as exc:
@@ -76,7 +80,7 @@ class Watch:
             raise FileError(OSError(exc.errno, reason), path) from exc
 
     def close(self) -> None:
-        """Stop watching; closes the sandbox files handle too (the watch owns it)."""
+        """Stop watching; closes the watch's own root descriptor too."""
         os.close(self.fd)
         self.fs.close()
 

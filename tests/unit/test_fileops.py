@@ -6,8 +6,10 @@ a sandbox: what is under test is the limiter and the deadline, not the blocking 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -78,3 +80,58 @@ def test_check_deadline() -> None:
     check_deadline(deadline_after(10), "listing")
     with pytest.raises(TimedOut, match="listing '/big' did not finish"):
         check_deadline(time.monotonic() - 1, "listing '/big'")
+
+
+def test_an_abandoned_step_keeps_a_descriptor_of_its_own(tmp_path: Path) -> None:
+    """The caller closes its descriptor when the call times out; the step still running
+    must not then use that number, which the next open may give to another sandbox's
+    file: it reads through a duplicate, closed when the step ends."""
+    ops = FileOps(per_owner=1, timeout=0.2)
+    (tmp_path / "mine").write_bytes(b"mine")
+    (tmp_path / "theirs").write_bytes(b"theirs")
+    release = threading.Event()
+    read: list[bytes] = []
+
+    def slow_read(fd: int) -> bytes:
+        release.wait()
+        read.append(os.pread(fd, 100, 0))
+        return read[-1]
+
+    async def main() -> None:
+        fd = os.open(tmp_path / "mine", os.O_RDONLY)
+        with pytest.raises(TimedOut):
+            await ops.run_fd("sandbox A", slow_read, fd)
+        os.close(fd)
+        reused = os.open(tmp_path / "theirs", os.O_RDONLY)  # most likely the same number
+        release.set()
+        while ops.busy("sandbox A"):
+            await trio.sleep(0.01)
+        os.close(reused)
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    trio.run(main)
+    assert read == [b"mine"]
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # the duplicate was closed
+
+
+def test_a_step_that_never_began_releases_its_duplicate() -> None:
+    ops = FileOps(per_owner=1, timeout=0.2)
+    release = threading.Event()
+
+    async def hold() -> None:
+        with pytest.raises(TimedOut):
+            await ops.run("sandbox A", release.wait)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold)
+            await trio.sleep(0.05)
+            fd = os.open("/dev/null", os.O_RDONLY)
+            with pytest.raises(TimedOut):  # waits for A's only slot, never begins
+                await ops.run_fd("sandbox A", os.fstat, fd)
+            os.close(fd)
+            release.set()
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    trio.run(main)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
