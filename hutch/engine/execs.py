@@ -3,9 +3,20 @@
 The output of an exec is kept in one queue per stream, in the order the pipes produce it,
 until a reader consumes it: a reader that connects late still sees everything, and what
 has been read is dropped.  Unread output beyond ``MAX_BUFFERED`` pauses the pipes, so the
-process blocks as it would on a full pipe.  Readers are woken by a trio event that is
-replaced at each append.  A timeout kills the exec's whole process tree
-(:mod:`hutch.engine.proctree`), then records 124, like coreutils' ``timeout``.
+process blocks as it would on a full pipe.
+
+Unread output is the sandbox's to pay for, not the engine's: all the execs of a sandbox
+share one :class:`OutputBudget` (``SANDBOX_BUFFERED``), counted with what each chunk costs
+the engine beyond its bytes, and small writes are merged into the chunk before them.  Once
+the budget is spent, an exec that holds more than ``EXEC_FLOOR`` waits (so its reader can
+always make progress), and what the execs of an ended sandbox still hold is dropped.  Why:
+a sandbox printing a few bytes at a time from many execs nobody read grew the engine by
+~1.4 GiB in 90 s, each chunk costing ~100 bytes of objects beyond its data (40 execs
+writing 100 bytes at a time: +751 MiB before, tests/security/test_engine_memory.py).
+
+Readers are woken by a trio event that is replaced at each append.  A timeout kills the
+exec's whole process tree (:mod:`hutch.engine.proctree`), then records 124, like
+coreutils' ``timeout``.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 import trio
 
@@ -28,12 +40,44 @@ EXEC_TIMEOUT_CODE = 124
 PID_WAIT = 5.0
 #: Output beyond this many unread bytes pauses the pipes until a reader catches up.
 MAX_BUFFERED = 16 << 20
+#: Unread output all the execs of one sandbox may hold in the engine together.
+SANDBOX_BUFFERED = 64 << 20
+#: What one exec may always hold, whatever the others hold (its reader is never starved).
+EXEC_FLOOR = 256 << 10
+#: Bytes a chunk costs the engine beyond its data (bytes object, list, deque slot).
+CHUNK_OVERHEAD = 128
+#: A chunk grows by merging later writes until it holds this many bytes.
+CHUNK_MERGE = 64 << 10
+
+
+class OutputBudget:
+    """The unread output a sandbox's execs hold in the engine, and its limit."""
+
+    def __init__(self, limit: int = SANDBOX_BUFFERED) -> None:
+        self.limit = limit
+        self.used = 0
+        self._released = trio.Event()
+
+    def take(self, size: int) -> None:
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._released.set()
+        self._released = trio.Event()
+
+    def spent(self) -> bool:
+        return self.used > self.limit
+
+    async def released(self) -> None:
+        """Wait until some of it is given back (read or dropped)."""
+        await self._released.wait()
 
 
 class ExecSession:
     def __init__(self, exec_id: str, sandbox_id: str, argv: list[str],
                  command: StartedCommand, marker: bytes, pidns: int | None,
-                 timeout: float | None) -> None:
+                 timeout: float | None, budget: OutputBudget | None = None) -> None:
         self.exec_id = exec_id
         self.sandbox_id = sandbox_id
         self.argv = argv
@@ -42,21 +86,57 @@ class ExecSession:
         self.marker = marker
         self.pidns = pidns
         self.timeout = timeout
-        self._queues: dict[int, deque[tuple[int, bytes]]] = {1: deque(), 2: deque()}
+        self.budget = budget if budget is not None else OutputBudget()
+        #: per stream: [sequence number, data] chunks, the last one still growing
+        self._queues: dict[int, deque[list[Any]]] = {1: deque(), 2: deque()}
         self._seq = 0
+        #: what the unread chunks cost the engine (data and CHUNK_OVERHEAD each)
         self.unread = 0
+        #: output is dropped as it comes (the sandbox has ended: nobody may read it)
+        self._dropping = False
         self.returncode: int | None = None
         self.timed_out = False
         self._stdin_closed = False
         self.done = trio.Event()
         self._changed = trio.Event()
-        self._drained = trio.Event()
 
     # output ----------------------------------------------------------------------------
     def _append(self, fd: int, data: bytes) -> None:
-        self._seq += 1
-        self._queues[fd].append((self._seq, data))
-        self.unread += len(data)
+        if self._dropping:
+            return
+        queue = self._queues[fd]
+        if queue and queue[-1][0] == self._seq and len(queue[-1][1]) < CHUNK_MERGE:
+            queue[-1][1] += data  # the newest chunk of all: nothing was written in between
+            cost = len(data)
+        else:
+            self._seq += 1
+            queue.append([self._seq, bytearray(data)])
+            cost = len(data) + CHUNK_OVERHEAD
+        self.unread += cost
+        self.budget.take(cost)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _consume(self, fd: int) -> bytes:
+        _, data = self._queues[fd].popleft()
+        cost = len(data) + CHUNK_OVERHEAD
+        self.unread -= cost
+        self.budget.give(cost)
+        return bytes(data)
+
+    def _must_pause(self) -> bool:
+        return not self._dropping and (
+            self.unread > MAX_BUFFERED or (self.unread > EXEC_FLOOR and self.budget.spent()))
+
+    def discard(self) -> None:
+        """Drop the unread output, and whatever comes after it (the sandbox has ended):
+        readers see the end, and pipes paused for want of a reader run to their end, so
+        the exec finishes instead of holding its pipes and buffers for good."""
+        self._dropping = True
+        for queue in self._queues.values():
+            queue.clear()
+        self.budget.give(self.unread)
+        self.unread = 0
         self._changed.set()
         self._changed = trio.Event()
 
@@ -69,9 +149,8 @@ class ExecSession:
                 if not data:
                     return
                 self._append(fd, bytes(data))
-                while self.unread > MAX_BUFFERED:
-                    self._drained = trio.Event()
-                    await self._drained.wait()
+                while self._must_pause():
+                    await self.budget.released()
 
     async def follow(self, fds: tuple[int, ...] = (1, 2)) -> AsyncIterator[tuple[int, bytes]]:
         """Consume ``(fd, data)`` chunks of ``fds`` in the order produced, until the end.
@@ -83,10 +162,7 @@ class ExecSession:
             heads = [(q[0][0], fd) for fd in fds if (q := self._queues[fd])]
             if heads:
                 _, fd = min(heads)
-                _, data = self._queues[fd].popleft()
-                self.unread -= len(data)
-                self._drained.set()
-                yield fd, data
+                yield fd, self._consume(fd)
                 continue
             if self.done.is_set():
                 return

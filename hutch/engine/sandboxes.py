@@ -32,7 +32,7 @@ from hutch.engine import network, proctree, rootfs, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
 from hutch.engine.errors import Conflict, Invalid, TimedOut
-from hutch.engine.execs import ExecSession
+from hutch.engine.execs import ExecSession, OutputBudget
 from hutch.engine.images import ImageService
 from hutch.engine.launch import LaunchPlan, start_container
 from hutch.engine.livesandbox import LiveSandbox, first_of, until_exit_activity_or
@@ -72,6 +72,8 @@ class SandboxManager:
         self.pools: PoolService | None = None
         self.live: dict[str, LiveSandbox] = {}
         self.execs: dict[str, ExecSession] = {}
+        #: the unread exec output each running sandbox holds in the engine
+        self.output: dict[str, OutputBudget] = {}
 
     def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs:
         return rootfs.SandboxDirs(self.sandboxes_dir / sandbox_id)
@@ -270,6 +272,9 @@ class SandboxManager:
             with trio.CancelScope(shield=True):
                 await live.stdin.aclose()
         self.live.pop(live.sandbox_id, None)
+        self.output.pop(live.sandbox_id, None)
+        for session in [s for s in self.execs.values() if s.sandbox_id == live.sandbox_id]:
+            session.discard()  # nobody may read it now, and a paused pipe must run out
         live.done.set()
         if self.pools is not None:
             self.pools.ended(live.sandbox_id)
@@ -400,7 +405,8 @@ class SandboxManager:
             live.touch()
             raise
         session = ExecSession(exec_id, sandbox_id, req.argv, command, marker.encode(),
-                              live.pidns(), req.timeout)
+                              live.pidns(), req.timeout,
+                              self.output.setdefault(sandbox_id, OutputBudget()))
         self.execs[exec_id] = session
         self.nursery.start_soon(self._run_exec, session)
         try:  # recorded once the zygote has the request, so that both work side by side
@@ -413,6 +419,8 @@ class SandboxManager:
     async def _run_exec(self, session: ExecSession) -> None:
         try:
             code = await session.run()
+            if session.sandbox_id not in self.live:
+                session.discard()  # its sandbox has ended: what nobody read goes with it
             # Let whoever waits on the session (an exec answered at its end) go first.
             await trio.lowlevel.cancel_shielded_checkpoint()
             self.store.finish_exec(session.exec_id, code, session.timed_out)
