@@ -17,6 +17,12 @@ writing 100 bytes at a time: +751 MiB before, tests/security/test_engine_memory.
 Readers are woken by a trio event that is replaced at each append.  A timeout kills the
 exec's whole process tree (:mod:`hutch.engine.proctree`), then records 124, like
 coreutils' ``timeout``.
+
+A process that clears its environment and leaves the tree escapes that kill, and it may
+hold the exec's pipes open.  Once an exec was killed (its timeout or ``kill``), the pipes
+get ``EOF_GRACE`` seconds to reach their end, then the engine closes its ends and the exec
+ends with its code: otherwise ``wait()`` and ``kill()`` would block until the sandbox
+ended (tests/security/test_exec_end.py).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ log = logging.getLogger("hutch.exec")
 EXEC_TIMEOUT_CODE = 124
 #: Seconds a kill waits for the runtime to report the exec's pid.
 PID_WAIT = 5.0
+#: Seconds an exec's pipes may stay open after its process tree was killed: whatever still
+#: holds them escaped the kill, and the exec's end does not wait for it.
+EOF_GRACE = 1.0
 #: Output beyond this many unread bytes pauses the pipes until a reader catches up.
 MAX_BUFFERED = 16 << 20
 #: Unread output all the execs of one sandbox may hold in the engine together.
@@ -99,6 +108,8 @@ class ExecSession:
         self._stdin_closed = False
         self.done = trio.Event()
         self._changed = trio.Event()
+        #: set once a kill (or the timeout) has killed the process tree
+        self._killed = trio.Event()
 
     # output ----------------------------------------------------------------------------
     def _append(self, fd: int, data: bytes) -> None:
@@ -204,6 +215,7 @@ class ExecSession:
         await trio.to_thread.run_sync(self.kill_tree)
         if self.pid() is None:
             self.process.kill()
+        self._killed.set()
 
     def kill_tree(self) -> None:
         """Kill the process, its descendants and whatever in the sandbox carries its
@@ -216,13 +228,29 @@ class ExecSession:
         proctree.kill_tree(pid if pid is not None else 0, self.marker, self.pidns,
                            self.command.pidfd())
 
+    async def _read_output(self) -> None:
+        """Pump both pipes to their end, or until ``EOF_GRACE`` after a kill: a process
+        that escaped the kill may hold them open for as long as the sandbox runs."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_both, nursery.cancel_scope)
+            await self._killed.wait()
+            await trio.sleep(EOF_GRACE)  # (cancelled here when both pipes have ended)
+            log.info("exec %s: its pipes are still held after its kill; closing them",
+                     self.exec_id)
+            nursery.cancel_scope.cancel()  # the pumps close the engine's ends as they leave
+
+    async def _pump_both(self, done: trio.CancelScope) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, self.process.stdout, 1)
+            nursery.start_soon(self._pump, self.process.stderr, 2)
+        done.cancel()  # both reached their end: stop waiting for a kill
+
     async def run(self) -> int:
         """Pump output until the exec ends (or times out); returns its exit code."""
         deadline = math.inf if self.timeout is None else trio.current_time() + self.timeout
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, self.process.stdout, 1)
-                nursery.start_soon(self._pump, self.process.stderr, 2)
+                nursery.start_soon(self._read_output)
                 with trio.move_on_at(deadline) as scope:
                     await self.process.wait()
                 if self.process.lost:  # what it started may run on: end it by its marker
