@@ -5,11 +5,21 @@ client was told.  A sandbox name is unique among the *live* sandboxes of an app;
 database enforces it with a partial unique index, so concurrent creates with one name give
 exactly one winner whatever the Python code does.  Calls are short and synchronous: the
 daemon is one trio thread and SQLite answers these in microseconds.
+
+A sandbox's environment (its ``secrets=`` merged with ``env``) is kept while it runs, so a
+restarted engine can start its commands with it, and no longer: :meth:`Store.mark_exited`
+wipes it from the row (nothing reads it from an ended sandbox), and so does opening a
+database whose ended rows still hold one.  The files are created 0600; ``secure_delete``
+makes SQLite overwrite what it deletes (a row's old cell, freed pages) and the WAL, which
+still holds the row as it was written, is checkpointed and truncated after each wipe: no
+byte of a value is left in any file (tests/security/test_secrets_at_rest.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import secrets
 import sqlite3
 import string
@@ -70,6 +80,11 @@ CREATE TABLE IF NOT EXISTS execs (
 );
 """
 
+log = logging.getLogger("hutch.store")
+
+#: The spec of an ended sandbox, its environment (secret values among it) wiped.
+_WIPED_SPEC = "json_set(spec, '$.env', json('{}'))"
+
 _ALPHABET = string.ascii_letters + string.digits
 DEFAULT_APP = "default"
 
@@ -108,10 +123,24 @@ class SandboxRow:
     pooled: int = 0
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file 0600, whatever the umask (SQLite gives the -wal and -shm
+    files it makes the database file's mode), and take away the group and other access
+    that files of an older engine had."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        try:
+            os.chmod(path.with_name(name), 0o600, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+
+
 class Store:
     def __init__(self, path: Path) -> None:
+        _make_private(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA secure_delete=ON")  # deleted content is overwritten
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
@@ -122,6 +151,20 @@ class Store:
             self.db.execute("ALTER TABLE sandboxes ADD COLUMN exit_detail TEXT")
         if "pooled" not in columns:  # ... or before warm pools
             self.db.execute("ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0")
+        # Sandboxes that ended under an engine that kept their environment.
+        if self.db.execute(
+            f"UPDATE sandboxes SET spec = {_WIPED_SPEC} WHERE state = 'exited'"
+            " AND json_extract(spec, '$.env') != '{}'"
+        ).rowcount:
+            self._truncate_wal()
+
+    def _truncate_wal(self) -> None:
+        """Copy the WAL into the database and empty it: it still holds rows as they were
+        written, wiped values included."""
+        busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            log.warning("state.db: the WAL could not be emptied (busy); wiped values stay"
+                        " in state.db-wal until the next wipe")
 
     def close(self) -> None:
         self.db.close()
@@ -226,12 +269,16 @@ class Store:
 
     def mark_exited(self, sandbox_id: str, returncode: int | None, reason: str,
                     detail: str | None = None) -> None:
-        """Record the end of a sandbox once: the first recorded outcome wins."""
-        self.db.execute(
+        """Record the end of a sandbox once: the first recorded outcome wins.  Its
+        environment is wiped (secret values are not kept past their sandbox); the rest of
+        its spec stays, for what the engine reads of an ended sandbox."""
+        if self.db.execute(
             "UPDATE sandboxes SET state = 'exited', returncode = ?, exit_reason = ?,"
-            " exit_detail = ?, finished_at = ? WHERE sandbox_id = ? AND state != 'exited'",
+            f" exit_detail = ?, finished_at = ?, spec = {_WIPED_SPEC}"
+            " WHERE sandbox_id = ? AND state != 'exited'",
             (returncode, reason, detail, time.time(), sandbox_id),
-        )
+        ).rowcount:
+            self._truncate_wal()
 
     def delete_sandbox(self, sandbox_id: str) -> None:
         self.db.execute("DELETE FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,3 +295,82 @@ def test_orphan_execs(store: Store, app_id: str) -> None:
     assert orphan["finished_at"] is not None
     done = store.exec_row("ex-done")
     assert (done["state"], done["returncode"]) == ("exited", 0)
+
+
+# secrets at rest ------------------------------------------------------------------------
+SECRET = b"hutch-unit-secret-5f0c2b9e"
+
+
+def _state_files(db_path: Path) -> list[Path]:
+    return [p for p in (db_path, db_path.with_name("state.db-wal"),
+                        db_path.with_name("state.db-shm")) if p.exists()]
+
+
+def _insert_secret(store: Store, app_id: str) -> str:
+    sandbox_id = new_id("sb")
+    store.insert_sandbox(
+        sandbox_id=sandbox_id, app_id=app_id, name=None, image="img:1",
+        spec={"argv": ["sleep", "inf"], "env": {"TOKEN": SECRET.decode()}, "cgroup": True,
+              "volumes": ["v"], "workdir": "/"},
+        timeout=60.0, runtime="crun", tags={})
+    return sandbox_id
+
+
+def test_state_files_are_the_users_alone(db_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = Store(db_path)
+        _insert_secret(store, store.app_by_name("main", create=True)[0])
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in _state_files(db_path)}
+        store.close()
+    finally:
+        os.umask(old)
+    assert set(modes) >= {"state.db", "state.db-wal"}
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_files_of_an_older_engine_are_made_private(db_path: Path) -> None:
+    Store(db_path).close()
+    db_path.chmod(0o644)  # what engines made before
+    Store(db_path).close()
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+def test_an_ended_sandbox_keeps_no_environment(store: Store, app_id: str,
+                                               db_path: Path) -> None:
+    sid = _insert_secret(store, app_id)
+    assert any(SECRET in p.read_bytes() for p in _state_files(db_path))
+    store.mark_exited(sid, 0, "exited")
+    row = store.sandbox(sid)
+    assert row.spec["env"] == {}
+    # what the engine still reads of an ended sandbox is kept
+    assert (row.spec["cgroup"], row.spec["volumes"], row.spec["argv"]) == \
+        (True, ["v"], ["sleep", "inf"])
+    assert (row.state, row.returncode) == ("exited", 0)
+    for path in _state_files(db_path):
+        assert SECRET not in path.read_bytes(), path.name
+    store.db.execute("PRAGMA wal_checkpoint(FULL)")
+    for path in _state_files(db_path):
+        assert SECRET not in path.read_bytes(), path.name
+
+
+def test_sandboxes_ended_under_an_older_engine_are_wiped_at_open(db_path: Path) -> None:
+    store = Store(db_path)
+    sid = _insert_secret(store, store.app_by_name("main", create=True)[0])
+    running = _insert_secret(store, store.app_by_name("main", create=True)[0])
+    # an engine before the wipe recorded the end and kept the environment
+    store.db.execute("UPDATE sandboxes SET state = 'exited' WHERE sandbox_id = ?", (sid,))
+    store.close()
+    store = Store(db_path)
+    try:
+        assert store.sandbox(sid).spec["env"] == {}
+        assert store.sandbox(running).spec["env"] == {"TOKEN": SECRET.decode()}
+        assert store.db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    finally:
+        store.close()
+    # the running one's copy is the only one left: remove it to see no other remains
+    store = Store(db_path)
+    store.mark_exited(running, 0, "exited")
+    store.close()
+    for path in _state_files(db_path):
+        assert SECRET not in path.read_bytes(), path.name
