@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from hutch.exception import Error
 from hutch.sdk.image import Image
@@ -22,6 +22,7 @@ from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
 from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
+from hutch.tools.termsafe import TerminalFilter
 
 #: ``hutch exec --exec-timeout`` exits like timeout(1) when the time runs out.
 TIMEOUT_EXIT = 124
@@ -57,11 +58,38 @@ def _forward_stdin(proc: ContainerProcess[Any]) -> None:
     threading.Thread(target=pump, daemon=True).start()
 
 
-def _stream(proc: ContainerProcess[Any]) -> int:
-    outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
-    for fd, data in proc.events():
-        outs[fd].write(data)
-        outs[fd].flush()
+class _Sink:
+    """Where one stream of sandbox output goes.  A pipe or a file gets the bytes unchanged
+    (scripts rely on that); a terminal gets them through a :class:`TerminalFilter`, so that
+    escape sequences from the sandbox cannot write the clipboard, set the title or rewrite
+    the screen, unless ``--raw`` asked for them as they are."""
+
+    def __init__(self, out: BinaryIO, raw: bool) -> None:
+        self.out = out
+        self.filter = None if raw or not out.isatty() else TerminalFilter()
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data if self.filter is None else self.filter.feed(data))
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.filter is not None:
+            self.out.write(self.filter.flush())
+            self.out.flush()
+
+
+def _sinks(raw: bool) -> dict[int, _Sink]:
+    return {1: _Sink(sys.stdout.buffer, raw), 2: _Sink(sys.stderr.buffer, raw)}
+
+
+def _stream(proc: ContainerProcess[Any], raw: bool) -> int:
+    sinks = _sinks(raw)
+    try:
+        for fd, data in proc.events():
+            sinks[fd].write(data)
+    finally:
+        for sink in sinks.values():
+            sink.close()
     code = proc.wait()
     return TIMEOUT_EXIT if code == EXEC_TIMEOUT_RETURNCODE else code
 
@@ -74,7 +102,7 @@ def _exec_and_stream(sb: Sandbox, args: argparse.Namespace) -> int:
     else:
         proc.stdin.write_eof()
         proc.stdin.drain()
-    return _stream(proc)
+    return _stream(proc, args.raw)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -118,12 +146,15 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
-    for event in events_blocking(f"/v1/sandboxes/{args.sandbox_id}/logs",
-                                 {"follow": "true" if args.follow else "false"}):
-        if event.get("data") is not None:
-            outs[event["fd"]].write(event["data"])
-            outs[event["fd"]].flush()
+    sinks = _sinks(args.raw)
+    try:
+        for event in events_blocking(f"/v1/sandboxes/{args.sandbox_id}/logs",
+                                     {"follow": "true" if args.follow else "false"}):
+            if event.get("data") is not None:
+                sinks[event["fd"]].write(event["data"])
+    finally:
+        for sink in sinks.values():
+            sink.close()
     return 0
 
 
@@ -296,7 +327,14 @@ def _add_exec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
     p.add_argument("--exec-timeout", type=float, default=None, metavar="S",
                    help="kill the command (and its children) after S seconds")
+    _add_raw_option(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+
+
+def _add_raw_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raw", action="store_true",
+                   help="on a terminal too, write the sandbox's output as it is, escape "
+                        "sequences included (by default only colours pass)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -326,6 +364,7 @@ def parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="print a sandbox's entrypoint output")
     logs.add_argument("sandbox_id")
     logs.add_argument("-f", "--follow", action="store_true")
+    _add_raw_option(logs)
     logs.set_defaults(func=cmd_logs)
 
     eng = sub.add_parser("engine", help="start, stop or inspect the engine daemon")
