@@ -4,14 +4,26 @@ Every sandbox has its own network namespace.  With network access, the engine (r
 user namespace, which owns the sandbox's network namespace) does two things before the
 sandbox's process starts:
 
-1. loads an nftables ruleset into the namespace (:mod:`hutch.engine.netns`, libnftables) that
-   rejects what a sandbox must not reach: the host's loopback, private and link-local
-   ranges (the 169.254.169.254 metadata address among them), multicast, IPv6 - or, with an
-   allowlist, everything but the allowlisted networks.  The sandbox holds no
+1. loads an nftables ruleset into the namespace (:mod:`hutch.engine.netns`, libnftables)
+   that rejects what a sandbox must not reach (:func:`ruleset`).  The sandbox holds no
    CAP_NET_ADMIN, so it cannot change these rules;
 2. starts slirp4netns, a user-mode network stack (``--configure`` sets up ``tap0``,
    10.0.2.100/24 and the route; 10.0.2.3 is its DNS forwarder; ``--disable-host-loopback``
-   keeps 10.0.2.2 from reaching the host's 127.0.0.1).
+   makes it refuse 10.0.2.2, its alias of the host's 127.0.0.1, and every other address of
+   10.0.2.0/24 but the forwarder).
+
+slirp4netns opens the sandbox's connections from the *host's* network namespace, so any
+address the host itself answers on is the host: ``--disable-host-loopback`` covers only
+the alias.  The firewall sees the destination the sandbox wrote (an IPv4-mapped IPv6
+address, ``::ffff:a.b.c.d``, leaves as an IPv4 packet to ``a.b.c.d``) and refuses, always,
+every address of every interface of the host and slirp4netns's own network; by default also
+the networks the host is directly attached to, whatever their range (read when the sandbox
+is made: :mod:`hutch.engine.hostnet`), loopback, private, shared (CGNAT), link-local (the
+169.254.169.254 metadata address), multicast and reserved ranges, and all of IPv6
+(slirp4netns gives sandboxes IPv4 only).  With ``outbound_cidr_allowlist``, everything but
+the allowlist is refused, the host's addresses even where the allowlist holds them, and
+DNS queries to the forwarder (which reach the host's resolver, and through it any name
+server on the internet: a channel out) only where the allowlist holds 10.0.2.3.
 
 slirp4netns outlives a restarted daemon (its pid is kept in the sandbox's directory) and
 is stopped when the sandbox ends.
@@ -29,13 +41,24 @@ from typing import Any
 
 import trio
 
+from hutch.engine import hostnet
 from hutch.engine.errors import Invalid
 
 SLIRP_DNS = "10.0.2.3"
-#: Destinations a sandbox never reaches unless they are allowlisted.
+#: slirp4netns's own network: 10.0.2.2 is its alias of the host, 10.0.2.3 its DNS
+#: forwarder, 10.0.2.100 the sandbox
+SLIRP_NETWORK = "10.0.2.0/24"
+#: Destinations a sandbox never reaches unless they are allowlisted (besides the networks
+#: the host is attached to, read at creation).
 BLOCKED_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
               "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
               "224.0.0.0/4", "240.0.0.0/4"]
+#: IPv6 destinations named before IPv6 is refused altogether, so that the rules still say
+#: what matters if it is ever let through: loopback and IPv4-compatible (``::/96``),
+#: IPv4-mapped, NAT64 (well-known and local-use), Teredo and 6to4 forms (which embed an
+#: IPv4 address, the host's among them), ULA, link-local and multicast.
+BLOCKED_V6 = ["::/96", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "2001::/32",
+              "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8"]
 PID_FILE = "slirp4netns.pid"
 API_SOCKET = "slirp4netns.sock"
 TUNNELS_FILE = "tunnels.json"
@@ -73,23 +96,51 @@ def check_allowlist(cidrs: list[str]) -> list[str]:
     return networks
 
 
-def ruleset(allowlist: list[str] | None) -> str:
-    """The nftables ruleset of a sandbox with network access."""
+def dns_allowed(allowlist: list[str] | None) -> bool:
+    """Whether the sandbox may query slirp4netns's DNS forwarder: by default yes; with an
+    allowlist only if it holds 10.0.2.3 (the forwarder passes queries on to the host's
+    resolver, and so to any name server: data can leave in the names asked)."""
+    if allowlist is None:
+        return True
+    dns = ipaddress.ip_address(SLIRP_DNS)
+    return any(dns in ipaddress.ip_network(net) for net in allowlist)
+
+
+def _nft_set(networks: list[Any]) -> str:
+    """An nftables anonymous set (nft merges the overlapping elements of one)."""
+    return "{ " + ", ".join(map(str, networks)) + " }"
+
+
+def ruleset(allowlist: list[str] | None, host: hostnet.HostNetworks | None = None) -> str:
+    """The nftables ruleset of a sandbox with network access; ``host`` (read from the
+    kernel now when not given) names the host's addresses and attached networks."""
+    if host is None:
+        host = hostnet.read()
+    own4 = [a for a in host.addresses if a.version == 4]
+    own6 = [a for a in host.addresses if a.version == 6]
+    attached4 = [n for n in host.attached if n.version == 4]
+    attached6 = [n for n in host.attached if n.version == 6]
     lines = [
         "table inet hutch {",
         "  chain output {",
         "    type filter hook output priority 0; policy accept;",
         '    oifname "lo" accept',
         "    ct state established,related accept",
-        f"    ip daddr {SLIRP_DNS} udp dport 53 accept",
-        f"    ip daddr {SLIRP_DNS} tcp dport 53 accept",
+    ]
+    if dns_allowed(allowlist):
+        lines += [f"    ip daddr {SLIRP_DNS} udp dport 53 accept",
+                  f"    ip daddr {SLIRP_DNS} tcp dport 53 accept"]
+    lines += [
+        # never, allowlist or not: the host itself (and slirp4netns's alias of it)
+        f"    ip daddr {_nft_set([SLIRP_NETWORK, *own4])} reject",
+        f"    ip6 daddr {_nft_set([*BLOCKED_V6, *own6, *attached6])} reject",
         "    meta nfproto ipv6 reject",
     ]
     if allowlist is None:
-        lines.append(f"    ip daddr {{ {', '.join(BLOCKED_V4)} }} reject")
+        lines.append(f"    ip daddr {_nft_set([*BLOCKED_V4, *attached4])} reject")
     else:
         if allowlist:
-            lines.append(f"    ip daddr {{ {', '.join(allowlist)} }} accept")
+            lines.append(f"    ip daddr {_nft_set(allowlist)} accept")
         lines.append("    reject")
     lines += ["  }", "}", ""]
     return "\n".join(lines)

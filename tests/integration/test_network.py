@@ -112,13 +112,15 @@ def test_the_hosts_loopback_and_private_ranges_are_unreachable(online: hutch.San
 def test_an_allowlist_admits_only_its_destinations(engine: dict[str, Any]) -> None:
     pypi = sorted({info[4][0] for info in socket.getaddrinfo("pypi.org", 443, socket.AF_INET)})
     target = f"{pypi[0]}:443"
-    for allowlist, expected in (([f"{ip}/32" for ip in pypi], "open"),
+    admitted = [f"{ip}/32" for ip in pypi]
+    for allowlist, expected in (([*admitted, "10.0.2.3/32"], "open"), (admitted, "open"),
                                 (["192.0.2.0/24"], "closed"), ([], "closed")):
         sb = hutch.Sandbox.create(outbound_cidr_allowlist=allowlist, timeout=60)
         try:
             assert _connect(sb, target)[target] == expected, allowlist
-            if expected == "open":  # names resolve: DNS to slirp4netns is always allowed
-                assert _connect(sb, "pypi.org:443")["pypi.org:443"] == "open"
+            if expected == "open":  # names resolve only where the resolver is admitted
+                names = "open" if "10.0.2.3/32" in allowlist else "closed"
+                assert _connect(sb, "pypi.org:443")["pypi.org:443"] == names, allowlist
         finally:
             sb.terminate()
 

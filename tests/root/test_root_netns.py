@@ -6,13 +6,14 @@ once (the runtime joins it by path while the set-up goes on) and then configures
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 
 import pytest
 import trio
 
-from hutch.engine import netns, network
+from hutch.engine import hostnet, netns, network
 
 
 async def _prepare(firewall: str | None = None) -> int:
@@ -64,6 +65,28 @@ def test_prepare_loads_the_firewall_with_libnftables() -> None:
         assert "inet 127.0.0.1/8" in _in(fd, "ip", "-o", "addr", "show", "dev", "lo")
     finally:
         os.close(fd)
+
+
+def test_the_firewall_loads_when_the_hosts_networks_overlap_its_own() -> None:
+    """The host's addresses and networks fall inside the fixed ranges and the allowlist
+    (10.1.2.3 in 10.0.0.0/8, 127.0.0.1 in 127.0.0.0/8): nft merges them, and the host's
+    own addresses come before the allowlist."""
+    host = hostnet.HostNetworks(
+        addresses=tuple(map(ipaddress.ip_address, ["127.0.0.1", "10.1.2.3", "192.0.2.2",
+                                                   "::1", "fd00::2", "fe80::1"])),
+        attached=tuple(map(ipaddress.ip_network, ["127.0.0.0/8", "10.1.0.0/16",
+                                                  "192.0.2.0/24", "::1/128", "fd00::/64",
+                                                  "fe80::/64"])))
+    for allowlist in (None, ["10.0.0.0/8", "192.0.2.0/24"]):
+        fd = trio.run(_prepare, network.ruleset(allowlist, host))
+        try:
+            rules = [line.strip() for line in _in(fd, "nft", "list", "ruleset").splitlines()]
+        finally:
+            os.close(fd)
+        host_rule = next(r for r in rules if "192.0.2.2" in r)
+        assert " reject" in host_rule and "10.1.2.3" in host_rule
+        accepts = [i for i, r in enumerate(rules) if r.endswith(" accept") and "{" in r]
+        assert all(rules.index(host_rule) < i for i in accepts)
 
 
 def test_a_bad_ruleset_is_a_clear_error() -> None:

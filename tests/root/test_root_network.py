@@ -1,16 +1,22 @@
-"""Allowlists against a test host in a network namespace this test makes (root only: joining a
-namespace to the host's network takes a veth pair, which an unprivileged user cannot make).
+"""Allowlists and the host's own networks against test hosts in network namespaces this test
+makes (root only: joining a namespace to the host's network takes a veth pair, which an
+unprivileged user cannot make).
 
-The test host is 10.123.45.2 (a private address, so unreachable by default) serving HTTP;
-sandboxes reach the host's network through slirp4netns, and the host routes 10.123.45.0/24
-to the veth pair.
+Each test host serves HTTP on port 8080 behind a veth pair whose host end holds the
+network's ``.1``, so the host is directly attached to that network: 10.123.45.0/24 (a
+private range, unreachable by default anyway) and 203.0.113.0/24 (TEST-NET-3, outside every
+fixed range the firewall names: only reading the host's attached networks at creation
+keeps it out of reach).  Sandboxes reach the host's network through slirp4netns.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -25,36 +31,50 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-@pytest.fixture
-def test_host(root_engine: dict[str, Any]) -> Iterator[str]:
+@contextmanager
+def _test_host(network: str) -> Iterator[str]:
+    """A host at ``network``.2 serving HTTP on 8080, attached to this host (``network``.1)."""
+    host_ip = f"{network}.2"
     name = f"hutch-t{uuid.uuid4().hex[:6]}"
     outer, inner = f"{name}a", f"{name}b"
     _ip("netns", "add", name)
     server = None
     try:
         _ip("link", "add", outer, "type", "veth", "peer", "name", inner, "netns", name)
-        _ip("addr", "add", "10.123.45.1/24", "dev", outer)
+        _ip("addr", "add", f"{network}.1/24", "dev", outer)
         _ip("link", "set", outer, "up")
-        _ip("-n", name, "addr", "add", f"{HOST_IP}/24", "dev", inner)
+        _ip("-n", name, "addr", "add", f"{host_ip}/24", "dev", inner)
         _ip("-n", name, "link", "set", inner, "up")
         _ip("-n", name, "link", "set", "lo", "up")
         server = subprocess.Popen(["ip", "netns", "exec", name, "python3", "-m", "http.server",
-                                   "--bind", HOST_IP, "8080"],
+                                   "--bind", host_ip, "8080"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def up() -> bool:
             probe = subprocess.run(["python3", "-c", "import socket; socket.create_connection("
-                                    f"('{HOST_IP}', 8080), 1)"], capture_output=True)
+                                    f"('{host_ip}', 8080), 1)"], capture_output=True)
             return probe.returncode == 0
 
         wait_for(up, timeout=20, what="the test host")
-        yield f"{HOST_IP}:8080"
+        yield f"{host_ip}:8080"
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
         subprocess.run(["ip", "link", "del", outer], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def test_host(root_engine: dict[str, Any]) -> Iterator[str]:
+    with _test_host("10.123.45") as target:
+        yield target
+
+
+@pytest.fixture
+def public_lan(root_engine: dict[str, Any]) -> Iterator[str]:
+    with _test_host("203.0.113") as target:
+        yield target
 
 
 def _reaches(sb: hutch.Sandbox, target: str) -> bool:
@@ -76,3 +96,48 @@ def test_allowlist_against_a_test_host(test_host: str, allowlist: list[str] | No
         assert _reaches(sb, test_host) is reachable
     finally:
         sb.terminate()
+
+
+@pytest.mark.parametrize(("allowlist", "reachable"), [
+    (None, False),                 # the host's LAN, whatever its range, is closed by default
+    (["203.0.113.2/32"], True),    # unless allowlisted
+    (["203.0.113.0/24"], True),
+])
+def test_the_hosts_lan_is_closed_by_default_whatever_its_range(
+        public_lan: str, allowlist: list[str] | None, reachable: bool) -> None:
+    sb = hutch.Sandbox.create(outbound_cidr_allowlist=allowlist, timeout=60)
+    try:
+        assert _reaches(sb, public_lan) is reachable
+    finally:
+        sb.terminate()
+
+
+def test_the_hosts_own_address_on_its_lan_stays_closed_when_the_lan_is_allowed(
+        public_lan: str) -> None:
+    """A service of the host on 0.0.0.0, named by the host's address on an allowlisted
+    LAN (203.0.113.1), is not reached; the LAN's other host is."""
+    listener = socket.create_server(("0.0.0.0", 0))
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted: list[object] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                accepted.append(listener.accept()[1])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    sb = hutch.Sandbox.create(outbound_cidr_allowlist=["203.0.113.0/24"], timeout=60)
+    try:
+        assert _reaches(sb, public_lan)
+        assert not _reaches(sb, f"203.0.113.1:{port}")
+    finally:
+        sb.terminate()
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+    assert accepted == []
