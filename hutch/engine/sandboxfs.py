@@ -31,19 +31,12 @@ from typing import ClassVar
 
 from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.fileops import check_deadline
+from hutch.imagebuild import inroot
 
-SYS_OPENAT2 = 437
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
+RESOLVE_NO_MAGICLINKS = inroot.RESOLVE_NO_MAGICLINKS
+RESOLVE_IN_ROOT = inroot.RESOLVE_IN_ROOT
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 PROC_SUPER_MAGIC = 0x9FA0
 SYSFS_MAGIC = 0x62656572
 
@@ -56,11 +49,6 @@ def _fs_magic(fd: int) -> int:
     return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], "little", signed=True)
 
 
-#: Times an open answered ``EAGAIN`` or ``EINTR`` is tried again.  ``RESOLVE_IN_ROOT``
-#: answers ``EAGAIN`` when a rename raced a ``..`` (rare: tried again at once), and so
-#: does an ``O_NONBLOCK`` open of a leased file, for as long as the lease holder wants:
-#: an unbounded retry spun the engine for the whole 45 s lease-break-time.
-OPEN_RETRIES = 8
 #: What a listing returns at most, and how deep a recursive removal goes.
 MAX_LIST_ENTRIES = 1_000_000
 MAX_REMOVE_DEPTH = 128
@@ -70,18 +58,9 @@ _CHECK_EVERY = 256
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
             resolve: int = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) -> int:
-    if not flags & os.O_PATH:  # openat2 refuses flags O_PATH ignores
-        flags |= os.O_NOCTTY
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
-    for _ in range(OPEN_RETRIES):
-        fd = _libc.syscall(SYS_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path),
-                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-        if fd >= 0:
-            return int(fd)
-        err = ctypes.get_errno()
-        if err not in (errno.EINTR, errno.EAGAIN):
-            break
-    raise OSError(err, os.strerror(err), path)
+    """``path`` opened inside the root ``dirfd`` (:func:`hutch.imagebuild.inroot.openat2`,
+    retried a bounded number of times: a leased file answers ``EAGAIN``)."""
+    return inroot.openat2(dirfd, path, flags, resolve, mode)
 
 
 class FileError(EngineError):

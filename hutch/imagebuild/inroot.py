@@ -60,17 +60,30 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+#: Times an open answered ``EAGAIN`` or ``EINTR`` is tried again.  ``RESOLVE_IN_ROOT``
+#: answers ``EAGAIN`` when a rename raced a ``..`` (rare: tried again at once), and so
+#: does an ``O_NONBLOCK`` open of a leased file, for as long as the lease holder wants:
+#: an unbounded retry spun the engine for the whole 45 s lease-break-time.
+OPEN_RETRIES = 8
+
+
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    """openat2(2): ``path`` resolved from ``dirfd`` under the ``RESOLVE_*`` rules."""
+    """openat2(2): ``path`` resolved from ``dirfd`` under the ``RESOLVE_*`` rules, never
+    making it the caller's controlling terminal.  The one binding of it: the engine's file
+    API (:mod:`hutch.engine.sandboxfs`) uses it too."""
+    if not flags & os.O_PATH:  # openat2 refuses flags O_PATH ignores
+        flags |= os.O_NOCTTY
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
-    while True:
+    err = errno.EAGAIN
+    for _ in range(OPEN_RETRIES):
         fd = _libc.syscall(SYS_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path),
                            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()
         if err not in (errno.EINTR, errno.EAGAIN):
-            raise OSError(err, os.strerror(err), path)
+            break
+    raise OSError(err, os.strerror(err), path)
 
 
 def split(name: str, what: str = "name") -> list[str]:
