@@ -12,6 +12,8 @@
     │   └── ImageBuildError     building an image failed (with the build's last lines)
     ├── EngineError             the engine answered with an unexpected error
     │   ├── ConnectionError     the engine could not be started or reached
+    │   │   └── EngineRestartedError  the engine stopped after a request was sent and
+    │   │                           before its answer: whether it was done is unknown
     │   └── VersionError        the running engine speaks another API version
     ├── ClientClosed            the object was detached (``Sandbox.detach``)
     ├── TimeoutError            a wait ran out of time (also a builtin TimeoutError)
@@ -73,6 +75,12 @@ class EngineError(Error):
 
 class ConnectionError(EngineError, builtins.ConnectionError):
     """The engine could not be started, or the connection to it was lost."""
+
+
+class EngineRestartedError(ConnectionError):
+    """The engine stopped (it crashed, or was restarted) after a request that is not safe
+    to repeat (a create, an exec) was sent and before it answered: whether it was done is
+    unknown, so it is not sent again.  The next call reaches a restarted engine."""
 
 
 class VersionError(EngineError):
@@ -138,6 +146,7 @@ __all__ = [
     "ConflictError",
     "ConnectionError",
     "EngineError",
+    "EngineRestartedError",
     "Error",
     "ExecTimeoutError",
     "ExecutionError",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from hutch.engine import cgroups, ociconfig, seccompbpf
+from hutch.engine import cgroups, ociconfig, remains, seccompbpf
 from hutch.engine.errors import Conflict, EngineError
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.engine.zygote import ForkServer, ZygoteError, ZygoteLink, ZygoteProcess
@@ -158,6 +158,8 @@ class CommandStarter:
                 link = await self.fork_server.zygote(live.pidfd, procs)
             except ZygoteError as exc:
                 raise _refusal(live, exc) from exc
+            # a zygote a crash leaves behind is found by this record (hutch.engine.remains)
+            remains.record(live.dirs.root, "zygote", link.pid, link.pidfd)
             self.nursery.start_soon(link.read_frames)
             self.nursery.start_soon(self._retire_when_idle, live, link)
             live.zygote = link

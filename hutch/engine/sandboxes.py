@@ -28,7 +28,7 @@ from hutch.api.models import (
     ExecRequest,
     ProbeSpec,
 )
-from hutch.engine import network, proctree, rootfs, tlsproxy
+from hutch.engine import network, proctree, remains, rootfs, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
 from hutch.engine.errors import Conflict, Invalid, TimedOut
@@ -153,6 +153,7 @@ class SandboxManager:
         self.store.mark_running(sandbox_id, pid)
         row = self.store.sandbox(sandbox_id)
         self._supervise(row, stdin)
+        remains.record(dirs.root, "init", pid, self.live[sandbox_id].pidfd)
         if req.unencrypted_ports or req.encrypted_ports:
             await self._serve_tunnels(self.live[sandbox_id])
         return row
@@ -315,6 +316,7 @@ class SandboxManager:
             rootfs.unmount_rootfs(dirs)
         except OSError as exc:
             log.warning("cleaning up %s: %s", sandbox_id, exc)
+        remains.forget(dirs.root)
 
     # terminate / wait ---------------------------------------------------------------------
     def get(self, sandbox_id: str) -> SandboxRow:
@@ -442,15 +444,30 @@ class SandboxManager:
 
     # recovery -------------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Adopt the sandboxes a previous daemon left running; reap the ones that died."""
+        """Adopt the sandboxes a previous daemon left running; reap the ones that died,
+        and end the ones that run in a namespace that is no longer the engine's (its pause
+        process died, :mod:`hutch.engine.remains`): nothing could enter them."""
         self.store.orphan_execs()
         for row in self.store.list_sandboxes(pooled=True):
             dirs = self.dirs(row.sandbox_id)
             alive = (row.state == "running" and row.init_pid is not None
                      and proctree.running(row.init_pid))
+            named = False
             if alive:
                 state = await self._runtime_state(row.sandbox_id)
-                alive = state is not None and state.get("pid") == row.init_pid
+                alive = named = state is not None and state.get("pid") == row.init_pid
+            lost = False
+            if alive and row.init_pid is not None and not remains.in_engine_userns(row.init_pid):
+                alive, lost = False, True
+            # what may remain of one that is not adopted ends (records make sure of whom)
+            if not alive:
+                await remains.end(dirs.root, row.init_pid, runtime_names_init=named)
+            if lost:
+                log.warning("sandbox %s runs in a namespace the engine lost: ending it",
+                            row.sandbox_id)
+                self.store.mark_exited(row.sandbox_id, None, "lost", remains.LOST_DETAIL)
+                await self._cleanup(row.sandbox_id, dirs)
+                continue
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))

@@ -8,10 +8,14 @@ in a pool, a request written in one send, a response read until its body is comp
 runs under trio and asyncio alike (anyio streams).  Streamed answers (logs, exec output) are read as
 they arrive; streamed uploads and file downloads stay on httpx.
 
-A pooled connection the engine closed while idle (a restarted daemon) fails before any byte
-of the answer arrives; the request is then sent once more on a new connection, as httpx
-and urllib3 do.  Any other failure closes the connection and is raised as :class:`OSError`
-or :class:`ProtocolError`, which the transport translates at its boundary.
+A pooled connection the engine closed while idle (a restarted daemon) refuses the request
+(writing to a Unix socket whose peer has closed fails); the request is then sent on a new
+connection.  One written whole is never sent again here: the engine had it.  Any other
+failure closes the connection and is raised as :class:`OSError` or :class:`ProtocolError`,
+which the transport translates at its boundary; two of them say how far the request got,
+for the transport to decide whether it may repeat it after starting an engine:
+:class:`NotSent` (the engine has none of it) and :class:`NoAnswer` (written whole, and the
+connection closed before any answer).
 """
 
 from __future__ import annotations
@@ -35,6 +39,17 @@ MAX_IDLE = 8
 
 class ProtocolError(Exception):
     """The engine's answer was not HTTP/1.1 as expected."""
+
+
+class NotSent(ConnectionRefusedError):
+    """No connection to the engine could be made (nobody listens, or no socket), or the
+    one made was closed before the whole request was written: the engine has none of it,
+    so it may be sent again once an engine runs."""
+
+
+class NoAnswer(ConnectionResetError):
+    """The whole request was written, and the engine closed the connection before any
+    byte of an answer (it died, or was stopped): it may or may not have acted on it."""
 
 
 @dataclass
@@ -216,11 +231,17 @@ class Pool:
             reader = self._idle.pop() if self._idle else None
             fresh = reader is None
             if reader is None:
-                reader = _Reader(await self._connect())
+                try:
+                    reader = _Reader(await self._connect())
+                except OSError as exc:
+                    raise NotSent(exc.errno, f"cannot connect to the engine at "
+                                       f"{self.socket_path}: {exc.strerror}") from exc
             reader.received = 0
+            sent = False
             try:
                 try:
                     await reader.stream.send(data)
+                    sent = True
                 except (OSError, anyio.BrokenResourceError) as exc:
                     # The engine may have answered before reading the whole body (a file
                     # write it refused) and closed: its answer is still there to read.
@@ -233,8 +254,17 @@ class Pool:
                 await self._discard(reader)
                 stale = isinstance(exc, OSError | anyio.BrokenResourceError
                                    | anyio.ClosedResourceError)
-                if fresh or not stale or reader.received:
+                if not stale or reader.received or isinstance(exc, TimeoutError):
                     raise  # (an answer that had begun: sending again could repeat the call)
+                # Writing to a Unix socket whose peer has closed fails (EPIPE): a request
+                # written whole was in the engine's hands, whatever it did with it.
+                if sent:
+                    raise NoAnswer(f"the engine closed the connection before answering: "
+                                   f"{exc}") from exc
+                if fresh:
+                    raise NotSent(exc.errno if isinstance(exc, OSError) else None,
+                                  f"the engine closed a new connection: {exc}") from exc
+                # an idle connection the engine closed meanwhile: the next one is tried
 
 
 class BlockingStream:

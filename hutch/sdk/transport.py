@@ -5,6 +5,12 @@ this boundary.  Engine error bodies become ``hutch.exception`` classes; a socket
 answers on starts the engine (once, under a lock); other connection failures and an engine
 speaking another API version become :class:`~hutch.exception.EngineError`.
 
+After a crash of the engine (its socket refuses, or a connection closes before any answer)
+a request is sent once more, to a restarted engine, when that cannot do it twice: when
+nothing of it was sent, or when it changes nothing (``SAFE_METHODS``).  A create or an exec
+the dead engine may have received is not repeated: it fails with
+:class:`~hutch.exception.EngineRestartedError`, and the next call reaches the new engine.
+
 A connection pool belongs to one event loop, so there is one :class:`EngineClient` per
 running loop (:func:`client`): the portal's loop for blocking calls, and the caller's own
 trio or asyncio loop for ``.aio`` calls; a thread making direct calls (see
@@ -80,6 +86,10 @@ def _check_health(status: int, body: dict[str, Any]) -> bool:
     return True
 
 
+#: Requests that may be sent again when the engine died before answering them: they
+#: change nothing.  Any request may be sent again when nothing of it was sent.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 #: Seconds the engine has to answer a health check before it counts as not running.
 READY_TIMEOUT = 2.0
 
@@ -152,29 +162,60 @@ class EngineClient:
     async def _launch(self) -> None:
         await anyio.to_thread.run_sync(launcher.ensure_engine, _ready_blocking)
 
-    def _lost(self, exc: Exception) -> exception.ConnectionError:
+    def _lost(self, exc: Exception, method: str = "GET", path: str = ""
+              ) -> exception.ConnectionError:
         self._checked = False
+        if isinstance(exc, http11.NoAnswer) and method not in SAFE_METHODS:
+            return exception.EngineRestartedError(
+                f"the hutch engine stopped before it answered {method} {path}: it may or "
+                f"may not have done it (check before repeating it; the next call reaches a "
+                f"restarted engine): {exc}")
         return exception.ConnectionError(f"lost the connection to the hutch engine: {exc}")
+
+    def _may_repeat(self, exc: BaseException, method: str) -> bool:
+        """Whether a request that failed with ``exc`` is sent again once an engine runs:
+        when nothing of it was sent, or when it is safe to repeat and no answer began."""
+        if not self.autostart:
+            return False
+        if isinstance(exc, http11.NotSent | httpx.ConnectError):
+            return True
+        return isinstance(exc, http11.NoAnswer) and method in SAFE_METHODS
+
+    async def _restart(self) -> None:
+        """The engine went away under a request: start (or wait for) a new one."""
+        self._checked = False
+        await self.ensure()
 
     async def request(self, method: str, path: str, *, json_body: Any = None,
                       params: dict[str, Any] | None = None,
                       content: bytes | AsyncIterator[bytes] | None = None) -> Any:
         await self.ensure()
         if content is not None and not isinstance(content, bytes):
-            try:  # a streamed upload
-                r = await self._http.request(method, path, params=params, content=content)
-            except httpx.TransportError as exc:
-                raise self._lost(exc) from exc
+            for attempt in (1, 2):
+                try:  # a streamed upload (httpx connects before it reads any of it)
+                    r = await self._http.request(method, path, params=params,
+                                                 content=content)
+                    break
+                except httpx.TransportError as exc:
+                    if attempt == 1 and self._may_repeat(exc, "POST"):  # not connected
+                        await self._restart()
+                        continue
+                    raise self._lost(exc, method, path) from exc
             _raise_for(r)
             return r.json()
         body, content_type = content, None
         if json_body is not None:
             body, content_type = _json(json_body), "application/json"
-        try:
-            answer = await self._pool.request(method, path, params=params, body=body,
-                                              content_type=content_type)
-        except (OSError, http11.ProtocolError) as exc:
-            raise self._lost(exc) from exc
+        for attempt in (1, 2):
+            try:
+                answer = await self._pool.request(method, path, params=params, body=body,
+                                                  content_type=content_type)
+                break
+            except (OSError, http11.ProtocolError) as exc:
+                if attempt == 1 and self._may_repeat(exc, method):
+                    await self._restart()
+                    continue
+                raise self._lost(exc, method, path) from exc
         _raise_for(answer)
         return answer.json()
 
@@ -182,15 +223,22 @@ class EngineClient:
                            ) -> AsyncIterator[bytes]:
         """The raw body of a GET, chunk by chunk (file contents)."""
         await self.ensure()
-        try:
-            async with self._http.stream("GET", path, params=params) as r:
-                if not r.is_success:
-                    await r.aread()
-                    _raise_for(r)
-                async for chunk in r.aiter_bytes(chunk_size=1 << 20):
-                    yield chunk
-        except httpx.TransportError as exc:
-            raise self._lost(exc) from exc
+        for attempt in (1, 2):
+            began = False
+            try:
+                async with self._http.stream("GET", path, params=params) as r:
+                    began = True
+                    if not r.is_success:
+                        await r.aread()
+                        _raise_for(r)
+                    async for chunk in r.aiter_bytes(chunk_size=1 << 20):
+                        yield chunk
+                return
+            except httpx.TransportError as exc:
+                if attempt == 1 and not began and self._may_repeat(exc, "GET"):
+                    await self._restart()
+                    continue
+                raise self._lost(exc) from exc
 
     async def stream_events(self, path: str, params: dict[str, Any] | None = None,
                             method: str = "GET", json_body: Any = None,
@@ -202,26 +250,33 @@ class EngineClient:
         """
         await self.ensure()
         body = None if json_body is None else _json(json_body)
-        try:
-            async with self._pool.stream(method, path, params=params, body=body,
-                                         content_type="application/json" if body else None
-                                         ) as (answer, chunks):
-                if not answer.is_success:
-                    answer.body = b"".join([chunk async for chunk in chunks])
-                    _raise_for(answer)
-                pending = b""
-                async for chunk in chunks:
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if line.strip():
-                            yield _event(line)
-                if pending.strip():
-                    yield _event(pending)
-        except exception.Error:
-            raise  # the engine's answer (some are OSErrors, e.g. a missing file)
-        except (OSError, http11.ProtocolError) as exc:
-            raise self._lost(exc) from exc
+        for attempt in (1, 2):
+            began = False
+            try:
+                async with self._pool.stream(method, path, params=params, body=body,
+                                             content_type="application/json" if body else None
+                                             ) as (answer, chunks):
+                    began = True
+                    if not answer.is_success:
+                        answer.body = b"".join([chunk async for chunk in chunks])
+                        _raise_for(answer)
+                    pending = b""
+                    async for chunk in chunks:
+                        pending += chunk
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            if line.strip():
+                                yield _event(line)
+                    if pending.strip():
+                        yield _event(pending)
+                return
+            except exception.Error:
+                raise  # the engine's answer (some are OSErrors, e.g. a missing file)
+            except (OSError, http11.ProtocolError) as exc:
+                if attempt == 1 and not began and self._may_repeat(exc, method):
+                    await self._restart()
+                    continue
+                raise self._lost(exc, method, path) from exc
 
 
 class DirectClient(EngineClient):

@@ -98,11 +98,14 @@ def test_keep_alive_and_chunked_answers(tmp_path: Path) -> None:
 
 
 def test_a_stale_connection_is_replaced(tmp_path: Path) -> None:
+    closed = threading.Event()
+
     def handle(conn: socket.socket, n: int) -> None:
         if _read_request(conn):
             conn.sendall(_answer(b"1"))
         if n == 0:
             conn.close()  # the engine restarted: the idle connection is gone
+            closed.set()
             return
         while _read_request(conn):
             conn.sendall(_answer(b"2"))
@@ -110,12 +113,38 @@ def test_a_stale_connection_is_replaced(tmp_path: Path) -> None:
     async def main(path: str) -> None:
         pool = http11.Pool(path)
         assert (await pool.request("GET", "/")).json() == 1
+        await anyio.to_thread.run_sync(closed.wait, 10)  # (closed while idle, not later)
         assert (await pool.request("GET", "/")).json() == 1  # on a new connection
         await pool.aclose()
 
     with server(tmp_path, handle) as (path, seen):
         anyio.run(main, path)
         assert seen == [0, 1]
+
+
+def test_a_request_written_whole_is_not_sent_again(tmp_path: Path) -> None:
+    """The engine read the request, then died without a byte of answer: the pool reports
+    it (the engine may have acted on it) rather than send it again on a new connection."""
+    closed = threading.Event()
+
+    def handle(conn: socket.socket, n: int) -> None:
+        if _read_request(conn):
+            conn.sendall(_answer(b"1"))
+        if _read_request(conn):
+            conn.close()  # the second request is read, never answered
+            closed.set()
+
+    async def main(path: str) -> None:
+        pool = http11.Pool(path)
+        assert (await pool.request("GET", "/")).json() == 1
+        with pytest.raises(http11.NoAnswer):
+            await pool.request("POST", "/v1/sandboxes", body=b"{}",
+                               content_type="application/json")
+        await pool.aclose()
+
+    with server(tmp_path, handle) as (path, seen):
+        anyio.run(main, path)
+        assert closed.is_set() and seen == [0]  # one connection, the POST sent once
 
 
 def test_an_answer_cut_short_is_an_error(tmp_path: Path) -> None:
@@ -178,11 +207,14 @@ def test_cancelled_requests_do_not_poison_the_pool(tmp_path: Path, backend: str)
 
 def test_the_blocking_pool_answers_direct_calls_and_replaces_stale_connections(
         tmp_path: Path) -> None:
+    closed = threading.Event()
+
     def handle(conn: socket.socket, n: int) -> None:
         if _read_request(conn):
             conn.sendall(_answer(str(n).encode()))
         if n == 0:
             conn.close()  # the engine restarted: the idle connection is gone
+            closed.set()
             return
         while _read_request(conn):
             conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -190,7 +222,9 @@ def test_the_blocking_pool_answers_direct_calls_and_replaces_stale_connections(
 
     async def main(path: str) -> list[Any]:
         pool = http11.BlockingPool(path)
-        got = [(await pool.request("GET", "/")).json() for _ in range(3)]
+        got = [(await pool.request("GET", "/")).json()]
+        closed.wait(10)  # (closed while idle, not after the next request was written)
+        got += [(await pool.request("GET", "/")).json() for _ in range(2)]
         await pool.aclose()
         return got
 
