@@ -146,6 +146,19 @@ def ruleset(allowlist: list[str] | None, host: hostnet.HostNetworks | None = Non
     return "\n".join(lines)
 
 
+#: slirp4netns parses every packet a sandbox sends, so a bug in it is reached from the
+#: sandbox.  As podman starts it: in a mount namespace of its own that shows only /etc and
+#: /run of the host, with all capabilities dropped but CAP_NET_BIND_SERVICE (it runs as
+#: root of the engine's user namespace), and under its own seccomp filter.
+SLIRP_CONFINEMENT = ("--enable-sandbox", "--enable-seccomp")
+
+
+def _slirp_env() -> dict[str, str]:
+    """slirp4netns's environment: a PATH, not the engine's (which came from the client
+    that started it, with whatever secrets that shell held)."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
 async def attach(netns_path: str, sandbox_dir: Path) -> None:
     """Connect the network namespace at ``netns_path`` (the engine's, for a sandbox not
     started yet): start slirp4netns for it and wait until it says it is ready.  The
@@ -154,9 +167,9 @@ async def attach(netns_path: str, sandbox_dir: Path) -> None:
     try:
         pid_slirp = os.posix_spawnp("slirp4netns", [
             "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-            "--ready-fd=3", f"--api-socket={sandbox_dir / API_SOCKET}",
+            *SLIRP_CONFINEMENT, "--ready-fd=3", f"--api-socket={sandbox_dir / API_SOCKET}",
             "--netns-type=path", netns_path, "tap0",
-        ], os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        ], _slirp_env(), file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                      (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                                      (os.POSIX_SPAWN_DUP2, ready_w, 3)],
             setsid=True)

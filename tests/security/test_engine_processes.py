@@ -247,3 +247,31 @@ def test_a_fifo_for_etc_passwd_does_not_wedge_the_zygote(engine: dict[str, Any])
         sb.terminate(wait=True)
     assert time.monotonic() - started < 10
     wait_for(lambda: not (_zygotes() - before), timeout=10, what="the sandbox's zygote to end")
+
+
+def _status(pid: int) -> dict[str, str]:
+    fields = (line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {k: v.strip() for k, v in fields}
+
+
+def test_slirp4netns_runs_confined(engine: dict[str, Any]) -> None:
+    """slirp4netns parses every packet a sandbox sends: it runs as podman runs it, in a
+    mount namespace of its own, with no capability but CAP_NET_BIND_SERVICE, under a
+    seccomp filter, and with none of the engine's environment (which came from the
+    client that started it: here HUTCH_RUNTIME_DIR and HUTCH_DATA_DIR at least)."""
+    engine_env = Path(f"/proc/{engine['pid']}/environ").read_bytes().split(b"\0")
+    assert any(v.startswith(b"HUTCH_") for v in engine_env)  # (what must not be passed on)
+    sb = hutch.Sandbox.create(timeout=120)
+    try:
+        slirp = int((Path(engine["data_dir"]) / "sandboxes" / sb.object_id
+                     / "slirp4netns.pid").read_text())
+        pause = int((Path(os.environ["HUTCH_RUNTIME_DIR"]) / "pause.pid").read_text())
+        status = _status(slirp)
+        assert status["Seccomp"] == "2"  # a filter
+        assert int(status["CapEff"], 16) & ~(1 << 10) == 0  # CAP_NET_BIND_SERVICE at most
+        assert int(status["CapBnd"], 16) & ~(1 << 10) == 0
+        assert os.stat(f"/proc/{slirp}/ns/mnt").st_ino != os.stat(f"/proc/{pause}/ns/mnt").st_ino
+        environ = Path(f"/proc/{slirp}/environ").read_bytes().split(b"\0")
+        assert not any(v.startswith(b"HUTCH_") for v in environ), environ
+    finally:
+        sb.terminate()
