@@ -28,6 +28,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import socket
 import threading
 
 import trio
@@ -127,6 +128,43 @@ async def prepare(firewall: str | None = None, *,
         raise NetnsSetupFailed(
             f"could not set up the sandbox's network namespace: {failure[0]}"
         ) from failure[0]
+
+
+#: Seconds a connection to a sandbox port may take to be accepted.
+CONNECT_TIMEOUT = 10.0
+
+
+def _connect_inside(pidfd: int, port: int) -> socket.socket:
+    """A TCP connection to ``127.0.0.1:port`` in the network namespace of the process of
+    ``pidfd``, made on a thread of its own that joins that namespace and ends (a rootless
+    engine may not join the host's again; a socket keeps the namespace it was made in)."""
+    made: list[socket.socket] = []
+    failure: list[OSError] = []
+
+    def work() -> None:
+        try:
+            linux.setns(pidfd, linux.CLONE_NEWNET)  # this thread only
+            made.append(socket.create_connection((LOOPBACK_ADDRESS, port), CONNECT_TIMEOUT))
+        except OSError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="hutch-connect", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    made[0].setblocking(False)
+    return made[0]
+
+
+async def connect(pidfd: int, port: int) -> trio.SocketStream:
+    """A stream to ``port`` on the sandbox's own loopback (the sandbox of the init whose
+    pidfd this is).  Why not a forward of slirp4netns: that listens on the host's
+    127.0.0.1 in plain text for anyone on the host, beside the engine's TLS listener of
+    an ``encrypted_ports`` entry, and its connections are no activity for ``idle_timeout``;
+    this way the engine's listener is the one way in."""
+    sock = await trio.to_thread.run_sync(_connect_inside, pidfd, port)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 def warm_up() -> None:

@@ -35,7 +35,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +59,10 @@ BLOCKED_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.25
 BLOCKED_V6 = ["::/96", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "2001::/32",
               "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8"]
 PID_FILE = "slirp4netns.pid"
+#: slirp4netns's API socket: unused by the engine, but on its command line it names the
+#: sandbox a slirp4netns belongs to (:mod:`hutch.engine.remains`)
 API_SOCKET = "slirp4netns.sock"
 TUNNELS_FILE = "tunnels.json"
-GUEST_ADDR = "10.0.2.100"
 
 
 #: The host's CA bundle, which sandboxes with network access trust as their own.
@@ -209,50 +209,15 @@ async def detach(sandbox_dir: Path) -> None:
     (sandbox_dir / PID_FILE).unlink(missing_ok=True)
 
 
-async def _slirp_call(sandbox_dir: Path, request: dict[str, object]) -> dict[str, object]:
-    """One request to slirp4netns's API socket (JSON in, JSON out)."""
-    stream = await trio.open_unix_socket(str(sandbox_dir / API_SOCKET))
-    async with stream:
-        await stream.send_all(json.dumps(request).encode())
-        await stream.send_eof()
-        data = b""
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    answer: dict[str, object] = json.loads(data or b"{}")
-    return answer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def forward(sandbox_dir: Path, guest_port: int) -> int:
-    """Forward an ephemeral port of the host's 127.0.0.1 to ``guest_port`` in the sandbox;
-    returns the host port."""
-    for _ in range(5):
-        host_port = _free_port()
-        answer = await _slirp_call(sandbox_dir, {"execute": "add_hostfwd", "arguments": {
-            "proto": "tcp", "host_addr": "127.0.0.1", "host_port": host_port,
-            "guest_addr": GUEST_ADDR, "guest_port": guest_port}})
-        if "error" not in answer:
-            return host_port
-    raise NetworkSetupFailed(f"could not forward a host port to sandbox port {guest_port}: "
-                             f"{answer.get('error')}")
-
-
-def record_tunnel(sandbox_dir: Path, guest_port: int, host_port: int, *, tls: bool,
-                  plain_port: int) -> None:
-    """Remember a forward for later clients (and for a restarted daemon's TLS proxies)."""
+def record_tunnel(sandbox_dir: Path, guest_port: int, host_port: int, *, tls: bool) -> None:
+    """Remember a tunnel for later clients (and for a restarted daemon's listeners)."""
     tunnels = tunnels_of(sandbox_dir)
-    tunnels[guest_port] = {"host_port": host_port, "tls": tls, "plain_port": plain_port}
+    tunnels[guest_port] = {"host_port": host_port, "tls": tls}
     (sandbox_dir / TUNNELS_FILE).write_text(json.dumps(tunnels))
 
 
 def tunnels_of(sandbox_dir: Path) -> dict[int, dict[str, Any]]:
-    """Sandbox port -> ``{"host_port", "tls", "plain_port"}`` of its 127.0.0.1 forward."""
+    """Sandbox port -> ``{"host_port", "tls"}`` of the engine's 127.0.0.1 listener for it."""
     try:
         return {int(k): dict(v) for k, v in
                 json.loads((sandbox_dir / TUNNELS_FILE).read_text()).items()}

@@ -3,9 +3,11 @@
 The CA (``<data>/ca/ca.crt``, printed by ``hutch engine ca``) and a server certificate for
 127.0.0.1 and localhost signed by it are made once with the ``openssl`` command.  For each
 forwarded port the engine listens on an ephemeral port of 127.0.0.1 (with TLS for an
-encrypted one) and relays each connection to the plain forward slirp4netns keeps for that
-port, counting connections as the sandbox's activity.  Clients that trust the CA get a
-verified ``https://127.0.0.1:<port>``.
+encrypted one) and relays each connection to the port on the sandbox's own loopback
+(:func:`hutch.engine.netns.connect`), counting connections as the sandbox's activity.
+That listener is the one way in: nothing else listens on the host for the port, so an
+encrypted port has no plain-text path.  Clients that trust the CA get a verified
+``https://127.0.0.1:<port>``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import ssl
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +73,13 @@ async def _relay(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
             pass
 
 
-async def serve_tunnel(context: ssl.SSLContext | None, plain_port: int, done: trio.Event,
+async def serve_tunnel(context: ssl.SSLContext | None,
+                       connect: Callable[[], Awaitable[trio.abc.Stream]], done: trio.Event,
                        connections: Callable[[int], None],
                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on an ephemeral 127.0.0.1 port (reported via ``task_status``), with TLS when
-    ``context`` is given, and relay each connection to ``127.0.0.1:plain_port`` (the
-    slirp4netns forward) until ``done`` is set.  ``connections(+1)``/``(-1)`` report each
+    ``context`` is given, and relay each connection to a stream ``connect()`` opens to the
+    sandbox's port, until ``done`` is set.  ``connections(+1)``/``(-1)`` report each
     connection's start and end (activity for ``idle_timeout``)."""
     plain = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port: int = plain[0].socket.getsockname()[1]
@@ -87,7 +90,7 @@ async def serve_tunnel(context: ssl.SSLContext | None, plain_port: int, done: tr
         connections(+1)
         try:
             try:
-                upstream = await trio.open_tcp_stream("127.0.0.1", plain_port)
+                upstream = await connect()
             except OSError:
                 await client.aclose()
                 return
@@ -95,7 +98,7 @@ async def serve_tunnel(context: ssl.SSLContext | None, plain_port: int, done: tr
                 relays.start_soon(_relay, client, upstream)
                 relays.start_soon(_relay, upstream, client)
         except Exception as exc:  # one bad connection must not stop the others
-            log.info("relay for port %d ended: %s", plain_port, exc)
+            log.info("relay to the sandbox's port ended: %s", exc)
         finally:
             connections(-1)
 

@@ -1,7 +1,8 @@
 """``Tunnel``: how the host reaches a port of a sandbox (``sb.tunnels()``), as Modal has it.
 
-hutch forwards each of a sandbox's ``unencrypted_ports`` from an ephemeral port of the
-host's 127.0.0.1 (slirp4netns does the forwarding), and serves each of its
+hutch serves each of a sandbox's ``unencrypted_ports`` on an ephemeral port of the
+host's 127.0.0.1 (the engine relays each connection to the port on the sandbox's own
+loopback: nothing else listens for it on the host), and each of its
 ``encrypted_ports`` over TLS on another one (certificate from the engine's CA, which
 ``hutch engine ca`` prints); ``host`` is always ``127.0.0.1``.
 """
