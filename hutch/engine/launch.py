@@ -58,6 +58,9 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
     """
     dirs = plan.dirs
     rootfs.mount_rootfs(dirs, plan.layers, disk_mib=plan.disk_mib)
+    # The logs are the one place the sandbox writes on the host (through /proc/1/fd/1):
+    # a tmpfs of LOG_CAP_MIB, or inside its ephemeral_disk, so a write past it is ENOSPC.
+    rootfs.mount_logs(dirs, in_scratch=plan.disk_mib is not None)
     rootfs.make_dirs_inside(dirs.merged, plan.workdir)
     etc = rootfs.write_etc_files(dirs, plan.sandbox_id,
                                  nameserver=network.SLIRP_DNS if plan.online else None)

@@ -9,14 +9,34 @@ call and no helper process.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.engine import linux
-from hutch.engine.errors import Invalid
+from hutch.engine.errors import Invalid, NotFound
+from hutch.engine.store import Store
 from hutch.imagebuild import inroot
+
+log = logging.getLogger("hutch.rootfs")
+
+MIB = 1024 * 1024
+#: The most the entrypoint's stdout and stderr together hold while it runs: they are files
+#: on a tmpfs of this size (or, with ``ephemeral_disk``, inside that tmpfs, counted in it),
+#: because the sandbox can write them directly (``/proc/1/fd/1``).  As plain files on the
+#: host's disk a red team filled 3 GiB of it with ``fallocate`` in seconds.  Also the most
+#: kept on the host once the sandbox ended.  Its pages are charged to the writer's memory
+#: cgroup, and cost nothing until written.
+LOG_CAP_MIB = 64
+#: Seconds the (capped) logs and the directory of an ended sandbox are kept before the
+#: engine removes them (``HUTCH_LOG_RETENTION`` overrides it); checked at engine start and
+#: every ``SWEEP_INTERVAL`` seconds.
+LOG_RETENTION = 3600.0
+SWEEP_INTERVAL = 300.0
+LOG_FILES = ("stdout.log", "stderr.log")
 
 
 @dataclass(frozen=True)
@@ -51,12 +71,18 @@ class SandboxDirs:
         return self.root / "execs"
 
     @property
+    def logs(self) -> Path:
+        """The entrypoint's log files: a tmpfs of ``LOG_CAP_MIB`` (or a link into
+        ``scratch``) while the sandbox runs, a plain directory of at most that much after."""
+        return self.root / "logs"
+
+    @property
     def stdout(self) -> Path:
-        return self.root / "stdout.log"
+        return self.logs / "stdout.log"
 
     @property
     def stderr(self) -> Path:
-        return self.root / "stderr.log"
+        return self.logs / "stderr.log"
 
     @property
     def stdin_fifo(self) -> Path:
@@ -117,9 +143,111 @@ def unmount_rootfs_keep_upper(dirs: SandboxDirs) -> None:
             raise
 
 
+def mount_logs(dirs: SandboxDirs, *, in_scratch: bool) -> None:
+    """Make the size-limited place of the entrypoint's logs (see ``LOG_CAP_MIB``).
+
+    ``in_scratch``: the sandbox has an ``ephemeral_disk`` tmpfs, and its logs count in it
+    (a link to a directory there, which the sandbox cannot reach by path: its root is the
+    overlay, whose upper directory is a sibling).  Otherwise a tmpfs of its own.
+    """
+    if in_scratch:
+        (dirs.scratch / "logs").mkdir()
+        dirs.logs.symlink_to(dirs.scratch / "logs")
+        return
+    dirs.logs.mkdir()
+    try:
+        linux.mount("tmpfs", str(dirs.logs), "tmpfs",
+                    linux.MS_NODEV | linux.MS_NOSUID | linux.MS_NOEXEC,
+                    f"size={LOG_CAP_MIB}m,nr_inodes=16,mode=0700")
+    except OSError:
+        dirs.logs.rmdir()
+        raise
+
+
+def _kept_sizes(sizes: tuple[int, int], cap: int) -> tuple[int, int]:
+    """How much of (stdout, stderr) to keep within ``cap``: each at least half of it, or
+    all it has, and what one leaves goes to the other."""
+    out, err = sizes
+    keep_out = min(out, max(cap // 2, cap - err))
+    return keep_out, min(err, cap - keep_out)
+
+
+def _copy_head(src: Path, dest: Path, length: int) -> None:
+    with open(src, "rb") as fin, open(dest, "xb") as fout:
+        os.fchmod(fout.fileno(), 0o600)
+        left = length
+        while left > 0:
+            data = fin.read(min(left, MIB))
+            if not data:
+                break
+            fout.write(data)
+            left -= len(data)
+
+
+def keep_logs(dirs: SandboxDirs) -> None:
+    """Copy the ended entrypoint's logs, at most ``LOG_CAP_MIB`` together (the first
+    bytes, so offsets a reader already has stay valid), to a plain directory in their
+    place and unmount their tmpfs.  Readers holding a file open keep reading the old one
+    (a detached tmpfs stays readable through open files), which has the same start.
+    Does nothing when they were already kept (or never made)."""
+    live = dirs.logs
+    linked = live.is_symlink()
+    if not linked and not os.path.ismount(live):
+        return
+    kept = dirs.root / "logs.kept"
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(mode=0o700)
+    if live.exists():
+        sizes = tuple(p.stat().st_size if p.exists() else -1
+                      for p in (live / n for n in LOG_FILES))
+        keep = _kept_sizes((max(sizes[0], 0), max(sizes[1], 0)), LOG_CAP_MIB * MIB)
+        for name, size, length in zip(LOG_FILES, sizes, keep, strict=True):
+            if size >= 0:
+                _copy_head(live / name, kept / name, length)
+    if linked:
+        live.unlink()
+    else:
+        linux.umount(str(live), linux.MNT_DETACH)
+        live.rmdir()
+    kept.rename(live)
+
+
+def sweep_ended(sandboxes_dir: Path, store: Store, *, now: float | None = None,
+                retention: float = LOG_RETENTION) -> list[str]:
+    """Remove the directories (logs included) of sandboxes that ended more than
+    ``retention`` seconds ago, and of unrecorded ones that old (remains of a create that
+    never got its record); returns their ids.  A directory with something still mounted
+    in it is left alone (its cleanup has not run)."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in sandboxes_dir.iterdir():
+        try:
+            row = store.sandbox(path.name)
+            ended = row.finished_at if row.state == "exited" else None
+        except NotFound:
+            try:
+                ended = path.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+        if ended is None or now - ended <= retention:
+            continue
+        dirs = SandboxDirs(path)
+        if any(os.path.ismount(p) for p in (dirs.merged, dirs.scratch, dirs.logs)):
+            log.warning("not removing %s: something is still mounted in it", path)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
 def unmount_rootfs(dirs: SandboxDirs) -> None:
-    """Unmount the overlay and remove everything but the entrypoint's logs."""
+    """Unmount the overlay and remove everything but the entrypoint's logs (kept, capped,
+    for ``LOG_RETENTION``: :func:`keep_logs`)."""
     unmount_rootfs_keep_upper(dirs)
+    try:
+        keep_logs(dirs)
+    except OSError as exc:
+        log.warning("keeping the logs of %s: %s", dirs.root.name, exc)
     for link in (dirs.upper, dirs.work):
         if link.is_symlink():
             link.unlink()
@@ -130,6 +258,7 @@ def unmount_rootfs(dirs: SandboxDirs) -> None:
             raise
     for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs, dirs.scratch):
         shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(dirs.root / "logs.kept", ignore_errors=True)
     for f in ("config.json", "init.pid", "runtime.log"):
         (dirs.root / f).unlink(missing_ok=True)
 

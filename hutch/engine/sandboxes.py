@@ -10,7 +10,6 @@ sandboxes' subreaper, which keeps it in ``<runtime>/exits/<pid>`` even while no 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from hutch.api.models import (
     ExecRequest,
     ProbeSpec,
 )
-from hutch.engine import netns, network, proctree, remains, rootfs, tlsproxy
+from hutch.engine import network, proctree, remains, rootfs, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
 from hutch.engine.errors import Conflict, Invalid, TimedOut
@@ -139,7 +138,9 @@ class SandboxManager:
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk))
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
-                network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports)
+                plain = await network.forward(dirs.root, port)
+                network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
+                                      plain_port=plain)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 if stdin is not None:
@@ -199,8 +200,6 @@ class SandboxManager:
             live.active += delta
             live.touch()
 
-        if live.pidfd is None:
-            return  # its init is gone already: nothing to connect to
         for guest, tunnel in network.tunnels_of(live.dirs.root).items():
             context = None
             if tunnel.get("tls"):
@@ -208,10 +207,10 @@ class SandboxManager:
                     ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
                     self.tls_context = tlsproxy.server_context(ca)
                 context = self.tls_context
-            port = await self.nursery.start(
-                tlsproxy.serve_tunnel, context,
-                functools.partial(netns.connect, live.pidfd, guest), live.done, connections)
-            network.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")))
+            port = await self.nursery.start(tlsproxy.serve_tunnel, context,
+                                            tunnel["plain_port"], live.done, connections)
+            network.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")),
+                                  plain_port=tunnel["plain_port"])
 
     def _cgroup(self, sandbox_id: str, spec: dict[str, object]) -> SandboxCgroup | None:
         return self.cgroups.cgroup(sandbox_id) if spec.get("cgroup") and self.cgroups.bases \
@@ -487,6 +486,26 @@ class SandboxManager:
             await self._cleanup(row.sandbox_id, dirs)
             log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
         self._forget_stale_exit_records()
+        self.nursery.start_soon(self._sweep_ended)
+
+    async def _sweep_ended(self) -> None:
+        """Remove the directories and logs of sandboxes that ended more than
+        ``HUTCH_LOG_RETENTION`` seconds ago (default ``rootfs.LOG_RETENTION``): now (for
+        those a previous engine left), then every ``rootfs.SWEEP_INTERVAL`` seconds."""
+        retention = float(os.environ.get("HUTCH_LOG_RETENTION", rootfs.LOG_RETENTION))
+        interval = max(1.0, min(rootfs.SWEEP_INTERVAL, retention / 2))
+        while True:
+            try:
+                # in the event loop: the store is not used from threads; what is removed is
+                # small (logs of at most LOG_CAP_MIB; the rest went at the sandbox's end)
+                removed = rootfs.sweep_ended(self.sandboxes_dir, self.store,
+                                             retention=retention)
+            except OSError as exc:
+                log.warning("removing ended sandboxes' directories: %s", exc)
+            else:
+                if removed:
+                    log.info("removed the directories of %d ended sandboxes", len(removed))
+            await trio.sleep(interval)
 
     def _forget_stale_exit_records(self) -> None:
         """Drop exit records no sandbox will read (e.g. of execs orphaned by a dead daemon)."""

@@ -198,6 +198,12 @@ def check_limits() -> list[Check]:
                         if tmpfs_xattrs else "needs Linux >= 6.6 (user xattrs on tmpfs) "
                         "for a rootless engine", "" if tmpfs_xattrs else
                         "upgrade the kernel, or run the engine as root"))
+    # Said loudly because it is the one resource a default sandbox can exhaust on the
+    # host: a rootless engine has no disk quota to set (docs/limits.md, "disk").
+    checks.append(Check("limit: disk", "warn",
+                        "not limited by default: a sandbox without ephemeral_disk (and any "
+                        "volume) can fill the disk of the engine's data dir",
+                        "give untrusted sandboxes ephemeral_disk=MiB (a tmpfs of that size)"))
     return checks
 
 
