@@ -10,6 +10,7 @@ sandboxes' subreaper, which keeps it in ``<runtime>/exits/<pid>`` even while no 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from hutch.api.models import (
     ExecRequest,
     ProbeSpec,
 )
-from hutch.engine import network, proctree, remains, rootfs, tlsproxy
+from hutch.engine import netns, network, proctree, remains, rootfs, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
 from hutch.engine.errors import Conflict, Invalid, TimedOut
@@ -138,9 +139,7 @@ class SandboxManager:
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk))
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
-                plain = await network.forward(dirs.root, port)
-                network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports,
-                                      plain_port=plain)
+                network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 if stdin is not None:
@@ -200,6 +199,8 @@ class SandboxManager:
             live.active += delta
             live.touch()
 
+        if live.pidfd is None:
+            return  # its init is gone already: nothing to connect to
         for guest, tunnel in network.tunnels_of(live.dirs.root).items():
             context = None
             if tunnel.get("tls"):
@@ -207,10 +208,10 @@ class SandboxManager:
                     ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
                     self.tls_context = tlsproxy.server_context(ca)
                 context = self.tls_context
-            port = await self.nursery.start(tlsproxy.serve_tunnel, context,
-                                            tunnel["plain_port"], live.done, connections)
-            network.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")),
-                                  plain_port=tunnel["plain_port"])
+            port = await self.nursery.start(
+                tlsproxy.serve_tunnel, context,
+                functools.partial(netns.connect, live.pidfd, guest), live.done, connections)
+            network.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")))
 
     def _cgroup(self, sandbox_id: str, spec: dict[str, object]) -> SandboxCgroup | None:
         return self.cgroups.cgroup(sandbox_id) if spec.get("cgroup") and self.cgroups.bases \
