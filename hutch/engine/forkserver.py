@@ -70,8 +70,10 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 #: Bytes of the sandbox's /etc/passwd a zygote reads to find root's home.
 PASSWD_MAX = 1 << 20
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: Signals a zygote ignores (Python ignores SIGPIPE and SIGXFSZ) that a command must not.
-RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
+#: Signals a command starts with at their default action, whatever the zygote inherited
+#: (Python ignores SIGPIPE and SIGXFSZ; an engine started from a shell's background job
+#: ignores SIGINT and SIGQUIT), as the runtime gives a container's processes.
+RESET_SIGNALS = tuple(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -13,6 +13,7 @@ saw the window, and that nothing in it could be opened for writing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import hutch
+from hutch.sdk.transport import request_blocking
 from tests.helpers import wait_for
 
 T = TypeVar("T")
@@ -80,7 +82,9 @@ def attack(pid):
     if not out["still_zygote"]:
         out["ptrace"] = "not tried"
     elif libc.ptrace(0x4206, pid, 0, 0) == 0:  # PTRACE_SEIZE (the same permission check)
-        out["ptrace"] = "ATTACHED"
+        # Still the zygote's code after the attach: the attach was to the zygote's memory.
+        # Otherwise it may have come after the execve (the command's own memory): "late".
+        out["ptrace"] = "ATTACHED" if zygote_code(pid) else "late"
         os.kill(pid, 9)  # whatever it is by now: end it, and reap it as its tracer (__WALL)
         os.waitpid(pid, 0x40000000)
     else:
@@ -150,6 +154,27 @@ def _burn_pids(count: int) -> None:
         t.join()
 
 
+def _pids_in_use() -> set[int]:
+    """Every pid taken now, threads' included (the counter skips them all)."""
+    used: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                used.update(int(t) for t in os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                pass
+    return used
+
+
+def _free_pids_before(target: int, last: int, pid_max: int) -> int:
+    """How many pids the kernel hands out after ``last`` before it comes to ``target``
+    (after pid_max it goes on from RESERVED_PIDS, 300; pids in use are skipped)."""
+    between = range(last + 1, target) if target > last else \
+        itertools.chain(range(last + 1, pid_max), range(300, target))
+    used = _pids_in_use()
+    return sum(1 for p in between if p not in used)
+
+
 def _process_with_pid(target: int, argv: list[str], timeout: float = 60
                       ) -> subprocess.Popen[bytes]:
     """Start ``argv`` as a process whose pid is ``target`` (free now), as the kernel's pid
@@ -157,9 +182,7 @@ def _process_with_pid(target: int, argv: list[str], timeout: float = 60
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        last = _last_pid()
-        # pids below RESERVED_PIDS (300) are skipped when the counter wraps
-        distance = target - 1 - last if target > last else pid_max - 1 - last + target - 300
+        distance = _free_pids_before(target, _last_pid(), pid_max)
         if distance > 40:
             _burn_pids(min(distance - 20, 4000))
         elif distance > 0:
@@ -259,7 +282,8 @@ def test_slirp4netns_runs_confined(engine: dict[str, Any]) -> None:
     mount namespace of its own, with no capability but CAP_NET_BIND_SERVICE, under a
     seccomp filter, and with none of the engine's environment (which came from the
     client that started it: here HUTCH_RUNTIME_DIR and HUTCH_DATA_DIR at least)."""
-    engine_env = Path(f"/proc/{engine['pid']}/environ").read_bytes().split(b"\0")
+    daemon = request_blocking("GET", "/v1/engine")["pid"]  # (now: a test may restart it)
+    engine_env = Path(f"/proc/{daemon}/environ").read_bytes().split(b"\0")
     assert any(v.startswith(b"HUTCH_") for v in engine_env)  # (what must not be passed on)
     sb = hutch.Sandbox.create(timeout=120)
     try:
