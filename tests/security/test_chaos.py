@@ -46,8 +46,10 @@ ROUNDS = 8
 CALL_DEADLINE = 40.0
 #: Errors a call may end with when the engine crashed under it (the SDK retries only what
 #: is safe to repeat; a sandbox whose namespace died with the pause process is ended).
+#: ConflictError: what a call on a sandbox gets once it ended (lost with its namespace
+#: when the daemon dies after its pause process).
 CRASH_ERRORS = (exception.ConnectionError, exception.SandboxTerminatedError,
-                exception.ExecutionError, exception.NotFoundError)
+                exception.ExecutionError, exception.NotFoundError, exception.ConflictError)
 TARGETS = ["daemon", "pause", "fork server", "zygote", "slirp4netns"]
 BLOB = random.Random(15).randbytes(3 << 20)
 
@@ -135,6 +137,13 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _userns(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user")
+    except OSError:
+        return "?"
+
+
 def _read_pid(path: Path) -> int:
     try:
         return int(path.read_text())
@@ -166,8 +175,11 @@ class Chaos:
             if daemon else []
         if target == "fork server":
             return servers[0] if servers else 0
-        if target == "zygote":
-            zygotes = [z for s in servers for z in _children(s)]
+        if target == "zygote":  # (also those a killed fork server left, adopted by init)
+            userns = os.readlink(f"/proc/{daemon}/ns/user") if daemon else ""
+            zygotes = [int(e) for e in os.listdir("/proc") if e.isdigit()
+                       and b"forkserver.py" in _cmdline(int(e)) and int(e) not in servers
+                       and _userns(int(e)) == userns]
             return self.rng.choice(zygotes) if zygotes else 0
         # (a restarted daemon adopts the sandboxes, not their slirp4netns as children)
         slirps = [int(e) for e in os.listdir("/proc") if e.isdigit() and
@@ -318,7 +330,7 @@ def test_chaos(chaos_engine: dict[str, Any], tmp_path: Path) -> None:
             sb = chaos.sandbox
             assert sb is not None
             threads = [
-                chaos.call("long exec", lambda sb=sb: _exec(sb, 3)),  # (its zygote waits)
+                chaos.call("long exec", lambda sb=sb: _exec(sb, 6)),  # (its zygote waits)
                 chaos.call("create", lambda: _create_and_exec().terminate()),
                 chaos.call("exec", lambda sb=sb: _exec(sb)),
                 chaos.call("file stream", lambda sb=sb, r=round: _file_stream(sb, f"f{r}")),
