@@ -131,8 +131,8 @@ def test_a_request_written_whole_is_not_sent_again(tmp_path: Path) -> None:
         if _read_request(conn):
             conn.sendall(_answer(b"1"))
         if _read_request(conn):
+            closed.set()  # (before the close: the client sees the close at once)
             conn.close()  # the second request is read, never answered
-            closed.set()
 
     async def main(path: str) -> None:
         pool = http11.Pool(path)
