@@ -108,3 +108,26 @@ def user_cgroups() -> tuple[Any, Any]:
                                 reason=f"cgroup limits are not delegated here: "
                                        f"{found.problem}")
     return found, marker
+
+
+def cmdline_of(pid: int) -> bytes:
+    """``/proc/PID/cmdline`` (NUL-separated), or b"" once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def children_of(pid: int) -> list[int]:
+    """The host pids whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found

@@ -39,7 +39,7 @@ import pytest
 import hutch
 from hutch import exception
 from hutch.sdk.transport import request_blocking
-from tests.helpers import engine_dirs, process_alive, stop_engine, wait_for
+from tests.helpers import children_of, cmdline_of, engine_dirs, process_alive, stop_engine, wait_for
 
 ROUNDS = 8
 #: Seconds any one SDK call may take, a crash and an engine restart included.
@@ -118,23 +118,6 @@ def _sigkill(pid: int) -> bool:
     return True
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes() if entry.isdigit() else b""
-        except OSError:
-            continue
-        if stat and int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _userns(pid: int) -> str:
@@ -171,20 +154,20 @@ class Chaos:
             return daemon
         if target == "pause":
             return _read_pid(self.runtime / "pause.pid")
-        servers = [c for c in _children(daemon) if b"forkserver" in _cmdline(c)] \
+        servers = [c for c in children_of(daemon) if b"forkserver" in cmdline_of(c)] \
             if daemon else []
         if target == "fork server":
             return servers[0] if servers else 0
         if target == "zygote":  # (also those a killed fork server left, adopted by init)
             userns = os.readlink(f"/proc/{daemon}/ns/user") if daemon else ""
             zygotes = [int(e) for e in os.listdir("/proc") if e.isdigit()
-                       and b"forkserver.py" in _cmdline(int(e)) and int(e) not in servers
+                       and b"forkserver.py" in cmdline_of(int(e)) and int(e) not in servers
                        and _userns(int(e)) == userns]
             return self.rng.choice(zygotes) if zygotes else 0
         # (a restarted daemon adopts the sandboxes, not their slirp4netns as children)
         slirps = [int(e) for e in os.listdir("/proc") if e.isdigit() and
-                  _cmdline(int(e)).startswith(b"slirp4netns\0") and
-                  str(self.data).encode() in _cmdline(int(e))]
+                  cmdline_of(int(e)).startswith(b"slirp4netns\0") and
+                  str(self.data).encode() in cmdline_of(int(e))]
         return self.rng.choice(slirps) if slirps else 0
 
     def call(self, name: str, fn: Callable[[], object]) -> threading.Thread:
@@ -291,8 +274,8 @@ def _leftovers(data: Path, ids: set[str]) -> list[str]:
         except OSError:
             continue
         if any(i in cgroup for i in ids):
-            found.append(f"process {entry} {_cmdline(int(entry))[:60]!r} in {cgroup!r}")
-        cmd = _cmdline(int(entry))
+            found.append(f"process {entry} {cmdline_of(int(entry))[:60]!r} in {cgroup!r}")
+        cmd = cmdline_of(int(entry))
         if b"slirp4netns" in cmd and str(data).encode() in cmd:
             found.append(f"slirp4netns {entry}")
     runtime = Path(os.environ["HUTCH_RUNTIME_DIR"])

@@ -21,7 +21,7 @@ from typing import Any
 
 import hutch
 from hutch.sdk.transport import request_blocking
-from tests.helpers import process_alive, wait_for
+from tests.helpers import children_of, cmdline_of, process_alive, wait_for
 
 #: Seconds the remains of a lost sandbox have to end once the next engine runs.
 CLEANUP_DEADLINE = 20.0
@@ -31,26 +31,6 @@ def _runtime() -> Path:
     return Path(os.environ["HUTCH_RUNTIME_DIR"])
 
 
-def _children(pid: int) -> list[int]:
-    """The host pids whose parent is ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _ended(pidfd: int) -> bool:
@@ -101,12 +81,12 @@ def test_sandboxes_of_a_dead_engine_namespace_are_reaped(engine: dict[str, Any])
     sandbox_dir = data_dir / "sandboxes" / sb.object_id
     pids: dict[str, int] = {"init": int((sandbox_dir / "init.pid").read_text())}
     pids["slirp4netns"] = int((sandbox_dir / "slirp4netns.pid").read_text())
-    assert b"slirp4netns" in _cmdline(pids["slirp4netns"])
+    assert b"slirp4netns" in cmdline_of(pids["slirp4netns"])
     daemon = request_blocking("GET", "/v1/engine")["pid"]
     pause = int((_runtime() / "pause.pid").read_text())
-    fork_servers = [c for c in _children(daemon) if b"forkserver" in _cmdline(c)]
+    fork_servers = [c for c in children_of(daemon) if b"forkserver" in cmdline_of(c)]
     for server in fork_servers:
-        for n, zygote in enumerate(_children(server)):
+        for n, zygote in enumerate(children_of(server)):
             pids[f"zygote{n}"] = zygote
     if engine["exec_via"] == "zygote":
         assert any(name.startswith("zygote") for name in pids), "no zygote found"

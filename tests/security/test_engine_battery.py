@@ -35,7 +35,7 @@ import pytest
 
 import hutch
 from hutch.sdk.transport import request_blocking
-from tests.helpers import wait_for
+from tests.helpers import children_of, cmdline_of, wait_for
 from tests.security.test_network_host import targets as host_address_forms
 
 #: Budget for the engine's growth over the whole battery (resident memory, open files).
@@ -225,31 +225,11 @@ def _python(sb: hutch.Sandbox, program: str, args: Any, timeout: int = 120) -> A
     return json.loads(out)
 
 
-def _stat_field(pid: int, index: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[index].decode()
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and int(_stat_field(int(entry), 1)) == pid:
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _host_pid_with(text: bytes) -> int:
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and text in _cmdline(int(entry)):
+        if entry.isdigit() and text in cmdline_of(int(entry)):
             return int(entry)
     return 0
 
@@ -299,11 +279,11 @@ class World:
         daemon = self.daemon
         found = {"daemon (TLS proxy)": daemon,
                  "pause": int((runtime / "pause.pid").read_text())}
-        for child in _children(daemon):
-            cmd = _cmdline(child)
+        for child in children_of(daemon):
+            cmd = cmdline_of(child)
             if b"forkserver" in cmd:
                 found[f"fork server {child}"] = child
-                for zygote in _children(child):
+                for zygote in children_of(child):
                     found[f"zygote {zygote}"] = zygote
             elif b"slirp4netns" in cmd:
                 found[f"slirp4netns {child}"] = child
