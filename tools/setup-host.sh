@@ -60,15 +60,29 @@ if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
 fi
 
 # cgroup v1: the user owns its directory and the files that move processes, not the limits
-# of the directory itself, so the subtree as a whole stays within what root set for it.
+# of the directory itself, so the subtree as a whole stays within what root set for it:
+# all of the user's sandboxes together get at most HUTCH_SANDBOXES_MEMORY_PERCENT (75) of
+# the host's memory and 3/4 of its pids, so that neither the host's OOM killer nor an
+# exhausted pid space is what bounds them.
 delegate_v1() {
-  local user="$1" controller dir
+  local user="$1" controller dir mem_kib pid_max
   for controller in memory cpu pids; do
     mountpoint -q "/sys/fs/cgroup/$controller" || continue
     dir="/sys/fs/cgroup/$controller/hutch/$user"
     mkdir -p "$dir"
     chown "$user:" "$dir" "$dir/cgroup.procs" "$dir/tasks"
   done
+  dir=/sys/fs/cgroup/memory/hutch/$user
+  if [ -d "$dir" ]; then
+    mem_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+    echo $(( mem_kib * 1024 / 100 * ${HUTCH_SANDBOXES_MEMORY_PERCENT:-75} )) \
+      > "$dir/memory.limit_in_bytes"
+  fi
+  dir=/sys/fs/cgroup/pids/hutch/$user
+  if [ -d "$dir" ]; then
+    pid_max=$(cat /proc/sys/kernel/pid_max)
+    echo $(( pid_max * 3 / 4 )) > "$dir/pids.max"
+  fi
 }
 if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
   echo "setup-host: delegating cgroup v1 memory, cpu and pids to $TEST_USER"

@@ -178,6 +178,8 @@ def check_limits() -> list[Check]:
             checks.append(Check(f"limit: {controller}", "warn",
                                 f"{what} cannot be enforced: sandboxes asking for it are "
                                 "refused", host.problem))
+    if "memory" in host.bases:
+        checks.append(check_sandboxes_memory(host.bases["memory"], host.version))
     if host.bases:
         mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
         cgroup2 = [m for m in mounts if len(m) > 3 and m[2] == "cgroup2"]
@@ -205,6 +207,30 @@ def check_limits() -> list[Check]:
                         "volume) can fill the disk of the engine's data dir",
                         "give untrusted sandboxes ephemeral_disk=MiB (a tmpfs of that size)"))
     return checks
+
+
+#: What cgroup v1 shows for "no limit" (the largest page-aligned value).
+V1_UNLIMITED = 1 << 62
+
+
+def check_sandboxes_memory(base: Path, version: int) -> Check:
+    """Whether the cgroup all of this user's sandboxes live under has a memory limit: without
+    one, sandboxes that each stay within theirs can still, together, leave the host's OOM
+    killer as the only bound (setup-host.sh sets 75% of the host's memory on v1)."""
+    name = "memory.limit_in_bytes" if version == 1 else "memory.max"
+    try:
+        value = (base / name).read_text().strip()
+    except OSError as exc:
+        return Check("limit: all sandboxes", "warn", f"cannot read {base / name}: {exc}")
+    limit = None if value == "max" or int(value) >= V1_UNLIMITED else int(value)
+    if limit is None:
+        return Check("limit: all sandboxes", "warn",
+                     f"no memory limit on {base}: together, sandboxes are bounded only by "
+                     "the host's OOM killer",
+                     f"as root: echo <bytes> > {base / name} (tools/setup-host.sh sets 75% "
+                     "of the host's memory)")
+    return Check("limit: all sandboxes", "ok",
+                 f"at most {limit >> 20} MiB of memory together ({base})")
 
 
 def check_tun() -> Check:

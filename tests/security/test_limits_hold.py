@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hutch
 from hutch.sdk.transport import request_blocking
-from tests.helpers import user_cgroups, wait_for
+from tests.helpers import hutch_cli, user_cgroups, wait_for
 
 USER_CGROUPS, pytestmark = user_cgroups()
 
@@ -116,3 +117,24 @@ def test_fifty_hostile_sandboxes_leave_the_engine_answering(engine: dict[str, An
             list(pool.map(lambda sb: sb.terminate(wait=True), sandboxes))
         assert all(sb.exit_reason == "terminated" for sb in sandboxes)
         assert max(_responsive(other)) < 1.0
+
+
+def test_all_sandboxes_together_are_bounded(engine: dict[str, Any]) -> None:
+    """Sandboxes that each stay within their limits must not, together, leave the host's
+    OOM killer or an exhausted pid space as the only bound: the cgroup all of the user's
+    sandboxes live under has a memory limit below the host's memory and a pids limit below
+    pid_max (tools/setup-host.sh sets them; ``hutch doctor`` reports the first)."""
+    memory, pids = USER_CGROUPS.bases["memory"], USER_CGROUPS.bases["pids"]
+    if USER_CGROUPS.version == 1:
+        limit = int((memory / "memory.limit_in_bytes").read_text())
+    else:
+        value = (memory / "memory.max").read_text().strip()
+        limit = 1 << 62 if value == "max" else int(value)
+    total = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) << 10
+    assert limit < total, f"no memory limit for all sandboxes together on {memory}"
+    pid_limit = (pids / "pids.max").read_text().strip()
+    assert pid_limit != "max" and int(pid_limit) < int(
+        Path("/proc/sys/kernel/pid_max").read_text())
+    doctor = hutch_cli("doctor").stdout.decode()
+    line = next(x for x in doctor.splitlines() if "limit: all sandboxes" in x)
+    assert "ok" in line.split("]")[0] and f"{limit >> 20} MiB" in line, line
