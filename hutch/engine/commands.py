@@ -154,10 +154,15 @@ class CommandStarter:
                 procs = await trio.to_thread.run_sync(cgroups.procs_files_to_join, live.pid)
             except OSError as exc:
                 raise Conflict(f"Sandbox {live.sandbox_id} has already finished") from exc
-            try:
-                link = await self.fork_server.zygote(live.pidfd, procs)
-            except ZygoteError as exc:
-                raise _refusal(live, exc) from exc
+            for retry in (True, False):
+                try:
+                    link = await self.fork_server.zygote(live.pidfd, procs)
+                    break
+                except ZygoteError as exc:
+                    # the fork server died making it (killed, OOM): once more, from a new one
+                    if retry and self.fork_server.gone() and not _has_exited(live.pidfd):
+                        continue
+                    raise _refusal(live, exc) from exc
             # a zygote a crash leaves behind is found by this record (hutch.engine.remains)
             remains.record(live.dirs.root, "zygote", link.pid, link.pidfd)
             self.nursery.start_soon(link.read_frames)

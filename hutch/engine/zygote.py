@@ -230,6 +230,23 @@ class ForkServer:
                 os.waitpid(self._pid, 0)
             self._pid = None
 
+    def gone(self) -> bool:
+        """Whether the fork server has died (it is reaped then, and the next request starts
+        another): a zygote it was making when it died reports nothing, which is no fault of
+        the sandbox's."""
+        if self._pid is None:
+            return True
+        try:
+            pid, _ = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = self._pid
+        if pid == 0:
+            return False
+        self._pid = None
+        self.stop()
+        log.warning("fork server died; the next zygote starts another")
+        return True
+
     async def zygote(self, init_pidfd: int, cgroup_procs: list[str]) -> ZygoteLink:
         """A zygote joined to the sandbox whose init ``init_pidfd`` refers to."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
