@@ -134,26 +134,27 @@ async def prepare(firewall: str | None = None, *,
 CONNECT_TIMEOUT = 10.0
 
 
-def _connect_inside(pidfd: int, port: int) -> socket.socket:
-    """A TCP connection to ``127.0.0.1:port`` in the network namespace of the process of
-    ``pidfd``, made on a thread of its own that joins that namespace and ends (a rootless
-    engine may not join the host's again; a socket keeps the namespace it was made in)."""
+def _socket_inside(pidfd: int) -> socket.socket:
+    """A TCP socket of the network namespace of the process of ``pidfd``, made on a thread
+    of its own that joins that namespace and ends (a rootless engine may not join the
+    host's again; a socket keeps the namespace it was made in).  Only ``socket()`` runs
+    there: the connection is made on the event loop, so a port that never accepts holds
+    no thread."""
     made: list[socket.socket] = []
     failure: list[OSError] = []
 
     def work() -> None:
         try:
             linux.setns(pidfd, linux.CLONE_NEWNET)  # this thread only
-            made.append(socket.create_connection((LOOPBACK_ADDRESS, port), CONNECT_TIMEOUT))
+            made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
         except OSError as exc:
             failure.append(exc)
 
-    thread = threading.Thread(target=work, name="hutch-connect", daemon=True)
+    thread = threading.Thread(target=work, name="hutch-socket", daemon=True)
     thread.start()
     thread.join()
     if failure:
         raise failure[0]
-    made[0].setblocking(False)
     return made[0]
 
 
@@ -163,8 +164,14 @@ async def connect(pidfd: int, port: int) -> trio.SocketStream:
     127.0.0.1 in plain text for anyone on the host, beside the engine's TLS listener of
     an ``encrypted_ports`` entry, and its connections are no activity for ``idle_timeout``;
     this way the engine's listener is the one way in."""
-    sock = await trio.to_thread.run_sync(_connect_inside, pidfd, port)
-    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    sock = trio.socket.from_stdlib_socket(await trio.to_thread.run_sync(_socket_inside, pidfd))
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await sock.connect((LOOPBACK_ADDRESS, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 def warm_up() -> None:

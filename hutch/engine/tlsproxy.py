@@ -91,7 +91,7 @@ async def serve_tunnel(context: ssl.SSLContext | None,
         try:
             try:
                 upstream = await connect()
-            except OSError:
+            except (OSError, trio.TooSlowError):  # nothing listens, or it never accepts
                 await client.aclose()
                 return
             async with trio.open_nursery() as relays:
