@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from hutch.engine import cgroups, ociconfig, remains, seccompbpf
+from hutch.engine import cgroups, ociconfig, proctree, remains, seccompbpf
 from hutch.engine.errors import Conflict, EngineError
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.engine.zygote import ForkServer, ZygoteError, ZygoteLink, ZygoteProcess
@@ -125,7 +124,7 @@ class CommandStarter:
                                                stdout=stdout, stderr=stderr)
                 except ZygoteError as exc:
                     # gone before its reader noticed: a new one, unless the sandbox ended
-                    if retry and not _has_exited(live.pidfd):
+                    if retry and not proctree.exited(live.pidfd):
                         continue
                     raise _refusal(live, exc) from exc
                 return StartedCommand(process)
@@ -160,7 +159,7 @@ class CommandStarter:
                     break
                 except ZygoteError as exc:
                     # the fork server died making it (killed, OOM): once more, from a new one
-                    if retry and self.fork_server.gone() and not _has_exited(live.pidfd):
+                    if retry and self.fork_server.gone() and not proctree.exited(live.pidfd):
                         continue
                     raise _refusal(live, exc) from exc
             # a zygote a crash leaves behind is found by this record (hutch.engine.remains)
@@ -212,19 +211,9 @@ class CommandStarter:
                 await link.close()
 
 
-def _has_exited(pidfd: int | None) -> bool:
-    """Whether the process of ``pidfd`` has exited (a pidfd polls readable then; no pidfd:
-    it is gone)."""
-    if pidfd is None:
-        return True
-    poll = select.poll()
-    poll.register(pidfd, select.POLLIN)
-    return bool(poll.poll(0))
-
-
 def _refusal(live: LiveSandbox, exc: ZygoteError) -> EngineError:
     """What a caller hears when the zygote failed it: the sandbox has ended (409), or an
     engine error; never the bare ZygoteError, which no caller (a probe) expects."""
-    if _has_exited(live.pidfd):
+    if proctree.exited(live.pidfd):
         return Conflict(f"Sandbox {live.sandbox_id} has already finished")
     return EngineError(f"cannot start commands in sandbox {live.sandbox_id}: {exc}")

@@ -31,16 +31,18 @@ is stopped when the sandbox ends.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from hutch.engine import hostnet
+from hutch.engine import hostnet, proctree
 from hutch.engine.errors import Invalid
 
 SLIRP_DNS = "10.0.2.3"
@@ -193,19 +195,49 @@ async def attach(netns_path: str, sandbox_dir: Path) -> None:
         raise NetworkSetupFailed("slirp4netns failed to set up the sandbox's network")
 
 
+#: Seconds slirp4netns has to leave after SIGTERM before it is killed.
+STOP_GRACE = 5.0
+
+
+def slirp_of(sandbox_dir: Path) -> Callable[[int], bool]:
+    """A check that a pid is the slirp4netns of this sandbox (its API socket is the
+    sandbox's own, which no other process names)."""
+    wanted = f"--api-socket={sandbox_dir / API_SOCKET}".encode()
+
+    def belongs(pid: int) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return bool(argv) and argv[0].endswith(b"slirp4netns") and wanted in argv
+
+    return belongs
+
+
 async def detach(sandbox_dir: Path) -> None:
-    """Stop the sandbox's slirp4netns, if it has one (and reap it when it is our child; one
-    started by an earlier daemon is reaped by the pause process)."""
+    """Stop the sandbox's slirp4netns, if it has one: through a pidfd, once the pid was
+    seen to be that slirp4netns (a pid file may outlive its process, and its pid be
+    another's by now), and reaped when it is our child (one started by an earlier daemon
+    is reaped by the pause process)."""
     try:
         pid = int((sandbox_dir / PID_FILE).read_text())
     except (OSError, ValueError):
         return
-    try:
-        if b"slirp4netns" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGTERM)
-            await trio.to_thread.run_sync(os.waitpid, pid, 0)
-    except (OSError, ChildProcessError):
-        pass
+    pidfd = proctree.pin_if(pid, slirp_of(sandbox_dir))
+    if pidfd is not None:
+        try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            with trio.move_on_after(STOP_GRACE):
+                await trio.lowlevel.wait_readable(pidfd)
+            if not proctree.exited(pidfd):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                await trio.lowlevel.wait_readable(pidfd)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # it has exited: no wait
+        finally:
+            os.close(pidfd)
     (sandbox_dir / PID_FILE).unlink(missing_ok=True)
 
 

@@ -16,8 +16,10 @@ process that was not yet reaped then still owned the pid the check read).
 from __future__ import annotations
 
 import os
+import select
 import signal
 from collections import defaultdict
+from collections.abc import Callable
 
 
 def _stat(pid: int) -> list[bytes] | None:
@@ -91,17 +93,45 @@ def _signal(pidfd: int, sig: int) -> bool:
     return True
 
 
-def pin(pid: int, pidns: int | None) -> int | None:
-    """A pidfd for ``pid`` if it is (still) a live process of the namespace ``pidns`` (any,
-    with None); None otherwise.  The caller closes it."""
+def pin_if(pid: int, belongs: Callable[[int], bool]) -> int | None:
+    """A pidfd on ``pid`` if ``belongs(pid)``, checked while the pidfd held it: a signal 0
+    through it afterwards proves the pid still named the process checked.  None when it
+    does not belong or is gone; the caller closes the pidfd.  (A process that is alive but
+    not ours to signal is pinned: the signal that follows reports it.)"""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
         return None
-    if (pidns is not None and _pidns(pid) != pidns) or not _signal(pidfd, 0):
+    try:
+        ok = belongs(pid)
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        ok = False
+    except PermissionError:
+        pass
+    if not ok:
         os.close(pidfd)
         return None
     return pidfd
+
+
+def pin(pid: int, pidns: int | None) -> int | None:
+    """A pidfd for ``pid`` if it is (still) a live process of the namespace ``pidns`` (any,
+    with None); None otherwise.  The caller closes it."""
+    return pin_if(pid, lambda p: pidns is None or _pidns(p) == pidns)
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks after boot: field 22 of its stat), or None;
+    with the pid, it names one process for good."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+def exited(pidfd: int | None) -> bool:
+    """Whether the process of ``pidfd`` has exited (a pidfd polls readable then; none: it
+    is gone)."""
+    return pidfd is None or bool(select.select([pidfd], [], [], 0)[0])
 
 
 def kill_tree(root: int, marker: bytes | None = None, pidns: int | None = None,

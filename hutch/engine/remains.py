@@ -26,14 +26,14 @@ import contextlib
 import fcntl
 import logging
 import os
-import select
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from hutch.engine.network import API_SOCKET, PID_FILE
+from hutch.engine import network, proctree
+from hutch.engine.network import PID_FILE
 
 log = logging.getLogger("hutch.remains")
 
@@ -48,20 +48,10 @@ LOST_DETAIL = ("the engine's namespace ended (its pause process was killed): not
                "enter the sandbox any more, so the new engine stopped it")
 
 
-def start_time(pid: int) -> int | None:
-    """The start time of ``pid`` (clock ticks after boot: field 22 of its stat), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rindex(b")") + 2:].split()[19])
-
-
 def record(sandbox_dir: Path, kind: str, pid: int, pidfd: int | None) -> None:
     """Remember process ``pid`` of the sandbox (``kind``: init or zygote) by its start
     time, read while ``pidfd`` proves it is still that process."""
-    started = start_time(pid)
+    started = proctree.start_time(pid)
     try:
         if pidfd is not None:
             signal.pidfd_send_signal(pidfd, 0)
@@ -112,26 +102,6 @@ def in_engine_userns(pid: int) -> bool | None:
         os.close(fd)
 
 
-def _pin(pid: int, belongs: Callable[[int], bool]) -> int | None:
-    """A pidfd on ``pid`` if ``belongs(pid)``, checked while the pidfd held it: a signal 0
-    through the pidfd afterwards proves the pid still named the process checked."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    try:
-        ok = belongs(pid)
-        signal.pidfd_send_signal(pidfd, 0)
-    except ProcessLookupError:
-        ok = False
-    except PermissionError:
-        pass  # alive, but not ours to signal: reported when the SIGKILL fails too
-    if not ok:
-        os.close(pidfd)
-        return None
-    return pidfd
-
-
 def _pidns_init(pid: int) -> bool:
     """Whether ``pid`` is pid 1 of a pid namespace below the host's (a container's init)."""
     try:
@@ -145,23 +115,8 @@ def _pidns_init(pid: int) -> bool:
     return False
 
 
-def _slirp_of(sandbox_dir: Path) -> Callable[[int], bool]:
-    """A check that a pid is the slirp4netns of this sandbox (its API socket is the
-    sandbox's own, which no other process names)."""
-    wanted = f"--api-socket={sandbox_dir / API_SOCKET}".encode()
-
-    def belongs(pid: int) -> bool:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return bool(argv) and argv[0].endswith(b"slirp4netns") and wanted in argv
-
-    return belongs
-
-
 def _started_at(ticks: int) -> Callable[[int], bool]:
-    return lambda pid: start_time(pid) == ticks
+    return lambda pid: proctree.start_time(pid) == ticks
 
 
 async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bool) -> None:
@@ -183,10 +138,10 @@ async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bo
     except (OSError, ValueError):
         pass
     else:
-        checks.append(("slirp4netns", slirp, _slirp_of(sandbox_dir)))
+        checks.append(("slirp4netns", slirp, network.slirp_of(sandbox_dir)))
     try:
         for kind, pid, belongs in checks:
-            pidfd = _pin(pid, belongs)
+            pidfd = proctree.pin_if(pid, belongs)
             if pidfd is None:
                 continue
             pinned.append((kind, pid, pidfd))
@@ -201,7 +156,7 @@ async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bo
             for _, _, pidfd in pinned:
                 await trio.lowlevel.wait_readable(pidfd)
         for kind, pid, pidfd in pinned:
-            if not _exited(pidfd):
+            if not proctree.exited(pidfd):
                 log.warning("%s %d of %s did not exit within %.0f s of SIGKILL", kind, pid,
                             sandbox_dir.name, EXIT_DEADLINE)
             else:
@@ -212,11 +167,6 @@ async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bo
     if any(kind == "slirp4netns" for kind, _, _ in pinned):
         # ended here, by pidfd: the pid file must not lead a later stop to a reused pid
         (sandbox_dir / PID_FILE).unlink(missing_ok=True)
-
-
-def _exited(pidfd: int) -> bool:
-    """Whether the process of ``pidfd`` has exited (a pidfd polls readable then)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def forget(sandbox_dir: Path) -> None:
