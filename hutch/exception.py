@@ -19,6 +19,8 @@
     ├── TimeoutError            a wait ran out of time (also a builtin TimeoutError)
     │   ├── SandboxTimeoutError the sandbox hit its own timeout
     │   └── ExecTimeoutError    an exec hit its timeout
+    ├── ResourceExhaustedError  the engine has no more of what each sandbox needs one
+    │                           of (its own user ids); the message names the fix
     ├── SandboxTerminatedError  the sandbox was terminated
     └── SandboxFilesystemError  a file operation in a sandbox failed; each subclass is
         │                       also the builtin ``OSError`` subclass of the same meaning
@@ -103,6 +105,11 @@ class ExecTimeoutError(TimeoutError):
     """An exec reached its timeout."""
 
 
+class ResourceExhaustedError(Error):
+    """The engine has no more of something every sandbox needs one of (for example user
+    ids for a sandbox's own user namespace); the message names the fix."""
+
+
 class SandboxTerminatedError(Error):
     """The sandbox was terminated."""
 
@@ -153,6 +160,7 @@ __all__ = [
     "ImageBuildError",
     "InvalidError",
     "NotFoundError",
+    "ResourceExhaustedError",
     "SandboxFilesystemBusyError",
     "SandboxFilesystemDirectoryNotEmptyError",
     "SandboxFilesystemError",

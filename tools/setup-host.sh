@@ -38,12 +38,21 @@ if ! id "$TEST_USER" >/dev/null 2>&1; then
   echo "setup-host: creating user $TEST_USER"
   useradd --create-home --shell /bin/bash "$TEST_USER"
 fi
-if ! grep -q "^$TEST_USER:" /etc/subuid 2>/dev/null; then
-  usermod --add-subuids 200000-265535 "$TEST_USER"
-fi
-if ! grep -q "^$TEST_USER:" /etc/subgid 2>/dev/null; then
-  usermod --add-subgids 200000-265535 "$TEST_USER"
-fi
+# Each sandbox takes a slice of about 1025 of these ids (docs/security.md): Debian's default
+# 65536 hold 61 sandboxes at once, fewer than the suite's hostile battery runs together, so
+# the test user gets 1 Mi ids (959 sandboxes), high enough to miss other users' ranges.
+SUBIDS=1000000000-1001048575
+for file in /etc/subuid /etc/subgid; do
+  count="$(awk -F: -v u="$TEST_USER" '$1 == u { print $3; exit }' "$file" 2>/dev/null || true)"
+  if [ -z "$count" ] || [ "$count" -lt 1048576 ]; then
+    sed -i "/^$TEST_USER:/d" "$file" 2>/dev/null || true
+    if [ "$file" = /etc/subuid ]; then
+      usermod --add-subuids "$SUBIDS" "$TEST_USER"
+    else
+      usermod --add-subgids "$SUBIDS" "$TEST_USER"
+    fi
+  fi
+done
 
 # crun (1.8) refuses hybrid cgroup hosts whose v2 hierarchy holds a controller; here it is
 # hugetlb. Mounting the v1 hugetlb hierarchy moves the controller there.

@@ -155,7 +155,8 @@ class CommandStarter:
                 raise Conflict(f"Sandbox {live.sandbox_id} has already finished") from exc
             for retry in (True, False):
                 try:
-                    link = await self.fork_server.zygote(live.pidfd, procs)
+                    link = await self.fork_server.zygote(live.pidfd, procs,
+                                                         userns=live.ids is not None)
                     break
                 except ZygoteError as exc:
                     # the fork server died making it (killed, OOM): once more, from a new one

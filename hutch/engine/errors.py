@@ -45,3 +45,10 @@ class ImageBuildFailed(EngineError):
 class TimedOut(EngineError):
     type = "timeout"
     status = 504
+
+
+class Exhausted(EngineError):
+    """Every one of something sandboxes need one of is in use (user-id slices)."""
+
+    type = "resource_exhausted"
+    status = 429

@@ -63,7 +63,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         live = manager.live.get(sandbox_id)
         if row.state != "running" or live is None or live.terminating:
             raise Conflict(f"Sandbox {sandbox_id} has already finished")
-        fs = SandboxFS(f"/proc/{live.pid}/root", live.workdir)
+        fs = SandboxFS(f"/proc/{live.pid}/root", live.workdir, live.owner)
         try:
             yield fs
         finally:
@@ -107,7 +107,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         live = manager.live.get(sandbox_id)
         if manager.get(sandbox_id).state != "running" or live is None:
             raise Conflict(f"Sandbox {sandbox_id} has already finished")
-        with SandboxFS(f"/proc/{live.pid}/root", live.workdir) as fs:
+        with SandboxFS(f"/proc/{live.pid}/root", live.workdir, live.owner) as fs:
             # a recursive watch lists every directory: a thread's work (the watch keeps a
             # root descriptor of its own)
             watcher = await ops.run_fs(sandbox_id, fs, Watch.start, path, recursive,

@@ -20,7 +20,8 @@ mount namespace, where the host's files are out of sight.
 Protocol (stream sockets, each frame a 4-byte big-endian length and a JSON object; file
 descriptors ride on the length):
 
-* engine -> fork server: ``{"cgroup_procs": [...], "caps": <mask>, "seccomp": <base64 BPF>}``
+* engine -> fork server: ``{"cgroup_procs": [...], "caps": <mask>, "seccomp": <base64 BPF>,
+  "userns": <join the sandbox's user namespace>}``
   with fds ``[pidfd of the sandbox's init, the zygote's socket]``.  The fork server answers
   nothing; its zygote (or, if the fork failed, the fork server) speaks on that socket.
 * zygote -> engine, first: ``{"ready": <pid>}`` or ``{"error": "..."}`` (then it exits).
@@ -56,8 +57,10 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-#: The sandbox namespaces a zygote joins (every sandbox has its own of each; the user
-#: namespace is the engine's own).
+CLONE_NEWUSER = 0x10000000
+#: The sandbox namespaces a zygote joins (every sandbox has its own of each); and, for a
+#: sandbox with ids of its own, its user namespace last (its network namespace belongs to
+#: the engine's, which a process of the sandbox's could no longer join).
 JOIN = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 PR_CAPBSET_DROP = 24
 PR_SET_DUMPABLE = 4
@@ -207,6 +210,12 @@ def _join(req: dict[str, Any], init_pidfd: int) -> None:
         except OSError as exc:
             raise SetupError(f"joining the cgroup {procs}: {exc.strerror}") from exc
     _check(_libc.setns(init_pidfd, JOIN), "joining the sandbox's namespaces")
+    if req.get("userns"):
+        # root of the sandbox: its slice's first id, which owns nothing outside it
+        _check(_libc.setns(init_pidfd, CLONE_NEWUSER), "joining the sandbox's user namespace")
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
     os.close(init_pidfd)
     os.chdir("/")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from hutch.engine import netns, network, ociconfig, rootfs
+from hutch.engine import idslices, layermirror, netns, network, ociconfig, rootfs, sandboxids
 from hutch.engine.cgroups import Limits, SandboxCgroup
 from hutch.engine.errors import Invalid
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
@@ -46,6 +46,13 @@ class LaunchPlan:
     cgroup: SandboxCgroup | None = None
     limits: Limits = field(default_factory=Limits)
     disk_mib: int | None = None
+    #: the sandbox's own ids (:mod:`hutch.engine.idslices`), and the in-memory copies of
+    #: its layers to mount under them (:mod:`hutch.engine.layermirror`); None: it shares
+    #: the engine's namespace
+    ids: idslices.Slice | None = None
+    lower_copies: list[Path] | None = None
+    #: ``dirs.root`` as the sandbox's root reaches it (with ``ids``)
+    visible_root: Path | None = None
 
 
 async def start_container(runtime: OCIRuntime, plan: LaunchPlan
@@ -57,15 +64,43 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
     client sends one) and hands the entrypoint a read-only descriptor.
     """
     dirs = plan.dirs
-    rootfs.mount_rootfs(dirs, plan.layers, disk_mib=plan.disk_mib)
+    layers, owner = plan.layers, None
+    userns: int | None = None
+    made_netns: int | None = None
+    if plan.ids is not None:
+        assert plan.lower_copies is not None
+        userns, made_netns = idslices.make_namespaces(plan.ids)
+        try:
+            layers = layermirror.mount_lowers(plan.lower_copies, dirs.lower, userns)
+        except BaseException:
+            os.close(userns)
+            os.close(made_netns)
+            raise
+        owner = plan.ids.root
+    try:
+        return await _start(runtime, plan, layers, owner, userns, made_netns)
+    finally:
+        for fd in (userns, made_netns):
+            if fd is not None:
+                os.close(fd)  # the container holds its namespaces from here on
+
+
+async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owner: int | None,
+                 userns: int | None, made_netns: int | None
+                 ) -> tuple[int, trio.lowlevel.FdStream]:
+    dirs = plan.dirs
+    rootfs.mount_rootfs(dirs, layers, disk_mib=plan.disk_mib, owner=owner)
     # The logs are the one place the sandbox writes on the host (through /proc/1/fd/1):
     # a tmpfs of LOG_CAP_MIB, or inside its ephemeral_disk, so a write past it is ENOSPC.
     rootfs.mount_logs(dirs, in_scratch=plan.disk_mib is not None)
-    rootfs.make_dirs_inside(dirs.merged, plan.workdir)
+    rootfs.make_dirs_inside(dirs.merged, plan.workdir, owner)
     etc = rootfs.write_etc_files(dirs, plan.sandbox_id,
-                                 nameserver=network.SLIRP_DNS if plan.online else None)
+                                 nameserver=network.SLIRP_DNS if plan.online else None,
+                                 owner=owner)
     if plan.online:
         etc.update(network.host_trust(dirs.merged))
+    if plan.visible_root is not None:
+        sandboxids.bind_visible(dirs.root, plan.visible_root)
     firewall = network.ruleset(plan.allowlist) if plan.online else None
     fifo = dirs.stdin_fifo
     os.mkfifo(fifo, 0o600)
@@ -79,24 +114,38 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
             # The network namespace is made first (moments), then configured and connected
             # while the runtime creates the container in it; all of it before the start.
             async with trio.open_nursery() as nursery:
-                netns_fd = await nursery.start(netns.prepare, firewall)
+                netns_fd = await nursery.start(netns.prepare, firewall, made_netns)
                 netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 if plan.online:
                     nursery.start_soon(network.attach, netns_path, dirs.root)
+                view = plan.visible_root
+                if view is not None:  # the runtime resolves these as the sandbox's root
+                    etc = {dest: src.replace(str(dirs.root), str(view), 1)
+                           if src.startswith(f"{dirs.root}/") else src
+                           for dest, src in etc.items()}
                 spec = ociconfig.sandbox_spec(
-                    rootfs=str(dirs.merged), hostname=plan.sandbox_id,
+                    rootfs=str(view / "merged" if view is not None else dirs.merged),
+                    hostname=plan.sandbox_id,
                     process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd),
                     etc_files=etc, devpts_gid=plan.devpts_gid, extra_mounts=plan.mounts,
                     cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
                     netns_path=netns_path,
+                    userns_path=f"/proc/{os.getpid()}/fd/{userns}" if userns is not None
+                    else None,
                 )
                 (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+                # A sandbox with ids of its own is made inside its cgroup: its process
+                # runs as another user at once, and cgroup v1 lets only that user (or the
+                # host's root) move it.
+                inside = plan.cgroup is not None and plan.ids is not None
                 if plan.cgroup is not None:
                     plan.cgroup.create(plan.limits)
                 await runtime.create(plan.sandbox_id, dirs.root, stdin=reader, stdout=out,
-                                     stderr=err, pid_file=dirs.pid_file)
+                                     stderr=err, pid_file=dirs.pid_file,
+                                     prefix=plan.cgroup.launcher()
+                                     if inside and plan.cgroup is not None else ())
                 pid = int(dirs.pid_file.read_text().strip())
-                if plan.cgroup is not None:
+                if plan.cgroup is not None and not inside:
                     plan.cgroup.add(pid)
         except BaseExceptionGroup as group:
             # the set-up's own failure, or the runtime's, rather than the group

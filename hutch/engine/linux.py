@@ -21,6 +21,7 @@ MS_NODEV = 0x4
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SHARED = 1 << 20
 
 MNT_DETACH = 0x2
 
@@ -31,6 +32,15 @@ IN_CLOEXEC = os.O_CLOEXEC
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+
+# the new mount API (x86_64 and aarch64 share these numbers)
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [
@@ -46,6 +56,11 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 def _check(result: int, what: str) -> None:
@@ -76,6 +91,29 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def idmapped_bind(source: str, target: str, userns_fd: int) -> None:
+    """Bind ``source`` at ``target`` (an existing directory), its owners seen through the
+    id map of the user namespace ``userns_fd``: a file owned by id N of the source's file
+    system shows as the id N maps to there.  The kernel allows it only to a holder of
+    CAP_SYS_ADMIN in the namespace that owns the source's file system (a tmpfs the engine
+    mounted, not the host's disk, for a rootless engine) and on file systems that support
+    it (not overlayfs)."""
+    fd = _libc.syscall(SYS_OPEN_TREE, -100, os.fsencode(source),
+                       OPEN_TREE_CLONE | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree {source}: {os.strerror(err)}")
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+        _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr),
+                             ctypes.c_size_t(ctypes.sizeof(attr))),
+               f"idmapping {source}")
+        _check(_libc.syscall(SYS_MOVE_MOUNT, fd, b"", -100, os.fsencode(target),
+                             MOVE_MOUNT_F_EMPTY_PATH), f"move_mount {target}")
+    finally:
+        os.close(fd)
 
 
 def set_child_subreaper() -> None:

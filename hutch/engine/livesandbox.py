@@ -14,6 +14,7 @@ import trio
 from hutch.api.models import ProbeSpec
 from hutch.engine import rootfs
 from hutch.engine.cgroups import SandboxCgroup
+from hutch.engine.idslices import Slice
 from hutch.engine.zygote import ZygoteLink
 
 
@@ -42,6 +43,8 @@ class LiveSandbox:
     activity: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     cgroup: SandboxCgroup | None = None
+    #: its own ids (None: it shares the engine's namespace)
+    ids: Slice | None = None
     #: the zygote that starts its commands (made at the first one), and its guard
     zygote: ZygoteLink | None = None
     zygote_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -52,6 +55,12 @@ class LiveSandbox:
         if self.cgroup is None or self.cgroup.runtime_path is not None:
             return []
         return self.cgroup.launcher()
+
+    @property
+    def owner(self) -> int | None:
+        """The engine id of the sandbox's root, where it has ids of its own: what the
+        engine makes in its file system belongs to it."""
+        return None if self.ids is None else self.ids.root
 
     def touch(self) -> None:
         self.last_active = time.time()

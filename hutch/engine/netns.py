@@ -90,11 +90,13 @@ def _configure(firewall: str | None) -> None:
         _load_firewall(firewall)
 
 
-async def prepare(firewall: str | None = None, *,
+async def prepare(firewall: str | None = None, existing: int | None = None, *,
                   task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Make a sandbox's network namespace (``nursery.start`` gives a descriptor of it, which
     the caller closes once the runtime has joined it), then configure it: its loopback, and
-    the nftables ``firewall`` ruleset when given.  Returns when it is configured."""
+    the nftables ``firewall`` ruleset when given.  Returns when it is configured.
+    ``existing``: a namespace made already (in the sandbox's user namespace), to configure
+    instead."""
     token = trio.lowlevel.current_trio_token()
     made: list[int] = []
     failure: list[BaseException] = []
@@ -106,7 +108,10 @@ async def prepare(firewall: str | None = None, *,
 
     def work() -> None:
         try:
-            linux.unshare(linux.CLONE_NEWNET)  # this thread only
+            if existing is None:
+                linux.unshare(linux.CLONE_NEWNET)  # this thread only
+            else:
+                linux.setns(existing, linux.CLONE_NEWNET)
             made.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
             report(ready)
             _configure(firewall)

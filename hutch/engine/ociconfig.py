@@ -191,12 +191,14 @@ def sandbox_spec(
     *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool,
     host_network: bool = False, extra_mounts: list[Mount] | None = None,
     cgroups_path: str | None = None, netns_path: str | None = None,
+    userns_path: str | None = None,
 ) -> Spec:
     """A sandbox's spec; ``host_network`` (image builds) keeps the host's network namespace,
     and then /sys is a read-only bind of the host's (sysfs needs its own netns);
     ``netns_path``: a network namespace the engine made, for the runtime to join.  Build
     steps get the same seccomp profile as sandboxes: apt, dpkg and pip need nothing it
-    refuses."""
+    refuses.  ``userns_path``: the sandbox's own user namespace (:mod:`hutch.engine.idslices`),
+    which the runtime joins."""
     mounts = default_mounts(etc_files, devpts_gid=devpts_gid)
     namespaces = NAMESPACES
     if host_network:
@@ -206,13 +208,16 @@ def sandbox_spec(
                         options=["rbind", "ro", "nosuid", "noexec", "nodev"])
                   for m in mounts]
     mounts = [*mounts, *(extra_mounts or [])]
+    paths = {"network": netns_path}
+    if userns_path is not None:
+        namespaces = ["user", *namespaces]
+        paths["user"] = userns_path
     return Spec(
         process=process,
         root=Root(path=rootfs),
         hostname=hostname,
         mounts=mounts,
-        linux=Linux(namespaces=[Namespace(type=t, path=netns_path if t == "network" else None)
-                                for t in namespaces],
+        linux=Linux(namespaces=[Namespace(type=t, path=paths.get(t)) for t in namespaces],
                     seccomp=default_profile(), cgroupsPath=cgroups_path),
         annotations=seccompbpf.default_annotation() or None,
     )

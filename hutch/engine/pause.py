@@ -23,6 +23,7 @@ import logging
 import os
 import pwd
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -180,11 +181,48 @@ class Pause:
                 os.kill(self.daemon_pid, signal.SIGTERM)
 
 
+def _remove_roots_view(runtime: Path, *, mounted: bool) -> None:
+    """Remove the directory in /tmp where the daemon bound the sandboxes' directories for
+    their roots (:mod:`hutch.engine.sandboxids`; a tmpfs in this mount namespace, an empty
+    directory on the host)."""
+    record = runtime / "roots"
+    try:
+        path = Path(record.read_text().strip())
+    except OSError:
+        return
+    if not path.name.startswith("hutch-roots-") or path.parent != Path("/tmp"):
+        return
+    try:
+        if mounted and os.path.ismount(path):
+            linux.umount(str(path), linux.MNT_DETACH)
+        path.rmdir()
+    except OSError as exc:
+        log.warning("removing %s: %s", path, exc)
+    record.unlink(missing_ok=True)
+
+
+def _end_lost_sandboxes() -> None:
+    """End what is left of the sandboxes of a previous pause process (killed), from the
+    host's namespace, where their processes can still be signalled even when they run
+    under ids of their own (:func:`hutch.engine.remains.end_all_lost`).  A program of its
+    own, so that this long-lived process does not load trio."""
+    data = os.environ.get("HUTCH_DATA_DIR")
+    if not data or not any((Path(data) / "sandboxes").glob("*/processes")):
+        return
+    try:
+        subprocess.run([sys.executable, "-m", "hutch.engine.remains",
+                        str(Path(data) / "sandboxes")], timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("ending the sandboxes of the previous engine: %s", exc)
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s pause %(levelname)s %(message)s")
     runtime = Path(os.environ["HUTCH_RUNTIME_DIR"])
     signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
     (runtime / "exits").mkdir(parents=True, exist_ok=True)
+    _end_lost_sandboxes()
+    _remove_roots_view(runtime, mounted=False)  # a killed predecessor's, empty out here
     info = _enter_namespaces(runtime)
     linux.set_child_subreaper()
     os.umask(0o077)
@@ -192,6 +230,7 @@ def main() -> int:
     (runtime / "pause.pid").write_text(str(os.getpid()))
     log.info("namespaces ready: %s", info)
     code = Pause(runtime, runtime / "engine.log").run()
+    _remove_roots_view(runtime, mounted=True)
     (runtime / "pause.pid").unlink(missing_ok=True)
     return code
 

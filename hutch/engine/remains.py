@@ -26,7 +26,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import signal
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,15 +122,11 @@ def _started_at(ticks: int) -> Callable[[int], bool]:
     return lambda pid: proctree.start_time(pid) == ticks
 
 
-async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bool) -> None:
-    """SIGKILL what remains of the sandbox in ``sandbox_dir`` (its init and so its whole
-    pid namespace, its zygotes, its slirp4netns) and wait until it has exited.
-
-    ``runtime_names_init``: the OCI runtime's state names ``init_pid`` as the container's
-    process, which identifies an init that has no record.  Processes that did not start
-    when recorded, or are not the sandbox's, are left alone."""
+def _kill(sandbox_dir: Path, init_pid: int | None, runtime_names_init: bool,
+          pinned: list[tuple[str, int, int]]) -> None:
+    """SIGKILL the sandbox's recorded processes, each pinned by a pidfd (kept in
+    ``pinned``) after its check."""
     records = recorded(sandbox_dir)
-    pinned: list[tuple[str, int, int]] = []
     checks: list[tuple[str, int, Callable[[int], bool]]] = [
         (kind, pid, _started_at(started)) for kind, pid, started in records]
     if init_pid is not None and runtime_names_init \
@@ -139,19 +138,58 @@ async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bo
         pass
     else:
         checks.append(("slirp4netns", slirp, network.slirp_of(sandbox_dir)))
+    for kind, pid, belongs in checks:
+        pidfd = proctree.pin_if(pid, belongs)
+        if pidfd is None:
+            continue
+        pinned.append((kind, pid, pidfd))
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            log.warning("%s %d of %s runs as another user: it cannot be stopped from "
+                        "here", kind, pid, sandbox_dir.name)
+
+
+def end_all_lost(sandboxes_dir: Path, deadline: float = EXIT_DEADLINE) -> int:
+    """SIGKILL every recorded process of every sandbox in ``sandboxes_dir`` and wait (up
+    to ``deadline`` seconds) for them to exit; how many there were.
+
+    Run by a new pause process (``python -m hutch.engine.remains DIR``) before it makes
+    its namespaces: the old ones are gone, so whatever the records still name is left of
+    sandboxes nothing can enter.  From the host's namespace this works for sandboxes with
+    user ids of their own too (the user owns the old engine namespace, so holds every
+    capability in it and below), which a daemon in the new namespace could not signal."""
+    pinned: list[tuple[str, int, int]] = []
     try:
-        for kind, pid, belongs in checks:
-            pidfd = proctree.pin_if(pid, belongs)
-            if pidfd is None:
-                continue
-            pinned.append((kind, pid, pidfd))
-            try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                log.warning("%s %d of %s runs as another user: it cannot be stopped from "
-                            "here", kind, pid, sandbox_dir.name)
+        for record_file in sorted(sandboxes_dir.glob(f"*/{RECORD}")):
+            _kill(record_file.parent, None, False, pinned)
+        poller = select.poll()
+        for _, _, pidfd in pinned:
+            poller.register(pidfd, select.POLLIN)
+        left = {pidfd for _, _, pidfd in pinned}
+        end = time.monotonic() + deadline
+        while left and time.monotonic() < end:
+            for fd, _ in poller.poll(max(1, int((end - time.monotonic()) * 1000))):
+                left.discard(fd)
+                poller.unregister(fd)
+        return len(pinned)
+    finally:
+        for _, _, pidfd in pinned:
+            os.close(pidfd)
+
+
+async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bool) -> None:
+    """SIGKILL what remains of the sandbox in ``sandbox_dir`` (its init and so its whole
+    pid namespace, its zygotes, its slirp4netns) and wait until it has exited.
+
+    ``runtime_names_init``: the OCI runtime's state names ``init_pid`` as the container's
+    process, which identifies an init that has no record.  Processes that did not start
+    when recorded, or are not the sandbox's, are left alone."""
+    pinned: list[tuple[str, int, int]] = []
+    try:
+        _kill(sandbox_dir, init_pid, runtime_names_init, pinned)
         with trio.move_on_after(EXIT_DEADLINE):
             for _, _, pidfd in pinned:
                 await trio.lowlevel.wait_readable(pidfd)
@@ -172,3 +210,10 @@ async def end(sandbox_dir: Path, init_pid: int | None, *, runtime_names_init: bo
 def forget(sandbox_dir: Path) -> None:
     """Drop the sandbox's record (its processes have ended)."""
     (sandbox_dir / RECORD).unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s remains %(message)s")
+    ended = end_all_lost(Path(sys.argv[1]))
+    if ended:
+        log.info("ended %d processes of sandboxes whose engine namespace ended", ended)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.engine import linux
+from hutch.engine import layermirror, linux
 from hutch.engine.errors import Invalid, NotFound
 from hutch.engine.store import Store
 from hutch.imagebuild import inroot
@@ -63,6 +63,12 @@ class SandboxDirs:
         return self.root / "merged"
 
     @property
+    def lower(self) -> Path:
+        """The image's layers mounted under the sandbox's own ids (when it has them:
+        :mod:`hutch.engine.layermirror`)."""
+        return self.root / "lower"
+
+    @property
     def etc(self) -> Path:
         return self.root / "etc"
 
@@ -94,14 +100,16 @@ class SandboxDirs:
         return self.root / "init.pid"
 
 
-def mount_rootfs(dirs: SandboxDirs, layers: list[Path], *, disk_mib: int | None = None
-                 ) -> None:
+def mount_rootfs(dirs: SandboxDirs, layers: list[Path], *, disk_mib: int | None = None,
+                 owner: int | None = None) -> None:
     """Create the sandbox's directories and mount its overlay root filesystem.
 
     With ``disk_mib``, the upper and work directories live on a tmpfs of that size (at
     ``scratch``; ``upper`` and ``work`` are links into it), so writes beyond it fail with
     ENOSPC.  A tmpfs is the one size-limited file system a rootless engine can mount; its
     pages are memory, charged to the sandbox's memory cgroup.
+    ``owner``: the engine id of the sandbox's root (a sandbox with ids of its own), which
+    owns the upper directory and so the root of its file system.
     """
     for d in (dirs.merged, dirs.etc, dirs.execs):
         d.mkdir(parents=True, exist_ok=True)
@@ -119,6 +127,8 @@ def mount_rootfs(dirs: SandboxDirs, layers: list[Path], *, disk_mib: int | None 
         for name in ("upper", "work"):
             (dirs.scratch / name).mkdir()
             (dirs.root / name).symlink_to(dirs.scratch / name)
+    if owner is not None:
+        os.chown(dirs.upper, owner, owner)
     # overlayfs lists lowerdirs top first; image layers are stored bottom first.  In a user
     # namespace overlayfs cannot set its trusted.* xattrs, so without ``userxattr`` removing
     # a directory that exists in a layer fails with EIO; use user.overlay.* everywhere.
@@ -232,7 +242,8 @@ def sweep_ended(sandboxes_dir: Path, store: Store, *, now: float | None = None,
         if ended is None or now - ended <= retention:
             continue
         dirs = SandboxDirs(path)
-        if any(os.path.ismount(p) for p in (dirs.merged, dirs.scratch, dirs.logs)):
+        if any(os.path.ismount(p) for p in (dirs.merged, dirs.scratch, dirs.logs,
+                                            dirs.lower / "0")):
             log.warning("not removing %s: something is still mounted in it", path)
             continue
         shutil.rmtree(path, ignore_errors=True)
@@ -244,6 +255,7 @@ def unmount_rootfs(dirs: SandboxDirs) -> None:
     """Unmount the overlay and remove everything but the entrypoint's logs (kept, capped,
     for ``LOG_RETENTION``: :func:`keep_logs`)."""
     unmount_rootfs_keep_upper(dirs)
+    layermirror.unmount_lowers(dirs.lower)
     try:
         keep_logs(dirs)
     except OSError as exc:
@@ -263,7 +275,7 @@ def unmount_rootfs(dirs: SandboxDirs) -> None:
         (dirs.root / f).unlink(missing_ok=True)
 
 
-def make_dirs_inside(root: Path, path: str) -> None:
+def make_dirs_inside(root: Path, path: str, owner: int | None = None) -> None:
     """``mkdir -p path`` inside ``root``, resolved by the kernel as the sandbox will see it.
 
     ``path`` (a workdir from the API or an image's config) is resolved with openat2's
@@ -274,7 +286,8 @@ def make_dirs_inside(root: Path, path: str) -> None:
     """
     fd = inroot.open_root(root)
     try:
-        os.close(inroot.Extractor(fd, follow=True, whiteouts=False).make_dirs(path))
+        os.close(inroot.Extractor(fd, follow=True, whiteouts=False, owner=owner)
+                 .make_dirs(path))
     except inroot.UnsafeEntry as exc:
         raise Invalid(f"workdir {path!r}: {exc}") from exc
     except OSError as exc:
@@ -285,10 +298,11 @@ def make_dirs_inside(root: Path, path: str) -> None:
         os.close(fd)
 
 
-def write_etc_files(dirs: SandboxDirs, hostname: str,
-                    nameserver: str | None = None) -> dict[str, str]:
+def write_etc_files(dirs: SandboxDirs, hostname: str, nameserver: str | None = None,
+                    owner: int | None = None) -> dict[str, str]:
     """Generate /etc/hostname, /etc/hosts and /etc/resolv.conf (the host's, or one naming
-    ``nameserver``); returns dest -> source."""
+    ``nameserver``), owned by ``owner`` (the sandbox's root) where given; returns dest ->
+    source."""
     files = {
         "/etc/hostname": f"{hostname}\n",
         "/etc/hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n",
@@ -299,6 +313,8 @@ def write_etc_files(dirs: SandboxDirs, hostname: str,
         src = dirs.etc / Path(dest).name
         src.write_text(text)
         src.chmod(0o644)
+        if owner is not None:
+            os.chown(src, owner, owner)
         out[dest] = str(src)
     return out
 

@@ -34,12 +34,14 @@ from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession, OutputBudget
+from hutch.engine.idslices import Slice
 from hutch.engine.images import ImageService
 from hutch.engine.launch import LaunchPlan, start_container
 from hutch.engine.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.pool import PoolService
 from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
+from hutch.engine.sandboxids import SandboxIds
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
 from hutch.engine.volumes import VolumeService, release_staging
 from hutch.engine.zygote import ForkServer
@@ -56,7 +58,7 @@ class SandboxManager:
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
                  nursery: trio.Nursery, cgroups: CgroupHost,
-                 fork_server: ForkServer | None = None) -> None:
+                 fork_server: ForkServer | None = None, userns_mode: str = "single") -> None:
         self.store = store
         self.images = images
         self.volumes = VolumeService(store, data_dir)
@@ -75,6 +77,8 @@ class SandboxManager:
         self.execs: dict[str, ExecSession] = {}
         #: the unread exec output each running sandbox holds in the engine
         self.output: dict[str, OutputBudget] = {}
+        self.ids = SandboxIds(userns_mode, runtime_dir)
+        nursery.start_soon(self.ids.sweep_forever)
 
     def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs:
         return rootfs.SandboxDirs(self.sandboxes_dir / sandbox_id)
@@ -113,23 +117,32 @@ class SandboxManager:
                 return taken
         sandbox_id = new_id("sb")
         argv, spec_record = self._spec_record(req, image, sandbox_id)
+        ids, copies = None, None
+        if self.ids.wanted(req.volumes):
+            ids, copies = await self.ids.take(sandbox_id, image.layer_dirs)
         spec_record.update({"limits": dataclasses.asdict(limits),
                             "cgroup": bool(self.cgroups.bases),
-                            "ephemeral_disk": req.ephemeral_disk})
+                            "ephemeral_disk": req.ephemeral_disk,
+                            "ids": ids.record() if ids is not None else None})
         default = spec_record["default_entrypoint"]
         # A default entrypoint (sleep) runs with the image's environment in / , so that a
         # pooled sandbox, started before its user's env and workdir were known, is the same.
         init_env = _base_env(image.env, sandbox_id) if default else spec_record["env"]
         workdir = spec_record["workdir"]
-        self.store.insert_sandbox(
-            sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
-            spec=spec_record, timeout=MAX_TIMEOUT if pooled else req.timeout,
-            runtime=self.runtime.name, tags=req.tags, pooled=pooled,
-        )
+        try:
+            self.store.insert_sandbox(
+                sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
+                spec=spec_record, timeout=MAX_TIMEOUT if pooled else req.timeout,
+                runtime=self.runtime.name, tags=req.tags, pooled=pooled,
+            )
+        except BaseException:
+            self.ids.give_back(sandbox_id, spec_record)
+            raise
         dirs = self.dirs(sandbox_id)
         stdin: trio.lowlevel.FdStream | None = None
         try:
             dirs.root.mkdir(parents=True)
+            visible = self.ids.visible_dir(dirs.root, ids) if ids is not None else None
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes")
             pid, stdin = await start_container(self.runtime, LaunchPlan(
                 sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv,
@@ -137,7 +150,8 @@ class SandboxManager:
                 mounts=mounts, devpts_gid=self.devpts_gid,
                 online=req.network == "open", allowlist=allowlist,
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
-                disk_mib=req.ephemeral_disk))
+                disk_mib=req.ephemeral_disk, ids=ids, lower_copies=copies,
+                visible_root=visible))
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports)
         except BaseException as exc:
@@ -183,8 +197,8 @@ class SandboxManager:
         live = self.live[sandbox_id]
         pooled = self.store.sandbox(sandbox_id).spec
         _, spec = self._spec_record(req, image, sandbox_id)
-        spec.update({k: pooled[k] for k in ("limits", "cgroup", "ephemeral_disk")})
-        rootfs.make_dirs_inside(live.dirs.merged, spec["workdir"])
+        spec.update({k: pooled.get(k) for k in ("limits", "cgroup", "ephemeral_disk", "ids")})
+        rootfs.make_dirs_inside(live.dirs.merged, spec["workdir"], live.owner)
         live.deadline = self.store.take_pooled(sandbox_id, name=req.name, tags=req.tags,
                                                spec=spec, timeout=req.timeout)
         live.env, live.workdir = spec["env"], spec["workdir"]
@@ -232,6 +246,7 @@ class SandboxManager:
             idle_timeout=row.spec.get("idle_timeout"),
             probe=ProbeSpec.model_validate(row.spec["probe"]) if row.spec.get("probe") else None,
             cgroup=self._cgroup(row.sandbox_id, row.spec),
+            ids=Slice.from_record(row.spec.get("ids")),
         )
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
@@ -314,10 +329,12 @@ class SandboxManager:
             cgroup.remove()
         release_staging(dirs.root / "volumes")
         try:
+            self.ids.unbind(sandbox_id)
             rootfs.unmount_rootfs(dirs)
         except OSError as exc:
             log.warning("cleaning up %s: %s", sandbox_id, exc)
         remains.forget(dirs.root)
+        self.ids.give_back(sandbox_id, row.spec)
 
     # terminate / wait ---------------------------------------------------------------------
     def get(self, sandbox_id: str) -> SandboxRow:
@@ -471,6 +488,7 @@ class SandboxManager:
                 continue
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
+                self.ids.hold(row.sandbox_id, row.spec)
                 self._supervise(row, _reopen_stdin(dirs))
                 await self._serve_tunnels(self.live[row.sandbox_id])
                 if row.pooled:  # its pool died with the old daemon

@@ -125,12 +125,15 @@ class SandboxFS:
     """Files under a root that paths cannot leave: a sandbox's (``/proc/<pid>/root``, its
     mounts included) or a volume's directory."""
 
-    def __init__(self, root: str, workdir: str = "/") -> None:
+    def __init__(self, root: str, workdir: str = "/", owner: int | None = None) -> None:
+        """``owner``: the id of the sandbox's root where it has ids of its own; what is
+        made here belongs to it (as if its root had made it), not to the engine."""
         try:
             self.root = os.open(root, os.O_PATH | os.O_DIRECTORY)
         except OSError as exc:
             raise FileError(exc, "/") from exc
         self.workdir = workdir
+        self.owner = owner
 
     def close(self) -> None:
         os.close(self.root)
@@ -141,6 +144,7 @@ class SandboxFS:
         copy = object.__new__(SandboxFS)
         copy.root = os.dup(self.root)
         copy.workdir = self.workdir
+        copy.owner = self.owner
         return copy
 
     def __enter__(self) -> SandboxFS:
@@ -186,7 +190,18 @@ class SandboxFS:
         except FileError as exc:
             if not (flags & os.O_CREAT and exc.type == "file_not_found"):
                 raise
-            fd = self.open(path, flags, mode)  # O_NONBLOCK: a FIFO swapped in cannot block
+            # O_NONBLOCK: a FIFO swapped in cannot block.  Where the new file gets an owner,
+            # O_EXCL tells that this call made it (a file the sandbox made meanwhile keeps
+            # its own).
+            exclusive = os.O_EXCL if self.owner is not None else 0
+            try:
+                fd = self.open(path, flags | exclusive, mode)
+            except FileError as raced:
+                if not exclusive or flags & os.O_EXCL or raced.type != "file_exists":
+                    raise
+                return self.open_regular(path, flags & ~os.O_CREAT, mode)
+            if self.owner is not None:  # made now, by this call
+                os.fchown(fd, self.owner, self.owner)
         else:
             try:
                 if flags & os.O_CREAT and flags & os.O_EXCL:
@@ -310,6 +325,8 @@ class SandboxFS:
         parent, name = self._parent(path)
         try:
             os.mkdir(name, mode, dir_fd=parent)
+            if self.owner is not None:  # never through a symlink swapped in since
+                os.chown(name, self.owner, self.owner, dir_fd=parent, follow_symlinks=False)
         except OSError as exc:
             raise FileError(exc, self.path(path)) from exc
         finally:

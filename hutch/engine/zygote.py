@@ -247,12 +247,14 @@ class ForkServer:
         log.warning("fork server died; the next zygote starts another")
         return True
 
-    async def zygote(self, init_pidfd: int, cgroup_procs: list[str]) -> ZygoteLink:
-        """A zygote joined to the sandbox whose init ``init_pidfd`` refers to."""
+    async def zygote(self, init_pidfd: int, cgroup_procs: list[str], *, userns: bool = False
+                     ) -> ZygoteLink:
+        """A zygote joined to the sandbox whose init ``init_pidfd`` refers to (``userns``:
+        to its user namespace too, where it has one of its own)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             request = {"cgroup_procs": cgroup_procs, "caps": self.capabilities,
-                       "seccomp": self.seccomp_bpf}
+                       "seccomp": self.seccomp_bpf, "userns": userns}
             async with self._lock:
                 for attempt in (1, 2):
                     if self._sock is None:

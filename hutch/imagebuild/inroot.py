@@ -128,8 +128,11 @@ class Extractor:
     """Writes tar members under the directory ``root_fd`` (see the module's rules)."""
 
     def __init__(self, root_fd: int, *, follow: bool, whiteouts: bool,
-                 space: Space | None = None) -> None:
+                 space: Space | None = None, owner: int | None = None) -> None:
+        """``owner``: the id that directories :meth:`open_dir` makes belong to (a
+        sandbox's root, where the sandbox has ids of its own), instead of the caller."""
         self.root = root_fd
+        self.owner = owner
         self.follow = follow
         self.whiteouts = whiteouts
         self.space = space or Space(root_fd)
@@ -161,6 +164,8 @@ class Extractor:
                         return self.open_dir([*start, *components(link), *parts[i + 1:]],
                                              create, hops + 1)
                     nfd = openat2(self.root, path, os.O_RDONLY | os.O_DIRECTORY, self.resolve)
+                    if self.owner is not None:
+                        os.fchown(nfd, self.owner, self.owner)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV, errno.EAGAIN):
                         raise UnsafeEntry(f"{path!r} is a symlink or not a directory, and no "

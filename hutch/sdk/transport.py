@@ -44,6 +44,7 @@ _ERRORS: dict[str, type[exception.Error]] = {
     "conflict": exception.ConflictError,
     "timeout": exception.TimeoutError,
     "image_build": exception.ImageBuildError,
+    "resource_exhausted": exception.ResourceExhaustedError,
     "engine": exception.EngineError,
     "file_not_found": exception.SandboxFilesystemNotFoundError,
     "is_a_directory": exception.SandboxFilesystemIsADirectoryError,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from hutch.engine import idslices
 from hutch.engine.userns import subid_range
 
 Status = Literal["ok", "warn", "fail"]
@@ -93,8 +94,16 @@ def check_subids() -> Check:
     name = pwd.getpwuid(uid).pw_name
     su, sg = subid_range("/etc/subuid", uid), subid_range("/etc/subgid", uid)
     if su and sg:
+        at_once = idslices.capacity(min(su.count, sg.count))
+        if at_once == 0:
+            return Check("subuid/subgid", "warn",
+                         f"{su.count} uids, {sg.count} gids: too few for sandboxes with ids "
+                         "of their own, so they share the engine's (docs/security.md)",
+                         f"as root: usermod --add-subuids {idslices.EXAMPLE_RANGE} "
+                         f"--add-subgids {idslices.EXAMPLE_RANGE} {name}")
         return Check("subuid/subgid", "ok", f"{su.count} uids from {su.start}, "
-                     f"{sg.count} gids from {sg.start}")
+                     f"{sg.count} gids from {sg.start}: {at_once} sandboxes of 1025 ids "
+                     "(debian_slim) at once, each under ids of its own")
     return Check("subuid/subgid", "warn",
                  "no subordinate id range: sandboxes map a single uid (images whose files "
                  "belong to other users will fail)",

@@ -114,7 +114,7 @@ def test_entrypoint_stdin_is_reopened_by_a_new_daemon(engine: dict[str, Any]) ->
 
 
 def test_sandbox_that_ended_while_the_daemon_was_down_is_reaped(engine: dict[str, Any]) -> None:
-    sb = hutch.Sandbox.create("sh", "-c", "mkfifo /tmp/go; read line < /tmp/go; exit 5",
+    sb = hutch.Sandbox.create("sh", "-c", "mkfifo -m 666 /tmp/go; read line < /tmp/go; exit 5",
                               timeout=120)
     data_dir = Path(engine["data_dir"])
     pid = int((data_dir / "sandboxes" / sb.object_id / "init.pid").read_text())

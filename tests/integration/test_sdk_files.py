@@ -526,7 +526,7 @@ def in_fifo_open(pid: int) -> bool:
 
 
 def test_a_fifo_does_not_wedge_the_engine(sb: modal.Sandbox) -> None:
-    sh(sb, "mkfifo /tmp/fifo")
+    sh(sb, "mkfifo -m 666 /tmp/fifo")
     engine = request_blocking("GET", "/v1/engine")["pid"]
     def read() -> None:
         with contextlib.suppress(exc.Error, OSError):  # what it gets once unblocked

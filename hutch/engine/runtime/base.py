@@ -31,7 +31,9 @@ class OCIRuntime(Protocol):
     binary: str
 
     async def create(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
-                     stderr: int, pid_file: Path) -> None: ...
+                     stderr: int, pid_file: Path, prefix: Sequence[str] = ()) -> None:
+        """Create the container (its process waits for :meth:`start`); ``prefix`` as for
+        :meth:`exec`."""
 
     async def start(self, cid: str) -> None: ...
 

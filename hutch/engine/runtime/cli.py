@@ -51,19 +51,21 @@ class CLIRuntime:
         return (result.stdout or b"").decode(errors="replace")
 
     async def create(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
-                     stderr: int, pid_file: Path) -> None:
-        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file, stdin=stdin)
+                     stderr: int, pid_file: Path, prefix: Sequence[str] = ()) -> None:
+        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file, stdin=stdin,
+                               prefix=prefix)
 
     async def start(self, cid: str) -> None:
         await self._run(self._argv("start", cid))
 
     async def _run_logged(self, verb: str, cid: str, bundle: Path, stdout: int, stderr: int,
-                          pid_file: Path, *extra: str, stdin: int | None = None) -> None:
+                          pid_file: Path, *extra: str, stdin: int | None = None,
+                          prefix: Sequence[str] = ()) -> None:
         log = bundle / "runtime.log"
         argv = [self.binary, "--root", str(self.state_root), "--log", str(log),
                 verb, *extra, "--bundle", str(bundle), "--pid-file", str(pid_file), cid]
         try:
-            await self._run(argv, stdin=stdin, stdout=stdout, stderr=stderr)
+            await self._run([*prefix, *argv], stdin=stdin, stdout=stdout, stderr=stderr)
         except RuntimeCommandError as exc:
             try:
                 exc.stderr = _last_error(log.read_text(errors="replace")) or exc.stderr
