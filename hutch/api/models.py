@@ -277,6 +277,16 @@ class LookupAppRequest(_Wire):
     _name = field_validator("name")(_check_name("app"))
 
 
+class DefaultLimits(_Wire):
+    """The limits a sandbox that sets none gets from this engine (None: no limit), in the
+    API's units; ``memory_mib`` grows by a sandbox's ``ephemeral_disk``, and a request
+    above a default raises it to the request (docs/limits.md, "resources")."""
+
+    memory_mib: int | None = None
+    cpu: float | None = None
+    pids: int | None = None
+
+
 class EngineInfo(_Wire):
     version: str
     api_version: str
@@ -289,6 +299,7 @@ class EngineInfo(_Wire):
     #: how commands start in sandboxes: ``zygote`` (the engine's fork server) or
     #: ``runtime`` (the OCI runtime's exec)
     exec_via: str = "runtime"
+    default_limits: DefaultLimits = Field(default_factory=DefaultLimits)
 
 
 #: Python version -> the Debian suite whose python3 it is (``Image.debian_slim``).

@@ -20,8 +20,10 @@ Where the cgroups live depends on the host (:func:`detect`):
   only in leaves) and makes one sibling per sandbox; root's engine uses ``/hutch``.
 
 A limit the host cannot enforce is refused with a message saying how to enable it
-(:class:`LimitUnavailable`); sandboxes that ask for none still get the default pids limit
-where the pids controller is available.
+(:class:`LimitUnavailable`); sandboxes that ask for none still get the default memory, cpu
+and pids limits (:mod:`hutch.engine.sandboxlimits`) where those controllers are available.
+A memory limit holds swap too: ``memory.swap.max`` 0 (v2), ``memory.memsw.limit_in_bytes``
+equal to it and ``memory.swappiness`` 0 (v1), where the kernel has them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "cpu", "pids")
 CFS_PERIOD_US = 100_000
 #: Settings some kernels lack (swap accounting), which then have nothing to limit.
-_OPTIONAL = {"memory.memsw.limit_in_bytes", "memory.swap.max"}
+_OPTIONAL = {"memory.memsw.limit_in_bytes", "memory.swap.max", "memory.swappiness"}
 
 
 class LimitUnavailable(Invalid):
@@ -229,6 +231,10 @@ class SandboxCgroup:
             if limits.memory_limit is not None:
                 out.append(("memory.limit_in_bytes", str(limits.memory_limit * mib)))
                 out.append(("memory.memsw.limit_in_bytes", str(limits.memory_limit * mib)))
+                # Without swap accounting (no memsw file) a sandbox at its limit could push
+                # pages to swap and go on growing; swappiness 0 makes the kernel's reclaim at
+                # the limit drop file pages only, so the limit holds for anonymous memory.
+                out.append(("memory.swappiness", "0"))
             if limits.memory is not None:
                 out.append(("memory.soft_limit_in_bytes", str(limits.memory * mib)))
             if limits.cpu is not None:

@@ -23,13 +23,12 @@ from typing import Any
 import trio
 
 from hutch.api.models import (
-    DEFAULT_PIDS_LIMIT,
     MAX_TIMEOUT,
     CreateSandboxRequest,
     ExecRequest,
     ProbeSpec,
 )
-from hutch.engine import netns, network, proctree, remains, rootfs, tlsproxy
+from hutch.engine import netns, network, proctree, remains, rootfs, sandboxlimits, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
 from hutch.engine.errors import Conflict, Invalid, TimedOut
@@ -42,6 +41,7 @@ from hutch.engine.pool import PoolService
 from hutch.engine.probes import run_probe
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.sandboxids import SandboxIds
+from hutch.engine.sandboxlimits import SandboxDefaults
 from hutch.engine.store import DEFAULT_APP, SandboxRow, Store, new_id
 from hutch.engine.volumes import VolumeService, release_staging
 from hutch.engine.zygote import ForkServer
@@ -58,7 +58,8 @@ class SandboxManager:
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
                  nursery: trio.Nursery, cgroups: CgroupHost,
-                 fork_server: ForkServer | None = None, userns_mode: str = "single") -> None:
+                 fork_server: ForkServer | None = None,
+                 defaults: SandboxDefaults | None = None, userns_mode: str = "single") -> None:
         self.store = store
         self.images = images
         self.volumes = VolumeService(store, data_dir)
@@ -71,6 +72,8 @@ class SandboxManager:
         self.devpts_gid = devpts_gid
         self.nursery = nursery
         self.cgroups = cgroups
+        #: the limits of a sandbox that sets none
+        self.defaults = defaults if defaults is not None else sandboxlimits.defaults(cgroups)
         self.commands = CommandStarter(runtime, fork_server, nursery)
         self.pools: PoolService | None = None
         self.live: dict[str, LiveSandbox] = {}
@@ -107,8 +110,8 @@ class SandboxManager:
         limits = Limits(cpu=req.cpu, cpu_limit=req.cpu_limit, memory=req.memory,
                         memory_limit=req.memory_limit, pids=req.pids_limit)
         self.cgroups.require(limits)
-        if limits.pids is None and "pids" in self.cgroups.bases:
-            limits = dataclasses.replace(limits, pids=DEFAULT_PIDS_LIMIT)
+        limits = self.defaults.apply(limits, disk_mib=req.ephemeral_disk,
+                                     controllers=self.cgroups.bases)
         app_id = self.app_id(req)
         image = await self.images.resolve(req.image)
         if not pooled and self.pools is not None:

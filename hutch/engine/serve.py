@@ -20,8 +20,8 @@ import trio
 
 from hutch import __version__
 from hutch.api import paths
-from hutch.api.models import API_VERSION, EngineInfo
-from hutch.engine import cgroups, commands, linux, netns, seccompbpf
+from hutch.api.models import API_VERSION, DefaultLimits, EngineInfo
+from hutch.engine import cgroups, commands, linux, netns, sandboxlimits, seccompbpf
 from hutch.engine.builder import Builder
 from hutch.engine.fastpath import FastPath
 from hutch.engine.httpserver import HTTPServer
@@ -58,6 +58,30 @@ def stop_pause_process(runtime_dir: Path) -> None:
         pass
 
 
+def _default_limits(defaults: sandboxlimits.SandboxDefaults, host: cgroups.CgroupHost
+                    ) -> DefaultLimits:
+    """The defaults as a sandbox gets them here: none for a controller not delegated."""
+    return DefaultLimits(
+        memory_mib=defaults.memory_mib if "memory" in host.bases else None,
+        cpu=defaults.cpu if "cpu" in host.bases else None,
+        pids=defaults.pids if "pids" in host.bases else None)
+
+
+def _log_defaults(defaults: sandboxlimits.SandboxDefaults, host: cgroups.CgroupHost) -> None:
+    for problem in defaults.problems:
+        log.warning("%s", problem)
+    shown = _default_limits(defaults, host)
+    log.info("a sandbox that sets none gets: memory %s (%s), cpu %s (%s), pids %s",
+             f"{shown.memory_mib} MiB" if shown.memory_mib else "unlimited",
+             defaults.memory_why, f"{shown.cpu:g} core{'' if shown.cpu == 1 else 's'}" if shown.cpu
+             else "unlimited",
+             defaults.cpu_why,
+             shown.pids or "unlimited")
+    missing = [c for c in cgroups.CONTROLLERS if c not in host.bases]
+    if missing:
+        log.warning("no default %s limit for sandboxes: %s", "/".join(missing), host.problem)
+
+
 async def run() -> None:
     runtime_dir, data_dir = paths.runtime_dir(), paths.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -85,10 +109,12 @@ async def run() -> None:
         log.info("cgroup v%d limits: %s%s", cgroup_host.version,
                  ", ".join(cgroup_host.bases) or "none",
                  f" ({cgroup_host.problem})" if cgroup_host.problem else "")
+        defaults = sandboxlimits.defaults(cgroup_host)
+        _log_defaults(defaults, cgroup_host)
         manager = SandboxManager(
             store=store, images=images, runtime=probe.runtime, data_dir=data_dir,
             runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
-            cgroups=cgroup_host, fork_server=commands.make_fork_server(),
+            cgroups=cgroup_host, fork_server=commands.make_fork_server(), defaults=defaults,
             userns_mode=userns["mode"],
         )
         manager.pools = PoolService(manager, nursery)
@@ -104,6 +130,7 @@ async def run() -> None:
                 runtime=probe.runtime.name, runtime_fallback_reason=probe.fallback_reason,
                 userns_mode=userns["mode"], data_dir=str(data_dir),
                 default_image=images.default_ref, exec_via=manager.commands.via,
+                default_limits=_default_limits(defaults, cgroup_host),
             )
 
         sock = trio.socket.from_stdlib_socket(_listen(paths.socket_path()))

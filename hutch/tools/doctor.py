@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from hutch.engine import idslices
+from hutch.engine.cgroups import CgroupHost
 from hutch.engine.userns import subid_range
 
 Status = Literal["ok", "warn", "fail"]
@@ -186,9 +187,12 @@ def check_limits() -> list[Check]:
         else:
             checks.append(Check(f"limit: {controller}", "warn",
                                 f"{what} cannot be enforced: sandboxes asking for it are "
-                                "refused", host.problem))
+                                "refused, and sandboxes get no default", host.problem))
     if "memory" in host.bases:
         checks.append(check_sandboxes_memory(host.bases["memory"], host.version))
+    checks.append(check_sandbox_defaults(host))
+    if "memory" in host.bases:
+        checks.append(check_swap(host.bases["memory"], host.version))
     if host.bases:
         mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
         cgroup2 = [m for m in mounts if len(m) > 3 and m[2] == "cgroup2"]
@@ -240,6 +244,56 @@ def check_sandboxes_memory(base: Path, version: int) -> Check:
                      "of the host's memory)")
     return Check("limit: all sandboxes", "ok",
                  f"at most {limit >> 20} MiB of memory together ({base})")
+
+
+def check_sandbox_defaults(host: CgroupHost) -> Check:
+    """The memory and CPU limits a sandbox that sets none gets from an engine started with
+    this environment (``HUTCH_DEFAULT_MEMORY_MIB``, ``HUTCH_DEFAULT_CPU``)."""
+    from hutch.engine import sandboxlimits
+
+    found = sandboxlimits.defaults(host)
+    parts, undelegated, off = [], False, False
+    for controller, value, why in (
+            ("memory", f"{found.memory_mib} MiB" if found.memory_mib else None,
+             found.memory_why),
+            ("cpu", f"{found.cpu:g} core{'' if found.cpu == 1 else 's'}" if found.cpu
+             else None, found.cpu_why)):
+        if controller not in host.bases:
+            undelegated = True
+            parts.append(f"{controller} unlimited (not delegated)")
+        elif value is None:
+            off = True
+            parts.append(f"{controller} unlimited ({why})")
+        else:
+            parts.append(f"{controller} {value} ({why})")
+    detail = "a sandbox that sets no limit gets " + ", ".join(parts)
+    if found.problems:
+        return Check("limit: sandbox default", "warn", detail + "; " + "; ".join(
+            found.problems), "fix the setting, then `hutch engine stop`")
+    if undelegated or off:
+        return Check("limit: sandbox default", "warn", detail, host.problem if undelegated
+                     else f"unset {sandboxlimits.MEMORY_ENV} and {sandboxlimits.CPU_ENV} "
+                     "(0 turns a default off), then `hutch engine stop`")
+    return Check("limit: sandbox default", "ok", detail)
+
+
+def check_swap(base: Path, version: int) -> Check:
+    """Whether a sandbox's memory limit counts its swap: without swap accounting a sandbox
+    at its limit could go on growing into the host's swap."""
+    try:
+        swaps = Path("/proc/swaps").read_text().splitlines()[1:]
+    except OSError:
+        swaps = []
+    if not swaps:
+        return Check("limit: swap", "ok", "the host has no swap: memory limits are RAM")
+    name = "memory.memsw.limit_in_bytes" if version == 1 else "memory.swap.max"
+    if (base / name).exists():
+        return Check("limit: swap", "ok", "counted within each sandbox's memory limit "
+                     f"({name})")
+    return Check("limit: swap", "warn",
+                 "the host has swap and no swap accounting: a sandbox at its memory limit "
+                 "is kept from swapping (v1: memory.swappiness 0) only where the kernel "
+                 "allows", "boot with swapaccount=1 (v1), or without cgroup.memory=noswap")
 
 
 def check_tun() -> Check:

@@ -66,7 +66,10 @@ def test_a_cpu_limit_caps_the_share_of_a_core(engine: dict[str, Any]) -> None:
         assert _cgroup_file(limited, "cpu", "cpu.cfs_quota_us") == "25000"
         assert _cgroup_file(limited, "cpu", "cpu.cfs_period_us") == "100000"
         assert _cgroup_file(free, "cpu", "cpu.shares") == "1024"
-        assert _cgroup_file(free, "cpu", "cpu.cfs_quota_us") == "-1"
+        # a request alone is capped by the engine's default quota, never below the request
+        default = engine["default_limits"]["cpu"]
+        assert _cgroup_file(free, "cpu", "cpu.cfs_quota_us") == \
+            ("-1" if default is None else str(round(max(default, 1.0) * 100_000)))
         capped = limited.exec("python3", "-c", SPIN)
         uncapped = free.exec("python3", "-c", SPIN)
         capped_share = float(capped.stdout.read())
