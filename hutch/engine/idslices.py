@@ -63,6 +63,11 @@ class Slice:
         """The ``uid_map``/``gid_map`` text of a namespace with this slice."""
         return f"0 {self.base} {self.size}\n{NOBODY} {self.base + self.size} 1\n"
 
+    def oci_mappings(self) -> list[dict[str, int]]:
+        """The runtime-spec ``uidMappings``/``gidMappings`` of this slice."""
+        return [{"containerID": 0, "hostID": self.base, "size": self.size},
+                {"containerID": NOBODY, "hostID": self.base + self.size, "size": 1}]
+
     def to_sandbox(self, engine_id: int) -> int:
         """An engine id as the sandbox sees it (``NOBODY`` when it has no such id)."""
         if self.base <= engine_id < self.base + self.size:
@@ -167,6 +172,17 @@ def capacity(subordinate_ids: int, size: int = MIN_SIZE) -> int:
     return 0 if region is None else (region[1] - region[0] + 1) // (size + 1)
 
 
+#: Per-namespace counts (``/proc/sys/user``) the engine sets in each sandbox's user
+#: namespace, where the sandbox, holding no CAP_SYS_RESOURCE, cannot raise them.  The
+#: kernel also charges everything a sandbox makes to the user who owns its namespace, so
+#: without them one sandbox could take all of the user's inotify instances (128 by
+#: default: the user's desktop watchers, the engine's ``logs(follow)`` and every other
+#: sandbox's ``watch`` then fail).  No sandbox makes user namespaces (its seccomp filter
+#: refuses it too).
+SANDBOX_COUNTS = {"max_inotify_instances": 32, "max_inotify_watches": 65536,
+                  "max_user_namespaces": 0}
+
+
 def make_namespaces(piece: Slice) -> tuple[int, int]:
     """Descriptors of a new user namespace mapped as ``piece`` and of a new network
     namespace that belongs to it: the sandbox's (the runtime joins both).
@@ -175,9 +191,10 @@ def make_namespaces(piece: Slice) -> tuple[int, int]:
     CAP_SYS_ADMIN there may mount a sysfs for it; made by the engine, in the engine's, the
     runtime could only bind the host's /sys into the sandbox.  A short-lived
     ``unshare --user`` child makes the user namespace and the engine (root of the parent)
-    writes its maps; a second child enters it as its root (``nsenter``) and makes the
-    network namespace.  Both live on in the descriptors.  About 4 ms.  The daemon has
-    threads, so it cannot ``unshare`` a user namespace itself."""
+    writes its maps; a second child enters it as its root (``nsenter``), sets its
+    ``SANDBOX_COUNTS`` and makes the network namespace.  Both live on in the
+    descriptors.  About 4 ms.  The daemon has threads, so it cannot ``unshare`` a user
+    namespace itself."""
     env = {"PATH": "/usr/bin:/bin"}
     holder = subprocess.Popen(["unshare", "--user", "--", "sh", "-c", "echo; read x"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -190,9 +207,11 @@ def make_namespaces(piece: Slice) -> tuple[int, int]:
             with open(f"/proc/{holder.pid}/{name}", "w") as f:
                 f.write(piece.map_lines())
         fds.append(os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC))
+        counts = "; ".join(f"echo {value} > /proc/sys/user/{name}"
+                           for name, value in SANDBOX_COUNTS.items())
         maker = subprocess.Popen(
-            ["nsenter", f"--user=/proc/{holder.pid}/ns/user", "--",
-             "unshare", "--net", "--", "sh", "-c", "echo; read y"],
+            ["nsenter", f"--user=/proc/{holder.pid}/ns/user", "--", "sh", "-ec",
+             f'{counts}; exec unshare --net -- sh -c "echo; read y"'],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         _wait_ready(maker, "unshare --net")
         fds.append(os.open(f"/proc/{maker.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC))

@@ -108,6 +108,9 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
     reader = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
     out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    if owner is not None:  # the sandbox's root writes them again as /proc/1/fd/1 and 2
+        for fd in (out, err):
+            os.fchown(fd, owner, owner)
     netns_fd: int | None = None
     try:
         try:
@@ -132,6 +135,8 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                     netns_path=netns_path,
                     userns_path=f"/proc/{os.getpid()}/fd/{userns}" if userns is not None
                     else None,
+                    id_mappings=plan.ids.oci_mappings()
+                    if plan.ids is not None and runtime.name == "runc" else None,
                 )
                 (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
                 # A sandbox with ids of its own is made inside its cgroup: its process

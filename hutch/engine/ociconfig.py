@@ -137,8 +137,16 @@ class Namespace(_Model):
     path: str | None = None
 
 
+class IdMapping(_Model):
+    container_id: int = Field(alias="containerID")
+    host_id: int = Field(alias="hostID")
+    size: int
+
+
 class Linux(_Model):
     namespaces: list[Namespace]
+    uid_mappings: list[IdMapping] | None = Field(default=None, alias="uidMappings")
+    gid_mappings: list[IdMapping] | None = Field(default=None, alias="gidMappings")
     masked_paths: list[str] = Field(default_factory=lambda: list(MASKED_PATHS), alias="maskedPaths")
     readonly_paths: list[str] = Field(
         default_factory=lambda: list(READONLY_PATHS), alias="readonlyPaths"
@@ -191,14 +199,15 @@ def sandbox_spec(
     *, rootfs: str, hostname: str, process: Process, etc_files: dict[str, str], devpts_gid: bool,
     host_network: bool = False, extra_mounts: list[Mount] | None = None,
     cgroups_path: str | None = None, netns_path: str | None = None,
-    userns_path: str | None = None,
+    userns_path: str | None = None, id_mappings: list[dict[str, int]] | None = None,
 ) -> Spec:
     """A sandbox's spec; ``host_network`` (image builds) keeps the host's network namespace,
     and then /sys is a read-only bind of the host's (sysfs needs its own netns);
     ``netns_path``: a network namespace the engine made, for the runtime to join.  Build
     steps get the same seccomp profile as sandboxes: apt, dpkg and pip need nothing it
     refuses.  ``userns_path``: the sandbox's own user namespace (:mod:`hutch.engine.idslices`),
-    which the runtime joins."""
+    which the runtime joins; ``id_mappings``: its map, for runtimes that want it stated
+    (runc 1.1 refuses a user namespace without one, even one it joins)."""
     mounts = default_mounts(etc_files, devpts_gid=devpts_gid)
     namespaces = NAMESPACES
     if host_network:
@@ -208,6 +217,7 @@ def sandbox_spec(
                         options=["rbind", "ro", "nosuid", "noexec", "nodev"])
                   for m in mounts]
     mounts = [*mounts, *(extra_mounts or [])]
+    maps = [IdMapping.model_validate(m) for m in id_mappings] if id_mappings else None
     paths = {"network": netns_path}
     if userns_path is not None:
         namespaces = ["user", *namespaces]
@@ -218,6 +228,7 @@ def sandbox_spec(
         hostname=hostname,
         mounts=mounts,
         linux=Linux(namespaces=[Namespace(type=t, path=paths.get(t)) for t in namespaces],
+                    uidMappings=maps, gidMappings=maps,
                     seccomp=default_profile(), cgroupsPath=cgroups_path),
         annotations=seccompbpf.default_annotation() or None,
     )

@@ -44,11 +44,18 @@ log = logging.getLogger("hutch.remains")
 RECORD = "processes"
 #: ``NS_GET_PARENT`` (``_IO(0xb7, 0x2)``): a namespace's parent, EPERM above our own.
 NS_GET_PARENT = 0xB702
+#: The file :func:`end_all_lost` leaves in the directory of a sandbox whose init it ended.
+LOST_MARK = "lost"
 #: Seconds the killed remains of one sandbox have to exit.
 EXIT_DEADLINE = 5.0
 #: Why a sandbox of a namespace that ended is recorded as lost (its ``exit_detail``).
 LOST_DETAIL = ("the engine's namespace ended (its pause process was killed): nothing could "
                "enter the sandbox any more, so the new engine stopped it")
+
+
+def was_lost(sandbox_dir: Path) -> bool:
+    """Whether :func:`end_all_lost` ended this sandbox's init (its namespace had ended)."""
+    return (sandbox_dir / LOST_MARK).exists()
 
 
 def record(sandbox_dir: Path, kind: str, pid: int, pidfd: int | None) -> None:
@@ -164,7 +171,10 @@ def end_all_lost(sandboxes_dir: Path, deadline: float = EXIT_DEADLINE) -> int:
     pinned: list[tuple[str, int, int]] = []
     try:
         for record_file in sorted(sandboxes_dir.glob(f"*/{RECORD}")):
+            before = len(pinned)
             _kill(record_file.parent, None, False, pinned)
+            if any(kind == "init" for kind, _, _ in pinned[before:]):
+                (record_file.parent / LOST_MARK).touch()
         poller = select.poll()
         for _, _, pidfd in pinned:
             poller.register(pidfd, select.POLLIN)

@@ -498,7 +498,9 @@ class SandboxManager:
                     self.nursery.start_soon(self.terminate, row.sandbox_id, 0.0)
                 continue
             code = await self._exit_code(row.init_pid, wait=0) if row.init_pid else None
-            if row.state == "creating":
+            if remains.was_lost(dirs.root):  # ended by the pause process, as lost
+                self.store.mark_exited(row.sandbox_id, None, "lost", remains.LOST_DETAIL)
+            elif row.state == "creating":
                 self.store.mark_exited(row.sandbox_id, None, "failed")
             elif time.time() >= row.deadline and code is None:
                 self.store.mark_exited(row.sandbox_id, TIMEOUT_CODE, "timeout")

@@ -10,6 +10,7 @@ errors.  The same checks run once more against an engine told to use the runtime
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -108,21 +109,33 @@ def test_a_large_command_line(sandbox: hutch.Sandbox) -> None:
     assert (p.stdout.read().strip(), p.wait()) == ("180000", 0)
 
 
-def _zygote_of(exec_id: str) -> tuple[int, int]:
-    """(the exec's pid, its parent's: the zygote) as the host sees them."""
-    marker = f"HUTCH_EXEC_ID={exec_id}".encode()
+_SLEEPS = itertools.count(1)
+
+
+def _sleep(sb: hutch.Sandbox, seconds: int) -> tuple[Any, str]:
+    """An exec of ``sleep`` whose argument (``seconds`` and a unique fraction) names it
+    among the host's processes; its command line is all the host may read of it (the
+    sandbox's processes run under ids of their own)."""
+    mark = f"{seconds}.{next(_SLEEPS):06d}1"
+    return sb.exec("sleep", mark), mark
+
+
+def _zygote_of(mark: str) -> tuple[int, int]:
+    """(the pid of the ``sleep`` exec named ``mark``, its parent's: the zygote) as the host
+    sees them."""
+    wanted = f"sleep\0{mark}\0".encode()
 
     def find() -> int | None:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    if (entry / "cmdline").read_bytes() == wanted:
                         return int(entry.name)
                 except OSError:
                     continue
         return None
 
-    pid = wait_for(find, what=f"the process of {exec_id}")
+    pid = wait_for(find, what=f"the process sleep {mark}")
     assert pid is not None
     status = Path(f"/proc/{pid}/status").read_text()
     ppid = int(status.split("PPid:")[1].split()[0])
@@ -130,8 +143,8 @@ def _zygote_of(exec_id: str) -> tuple[int, int]:
 
 
 def test_the_zygote_is_invisible_inside(sandbox: hutch.Sandbox) -> None:
-    p = sandbox.exec("sleep", "30")
-    _, zygote = _zygote_of(p.object_id)
+    p, mark = _sleep(sandbox, 30)
+    _, zygote = _zygote_of(mark)
     assert "forkserver" in Path(f"/proc/{zygote}/cmdline").read_text()
     q = sandbox.exec("sh", "-c", "for d in /proc/[0-9]*; do cat $d/comm; done")
     # the entrypoint, the sleep exec and this shell: no zygote (nor anything of the engine)
@@ -140,21 +153,21 @@ def test_the_zygote_is_invisible_inside(sandbox: hutch.Sandbox) -> None:
 
 
 def test_a_dead_zygote_ends_its_execs_and_is_replaced(sandbox: hutch.Sandbox) -> None:
-    p = sandbox.exec("sleep", "300")
-    pid, zygote = _zygote_of(p.object_id)
+    p, mark = _sleep(sandbox, 300)
+    pid, zygote = _zygote_of(mark)
     os.kill(zygote, signal.SIGKILL)
     assert p.wait() == 137
     wait_for(lambda: not process_alive(pid), what="the orphaned exec to be killed")
     q = sandbox.exec("echo", "again")
     assert (q.stdout.read(), q.wait()) == ("again\n", 0)
-    _, second = _zygote_of(sandbox.exec("sleep", "5").object_id)
+    _, second = _zygote_of(_sleep(sandbox, 5)[1])
     assert second != zygote
 
 
 def test_the_zygote_leaves_with_its_sandbox(engine: dict[str, Any]) -> None:
     sb = hutch.Sandbox.create(timeout=60)
-    p = sb.exec("sleep", "300")
-    _, zygote = _zygote_of(p.object_id)
+    _, mark = _sleep(sb, 300)
+    _, zygote = _zygote_of(mark)
     sb.terminate()
     wait_for(lambda: not process_alive(zygote), timeout=10, what="the zygote to exit")
 
@@ -193,16 +206,16 @@ def test_an_idle_zygote_is_retired_but_a_pooled_one_kept(engine: dict[str, Any])
             pooled = _zygotes()
             assert len(pooled) == 1
             sb = hutch.Sandbox.create(timeout=120)
-            p = sb.exec("sleep", "3")
-            _, zygote = _zygote_of(p.object_id)
+            p, mark = _sleep(sb, 3)
+            _, zygote = _zygote_of(mark)
             assert p.wait() == 0  # busy for longer than the idle period: kept
             wait_for(lambda: not process_alive(zygote), timeout=10, what="the zygote to retire")
-            q = sb.exec("sleep", "0.5")
-            _, second = _zygote_of(q.object_id)
+            q, mark = _sleep(sb, 2)
+            _, second = _zygote_of(mark)
             assert second != zygote and q.wait() == 0
             assert pooled <= _zygotes()  # idle for as long, and still there
             taken = hutch.Sandbox.create(app=app, timeout=60)
-            _, used = _zygote_of(taken.exec("sleep", "1").object_id)
+            _, used = _zygote_of(_sleep(taken, 1)[1])
             assert {used} == pooled
             for s in (sb, taken):
                 s.terminate()

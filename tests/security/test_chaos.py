@@ -20,6 +20,7 @@ holds its data.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -124,11 +125,37 @@ def _sigkill(pid: int) -> bool:
 
 
 
+#: ``NS_GET_PARENT``: a namespace's parent.
+NS_GET_PARENT = 0xB702
+
+
 def _userns(pid: int) -> str:
     try:
         return os.readlink(f"/proc/{pid}/ns/user")
     except OSError:
         return "?"
+
+
+def _under_userns(pid: int, userns: str) -> bool:
+    """Whether ``pid`` runs in the user namespace ``userns`` (as ``readlink`` names it) or
+    one below it (a zygote joined its sandbox's own)."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        for _ in range(4):
+            st = os.fstat(fd)
+            if f"user:[{st.st_ino}]" == userns:
+                return True
+            parent = fcntl.ioctl(fd, NS_GET_PARENT)
+            os.close(fd)
+            fd = parent
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return False
 
 
 def _read_pid(path: Path) -> int:
@@ -166,7 +193,7 @@ class Chaos:
             userns = os.readlink(f"/proc/{daemon}/ns/user") if daemon else ""
             zygotes = [int(e) for e in os.listdir("/proc") if e.isdigit()
                        and b"forkserver.py" in cmdline_of(int(e)) and int(e) not in servers
-                       and _userns(int(e)) == userns]
+                       and _under_userns(int(e), userns)]
             return self.rng.choice(zygotes) if zygotes else 0
         # (a restarted daemon adopts the sandboxes, not their slirp4netns as children)
         slirps = [int(e) for e in os.listdir("/proc") if e.isdigit() and

@@ -155,3 +155,61 @@ def test_each_sandbox_has_disjoint_ids_and_files_of_its_own(engine: dict[str, An
     finally:
         for sb in boxes:
             sb.terminate(grace_period=0)
+
+
+INOTIFY_HOG = r"""
+import ctypes, json, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fds = []
+while len(fds) < 1000:
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    fds.append(fd)
+error = ctypes.get_errno()
+try:
+    open("/proc/sys/user/max_inotify_instances", "w").write("100000")
+    raised = True
+except OSError:
+    raised = False
+print(json.dumps({"instances": len(fds), "errno": error, "raised": raised,
+                  "userns": open("/proc/sys/user/max_user_namespaces").read().strip()}),
+      flush=True)
+time.sleep(60)  # holding them
+"""
+
+
+def _inotify_instance() -> int:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = int(libc.inotify_init1(0))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+    return fd
+
+
+def test_one_sandbox_cannot_take_all_of_the_users_inotify_instances(
+        engine: dict[str, Any]) -> None:
+    """The kernel charges a sandbox's inotify instances to the user too (128 by default,
+    for everything the user runs): a sandbox that took them all broke the user's own
+    file watchers, the engine's ``logs(follow)`` and other sandboxes' ``watch``."""
+    if not _own_ids_enabled(engine):
+        pytest.skip("sandboxes share the engine's ids here (no subordinate id range)")
+    from hutch.engine.idslices import SANDBOX_COUNTS
+
+    hogs = [hutch.Sandbox.create(timeout=120) for _ in range(2)]
+    try:
+        procs = [sb.exec("python3", "-c", INOTIFY_HOG) for sb in hogs]
+        for proc in procs:
+            found = json.loads(next(iter(proc.stdout)))
+            assert found["instances"] == SANDBOX_COUNTS["max_inotify_instances"], found
+            assert found["errno"] == errno.EMFILE and not found["raised"], found
+            assert found["userns"] == "0", found
+        # both still hold theirs: the user (and the engine) have instances left
+        os.close(_inotify_instance())
+        follow = hogs[0].exec("sh", "-c", "echo watched > /tmp/w; cat /tmp/w")
+        assert follow.wait() == 0 and follow.stdout.read() == "watched\n"
+    finally:
+        for sb in hogs:
+            sb.terminate(grace_period=0)
