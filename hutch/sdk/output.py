@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.status import Status
 from rich.text import Text
 
+from hutch.sdk.termsafe import TerminalFilter
+
 _lock = threading.Lock()
 _depth = 0
 _show_progress = True
@@ -74,8 +76,13 @@ class BuildDisplay:
                                     f"{event.get('of')}")
 
     def line(self, text: str) -> None:
+        """A line of the build's output: what the build's commands printed (a package's
+        install script among them), so its control sequences are shown, not obeyed."""
         if self._console is not None:
-            self._console.print(text, style="dim", markup=False, soft_wrap=True)
+            shield = TerminalFilter()
+            safe = (shield.feed(text.encode(errors="surrogateescape")) + shield.flush())
+            self._console.print(safe.decode(errors="replace"), style="dim", markup=False,
+                                soft_wrap=True)
 
     def done(self, ref: str) -> None:
         if self._console is not None:

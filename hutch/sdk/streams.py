@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from hutch.exception import InvalidError
 from hutch.sdk.syncbridge import iterate_sync, synchronize_direct
+from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import client
 
 #: Bytes a sandbox's ``stdin.write`` may hold before a ``drain()`` (Modal's limits).
@@ -132,7 +133,18 @@ class StreamReader(Generic[T]):
         return iterate_sync(self._items, direct=True)
 
     async def _print_to_stdout(self) -> None:
-        """Copy the stream to this process's stdout as it arrives (``StreamType.STDOUT``)."""
+        """Copy the stream to this process's stdout as it arrives (``StreamType.STDOUT``).
+        Where that is a terminal, the sandbox's control sequences are shown, not obeyed
+        (colours pass; :mod:`hutch.sdk.termsafe`), as the CLI does: a sandbox's output
+        must not write the user's clipboard or rewrite their screen."""
+        if _is_terminal(sys.stdout):
+            shield = TerminalFilter()
+            async for data in self._source.chunks():
+                sys.stdout.buffer.write(shield.feed(data))
+                sys.stdout.flush()
+            sys.stdout.buffer.write(shield.flush())
+            sys.stdout.flush()
+            return
         async for data in self._source.chunks():
             if self._text:
                 sys.stdout.write(self._convert(data))
@@ -142,6 +154,13 @@ class StreamReader(Generic[T]):
         if self._text:
             sys.stdout.write(self._convert(b"", final=True))
             sys.stdout.flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty()) and hasattr(stream, "buffer")
+    except (AttributeError, ValueError):
+        return False
 
 
 class StreamWriter:

@@ -20,9 +20,9 @@ from hutch.sdk.image import Image
 from hutch.sdk.output import enable_output
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
 from hutch.sdk.sandbox import Sandbox
+from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
-from hutch.tools.termsafe import TerminalFilter
 
 #: ``hutch exec --exec-timeout`` exits like timeout(1) when the time runs out.
 TIMEOUT_EXIT = 124

@@ -38,8 +38,12 @@ DEADLINE = 60.0
 def _on_a_terminal(*args: str) -> tuple[int, bytes]:
     """Run ``hutch ARGS`` with stdin, stdout and stderr on a new pseudo-terminal; returns
     its exit code and everything the terminal received."""
+    return _program_on_a_terminal([sys.executable, "-m", "hutch", *args])
+
+
+def _program_on_a_terminal(argv: list[str]) -> tuple[int, bytes]:
     master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "hutch", *args], stdin=slave,
+    proc = subprocess.Popen(argv, stdin=slave,
                             stdout=slave, stderr=slave, env=os.environ.copy(),
                             start_new_session=True)
     os.close(slave)
@@ -48,7 +52,7 @@ def _on_a_terminal(*args: str) -> tuple[int, bytes]:
     try:
         while True:
             left = deadline - time.monotonic()
-            assert left > 0, f"hutch {args} did not end; it printed {bytes(received)!r}"
+            assert left > 0, f"{argv} did not end; it printed {bytes(received)!r}"
             ready, _, _ = select.select([master], [], [], left)
             if not ready:
                 continue
@@ -116,3 +120,38 @@ def test_logs_on_a_terminal_neutralise_escapes(engine: dict[str, Any]) -> None:
     _assert_neutralised(screen)
     logs = hutch_cli("logs", sb.object_id)
     assert (logs.returncode, logs.stdout, logs.stderr) == (0, RAW_OUT, RAW_ERR)
+
+
+#: A program of the user's that shows a sandbox's output on its own terminal, as Modal's
+#: ``StreamType.STDOUT`` does.
+SDK_FORWARD = """
+import sys, hutch
+from hutch.stream_type import StreamType
+sb = hutch.Sandbox.from_id(sys.argv[1])
+p = sb.exec("sh", "-c", sys.argv[2], stdout=StreamType.STDOUT, stderr=StreamType.STDOUT)
+sys.exit(p.wait())
+"""
+
+
+def test_sdk_forwarding_to_a_terminal_neutralises_escapes(sandbox: hutch.Sandbox) -> None:
+    code, screen = _program_on_a_terminal(
+        [sys.executable, "-c", SDK_FORWARD, sandbox.object_id, SCRIPT])
+    assert code == 0, screen
+    _assert_neutralised(screen)
+
+
+#: An image build whose step prints the hostile bytes (a package's install script could),
+#: shown under ``enable_output`` on the user's terminal.
+SDK_BUILD = """
+import sys, hutch
+with hutch.enable_output():
+    hutch.Image.debian_slim().run_commands(sys.argv[1]).build()
+"""
+
+
+def test_build_output_on_a_terminal_neutralises_escapes(engine: dict[str, Any]) -> None:
+    unique = f"{SCRIPT}; echo {time.time_ns()}"  # a step no cache holds
+    code, screen = _program_on_a_terminal([sys.executable, "-c", SDK_BUILD, unique])
+    assert code == 0, screen
+    assert b"\x1b]52" not in screen and b"\x1b]0;" not in screen, screen
+    assert b"^[]52;c;cm0gLXJmIH4K^G" in screen, screen

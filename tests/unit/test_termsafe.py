@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hutch.tools.termsafe import TerminalFilter
+from hutch.sdk.termsafe import TerminalFilter
 
 
 def _through(*chunks: bytes) -> bytes:
