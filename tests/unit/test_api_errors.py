@@ -40,7 +40,7 @@ class _StubManager:
         self.pools = None
         self.state = "running"
         self.live = {"sb-x": SimpleNamespace(pid=os.getpid(), workdir="/", terminating=False,
-                                             done=trio.Event())}
+                                             done=trio.Event(), owner=None)}
 
     def get(self, sandbox_id: str) -> SimpleNamespace:
         return SimpleNamespace(state=self.state, returncode=0)
