@@ -55,6 +55,7 @@ for name, pid in targets.items():
         result["environ"] = exc.errno
     if libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
         result["ptrace"] = 0
+        os.waitpid(pid, 0x40000000)  # __WALL: its attach stop, then let it run on
         libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH
     else:
         result["ptrace"] = ctypes.get_errno()
