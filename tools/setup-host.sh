@@ -54,6 +54,35 @@ for file in /etc/subuid /etc/subgid; do
   fi
 done
 
+# Disk slots (hutch/engine/diskslots.py): each sandbox writes on a file system of its own of
+# HUTCH_DISK_SLOT_GIB (default 16), so that it cannot fill the host's disk; a rootless engine
+# cannot bound a directory itself.  Sparse files, loop-mounted with discard: a slot takes
+# host disk only for what its sandbox holds now.  HUTCH_DISK_SLOTS (default 128) sandboxes
+# at once; 0 makes none.  Like cgroup v1 delegation, mounts are gone after a reboot: run
+# this again at boot.
+SLOTS="${HUTCH_DISK_SLOTS:-128}"
+SLOT_GIB="${HUTCH_DISK_SLOT_GIB:-16}"
+slot_base="/var/lib/hutch-disks/$TEST_USER"
+if [ "$SLOTS" -gt 0 ]; then
+  install -d -m 0755 /var/lib/hutch-disks "$slot_base" "$slot_base/images"
+  chmod 0700 "$slot_base/images"
+  owner="$(id -u "$TEST_USER"):$(id -g "$TEST_USER")"
+  made=0
+  for i in $(seq 0 $((SLOTS - 1))); do
+    mnt="$slot_base/$i"
+    img="$slot_base/images/$i.img"
+    mountpoint -q "$mnt" 2>/dev/null && continue
+    if [ ! -f "$img" ]; then
+      truncate -s "${SLOT_GIB}G" "$img"
+      mkfs.ext4 -q -F -m 0 -O ^has_journal -E "root_owner=$owner,lazy_itable_init=1" "$img"
+    fi
+    mkdir -p "$mnt"
+    mount -o loop,discard,nosuid,nodev "$img" "$mnt"
+    made=$((made + 1))
+  done
+  [ "$made" -eq 0 ] || echo "setup-host: mounted $made disk slots of $SLOT_GIB GiB under $slot_base"
+fi
+
 # crun (1.8) refuses hybrid cgroup hosts whose v2 hierarchy holds a controller; here it is
 # hugetlb. Mounting the v1 hugetlb hierarchy moves the controller there.
 if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] && [ -f /sys/fs/cgroup/unified/cgroup.controllers ] \

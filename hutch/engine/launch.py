@@ -53,6 +53,8 @@ class LaunchPlan:
     lower_copies: list[Path] | None = None
     #: ``dirs.root`` as the sandbox's root reaches it (with ``ids``)
     visible_root: Path | None = None
+    #: the fixed-size file system its writes go to (:mod:`hutch.engine.diskslots`)
+    disk_slot: Path | None = None
 
 
 async def start_container(runtime: OCIRuntime, plan: LaunchPlan
@@ -89,7 +91,8 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                  userns: int | None, made_netns: int | None
                  ) -> tuple[int, trio.lowlevel.FdStream]:
     dirs = plan.dirs
-    rootfs.mount_rootfs(dirs, layers, disk_mib=plan.disk_mib, owner=owner)
+    rootfs.mount_rootfs(dirs, layers, disk_mib=plan.disk_mib, owner=owner,
+                        disk_slot=plan.disk_slot)
     # The logs are the one place the sandbox writes on the host (through /proc/1/fd/1):
     # a tmpfs of LOG_CAP_MIB, or inside its ephemeral_disk, so a write past it is ENOSPC.
     rootfs.mount_logs(dirs, in_scratch=plan.disk_mib is not None)

@@ -101,7 +101,7 @@ class SandboxDirs:
 
 
 def mount_rootfs(dirs: SandboxDirs, layers: list[Path], *, disk_mib: int | None = None,
-                 owner: int | None = None) -> None:
+                 owner: int | None = None, disk_slot: Path | None = None) -> None:
     """Create the sandbox's directories and mount its overlay root filesystem.
 
     With ``disk_mib``, the upper and work directories live on a tmpfs of that size (at
@@ -109,11 +109,17 @@ def mount_rootfs(dirs: SandboxDirs, layers: list[Path], *, disk_mib: int | None 
     ENOSPC.  A tmpfs is the one size-limited file system a rootless engine can mount; its
     pages are memory, charged to the sandbox's memory cgroup.
     ``owner``: the engine id of the sandbox's root (a sandbox with ids of its own), which
-    owns the upper directory and so the root of its file system.
+    owns the upper directory and so the root of its file system.  ``disk_slot``: a file
+    system of a fixed size (:mod:`hutch.engine.diskslots`) to hold the upper and work
+    directories (links into it, as with ``disk_mib``).
     """
     for d in (dirs.merged, dirs.etc, dirs.execs):
         d.mkdir(parents=True, exist_ok=True)
-    if disk_mib is None:
+    if disk_mib is None and disk_slot is not None:
+        for name in ("upper", "work"):
+            (disk_slot / name).mkdir()
+            (dirs.root / name).symlink_to(disk_slot / name)
+    elif disk_mib is None:
         dirs.upper.mkdir(exist_ok=True)
         dirs.work.mkdir(exist_ok=True)
     else:

@@ -31,6 +31,7 @@ from hutch.api.models import (
 from hutch.engine import netns, network, proctree, remains, rootfs, sandboxlimits, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
+from hutch.engine.diskslots import DiskSlots
 from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.execs import ExecSession, OutputBudget
 from hutch.engine.idslices import Slice
@@ -59,7 +60,8 @@ class SandboxManager:
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
                  nursery: trio.Nursery, cgroups: CgroupHost,
                  fork_server: ForkServer | None = None,
-                 defaults: SandboxDefaults | None = None, userns_mode: str = "single") -> None:
+                 defaults: SandboxDefaults | None = None, userns_mode: str = "single",
+                 user: str | None = None) -> None:
         self.store = store
         self.images = images
         self.volumes = VolumeService(store, data_dir)
@@ -81,6 +83,7 @@ class SandboxManager:
         #: the unread exec output each running sandbox holds in the engine
         self.output: dict[str, OutputBudget] = {}
         self.ids = SandboxIds(userns_mode, runtime_dir)
+        self.disks = DiskSlots.for_engine(data_dir, user)
         nursery.start_soon(self.ids.sweep_forever)
 
     def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs:
@@ -120,13 +123,20 @@ class SandboxManager:
                 return taken
         sandbox_id = new_id("sb")
         argv, spec_record = self._spec_record(req, image, sandbox_id)
+        disk = self.disks.take(sandbox_id) if req.ephemeral_disk is None else None
         ids, copies = None, None
-        if self.ids.wanted(req.volumes):
-            ids, copies = await self.ids.take(sandbox_id, image.layer_dirs)
+        try:
+            if self.ids.wanted(req.volumes):
+                ids, copies = await self.ids.take(sandbox_id, image.layer_dirs)
+        except BaseException:
+            if disk is not None:
+                self.disks.give_back(disk)  # (nothing written to it yet)
+            raise
         spec_record.update({"limits": dataclasses.asdict(limits),
                             "cgroup": bool(self.cgroups.bases),
                             "ephemeral_disk": req.ephemeral_disk,
-                            "ids": ids.record() if ids is not None else None})
+                            "ids": ids.record() if ids is not None else None,
+                            "disk_slot": str(disk) if disk is not None else None})
         default = spec_record["default_entrypoint"]
         # A default entrypoint (sleep) runs with the image's environment in / , so that a
         # pooled sandbox, started before its user's env and workdir were known, is the same.
@@ -140,6 +150,8 @@ class SandboxManager:
             )
         except BaseException:
             self.ids.give_back(sandbox_id, spec_record)
+            if disk is not None:
+                self.disks.give_back(disk)
             raise
         dirs = self.dirs(sandbox_id)
         stdin: trio.lowlevel.FdStream | None = None
@@ -154,7 +166,7 @@ class SandboxManager:
                 online=req.network == "open", allowlist=allowlist,
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk, ids=ids, lower_copies=copies,
-                visible_root=visible))
+                visible_root=visible, disk_slot=disk))
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 network.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports)
         except BaseException as exc:
@@ -200,7 +212,8 @@ class SandboxManager:
         live = self.live[sandbox_id]
         pooled = self.store.sandbox(sandbox_id).spec
         _, spec = self._spec_record(req, image, sandbox_id)
-        spec.update({k: pooled.get(k) for k in ("limits", "cgroup", "ephemeral_disk", "ids")})
+        spec.update({k: pooled.get(k) for k in ("limits", "cgroup", "ephemeral_disk", "ids",
+                                                "disk_slot")})
         rootfs.make_dirs_inside(live.dirs.merged, spec["workdir"], live.owner)
         live.deadline = self.store.take_pooled(sandbox_id, name=req.name, tags=req.tags,
                                                spec=spec, timeout=req.timeout)
@@ -338,6 +351,8 @@ class SandboxManager:
             log.warning("cleaning up %s: %s", sandbox_id, exc)
         remains.forget(dirs.root)
         self.ids.give_back(sandbox_id, row.spec)
+        if row.spec.get("disk_slot"):
+            await trio.to_thread.run_sync(self.disks.give_back, Path(row.spec["disk_slot"]))
 
     # terminate / wait ---------------------------------------------------------------------
     def get(self, sandbox_id: str) -> SandboxRow:
@@ -492,6 +507,8 @@ class SandboxManager:
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self.ids.hold(row.sandbox_id, row.spec)
+                if row.spec.get("disk_slot"):
+                    self.disks.hold(Path(row.spec["disk_slot"]), row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))
                 await self._serve_tunnels(self.live[row.sandbox_id])
                 if row.pooled:  # its pool died with the old daemon
@@ -510,6 +527,7 @@ class SandboxManager:
             await self._cleanup(row.sandbox_id, dirs)
             log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
         self._forget_stale_exit_records()
+        await trio.to_thread.run_sync(self.disks.empty_free)  # what a crash left in them
         self.nursery.start_soon(self._sweep_ended)
 
     async def _sweep_ended(self) -> None:

@@ -115,7 +115,7 @@ async def run() -> None:
             store=store, images=images, runtime=probe.runtime, data_dir=data_dir,
             runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
             cgroups=cgroup_host, fork_server=commands.make_fork_server(), defaults=defaults,
-            userns_mode=userns["mode"],
+            userns_mode=userns["mode"], user=user,
         )
         manager.pools = PoolService(manager, nursery)
         contexts = data_dir / "contexts"

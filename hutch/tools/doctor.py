@@ -22,6 +22,7 @@ from typing import Literal
 
 from hutch.engine import idslices
 from hutch.engine.cgroups import CgroupHost
+from hutch.engine.diskslots import DiskSlots
 from hutch.engine.userns import subid_range
 
 Status = Literal["ok", "warn", "fail"]
@@ -216,13 +217,25 @@ def check_limits() -> list[Check]:
                         if tmpfs_xattrs else "needs Linux >= 6.6 (user xattrs on tmpfs) "
                         "for a rootless engine", "" if tmpfs_xattrs else
                         "upgrade the kernel, or run the engine as root"))
-    # Said loudly because it is the one resource a default sandbox can exhaust on the
-    # host: a rootless engine has no disk quota to set (docs/limits.md, "disk").
-    checks.append(Check("limit: disk", "warn",
-                        "not limited by default: a sandbox without ephemeral_disk (and any "
-                        "volume) can fill the disk of the engine's data dir",
-                        "give untrusted sandboxes ephemeral_disk=MiB (a tmpfs of that size)"))
+    checks.append(check_disk_slots())
     return checks
+
+
+def check_disk_slots() -> Check:
+    """Whether each sandbox's writes are bounded (:mod:`hutch.engine.diskslots`): said
+    loudly without slots, the one resource a default sandbox could then exhaust on the
+    host (a rootless engine has no disk quota to set itself)."""
+    slots = DiskSlots.for_engine(Path("."))
+    if slots.enabled:
+        return Check("limit: disk", "ok",
+                     f"{len(slots.slots)} disk slots of {slots.size_mib(slots.slots[0])} MiB "
+                     f"under {slots.root}: each sandbox writes on one (ENOSPC past it), "
+                     f"{len(slots.slots)} sandboxes at once; volumes are not bounded")
+    return Check("limit: disk", "warn",
+                 f"no disk slots under {slots.root}: a sandbox without ephemeral_disk (and "
+                 "any volume) can fill the disk of the engine's data dir",
+                 "as root: tools/setup-host.sh (HUTCH_DISK_SLOTS, HUTCH_DISK_SLOT_GIB), or "
+                 "give untrusted sandboxes ephemeral_disk=MiB (a tmpfs of that size)")
 
 
 #: What cgroup v1 shows for "no limit" (the largest page-aligned value).

@@ -12,14 +12,18 @@ ended, for ``LOG_RETENTION`` seconds.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import time
 from pathlib import Path
+
+import pytest
 
 import hutch
 from hutch.engine import rootfs
 from hutch.engine.store import Store
-from tests.helpers import hutch_cli
+from tests.helpers import hutch_cli, wait_for
 
 MIB = 1024 * 1024
 #: what else may land on the data dir's disk while a test runs (other tests, the engine)
@@ -163,8 +167,65 @@ def test_directories_of_long_ended_sandboxes_are_removed(tmp_path: Path) -> None
     assert sorted(p.name for p in sandboxes.iterdir()) == ["sb-2"]  # still running
 
 
-def test_doctor_says_the_default_disk_is_not_limited(engine: object) -> None:
-    """No default disk limit can be enforced rootless at no cost (docs/limits.md): the
-    user is told so, rather than left to assume one."""
+def test_doctor_says_whether_the_disk_is_limited(engine: object) -> None:
+    """Without disk slots no default disk limit can be enforced rootless (docs/limits.md):
+    the user is told so, rather than left to assume one; with them, how many and how
+    large."""
+    from hutch.engine.diskslots import DiskSlots
+
     out = hutch_cli("doctor").stdout.decode()
-    assert "[WARN] limit: disk: not limited by default" in out
+    slots = DiskSlots.for_engine(_data_dir())
+    if slots.enabled:
+        assert f"[ok  ] limit: disk: {len(slots.slots)} disk slots of " in out, out
+    else:
+        assert "[WARN] limit: disk: no disk slots under" in out, out
+
+
+FILL_ROOT = """
+import errno, os, sys
+size = int(sys.argv[1])
+fd = os.open('/root/fill', os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    os.posix_fallocate(fd, 0, size)
+    print('allocated')
+except OSError as exc:
+    print('refused', exc.errno)
+st = os.statvfs('/')
+print(st.f_blocks * st.f_frsize // (1 << 20))
+"""
+
+
+def test_a_default_sandbox_cannot_fill_the_hosts_disk(engine: dict[str, object]) -> None:
+    """Red team: 2 GiB into a default sandbox's writable layer in seconds, and more with
+    ``fallocate``, all of it on the host's disk.  Its writes now go to a disk slot of a
+    fixed size (hutch/engine/diskslots.py): past it, ENOSPC; the host's disk holds only
+    what the slot holds, and the slot is emptied when the sandbox ends."""
+    from hutch.engine.diskslots import DiskSlots
+
+    slots = DiskSlots.for_engine(_data_dir())
+    if not slots.enabled:
+        pytest.skip("no disk slots on this host (tools/setup-host.sh makes them)")
+    limit_mib = slots.size_mib(slots.slots[0])
+    before = _free_of_host()
+    sb = hutch.Sandbox.create(timeout=300)
+    try:
+        p = sb.exec("python3", "-c", FILL_ROOT, str((limit_mib + 1024) * MIB), timeout=120)
+        out = p.stdout.read().split()
+        assert p.wait() == 0, p.stderr.read()
+        assert out[:2] == ["refused", str(errno.ENOSPC)], out
+        assert int(out[2]) <= limit_mib, f"the sandbox's / is {out[2]} MiB"
+        # the host's disk gave at most the slot's size
+        assert before - _free_of_host() <= limit_mib * MIB + 4 * SLACK
+        used = [s for s in slots.slots if (s / "upper" / "root").exists()]
+        assert len(used) == 1, "the sandbox's files are not in one disk slot"
+        slot = used[0]
+    finally:
+        sb.terminate(grace_period=0)
+    assert not (slot / "upper").exists(), "an ended sandbox's slot was not emptied"
+    # and gets it back when the slot is emptied (the slot is mounted with discard)
+    wait_for(lambda: _free_of_host() >= before - 4 * SLACK, timeout=60,
+             what="the host's disk to get the slot's blocks back")
+
+
+def _free_of_host() -> int:
+    return shutil.disk_usage(_data_dir()).free
