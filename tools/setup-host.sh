@@ -77,7 +77,11 @@ if [ "$SLOTS" -gt 0 ]; then
       mkfs.ext4 -q -F -m 0 -O ^has_journal -E "root_owner=$owner,lazy_itable_init=1" "$img"
     fi
     mkdir -p "$mnt"
-    mount -o loop,discard,nosuid,nodev "$img" "$mnt"
+    if ! mount -o loop,discard,nosuid,nodev "$img" "$mnt"; then
+      echo "setup-host: cannot loop-mount disk slots here: sandboxes' disks stay unbounded" >&2
+      rmdir "$mnt" 2>/dev/null || true
+      break
+    fi
     made=$((made + 1))
   done
   [ "$made" -eq 0 ] || echo "setup-host: mounted $made disk slots of $SLOT_GIB GiB under $slot_base"
