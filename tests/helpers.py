@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -131,3 +133,59 @@ def children_of(pid: int) -> list[int]:
         if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
             found.append(int(entry))
     return found
+
+
+def _last_pid() -> int:
+    return int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+
+
+def _burn_pids(count: int) -> None:
+    """Use up ``count`` pids (threads take them from the same counter as processes, and
+    start in ~60 us: a whole cycle of pid_max 32768 in ~2 s)."""
+    for _ in range(count):
+        t = threading.Thread(target=int)
+        t.start()
+        t.join()
+
+
+def _pids_in_use() -> set[int]:
+    """Every pid taken now, threads' included (the counter skips them all)."""
+    used: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                used.update(int(t) for t in os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                pass
+    return used
+
+
+def _free_pids_before(target: int, last: int, pid_max: int) -> int:
+    """How many pids the kernel hands out after ``last`` before it comes to ``target``
+    (after pid_max it goes on from RESERVED_PIDS, 300; pids in use are skipped)."""
+    between = range(last + 1, target) if target > last else \
+        itertools.chain(range(last + 1, pid_max), range(300, target))
+    used = _pids_in_use()
+    return sum(1 for p in between if p not in used)
+
+
+def process_with_pid(target: int, argv: list[str], timeout: float = 60, **popen: Any
+                     ) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (``popen``: more arguments for :class:`subprocess.Popen`) as a
+    process whose pid is ``target`` (free now), as the kernel's pid counter comes round to
+    it: what happens by itself on a busy host, to a pid the engine may still hold."""
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        distance = _free_pids_before(target, _last_pid(), pid_max)
+        if distance > 40:
+            _burn_pids(min(distance - 20, 4000))
+        elif distance > 0:
+            _burn_pids(1)
+        else:
+            proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **popen)
+            if proc.pid == target:
+                return proc
+            proc.kill()
+            proc.wait()
+    raise AssertionError(f"pid {target} did not come round within {timeout} s")

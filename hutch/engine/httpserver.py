@@ -187,7 +187,8 @@ class _Exchange:
         self.final_body_sent = False  # the app has been told the body's end
         self.started = False  # http.response.start received
         self.head_sent = False
-        self.complete = False  # the last body part has been sent
+        self.ending = False  # the app sent its last body part (it may still be written)
+        self.complete = False  # the last body part has been written
         self.chunked_out = False
         self.length_out: int | None = None  # Content-Length the app announced
         self.sent_bytes = 0
@@ -351,7 +352,7 @@ class _Exchange:
             return
         if kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
-        if not self.started or self.complete:
+        if not self.started or self.ending:
             raise RuntimeError("http.response.body outside a response")
         body = bytes(message.get("body", b""))
         more = bool(message.get("more_body", False))
@@ -368,15 +369,21 @@ class _Exchange:
             else:
                 out.append(body)
         if not more:
-            self.complete = True
+            self.ending = True
             if self.chunked_out:
                 out.append(b"0\r\n\r\n")
-            if self.watch is not None:
-                self.watch.cancel()
         if len(out) > 1 and sum(map(len, out)) <= COPY_LIMIT:
             out = [b"".join(out)]
         for part in out:
             await self._write(part)
+        if not more:
+            # Only now may receive() say "disconnect": an app that streams (Starlette's
+            # StreamingResponse, the fast path's NDJSON) cancels its writing task when it
+            # hears it, and a last write still waiting for the client was cut short while
+            # the connection was kept: the client waited for the rest of the body forever.
+            self.complete = True
+            if self.watch is not None:
+                self.watch.cancel()
 
     def _has_body(self) -> bool:
         return self.request.method != "HEAD" and self.status not in (204, 304)

@@ -13,10 +13,8 @@ saw the window, and that nothing in it could be opened for writing.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +25,7 @@ from typing import Any, TypeVar
 
 import hutch
 from hutch.sdk.transport import request_blocking
-from tests.helpers import wait_for
+from tests.helpers import process_with_pid, wait_for
 
 T = TypeVar("T")
 
@@ -141,61 +139,6 @@ def test_a_command_being_started_cannot_be_used_to_reach_the_zygote(
         assert s["ptrace"] != "ATTACHED", s
 
 
-def _last_pid() -> int:
-    return int(Path("/proc/sys/kernel/ns_last_pid").read_text())
-
-
-def _burn_pids(count: int) -> None:
-    """Use up ``count`` pids (threads take them from the same counter as processes, and
-    start in ~60 us: a whole cycle of pid_max 32768 in ~2 s)."""
-    for _ in range(count):
-        t = threading.Thread(target=int)
-        t.start()
-        t.join()
-
-
-def _pids_in_use() -> set[int]:
-    """Every pid taken now, threads' included (the counter skips them all)."""
-    used: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                used.update(int(t) for t in os.listdir(f"/proc/{entry}/task"))
-            except OSError:
-                pass
-    return used
-
-
-def _free_pids_before(target: int, last: int, pid_max: int) -> int:
-    """How many pids the kernel hands out after ``last`` before it comes to ``target``
-    (after pid_max it goes on from RESERVED_PIDS, 300; pids in use are skipped)."""
-    between = range(last + 1, target) if target > last else \
-        itertools.chain(range(last + 1, pid_max), range(300, target))
-    used = _pids_in_use()
-    return sum(1 for p in between if p not in used)
-
-
-def _process_with_pid(target: int, argv: list[str], timeout: float = 60
-                      ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` as a process whose pid is ``target`` (free now), as the kernel's pid
-    counter comes round to it: what happens by itself on a busy host."""
-    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        distance = _free_pids_before(target, _last_pid(), pid_max)
-        if distance > 40:
-            _burn_pids(min(distance - 20, 4000))
-        elif distance > 0:
-            _burn_pids(1)
-        else:
-            proc = subprocess.Popen(argv)
-            if proc.pid == target:
-                return proc
-            proc.kill()
-            proc.wait()
-    raise AssertionError(f"pid {target} did not come round within {timeout} s")
-
-
 def _host_pid_of(cmdline: bytes) -> int:
     for entry in os.listdir("/proc"):
         try:
@@ -217,7 +160,7 @@ def test_terminate_does_not_kill_a_process_that_took_an_ended_execs_pid(
         p.kill()
         assert p.wait() != 0
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), what="the exec's pid to be free")
-        victim = _process_with_pid(pid, ["sleep", "300"])
+        victim = process_with_pid(pid, ["sleep", "300"])
     except BaseException:
         sb.terminate()
         raise
