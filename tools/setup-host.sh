@@ -60,32 +60,35 @@ done
 # host disk only for what its sandbox holds now.  HUTCH_DISK_SLOTS (default 128) sandboxes
 # at once; 0 makes none.  Like cgroup v1 delegation, mounts are gone after a reboot: run
 # this again at boot.
-SLOTS="${HUTCH_DISK_SLOTS:-128}"
-SLOT_GIB="${HUTCH_DISK_SLOT_GIB:-16}"
+# Volume slots, the same for volumes: each volume lives on one of HUTCH_VOLUME_SLOTS (32)
+# of HUTCH_VOLUME_SLOT_GIB (64) GiB, under $slot_base/volumes/<n>.
 slot_base="/var/lib/hutch-disks/$TEST_USER"
-if [ "$SLOTS" -gt 0 ]; then
-  install -d -m 0755 /var/lib/hutch-disks "$slot_base" "$slot_base/images"
-  chmod 0700 "$slot_base/images"
-  owner="$(id -u "$TEST_USER"):$(id -g "$TEST_USER")"
-  made=0
-  for i in $(seq 0 $((SLOTS - 1))); do
-    mnt="$slot_base/$i"
-    img="$slot_base/images/$i.img"
+owner="$(id -u "$TEST_USER"):$(id -g "$TEST_USER")"
+make_slots() {  # count size_gib dir
+  local count="$1" gib="$2" dir="$3" made=0 i mnt img
+  [ "$count" -gt 0 ] || return 0
+  install -d -m 0755 /var/lib/hutch-disks "$slot_base" "$dir" "$dir/images"
+  chmod 0700 "$dir/images"
+  for i in $(seq 0 $((count - 1))); do
+    mnt="$dir/$i"
+    img="$dir/images/$i.img"
     mountpoint -q "$mnt" 2>/dev/null && continue
     if [ ! -f "$img" ]; then
-      truncate -s "${SLOT_GIB}G" "$img"
+      truncate -s "${gib}G" "$img"
       mkfs.ext4 -q -F -m 0 -O ^has_journal -E "root_owner=$owner,lazy_itable_init=1" "$img"
     fi
     mkdir -p "$mnt"
     if ! mount -o loop,discard,nosuid,nodev "$img" "$mnt"; then
       echo "setup-host: cannot loop-mount disk slots here: sandboxes' disks stay unbounded" >&2
       rmdir "$mnt" 2>/dev/null || true
-      break
+      return 0
     fi
     made=$((made + 1))
   done
-  [ "$made" -eq 0 ] || echo "setup-host: mounted $made disk slots of $SLOT_GIB GiB under $slot_base"
-fi
+  [ "$made" -eq 0 ] || echo "setup-host: mounted $made disk slots of $gib GiB under $dir"
+}
+make_slots "${HUTCH_DISK_SLOTS:-128}" "${HUTCH_DISK_SLOT_GIB:-16}" "$slot_base"
+make_slots "${HUTCH_VOLUME_SLOTS:-32}" "${HUTCH_VOLUME_SLOT_GIB:-64}" "$slot_base/volumes"
 
 # crun (1.8) refuses hybrid cgroup hosts whose v2 hierarchy holds a controller; here it is
 # hugetlb. Mounting the v1 hugetlb hierarchy moves the controller there.

@@ -33,6 +33,8 @@ log = logging.getLogger("hutch.diskslots")
 DEFAULT_ROOT = "/var/lib/hutch-disks"
 #: What a slot holds for its sandbox.
 CONTENTS = ("upper", "work")
+#: What a volume slot holds: the volume's files.
+VOLUME_CONTENTS = ("data",)
 
 
 def slots_root(user: str) -> Path:
@@ -55,9 +57,11 @@ class DiskSlots:
     """The slots under ``root``: mount points named by numbers that this engine may write.
     Every engine of the user shares them; each claims a slot before it uses it."""
 
-    def __init__(self, root: Path, owner: str = "", *, mounts_only: bool = True) -> None:
+    def __init__(self, root: Path, owner: str = "", *, mounts_only: bool = True,
+                 contents: tuple[str, ...] = CONTENTS) -> None:
         self.root = root
         self.owner = owner  # this engine (its data directory), in claims
+        self.contents = contents  # what a holder keeps in a slot (emptied when it ends)
         self.slots: list[Path] = []
         self.taken: dict[Path, str] = {}  # slot -> sandbox id
         try:
@@ -77,6 +81,12 @@ class DiskSlots:
     def for_engine(cls, data_dir: Path, user: str | None = None) -> DiskSlots:
         """``user``: the host user the engine runs for (inside its namespace it is root)."""
         return cls(slots_root(user or _user_name()), str(data_dir))
+
+    @classmethod
+    def for_volumes(cls, data_dir: Path, user: str | None = None) -> DiskSlots:
+        """The slots volumes live in (``<slots>/volumes/<n>``, each volume in ``data``)."""
+        return cls(slots_root(user or _user_name()) / "volumes", str(data_dir),
+                   contents=VOLUME_CONTENTS)
 
     @property
     def enabled(self) -> bool:
@@ -103,8 +113,9 @@ class DiskSlots:
             return slot
         raise Exhausted(
             f"all {len(self.slots)} disk slots under {self.root} are in use: each sandbox "
-            f"writes on a file system of its own (docs/limits.md); make more as root with "
-            f"HUTCH_DISK_SLOTS=<n> tools/setup-host.sh, or end some sandboxes")
+            f"and each volume writes on a file system of its own (docs/limits.md); make more "
+            f"as root with HUTCH_DISK_SLOTS=<n> (HUTCH_VOLUME_SLOTS=<n>) "
+            f"tools/setup-host.sh, or end some sandboxes (delete some volumes)")
 
     def hold(self, slot: Path, sandbox_id: str) -> None:
         """Count the slot of a sandbox adopted from a previous daemon."""
@@ -115,7 +126,7 @@ class DiskSlots:
         """Empty the slot (its sandbox has ended; blocking, for a worker thread) and make
         it free."""
         if slot in self.taken:
-            _empty(slot)
+            _empty(slot, self.contents)
             shutil.rmtree(slot / CLAIM, ignore_errors=True)
             del self.taken[slot]
 
@@ -130,12 +141,12 @@ class DiskSlots:
             except OSError:
                 by = []
             if (slot / CLAIM).exists() and (not by or by[0] == self.owner):
-                _empty(slot)
+                _empty(slot, self.contents)
                 shutil.rmtree(slot / CLAIM, ignore_errors=True)
 
 
-def _empty(slot: Path) -> None:
-    for name in CONTENTS:
+def _empty(slot: Path, contents: tuple[str, ...]) -> None:
+    for name in contents:
         target = slot / name
         if target.exists() or target.is_symlink():
             shutil.rmtree(target, ignore_errors=True)

@@ -64,7 +64,7 @@ class SandboxManager:
                  user: str | None = None) -> None:
         self.store = store
         self.images = images
-        self.volumes = VolumeService(store, data_dir)
+        self.volumes = VolumeService(store, data_dir, DiskSlots.for_volumes(data_dir, user))
         self.runtime = runtime
         self.data_dir = data_dir
         self.tls_context: ssl.SSLContext | None = None

@@ -32,6 +32,7 @@ from hutch.api.models import (
     stream_response,
 )
 from hutch.engine import linux, ociconfig
+from hutch.engine.diskslots import DiskSlots
 from hutch.engine.errors import Conflict
 from hutch.engine.fileops import FileOps, deadline_after
 from hutch.engine.filestreams import (
@@ -52,14 +53,32 @@ _FILE_ERRORS = error_responses(400, 403, 404, 409, 422)
 
 
 class VolumeService:
-    def __init__(self, store: Store, data_dir: Path) -> None:
+    def __init__(self, store: Store, data_dir: Path, slots: DiskSlots | None = None) -> None:
         self.store = store
         self.root = data_dir / "volumes"
         self.root.mkdir(exist_ok=True)
+        self.slots = slots if slots is not None and slots.enabled else None
+        if self.slots is not None:
+            for link in self.root.iterdir():  # the volumes that have theirs
+                if link.is_symlink():
+                    self.slots.hold(Path(os.readlink(link)).parent, link.name)
+            self.slots.empty_free()  # a volume deleted while the engine crashed
 
     def lookup(self, name: str, create: bool) -> dict[str, Any]:
+        """The volume's record; its directory is made where missing: in a volume slot of
+        its own where the host has them (:mod:`hutch.engine.diskslots`: its writes end
+        with ENOSPC at the slot's size), else on the data directory's disk."""
         record = self.store.volume(name, create=create)
-        self.directory(record).mkdir(mode=0o755, exist_ok=True)
+        path = self.directory(record)
+        if path.is_symlink() or path.is_dir():
+            return record
+        if self.slots is None:
+            path.mkdir(mode=0o755, exist_ok=True)
+            return record
+        slot = self.slots.take(str(record["volume_id"]))
+        assert slot is not None
+        (slot / "data").mkdir(mode=0o755, exist_ok=True)
+        path.symlink_to(slot / "data")
         return record
 
     def directory(self, record: dict[str, Any]) -> Path:
@@ -77,7 +96,14 @@ class VolumeService:
             raise Conflict(f"Volume {name!r} is in use by running sandboxes: "
                            f"{', '.join(users)}; terminate them first")
         self.store.delete_volume(name)
-        shutil.rmtree(self.directory(record), ignore_errors=True)
+        path = self.directory(record)
+        if path.is_symlink():  # in a slot: emptied, and free for the next volume
+            slot = Path(os.readlink(path)).parent
+            path.unlink()
+            if self.slots is not None:
+                self.slots.give_back(slot)
+            return
+        shutil.rmtree(path, ignore_errors=True)
 
     def mounts(self, volumes: dict[str, VolumeMount], staging: Path
                ) -> list[ociconfig.Mount]:

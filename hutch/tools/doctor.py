@@ -226,11 +226,15 @@ def check_disk_slots() -> Check:
     loudly without slots, the one resource a default sandbox could then exhaust on the
     host (a rootless engine has no disk quota to set itself)."""
     slots = DiskSlots.for_engine(Path("."))
+    volumes = DiskSlots.for_volumes(Path("."))
     if slots.enabled:
+        of_volumes = (f"; {len(volumes.slots)} volume slots of "
+                      f"{volumes.size_mib(volumes.slots[0])} MiB, one per volume"
+                      if volumes.enabled else "; volumes are not bounded")
         return Check("limit: disk", "ok",
                      f"{len(slots.slots)} disk slots of {slots.size_mib(slots.slots[0])} MiB "
                      f"under {slots.root}: each sandbox writes on one (ENOSPC past it), "
-                     f"{len(slots.slots)} sandboxes at once; volumes are not bounded")
+                     f"{len(slots.slots)} sandboxes at once{of_volumes}")
     return Check("limit: disk", "warn",
                  f"no disk slots under {slots.root}: a sandbox without ephemeral_disk (and "
                  "any volume) can fill the disk of the engine's data dir",

@@ -229,3 +229,39 @@ def test_a_default_sandbox_cannot_fill_the_hosts_disk(engine: dict[str, object])
 
 def _free_of_host() -> int:
     return shutil.disk_usage(_data_dir()).free
+
+
+FILL_VOLUME = FILL_ROOT.replace("/root/fill", "/data/fill").replace("statvfs('/')",
+                                                                      "statvfs('/data')")
+
+
+def test_a_volume_cannot_fill_the_hosts_disk(engine: dict[str, object]) -> None:
+    """Volumes had no quota: a sandbox could fill the host's disk through one.  A new
+    volume now lives in a volume slot of its own (hutch/engine/diskslots.py): past its
+    size, ENOSPC; deleting the volume empties the slot and frees it."""
+    from hutch.engine.diskslots import DiskSlots
+
+    slots = DiskSlots.for_volumes(_data_dir())
+    if not slots.enabled:
+        pytest.skip("no volume slots on this host (tools/setup-host.sh makes them)")
+    limit_mib = slots.size_mib(slots.slots[0])
+    name = f"fill-{time.time_ns()}"
+    volume = hutch.Volume.from_name(name, create_if_missing=True)
+    before = _free_of_host()
+    sb = hutch.Sandbox.create(volumes={"/data": volume}, timeout=300)
+    try:
+        p = sb.exec("python3", "-c", FILL_VOLUME, str((limit_mib + 1024) * MIB), timeout=120)
+        out = p.stdout.read().split()
+        assert p.wait() == 0, p.stderr.read()
+        assert out[:2] == ["refused", str(errno.ENOSPC)], out
+        assert int(out[2]) <= limit_mib, f"the volume is {out[2]} MiB"
+        assert before - _free_of_host() <= limit_mib * MIB + 4 * SLACK
+    finally:
+        sb.terminate(grace_period=0)
+        sb.wait(raise_on_termination=False)
+    link = _data_dir() / "volumes" / volume.object_id
+    slot = Path(os.readlink(link)).parent
+    hutch.Volume.delete(name)
+    assert not link.exists() and not (slot / "data").exists() and not (slot / "claim").exists()
+    wait_for(lambda: _free_of_host() >= before - 4 * SLACK, timeout=60,
+             what="the host's disk to get the volume slot's blocks back")
