@@ -50,3 +50,33 @@ def test_recovery_empties_only_this_engines_leftovers(tmp_path: Path) -> None:
 def test_no_slots_means_no_bound(tmp_path: Path) -> None:
     none = DiskSlots(tmp_path / "missing")
     assert not none.enabled and none.take("sb-1") is None
+
+
+def test_volumes_live_in_slots_of_their_own(tmp_path: Path) -> None:
+    from hutch.engine.store import Store
+    from hutch.engine.volumes import VolumeService
+
+    slots_dir, data = tmp_path / "slots", tmp_path / "data"
+    data.mkdir()
+    store = Store(data / "state.db")
+
+    def service() -> VolumeService:
+        for n in range(2):
+            (slots_dir / str(n)).mkdir(parents=True, exist_ok=True)
+        return VolumeService(store, data, DiskSlots(slots_dir, str(data), mounts_only=False,
+                                                    contents=("data",)))
+
+    volumes = service()
+    record = volumes.lookup("models", create=True)
+    link = volumes.directory(record)
+    assert link.is_symlink() and link.resolve().parent.parent == slots_dir
+    (link / "weights").write_bytes(b"w")
+    assert volumes.lookup("models", create=False) == record  # the same slot, kept
+    restarted = service()  # a restarted engine finds it held
+    assert restarted.slots is not None and len(restarted.slots.taken) == 1
+    restarted.lookup("other", create=True)
+    with pytest.raises(Exhausted):
+        restarted.lookup("third", create=True)
+    slot = link.resolve().parent
+    restarted.delete("models")
+    assert not link.exists() and not (slot / "data").exists() and not (slot / CLAIM).exists()
