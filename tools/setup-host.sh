@@ -41,10 +41,13 @@ fi
 # Each sandbox takes a slice of about 1025 of these ids (docs/security.md): Debian's default
 # 65536 hold 61 sandboxes at once, fewer than the suite's hostile battery runs together, so
 # the test user gets 1 Mi ids (959 sandboxes), high enough to miss other users' ranges.
+# A smaller range of another user is replaced only with HUTCH_GROW_SUBIDS=1: rootless
+# podman's stored files depend on it.
 SUBIDS=1000000000-1001048575
+GROW="${HUTCH_GROW_SUBIDS:-$([ "$TEST_USER" = hutchtest ] && echo 1 || echo 0)}"
 for file in /etc/subuid /etc/subgid; do
   count="$(awk -F: -v u="$TEST_USER" '$1 == u { print $3; exit }' "$file" 2>/dev/null || true)"
-  if [ -z "$count" ] || [ "$count" -lt 1048576 ]; then
+  if [ -z "$count" ] || { [ "$GROW" = 1 ] && [ "$count" -lt 1048576 ]; }; then
     sed -i "/^$TEST_USER:/d" "$file" 2>/dev/null || true
     if [ "$file" = /etc/subuid ]; then
       usermod --add-subuids "$SUBIDS" "$TEST_USER"
