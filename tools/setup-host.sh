@@ -57,6 +57,18 @@ for file in /etc/subuid /etc/subgid; do
   fi
 done
 
+# An engine run as root gives each sandbox a slice of root's own subordinate range (as
+# rootful podman --userns=auto does with its "containers" range): 959 sandboxes of 1025 ids.
+for file in /etc/subuid /etc/subgid; do
+  if ! grep -q "^root:" "$file" 2>/dev/null; then
+    if [ "$file" = /etc/subuid ]; then
+      usermod --add-subuids 2000000000-2001048575 root
+    else
+      usermod --add-subgids 2000000000-2001048575 root
+    fi
+  fi
+done
+
 # Disk slots (hutch/engine/diskslots.py): each sandbox writes on a file system of its own of
 # HUTCH_DISK_SLOT_GIB (default 16), so that it cannot fill the host's disk; a rootless engine
 # cannot bound a directory itself.  Sparse files, loop-mounted with discard: a slot takes

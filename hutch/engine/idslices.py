@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.engine.errors import Exhausted
+from hutch.engine.userns import subid_range
 
 #: The id a sandbox's ``nobody``/``nogroup`` has; mapped apart from the slice's low ids.
 NOBODY = 65534
@@ -145,9 +146,19 @@ def _extent_total(text: str) -> int:
     return total
 
 
-def allocator_for_engine(mode: str, proc: Path = Path("/proc/self")) -> SliceAllocator | None:
+def allocator_for_engine(mode: str, proc: Path = Path("/proc/self"),
+                         subid_files: tuple[str, str] = ("/etc/subuid", "/etc/subgid")
+                         ) -> SliceAllocator | None:
     """The slices this engine can give, or None where sandboxes share its namespace: a
-    single-id map (no subordinate range) and root mode (the host's own ids)."""
+    single-id map (no subordinate range), and root mode without a subordinate range for
+    root (an engine run as root gives slices of root's range, host ids themselves, as
+    rootful ``podman --userns=auto`` does with its ``containers`` range)."""
+    if mode == "root":
+        su, sg = (subid_range(f, 0) for f in subid_files)
+        if su is None or sg is None:
+            return None
+        low, high = max(su.start, sg.start), min(su.start + su.count, sg.start + sg.count) - 1
+        return SliceAllocator(low, high) if high - low + 1 >= MIN_SIZE + 1 else None
     if mode != "subuid":
         return None
     ids = min(_extent_total((proc / "uid_map").read_text()),

@@ -1,4 +1,5 @@
-"""Sandbox lifecycle: create, supervise, exec, terminate, and recover after a restart.
+"""Sandbox lifecycle: create, supervise, exec, terminate (and recover after a restart:
+:mod:`hutch.engine.recovery`).
 
 Each running sandbox has one supervisor task in the daemon's nursery.  It waits on a pidfd
 of the sandbox's init process (or the sandbox's deadline), then records the outcome exactly
@@ -16,7 +17,6 @@ import logging
 import os
 import signal
 import ssl
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from hutch.api.models import (
     ExecRequest,
     ProbeSpec,
 )
-from hutch.engine import netns, network, proctree, remains, rootfs, sandboxlimits, tlsproxy
+from hutch.engine import netns, network, remains, rootfs, sandboxlimits, tlsproxy
 from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.commands import CommandStarter
 from hutch.engine.diskslots import DiskSlots
@@ -40,6 +40,7 @@ from hutch.engine.launch import LaunchPlan, start_container
 from hutch.engine.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.pool import PoolService
 from hutch.engine.probes import run_probe
+from hutch.engine.recovery import TIMEOUT_CODE, SandboxRecovery
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.sandboxids import SandboxIds
 from hutch.engine.sandboxlimits import SandboxDefaults
@@ -51,11 +52,10 @@ from hutch.imagebuild.layout import Image
 log = logging.getLogger("hutch.sandbox")
 
 DEFAULT_ENTRYPOINT = ["sleep", "infinity"]
-TIMEOUT_CODE = 124
 TERMINATED_CODE = 137
 
 
-class SandboxManager:
+class SandboxManager(SandboxRecovery):
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
                  nursery: trio.Nursery, cgroups: CgroupHost,
@@ -478,107 +478,9 @@ class SandboxManager:
             raise Conflict(f"the output of exec {exec_id} is no longer available")
         return session
 
-    # recovery -------------------------------------------------------------------------------
-    async def recover(self) -> None:
-        """Adopt the sandboxes a previous daemon left running; reap the ones that died,
-        and end the ones that run in a namespace that is no longer the engine's (its pause
-        process died, :mod:`hutch.engine.remains`): nothing could enter them."""
-        self.store.orphan_execs()
-        for row in self.store.list_sandboxes(pooled=True):
-            dirs = self.dirs(row.sandbox_id)
-            alive = (row.state == "running" and row.init_pid is not None
-                     and proctree.running(row.init_pid))
-            named = False
-            if alive:
-                state = await self._runtime_state(row.sandbox_id)
-                alive = named = state is not None and state.get("pid") == row.init_pid
-            lost = False
-            if alive and row.init_pid is not None and not remains.in_engine_userns(row.init_pid):
-                alive, lost = False, True
-            # what may remain of one that is not adopted ends (records make sure of whom)
-            if not alive:
-                await remains.end(dirs.root, row.init_pid, runtime_names_init=named)
-            if lost:
-                log.warning("sandbox %s runs in a namespace the engine lost: ending it",
-                            row.sandbox_id)
-                self.store.mark_exited(row.sandbox_id, None, "lost", remains.LOST_DETAIL)
-                await self._cleanup(row.sandbox_id, dirs)
-                continue
-            if alive:
-                log.info("adopting running sandbox %s", row.sandbox_id)
-                self.ids.hold(row.sandbox_id, row.spec)
-                if row.spec.get("disk_slot"):
-                    self.disks.hold(Path(row.spec["disk_slot"]), row.sandbox_id)
-                self._supervise(row, _reopen_stdin(dirs))
-                await self._serve_tunnels(self.live[row.sandbox_id])
-                if row.pooled:  # its pool died with the old daemon
-                    self.nursery.start_soon(self.terminate, row.sandbox_id, 0.0)
-                continue
-            code = await self._exit_code(row.init_pid, wait=0) if row.init_pid else None
-            if remains.was_lost(dirs.root):  # ended by the pause process, as lost
-                self.store.mark_exited(row.sandbox_id, None, "lost", remains.LOST_DETAIL)
-            elif row.state == "creating":
-                self.store.mark_exited(row.sandbox_id, None, "failed")
-            elif time.time() >= row.deadline and code is None:
-                self.store.mark_exited(row.sandbox_id, TIMEOUT_CODE, "timeout")
-            else:
-                self.store.mark_exited(row.sandbox_id, code, "exited" if code is not None
-                                       else "lost")
-            await self._cleanup(row.sandbox_id, dirs)
-            log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
-        self._forget_stale_exit_records()
-        await trio.to_thread.run_sync(self.disks.empty_free)  # what a crash left in them
-        self.nursery.start_soon(self._sweep_ended)
-
-    async def _sweep_ended(self) -> None:
-        """Remove the directories and logs of sandboxes that ended more than
-        ``HUTCH_LOG_RETENTION`` seconds ago (default ``rootfs.LOG_RETENTION``): now (for
-        those a previous engine left), then every ``rootfs.SWEEP_INTERVAL`` seconds."""
-        retention = float(os.environ.get("HUTCH_LOG_RETENTION", rootfs.LOG_RETENTION))
-        interval = max(1.0, min(rootfs.SWEEP_INTERVAL, retention / 2))
-        while True:
-            try:
-                # in the event loop: the store is not used from threads; what is removed is
-                # small (logs of at most LOG_CAP_MIB; the rest went at the sandbox's end)
-                removed = rootfs.sweep_ended(self.sandboxes_dir, self.store,
-                                             retention=retention)
-            except OSError as exc:
-                log.warning("removing ended sandboxes' directories: %s", exc)
-            else:
-                if removed:
-                    log.info("removed the directories of %d ended sandboxes", len(removed))
-            await trio.sleep(interval)
-
-    def _forget_stale_exit_records(self) -> None:
-        """Drop exit records no sandbox will read (e.g. of execs orphaned by a dead daemon)."""
-        live_pids = {str(live.pid) for live in self.live.values()}
-        for record in self.exits_dir.iterdir():
-            if record.name not in live_pids:
-                record.unlink(missing_ok=True)
-
-    async def _runtime_state(self, sandbox_id: str) -> dict[str, object] | None:
-        try:
-            return await self.runtime.state(sandbox_id)
-        except RuntimeCommandError:
-            return None
-
-
 
 def _base_env(image_env: dict[str, str], sandbox_id: str) -> dict[str, str]:
     env = dict(image_env)
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("HOSTNAME", sandbox_id)
     return env
-
-
-def _reopen_stdin(dirs: rootfs.SandboxDirs) -> trio.lowlevel.FdStream | None:
-    """The write end of an adopted sandbox's stdin, unless its client already closed it.
-
-    An entrypoint that read stdin while no daemon held it open saw EOF; one that reads
-    later finds the pipe open again.
-    """
-    try:
-        fd = os.open(dirs.stdin_fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    return trio.lowlevel.FdStream(fd)

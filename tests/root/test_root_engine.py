@@ -1,4 +1,5 @@
-"""The engine run by real root: same API and isolation, no user namespace."""
+"""The engine run by real root: same API and isolation, no user namespace of its own
+(each sandbox still gets one, on a slice of root's subordinate range)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,29 @@ def test_entrypoint_and_timeout_as_root(root_engine: dict[str, Any]) -> None:
     with pytest.raises(SandboxTimeoutError):
         slow.wait()
     assert slow.returncode == 124
+
+
+def test_root_sandboxes_run_under_slices_of_roots_range(root_engine: dict[str, Any]) -> None:
+    """Root of a sandbox of a root engine is not the host's root: it is an id of root's
+    subordinate range (tools/setup-host.sh gives root one), a different one per sandbox."""
+    from hutch.engine.userns import subid_range
+
+    rng = subid_range("/etc/subuid", 0)
+    if rng is None:
+        pytest.skip("root has no subordinate range here: sandboxes share the host's ids")
+    boxes = [hutch.Sandbox.create(timeout=60) for _ in range(2)]
+    try:
+        bases = []
+        for sb in boxes:
+            p = sb.exec("sh", "-c", "cat /proc/self/uid_map; id -u; echo x > /root/f; "
+                                    "stat -c %u /root/f")
+            lines = p.stdout.read().splitlines()
+            assert p.wait() == 0, lines
+            first = lines[0].split()
+            assert first[0] == "0" and rng.start <= int(first[1]) < rng.start + rng.count
+            assert lines[-2:] == ["0", "0"]  # root inside, and its files are root's
+            bases.append(int(first[1]))
+        assert bases[0] != bases[1]
+    finally:
+        for sb in boxes:
+            sb.terminate()

@@ -82,3 +82,13 @@ def test_capacity_matches_the_allocator() -> None:
     assert idslices.capacity(65536) == 61
     assert idslices.capacity(1048576) == 959
     assert idslices.capacity(2000) == 0
+
+
+def test_root_gives_slices_of_roots_own_range(tmp_path: Path) -> None:
+    sub = tmp_path / "subuid"
+    sub.write_text("someone:100000:65536\nroot:2000000000:1048576\n")
+    got = idslices.allocator_for_engine("root", tmp_path, (str(sub), str(sub)))
+    assert got is not None and (got.low, got.high) == (2000000000, 2001048575)
+    assert got.take(1024).base == 2000000000
+    sub.write_text("someone:100000:65536\n")
+    assert idslices.allocator_for_engine("root", tmp_path, (str(sub), str(sub))) is None
