@@ -3,8 +3,8 @@ running, reaping those that ended meanwhile, ending those of a namespace the eng
 and sweeping the directories of long-ended sandboxes.
 
 A mixin of :class:`hutch.engine.sandboxes.SandboxManager` (it works on the manager's state),
-kept apart so that the lifecycle module stays readable; the attributes and methods it uses
-are declared below.
+kept apart so that the lifecycle module stays readable; what it uses of the manager is the
+``_Manager`` protocol below.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -29,7 +30,10 @@ log = logging.getLogger("hutch.sandbox")
 TIMEOUT_CODE = 124
 
 
-class SandboxRecovery:
+class _Manager(Protocol):
+    """What recovery uses of :class:`hutch.engine.sandboxes.SandboxManager` (mypy checks
+    that the manager has it)."""
+
     store: Store
     runtime: OCIRuntime
     ids: SandboxIds
@@ -39,26 +43,20 @@ class SandboxRecovery:
     exits_dir: Path
     live: dict[str, LiveSandbox]
 
-    def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs:
-        raise NotImplementedError
-
+    def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs: ...
     def _supervise(self, row: SandboxRow, stdin: trio.lowlevel.FdStream | None = None
-                   ) -> None:
-        raise NotImplementedError
+                   ) -> None: ...
+    async def _serve_tunnels(self, live: LiveSandbox) -> None: ...
+    async def terminate(self, sandbox_id: str, grace: float) -> SandboxRow: ...
+    async def _exit_code(self, pid: int, wait: float = 5.0) -> int | None: ...
+    async def _cleanup(self, sandbox_id: str, dirs: rootfs.SandboxDirs) -> None: ...
+    async def _runtime_state(self: _Manager, sandbox_id: str) -> dict[str, object] | None: ...
+    def _forget_stale_exit_records(self: _Manager) -> None: ...
+    async def _sweep_ended(self: _Manager) -> None: ...
 
-    async def _serve_tunnels(self, live: LiveSandbox) -> None:
-        raise NotImplementedError
 
-    async def terminate(self, sandbox_id: str, grace: float) -> SandboxRow:
-        raise NotImplementedError
-
-    async def _exit_code(self, pid: int, wait: float = 5.0) -> int | None:
-        raise NotImplementedError
-
-    async def _cleanup(self, sandbox_id: str, dirs: rootfs.SandboxDirs) -> None:
-        raise NotImplementedError
-
-    async def recover(self) -> None:
+class SandboxRecovery:
+    async def recover(self: _Manager) -> None:
         """Adopt the sandboxes a previous daemon left running; reap the ones that died,
         and end the ones that run in a namespace that is no longer the engine's (its pause
         process died, :mod:`hutch.engine.remains`): nothing could enter them."""
@@ -109,7 +107,7 @@ class SandboxRecovery:
         await trio.to_thread.run_sync(self.disks.empty_free)  # what a crash left in them
         self.nursery.start_soon(self._sweep_ended)
 
-    async def _sweep_ended(self) -> None:
+    async def _sweep_ended(self: _Manager) -> None:
         """Remove the directories and logs of sandboxes that ended more than
         ``HUTCH_LOG_RETENTION`` seconds ago (default ``rootfs.LOG_RETENTION``): now (for
         those a previous engine left), then every ``rootfs.SWEEP_INTERVAL`` seconds."""
@@ -128,14 +126,14 @@ class SandboxRecovery:
                     log.info("removed the directories of %d ended sandboxes", len(removed))
             await trio.sleep(interval)
 
-    def _forget_stale_exit_records(self) -> None:
+    def _forget_stale_exit_records(self: _Manager) -> None:
         """Drop exit records no sandbox will read (e.g. of execs orphaned by a dead daemon)."""
         live_pids = {str(live.pid) for live in self.live.values()}
         for record in self.exits_dir.iterdir():
             if record.name not in live_pids:
                 record.unlink(missing_ok=True)
 
-    async def _runtime_state(self, sandbox_id: str) -> dict[str, object] | None:
+    async def _runtime_state(self: _Manager, sandbox_id: str) -> dict[str, object] | None:
         try:
             return await self.runtime.state(sandbox_id)
         except RuntimeCommandError:
