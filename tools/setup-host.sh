@@ -98,6 +98,7 @@ make_slots() {  # count size_gib dir
       rmdir "$mnt" 2>/dev/null || true
       return 0
     fi
+    chmod 0700 "$mnt"  # a sandbox's files are no other host user's to read
     made=$((made + 1))
   done
   [ "$made" -eq 0 ] || echo "setup-host: mounted $made disk slots of $gib GiB under $dir"

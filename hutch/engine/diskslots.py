@@ -19,6 +19,7 @@ rather than run without its bound.  ``ephemeral_disk`` sandboxes use their own t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -72,6 +73,10 @@ class DiskSlots:
         for path in names:
             if (os.path.ismount(path) or not mounts_only) \
                     and os.access(path, os.W_OK | os.X_OK):
+                # the user's alone: a sandbox's files are no other host user's to read
+                # (in the data directory, 0700, they were not either)
+                with contextlib.suppress(OSError):
+                    path.chmod(0o700)
                 self.slots.append(path)
         if self.slots:
             log.info("%d disk slots of %d MiB under %s", len(self.slots),

@@ -80,3 +80,13 @@ def test_volumes_live_in_slots_of_their_own(tmp_path: Path) -> None:
     slot = link.resolve().parent
     restarted.delete("models")
     assert not link.exists() and not (slot / "data").exists() and not (slot / CLAIM).exists()
+
+
+def test_slots_are_the_users_alone(tmp_path: Path) -> None:
+    """A sandbox's files in a slot are no other host user's to read (the data directory,
+    where they were before, is 0700)."""
+    import stat
+
+    slots = _slots(tmp_path, "/data/a")
+    for slot in slots.slots:
+        assert stat.S_IMODE(slot.stat().st_mode) == 0o700
