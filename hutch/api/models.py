@@ -439,7 +439,7 @@ class ErrorBody(_Wire):
     type: Literal[
         "not_found", "already_exists", "invalid", "conflict", "engine", "timeout", "image_build",
         "file_not_found", "is_a_directory", "not_a_directory", "permission_denied",
-        "file_exists", "directory_not_empty", "file_busy", "file_error",
+        "file_exists", "directory_not_empty", "file_busy", "file_error", "resource_exhausted",
     ]
     message: str
 

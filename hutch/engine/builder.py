@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 import trio
 
 from hutch.api.models import ConfigStep, CopyStep, RunStep
-from hutch.engine import ociconfig, rootfs
+from hutch.engine import ociconfig, rootfs, trees
 from hutch.engine.errors import ImageBuildFailed, Invalid
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.imagebuild.importer import ImportFailed, extract_safely
@@ -169,7 +168,7 @@ class Builder:
                 rootfs.unmount_rootfs_keep_upper(dirs)
             return self.store.commit_layer_dir(dirs.upper)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            trees.remove_tree(work)
 
     # commands ----------------------------------------------------------------------------
     async def _run_layer(self, number: int, parent_ref: str, step: RunStep,
@@ -193,7 +192,7 @@ class Builder:
                 rootfs.unmount_rootfs_keep_upper(dirs)
             return await trio.to_thread.run_sync(self.store.commit_layer_dir, dirs.upper)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            trees.remove_tree(work)
 
     async def _run_command(self, number: int, cid: str, dirs: rootfs.SandboxDirs,
                            command: str, env: dict[str, str], workdir: str,

@@ -23,9 +23,9 @@ import contextlib
 import logging
 import os
 import pwd
-import shutil
 from pathlib import Path
 
+from hutch.engine import trees
 from hutch.engine.errors import Exhausted
 
 log = logging.getLogger("hutch.diskslots")
@@ -131,9 +131,11 @@ class DiskSlots:
         """Empty the slot (its sandbox has ended; blocking, for a worker thread) and make
         it free."""
         if slot in self.taken:
-            _empty(slot, self.contents)
-            shutil.rmtree(slot / CLAIM, ignore_errors=True)
             del self.taken[slot]
+            if _empty(slot, self.contents):
+                trees.remove_tree(slot / CLAIM)
+            else:  # left claimed (and out of use) rather than handed out half full
+                log.error("could not empty disk slot %s: it stays out of use", slot)
 
     def empty_free(self) -> None:
         """Empty the slots this engine claimed that none of its sandboxes holds now (what
@@ -146,14 +148,12 @@ class DiskSlots:
             except OSError:
                 by = []
             if (slot / CLAIM).exists() and (not by or by[0] == self.owner):
-                _empty(slot, self.contents)
-                shutil.rmtree(slot / CLAIM, ignore_errors=True)
+                if _empty(slot, self.contents):
+                    trees.remove_tree(slot / CLAIM)
+                else:
+                    log.error("could not empty disk slot %s: it stays out of use", slot)
 
 
-def _empty(slot: Path, contents: tuple[str, ...]) -> None:
-    for name in contents:
-        target = slot / name
-        if target.exists() or target.is_symlink():
-            shutil.rmtree(target, ignore_errors=True)
-            if target.exists():
-                log.warning("could not empty %s", target)
+def _empty(slot: Path, contents: tuple[str, ...]) -> bool:
+    """Remove what a holder kept in ``slot``; whether all of it is gone."""
+    return all([trees.remove_tree(slot / name) for name in contents])

@@ -22,14 +22,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hutch.engine import idslices, linux
+from hutch.engine import idslices, linux, trees
 
 log = logging.getLogger("hutch.layermirror")
 
@@ -53,12 +52,10 @@ def max_id_of(tree: Path) -> int:
     """The highest owner id of ``tree``'s files and of the ids its ``etc/passwd`` and
     ``etc/group`` name (``NOBODY`` and 65535 aside)."""
     highest = 0
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in (*dirnames, *filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            for value in (st.st_uid, st.st_gid):
-                if value not in _UNCOUNTED:
-                    highest = max(highest, value)
+    for st in trees.walk_stats(tree):
+        for value in (st.st_uid, st.st_gid):
+            if value not in _UNCOUNTED:
+                highest = max(highest, value)
     for name, column in (("etc/passwd", (2, 3)), ("etc/group", (2,))):
         try:
             with open(tree / name, "rb") as f:
@@ -95,14 +92,14 @@ class LayerMirror:
         remove the rest."""
         for entry in self.root.iterdir():
             if entry.name.endswith(".tmp"):
-                shutil.rmtree(entry, ignore_errors=True)
+                trees.remove_tree(entry)
                 continue
             marker = self.root / (entry.name + MAX_ID_SUFFIX)
             if entry.is_dir() and marker.exists():
                 self.layers[entry.name] = _Layer(entry, int(marker.read_text()),
                                                  idle_since=time.monotonic())
             elif not entry.name.endswith(MAX_ID_SUFFIX):
-                shutil.rmtree(entry, ignore_errors=True)  # a copy cut short
+                trees.remove_tree(entry)  # a copy cut short
 
     def acquire(self, user: str, layers: list[Path]) -> tuple[list[Path], int]:
         """The in-memory copies of ``layers`` (made now where missing; blocking, for a
@@ -130,13 +127,13 @@ class LayerMirror:
             if found is not None:
                 return found
             tmp = self.root / (name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            trees.remove_tree(tmp)
             result = subprocess.run(
                 ["cp", "-R", "--no-dereference",
                  "--preserve=mode,ownership,timestamps,links,xattr", f"{layer}/.", str(tmp)],
                 capture_output=True, text=True)
             if result.returncode != 0:
-                shutil.rmtree(tmp, ignore_errors=True)
+                trees.remove_tree(tmp)
                 raise OSError(f"copying layer {name} into memory: {result.stderr.strip()}")
             highest = max_id_of(tmp)
             final = self.root / name
@@ -176,7 +173,7 @@ class LayerMirror:
                 (self.root / (name + MAX_ID_SUFFIX)).unlink(missing_ok=True)
                 (self.root / name).rename(self.root / f"{name}.{os.getpid()}.gone.tmp")
         for name in gone:
-            shutil.rmtree(self.root / f"{name}.{os.getpid()}.gone.tmp", ignore_errors=True)
+            trees.remove_tree(self.root / f"{name}.{os.getpid()}.gone.tmp")
         return gone
 
 

@@ -104,7 +104,10 @@ class SandboxRecovery:
             await self._cleanup(row.sandbox_id, dirs)
             log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
         self._forget_stale_exit_records()
-        await trio.to_thread.run_sync(self.disks.empty_free)  # what a crash left in them
+        try:  # what a crash left in them
+            await trio.to_thread.run_sync(self.disks.empty_free)
+        except Exception:
+            log.exception("emptying the disk slots a previous daemon left")
         self.nursery.start_soon(self._sweep_ended)
 
     async def _sweep_ended(self: _Manager) -> None:

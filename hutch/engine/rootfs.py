@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.engine import layermirror, linux
+from hutch.engine import layermirror, linux, trees
 from hutch.engine.errors import Invalid, NotFound
 from hutch.engine.store import Store
 from hutch.imagebuild import inroot
@@ -252,7 +252,7 @@ def sweep_ended(sandboxes_dir: Path, store: Store, *, now: float | None = None,
                                             dirs.lower / "0")):
             log.warning("not removing %s: something is still mounted in it", path)
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        trees.remove_tree(path)
         removed.append(path.name)
     return removed
 
@@ -275,7 +275,7 @@ def unmount_rootfs(dirs: SandboxDirs) -> None:
         if exc.errno not in (errno.EINVAL, errno.ENOENT):
             raise
     for d in (dirs.upper, dirs.work, dirs.merged, dirs.etc, dirs.execs, dirs.scratch):
-        shutil.rmtree(d, ignore_errors=True)
+        trees.remove_tree(d)  # what the sandbox wrote: any depth
     shutil.rmtree(dirs.root / "logs.kept", ignore_errors=True)
     for f in ("config.json", "init.pid", "runtime.log"):
         (dirs.root / f).unlink(missing_ok=True)

@@ -344,15 +344,21 @@ class SandboxManager(SandboxRecovery):
         if cgroup is not None:
             cgroup.remove()
         release_staging(dirs.root / "volumes")
+        # What the sandbox left in its files is its own to shape (a tree 1500 levels deep,
+        # hutch/engine/trees.py): nothing of it may end the daemon, which serves the others.
         try:
             self.ids.unbind(sandbox_id)
             rootfs.unmount_rootfs(dirs)
-        except OSError as exc:
-            log.warning("cleaning up %s: %s", sandbox_id, exc)
+        except Exception:
+            log.exception("cleaning up %s", sandbox_id)
         remains.forget(dirs.root)
         self.ids.give_back(sandbox_id, row.spec)
         if row.spec.get("disk_slot"):
-            await trio.to_thread.run_sync(self.disks.give_back, Path(row.spec["disk_slot"]))
+            try:
+                await trio.to_thread.run_sync(self.disks.give_back,
+                                              Path(row.spec["disk_slot"]))
+            except Exception:
+                log.exception("emptying the disk slot of %s", sandbox_id)
 
     # terminate / wait ---------------------------------------------------------------------
     def get(self, sandbox_id: str) -> SandboxRow:

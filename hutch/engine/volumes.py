@@ -14,8 +14,8 @@ own worker threads, each step with a deadline, listings streamed in batches.
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,9 +31,9 @@ from hutch.api.models import (
     error_responses,
     stream_response,
 )
-from hutch.engine import linux, ociconfig
+from hutch.engine import linux, ociconfig, trees
 from hutch.engine.diskslots import DiskSlots
-from hutch.engine.errors import Conflict
+from hutch.engine.errors import Conflict, NotFound
 from hutch.engine.fileops import FileOps, deadline_after
 from hutch.engine.filestreams import (
     copy_files,
@@ -45,6 +45,8 @@ from hutch.engine.filestreams import (
 )
 from hutch.engine.sandboxfs import Entry, FileError, SandboxFS, entry
 from hutch.engine.store import Store
+
+log = logging.getLogger("hutch.volumes")
 
 BYTES = "application/octet-stream"
 #: A volume file route's answers besides 200: a file operation's typed errors (400, 403,
@@ -62,23 +64,39 @@ class VolumeService:
             for link in self.root.iterdir():  # the volumes that have theirs
                 if link.is_symlink():
                     self.slots.hold(Path(os.readlink(link)).parent, link.name)
-            self.slots.empty_free()  # a volume deleted while the engine crashed
+            try:
+                self.slots.empty_free()  # a volume deleted while the engine crashed
+            except Exception:
+                log.exception("emptying the volume slots a previous daemon left")
 
     def lookup(self, name: str, create: bool) -> dict[str, Any]:
         """The volume's record; its directory is made where missing: in a volume slot of
         its own where the host has them (:mod:`hutch.engine.diskslots`: its writes end
         with ENOSPC at the slot's size), else on the data directory's disk."""
-        record = self.store.volume(name, create=create)
-        path = self.directory(record)
-        if path.is_symlink() or path.is_dir():
-            return record
+        try:
+            record = self.store.volume(name, create=False)
+        except NotFound:
+            if not create:
+                raise
+            record = None
+        if record is not None:
+            path = self.directory(record)
+            if path.is_symlink() or path.is_dir():
+                return record
         if self.slots is None:
-            path.mkdir(mode=0o755, exist_ok=True)
+            record = record or self.store.volume(name, create=True)
+            self.directory(record).mkdir(mode=0o755, exist_ok=True)
             return record
-        slot = self.slots.take(str(record["volume_id"]))
+        # the slot first: a volume refused for want of one leaves no record behind
+        slot = self.slots.take(f"volume:{name}")
         assert slot is not None
-        (slot / "data").mkdir(mode=0o755, exist_ok=True)
-        path.symlink_to(slot / "data")
+        try:
+            record = record or self.store.volume(name, create=True)
+            (slot / "data").mkdir(mode=0o755, exist_ok=True)
+            self.directory(record).symlink_to(slot / "data")
+        except BaseException:
+            self.slots.give_back(slot)
+            raise
         return record
 
     def directory(self, record: dict[str, Any]) -> Path:
@@ -103,7 +121,7 @@ class VolumeService:
             if self.slots is not None:
                 self.slots.give_back(slot)
             return
-        shutil.rmtree(path, ignore_errors=True)
+        trees.remove_tree(path)
 
     def mounts(self, volumes: dict[str, VolumeMount], staging: Path
                ) -> list[ociconfig.Mount]:

@@ -265,3 +265,37 @@ def test_a_volume_cannot_fill_the_hosts_disk(engine: dict[str, object]) -> None:
     assert not link.exists() and not (slot / "data").exists() and not (slot / "claim").exists()
     wait_for(lambda: _free_of_host() >= before - 4 * SLACK, timeout=60,
              what="the host's disk to get the volume slot's blocks back")
+
+
+DEEP = "cd {where}; i=0; while [ $i -lt 1500 ]; do mkdir a && cd a; i=$((i+1)); done; echo deep"
+
+
+def test_a_deep_tree_cannot_take_the_engine_down(engine: dict[str, object]) -> None:
+    """Red team: 1500 nested directories in a sandbox's files, then terminate: the engine's
+    removal recursed once per level (Python 3.11's rmtree), raised RecursionError, ended
+    the daemon, and ended it again at every start while the tree was left in a disk slot
+    (the same through a volume, at Volume.delete).  Now the tree goes, and the engine
+    serves on."""
+    sb = hutch.Sandbox.create(timeout=300)
+    p = sb.exec("sh", "-c", DEEP.format(where="/root"), timeout=120)
+    assert (p.stdout.read(), p.wait()) == ("deep\n", 0)
+    daemon = engine["pid"]
+    sb.terminate(grace_period=0)
+    after = hutch.Sandbox.create(timeout=60)
+    try:
+        q = after.exec("echo", "served")
+        assert (q.stdout.read(), q.wait()) == ("served\n", 0)
+    finally:
+        after.terminate(grace_period=0)
+    from hutch.sdk.transport import request_blocking
+
+    assert request_blocking("GET", "/v1/engine")["pid"] == daemon, "the daemon died"
+    name = f"deep-{time.time_ns()}"
+    volume = hutch.Volume.from_name(name, create_if_missing=True)
+    sb = hutch.Sandbox.create(volumes={"/data": volume}, timeout=300)
+    p = sb.exec("sh", "-c", DEEP.format(where="/data"), timeout=120)
+    assert (p.stdout.read(), p.wait()) == ("deep\n", 0)
+    sb.terminate(grace_period=0)
+    sb.wait(raise_on_termination=False)
+    hutch.Volume.delete(name)
+    assert request_blocking("GET", "/v1/engine")["pid"] == daemon, "the daemon died"

@@ -189,3 +189,21 @@ def test_create_refuses_what_the_engine_cannot_use(body: dict[str, Any]) -> None
     # the NUL byte (mounting the volume at /mnt).
     with pytest.raises(ValidationError):
         CreateSandboxRequest.model_validate_json(json.dumps(body))
+
+
+def test_every_engine_error_type_is_a_wire_error_and_an_sdk_exception() -> None:
+    """An engine error whose type the wire model did not list became a 500 (the
+    ResourceExhaustedError of a create with every id slice or disk slot in use did)."""
+    from hutch import exception
+    from hutch.api.models import ErrorBody
+    from hutch.engine import errors
+    from hutch.sdk.transport import _ERRORS
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls, *[s for sub in cls.__subclasses__() for s in subclasses(sub)]]
+
+    for cls in subclasses(errors.EngineError):
+        body = ErrorBody(type=cls.type, message="m")
+        assert body.type == cls.type
+        assert cls.type in _ERRORS, cls
+    assert _ERRORS["resource_exhausted"] is exception.ResourceExhaustedError

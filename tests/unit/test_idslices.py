@@ -74,7 +74,10 @@ def test_the_engine_map_decides_the_range(tmp_path: Path) -> None:
     large = idslices.allocator_for_engine("subuid", proc("0 1000 1\n1 200000 1000000\n"))
     assert large is not None and large.low == idslices.LOW_LARGE_RANGE
     assert idslices.allocator_for_engine("single", proc("0 1000 1\n")) is None
-    assert idslices.allocator_for_engine("root", proc("0 0 4294967295\n")) is None
+    none = tmp_path / "no-subuid"
+    none.write_text("")
+    assert idslices.allocator_for_engine("root", proc("0 0 4294967295\n"),
+                                         (str(none), str(none))) is None
     assert idslices.allocator_for_engine("subuid", proc("0 1000 1\n1 100000 2000\n")) is None
 
 
