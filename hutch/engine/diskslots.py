@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import pwd
+import time
 from pathlib import Path
 
 from hutch.engine import trees
@@ -147,11 +148,23 @@ class DiskSlots:
                 by = (slot / CLAIM / "by").read_text().split()
             except OSError:
                 by = []
-            if (slot / CLAIM).exists() and (not by or by[0] == self.owner):
+            if (slot / CLAIM).exists() and (by[:1] == [self.owner] or (not by and _stale(slot))):
                 if _empty(slot, self.contents):
                     trees.remove_tree(slot / CLAIM)
                 else:
                     log.error("could not empty disk slot %s: it stays out of use", slot)
+
+
+#: Seconds after which a claim that names no holder is taken for one its engine never
+#: finished (it writes the name at once after the ``mkdir``).
+STALE_CLAIM = 60.0
+
+
+def _stale(slot: Path) -> bool:
+    try:
+        return time.time() - (slot / CLAIM).stat().st_mtime > STALE_CLAIM
+    except OSError:
+        return False
 
 
 def _empty(slot: Path, contents: tuple[str, ...]) -> bool:

@@ -347,7 +347,7 @@ class SandboxManager(SandboxRecovery):
         # What the sandbox left in its files is its own to shape (a tree 1500 levels deep,
         # hutch/engine/trees.py): nothing of it may end the daemon, which serves the others.
         try:
-            self.ids.unbind(sandbox_id)
+            self.ids.unbind(dirs.root)
             rootfs.unmount_rootfs(dirs)
         except Exception:
             log.exception("cleaning up %s", sandbox_id)

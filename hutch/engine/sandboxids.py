@@ -66,11 +66,14 @@ class SandboxIds:
         (sandbox_dir / "etc").mkdir(mode=0o711, exist_ok=True)
         return self.roots / sandbox_dir.name
 
-    def unbind(self, sandbox_id: str) -> None:
-        """Detach the sandbox's view (and the mounts it holds: its root file system)."""
+    def unbind(self, sandbox_dir: Path) -> None:
+        """Detach the sandbox's view (and the mounts it holds: its root file system), and
+        let its root through its directory no more (a later sandbox may get its ids)."""
         if self.roots is None:
             return
-        point = self.roots / sandbox_id
+        with contextlib.suppress(OSError):
+            acl.grant_search(sandbox_dir, [])
+        point = self.roots / sandbox_dir.name
         if os.path.ismount(point):
             linux.umount(str(point), linux.MNT_DETACH)
         with contextlib.suppress(OSError):

@@ -90,3 +90,23 @@ def test_slots_are_the_users_alone(tmp_path: Path) -> None:
     slots = _slots(tmp_path, "/data/a")
     for slot in slots.slots:
         assert stat.S_IMODE(slot.stat().st_mode) == 0o700
+
+
+def test_a_claim_naming_nobody_is_left_alone_until_it_is_stale(tmp_path: Path) -> None:
+    """Another engine writes its name just after its mkdir: a claim caught between the
+    two is not emptied, unless it stayed nameless for longer than STALE_CLAIM."""
+    import os
+    import time
+
+    from hutch.engine.diskslots import STALE_CLAIM
+
+    slots = _slots(tmp_path, "/data/a", 2)
+    fresh, old = slots.slots
+    for slot in (fresh, old):
+        (slot / CLAIM).mkdir()
+        (slot / "upper").mkdir()
+    past = time.time() - STALE_CLAIM - 5
+    os.utime(old / CLAIM, (past, past))
+    slots.empty_free()
+    assert (fresh / CLAIM).exists() and (fresh / "upper").exists()
+    assert not (old / CLAIM).exists() and not (old / "upper").exists()
