@@ -276,10 +276,12 @@ def test_a_deep_tree_cannot_take_the_engine_down(engine: dict[str, object]) -> N
     the daemon, and ended it again at every start while the tree was left in a disk slot
     (the same through a volume, at Volume.delete).  Now the tree goes, and the engine
     serves on."""
+    from hutch.sdk.transport import request_blocking
+
     sb = hutch.Sandbox.create(timeout=300)
     p = sb.exec("sh", "-c", DEEP.format(where="/root"), timeout=120)
     assert (p.stdout.read(), p.wait()) == ("deep\n", 0)
-    daemon = engine["pid"]
+    daemon = request_blocking("GET", "/v1/engine")["pid"]  # (earlier tests restart it)
     sb.terminate(grace_period=0)
     after = hutch.Sandbox.create(timeout=60)
     try:
@@ -287,8 +289,6 @@ def test_a_deep_tree_cannot_take_the_engine_down(engine: dict[str, object]) -> N
         assert (q.stdout.read(), q.wait()) == ("served\n", 0)
     finally:
         after.terminate(grace_period=0)
-    from hutch.sdk.transport import request_blocking
-
     assert request_blocking("GET", "/v1/engine")["pid"] == daemon, "the daemon died"
     name = f"deep-{time.time_ns()}"
     volume = hutch.Volume.from_name(name, create_if_missing=True)
