@@ -27,6 +27,7 @@ CASES = [
     ("directory_not_empty", 409, exception.SandboxFilesystemDirectoryNotEmptyError),
     ("file_busy", 409, exception.SandboxFilesystemBusyError),
     ("file_error", 400, exception.SandboxFilesystemError),
+    ("resource_exhausted", 429, exception.ResourceExhaustedError),
 ]
 
 
@@ -44,7 +45,7 @@ def test_error_types_map_to_classes(kind: str, status: int, cls: type[Exception]
 
 @pytest.mark.parametrize("engine_error", [
     errors.NotFound, errors.AlreadyExists, errors.Invalid, errors.Conflict,
-    errors.ImageBuildFailed, errors.EngineError,
+    errors.ImageBuildFailed, errors.EngineError, errors.Exhausted,
 ])
 def test_every_engine_error_round_trips(engine_error: type[errors.EngineError]) -> None:
     """What the server answers for an engine error becomes the matching SDK class."""
