@@ -112,6 +112,21 @@ def user_cgroups() -> tuple[Any, Any]:
     return found, marker
 
 
+#: Spins for 1.5 s and prints the share of a core it got (a CPU limit's test).
+SPIN = """
+import time
+wall, cpu = time.monotonic(), time.process_time()
+while time.monotonic() - wall < 1.5:
+    pass
+print(round((time.process_time() - cpu) / (time.monotonic() - wall), 3))
+"""
+
+
+def cgroup_file(cgroups: Any, sandbox_id: str, controller: str, name: str) -> str:
+    """A control file of a sandbox's cgroup under ``cgroups`` (from :func:`user_cgroups`)."""
+    return (Path(cgroups.bases[controller]) / sandbox_id / name).read_text().strip()
+
+
 def cmdline_of(pid: int) -> bytes:
     """``/proc/PID/cmdline`` (NUL-separated), or b"" once the process is gone."""
     try:

@@ -69,12 +69,6 @@ class Slice:
         return [{"containerID": 0, "hostID": self.base, "size": self.size},
                 {"containerID": NOBODY, "hostID": self.base + self.size, "size": 1}]
 
-    def to_sandbox(self, engine_id: int) -> int:
-        """An engine id as the sandbox sees it (``NOBODY`` when it has no such id)."""
-        if self.base <= engine_id < self.base + self.size:
-            return engine_id - self.base
-        return NOBODY
-
     def record(self) -> dict[str, int]:
         return {"base": self.base, "size": self.size}
 

@@ -79,10 +79,6 @@ class SandboxIds:
         with contextlib.suppress(OSError):
             point.rmdir()
 
-    @property
-    def enabled(self) -> bool:
-        return self.slices is not None
-
     def wanted(self, volumes: dict[str, Any]) -> bool:
         return self.slices is not None and not volumes
 

@@ -9,23 +9,15 @@ from typing import Any
 import pytest
 
 import hutch
-from tests.helpers import user_cgroups
+from tests.helpers import SPIN, cgroup_file, user_cgroups
 
 USER_CGROUPS, needs = user_cgroups()
 
 ALLOCATE = "x = bytearray({mib} << 20); print('allocated', flush=True)"
-SPIN = """
-import time
-wall, cpu = time.monotonic(), time.process_time()
-while time.monotonic() - wall < 1.5:
-    pass
-print(round((time.process_time() - cpu) / (time.monotonic() - wall), 3))
-"""
 
 
 def _cgroup_file(sb: hutch.Sandbox, controller: str, name: str) -> str:
-    base = USER_CGROUPS.bases[controller]
-    return (Path(base) / sb.object_id / name).read_text().strip()
+    return cgroup_file(USER_CGROUPS, sb.object_id, controller, name)
 
 
 @needs

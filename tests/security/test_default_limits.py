@@ -21,7 +21,7 @@ import pytest
 import hutch
 from hutch.engine import sandboxlimits
 from hutch.sdk.transport import request_blocking
-from tests.helpers import engine_dirs, hutch_cli, stop_engine, user_cgroups
+from tests.helpers import SPIN, cgroup_file, engine_dirs, hutch_cli, stop_engine, user_cgroups
 
 USER_CGROUPS, pytestmark = user_cgroups()
 
@@ -35,18 +35,10 @@ for _ in range({mib} // 8):
     chunks.append(bytearray(8 << 20))
 print('survived', len(chunks) * 8, flush=True)
 """
-#: Spins for 1.5 s and prints the share of a core it got.
-SPIN = """
-import time
-wall, cpu = time.monotonic(), time.process_time()
-while time.monotonic() - wall < 1.5:
-    pass
-print(round((time.process_time() - cpu) / (time.monotonic() - wall), 3))
-"""
 
 
 def _cgroup_file(sb: hutch.Sandbox, controller: str, name: str) -> str:
-    return (Path(USER_CGROUPS.bases[controller]) / sb.object_id / name).read_text().strip()
+    return cgroup_file(USER_CGROUPS, sb.object_id, controller, name)
 
 
 def _memory_files() -> tuple[str, str]:

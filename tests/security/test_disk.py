@@ -209,13 +209,7 @@ def test_a_default_sandbox_cannot_fill_the_hosts_disk(engine: dict[str, object])
     before = _free_of_host()
     sb = hutch.Sandbox.create(timeout=300)
     try:
-        p = sb.exec("python3", "-c", FILL_ROOT, str((limit_mib + 1024) * MIB), timeout=120)
-        out = p.stdout.read().split()
-        assert p.wait() == 0, p.stderr.read()
-        assert out[:2] == ["refused", str(errno.ENOSPC)], out
-        assert int(out[2]) <= limit_mib, f"the sandbox's / is {out[2]} MiB"
-        # the host's disk gave at most the slot's size
-        assert before - _free_of_host() <= limit_mib * MIB + 4 * SLACK
+        _overfill(sb, FILL_ROOT, limit_mib, before)
         used = [s for s in slots.slots if (s / "upper" / "root").exists()]
         assert len(used) == 1, "the sandbox's files are not in one disk slot"
         slot = used[0]
@@ -229,6 +223,17 @@ def test_a_default_sandbox_cannot_fill_the_hosts_disk(engine: dict[str, object])
 
 def _free_of_host() -> int:
     return shutil.disk_usage(_data_dir()).free
+
+
+def _overfill(sb: hutch.Sandbox, script: str, limit_mib: int, free_before: int) -> None:
+    """Allocate 1 GiB past a slot of ``limit_mib``: refused with ENOSPC, the file system
+    the sandbox sees is no larger, and the host's disk gave at most the slot's size."""
+    p = sb.exec("python3", "-c", script, str((limit_mib + 1024) * MIB), timeout=120)
+    out = p.stdout.read().split()
+    assert p.wait() == 0, p.stderr.read()
+    assert out[:2] == ["refused", str(errno.ENOSPC)], out
+    assert int(out[2]) <= limit_mib, f"the sandbox's file system is {out[2]} MiB"
+    assert free_before - _free_of_host() <= limit_mib * MIB + 4 * SLACK
 
 
 FILL_VOLUME = FILL_ROOT.replace("/root/fill", "/data/fill").replace("statvfs('/')",
@@ -250,12 +255,7 @@ def test_a_volume_cannot_fill_the_hosts_disk(engine: dict[str, object]) -> None:
     before = _free_of_host()
     sb = hutch.Sandbox.create(volumes={"/data": volume}, timeout=300)
     try:
-        p = sb.exec("python3", "-c", FILL_VOLUME, str((limit_mib + 1024) * MIB), timeout=120)
-        out = p.stdout.read().split()
-        assert p.wait() == 0, p.stderr.read()
-        assert out[:2] == ["refused", str(errno.ENOSPC)], out
-        assert int(out[2]) <= limit_mib, f"the volume is {out[2]} MiB"
-        assert before - _free_of_host() <= limit_mib * MIB + 4 * SLACK
+        _overfill(sb, FILL_VOLUME, limit_mib, before)
     finally:
         sb.terminate(grace_period=0)
         sb.wait(raise_on_termination=False)
