@@ -127,15 +127,17 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                 if plan.online:
                     nursery.start_soon(network.attach, netns_path, dirs.root)
                 view = plan.visible_root
+                mounts = plan.mounts
                 if view is not None:  # the runtime resolves these as the sandbox's root
-                    etc = {dest: src.replace(str(dirs.root), str(view), 1)
-                           if src.startswith(f"{dirs.root}/") else src
-                           for dest, src in etc.items()}
+                    etc = {dest: _seen_from(view, dirs.root, src) for dest, src in etc.items()}
+                    mounts = [m.model_copy(update={"source": _seen_from(view, dirs.root,
+                                                                        m.source)})
+                              if m.source else m for m in mounts]
                 spec = ociconfig.sandbox_spec(
                     rootfs=str(view / "merged" if view is not None else dirs.merged),
                     hostname=plan.sandbox_id,
                     process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd),
-                    etc_files=etc, devpts_gid=plan.devpts_gid, extra_mounts=plan.mounts,
+                    etc_files=etc, devpts_gid=plan.devpts_gid, extra_mounts=mounts,
                     cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
                     netns_path=netns_path,
                     userns_path=f"/proc/{os.getpid()}/fd/{userns}" if userns is not None
@@ -174,3 +176,9 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
         for fd in (reader, out, err):
             os.close(fd)
     return pid, trio.lowlevel.FdStream(writer)
+
+
+def _seen_from(view: Path, root: Path, source: str) -> str:
+    """``source``, a path under the sandbox's directory ``root``, as its root reaches it
+    (under ``view``); other paths as they are."""
+    return source.replace(str(root), str(view), 1) if source.startswith(f"{root}/") else source

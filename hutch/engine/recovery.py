@@ -23,6 +23,7 @@ from hutch.engine.livesandbox import LiveSandbox
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.sandboxids import SandboxIds
 from hutch.engine.store import SandboxRow, Store
+from hutch.engine.volumes import VolumeService
 
 log = logging.getLogger("hutch.sandbox")
 
@@ -37,6 +38,7 @@ class _Manager(Protocol):
     store: Store
     runtime: OCIRuntime
     ids: SandboxIds
+    volumes: VolumeService
     disks: DiskSlots
     nursery: trio.Nursery
     sandboxes_dir: Path
@@ -84,6 +86,11 @@ class SandboxRecovery:
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self.ids.hold(row.sandbox_id, row.spec)
+                names = list(row.spec.get("volumes", []))
+                if names and row.spec.get("ids"):
+                    self.volumes.ids.hold(row.sandbox_id, names)
+                elif names:  # a sandbox sharing the engine's ids writes in them
+                    self.volumes.ids.mark_mixed(names)
                 if row.spec.get("disk_slot"):
                     self.disks.hold(Path(row.spec["disk_slot"]), row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))

@@ -64,7 +64,6 @@ class SandboxManager(SandboxRecovery):
                  user: str | None = None) -> None:
         self.store = store
         self.images = images
-        self.volumes = VolumeService(store, data_dir, DiskSlots.for_volumes(data_dir, user))
         self.runtime = runtime
         self.data_dir = data_dir
         self.tls_context: ssl.SSLContext | None = None
@@ -83,6 +82,8 @@ class SandboxManager(SandboxRecovery):
         #: the unread exec output each running sandbox holds in the engine
         self.output: dict[str, OutputBudget] = {}
         self.ids = SandboxIds(userns_mode, runtime_dir)
+        self.volumes = VolumeService(store, data_dir, DiskSlots.for_volumes(data_dir, user),
+                                     self.ids.slices)
         self.disks = DiskSlots.for_engine(data_dir, user)
         nursery.start_soon(self.ids.sweep_forever)
 
@@ -125,9 +126,15 @@ class SandboxManager(SandboxRecovery):
         argv, spec_record = self._spec_record(req, image, sandbox_id)
         disk = self.disks.take(sandbox_id) if req.ephemeral_disk is None else None
         ids, copies = None, None
+        names = spec_record["volumes"]
         try:
-            if self.ids.wanted(req.volumes):
-                ids, copies = await self.ids.take(sandbox_id, image.layer_dirs)
+            if self.ids.wanted():
+                ids, copies = await self.ids.take(
+                    sandbox_id, image.layer_dirs,
+                    functools.partial(self.volumes.ids.enter, sandbox_id, names)
+                    if names else None)
+            elif names:
+                self.volumes.ids.mark_mixed(names)
         except BaseException:
             if disk is not None:
                 self.disks.give_back(disk)  # (nothing written to it yet)
@@ -135,7 +142,8 @@ class SandboxManager(SandboxRecovery):
         spec_record.update({"limits": dataclasses.asdict(limits),
                             "cgroup": bool(self.cgroups.bases),
                             "ephemeral_disk": req.ephemeral_disk,
-                            "ids": ids.record() if ids is not None else None,
+                            "ids": None if ids is None
+                            else {**ids.record(), "volumes": True} if names else ids.record(),
                             "disk_slot": str(disk) if disk is not None else None})
         default = spec_record["default_entrypoint"]
         # A default entrypoint (sleep) runs with the image's environment in / , so that a
@@ -149,7 +157,7 @@ class SandboxManager(SandboxRecovery):
                 runtime=self.runtime.name, tags=req.tags, pooled=pooled,
             )
         except BaseException:
-            self.ids.give_back(sandbox_id, spec_record)
+            self._give_back_ids(sandbox_id, spec_record)
             if disk is not None:
                 self.disks.give_back(disk)
             raise
@@ -158,7 +166,8 @@ class SandboxManager(SandboxRecovery):
         try:
             dirs.root.mkdir(parents=True)
             visible = self.ids.visible_dir(dirs.root, ids) if ids is not None else None
-            mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes")
+            mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes",
+                                         stage_all=ids is not None)
             pid, stdin = await start_container(self.runtime, LaunchPlan(
                 sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv,
                 env=init_env, workdir=workdir, init_cwd="/" if default else workdir,
@@ -352,13 +361,17 @@ class SandboxManager(SandboxRecovery):
         except Exception:
             log.exception("cleaning up %s", sandbox_id)
         remains.forget(dirs.root)
-        self.ids.give_back(sandbox_id, row.spec)
+        self._give_back_ids(sandbox_id, row.spec)
         if row.spec.get("disk_slot"):
             try:
                 await trio.to_thread.run_sync(self.disks.give_back,
                                               Path(row.spec["disk_slot"]))
             except Exception:
                 log.exception("emptying the disk slot of %s", sandbox_id)
+
+    def _give_back_ids(self, sandbox_id: str, spec: dict[str, Any]) -> None:
+        self.ids.give_back(sandbox_id, spec)
+        self.volumes.ids.leave(sandbox_id)
 
     # terminate / wait ---------------------------------------------------------------------
     def get(self, sandbox_id: str) -> SandboxRow:

@@ -2,14 +2,11 @@
 the engine's ids (:mod:`hutch.engine.idslices`) and in-memory copies of its image's layers
 (:mod:`hutch.engine.layermirror`).
 
-Every sandbox gets its own, except where that cannot work:
+Every sandbox gets its own, except where that cannot work (a sandbox that mounts volumes
+gets their slice, :mod:`hutch.engine.volumeids`):
 
 * the engine maps a single id (no ``/etc/subuid`` range) or runs as root: there are no
   ids to give (``hutch doctor`` says so);
-* the sandbox mounts volumes: their files live on the host's disk, which a rootless
-  engine cannot show under another id map, and they must keep one owner for every
-  sandbox that mounts them; such a sandbox shares the engine's ids, as every sandbox
-  did before (docs/security.md);
 * ``HUTCH_USERNS=shared`` (set where the engine starts) turns it off.
 """
 
@@ -19,6 +16,7 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +77,23 @@ class SandboxIds:
         with contextlib.suppress(OSError):
             point.rmdir()
 
-    def wanted(self, volumes: dict[str, Any]) -> bool:
-        return self.slices is not None and not volumes
+    def wanted(self) -> bool:
+        return self.slices is not None
 
-    async def take(self, sandbox_id: str, layers: list[Path]
+    async def take(self, sandbox_id: str, layers: list[Path],
+                   volumes: Callable[[int], Awaitable[idslices.Slice]] | None = None
                    ) -> tuple[idslices.Slice, list[Path]]:
         """A slice for the new sandbox ``sandbox_id`` and the copies of ``layers`` it
-        mounts (made now where missing, in a worker thread)."""
+        mounts (made now where missing, in a worker thread).  ``volumes``: the sandbox
+        mounts volumes, and this gives the slice they share, for an image of a given size
+        (:meth:`hutch.engine.volumeids.VolumeIds.enter`)."""
         assert self.slices is not None and self.mirror is not None
         copies, highest = await trio.to_thread.run_sync(self.mirror.acquire, sandbox_id,
                                                         layers)
+        size = idslices.size_for(highest)
         try:
-            return self.slices.take(idslices.size_for(highest)), copies
+            return (await volumes(size) if volumes is not None
+                    else self.slices.take(size)), copies
         except BaseException:
             self.mirror.release(sandbox_id)
             raise
@@ -100,7 +103,7 @@ class SandboxIds:
         piece = idslices.Slice.from_record(spec.get("ids"))
         if piece is None or self.slices is None or self.mirror is None:
             return
-        if not self.slices.hold(piece):
+        if not _of_volumes(spec) and not self.slices.hold(piece):
             log.error("sandbox %s holds ids %s that another one holds", sandbox_id, piece)
         self.mirror.hold(sandbox_id, [str(name).removeprefix("sha256:")
                                       for name in spec.get("layers", [])])
@@ -109,8 +112,8 @@ class SandboxIds:
         """Free what the ended sandbox held: once nothing of it runs (its processes had
         its ids, which the next sandbox must not share)."""
         piece = idslices.Slice.from_record(spec.get("ids"))
-        if piece is not None and self.slices is not None:
-            self.slices.give_back(piece)
+        if piece is not None and self.slices is not None and not _of_volumes(spec):
+            self.slices.give_back(piece)  # (volumes keep theirs)
         if self.mirror is not None:
             self.mirror.release(sandbox_id)
 
@@ -122,6 +125,12 @@ class SandboxIds:
             gone = await trio.to_thread.run_sync(self.mirror.sweep)
             if gone:
                 log.info("freed the in-memory copies of %d unused layers", len(gone))
+
+
+def _of_volumes(spec: dict[str, Any]) -> bool:
+    """Whether the sandbox's slice is its volumes' (which hold it, not the sandbox)."""
+    ids = spec.get("ids")
+    return isinstance(ids, dict) and bool(ids.get("volumes"))
 
 
 def _roots_view(runtime_dir: Path) -> Path:

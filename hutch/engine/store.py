@@ -26,7 +26,7 @@ import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hutch.engine.errors import AlreadyExists, Conflict, NotFound
 
@@ -67,6 +67,16 @@ CREATE TABLE IF NOT EXISTS volumes (
     volume_id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL
+);
+-- the ids a volume's files have (hutch/engine/volumeids.py); no row: the engine's own.
+-- prev_*: the slice they are being moved from (a move a crash cut short)
+CREATE TABLE IF NOT EXISTS volume_ids (
+    volume_id TEXT PRIMARY KEY REFERENCES volumes(volume_id) ON DELETE CASCADE,
+    base INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mixed INTEGER NOT NULL DEFAULT 0,
+    prev_base INTEGER,
+    prev_size INTEGER
 );
 CREATE TABLE IF NOT EXISTS execs (
     exec_id TEXT PRIMARY KEY,
@@ -133,6 +143,17 @@ def _make_private(path: Path) -> None:
             os.chmod(path.with_name(name), 0o600, follow_symlinks=False)
         except FileNotFoundError:
             pass
+
+
+class VolumeIdsRow(NamedTuple):
+    """A volume's ids: its slice, whether sandboxes sharing the engine's ids wrote in it
+    (or a move is under way), and the slice a move under way comes from."""
+
+    base: int
+    size: int
+    mixed: bool
+    prev_base: int | None
+    prev_size: int | None
 
 
 class Store:
@@ -209,6 +230,24 @@ class Store:
     def delete_volume(self, name: str) -> None:
         if self.db.execute("DELETE FROM volumes WHERE name = ?", (name,)).rowcount == 0:
             raise NotFound(f"Volume {name!r} not found")
+
+    def volume_ids(self) -> dict[str, VolumeIdsRow]:
+        """Each volume's id slice, by volume id."""
+        return {r["volume_id"]: VolumeIdsRow(r["base"], r["size"], bool(r["mixed"]),
+                                             r["prev_base"], r["prev_size"])
+                for r in self.db.execute("SELECT * FROM volume_ids")}
+
+    def set_volume_ids(self, volume_id: str, base: int, size: int, *, moving: bool = False,
+                       prev: tuple[int, int] | None = None) -> None:
+        """The volume's files have ids ``base``/``size``; ``moving``: some may still have
+        those of ``prev`` (or the engine's own), a move being under way."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO volume_ids (volume_id, base, size, mixed, prev_base,"
+            " prev_size) VALUES (?, ?, ?, ?, ?, ?)",
+            (volume_id, base, size, int(moving), *(prev or (None, None))))
+
+    def mark_volume_ids_mixed(self, volume_id: str) -> None:
+        self.db.execute("UPDATE volume_ids SET mixed = 1 WHERE volume_id = ?", (volume_id,))
 
     # sandboxes --------------------------------------------------------------------------
     def insert_sandbox(self, *, sandbox_id: str, app_id: str, name: str | None, image: str,

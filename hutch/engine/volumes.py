@@ -10,6 +10,10 @@ volume's directory).  A volume some running sandbox mounts cannot be deleted.
 Code in a sandbox that mounts a volume can plant FIFOs, leases and huge directories in it,
 so its file calls are run like a sandbox's (:mod:`hutch.engine.fileops`): in the volume's
 own worker threads, each step with a deadline, listings streamed in batches.
+
+A volume's files belong to an id slice of its own, and the sandboxes that mount it run
+with that slice (:mod:`hutch.engine.volumeids`); what the engine makes in it gets its
+slice's root as owner.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ from hutch.engine.filestreams import (
     walk_directory,
     write_stream,
 )
+from hutch.engine.idslices import SliceAllocator
 from hutch.engine.sandboxfs import Entry, FileError, SandboxFS, entry
 from hutch.engine.store import Store
+from hutch.engine.volumeids import VolumeIds
 
 log = logging.getLogger("hutch.volumes")
 
@@ -55,10 +61,13 @@ _FILE_ERRORS = error_responses(400, 403, 404, 409, 422)
 
 
 class VolumeService:
-    def __init__(self, store: Store, data_dir: Path, slots: DiskSlots | None = None) -> None:
+    def __init__(self, store: Store, data_dir: Path, slots: DiskSlots | None = None,
+                 slices: SliceAllocator | None = None) -> None:
+        """``slices``: the engine's id slices, where sandboxes get ids of their own."""
         self.store = store
         self.root = data_dir / "volumes"
         self.root.mkdir(exist_ok=True)
+        self.ids = VolumeIds(store, slices, self.directory)
         self.slots = slots if slots is not None and slots.enabled else None
         if self.slots is not None:
             for link in self.root.iterdir():  # the volumes that have theirs
@@ -113,7 +122,10 @@ class VolumeService:
         if users:
             raise Conflict(f"Volume {name!r} is in use by running sandboxes: "
                            f"{', '.join(users)}; terminate them first")
+        ids = self.store.volume_ids().get(record["volume_id"])
         self.store.delete_volume(name)
+        if ids is not None:
+            self.ids.forget(ids)
         path = self.directory(record)
         if path.is_symlink():  # in a slot: emptied, and free for the next volume
             slot = Path(os.readlink(path)).parent
@@ -123,8 +135,8 @@ class VolumeService:
             return
         trees.remove_tree(path)
 
-    def mounts(self, volumes: dict[str, VolumeMount], staging: Path
-               ) -> list[ociconfig.Mount]:
+    def mounts(self, volumes: dict[str, VolumeMount], staging: Path, *,
+               stage_all: bool = False) -> list[ociconfig.Mount]:
         """The bind mounts of a sandbox's volumes.
 
         A ``sub_path`` is created if missing, resolved inside the volume by the kernel and
@@ -132,17 +144,23 @@ class VolumeService:
         directory of the sandbox (``staging/<n>``) that only the engine can reach; the
         runtime mounts the staging directory.  So a sandbox swapping a symlink into the
         volume meanwhile cannot redirect the mount.  :func:`release_staging` undoes it.
+        ``stage_all``: every volume is staged so (a sandbox with ids of its own: its
+        runtime reaches the volume there, not through the data directory).
         """
         mounts = []
         for number, (path, volume) in enumerate(sorted(volumes.items())):
-            source = str(self.directory(self.lookup(volume.name, create=False)))
-            if volume.sub_path:
-                with SandboxFS(source) as fs:
-                    fs.mkdir(volume.sub_path, parents=True)
-                    fd = fs.open(volume.sub_path, os.O_PATH | os.O_DIRECTORY)
+            record = self.lookup(volume.name, create=False)
+            source = str(self.directory(record))
+            if volume.sub_path or stage_all:
+                with SandboxFS(source, owner=self.ids.owner(record)) as fs:
+                    if volume.sub_path:
+                        fs.mkdir(volume.sub_path, parents=True)
+                    fd = fs.open(volume.sub_path or "/", os.O_PATH | os.O_DIRECTORY)
                 try:
+                    staging.mkdir(exist_ok=True)
+                    staging.chmod(0o711)  # (a sandbox's own root passes through it)
                     target = staging / str(number)
-                    target.mkdir(parents=True, exist_ok=True)
+                    target.mkdir(exist_ok=True)
                     linux.mount(f"/proc/self/fd/{fd}", str(target), None,
                                 linux.MS_BIND | linux.MS_REC)
                 finally:
@@ -178,7 +196,8 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
     ops = ops or FileOps()
 
     def files(name: str) -> SandboxFS:
-        return SandboxFS(str(volumes.directory(volumes.lookup(name, create=False))))
+        record = volumes.lookup(name, create=False)
+        return SandboxFS(str(volumes.directory(record)), owner=volumes.ids.owner(record))
 
     def owner(name: str) -> str:
         return f"volume {name}"

@@ -129,6 +129,43 @@ def test_root_of_one_sandbox_is_nobody_to_another(engine: dict[str, Any]) -> Non
             sb.terminate(grace_period=0)
 
 
+def test_sandboxes_with_volumes_have_ids_of_their_own(engine: dict[str, Any]) -> None:
+    """A sandbox that mounts a volume runs with the volume's ids: escaped, its root reaches
+    the sandboxes that mount the same volume (which share its files anyway) and nothing
+    else: not a sandbox of another volume or of none, the engine, or the user."""
+    if not _own_ids_enabled(engine):
+        pytest.skip("sandboxes share the engine's ids here (no subordinate id range)")
+    names = [f"ids-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    mine, other = (hutch.Volume.from_name(n, create_if_missing=True) for n in names)
+    boxes: list[Any] = []
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        for volumes in ({"/v": mine}, {"/w": mine}, {"/v": other}, {}):
+            boxes.append(hutch.Sandbox.create(volumes=volumes, timeout=120))
+        pids = [_sleeper(sb)[1] for sb in boxes]
+        uids = [_kernel_uid(pid) for pid in pids]
+        assert uids[0] == uids[1], "two sandboxes of one volume see its files differently"
+        assert len({uids[0], uids[2], uids[3], os.getuid()}) == 4, uids
+        daemon = int(request_blocking("GET", "/v1/engine")["pid"])
+        result = subprocess.run(
+            [sys.executable, "-c", ESCAPEE, str(pids[0]),
+             json.dumps({"the other volume's sandbox": pids[2],
+                         "a sandbox without volumes": pids[3], "engine daemon": daemon,
+                         "the user's own process": bystander.pid})],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        for name, outcome in json.loads(result.stdout)["targets"].items():
+            assert outcome["kill"] == errno.EPERM, f"A's root could signal {name}: {outcome}"
+            assert outcome["ptrace"] == errno.EPERM, f"A's root could trace {name}: {outcome}"
+    finally:
+        bystander.kill()
+        bystander.wait()
+        for sb in boxes:
+            sb.terminate(grace_period=0, wait=True)
+        for name in names:
+            hutch.Volume.delete(name)
+
+
 def test_each_sandbox_has_disjoint_ids_and_files_of_its_own(engine: dict[str, Any]) -> None:
     if not _own_ids_enabled(engine):
         pytest.skip("sandboxes share the engine's ids here (no subordinate id range)")
