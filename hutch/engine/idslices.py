@@ -108,10 +108,10 @@ class SliceAllocator:
             raise Exhausted(
                 f"no free user-id slice of {span} ids for a new sandbox: the engine's "
                 f"{self.capacity_ids} ids ({self.low}..{self.high} of its namespace) are "
-                f"held by {len(self.taken)} sandboxes. Each sandbox gets ids of its own "
-                f"(docs/security.md); give the user a larger range, e.g. as root "
-                f"`usermod --add-subuids {EXAMPLE_RANGE} --add-subgids {EXAMPLE_RANGE} USER`"
-                f", then `hutch engine stop`")
+                f"held by {len(self.taken)} sandboxes and volumes. Each sandbox (or volume) "
+                f"gets ids of its own (docs/security.md); give the user a larger range, e.g. "
+                f"as root `usermod --add-subuids {EXAMPLE_RANGE} --add-subgids "
+                f"{EXAMPLE_RANGE} USER`, then `hutch engine stop`")
         made = Slice(start, size)
         self.taken[start] = made
         return made

@@ -15,9 +15,11 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NOEXEC = 0x8
 MS_NODEV = 0x4
+MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -91,6 +93,24 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+#: statvfs ``f_flag`` bits and the mount flags they stand for
+_KEPT_FLAGS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV,
+               os.ST_NOEXEC: MS_NOEXEC, os.ST_NOATIME: 1 << 10, os.ST_NODIRATIME: 1 << 11,
+               os.ST_RELATIME: 1 << 21}
+
+
+def restrict_bind(target: str, flags: int) -> None:
+    """Add ``flags`` (MS_NOSUID, MS_RDONLY, ...) to the bind mount at ``target``, keeping
+    those it has: a remount that drops one the mount's owner locked (a user namespace may
+    not clear what a more privileged one set) fails with EPERM."""
+    have = os.statvfs(target).f_flag
+    kept = 0
+    for bit, flag in _KEPT_FLAGS.items():
+        if have & bit:
+            kept |= flag
+    mount("none", target, None, MS_BIND | MS_REMOUNT | kept | flags)
 
 
 def idmapped_bind(source: str, target: str, userns_fd: int) -> None:

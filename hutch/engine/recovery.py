@@ -86,11 +86,8 @@ class SandboxRecovery:
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self.ids.hold(row.sandbox_id, row.spec)
-                names = list(row.spec.get("volumes", []))
-                if names and row.spec.get("ids"):
-                    self.volumes.ids.hold(row.sandbox_id, names)
-                elif names:  # a sandbox sharing the engine's ids writes in them
-                    self.volumes.ids.mark_mixed(names)
+                self.volumes.ids.hold(row.sandbox_id, list(row.spec.get("volumes", [])),
+                                      shares_engine_ids=not row.spec.get("ids"))
                 if row.spec.get("disk_slot"):
                     self.disks.hold(Path(row.spec["disk_slot"]), row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))

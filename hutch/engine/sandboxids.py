@@ -103,7 +103,9 @@ class SandboxIds:
         piece = idslices.Slice.from_record(spec.get("ids"))
         if piece is None or self.slices is None or self.mirror is None:
             return
-        if not _of_volumes(spec) and not self.slices.hold(piece):
+        # (a volumes' slice is held already by them, unless this engine could not: then
+        # by the sandbox, until the engine stops)
+        if not self.slices.hold(piece):
             log.error("sandbox %s holds ids %s that another one holds", sandbox_id, piece)
         self.mirror.hold(sandbox_id, [str(name).removeprefix("sha256:")
                                       for name in spec.get("layers", [])])

@@ -69,14 +69,13 @@ CREATE TABLE IF NOT EXISTS volumes (
     created_at REAL NOT NULL
 );
 -- the ids a volume's files have (hutch/engine/volumeids.py); no row: the engine's own.
--- prev_*: the slice they are being moved from (a move a crash cut short)
+-- prev: [[base, size], ...] some may still have (a move not finished)
 CREATE TABLE IF NOT EXISTS volume_ids (
     volume_id TEXT PRIMARY KEY REFERENCES volumes(volume_id) ON DELETE CASCADE,
     base INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mixed INTEGER NOT NULL DEFAULT 0,
-    prev_base INTEGER,
-    prev_size INTEGER
+    prev TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS execs (
     exec_id TEXT PRIMARY KEY,
@@ -146,14 +145,14 @@ def _make_private(path: Path) -> None:
 
 
 class VolumeIdsRow(NamedTuple):
-    """A volume's ids: its slice, whether sandboxes sharing the engine's ids wrote in it
-    (or a move is under way), and the slice a move under way comes from."""
+    """A volume's ids: its slice, whether some of its files may have other ids (written by
+    sandboxes sharing the engine's ids, or a move not finished), and the slices
+    (``(base, size)``) some may still have."""
 
     base: int
     size: int
     mixed: bool
-    prev_base: int | None
-    prev_size: int | None
+    prev: list[tuple[int, int]]
 
 
 class Store:
@@ -234,17 +233,17 @@ class Store:
     def volume_ids(self) -> dict[str, VolumeIdsRow]:
         """Each volume's id slice, by volume id."""
         return {r["volume_id"]: VolumeIdsRow(r["base"], r["size"], bool(r["mixed"]),
-                                             r["prev_base"], r["prev_size"])
+                                             [(b, n) for b, n in json.loads(r["prev"])])
                 for r in self.db.execute("SELECT * FROM volume_ids")}
 
     def set_volume_ids(self, volume_id: str, base: int, size: int, *, moving: bool = False,
-                       prev: tuple[int, int] | None = None) -> None:
+                       prev: list[tuple[int, int]] | None = None) -> None:
         """The volume's files have ids ``base``/``size``; ``moving``: some may still have
-        those of ``prev`` (or the engine's own), a move being under way."""
+        the engine's own or those of the slices ``prev``, a move being under way."""
         self.db.execute(
-            "INSERT OR REPLACE INTO volume_ids (volume_id, base, size, mixed, prev_base,"
-            " prev_size) VALUES (?, ?, ?, ?, ?, ?)",
-            (volume_id, base, size, int(moving), *(prev or (None, None))))
+            "INSERT OR REPLACE INTO volume_ids (volume_id, base, size, mixed, prev)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (volume_id, base, size, int(moving), json.dumps(prev or [])))
 
     def mark_volume_ids_mixed(self, volume_id: str) -> None:
         self.db.execute("UPDATE volume_ids SET mixed = 1 WHERE volume_id = ?", (volume_id,))

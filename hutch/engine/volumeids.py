@@ -7,16 +7,17 @@ id map (an idmapped mount of ext4 needs CAP_SYS_ADMIN in the host's namespace: E
 every sandbox that mounts a volume must see its files with one owner.  Now a volume's
 files belong to an id slice of its own (:mod:`hutch.engine.idslices`, recorded in the state
 database), and a sandbox that mounts it runs in a user namespace of its own mapped to that
-slice.  Escaped, such a sandbox's root owns that volume's files and the processes of the
-sandboxes mounting the same volumes (which share those files anyway), and nothing of the
-engine, the user or any other sandbox.
+slice.  Escaped, such a sandbox's root owns the files of its slice's volumes and the
+processes of the sandboxes mounting them, and nothing of the engine, the user or any
+other sandbox.
 
 A sandbox mounts volumes of one slice: volumes first mounted together get one, and a volume
-that has another (or too few ids for the image) moves, when no running sandbox mounts it:
-its files' owners are rewritten (``lchown`` of each entry, once: 100,000 files in 0.7 s on
-the 2-core test machine).  While one does, creating the sandbox fails with Conflict.  A volume made before this, or written
-by sandboxes that shared the engine's ids since (``mixed``: ``HUTCH_USERNS=shared``), moves
-the same way, from the engine's ids, at its next mount.
+that has another (or too few ids for the image) *moves* to it when nothing uses it (no
+running sandbox mounts it, no files call writes in it): its files' owners are rewritten
+(``lchown`` of each entry, once: 100,000 files in 0.7 s on the 2-core test machine).
+Otherwise creating the sandbox fails with Conflict.  Slices so joined stay joined.  A volume
+made before this, or written since by sandboxes that shared the engine's ids (``mixed``:
+``HUTCH_USERNS=shared``), moves the same way, from the engine's ids, at its next mount.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,126 +40,181 @@ from hutch.imagebuild import inroot
 log = logging.getLogger("hutch.volumeids")
 
 #: What :func:`plan` knows of a volume's ids: its slice and whether its files must be moved
-#: again (sandboxes sharing the engine's ids wrote in it since, or a move was cut short);
-#: None: the engine's own ids (a volume never mounted since)
+#: again (sandboxes sharing the engine's ids wrote in it, or a move did not finish); None:
+#: no slice it can keep (the engine's own ids, or one this engine cannot hold)
 Record = tuple[Slice, bool] | None
+#: Directories deeper than this stay unmoved (each level holds two descriptors during the
+#: walk, and a user's default limit is 1024); the move is then left unfinished, and those
+#: files' old slice stays theirs (held, not given to another sandbox).
+MAX_MOVE_DEPTH = 128
 
 
 class VolumeIds:
     def __init__(self, store: Store, slices: SliceAllocator | None,
-                 directory: Callable[[dict[str, Any]], Path]) -> None:
+                 directory: Callable[[str], Path]) -> None:
         """``slices``: where sandboxes get ids of their own (None: they share the engine's,
-        and volumes keep the ids they have); ``directory``: a volume record's directory."""
+        and volumes keep the ids they have); ``directory``: a volume's directory, by name
+        (made where missing)."""
         self.store = store
         self.slices = slices
         self.directory = directory
-        #: volume name -> the running sandboxes with ids of their own that mount it
+        #: volume name -> the running sandboxes that mount it (also those sharing the
+        #: engine's ids: adopted from an engine that ran so), and creates about to
         self.users: dict[str, set[str]] = {}
-        self.lock = trio.Lock()
+        #: volume name -> files calls writing in it now, and the volumes being moved
+        self.writers: dict[str, int] = {}
+        self.moving: set[str] = set()
+        self._locks: dict[str, trio.Lock] = {}
+        #: recorded slices this engine could not hold (its id range changed): moved away
+        self.unheld: set[Slice] = set()
         if slices is None:
             return
         for volume_id, row in store.volume_ids().items():
-            for piece in _slices_of(row):
+            for piece in slices_of(row):
                 if piece.base < slices.low or piece.base + piece.span - 1 > slices.high \
                         or not slices.hold(piece):
-                    log.error("volume %s has ids %s that the engine cannot give it now (a "
-                              "smaller /etc/subuid range?); its files show as nobody",
+                    log.error("volume %s has ids %s that this engine cannot hold (its "
+                              "/etc/subuid range changed?): it moves at its next mount",
                               volume_id, piece)
+                    self.unheld.add(piece)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, names: list[str]) -> AsyncIterator[None]:
+        """Hold the locks of the volumes ``names`` (in one order: no deadlock)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for name in sorted(set(names)):
+                await stack.enter_async_context(self._locks.setdefault(name, trio.Lock()))
+            yield
 
     def owner(self, record: dict[str, Any]) -> int | None:
-        """The id that what the files API makes in the volume gets (its slice's root)."""
+        """The id what the engine makes in the volume ``record`` gets (its slice's root)."""
         found = self.store.volume_ids().get(record["volume_id"])
         return None if found is None else found.base
+
+    @contextlib.contextmanager
+    def writing(self, record: dict[str, Any]) -> Iterator[int | None]:
+        """Around a files call that makes files in the volume ``record``: the owner they
+        get (its slice's root); a volume being moved refuses (its owner is changing)."""
+        name = record["name"]
+        if name in self.moving:
+            raise Conflict(f"Volume {name!r} is being moved to new user ids for a sandbox "
+                           "that mounts it; try again in a moment")
+        self.writers[name] = self.writers.get(name, 0) + 1
+        try:
+            yield self.owner(record)
+        finally:
+            self.writers[name] -= 1
 
     async def enter(self, sandbox_id: str, names: list[str], size: int) -> Slice:
         """The slice the sandbox ``sandbox_id`` runs with, mounting the volumes ``names``
         (its image needs ``size`` ids); moves volumes to it where needed (in a worker
-        thread: one walk of each moved volume).
+        thread: one walk of each).  The sandbox counts as their user from here on
+        (:meth:`leave` ends it).
 
-        A move is recorded before it starts (the new slice, and the old one as ``prev``):
-        a daemon killed during it leaves a volume whose next mount finishes it."""
+        A move is recorded before it starts (the new slice, and the old ones as ``prev``,
+        held until every file left them): a daemon killed during it, or a tree deeper
+        than ``MAX_MOVE_DEPTH``, leaves a volume whose next mount goes on with it."""
         assert self.slices is not None
-        async with self.lock:
+        async with self.locked(names):
             records = {name: self.store.volume(name, create=False) for name in names}
             known = self.store.volume_ids()
             rows = {name: known.get(record["volume_id"]) for name, record in records.items()}
             now: dict[str, Record] = {
-                name: None if row is None else (Slice(row.base, row.size), row.mixed)
+                name: None if row is None or Slice(row.base, row.size) in self.unheld
+                else (Slice(row.base, row.size), row.mixed or bool(row.prev))
                 for name, row in rows.items()}
-            target, needed, moves = plan(now, {n for n in names if self.users.get(n)}, size)
+            busy = {n for n in names if self.users.get(n)}
+            target, needed, moves = plan(now, busy, size)
+            for name in moves:
+                if self.writers.get(name):
+                    raise Conflict(f"files are being written into volume {name!r}; try "
+                                   "again when that call ended")
             if target is None:
                 target = self.slices.take(needed)
-            held = {target, *(p for row in rows.values() if row for p in _slices_of(row))}
+            held = {target, *(p for row in rows.values() if row for p in slices_of(row))}
+            self.moving.update(moves)
             try:
                 for name in moves:
-                    row, volume_id = rows[name], records[name]["volume_id"]
-                    olds = _slices_of(row) if row is not None else []
-                    # the oldest the move must still find (the current one unless the
-                    # target is it: then an earlier move's origin, if one was cut short)
-                    prev = next((o for o in olds if o != target), None)
-                    self.store.set_volume_ids(volume_id, target.base, target.size, moving=True,
-                                              prev=None if prev is None
-                                              else (prev.base, prev.size))
-                    changed = await trio.to_thread.run_sync(
-                        shift_owners, self.directory(records[name]), olds, target)
-                    self.store.set_volume_ids(volume_id, target.base, target.size)
-                    log.info("volume %s: %d entries moved to ids %s", name, changed, target)
+                    await self._move(name, records[name]["volume_id"], rows[name], target)
             finally:
+                self.moving.difference_update(moves)
                 for piece in held:
                     self._free_if_unused(piece)
             for name in names:
                 self.users.setdefault(name, set()).add(sandbox_id)
             return target
 
-    def hold(self, sandbox_id: str, names: list[str]) -> None:
-        """Count a running sandbox adopted from a previous daemon."""
+    async def _move(self, name: str, volume_id: str, row: VolumeIdsRow | None,
+                    target: Slice) -> None:
+        olds = [p for p in slices_of(row) if p != target] if row is not None else []
+        self.store.set_volume_ids(volume_id, target.base, target.size, moving=True,
+                                  prev=[(p.base, p.size) for p in olds])
+        tree = self.directory(name)
+        changed, skipped = await trio.to_thread.run_sync(shift_owners, tree, olds, target)
+        if skipped:  # left moving: the next mount tries again; their old slices stay held
+            log.warning("volume %s: %d entries moved to ids %s, %d could not be (deeper than "
+                        "%d directories, or unreadable); they keep their old ids", name,
+                        changed, target, skipped, MAX_MOVE_DEPTH)
+            return
+        self.store.set_volume_ids(volume_id, target.base, target.size)
+        self.unheld.difference_update(olds)
+        log.info("volume %s: %d entries moved to ids %s", name, changed, target)
+
+    def hold(self, sandbox_id: str, names: list[str], *, shares_engine_ids: bool) -> None:
+        """Count a running sandbox adopted from a previous daemon; one that shares the
+        engine's ids writes the engine's ids in its volumes (``mixed``)."""
         for name in names:
             self.users.setdefault(name, set()).add(sandbox_id)
+        if shares_engine_ids:
+            self.mark_mixed(names)
 
     def leave(self, sandbox_id: str) -> None:
+        """The sandbox ended and nothing of it runs (or its create failed)."""
         for users in self.users.values():
             users.discard(sandbox_id)
 
     def mark_mixed(self, names: list[str]) -> None:
         """A sandbox that shares the engine's ids mounts ``names``: what it writes has the
-        engine's ids, which the next sandbox of the volume's slice moves."""
+        engine's ids, which the next move of each volume moves too."""
         for name in names:
             with contextlib.suppress(NotFound):
                 record = self.store.volume(name, create=False)
                 self.store.mark_volume_ids_mixed(record["volume_id"])
 
     def forget(self, row: VolumeIdsRow) -> None:
-        """A volume whose ids were ``row`` was deleted."""
-        for piece in _slices_of(row):
+        """A volume whose ids were ``row`` was deleted (under its lock)."""
+        for piece in slices_of(row):
             self._free_if_unused(piece)
 
     def _free_if_unused(self, piece: Slice) -> None:
-        if self.slices is None:
-            return
-        if not any(piece in _slices_of(row) for row in self.store.volume_ids().values()):
+        if self.slices is None or piece in self.unheld:
+            return  # (a slice it could not hold is not its to give back)
+        if not any(piece in slices_of(row) for row in self.store.volume_ids().values()):
             self.slices.give_back(piece)
 
 
-def _slices_of(row: VolumeIdsRow) -> list[Slice]:
-    """The slices a volume's files may have (its own, and one a move comes from)."""
-    found = [Slice(row.base, row.size)]
-    if row.prev_base is not None and row.prev_size is not None:
-        found.append(Slice(row.prev_base, row.prev_size))
-    return found
+def slices_of(row: VolumeIdsRow) -> list[Slice]:
+    """The slices a volume's files may have (its own, and those a move comes from)."""
+    return [Slice(row.base, row.size), *(Slice(b, n) for b, n in row.prev)]
 
 
 def plan(now: dict[str, Record], busy: set[str], size: int
          ) -> tuple[Slice | None, int, list[str]]:
     """For a sandbox that mounts the volumes ``now`` (those in ``busy`` are mounted by
-    running sandboxes), needing ``size`` ids: the slice it runs with (None: a new one), the
-    size that slice needs, and the volumes to move to it."""
+    running sandboxes, which never see a move), needing ``size`` ids: the slice it runs
+    with (None: a new one), the size that slice needs, and the volumes to move to it."""
     needed = max([size, *(r[0].size for r in now.values() if r is not None)])
+    homeless = sorted(name for name in busy if now[name] is None)
+    if homeless:
+        raise Conflict(f"volumes {', '.join(homeless)} are mounted now by sandboxes with ids "
+                       "this engine cannot give them (the engine's own, or of an earlier "
+                       "id range: started by an earlier engine); terminate them first")
     held = {r[0] for name, r in now.items() if name in busy and r is not None}
     if len(held) > 1:
         raise Conflict(
-            f"volumes {', '.join(sorted(n for n in busy if now[n] is not None))} are mounted "
-            "now by sandboxes with different user ids, and a sandbox mounts volumes of one "
-            "id range (docs/security.md); terminate those sandboxes first")
+            f"volumes {', '.join(sorted(busy))} are mounted now by sandboxes with "
+            "different user ids, and a sandbox mounts volumes of one id range "
+            "(docs/security.md); terminate those sandboxes first")
     target = next(iter(held), None)
     if target is not None and target.size < needed:
         raise Conflict(
@@ -168,8 +224,8 @@ def plan(now: dict[str, Record], busy: set[str], size: int
         fitting = sorted((r[0] for r in now.values() if r is not None and r[0].size >= needed),
                          key=lambda piece: (-piece.size, piece.base))
         target = fitting[0] if fitting else None
-    moves = [name for name, r in sorted(now.items())
-             if target is None or r is None or r[0] != target or r[1]]
+    moves = [name for name, r in sorted(now.items()) if name not in busy
+             and (target is None or r is None or r[0] != target or r[1])]
     return target, needed, moves
 
 
@@ -194,48 +250,62 @@ def shifted(value: int, olds: list[Slice], new: Slice) -> int:
     return new.base + inside if inside < new.size else value
 
 
-def shift_owners(tree: Path, olds: list[Slice], new: Slice) -> int:
+def shift_owners(tree: Path, olds: list[Slice], new: Slice) -> tuple[int, int]:
     """Give every entry under ``tree`` (itself included) its owner and group under ``new``
-    (:func:`shifted` from ``olds``); how many changed.  Blocking.
+    (:func:`shifted` from ``olds``); how many changed, and how many could not be.
+    Blocking.
 
-    A sandbox that shares the engine's ids may write in the volume meanwhile, so nothing
-    is looked up by a path it could redirect: each directory is opened beneath ``tree``'s
-    descriptor with no symlink and no other mount on the way, and its entries are changed
-    through that descriptor, never following a symlink.  ``chown`` clears set-user-id and
-    set-group-id bits, which are put back."""
+    Nothing writes in the volume meanwhile (:meth:`VolumeIds.enter`), and still nothing is
+    looked up by a path a sandbox could have redirected: each directory is opened from its
+    parent's descriptor, by one name, with no symlink and no other mount on the way, and
+    its entries are changed through that descriptor, never following a symlink.  Memory
+    and descriptors grow with the depth only (the walk holds one directory per level).
+    ``chown`` clears set-user-id and set-group-id bits, which are put back."""
     top = os.open(tree.resolve(), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     changed = skipped = 0
+    # (a directory's descriptor, and its listing: os.scandir works on a copy of it)
+    frames: list[tuple[int, Any]] = []
     try:
         changed += _shift_entry(top, ".", olds, new)
-        stack = [""]
-        while stack:
-            relative = stack.pop()
+        frames.append((top, os.scandir(top)))
+        while frames:
+            fd, entries = frames[-1]
+            item = next(entries, None)
+            if item is None:
+                frames.pop()
+                entries.close()
+                if fd != top:
+                    os.close(fd)
+                continue
             try:
-                fd = top if not relative else inroot.openat2(
-                    top, relative, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                    inroot.RESOLVE_BENEATH | inroot.RESOLVE_NO_SYMLINKS
-                    | inroot.RESOLVE_NO_XDEV)
-            except OSError:  # gone, swapped for a symlink, or deeper than PATH_MAX
+                changed += _shift_entry(fd, item.name, olds, new)
+            except OSError:
+                skipped += 1
+                continue
+            if not item.is_dir(follow_symlinks=False):
+                continue
+            if len(frames) >= MAX_MOVE_DEPTH:
+                skipped += 1  # (and what is below it)
+                continue
+            try:
+                child = inroot.openat2(fd, item.name, os.O_RDONLY | os.O_DIRECTORY
+                                       | os.O_CLOEXEC, inroot.RESOLVE_BENEATH
+                                       | inroot.RESOLVE_NO_SYMLINKS | inroot.RESOLVE_NO_XDEV)
+            except OSError:
                 skipped += 1
                 continue
             try:
-                with os.scandir(fd) as entries:
-                    for item in entries:
-                        try:
-                            changed += _shift_entry(fd, item.name, olds, new)
-                        except OSError:
-                            skipped += 1
-                            continue
-                        if item.is_dir(follow_symlinks=False):
-                            stack.append(f"{relative}/{item.name}" if relative else item.name)
-            finally:
-                if fd != top:
-                    os.close(fd)
+                frames.append((child, os.scandir(child)))
+            except BaseException:
+                os.close(child)
+                raise
     finally:
+        for fd, entries in frames:
+            entries.close()
+            if fd != top:
+                os.close(fd)
         os.close(top)
-    if skipped:
-        log.warning("%s: %d entries could not be moved to ids %s", tree, skipped, new)
-    return changed
+    return changed, skipped
 
 
 def _shift_entry(parent: int, name: str, olds: list[Slice], new: Slice) -> int:

@@ -18,8 +18,10 @@ slice's root as owner.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,7 +69,8 @@ class VolumeService:
         self.store = store
         self.root = data_dir / "volumes"
         self.root.mkdir(exist_ok=True)
-        self.ids = VolumeIds(store, slices, self.directory)
+        self.ids = VolumeIds(store, slices,
+                             lambda name: self.directory(self.lookup(name, create=False)))
         self.slots = slots if slots is not None and slots.enabled else None
         if self.slots is not None:
             for link in self.root.iterdir():  # the volumes that have theirs
@@ -112,21 +115,27 @@ class VolumeService:
         return self.root / str(record["volume_id"])
 
     def users(self, name: str) -> list[str]:
-        """Running sandboxes that mount the volume ``name``."""
-        return [row.sandbox_id for row in self.store.list_sandboxes(pooled=True)
-                if name in row.spec.get("volumes", [])]
+        """Running sandboxes that mount the volume ``name`` (and creates about to)."""
+        return sorted({row.sandbox_id for row in self.store.list_sandboxes(pooled=True)
+                       if name in row.spec.get("volumes", [])} | self.ids.users.get(name, set()))
 
-    def delete(self, name: str) -> None:
-        record = self.store.volume(name, create=False)
-        users = self.users(name)
-        if users:
-            raise Conflict(f"Volume {name!r} is in use by running sandboxes: "
-                           f"{', '.join(users)}; terminate them first")
-        ids = self.store.volume_ids().get(record["volume_id"])
-        self.store.delete_volume(name)
-        if ids is not None:
-            self.ids.forget(ids)
-        path = self.directory(record)
+    async def delete(self, name: str) -> Path:
+        """Forget the volume ``name`` (under its lock: no sandbox is moving it or about to
+        mount it) and free its ids; its directory, for :meth:`remove_files`."""
+        async with self.ids.locked([name]):
+            record = self.store.volume(name, create=False)
+            users = self.users(name)
+            if users:
+                raise Conflict(f"Volume {name!r} is in use by running sandboxes: "
+                               f"{', '.join(users)}; terminate them first")
+            ids = self.store.volume_ids().get(record["volume_id"])
+            self.store.delete_volume(name)
+            if ids is not None:
+                self.ids.forget(ids)
+            return self.directory(record)
+
+    def remove_files(self, path: Path) -> None:
+        """Remove a deleted volume's files (blocking: a big tree takes a while)."""
         if path.is_symlink():  # in a slot: emptied, and free for the next volume
             slot = Path(os.readlink(path)).parent
             path.unlink()
@@ -163,6 +172,10 @@ class VolumeService:
                     target.mkdir(exist_ok=True)
                     linux.mount(f"/proc/self/fd/{fd}", str(target), None,
                                 linux.MS_BIND | linux.MS_REC)
+                    # as the sandbox will have it, also where the engine's namespace shows
+                    # it (nosuid, nodev; read-only for a read-only mount)
+                    linux.restrict_bind(str(target), linux.MS_NOSUID | linux.MS_NODEV | (
+                        linux.MS_RDONLY if volume.read_only else 0))
                 finally:
                     os.close(fd)
                 source = str(target)
@@ -199,6 +212,15 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
         record = volumes.lookup(name, create=False)
         return SandboxFS(str(volumes.directory(record)), owner=volumes.ids.owner(record))
 
+    @contextlib.contextmanager
+    def writable(name: str) -> Iterator[SandboxFS]:
+        """The volume's files, for a call that makes files: what it makes belongs to the
+        volume's ids, which cannot change meanwhile (:meth:`VolumeIds.writing`)."""
+        record = volumes.lookup(name, create=False)
+        with volumes.ids.writing(record) as owner_id, \
+                SandboxFS(str(volumes.directory(record)), owner=owner_id) as fs:
+            yield fs
+
     def owner(name: str) -> str:
         return f"volume {name}"
 
@@ -212,8 +234,10 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
 
     @app.delete("/v1/volumes/{name}", responses=error_responses(404, 409, 422))
     async def delete(name: str) -> dict[str, str]:
+        path = await volumes.delete(name)
         # one worker thread of the volume's own (removing a big tree takes a while)
-        await ops.run(owner(name), volumes.delete, name, doing=f"deleting volume {name!r}")
+        await ops.run(owner(name), volumes.remove_files, path,
+                      doing=f"deleting volume {name!r}")
         return {"deleted": name}
 
     @app.get("/v1/volumes/{name}/list", response_class=StreamingResponse,
@@ -246,7 +270,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
     async def write(name: str, path: str, request: Request,
                     mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644) -> dict[str, Any]:
         """Write a file (its parent directories are created), streamed from the body."""
-        with files(name) as fs:
+        with writable(name) as fs:
             parent = fs.path(path).rsplit("/", 1)[0]
             if parent:
                 await ops.run_fs(owner(name), fs, SandboxFS.mkdir, parent, True)
@@ -271,7 +295,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
     @app.post("/v1/volumes/{name}/copy", responses=_FILE_ERRORS)
     async def copy(name: str, req: CopyFilesRequest) -> dict[str, str]:
         """Copy files within the volume (into ``dst_path`` when it is a directory)."""
-        with files(name) as fs:
+        with writable(name) as fs:
             await copy_files(ops, owner(name), fs, req.src_paths, req.dst_path)
         return {"copied": req.dst_path}
 

@@ -16,8 +16,9 @@ import pytest
 
 import hutch as modal
 from hutch.exception import ConflictError
+from hutch.sdk.transport import request_blocking
 from tests.helpers import engine_dirs, stop_engine
-from tests.integration.test_volumes import app, box, new_volume, ok, upload
+from tests.integration.test_volumes import app, box, new_volume, ok, run, upload
 
 __all__ = ["app", "new_volume"]  # fixtures, used by name
 
@@ -103,3 +104,20 @@ def test_volumes_with_other_ids_join_only_when_no_sandbox_holds_them(
     assert _root_maps_to(both) == _root_maps_to(a)
     assert ok(both, "stat -c '%u:%g' /one/f /two/f; echo 3 >> /two/f; cat /two/f") == \
         "0:0\n0:0\n2\n3\n"
+
+
+def test_the_engines_view_of_a_volume_mount_is_as_restricted(
+        engine: dict[str, Any], app: modal.App, new_volume: Callable[[], modal.Volume]) -> None:
+    """Where the engine binds a volume for the sandbox's root to reach, that mount is
+    read-only for a read-only volume and never honours set-user-id files or devices: the
+    sandbox's root reaching the engine's mounts (an escape) gets no more than inside."""
+    _needs_own_ids(engine)
+    vol = new_volume()
+    sb = box(app, {"/ro": vol.with_mount_options(read_only=True)})
+    daemon = int(request_blocking("GET", "/v1/engine")["pid"])
+    staged = [line.split() for line in Path(f"/proc/{daemon}/mountinfo").read_text()
+              .splitlines() if f"/{sb.object_id}/volumes/" in line.split()[4]]
+    assert staged, "no staged volume mount in the engine's namespace"
+    for fields in staged:
+        assert {"ro", "nosuid", "nodev"} <= set(fields[5].split(",")), fields
+    assert run(sb, "touch /ro/x")[0] != 0

@@ -30,8 +30,10 @@ def test_a_sandbox_joins_the_slice_its_volumes_have() -> None:
     # an unmounted volume with another slice, or none, moves to it
     assert plan({"x": (A, False), "y": (Slice(90000, 1024), False), "z": None},
                 {"x"}, 1024) == (A, 1024, ["y", "z"])
-    # a mixed one is moved again (from the engine's ids written since)
-    assert plan({"x": (A, True)}, {"x"}, 1024) == (A, 1024, ["x"])
+    # a mixed one is moved again (from the engine's ids written since), once nothing
+    # mounts it: a running sandbox never sees its volume's files change owners
+    assert plan({"x": (A, True)}, set(), 1024) == (A, 1024, ["x"])
+    assert plan({"x": (A, True)}, {"x"}, 1024) == (A, 1024, [])
 
 
 def test_the_larger_slice_wins_and_sizes_only_grow() -> None:
@@ -47,6 +49,8 @@ def test_busy_volumes_of_different_slices_conflict() -> None:
         plan({"x": (A, False)}, {"x"}, 4096)
     with pytest.raises(Conflict, match="needs 2048 user ids"):  # y cannot shrink into A
         plan({"x": (A, False), "y": (B, False)}, {"x"}, 1024)
+    with pytest.raises(Conflict, match="ids this engine cannot give"):  # no slice to keep
+        plan({"x": None}, {"x"}, 1024)
 
 
 def test_shifted_keeps_each_id_as_the_sandbox_sees_it() -> None:
@@ -62,17 +66,39 @@ def test_shifted_keeps_each_id_as_the_sandbox_sees_it() -> None:
     assert shifted(A.base + 3, [C, A], B) == shifted(C.base + 3, [C, A], B) == B.base + 3
 
 
-SHIFT = textwrap.dedent("""
-    import json, os, sys
+def _in_user_namespace(script: str, *args: str) -> str:
+    """Run ``script`` as root of a new user namespace that maps the user's subordinate
+    range too (ids 1.. of it), as the engine's does; its stdout."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--map-auto", "--",
+                            "cat", "/proc/self/uid_map"], capture_output=True, text=True)
+    mapped = sum(int(line.split()[2]) for line in probe.stdout.splitlines())
+    if probe.returncode != 0 or mapped < 65536:
+        pytest.skip(f"no subordinate range to map here: {probe.stderr.strip()}")
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--map-auto", "--", sys.executable, "-c",
+         textwrap.dedent(script), *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+OWNERS = """
+    def owners(tree):
+        return {str(p.relative_to(tree)): [p.lstat().st_uid, p.lstat().st_gid,
+                                           p.lstat().st_mode & 0o7777]
+                for p in [tree, *tree.rglob("*")]}
+"""
+
+SHIFT = OWNERS + """
+    import json, sys
     from pathlib import Path
+    from hutch.engine import volumeids
     from hutch.engine.idslices import Slice
-    from hutch.engine.volumeids import shift_owners
     tree = Path(sys.argv[1])
-    print(shift_owners(tree, [], Slice(int(sys.argv[2]), 1024)))
-    print(json.dumps({str(p.relative_to(tree)): [p.lstat().st_uid, p.lstat().st_gid,
-                                                 p.lstat().st_mode & 0o7777]
-                      for p in [tree, *tree.rglob("*")]}))
-""")
+    volumeids.MAX_MOVE_DEPTH = int(sys.argv[3])
+    print(json.dumps([volumeids.shift_owners(tree, [], Slice(int(sys.argv[2]), 1024)),
+                      owners(tree)]))
+"""
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
@@ -87,20 +113,80 @@ def test_shift_owners_moves_the_tree_not_what_links_point_to(tmp_path: Path) -> 
     (tree / "to-dir").symlink_to(outside)
     (tree / "to-file").symlink_to(outside / "host-file")
     base = 2048
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--map-auto", "--",
-                            "cat", "/proc/self/uid_map"], capture_output=True, text=True)
-    mapped = sum(int(line.split()[2]) for line in probe.stdout.splitlines())
-    if probe.returncode != 0 or mapped < base + 1025:
-        pytest.skip(f"no subordinate range to map here: {probe.stderr.strip()}")
-    result = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--map-auto", "--", sys.executable, "-c",
-         SHIFT, str(tree), str(base)],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
-    assert result.returncode == 0, result.stderr
-    changed, owners = result.stdout.splitlines()
-    found = json.loads(owners)
-    assert int(changed) == 7  # . d d/e d/e/f run to-dir to-file
+    (changed, skipped), found = json.loads(_in_user_namespace(SHIFT, str(tree), str(base),
+                                                              "128"))
+    assert (changed, skipped) == (7, 0)  # . d d/e d/e/f run to-dir to-file
     assert {found[p][:2] == [base, base] for p in found} == {True}, found
     assert found["run"][2] == 0o4755  # set-user-id kept
     assert (outside.stat().st_uid, (outside / "host-file").stat().st_uid) == (os.getuid(),) * 2
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_shift_owners_leaves_what_is_too_deep_and_says_so(tmp_path: Path) -> None:
+    (tmp_path / "vol" / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "vol" / "a" / "b" / "c" / "f").write_text("x")
+    (changed, skipped), found = json.loads(_in_user_namespace(
+        SHIFT, str(tmp_path / "vol"), "2048", "2"))
+    assert (changed, skipped) == (3, 1), found  # . a a/b moved; a/b/c (and below) not
+    assert found["a/b/c"][0] == found["a/b/c/f"][0] == 0
+
+
+SCENARIO = OWNERS + """
+    import json, sys, trio
+    from pathlib import Path
+    from hutch.engine import volumeids
+    from hutch.engine.errors import Conflict
+    from hutch.engine.idslices import SliceAllocator
+    from hutch.engine.store import Store
+    root = Path(sys.argv[1])
+    store = Store(root / "state.db")
+    for name in ("x", "y", "z"):
+        store.volume(name, create=True)
+        (root / name / "sub").mkdir(parents=True)
+    slices = SliceAllocator(2048, 65535)
+    ids = volumeids.VolumeIds(store, slices, lambda name: root / name)
+    seen = {}
+
+    async def main():
+        one = await ids.enter("sb-1", ["x", "y"], 1024)  # new volumes: one new slice
+        seen["joined"] = owners(root / "x")["sub"][0] == owners(root / "y")["sub"][0] \
+            == one.base
+        with ids.writing(store.volume("z", create=False)):  # a files call writes in z
+            try:
+                await ids.enter("sb-2", ["x", "z"], 1024)
+                seen["refused while written"] = False
+            except Conflict:
+                seen["refused while written"] = True
+        try:  # y is mounted by sb-1: it cannot move to another slice
+            await ids.enter("sb-3", ["y"], 4096)
+            seen["busy refused"] = False
+        except Conflict:
+            seen["busy refused"] = True
+        ids.leave("sb-1")
+        volumeids.MAX_MOVE_DEPTH = 0  # y's "sub" cannot move: the move stays unfinished
+        two = await ids.enter("sb-4", ["y"], 4096)
+        row = store.volume_ids()[store.volume("y", create=False)["volume_id"]]
+        seen["unfinished"] = (row.mixed, row.prev) == (True, [(one.base, one.size)])
+        seen["old slice still held"] = one.base in slices.taken  # (x keeps it too)
+        ids.leave("sb-4")
+        volumeids.MAX_MOVE_DEPTH = 128
+        await ids.enter("sb-5", ["y"], 1024)  # finishes it
+        row = store.volume_ids()[store.volume("y", create=False)["volume_id"]]
+        seen["finished"] = (row.base, row.mixed, row.prev) == (two.base, False, []) and \
+            owners(root / "y")["sub"][0] == two.base
+        ids.leave("sb-5")
+        for name in ("x", "y"):
+            row = store.volume_ids()[store.volume(name, create=False)["volume_id"]]
+            store.delete_volume(name)
+            ids.forget(row)
+        seen["all freed"] = slices.taken == {}
+
+    trio.run(main)
+    print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_volume_ids_join_refuse_resume_and_free(tmp_path: Path) -> None:
+    seen = json.loads(_in_user_namespace(SCENARIO, str(tmp_path)))
+    assert seen == dict.fromkeys(seen, True) and len(seen) == 7, seen
