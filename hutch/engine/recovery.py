@@ -19,6 +19,7 @@ import trio
 
 from hutch.engine import proctree, remains, rootfs
 from hutch.engine.diskslots import DiskSlots
+from hutch.engine.idslices import Slice
 from hutch.engine.livesandbox import LiveSandbox
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.sandboxids import SandboxIds
@@ -87,7 +88,7 @@ class SandboxRecovery:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self.ids.hold(row.sandbox_id, row.spec)
                 self.volumes.ids.hold(row.sandbox_id, list(row.spec.get("volumes", [])),
-                                      shares_engine_ids=not row.spec.get("ids"))
+                                      Slice.from_record(row.spec.get("ids")))
                 if row.spec.get("disk_slot"):
                     self.disks.hold(Path(row.spec["disk_slot"]), row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))

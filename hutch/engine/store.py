@@ -171,6 +171,9 @@ class Store:
             self.db.execute("ALTER TABLE sandboxes ADD COLUMN exit_detail TEXT")
         if "pooled" not in columns:  # ... or before warm pools
             self.db.execute("ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0")
+        volume_columns = {r["name"] for r in self.db.execute("PRAGMA table_info(volume_ids)")}
+        if "prev" not in volume_columns:  # made by a development version of volume ids
+            self.db.execute("ALTER TABLE volume_ids ADD COLUMN prev TEXT NOT NULL DEFAULT '[]'")
         # Sandboxes that ended under an engine that kept their environment.
         if self.db.execute(
             f"UPDATE sandboxes SET spec = {_WIPED_SPEC} WHERE state = 'exited'"

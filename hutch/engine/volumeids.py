@@ -44,27 +44,34 @@ log = logging.getLogger("hutch.volumeids")
 #: no slice it can keep (the engine's own ids, or one this engine cannot hold)
 Record = tuple[Slice, bool] | None
 #: Directories deeper than this stay unmoved (each level holds two descriptors during the
-#: walk, and a user's default limit is 1024); the move is then left unfinished, and those
-#: files' old slice stays theirs (held, not given to another sandbox).
+#: walk, one walk at a time, and a user's default limit is 1024); the move is then left
+#: unfinished, and those files' old slice stays theirs (held, not given to another).
 MAX_MOVE_DEPTH = 128
 
 
 class VolumeIds:
     def __init__(self, store: Store, slices: SliceAllocator | None,
-                 directory: Callable[[str], Path]) -> None:
+                 directory: Callable[[str], Path],
+                 files_busy: Callable[[str], bool] = lambda name: False) -> None:
         """``slices``: where sandboxes get ids of their own (None: they share the engine's,
         and volumes keep the ids they have); ``directory``: a volume's directory, by name
-        (made where missing)."""
+        (made where missing); ``files_busy``: whether a files call works in a volume now
+        (its worker threads, also those its caller gave up on)."""
         self.store = store
         self.slices = slices
         self.directory = directory
+        self.files_busy = files_busy
         #: volume name -> the running sandboxes that mount it (also those sharing the
         #: engine's ids: adopted from an engine that ran so), and creates about to
         self.users: dict[str, set[str]] = {}
+        #: the slice of each of those with ids of its own
+        self.running: dict[str, Slice] = {}
         #: volume name -> files calls writing in it now, and the volumes being moved
         self.writers: dict[str, int] = {}
         self.moving: set[str] = set()
         self._locks: dict[str, trio.Lock] = {}
+        #: one move at a time (each holds two descriptors per directory level)
+        self._walks = trio.CapacityLimiter(1)
         #: recorded slices this engine could not hold (its id range changed): moved away
         self.unheld: set[Slice] = set()
         if slices is None:
@@ -77,14 +84,23 @@ class VolumeIds:
                               "/etc/subuid range changed?): it moves at its next mount",
                               volume_id, piece)
                     self.unheld.add(piece)
+                    _reserve_in_range(slices, piece)
 
     @contextlib.asynccontextmanager
     async def locked(self, names: list[str]) -> AsyncIterator[None]:
         """Hold the locks of the volumes ``names`` (in one order: no deadlock)."""
-        async with contextlib.AsyncExitStack() as stack:
-            for name in sorted(set(names)):
-                await stack.enter_async_context(self._locks.setdefault(name, trio.Lock()))
-            yield
+        wanted = sorted(set(names))
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for name in wanted:
+                    await stack.enter_async_context(self._locks.setdefault(name, trio.Lock()))
+                yield
+        finally:
+            for name in wanted:  # (names a caller made up leave nothing behind)
+                lock = self._locks.get(name)
+                if lock is not None and not lock.locked() \
+                        and lock.statistics().tasks_waiting == 0:
+                    del self._locks[name]
 
     def owner(self, record: dict[str, Any]) -> int | None:
         """The id what the engine makes in the volume ``record`` gets (its slice's root)."""
@@ -104,6 +120,8 @@ class VolumeIds:
             yield self.owner(record)
         finally:
             self.writers[name] -= 1
+            if not self.writers[name]:
+                del self.writers[name]
 
     async def enter(self, sandbox_id: str, names: list[str], size: int) -> Slice:
         """The slice the sandbox ``sandbox_id`` runs with, mounting the volumes ``names``
@@ -113,7 +131,8 @@ class VolumeIds:
 
         A move is recorded before it starts (the new slice, and the old ones as ``prev``,
         held until every file left them): a daemon killed during it, or a tree deeper
-        than ``MAX_MOVE_DEPTH``, leaves a volume whose next mount goes on with it."""
+        than ``MAX_MOVE_DEPTH``, leaves a volume whose next mount goes on with it.  A
+        slice is given back only at the moment no volume's record names it any more."""
         assert self.slices is not None
         async with self.locked(names):
             records = {name: self.store.volume(name, create=False) for name in names}
@@ -123,26 +142,37 @@ class VolumeIds:
                 name: None if row is None or Slice(row.base, row.size) in self.unheld
                 else (Slice(row.base, row.size), row.mixed or bool(row.prev))
                 for name, row in rows.items()}
-            busy = {n for n in names if self.users.get(n)}
-            target, needed, moves = plan(now, busy, size)
+            size = max([size, *(p.size for row in rows.values() if row
+                                for p in slices_of(row) if p in self.unheld)])
+            target, needed, moves = plan(now, {n for n in names if self._busy(n, rows[n])},
+                                         size)
             for name in moves:
-                if self.writers.get(name):
+                if self.writers.get(name) or self.files_busy(name):
                     raise Conflict(f"files are being written into volume {name!r}; try "
                                    "again when that call ended")
+            fresh = None
             if target is None:
-                target = self.slices.take(needed)
-            held = {target, *(p for row in rows.values() if row for p in slices_of(row))}
+                target = fresh = self.slices.take(needed)
             self.moving.update(moves)
             try:
                 for name in moves:
                     await self._move(name, records[name]["volume_id"], rows[name], target)
             finally:
                 self.moving.difference_update(moves)
-                for piece in held:
-                    self._free_if_unused(piece)
+                if fresh is not None:  # (unless a record names it now)
+                    self._free_if_unused(fresh)
             for name in names:
                 self.users.setdefault(name, set()).add(sandbox_id)
+            self.running[sandbox_id] = target
             return target
+
+    def _busy(self, name: str, row: VolumeIdsRow | None) -> bool:
+        """Whether a running sandbox mounts the volume, or has one of its slices (and so
+        may hold its files open through another volume of the slice)."""
+        if self.users.get(name):
+            return True
+        return row is not None and any(piece in slices_of(row)
+                                       for piece in self.running.values())
 
     async def _move(self, name: str, volume_id: str, row: VolumeIdsRow | None,
                     target: Slice) -> None:
@@ -150,28 +180,37 @@ class VolumeIds:
         self.store.set_volume_ids(volume_id, target.base, target.size, moving=True,
                                   prev=[(p.base, p.size) for p in olds])
         tree = self.directory(name)
-        changed, skipped = await trio.to_thread.run_sync(shift_owners, tree, olds, target)
+        keep = row is not None and target in slices_of(row)  # its files may have it already
+        changed, skipped = await trio.to_thread.run_sync(
+            shift_owners, tree, olds, target, keep, limiter=self._walks)
         if skipped:  # left moving: the next mount tries again; their old slices stay held
             log.warning("volume %s: %d entries moved to ids %s, %d could not be (deeper than "
                         "%d directories, or unreadable); they keep their old ids", name,
                         changed, target, skipped, MAX_MOVE_DEPTH)
             return
         self.store.set_volume_ids(volume_id, target.base, target.size)
-        self.unheld.difference_update(olds)
+        for piece in olds:  # no await since the record stopped naming them
+            self._free_if_unused(piece)
         log.info("volume %s: %d entries moved to ids %s", name, changed, target)
 
-    def hold(self, sandbox_id: str, names: list[str], *, shares_engine_ids: bool) -> None:
-        """Count a running sandbox adopted from a previous daemon; one that shares the
-        engine's ids writes the engine's ids in its volumes (``mixed``)."""
+    def hold(self, sandbox_id: str, names: list[str], piece: Slice | None) -> None:
+        """Count a running sandbox adopted from a previous daemon: ``piece``, its slice
+        (None: it shares the engine's ids, so what it writes in its volumes has those,
+        ``mixed``)."""
         for name in names:
             self.users.setdefault(name, set()).add(sandbox_id)
-        if shares_engine_ids:
+        if piece is not None:
+            self.running[sandbox_id] = piece
+        else:
             self.mark_mixed(names)
 
     def leave(self, sandbox_id: str) -> None:
         """The sandbox ended and nothing of it runs (or its create failed)."""
-        for users in self.users.values():
-            users.discard(sandbox_id)
+        self.running.pop(sandbox_id, None)
+        for name in [name for name, users in self.users.items() if sandbox_id in users]:
+            self.users[name].discard(sandbox_id)
+            if not self.users[name]:
+                del self.users[name]
 
     def mark_mixed(self, names: list[str]) -> None:
         """A sandbox that shares the engine's ids mounts ``names``: what it writes has the
@@ -191,6 +230,14 @@ class VolumeIds:
             return  # (a slice it could not hold is not its to give back)
         if not any(piece in slices_of(row) for row in self.store.volume_ids().values()):
             self.slices.give_back(piece)
+
+
+def _reserve_in_range(slices: SliceAllocator, piece: Slice) -> None:
+    """Keep the part of ``piece`` (a slice some volume's files still have) that lies in
+    the engine's range from going to a sandbox, until the engine stops."""
+    low, high = max(piece.base, slices.low), min(piece.base + piece.span - 1, slices.high)
+    if low <= high and not slices.hold(Slice(low, high - low)):
+        log.error("ids %d..%d are held twice: a volume's files and another's slice", low, high)
 
 
 def slices_of(row: VolumeIdsRow) -> list[Slice]:
@@ -229,30 +276,28 @@ def plan(now: dict[str, Record], busy: set[str], size: int
     return target, needed, moves
 
 
-def shifted(value: int, olds: list[Slice], new: Slice) -> int:
+def shifted(value: int, olds: list[Slice], new: Slice, keep: bool = True) -> int:
     """The id a file owned by engine id ``value``, written under one of ``olds`` or with the
-    engine's own ids, gets under ``new``: the same id inside the sandbox."""
-    if new.base <= value <= new.base + new.size:
+    engine's own ids, gets under ``new``: the same id inside the sandbox, or its nobody
+    where ``new`` has no such id.  ``keep``: the volume had ``new`` already, so ids of
+    ``new`` are kept as they are."""
+    if keep and new.base <= value <= new.base + new.size:
         return value  # already the new slice's (a mixed volume's files mostly are)
-    inside = None
+    inside = value  # written with the engine's own ids, unless one of olds has it
     for old in olds:
         if old.base <= value < old.base + old.size:
             inside = value - old.base
         elif value == old.base + old.size:
             inside = NOBODY
-    if inside is None:
-        if value < new.size or value == NOBODY:  # written with the engine's own ids
-            inside = value
-        else:
-            return value  # no id of a sandbox's: left as it is (it shows as nobody)
-    if inside == NOBODY:
+    if inside == NOBODY or inside >= new.size:
         return new.base + new.size
-    return new.base + inside if inside < new.size else value
+    return new.base + inside
 
 
-def shift_owners(tree: Path, olds: list[Slice], new: Slice) -> tuple[int, int]:
+def shift_owners(tree: Path, olds: list[Slice], new: Slice, keep: bool = True
+                 ) -> tuple[int, int]:
     """Give every entry under ``tree`` (itself included) its owner and group under ``new``
-    (:func:`shifted` from ``olds``); how many changed, and how many could not be.
+    (:func:`shifted` from ``olds``, ``keep``); how many changed, and how many could not be.
     Blocking.
 
     Nothing writes in the volume meanwhile (:meth:`VolumeIds.enter`), and still nothing is
@@ -266,7 +311,7 @@ def shift_owners(tree: Path, olds: list[Slice], new: Slice) -> tuple[int, int]:
     # (a directory's descriptor, and its listing: os.scandir works on a copy of it)
     frames: list[tuple[int, Any]] = []
     try:
-        changed += _shift_entry(top, ".", olds, new)
+        changed += _shift_entry(top, ".", olds, new, keep)
         frames.append((top, os.scandir(top)))
         while frames:
             fd, entries = frames[-1]
@@ -278,7 +323,7 @@ def shift_owners(tree: Path, olds: list[Slice], new: Slice) -> tuple[int, int]:
                     os.close(fd)
                 continue
             try:
-                changed += _shift_entry(fd, item.name, olds, new)
+                changed += _shift_entry(fd, item.name, olds, new, keep)
             except OSError:
                 skipped += 1
                 continue
@@ -308,9 +353,9 @@ def shift_owners(tree: Path, olds: list[Slice], new: Slice) -> tuple[int, int]:
     return changed, skipped
 
 
-def _shift_entry(parent: int, name: str, olds: list[Slice], new: Slice) -> int:
+def _shift_entry(parent: int, name: str, olds: list[Slice], new: Slice, keep: bool) -> int:
     st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    uid, gid = shifted(st.st_uid, olds, new), shifted(st.st_gid, olds, new)
+    uid, gid = shifted(st.st_uid, olds, new, keep), shifted(st.st_gid, olds, new, keep)
     if (uid, gid) == (st.st_uid, st.st_gid):
         return 0
     os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)

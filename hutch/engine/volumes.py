@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
+import trio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
@@ -69,9 +70,20 @@ class VolumeService:
         self.store = store
         self.root = data_dir / "volumes"
         self.root.mkdir(exist_ok=True)
+        #: the worker threads of the volumes' files calls
+        self.ops = FileOps()
         self.ids = VolumeIds(store, slices,
-                             lambda name: self.directory(self.lookup(name, create=False)))
+                             lambda name: self.directory(self.lookup(name, create=False)),
+                             lambda name: self.ops.busy(_ops_owner(name)) > 0)
         self.slots = slots if slots is not None and slots.enabled else None
+        known = {str(record["volume_id"]) for record in store.volumes()}
+        for leftover in self.root.iterdir():  # a volume deleted as the engine was killed
+            if leftover.name not in known:
+                log.info("removing the files of deleted volume %s", leftover.name)
+                if leftover.is_symlink():
+                    leftover.unlink()  # (its slot is emptied below)
+                else:
+                    trees.remove_tree(leftover)
         if self.slots is not None:
             for link in self.root.iterdir():  # the volumes that have theirs
                 if link.is_symlink():
@@ -174,8 +186,9 @@ class VolumeService:
                                 linux.MS_BIND | linux.MS_REC)
                     # as the sandbox will have it, also where the engine's namespace shows
                     # it (nosuid, nodev; read-only for a read-only mount)
-                    linux.restrict_bind(str(target), linux.MS_NOSUID | linux.MS_NODEV | (
-                        linux.MS_RDONLY if volume.read_only else 0))
+                    linux.restrict_mount(str(target), linux.MOUNT_ATTR_NOSUID
+                                         | linux.MOUNT_ATTR_NODEV | (linux.MOUNT_ATTR_RDONLY
+                                                                     if volume.read_only else 0))
                 finally:
                     os.close(fd)
                 source = str(target)
@@ -206,7 +219,7 @@ def release_staging(staging: Path) -> None:
 
 def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None = None
                       ) -> None:
-    ops = ops or FileOps()
+    ops = ops or volumes.ops
 
     def files(name: str) -> SandboxFS:
         record = volumes.lookup(name, create=False)
@@ -221,8 +234,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
                 SandboxFS(str(volumes.directory(record)), owner=owner_id) as fs:
             yield fs
 
-    def owner(name: str) -> str:
-        return f"volume {name}"
+    owner = _ops_owner
 
     @app.post("/v1/volumes/lookup", responses=error_responses(400, 404, 422))
     async def lookup(req: LookupVolumeRequest) -> dict[str, Any]:
@@ -235,9 +247,12 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
     @app.delete("/v1/volumes/{name}", responses=error_responses(404, 409, 422))
     async def delete(name: str) -> dict[str, str]:
         path = await volumes.delete(name)
-        # one worker thread of the volume's own (removing a big tree takes a while)
-        await ops.run(owner(name), volumes.remove_files, path,
-                      doing=f"deleting volume {name!r}")
+        # one worker thread of the volume's own (removing a big tree takes a while); the
+        # record is gone, so its files go too, even if the caller gives up (and what a
+        # killed engine left, the next one removes)
+        with trio.CancelScope(shield=True):
+            await ops.run(owner(name), volumes.remove_files, path,
+                          doing=f"deleting volume {name!r}")
         return {"deleted": name}
 
     @app.get("/v1/volumes/{name}/list", response_class=StreamingResponse,
@@ -298,6 +313,11 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
         with writable(name) as fs:
             await copy_files(ops, owner(name), fs, req.src_paths, req.dst_path)
         return {"copied": req.dst_path}
+
+
+def _ops_owner(name: str) -> str:
+    """Whose worker threads a volume's files calls run in (:class:`FileOps`)."""
+    return f"volume {name}"
 
 
 def _join(base: str, name: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
 from hutch.engine.diskslots import CLAIM, DiskSlots
 from hutch.engine.errors import Exhausted
@@ -78,8 +79,15 @@ def test_volumes_live_in_slots_of_their_own(tmp_path: Path) -> None:
     with pytest.raises(Exhausted):
         restarted.lookup("third", create=True)
     slot = link.resolve().parent
-    restarted.delete("models")
+    restarted.remove_files(trio.run(restarted.delete, "models"))
     assert not link.exists() and not (slot / "data").exists() and not (slot / CLAIM).exists()
+    # a volume forgotten as the engine was killed: the next engine removes its files
+    record = restarted.lookup("fourth", create=True)
+    store.delete_volume("fourth")
+    left = restarted.directory(record).resolve().parent
+    again = service()
+    assert not again.directory(record).exists() and not (left / CLAIM).exists()
+    assert again.slots is not None and len(again.slots.taken) == 1  # "other" only
 
 
 def test_slots_are_the_users_alone(tmp_path: Path) -> None:

@@ -60,7 +60,11 @@ def test_shifted_keeps_each_id_as_the_sandbox_sees_it() -> None:
     assert shifted(1000, [A], B) == B.base + 1000  # written by a sandbox sharing its ids
     assert shifted(NOBODY, [], B) == B.base + B.size
     assert shifted(B.base + 7, [A], B) == B.base + 7  # moved already
-    assert shifted(5000, [], A) == 5000  # no sandbox's id: left as it is
+    # an id the new slice does not have becomes its nobody (not an id another may hold)
+    assert shifted(5000, [], A) == A.base + A.size
+    assert shifted(A.base + 5000, [A], B) == B.base + B.size
+    # ids that look like the new slice's are kept only where the volume had it before
+    assert shifted(B.base + 7, [], B, keep=False) == B.base + B.size
     # a move cut short: from its origin, or from the slice it was going to
     C = Slice(90000, 1024)
     assert shifted(A.base + 3, [C, A], B) == shifted(C.base + 3, [C, A], B) == B.base + 3
@@ -181,6 +185,26 @@ SCENARIO = OWNERS + """
             ids.forget(row)
         seen["all freed"] = slices.taken == {}
 
+        # a slice goes back only when no record names it, and only once: p and q share
+        # one (o), r has a larger one (t); q moves to t while p keeps o
+        for name in ("p", "q", "r", "s"):
+            store.volume(name, create=True)
+            (root / name).mkdir()
+        o = await ids.enter("sb-6", ["p", "q"], 1024)
+        ids.leave("sb-6")
+        t = await ids.enter("sb-7", ["r"], 2048)
+        ids.leave("sb-7")
+        await ids.enter("sb-8", ["q", "r"], 1024)
+        ids.leave("sb-8")
+        seen["kept while named"] = o.base in slices.taken
+        row = store.volume_ids()[store.volume("p", create=False)["volume_id"]]
+        store.delete_volume("p")
+        ids.forget(row)
+        other = slices.take(1024)  # a sandbox without volumes gets o's ids now
+        await ids.enter("sb-9", ["q", "r", "s"], 1024)  # moves s: frees nothing of others
+        seen["freed once"] = other == o and slices.taken.get(o.base) == other \
+            and t.base in slices.taken
+
     trio.run(main)
     print(json.dumps(seen))
 """
@@ -189,4 +213,4 @@ SCENARIO = OWNERS + """
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
 def test_volume_ids_join_refuse_resume_and_free(tmp_path: Path) -> None:
     seen = json.loads(_in_user_namespace(SCENARIO, str(tmp_path)))
-    assert seen == dict.fromkeys(seen, True) and len(seen) == 7, seen
+    assert seen == dict.fromkeys(seen, True) and len(seen) == 9, seen
