@@ -249,8 +249,9 @@ class Sandbox:
         """Wait for the sandbox to finish.
 
         Raises :class:`SandboxTimeoutError` if it hit its timeout, and
-        :class:`SandboxTerminatedError` if it was terminated (unless
-        ``raise_on_termination`` is False).
+        :class:`SandboxTerminatedError` if it was terminated, by a call or by the engine
+        (``lost``: its engine was killed with the namespaces it ran in), unless
+        ``raise_on_termination`` is False.
         """
         while self._info.get("state") != "exited":
             await self._request("POST", "/wait", params={"timeout": WAIT_SLICE})
@@ -259,6 +260,10 @@ class Sandbox:
             raise SandboxTimeoutError(f"Sandbox {self.object_id} reached its timeout")
         if reason == "terminated" and raise_on_termination:
             raise SandboxTerminatedError(f"Sandbox {self.object_id} was terminated")
+        detail = self._info.get("exit_detail")
+        if reason == "lost" and detail and raise_on_termination:  # (ended by the engine)
+            raise SandboxTerminatedError(f"Sandbox {self.object_id} was ended by the engine: "
+                                         f"{detail}")
 
     @synchronize_direct
     async def terminate(self, *, wait: bool = False, grace_period: float = 0.0) -> int | None:

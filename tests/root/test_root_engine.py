@@ -68,3 +68,33 @@ def test_root_sandboxes_run_under_slices_of_roots_range(root_engine: dict[str, A
     finally:
         for sb in boxes:
             sb.terminate()
+
+
+def test_root_sandboxes_with_a_volume_run_under_its_slice(root_engine: dict[str, Any]) -> None:
+    """A volume of a root engine has a slice of root's range too: its sandboxes' root is
+    no host root, and sees the volume's files (written by the files API, before) as its."""
+    import uuid
+
+    from hutch.engine.userns import subid_range
+
+    rng = subid_range("/etc/subuid", 0)
+    if rng is None:
+        pytest.skip("root has no subordinate range here: sandboxes share the host's ids")
+    name = f"root-vol-{uuid.uuid4().hex[:8]}"
+    vol = hutch.Volume.from_name(name, create_if_missing=True)
+    try:
+        with vol.batch_upload() as batch:
+            batch.put_file(__file__, "/given.py")
+        sb = hutch.Sandbox.create(volumes={"/v": vol}, timeout=60)
+        p = sb.exec("sh", "-c", "cat /proc/self/uid_map; stat -c %u:%g /v /v/given.py; "
+                                "echo x > /v/made && stat -c %u /v/made")
+        lines = p.stdout.read().splitlines()
+        assert p.wait() == 0, lines
+        first = lines[0].split()
+        assert first[0] == "0" and rng.start <= int(first[1]) < rng.start + rng.count, lines
+        assert lines[-3:] == ["0:0", "0:0", "0"], lines
+        sb.terminate()
+    finally:
+        for sb in hutch.Sandbox.list():
+            sb.terminate(wait=True)
+        hutch.Volume.delete(name)

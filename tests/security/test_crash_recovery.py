@@ -19,6 +19,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import hutch
 from hutch.sdk.transport import request_blocking
 from tests.helpers import children_of, cmdline_of, process_alive, wait_for
@@ -101,6 +103,9 @@ def test_sandboxes_of_a_dead_engine_namespace_are_reaped(engine: dict[str, Any])
         assert info["state"] == "exited", info
         assert info["exit_reason"] == "lost", info
         assert "namespace" in (info.get("exit_detail") or ""), info
+        with pytest.raises(hutch.exception.SandboxTerminatedError, match="namespace"):
+            hutch.Sandbox.from_id(sb.object_id).wait()
+        hutch.Sandbox.from_id(sb.object_id).wait(raise_on_termination=False)
         assert int((_runtime() / "pause.pid").read_text()) != pause
         for name, pidfd in pidfds.items():
             wait_for(lambda pidfd=pidfd: _ended(pidfd), timeout=CLEANUP_DEADLINE,

@@ -28,6 +28,7 @@ from hutch.api.models import (
     document_error_bodies,
 )
 from hutch.engine import linux
+from hutch.engine.fileops import FileOps
 from hutch.engine.server import build_app
 
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
@@ -36,7 +37,7 @@ ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 class _StubManager:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
-        self.volumes = None
+        self.volumes = SimpleNamespace(ops=FileOps())  # (its routes' worker threads)
         self.pools = None
         self.state = "running"
         self.live = {"sb-x": SimpleNamespace(pid=os.getpid(), workdir="/", terminating=False,
