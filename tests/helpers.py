@@ -103,7 +103,7 @@ def kill_daemon() -> int:
 def user_cgroups() -> tuple[Any, Any]:
     """This user's delegated cgroups (as the engine would find them), and a skip marker
     for tests that need all of memory, cpu and pids delegated."""
-    from hutch.engine import cgroups
+    from hutch.engine.isolation import cgroups
 
     found = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=False, probe=True)
     marker = pytest.mark.skipif(set(found.bases) != set(cgroups.CONTROLLERS),

@@ -69,7 +69,7 @@ for file in /etc/subuid /etc/subgid; do
   fi
 done
 
-# Disk slots (hutch/engine/diskslots.py): each sandbox writes on a file system of its own of
+# Disk slots (hutch/engine/storage/diskslots.py): each sandbox writes on a file system of its own of
 # HUTCH_DISK_SLOT_GIB (default 16), so that it cannot fill the host's disk; a rootless engine
 # cannot bound a directory itself.  Sparse files, loop-mounted with discard: a slot takes
 # host disk only for what its sandbox holds now.  HUTCH_DISK_SLOTS (default 128) sandboxes

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from hutch.engine import linux, userns
+from hutch.engine.kernel import linux, userns
 
 log = logging.getLogger("hutch.pause")
 
@@ -183,7 +183,7 @@ class Pause:
 
 def _remove_roots_view(runtime: Path, *, mounted: bool) -> None:
     """Remove the directory in /tmp where the daemon bound the sandboxes' directories for
-    their roots (:mod:`hutch.engine.sandboxids`; a tmpfs in this mount namespace, an empty
+    their roots (:mod:`hutch.engine.lifecycle.sandboxids`; a tmpfs in this mount namespace, an empty
     directory on the host)."""
     record = runtime / "roots"
     try:
@@ -204,13 +204,13 @@ def _remove_roots_view(runtime: Path, *, mounted: bool) -> None:
 def _end_lost_sandboxes() -> None:
     """End what is left of the sandboxes of a previous pause process (killed), from the
     host's namespace, where their processes can still be signalled even when they run
-    under ids of their own (:func:`hutch.engine.remains.end_all_lost`).  A program of its
+    under ids of their own (:func:`hutch.engine.storage.remains.end_all_lost`).  A program of its
     own, so that this long-lived process does not load trio."""
     data = os.environ.get("HUTCH_DATA_DIR")
     if not data or not any((Path(data) / "sandboxes").glob("*/processes")):
         return
     try:
-        subprocess.run([sys.executable, "-m", "hutch.engine.remains",
+        subprocess.run([sys.executable, "-m", "hutch.engine.storage.remains",
                         str(Path(data) / "sandboxes")], timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("ending the sandboxes of the previous engine: %s", exc)

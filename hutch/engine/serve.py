@@ -21,16 +21,20 @@ import trio
 from hutch import __version__
 from hutch.api import paths
 from hutch.api.models import API_VERSION, DefaultLimits, EngineInfo
-from hutch.engine import cgroups, commands, linux, netns, sandboxlimits, seccompbpf
-from hutch.engine.builder import Builder
-from hutch.engine.fastpath import FastPath
-from hutch.engine.httpserver import HTTPServer
-from hutch.engine.images import ImageService
-from hutch.engine.pool import PoolService
+from hutch.engine.commands import starter
+from hutch.engine.httpd.server import HTTPServer
+from hutch.engine.images.builder import Builder
+from hutch.engine.images.service import ImageService
+from hutch.engine.isolation import cgroups, seccompbpf
+from hutch.engine.kernel import linux
+from hutch.engine.lifecycle import sandboxlimits
+from hutch.engine.lifecycle.manager import SandboxManager
+from hutch.engine.lifecycle.pool import PoolService
+from hutch.engine.network import netns
+from hutch.engine.routes.app import build_app
+from hutch.engine.routes.fastpath import FastPath
 from hutch.engine.runtime.probe import choose_runtime
-from hutch.engine.sandboxes import SandboxManager
-from hutch.engine.server import build_app
-from hutch.engine.store import Store
+from hutch.engine.storage.store import Store
 
 log = logging.getLogger("hutch.engine")
 
@@ -114,7 +118,7 @@ async def run() -> None:
         manager = SandboxManager(
             store=store, images=images, runtime=probe.runtime, data_dir=data_dir,
             runtime_dir=runtime_dir, devpts_gid=userns["mode"] != "single", nursery=nursery,
-            cgroups=cgroup_host, fork_server=commands.make_fork_server(), defaults=defaults,
+            cgroups=cgroup_host, fork_server=starter.make_fork_server(), defaults=defaults,
             userns_mode=userns["mode"], user=user,
         )
         manager.pools = PoolService(manager, nursery)

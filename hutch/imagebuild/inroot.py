@@ -70,7 +70,7 @@ OPEN_RETRIES = 8
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): ``path`` resolved from ``dirfd`` under the ``RESOLVE_*`` rules, never
     making it the caller's controlling terminal.  The one binding of it: the engine's file
-    API (:mod:`hutch.engine.sandboxfs`) uses it too."""
+    API (:mod:`hutch.engine.files.sandboxfs`) uses it too."""
     if not flags & os.O_PATH:  # openat2 refuses flags O_PATH ignores
         flags |= os.O_NOCTTY
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)

@@ -1,7 +1,7 @@
 """A sandbox's files: ``sb.filesystem`` (Modal's newer calls) and ``sb.open`` handles.
 
 Paths resolve inside the sandbox (relative ones against its workdir) and can never leave
-it: the engine resolves them with openat2 ``RESOLVE_IN_ROOT`` (:mod:`hutch.engine.sandboxfs`).
+it: the engine resolves them with openat2 ``RESOLVE_IN_ROOT`` (:mod:`hutch.engine.files.sandboxfs`).
 Contents stream in both directions, so copying a large file holds only a chunk of it.
 Errors are :class:`~hutch.exception.SandboxFilesystemError` subclasses that are also the
 builtin ``FileNotFoundError``, ``IsADirectoryError``, ... of the same meaning.

@@ -4,7 +4,7 @@ A secret is a client-side set of variables, merged into the environment of the s
 (``Sandbox.create(secrets=[...])``) or of one exec (``exec(..., secrets=[...])``), later
 secrets and explicit ``env`` winning.  Its values never appear in a ``repr``, in verbose
 lines or in the engine's log; only the variable names do.  The engine keeps a sandbox's
-environment in its state database only while the sandbox runs (``hutch.engine.store``
+environment in its state database only while the sandbox runs (``hutch.engine.storage.store``
 wipes it when the sandbox ends).
 """
 

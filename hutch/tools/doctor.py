@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hutch.engine import idslices
-from hutch.engine.cgroups import CgroupHost
-from hutch.engine.diskslots import DiskSlots
-from hutch.engine.userns import subid_range
+from hutch.engine.isolation import idslices
+from hutch.engine.isolation.cgroups import CgroupHost
+from hutch.engine.kernel.userns import subid_range
+from hutch.engine.storage.diskslots import DiskSlots
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -177,7 +177,7 @@ def check_cgroups() -> Check:
 
 def check_limits() -> list[Check]:
     """Which sandbox limits this user's engine could enforce, and how to enable the rest."""
-    from hutch.engine import cgroups
+    from hutch.engine.isolation import cgroups
 
     root = os.geteuid() == 0
     host = cgroups.detect(pwd.getpwuid(os.getuid()).pw_name, root=root, probe=True)
@@ -222,7 +222,7 @@ def check_limits() -> list[Check]:
 
 
 def check_disk_slots() -> Check:
-    """Whether each sandbox's writes are bounded (:mod:`hutch.engine.diskslots`): said
+    """Whether each sandbox's writes are bounded (:mod:`hutch.engine.storage.diskslots`): said
     loudly without slots, the one resource a default sandbox could then exhaust on the
     host (a rootless engine has no disk quota to set itself)."""
     slots = DiskSlots.for_engine(Path("."))
@@ -269,7 +269,7 @@ def check_sandboxes_memory(base: Path, version: int) -> Check:
 def check_sandbox_defaults(host: CgroupHost) -> Check:
     """The memory and CPU limits a sandbox that sets none gets from an engine started with
     this environment (``HUTCH_DEFAULT_MEMORY_MIB``, ``HUTCH_DEFAULT_CPU``)."""
-    from hutch.engine import sandboxlimits
+    from hutch.engine.lifecycle import sandboxlimits
 
     found = sandboxlimits.defaults(host)
     parts, undelegated, off = [], False, False

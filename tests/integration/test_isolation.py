@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import hutch
-from hutch.engine.ociconfig import DEFAULT_CAPABILITIES
+from hutch.engine.runtime.ociconfig import DEFAULT_CAPABILITIES
 
 # Capability numbers (linux/capability.h) of podman's default set.
 CAP_NUMBERS = {
@@ -66,7 +66,7 @@ def test_no_new_privs_and_capabilities(sandbox: hutch.Sandbox) -> None:
 
 
 def test_proc_is_masked_and_read_only(sandbox: hutch.Sandbox) -> None:
-    from hutch.engine.ociconfig import MASKED_PATHS
+    from hutch.engine.runtime.ociconfig import MASKED_PATHS
 
     files = [p for p in MASKED_PATHS if p.startswith("/proc/") and os.path.isfile(p)]
     assert files, "the host has none of the masked /proc files"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import hutch
-from hutch.engine.userns import subid_range
+from hutch.engine.kernel.userns import subid_range
 from hutch.sdk.transport import request_blocking
 from tests.helpers import engine_dirs, hutch_cli, stop_engine
 

@@ -1,4 +1,4 @@
-"""The ids of volumes' files (hutch/engine/volumeids.py) against the real engine: a
+"""The ids of volumes' files (hutch/engine/storage/volumeids.py) against the real engine: a
 sandbox that mounts volumes runs with their slice (not the engine's ids), whoever wrote a
 file (a sandbox, the files API, a sandbox of an engine that shared its ids) its owner is
 the same inside every sandbox that mounts it, and volumes of different slices are joined

@@ -1,4 +1,4 @@
-"""Execs started by the sandbox's zygote (hutch.engine.forkserver / zygote / commands).
+"""Execs started by the sandbox's zygote (hutch.engine.commands.forkserver / zygote / commands).
 
 The zygote replaces the runtime's exec on the hot path, so the first group of tests holds
 it to what the runtime's exec gives: the same confinement as the sandbox's entrypoint

@@ -47,7 +47,7 @@ def test_entrypoint_and_timeout_as_root(root_engine: dict[str, Any]) -> None:
 def test_root_sandboxes_run_under_slices_of_roots_range(root_engine: dict[str, Any]) -> None:
     """Root of a sandbox of a root engine is not the host's root: it is an id of root's
     subordinate range (tools/setup-host.sh gives root one), a different one per sandbox."""
-    from hutch.engine.userns import subid_range
+    from hutch.engine.kernel.userns import subid_range
 
     rng = subid_range("/etc/subuid", 0)
     if rng is None:
@@ -75,7 +75,7 @@ def test_root_sandboxes_with_a_volume_run_under_its_slice(root_engine: dict[str,
     no host root, and sees the volume's files (written by the files API, before) as its."""
     import uuid
 
-    from hutch.engine.userns import subid_range
+    from hutch.engine.kernel.userns import subid_range
 
     rng = subid_range("/etc/subuid", 0)
     if rng is None:

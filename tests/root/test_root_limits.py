@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import hutch
-from hutch.engine import cgroups
+from hutch.engine.isolation import cgroups
 
 ROOT_CGROUPS = cgroups.detect("root", root=True, probe=True)
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import trio
 
-from hutch.engine import hostnet, netns, network
+from hutch.engine.network import hostnet, netns, outbound
 
 
 async def _prepare(firewall: str | None = None) -> int:
@@ -58,7 +58,7 @@ def test_each_sandbox_gets_its_own_namespace() -> None:
 
 
 def test_prepare_loads_the_firewall_with_libnftables() -> None:
-    fd = trio.run(_prepare, network.ruleset(["192.0.2.0/24"]))
+    fd = trio.run(_prepare, outbound.ruleset(["192.0.2.0/24"]))
     try:
         rules = _in(fd, "nft", "list", "ruleset")
         assert "table inet hutch" in rules and "192.0.2.0/24 accept" in rules
@@ -78,7 +78,7 @@ def test_the_firewall_loads_when_the_hosts_networks_overlap_its_own() -> None:
                                                   "192.0.2.0/24", "::1/128", "fd00::/64",
                                                   "fe80::/64"])))
     for allowlist in (None, ["10.0.0.0/8", "192.0.2.0/24"]):
-        fd = trio.run(_prepare, network.ruleset(allowlist, host))
+        fd = trio.run(_prepare, outbound.ruleset(allowlist, host))
         try:
             rules = [line.strip() for line in _in(fd, "nft", "list", "ruleset").splitlines()]
         finally:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import hutch
-from hutch.engine import sandboxlimits
+from hutch.engine.lifecycle import sandboxlimits
 from hutch.sdk.transport import request_blocking
 from tests.helpers import SPIN, cgroup_file, engine_dirs, hutch_cli, stop_engine, user_cgroups
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import hutch
-from hutch.engine import rootfs
-from hutch.engine.store import Store
+from hutch.engine.storage import rootfs
+from hutch.engine.storage.store import Store
 from tests.helpers import hutch_cli, wait_for
 
 MIB = 1024 * 1024
@@ -171,7 +171,7 @@ def test_doctor_says_whether_the_disk_is_limited(engine: object) -> None:
     """Without disk slots no default disk limit can be enforced rootless (docs/limits.md):
     the user is told so, rather than left to assume one; with them, how many and how
     large."""
-    from hutch.engine.diskslots import DiskSlots
+    from hutch.engine.storage.diskslots import DiskSlots
 
     out = hutch_cli("doctor").stdout.decode()
     slots = DiskSlots.for_engine(_data_dir())
@@ -198,9 +198,9 @@ print(st.f_blocks * st.f_frsize // (1 << 20))
 def test_a_default_sandbox_cannot_fill_the_hosts_disk(engine: dict[str, object]) -> None:
     """Red team: 2 GiB into a default sandbox's writable layer in seconds, and more with
     ``fallocate``, all of it on the host's disk.  Its writes now go to a disk slot of a
-    fixed size (hutch/engine/diskslots.py): past it, ENOSPC; the host's disk holds only
+    fixed size (hutch/engine/storage/diskslots.py): past it, ENOSPC; the host's disk holds only
     what the slot holds, and the slot is emptied when the sandbox ends."""
-    from hutch.engine.diskslots import DiskSlots
+    from hutch.engine.storage.diskslots import DiskSlots
 
     slots = DiskSlots.for_engine(_data_dir())
     if not slots.enabled:
@@ -242,9 +242,9 @@ FILL_VOLUME = FILL_ROOT.replace("/root/fill", "/data/fill").replace("statvfs('/'
 
 def test_a_volume_cannot_fill_the_hosts_disk(engine: dict[str, object]) -> None:
     """Volumes had no quota: a sandbox could fill the host's disk through one.  A new
-    volume now lives in a volume slot of its own (hutch/engine/diskslots.py): past its
+    volume now lives in a volume slot of its own (hutch/engine/storage/diskslots.py): past its
     size, ENOSPC; deleting the volume empties the slot and frees it."""
-    from hutch.engine.diskslots import DiskSlots
+    from hutch.engine.storage.diskslots import DiskSlots
 
     slots = DiskSlots.for_volumes(_data_dir())
     if not slots.enabled:

@@ -234,7 +234,7 @@ def test_one_sandbox_cannot_take_all_of_the_users_inotify_instances(
     file watchers, the engine's ``logs(follow)`` and other sandboxes' ``watch``."""
     if not _own_ids_enabled(engine):
         pytest.skip("sandboxes share the engine's ids here (no subordinate id range)")
-    from hutch.engine.idslices import SANDBOX_COUNTS
+    from hutch.engine.isolation.idslices import SANDBOX_COUNTS
 
     hogs = [hutch.Sandbox.create(timeout=120) for _ in range(2)]
     try:

@@ -9,7 +9,7 @@ by that pid after checking only that ``slirp4netns`` appeared on the command lin
 terminating the sandbox sent SIGTERM to whatever held the pid: here another slirp4netns of
 the user's (one per rootless podman container, or per sandbox of another engine: the same
 program with another namespace, as likely a victim as any).  It is now pinned by a pidfd
-and must name the sandbox's own API socket (:func:`hutch.engine.network.slirp_of`).
+and must name the sandbox's own API socket (:func:`hutch.engine.network.outbound.slirp_of`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from hutch.engine.httpserver import HTTPServer
+from hutch.engine.httpd.server import HTTPServer
 
 #: More than a Unix socket buffers: the last write waits for the client to read.
 LAST_PART = 4 << 20

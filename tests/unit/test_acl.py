@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hutch.engine import acl
+from hutch.engine.kernel import acl
 
 
 def test_the_encoding_is_the_kernels() -> None:

@@ -27,9 +27,9 @@ from hutch.api.models import (
     CreateSandboxRequest,
     document_error_bodies,
 )
-from hutch.engine import linux
-from hutch.engine.fileops import FileOps
-from hutch.engine.server import build_app
+from hutch.engine.files.fileops import FileOps
+from hutch.engine.kernel import linux
+from hutch.engine.routes.app import build_app
 
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 

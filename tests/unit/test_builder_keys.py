@@ -1,4 +1,5 @@
-"""hutch.engine.builder without an engine: step cache keys, $VAR expansion, context checks."""
+"""hutch.engine.images.builder without an engine: step cache keys, $VAR expansion,
+context checks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any, cast
 import pytest
 
 from hutch.api.models import ConfigStep, CopyStep, RunStep
-from hutch.engine.builder import (
+from hutch.engine.errors import Invalid
+from hutch.engine.images.builder import (
     Builder,
     LayerStep,
     _check_member,
@@ -23,7 +25,6 @@ from hutch.engine.builder import (
     step_key,
     step_ref,
 )
-from hutch.engine.errors import Invalid
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.imagebuild.layout import RUNS_CMD_LABEL, ImageStore
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hutch.engine import cgroups
-from hutch.engine.cgroups import CgroupHost, Limits, LimitUnavailable, SandboxCgroup
+from hutch.engine.isolation import cgroups
+from hutch.engine.isolation.cgroups import CgroupHost, Limits, LimitUnavailable, SandboxCgroup
 
 
 def test_limits_name_the_controllers_they_need() -> None:

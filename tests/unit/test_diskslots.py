@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from hutch.engine.diskslots import CLAIM, DiskSlots
 from hutch.engine.errors import Exhausted
+from hutch.engine.storage.diskslots import CLAIM, DiskSlots
 
 
 def _slots(tmp_path: Path, owner: str, count: int = 2) -> DiskSlots:
@@ -54,8 +54,8 @@ def test_no_slots_means_no_bound(tmp_path: Path) -> None:
 
 
 def test_volumes_live_in_slots_of_their_own(tmp_path: Path) -> None:
-    from hutch.engine.store import Store
-    from hutch.engine.volumes import VolumeService
+    from hutch.engine.storage.store import Store
+    from hutch.engine.storage.volumes import VolumeService
 
     slots_dir, data = tmp_path / "slots", tmp_path / "data"
     data.mkdir()
@@ -106,7 +106,7 @@ def test_a_claim_naming_nobody_is_left_alone_until_it_is_stale(tmp_path: Path) -
     import os
     import time
 
-    from hutch.engine.diskslots import STALE_CLAIM
+    from hutch.engine.storage.diskslots import STALE_CLAIM
 
     slots = _slots(tmp_path, "/data/a", 2)
     fresh, old = slots.slots

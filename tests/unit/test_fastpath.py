@@ -8,8 +8,8 @@ from typing import Any
 import trio
 
 from hutch.api.models import ExecInfo, ExecRequest
-from hutch.engine import fastpath
 from hutch.engine.errors import NotFound
+from hutch.engine.routes import fastpath
 
 
 class FakeSession:

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from hutch.engine.errors import TimedOut
-from hutch.engine.fileops import FileOps, check_deadline, deadline_after
+from hutch.engine.files.fileops import FileOps, check_deadline, deadline_after
 
 
 def test_one_owner_cannot_take_anothers_threads() -> None:

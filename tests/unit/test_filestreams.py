@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from hutch import exception
-from hutch.engine import filestreams
 from hutch.engine.errors import Invalid, TimedOut
-from hutch.engine.fileops import FileOps
-from hutch.engine.filestreams import copy_files, entry_row, list_directory, walk_directory
-from hutch.engine.sandboxfs import FileError, SandboxFS
+from hutch.engine.files import filestreams
+from hutch.engine.files.fileops import FileOps
+from hutch.engine.files.filestreams import copy_files, entry_row, list_directory, walk_directory
+from hutch.engine.files.sandboxfs import FileError, SandboxFS
 from hutch.sdk.files import listing
 
 

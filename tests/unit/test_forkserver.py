@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hutch.engine import forkserver
+from hutch.engine.commands import forkserver
 
 
 def test_frames_carry_json_and_descriptors() -> None:

@@ -1,4 +1,4 @@
-"""hutch.engine.hostnet and the sandbox firewall built from it (network.ruleset).
+"""hutch.engine.network.hostnet and the sandbox firewall built from it (outbound.ruleset).
 
 ``hostnet.read`` is checked against ``ip -j addr``/``ip -j route`` on this machine; the
 ruleset against made-up hosts whose LAN and public address lie outside every range the
@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from hutch.engine import hostnet, network
+from hutch.engine.network import hostnet, outbound
 
 
 def _ip(*args: str) -> list[dict[str, object]]:
@@ -59,7 +59,7 @@ HOST = hostnet.HostNetworks(
 
 
 def _rules(allowlist: list[str] | None) -> list[str]:
-    return [line.strip() for line in network.ruleset(allowlist, HOST).splitlines()]
+    return [line.strip() for line in outbound.ruleset(allowlist, HOST).splitlines()]
 
 
 def _first_match(rules: list[str], needle: str) -> str:
@@ -105,6 +105,6 @@ def test_an_allowlist_may_admit_the_lan_but_not_the_host() -> None:
 def test_dns_goes_only_where_the_allowlist_permits(allowlist: list[str] | None,
                                                    dns: bool) -> None:
     rules = _rules(allowlist)
-    assert network.dns_allowed(allowlist) is dns
+    assert outbound.dns_allowed(allowlist) is dns
     assert ("ip daddr 10.0.2.3 udp dport 53 accept" in rules) is dns
     assert ("ip daddr 10.0.2.3 tcp dport 53 accept" in rules) is dns

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hutch.engine.httpparse import (
+from hutch.engine.httpd.parse import (
     MAX_HEAD,
     BadRequest,
     chunk_size,

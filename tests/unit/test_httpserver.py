@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from hutch.engine.httpserver import HTTPServer
+from hutch.engine.httpd.server import HTTPServer
 
 Scope = dict[str, Any]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hutch.engine import idslices
 from hutch.engine.errors import Exhausted
-from hutch.engine.idslices import NOBODY, Slice, SliceAllocator
+from hutch.engine.isolation import idslices
+from hutch.engine.isolation.idslices import NOBODY, Slice, SliceAllocator
 
 
 def test_a_slice_maps_its_ids_and_nobody_apart() -> None:

@@ -1,4 +1,4 @@
-"""hutch.engine.images: OCI paths named by a client are read without blocking the engine,
+"""hutch.engine.images.service: OCI paths named by a client are read without blocking the engine,
 and an image whose layers cannot be made again is refused with the reason."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from hutch.engine.errors import ImageBuildFailed
-from hutch.engine.images import ImageService, _fingerprint
+from hutch.engine.images.service import ImageService, _fingerprint
 
 
 def test_fingerprint_of_a_regular_file(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import os
 import stat
 from pathlib import Path
 
-from hutch.engine import layermirror
-from hutch.engine.layermirror import LayerMirror
+from hutch.engine.storage import layermirror
+from hutch.engine.storage.layermirror import LayerMirror
 
 
 def _layer(root: Path) -> Path:

@@ -1,4 +1,4 @@
-"""hutch.engine.ociconfig: the generated config.json is a valid runtime-spec document with
+"""hutch.engine.runtime.ociconfig: the generated config.json is a valid runtime-spec document with
 podman-like defaults."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from jsonschema.protocols import Validator
 
-from hutch.engine import ociconfig, seccomp
+from hutch.engine.isolation import seccomp
+from hutch.engine.runtime import ociconfig
 
 PODMAN_DEFAULT_CAPS = {
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",

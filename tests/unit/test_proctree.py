@@ -1,4 +1,4 @@
-"""hutch.engine.proctree on real host processes: finding and killing whole trees."""
+"""hutch.engine.kernel.proctree on real host processes: finding and killing whole trees."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from hutch.engine import proctree
+from hutch.engine.kernel import proctree
 
 DEADLINE = 10.0
 

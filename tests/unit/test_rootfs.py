@@ -1,4 +1,4 @@
-"""hutch.engine.rootfs.make_dirs_inside: a workdir (from the API or an image's config) is
+"""hutch.engine.storage.rootfs.make_dirs_inside: a workdir (from the API or an image's config) is
 made inside the sandbox's root, however it is spelled and whatever the image links."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hutch.engine.errors import Invalid
-from hutch.engine.rootfs import make_dirs_inside
+from hutch.engine.storage.rootfs import make_dirs_inside
 
 
 @pytest.fixture

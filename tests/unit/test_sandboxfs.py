@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hutch.engine import sandboxfs
 from hutch.engine.errors import TimedOut
-from hutch.engine.sandboxfs import FileError, SandboxFS
+from hutch.engine.files import sandboxfs
+from hutch.engine.files.sandboxfs import FileError, SandboxFS
 
 HOLD_LEASE = """
 import fcntl, os, signal, sys, time

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hutch.engine import cgroups, sandboxlimits
-from hutch.engine.cgroups import CgroupHost, Limits, SandboxCgroup
-from hutch.engine.sandboxlimits import SandboxDefaults
+from hutch.engine.isolation import cgroups
+from hutch.engine.isolation.cgroups import CgroupHost, Limits, SandboxCgroup
+from hutch.engine.lifecycle import sandboxlimits
+from hutch.engine.lifecycle.sandboxlimits import SandboxDefaults
 from hutch.tools.doctor import check_sandbox_defaults
 
 ALL = cgroups.CONTROLLERS

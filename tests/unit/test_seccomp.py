@@ -1,4 +1,4 @@
-"""hutch.engine.seccomp: the sandbox's seccomp allowlist.
+"""hutch.engine.isolation.seccomp: the sandbox's seccomp allowlist.
 
 The rules are checked here by a small evaluator with the semantics runtimes give them
 (a rule matches when all its argument comparisons hold; no match means the default
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from jsonschema.protocols import Validator
 
-from hutch.engine import seccomp
+from hutch.engine.isolation import seccomp
 
 SECCOMP_REF = "config-linux.json#/linux/properties/seccomp"
 ALLOW = "allow"
@@ -228,8 +228,8 @@ def test_the_precompiled_program_is_the_profile_and_a_valid_filter() -> None:
     """The annotation crun loads instead of compiling: libseccomp's BPF of the profile."""
     import base64
 
-    from hutch.engine import seccompbpf
-    from hutch.engine.seccomp import default_profile
+    from hutch.engine.isolation import seccompbpf
+    from hutch.engine.isolation.seccomp import default_profile
 
     program = seccompbpf.compile_profile(default_profile())
     assert program and len(program) % 8 == 0  # struct sock_filter: 8 bytes each

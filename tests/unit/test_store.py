@@ -1,4 +1,4 @@
-"""hutch.engine.store: the SQLite state of apps, sandboxes, names, tags and execs."""
+"""hutch.engine.storage.store: the SQLite state of apps, sandboxes, names, tags and execs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hutch.engine.errors import AlreadyExists, NotFound
-from hutch.engine.store import Store, new_id
+from hutch.engine.storage.store import Store, new_id
 
 ID = re.compile(r"^sb-[A-Za-z0-9]{22}$")
 
@@ -156,7 +156,7 @@ def test_same_name_in_other_app_and_unnamed(store: Store, app_id: str) -> None:
 
 
 def test_duplicate_sandbox_id_is_not_reported_as_name_clash(store: Store, app_id: str) -> None:
-    # BUG (hutch/engine/store.py insert_sandbox): any "UNIQUE" IntegrityError, including the
+    # BUG (hutch/engine/storage/store.py insert_sandbox): any "UNIQUE" IntegrityError, including the
     # sandbox_id PRIMARY KEY, is turned into AlreadyExists("a running sandbox named 'b'
     # already exists"), although no sandbox is named 'b'.  Only the sandbox_live_name index
     # means a name clash; this test expects the correct behaviour.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hutch.engine import trees
+from hutch.engine.kernel import trees
 
 
 def _deep(root: Path, depth: int) -> Path:

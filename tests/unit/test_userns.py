@@ -1,4 +1,4 @@
-"""hutch.engine.userns.subid_range: parsing /etc/subuid-style files."""
+"""hutch.engine.kernel.userns.subid_range: parsing /etc/subuid-style files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hutch.engine import userns
-from hutch.engine.userns import SubIdRange, subid_range
+from hutch.engine.kernel import userns
+from hutch.engine.kernel.userns import SubIdRange, subid_range
 
 
 def _unused_uid() -> int:

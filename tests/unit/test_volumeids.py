@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hutch.engine.errors import Conflict
-from hutch.engine.idslices import NOBODY, Slice
-from hutch.engine.volumeids import plan, shifted
+from hutch.engine.isolation.idslices import NOBODY, Slice
+from hutch.engine.storage.volumeids import plan, shifted
 
 A, B = Slice(70000, 1024), Slice(80000, 2048)
 
@@ -96,8 +96,8 @@ OWNERS = """
 SHIFT = OWNERS + """
     import json, sys
     from pathlib import Path
-    from hutch.engine import volumeids
-    from hutch.engine.idslices import Slice
+    from hutch.engine.storage import volumeids
+    from hutch.engine.isolation.idslices import Slice
     tree = Path(sys.argv[1])
     volumeids.MAX_MOVE_DEPTH = int(sys.argv[3])
     print(json.dumps([volumeids.shift_owners(tree, [], Slice(int(sys.argv[2]), 1024)),
@@ -138,10 +138,10 @@ def test_shift_owners_leaves_what_is_too_deep_and_says_so(tmp_path: Path) -> Non
 SCENARIO = OWNERS + """
     import json, sys, trio
     from pathlib import Path
-    from hutch.engine import volumeids
+    from hutch.engine.storage import volumeids
     from hutch.engine.errors import Conflict
-    from hutch.engine.idslices import SliceAllocator
-    from hutch.engine.store import Store
+    from hutch.engine.isolation.idslices import SliceAllocator
+    from hutch.engine.storage.store import Store
     root = Path(sys.argv[1])
     store = Store(root / "state.db")
     for name in ("x", "y", "z"):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from hutch.engine import ociconfig
+from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.runtime.crun import CrunRuntime
 from hutch.engine.runtime.runc import RuncRuntime

@@ -1,0 +1,1 @@
+"""Starting commands in running sandboxes: zygotes, the fork server, exec sessions."""

@@ -1,0 +1,396 @@
+"""The engine's fork server and the exec zygotes it forks, one per sandbox that runs execs.
+
+Why: ``crun exec`` re-reads the container's state and config, forks twice, joins the
+namespaces and loads the seccomp filter for every command: about 7 ms, plus a shell that
+moves it into the sandbox's cgroup.  A *zygote* does that work once per sandbox.  It is a
+process that has joined the sandbox's cgroup and namespaces (mount, pid for its children,
+network, ipc, uts, cgroup), dropped to the sandbox's capabilities, set ``no_new_privs``
+and loaded the sandbox's seccomp filter, exactly what the runtime applies to an exec.
+Each command is then one ``posix_spawn`` (a vfork: no page tables copied) from it, and
+inherits all of that.  The zygote is not in the sandbox's pid namespace (it cannot be: a
+process joins one only for its children), so nothing in the sandbox can see or signal it.
+
+The fork server is one small, single-threaded process per engine, started by the engine
+(:mod:`hutch.engine.commands.zygote`): forking the engine itself (threads, a large heap) would copy
+its page tables and could inherit locks held by its other threads, and ``setns`` into a
+mount namespace needs a single-threaded caller.  It is run by path, so it imports the
+standard library only; a zygote must not import anything after joining the sandbox's
+mount namespace, where the host's files are out of sight.
+
+Protocol (stream sockets, each frame a 4-byte big-endian length and a JSON object; file
+descriptors ride on the length):
+
+* engine -> fork server: ``{"cgroup_procs": [...], "caps": <mask>, "seccomp": <base64 BPF>,
+  "userns": <join the sandbox's user namespace>}``
+  with fds ``[pidfd of the sandbox's init, the zygote's socket]``.  The fork server answers
+  nothing; its zygote (or, if the fork failed, the fork server) speaks on that socket.
+* zygote -> engine, first: ``{"ready": <pid>}`` or ``{"error": "..."}`` (then it exits).
+* engine -> zygote: ``{"op": "spawn", "id", "argv", "env", "cwd"}`` with fds
+  ``[stdin, stdout, stderr]``; ``{"op": "kill", "id", "signal"}``.
+* zygote -> engine: ``{"id", "pid"}`` with fd ``[pidfd of the command]`` once it runs, then
+  ``{"id", "exit": <code or -signal>}``; a command that cannot start gets only the exit
+  frame (127: not found, 126: not runnable), its reason written to its stderr, as a shell
+  or ``podman exec`` reports it.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+from typing import Any
+
+HEADER = struct.Struct("!I")
+MAX_FDS = 4
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+#: The sandbox namespaces a zygote joins (every sandbox has its own of each); and, for a
+#: sandbox with ids of its own, its user namespace last (its network namespace belongs to
+#: the engine's, which a process of the sandbox's could no longer join).
+JOIN = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+PR_CAPBSET_DROP = 24
+PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+#: Bytes of the sandbox's /etc/passwd a zygote reads to find root's home.
+PASSWD_MAX = 1 << 20
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Signals a command starts with at their default action, whatever the zygote inherited
+#: (Python ignores SIGPIPE and SIGXFSZ; an engine started from a shell's background job
+#: ignores SIGINT and SIGQUIT), as the runtime gives a container's processes.
+RESET_SIGNALS = tuple(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SetupError(Exception):
+    """A step of a zygote's setup failed; the message names it."""
+
+
+# framing ----------------------------------------------------------------------------------
+def send(sock: socket.socket, obj: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(obj).encode()
+    frame = HEADER.pack(len(data)) + data
+    sent = 0
+    if fds:
+        sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       struct.pack(f"{len(fds)}i", *fds))])
+    sock.sendall(frame[sent:])
+
+
+def _exactly(sock: socket.socket, size: int, head: bytes = b"") -> bytes | None:
+    data = bytearray(head)
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """The next frame and its fds; ``(None, [])`` at the end of the stream."""
+    # (socket.recv_fds would drop the flags: received fds must not leak into commands)
+    head, ancdata, _, _ = sock.recvmsg(HEADER.size, socket.CMSG_LEN(MAX_FDS * 4),
+                                       socket.MSG_CMSG_CLOEXEC)
+    fds = unpack_fds(ancdata)
+    if not head:
+        return None, fds
+    whole = _exactly(sock, HEADER.size, head)
+    body = _exactly(sock, HEADER.unpack(whole)[0]) if whole is not None else None
+    if body is None:
+        return None, fds
+    obj: dict[str, Any] = json.loads(body)
+    return obj, fds
+
+
+def unpack_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // 4}i", data[:len(data) - len(data) % 4]))
+    return fds
+
+
+# the fork server --------------------------------------------------------------------------
+def serve(sock: socket.socket) -> None:
+    """Fork a zygote per request until the engine closes its end."""
+    _non_dumpable()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited zygotes
+    # Zygotes share this process's pages until they write to them.  A garbage collection
+    # writes to every object it visits, so the heap is frozen out of the collector here and
+    # zygotes do not collect at all (they make no reference cycles to speak of).
+    gc.freeze()
+    while True:
+        req, fds = receive(sock)
+        if req is None:
+            return
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            continue
+        init_pidfd, zygote_fd = fds
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            with socket.socket(fileno=zygote_fd) as zsock:
+                send(zsock, {"error": f"cannot fork a zygote: {exc}"})
+            os.close(init_pidfd)
+            continue
+        if pid == 0:
+            code = 1
+            try:
+                gc.disable()
+                sock.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                code = zygote(req, init_pidfd, socket.socket(fileno=zygote_fd))
+            finally:
+                os._exit(code)
+        os.close(init_pidfd)
+        os.close(zygote_fd)
+
+
+# a zygote ---------------------------------------------------------------------------------
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)}")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _non_dumpable() -> None:
+    """Nothing but a holder of CAP_SYS_PTRACE in the engine's user namespace may trace this
+    process or read or write its memory; forks (zygotes, and the commands they start, until
+    their ``execve``) inherit it with the memory itself.
+
+    Why: ``posix_spawn`` is a vfork, so a command being started runs in the zygote's memory
+    while it is already a process of the sandbox.  Dumpable, it could be opened by
+    ``/proc/PID/mem``, ``process_vm_writev`` or ``ptrace`` from the sandbox (same uid,
+    same capabilities), and code written there runs in the zygote, outside the sandbox's
+    pid namespace (tests/security/test_engine_processes.py)."""
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "making the process non-dumpable")
+
+
+def _join(req: dict[str, Any], init_pidfd: int) -> None:
+    """Enter the sandbox: its cgroup first (its files are out of sight once inside)."""
+    for procs in req.get("cgroup_procs", []):
+        try:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as exc:
+            raise SetupError(f"joining the cgroup {procs}: {exc.strerror}") from exc
+    _check(_libc.setns(init_pidfd, JOIN), "joining the sandbox's namespaces")
+    if req.get("userns"):
+        # root of the sandbox: its slice's first id, which owns nothing outside it
+        _check(_libc.setns(init_pidfd, CLONE_NEWUSER), "joining the sandbox's user namespace")
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    os.close(init_pidfd)
+    os.chdir("/")
+
+
+def _restrict(req: dict[str, Any]) -> None:
+    """Drop to the sandbox's capabilities, then ``no_new_privs`` and its seccomp filter."""
+    try:
+        os.setgroups([])
+    except PermissionError:
+        pass  # a single-id map denies setgroups; the engine has no other groups there
+    mask = int(req["caps"])
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if not mask >> cap & 1:
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(_CapData(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0),
+                          _CapData(mask >> 32, mask >> 32, 0))
+    _check(_libc.capset(ctypes.byref(header), data), "setting capabilities")
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "ambient caps")
+    os.umask(0o022)
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
+    bpf = base64.b64decode(req["seccomp"])
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
+           "loading the seccomp filter")
+    _non_dumpable()  # again: a change of credentials may have reset it
+
+
+def zygote(req: dict[str, Any], init_pidfd: int, sock: socket.socket) -> int:
+    try:
+        _join(req, init_pidfd)
+        _restrict(req)
+    except (SetupError, OSError, KeyError, ValueError) as exc:
+        send(sock, {"error": str(exc)})
+        return 1
+    send(sock, {"ready": os.getpid()})
+    Zygote(sock).run()
+    return 0
+
+
+class Zygote:
+    """Spawns commands on request and reports their ends, until the engine hangs up."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(sock, selectors.EVENT_READ, None)
+        self.running: dict[str, tuple[int, int]] = {}  # id -> (pid, pidfd)
+
+    def run(self) -> None:
+        while True:
+            for key, _ in self.selector.select():
+                if key.data is None:
+                    req, fds = receive(self.sock)
+                    if req is None:
+                        return
+                    self.handle(req, fds)
+                else:
+                    self.reap(key.data)
+
+    def handle(self, req: dict[str, Any], fds: list[int]) -> None:
+        if req.get("op") == "kill":
+            entry = self.running.get(req["id"])
+            if entry is not None:
+                try:
+                    signal.pidfd_send_signal(entry[1], int(req["signal"]))
+                except ProcessLookupError:
+                    pass
+            return
+        try:
+            if len(fds) == 3:
+                self.spawn(req, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def spawn(self, req: dict[str, Any], fds: list[int]) -> None:
+        exec_id, argv, env, cwd = req["id"], req["argv"], req["env"], req["cwd"]
+        if "HOME" not in env:
+            env["HOME"] = home_of_root()  # as runc and crun do
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            return self.refuse(exec_id, fds[2], f"chdir `{cwd}`: {exc.strerror}", exc.errno)
+        try:
+            path = resolve(argv[0], env.get("PATH", DEFAULT_PATH))
+        except OSError as exc:
+            os.chdir("/")
+            return self.refuse(exec_id, fds[2], exc.strerror or str(exc), exc.errno)
+        try:
+            pid = os.posix_spawn(path, argv, env, setsigdef=RESET_SIGNALS, setsigmask=(),
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, fd, i)
+                                               for i, fd in enumerate(fds)])
+        except OSError as exc:
+            return self.refuse(exec_id, fds[2], f"exec `{path}`: {exc.strerror}", exc.errno)
+        finally:
+            os.chdir("/")
+        pidfd = os.pidfd_open(pid)
+        self.running[exec_id] = (pid, pidfd)
+        self.selector.register(pidfd, selectors.EVENT_READ, exec_id)
+        send(self.sock, {"id": exec_id, "pid": pid}, [pidfd])
+
+    def refuse(self, exec_id: str, stderr: int, message: str, err: int | None) -> None:
+        try:
+            os.write(stderr, message.encode(errors="replace") + b"\n")
+        except OSError:
+            pass
+        code = 127 if err in (errno.ENOENT, errno.ENOTDIR) else 126
+        send(self.sock, {"id": exec_id, "exit": code})
+
+    def reap(self, exec_id: str) -> None:
+        pid, pidfd = self.running.pop(exec_id)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        send(self.sock, {"id": exec_id, "exit": os.waitstatus_to_exitcode(status)})
+
+
+def home_of_root(passwd: str = "/etc/passwd") -> str:
+    """Root's home directory in the sandbox's ``/etc/passwd`` (``/`` when it has none).
+
+    The file is the sandbox's: it may be a FIFO nobody writes (an open would block the
+    zygote for good), a device or a huge file.  Only a regular file is read, opened
+    without blocking, and only its first ``PASSWD_MAX`` bytes."""
+    try:
+        fd = os.open(passwd, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return "/"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "/"
+        data = os.read(fd, PASSWD_MAX)
+    except OSError:
+        return "/"
+    finally:
+        os.close(fd)
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[2] == "0":
+            return fields[5] or "/"
+    return "/"
+
+
+def resolve(name: str, path: str) -> str:
+    """Where ``name`` runs from, looked up in the command's own ``PATH`` as execvp does."""
+    if not name:
+        raise OSError(errno.ENOENT, "executable file `` not found: No such file or directory")
+    if "/" in name:
+        try:
+            st = os.stat(name)
+        except OSError as exc:
+            raise OSError(exc.errno, f"exec `{name}`: {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EACCES, f"exec `{name}`: Is a directory")
+        return name
+    denied = None
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            return candidate
+        denied = candidate
+    if denied is not None:
+        raise OSError(errno.EACCES, f"exec `{denied}`: Permission denied")
+    raise OSError(errno.ENOENT,
+                  f"executable file `{name}` not found in $PATH: No such file or directory")
+
+
+if __name__ == "__main__":
+    _fd = int(sys.argv[1])
+    os.set_inheritable(_fd, False)  # it came as a plain fd 3; commands must not get it
+    serve(socket.socket(fileno=_fd))

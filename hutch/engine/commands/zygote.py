@@ -1,0 +1,308 @@
+"""The engine's side of the exec zygotes (:mod:`hutch.engine.commands.forkserver`).
+
+:class:`ForkServer` starts the fork server once per engine and asks it for a zygote per
+sandbox (:meth:`ForkServer.zygote`); a :class:`ZygoteLink` then starts the sandbox's
+commands through it.  A command comes back as a :class:`ZygoteProcess`, which has the
+shape of :class:`~hutch.engine.runtime.spawn.SpawnedProcess` (pid, trio streams for its
+pipes, ``wait``, ``kill``), so an exec does not care which way it was started.
+
+A link's reader task (in the sandbox manager's nursery) reads the zygote's frames and wakes
+the process they name.  A zygote that dies (the sandbox's OOM killer may pick it) ends its
+link: the commands it was watching are reported killed, and the next exec makes a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hutch.engine.commands import forkserver
+from hutch.engine.runtime.spawn import pipe_or_null
+
+log = logging.getLogger("hutch.zygote")
+
+#: Seconds a new zygote has to report that it joined its sandbox.
+READY_TIMEOUT = 10.0
+#: Seconds to wait for a zygote to exit once its sandbox is gone (its cgroup must empty).
+EXIT_TIMEOUT = 2.0
+
+
+class ZygoteError(Exception):
+    """A zygote could not be made (or died): the message says which step failed."""
+
+
+class ZygoteProcess:
+    """One command started by a zygote, as the exec that owns it sees it."""
+
+    def __init__(self, link: ZygoteLink, exec_id: str, stdin: int | None, stdout: int | None,
+                 stderr: int | None) -> None:
+        self.link = link
+        self.exec_id = exec_id
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.stdin = trio.lowlevel.FdStream(stdin) if stdin is not None else None
+        self.stdout = trio.lowlevel.FdStream(stdout) if stdout is not None else None
+        self.stderr = trio.lowlevel.FdStream(stderr) if stderr is not None else None
+        self.returncode: int | None = None
+        #: the zygote died while this ran: the command (and what it started) may still run,
+        #: and perhaps unreported, so its owner kills it by its marker
+        self.lost = False
+        self.ended = trio.Event()
+        self._kill_when_running = False
+
+    def _running(self, pid: int, pidfd: int) -> None:
+        self.pid, self.pidfd = pid, pidfd
+        if self._kill_when_running:
+            self.kill()
+
+    def _exited(self, code: int) -> None:
+        self.returncode = code
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        self.ended.set()
+
+    async def wait(self) -> int:
+        """Wait for the end; the exit code, or -N for signal N (like subprocess)."""
+        await self.ended.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the command (as soon as it runs, if the zygote has not reported it yet)."""
+        self._kill_when_running = True
+        if self.pidfd is not None and self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+
+class ZygoteLink:
+    """The engine's connection to one sandbox's zygote."""
+
+    def __init__(self, sock: trio.socket.SocketType, pid: int) -> None:
+        self.sock = sock
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.processes: dict[str, ZygoteProcess] = {}
+        self.alive = True
+        #: when a command was last handed to it (trio's clock)
+        self.last_used = trio.current_time()
+        #: kept however long it is idle (it belongs to a sandbox waiting in a warm pool)
+        self.keep = False
+        self._send_lock = trio.Lock()
+
+    async def spawn(self, exec_id: str, argv: list[str], env: dict[str, str], cwd: str, *,
+                    stdin: bool, stdout: bool, stderr: bool) -> ZygoteProcess:
+        """Start ``argv``.  Returns once the zygote has the request: it reports the
+        command's pid (or its failure to start, as exit code 126 or 127) moments later,
+        while the caller answers its own client."""
+        if not self.alive:
+            raise ZygoteError("the sandbox's zygote has exited")
+        in_w, in_r = pipe_or_null(stdin, 0)
+        out_r, out_w = pipe_or_null(stdout, 1)
+        err_r, err_w = pipe_or_null(stderr, 2)
+        process = ZygoteProcess(self, exec_id, in_w, out_r, err_r)
+        self.processes[exec_id] = process
+        try:
+            await self._send({"op": "spawn", "id": exec_id, "argv": argv, "env": env,
+                              "cwd": cwd}, [in_r, out_w, err_w])
+        except BaseException:
+            self.processes.pop(exec_id, None)
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
+            raise
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        return process
+
+    async def _send(self, obj: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = json.dumps(obj).encode()
+        frame = forkserver.HEADER.pack(len(data)) + data
+        async with self._send_lock:
+            try:
+                sent = 0
+                if fds:
+                    sent = await self.sock.sendmsg(
+                        [frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   struct.pack(f"{len(fds)}i", *fds))])
+                view = memoryview(frame)[sent:]
+                while view:
+                    view = view[await self.sock.send(view):]
+            except OSError as exc:
+                self.alive = False
+                raise ZygoteError(f"the sandbox's zygote is gone: {exc}") from exc
+
+    async def read_frames(self) -> None:
+        """Dispatch the zygote's frames until it exits (the manager's nursery runs this)."""
+        try:
+            while True:
+                try:
+                    obj, fds = await _receive(self.sock)
+                except (OSError, trio.ClosedResourceError):
+                    return
+                if obj is None:
+                    return
+                process = self.processes.get(obj.get("id", ""))
+                if process is None:
+                    for fd in fds:
+                        os.close(fd)
+                elif "pid" in obj and fds:
+                    process._running(int(obj["pid"]), fds[0])
+                elif "exit" in obj:
+                    self.last_used = trio.current_time()
+                    self.processes.pop(process.exec_id, None)
+                    process._exited(int(obj["exit"]))
+        finally:
+            self.alive = False
+            self.sock.close()
+            for process in list(self.processes.values()):
+                log.warning("zygote %d ended while exec %s ran", self.pid, process.exec_id)
+                process.lost = True
+                process.kill()
+                process._exited(-signal.SIGKILL)
+            self.processes.clear()
+
+    async def close(self) -> None:
+        """End the zygote, and wait (briefly) for it to leave the sandbox's cgroup.  It is
+        killed, not asked: it has nothing to finish (nothing it started runs, or its sandbox
+        has ended), and a zygote wedged in the sandbox's files would never see a hang-up.
+        The reader task sees its end and closes the socket."""
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        with trio.move_on_after(EXIT_TIMEOUT):
+            await trio.lowlevel.wait_readable(self.pidfd)
+        os.close(self.pidfd)
+
+
+class ForkServer:
+    """The engine's fork server process: started once, asked for one zygote per sandbox."""
+
+    def __init__(self, capabilities: int, seccomp_bpf: str) -> None:
+        self.capabilities = capabilities
+        self.seccomp_bpf = seccomp_bpf
+        self._sock: socket.socket | None = None
+        self._pid: int | None = None
+        self._lock = trio.Lock()
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", str(Path(forkserver.__file__)), "3"],
+                {"PATH": os.environ.get("PATH", forkserver.DEFAULT_PATH)},
+                file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
+                              (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)])
+        finally:
+            os.close(null)
+            theirs.close()
+        # Requests are small and the fork server reads them at once; a wedged one must not
+        # block the engine's event loop (a timeout counts as gone: it is replaced).
+        ours.settimeout(READY_TIMEOUT)
+        self._sock = ours
+        log.info("fork server %d started", self._pid)
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._pid is not None:
+            # it exits once its socket closes; killed first so that reaping never waits
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, 0)
+            self._pid = None
+
+    def gone(self) -> bool:
+        """Whether the fork server has died (it is reaped then, and the next request starts
+        another): a zygote it was making when it died reports nothing, which is no fault of
+        the sandbox's."""
+        if self._pid is None:
+            return True
+        try:
+            pid, _ = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = self._pid
+        if pid == 0:
+            return False
+        self._pid = None
+        self.stop()
+        log.warning("fork server died; the next zygote starts another")
+        return True
+
+    async def zygote(self, init_pidfd: int, cgroup_procs: list[str], *, userns: bool = False
+                     ) -> ZygoteLink:
+        """A zygote joined to the sandbox whose init ``init_pidfd`` refers to (``userns``:
+        to its user namespace too, where it has one of its own)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            request = {"cgroup_procs": cgroup_procs, "caps": self.capabilities,
+                       "seccomp": self.seccomp_bpf, "userns": userns}
+            async with self._lock:
+                for attempt in (1, 2):
+                    if self._sock is None:
+                        self.start()
+                    assert self._sock is not None
+                    try:
+                        forkserver.send(self._sock, request, [init_pidfd, theirs.fileno()])
+                        break
+                    except OSError as exc:
+                        log.warning("fork server gone (%s); starting another", exc)
+                        self.stop()
+                        if attempt == 2:
+                            raise ZygoteError(f"the fork server cannot be reached: {exc}") \
+                                from exc
+        finally:
+            theirs.close()
+        sock = trio.socket.from_stdlib_socket(ours)
+        with trio.move_on_after(READY_TIMEOUT):
+            first, _ = await _receive(sock)
+            if first is not None and "ready" in first:
+                return ZygoteLink(sock, int(first["ready"]))
+            sock.close()
+            raise ZygoteError((first or {}).get("error") or "the zygote exited at once")
+        sock.close()
+        raise ZygoteError(f"no zygote was ready within {READY_TIMEOUT:.0f} s")
+
+
+async def _receive(sock: trio.socket.SocketType) -> tuple[dict[str, Any] | None, list[int]]:
+    """One frame (and the fds that came with it) from a trio socket; None at the end."""
+    head, ancdata, _, _ = await sock.recvmsg(forkserver.HEADER.size,
+                                             socket.CMSG_LEN(forkserver.MAX_FDS * 4),
+                                             socket.MSG_CMSG_CLOEXEC)
+    fds = forkserver.unpack_fds(ancdata)
+    if not head:
+        return None, fds
+    body = bytearray(head)
+    while len(body) < forkserver.HEADER.size:
+        chunk = await sock.recv(forkserver.HEADER.size - len(body))
+        if not chunk:
+            return None, fds
+        body += chunk
+    size = forkserver.HEADER.unpack(bytes(body))[0]
+    payload = bytearray()
+    while len(payload) < size:
+        chunk = await sock.recv(size - len(payload))
+        if not chunk:
+            return None, fds
+        payload += chunk
+    obj: dict[str, Any] = json.loads(payload)
+    return obj, fds
+

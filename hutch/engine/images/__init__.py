@@ -1,0 +1,1 @@
+"""Images as the engine sees them: resolving references, building from steps."""

@@ -1,0 +1,1 @@
+"""A sandbox from create to its end: the manager, launch, supervision, pools, recovery."""

@@ -1,0 +1,188 @@
+"""Starting one sandbox's container: root filesystem, bundle, stdio, then create, set up,
+start.
+
+Every sandbox is *created* by the runtime (namespaces made, its process waiting), then set
+up from outside while nothing in it runs yet: moved into its cgroup
+(:mod:`hutch.engine.isolation.cgroups`), its network namespace configured from inside (its loopback
+and, with network access, its firewall: :mod:`hutch.engine.network.netns`) and, with network
+access, connected (:mod:`hutch.engine.network.outbound`).
+Only then is it *started*, so its first instruction already runs under its limits and
+with its network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from hutch.engine.errors import Invalid
+from hutch.engine.isolation import idslices
+from hutch.engine.isolation.cgroups import Limits, SandboxCgroup
+from hutch.engine.lifecycle import sandboxids
+from hutch.engine.network import netns, outbound
+from hutch.engine.runtime import ociconfig
+from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
+from hutch.engine.storage import layermirror, rootfs
+
+
+@dataclass
+class LaunchPlan:
+    """Everything the container needs, decided by the manager."""
+
+    sandbox_id: str
+    dirs: rootfs.SandboxDirs
+    layers: list[Path]
+    argv: list[str]
+    env: dict[str, str]
+    #: made inside the root file system before the container exists
+    workdir: str
+    #: where the entrypoint starts (``/`` for the default one, which is the same in fresh
+    #: and pooled sandboxes)
+    init_cwd: str
+    mounts: list[ociconfig.Mount]
+    devpts_gid: bool
+    online: bool = False
+    allowlist: list[str] | None = None
+    cgroup: SandboxCgroup | None = None
+    limits: Limits = field(default_factory=Limits)
+    disk_mib: int | None = None
+    #: the sandbox's own ids (:mod:`hutch.engine.isolation.idslices`), and the in-memory copies of
+    #: its layers to mount under them (:mod:`hutch.engine.storage.layermirror`); None: it shares
+    #: the engine's namespace
+    ids: idslices.Slice | None = None
+    lower_copies: list[Path] | None = None
+    #: ``dirs.root`` as the sandbox's root reaches it (with ``ids``)
+    visible_root: Path | None = None
+    #: the fixed-size file system its writes go to (:mod:`hutch.engine.storage.diskslots`)
+    disk_slot: Path | None = None
+
+
+async def start_container(runtime: OCIRuntime, plan: LaunchPlan
+                          ) -> tuple[int, trio.lowlevel.FdStream]:
+    """Start the container; returns its init pid and the write end of its stdin.
+
+    The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
+    open read-write (so opening never blocks and the entrypoint sees no EOF until the
+    client sends one) and hands the entrypoint a read-only descriptor.
+    """
+    dirs = plan.dirs
+    layers, owner = plan.layers, None
+    userns: int | None = None
+    made_netns: int | None = None
+    if plan.ids is not None:
+        assert plan.lower_copies is not None
+        # two short children (~4 ms): off the event loop, which serves other requests
+        fds = await trio.to_thread.run_sync(idslices.make_namespaces, plan.ids)
+        userns, made_netns = fds
+        try:
+            layers = layermirror.mount_lowers(plan.lower_copies, dirs.lower, fds[0])
+        except BaseException:
+            for made in fds:
+                os.close(made)
+            raise
+        owner = plan.ids.root
+    try:
+        return await _start(runtime, plan, layers, owner, userns, made_netns)
+    finally:
+        for fd in (userns, made_netns):
+            if fd is not None:
+                os.close(fd)  # the container holds its namespaces from here on
+
+
+async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owner: int | None,
+                 userns: int | None, made_netns: int | None
+                 ) -> tuple[int, trio.lowlevel.FdStream]:
+    dirs = plan.dirs
+    rootfs.mount_rootfs(dirs, layers, disk_mib=plan.disk_mib, owner=owner,
+                        disk_slot=plan.disk_slot)
+    # The logs are the one place the sandbox writes on the host (through /proc/1/fd/1):
+    # a tmpfs of LOG_CAP_MIB, or inside its ephemeral_disk, so a write past it is ENOSPC.
+    rootfs.mount_logs(dirs, in_scratch=plan.disk_mib is not None)
+    rootfs.make_dirs_inside(dirs.merged, plan.workdir, owner)
+    etc = rootfs.write_etc_files(dirs, plan.sandbox_id,
+                                 nameserver=outbound.SLIRP_DNS if plan.online else None,
+                                 owner=owner)
+    if plan.online:
+        etc.update(outbound.host_trust(dirs.merged))
+    if plan.visible_root is not None:
+        sandboxids.bind_visible(dirs.root, plan.visible_root)
+    firewall = outbound.ruleset(plan.allowlist) if plan.online else None
+    fifo = dirs.stdin_fifo
+    os.mkfifo(fifo, 0o600)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    reader = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
+    out = os.open(dirs.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    err = os.open(dirs.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    if owner is not None:  # the sandbox's root writes them again as /proc/1/fd/1 and 2
+        for fd in (out, err):
+            os.fchown(fd, owner, owner)
+    netns_fd: int | None = None
+    try:
+        try:
+            # The network namespace is made first (moments), then configured and connected
+            # while the runtime creates the container in it; all of it before the start.
+            async with trio.open_nursery() as nursery:
+                netns_fd = await nursery.start(netns.prepare, firewall, made_netns)
+                netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
+                if plan.online:
+                    nursery.start_soon(outbound.attach, netns_path, dirs.root)
+                view = plan.visible_root
+                mounts = plan.mounts
+                if view is not None:  # the runtime resolves these as the sandbox's root
+                    etc = {dest: _seen_from(view, dirs.root, src) for dest, src in etc.items()}
+                    mounts = [m.model_copy(update={"source": _seen_from(view, dirs.root,
+                                                                        m.source)})
+                              if m.source else m for m in mounts]
+                spec = ociconfig.sandbox_spec(
+                    rootfs=str(view / "merged" if view is not None else dirs.merged),
+                    hostname=plan.sandbox_id,
+                    process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd),
+                    etc_files=etc, devpts_gid=plan.devpts_gid, extra_mounts=mounts,
+                    cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
+                    netns_path=netns_path,
+                    userns_path=f"/proc/{os.getpid()}/fd/{userns}" if userns is not None
+                    else None,
+                    id_mappings=plan.ids.oci_mappings()
+                    if plan.ids is not None and runtime.name == "runc" else None,
+                )
+                (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
+                # A sandbox with ids of its own is made inside its cgroup: its process
+                # runs as another user at once, and cgroup v1 lets only that user (or the
+                # host's root) move it.
+                inside = plan.cgroup is not None and plan.ids is not None
+                if plan.cgroup is not None:
+                    plan.cgroup.create(plan.limits)
+                await runtime.create(plan.sandbox_id, dirs.root, stdin=reader, stdout=out,
+                                     stderr=err, pid_file=dirs.pid_file,
+                                     prefix=plan.cgroup.launcher()
+                                     if inside and plan.cgroup is not None else ())
+                pid = int(dirs.pid_file.read_text().strip())
+                if plan.cgroup is not None and not inside:
+                    plan.cgroup.add(pid)
+        except BaseExceptionGroup as group:
+            # the set-up's own failure, or the runtime's, rather than the group
+            first = [e for e in group.exceptions if isinstance(e, Invalid | RuntimeCommandError)]
+            if first:
+                raise first[0] from group
+            raise
+        finally:
+            if netns_fd is not None:
+                os.close(netns_fd)  # the container holds the namespace from here on
+        await runtime.start(plan.sandbox_id)
+    except BaseException:
+        os.close(writer)
+        raise
+    finally:
+        for fd in (reader, out, err):
+            os.close(fd)
+    return pid, trio.lowlevel.FdStream(writer)
+
+
+def _seen_from(view: Path, root: Path, source: str) -> str:
+    """``source``, a path under the sandbox's directory ``root``, as its root reaches it
+    (under ``view``); other paths as they are."""
+    return source.replace(str(root), str(view), 1) if source.startswith(f"{root}/") else source

@@ -1,0 +1,179 @@
+"""The limits a sandbox gets when it asks for none: memory, CPU and pids.
+
+Without them the host was a default sandbox's only bound: a red-team sandbox held 4 GiB
+with nothing but the host's OOM killer (or the cgroup all of the user's sandboxes share) to
+stop it, and a sandbox spinning on every core took them from the engine and every other
+sandbox.  Modal reserves 0.125 cores and 128 MiB per container and lets it burst to what its
+worker has (CPU: a soft limit 16 cores above the request); podman and docker set no memory
+or CPU limit unless asked.  A local engine shares one host with its user, so every sandbox
+here gets a hard memory limit and a CPU quota unless it sets its own:
+
+* **memory**: a quarter of what all of the user's sandboxes may hold together (the memory
+  limit of the cgroup they live under, which ``tools/setup-host.sh`` sets to 75% of the
+  host's memory; 75% of the host's memory where nothing bounds it), and at least 1 GiB
+  where that bound allows.  A runaway sandbox is then OOM-killed inside its own cgroup, and
+  it takes four at their limit before the shared bound (where the kernel picks a victim
+  among all of them) is reached.  On the 24 GiB CI host: 18,078 MiB together, 4,519 MiB each;
+* **CPU**: half of the CPUs the engine may run on, at least one: a sandbox spinning on every
+  thread leaves the other half to the engine and the other sandboxes (1 core of 2 on CI);
+* **pids**: :data:`~hutch.api.models.DEFAULT_PIDS_LIMIT` (2048, podman's).
+
+``HUTCH_DEFAULT_MEMORY_MIB`` and ``HUTCH_DEFAULT_CPU`` (read when the engine starts) replace
+the first two; ``0`` turns that default off.  What a sandbox asks for wins: a hard limit (the
+second of Modal's ``(request, limit)``) is used as it is, and a request alone raises the
+default limit to the request, so that a sandbox is never capped below what it reserved.  An
+``ephemeral_disk`` adds its size to the default memory limit, because its tmpfs pages are
+charged to the sandbox's memory.  Where a controller is not delegated the default for it is
+skipped (explicit limits there are refused,
+:class:`~hutch.engine.isolation.cgroups.LimitUnavailable`) and ``hutch doctor`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hutch.api.models import DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT
+from hutch.engine.isolation.cgroups import CgroupHost, Limits
+
+MEMORY_ENV = "HUTCH_DEFAULT_MEMORY_MIB"
+CPU_ENV = "HUTCH_DEFAULT_CPU"
+#: The share of the host's memory all sandboxes get where no cgroup bounds them
+#: (``HUTCH_SANDBOXES_MEMORY_PERCENT`` of tools/setup-host.sh defaults to the same).
+SANDBOXES_MEMORY_PERCENT = 75
+#: A default sandbox may hold this share of what all sandboxes may hold together.
+MEMORY_SHARE = 4
+#: ... but at least this much (MiB) where the shared bound allows: a pip install of a
+#: large wheel or a test suite needs several hundred MiB.
+MEMORY_FLOOR_MIB = 1024
+#: The bounds the API puts on explicit limits (MiB, cores; a CFS quota of 1 ms per 100 ms).
+MIN_MEMORY_MIB, MAX_MEMORY_MIB = 6, 1 << 24
+MIN_CPU, MAX_CPU = 0.01, 4096.0
+#: What cgroup v1 shows for "no limit" (the largest page-aligned value, near 2**63).
+_V1_UNLIMITED = 1 << 62
+
+
+@dataclass(frozen=True)
+class SandboxDefaults:
+    """The limits of a sandbox that sets none (None: no default), and why each."""
+
+    memory_mib: int | None
+    cpu: float | None
+    pids: int | None = DEFAULT_PIDS_LIMIT
+    #: how each was chosen, in words (the engine's log, ``hutch doctor``)
+    memory_why: str = ""
+    cpu_why: str = ""
+    #: settings that were refused (and so ignored), in words
+    problems: tuple[str, ...] = ()
+
+    def apply(self, limits: Limits, *, disk_mib: int | None = None,
+              controllers: Collection[str]) -> Limits:
+        """``limits`` (what a sandbox asked for) with these defaults filled in, for the
+        ``controllers`` this host can enforce."""
+        memory, cpu, pids = limits.memory_limit, limits.cpu_limit, limits.pids
+        if "memory" in controllers and memory is None and self.memory_mib is not None:
+            memory = max(self.memory_mib, limits.memory or 0) + (disk_mib or 0)
+        if "cpu" in controllers and cpu is None and self.cpu is not None:
+            cpu = max(self.cpu, limits.cpu or 0.0)
+        if "pids" in controllers and pids is None and self.pids is not None:
+            pids = min(self.pids, MAX_PIDS_LIMIT)
+        return dataclasses.replace(limits, memory_limit=memory, cpu_limit=cpu, pids=pids)
+
+
+def defaults(host: CgroupHost, env: Mapping[str, str] | None = None, *,
+             mem_total_mib: int | None = None, cpus: int | None = None) -> SandboxDefaults:
+    """The defaults of an engine on ``host`` started with ``env`` (``os.environ``);
+    ``mem_total_mib`` and ``cpus`` stand in for the host's (tests)."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    memory, memory_why = _memory_default(host, env, problems, mem_total_mib)
+    cpu, cpu_why = _cpu_default(env, problems, cpus)
+    return SandboxDefaults(memory, cpu, memory_why=memory_why, cpu_why=cpu_why,
+                           problems=tuple(problems))
+
+
+def _memory_default(host: CgroupHost, env: Mapping[str, str], problems: list[str],
+                    mem_total_mib: int | None) -> tuple[int | None, str]:
+    setting = _setting(env, MEMORY_ENV, int, MIN_MEMORY_MIB, MAX_MEMORY_MIB, problems)
+    if setting == 0:
+        return None, f"{MEMORY_ENV}=0"
+    if setting is not None:
+        return int(setting), MEMORY_ENV
+    base = host.bases.get("memory")
+    bound = sandboxes_bound_mib(base, host.version) if base is not None else None
+    if bound is not None:
+        whence = f"a quarter of the {bound} MiB all sandboxes may hold together, {base}"
+    else:
+        total = mem_total_mib if mem_total_mib is not None else host_memory_mib()
+        bound = total * SANDBOXES_MEMORY_PERCENT // 100
+        whence = (f"a quarter of {SANDBOXES_MEMORY_PERCENT}% of the host's {total} MiB "
+                  "(nothing bounds all sandboxes together)")
+    value = max(bound // MEMORY_SHARE, min(MEMORY_FLOOR_MIB, bound))
+    return max(MIN_MEMORY_MIB, value), whence
+
+
+def _cpu_default(env: Mapping[str, str], problems: list[str], cpus: int | None
+                 ) -> tuple[float | None, str]:
+    setting = _setting(env, CPU_ENV, float, MIN_CPU, MAX_CPU, problems)
+    if setting == 0:
+        return None, f"{CPU_ENV}=0"
+    if setting is not None:
+        return float(setting), CPU_ENV
+    count = cpus if cpus is not None else host_cpus()
+    return max(1.0, count / 2), f"half of the {count} CPUs the engine may use"
+
+
+def _setting(env: Mapping[str, str], name: str, kind: type[int] | type[float], low: float,
+             high: float, problems: list[str]) -> float | None:
+    """The number ``env[name]`` holds: 0 (off), within ``low``..``high``, or None (unset,
+    or refused with a line in ``problems``)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = math.nan
+    if value == 0:
+        return 0
+    if not low <= value <= high:  # a NaN fails this too
+        problems.append(f"{name}={raw!r} ignored: not 0 (no default) or a "
+                        f"{'whole ' if kind is int else ''}number from {low:g} to {high:g}")
+        return None
+    return value
+
+
+def sandboxes_bound_mib(base: Path, version: int) -> int | None:
+    """The lowest memory limit on ``base`` (the cgroup every sandbox is made under) and its
+    ancestors, in MiB: what all of the user's sandboxes may hold together (None: nothing
+    bounds them)."""
+    name = "memory.limit_in_bytes" if version == 1 else "memory.max"
+    lowest = None
+    for directory in (base, *base.parents):
+        try:
+            value = (directory / name).read_text().strip()
+        except OSError:
+            if directory != base:
+                break  # above the cgroup file system's root
+            continue
+        with contextlib.suppress(ValueError):
+            limit = int(value)
+            if limit < _V1_UNLIMITED and (lowest is None or limit < lowest):
+                lowest = limit
+    return None if lowest is None else lowest >> 20
+
+
+def host_memory_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) >> 10
+    raise OSError("no MemTotal in /proc/meminfo")
+
+
+def host_cpus() -> int:
+    return len(os.sched_getaffinity(0)) or os.cpu_count() or 1

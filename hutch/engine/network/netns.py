@@ -1,0 +1,188 @@
+"""A sandbox's network namespace, made and configured by the engine before the runtime
+joins it.
+
+The engine makes every sandbox's network namespace itself (the runtime's config names it
+by path), so that setting it up runs beside ``crun create`` instead of after it: the
+namespace is ready, with slirp4netns attached, by the time the container is created.
+The engine
+
+* brings its ``lo`` up and makes sure it holds 127.0.0.1/8 (pyroute2), whatever the
+  runtime did, so "loopback only" (``block_network=True``) means a working loopback on
+  every runtime;
+* for a sandbox with network access, loads its firewall (:func:`network.ruleset`) with
+  libnftables, the library the ``nft`` command is built on: no ``nsenter``/``nft``
+  processes per sandbox (they cost about 6 ms and a few ms of CPU each).
+
+Netlink sockets belong to the network namespace of the thread that opens them, so the
+work runs on a thread of its own that makes the namespace with unshare(2) (which moves only
+that thread) and configures it from inside.  That thread never returns to the host's
+namespace (a rootless engine may not join it again) and is not one of trio's pooled worker
+threads, which must stay in the host's namespace: it ends when the work is done.  The
+namespace outlives it through a descriptor the engine holds until the runtime has joined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
+import socket
+import threading
+
+import trio
+
+from hutch.engine.errors import Invalid
+from hutch.engine.kernel import linux
+
+LOOPBACK_ADDRESS = "127.0.0.1"
+
+
+class NetnsSetupFailed(Invalid):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def _nftables() -> ctypes.CDLL:
+    lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    return lib
+
+
+def _load_firewall(ruleset: str) -> None:
+    """Load ``ruleset`` into the calling thread's network namespace."""
+    try:
+        lib = _nftables()
+    except OSError as exc:
+        raise NetnsSetupFailed(f"libnftables is missing ({exc}): apt-get install nftables") \
+            from exc
+    ctx = lib.nft_ctx_new(0)
+    if not ctx:
+        raise NetnsSetupFailed("nft_ctx_new failed")
+    try:
+        lib.nft_ctx_buffer_error(ctx)
+        if lib.nft_run_cmd_from_buffer(ctx, ruleset.encode()) != 0:
+            error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+            raise NetnsSetupFailed(f"could not load the sandbox's firewall: {error.strip()}")
+    finally:
+        lib.nft_ctx_free(ctx)
+
+
+def _configure(firewall: str | None) -> None:
+    """Configure the calling thread's network namespace: ``lo`` over netlink, then the
+    firewall, if any."""
+    from pyroute2 import IPRoute  # imported by warm_up at engine start
+
+    with IPRoute() as ipr:
+        (index,) = ipr.link_lookup(ifname="lo")
+        ipr.link("set", index=index, state="up")
+        addresses = {a.get("address") for a in ipr.get_addr(index=index, family=2)}
+        if LOOPBACK_ADDRESS not in addresses:
+            ipr.addr("add", index=index, address=LOOPBACK_ADDRESS, prefixlen=8)
+    if firewall is not None:
+        _load_firewall(firewall)
+
+
+async def prepare(firewall: str | None = None, existing: int | None = None, *,
+                  task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Make a sandbox's network namespace (``nursery.start`` gives a descriptor of it, which
+    the caller closes once the runtime has joined it), then configure it: its loopback, and
+    the nftables ``firewall`` ruleset when given.  Returns when it is configured.
+    ``existing``: a namespace made already (in the sandbox's user namespace), to configure
+    instead."""
+    token = trio.lowlevel.current_trio_token()
+    made: list[int] = []
+    failure: list[BaseException] = []
+    ready, done = trio.Event(), trio.Event()
+
+    def report(event: trio.Event) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(event.set, trio_token=token)
+
+    def work() -> None:
+        try:
+            if existing is None:
+                linux.unshare(linux.CLONE_NEWNET)  # this thread only
+            else:
+                linux.setns(existing, linux.CLONE_NEWNET)
+            made.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+            report(ready)
+            _configure(firewall)
+        except BaseException as exc:  # handed to the waiting task
+            failure.append(exc)
+        finally:
+            report(ready)
+            report(done)
+
+    threading.Thread(target=work, name="hutch-netns", daemon=True).start()
+    with trio.CancelScope(shield=True):  # moments; and the descriptor must reach the caller
+        await ready.wait()
+    if made:
+        task_status.started(made[0])
+    await done.wait()
+    if failure:
+        if isinstance(failure[0], NetnsSetupFailed):
+            raise failure[0]
+        raise NetnsSetupFailed(
+            f"could not set up the sandbox's network namespace: {failure[0]}"
+        ) from failure[0]
+
+
+#: Seconds a connection to a sandbox port may take to be accepted.
+CONNECT_TIMEOUT = 10.0
+
+
+def _socket_inside(pidfd: int) -> socket.socket:
+    """A TCP socket of the network namespace of the process of ``pidfd``, made on a thread
+    of its own that joins that namespace and ends (a rootless engine may not join the
+    host's again; a socket keeps the namespace it was made in).  Only ``socket()`` runs
+    there: the connection is made on the event loop, so a port that never accepts holds
+    no thread."""
+    made: list[socket.socket] = []
+    failure: list[OSError] = []
+
+    def work() -> None:
+        try:
+            linux.setns(pidfd, linux.CLONE_NEWNET)  # this thread only
+            made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        except OSError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="hutch-socket", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return made[0]
+
+
+async def connect(pidfd: int, port: int) -> trio.SocketStream:
+    """A stream to ``port`` on the sandbox's own loopback (the sandbox of the init whose
+    pidfd this is).  Why not a forward of slirp4netns: that listens on the host's
+    127.0.0.1 in plain text for anyone on the host, beside the engine's TLS listener of
+    an ``encrypted_ports`` entry, and its connections are no activity for ``idle_timeout``;
+    this way the engine's listener is the one way in."""
+    sock = trio.socket.from_stdlib_socket(await trio.to_thread.run_sync(_socket_inside, pidfd))
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await sock.connect((LOOPBACK_ADDRESS, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+def warm_up() -> None:
+    """Import pyroute2 and load libnftables once at engine start, so the first sandbox does
+    not pay for it."""
+    import pyroute2  # noqa: F401
+
+    with contextlib.suppress(OSError):
+        _nftables()
