@@ -24,14 +24,13 @@ from typing import Any, TypeVar
 from benchmarks import concurrency
 from benchmarks import files as files_bench
 from benchmarks import images as images_bench
-from benchmarks.environment import Rootfs, locate_rootfs, machine_info
+from benchmarks.environment import DEFAULT_IMAGE, Rootfs, locate_rootfs, machine_info
 from benchmarks.harness import Outcome, Trial, Unavailable, describe, run_interleaved
 from benchmarks.hutch_peer import HutchPeer, HutchPoolPeer
 from benchmarks.peers import BwrapPeer, CrunPeer, Peer, PodmanPeer, default_podman_root
 from benchmarks.report import ms, ratios, write_all
 
 ALL_PEERS = ("hutch", "hutch-pool", "crun", "podman", "bwrap")
-DEFAULT_IMAGE = "hutch/debian-slim:bookworm-py3.11"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 SCENARIOS: dict[str, tuple[str, str]] = {

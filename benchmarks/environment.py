@@ -41,6 +41,10 @@ class Rootfs:
         return data
 
 
+#: The image every scenario and peer runs (hutch's default, debian_slim).
+DEFAULT_IMAGE = "hutch/debian-slim:bookworm-py3.11"
+
+
 def _blob(layout: Path, digest: str) -> dict[str, Any]:
     algo, _, hexpart = digest.partition(":")
     data: dict[str, Any] = json.loads((layout / "blobs" / algo / hexpart).read_text())

@@ -52,12 +52,14 @@ def _hutch(files: dict[str, Path], runs: dict[str, int], work: Path) -> dict[str
 
 def _podman(files: dict[str, Path], runs: dict[str, int], work: Path) -> dict[str, Any] | str:
     try:
-        from benchmarks.cli import _find_rootfs
+        from benchmarks.environment import DEFAULT_IMAGE, locate_rootfs
         from benchmarks.peers import PodmanPeer, default_podman_root
+        from hutch.api import paths
 
-        rootfs = _find_rootfs("")
-        if isinstance(rootfs, str):
-            return f"no shared rootfs: {rootfs}"
+        try:
+            rootfs = locate_rootfs(paths.data_dir(), DEFAULT_IMAGE)
+        except Exception as exc:
+            return f"no shared rootfs: {exc}"
         peer = PodmanPeer(rootfs, default_podman_root())
     except Exception as exc:
         return f"podman unavailable: {exc}"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.imagebuild.layertar import write_layer_tar
+from hutch.imagebuild.layerunpack import unpack_layer
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -207,9 +208,7 @@ class ImageStore:
 
     def ensure_unpacked(self, layer: dict[str, Any], diff_id: str) -> Path:
         """The shared directory of a layer, unpacking its blob once if needed (OCI whiteouts
-        become overlay whiteouts, :func:`hutch.imagebuild.importer.unpack_layer`)."""
-        from hutch.imagebuild.importer import unpack_layer
-
+        become overlay whiteouts, :func:`hutch.imagebuild.layerunpack.unpack_layer`)."""
         target = self.layers / _hex(diff_id)
         if not target.exists():
             unpack_layer(self.blob_path(layer["digest"]), layer["mediaType"], diff_id, target,

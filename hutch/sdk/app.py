@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hutch.exception import InvalidError
+from hutch.sdk.createrequest import create_request
 from hutch.sdk.options import check_object_name
 from hutch.sdk.pool import WarmPool
 from hutch.sdk.syncbridge import synchronize, synchronize_static
@@ -78,8 +79,6 @@ class App:
         entrypoint or readiness probe, takes a pooled sandbox.  Declaring the same pool
         again changes its size.
         """
-        from hutch.sdk.createrequest import create_request
-
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 64:
             raise InvalidError(f"size must be an int from 1 to 64, got: {size!r}")
         body = await create_request(

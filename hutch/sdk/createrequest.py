@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from hutch.exception import InvalidError
 from hutch.sdk import options
-from hutch.sdk.app import App
 from hutch.sdk.image import Image
 from hutch.sdk.probe import Probe
 from hutch.sdk.secret import Secret, merge_secrets
 from hutch.sdk.volume import Volume
 
 
+class AppRef(Protocol):
+    """What a create request needs of its app (:class:`hutch.sdk.app.App`, whose
+    ``warm_pool`` makes requests too: its callers check the type)."""
+
+    async def resolve_id(self) -> str: ...
+
+
 async def create_request(
-    args: tuple[str, ...], *, app: App | None, name: str | None,
+    args: tuple[str, ...], *, app: AppRef | None, name: str | None,
     tags: Mapping[str, str] | None, image: Image | None,
     env: Mapping[str, str | None] | None, secrets: Collection[Secret] | None,
     timeout: int | float, workdir: str | None, block_network: bool, verbose: bool,
@@ -43,8 +49,6 @@ async def create_request(
     entrypoint = options.check_args(args, "entrypoint")
     if name is not None:
         options.check_object_name(name, "Sandbox")
-    if app is not None and not isinstance(app, App):
-        raise InvalidError(f"app must be a hutch.App, not {type(app).__name__}")
     if image is not None and not isinstance(image, Image):
         raise InvalidError(f"image must be a hutch.Image, not {type(image).__name__}")
     if not isinstance(block_network, bool) or not isinstance(verbose, bool):

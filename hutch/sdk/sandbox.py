@@ -139,6 +139,8 @@ class Sandbox:
 
         Raises :class:`AlreadyExistsError` when a running sandbox of the app has ``name``.
         """
+        if app is not None and not isinstance(app, App):
+            raise InvalidError(f"app must be a hutch.App, not {type(app).__name__}")
         body = await create_request(
             args, app=app, name=name, tags=tags, image=image, env=env, secrets=secrets,
             timeout=timeout, workdir=workdir, block_network=block_network, verbose=verbose,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hutch.imagebuild.importer import ImportFailed, _adopt, unpack_layer
+from hutch.imagebuild.importer import ImportFailed, _adopt
+from hutch.imagebuild.layerunpack import unpack_layer
 from hutch.imagebuild.layout import ImageStore
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -19,26 +19,41 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
 from hutch.engine.commands.zygote import ForkServer, ZygoteError, ZygoteLink, ZygoteProcess
 from hutch.engine.errors import Conflict, EngineError
 from hutch.engine.isolation import cgroups, seccompbpf
+from hutch.engine.isolation.idslices import Slice
 from hutch.engine.kernel import proctree
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.engine.storage import remains
-
-if TYPE_CHECKING:
-    from hutch.engine.lifecycle.livesandbox import LiveSandbox
+from hutch.engine.storage.rootfs import SandboxDirs
 
 log = logging.getLogger("hutch.commands")
 
 #: Seconds a zygote with nothing running is kept (``HUTCH_ZYGOTE_IDLE`` overrides it): each
 #: one holds about 1.7 MiB of its own pages, and making a new one costs a few milliseconds.
 ZYGOTE_IDLE = 30.0
+
+
+class CommandHost(Protocol):
+    """What the starter needs of a running sandbox (the lifecycle's
+    :class:`~hutch.engine.lifecycle.livesandbox.LiveSandbox`, a layer above): its
+    processes' handles, its directories, and the zygote it keeps."""
+
+    sandbox_id: str
+    dirs: SandboxDirs
+    pid: int
+    pidfd: int | None
+    ids: Slice | None
+    zygote: ZygoteLink | None
+    zygote_lock: trio.Lock
+
+    def launcher(self) -> list[str]: ...
 
 
 class CommandProcess(Protocol):
@@ -116,7 +131,7 @@ class CommandStarter:
     def via(self) -> str:
         return "zygote" if self.fork_server is not None else "runtime"
 
-    async def start(self, live: LiveSandbox, command_id: str, argv: list[str],
+    async def start(self, live: CommandHost, command_id: str, argv: list[str],
                     env: dict[str, str], cwd: str, *, stdin: bool, stdout: bool,
                     stderr: bool) -> StartedCommand:
         if self.fork_server is not None:
@@ -144,7 +159,7 @@ class CommandStarter:
             raise
         return StartedCommand(spawned, pid_file, [process_json, pid_file])
 
-    async def _link(self, live: LiveSandbox) -> ZygoteLink:
+    async def _link(self, live: CommandHost) -> ZygoteLink:
         assert self.fork_server is not None
         async with live.zygote_lock:
             if live.zygote is not None and live.zygote.alive:
@@ -173,7 +188,7 @@ class CommandStarter:
             live.zygote = link
             return link
 
-    async def _retire_when_idle(self, live: LiveSandbox, link: ZygoteLink) -> None:
+    async def _retire_when_idle(self, live: CommandHost, link: ZygoteLink) -> None:
         """Let ``link`` go once nothing it started runs and it has not been used for
         ``zygote_idle`` seconds (under the sandbox's lock: no command is being handed to it)."""
         while link.alive:
@@ -188,7 +203,7 @@ class CommandStarter:
                     return
             await trio.sleep(1.0)
 
-    async def prepare(self, live: LiveSandbox) -> None:
+    async def prepare(self, live: CommandHost) -> None:
         """Make the sandbox's zygote now and keep it until :meth:`taken` (a pooled sandbox:
         its first exec should not pay for it).  A failure is only logged: that first exec
         tries again, and reports it."""
@@ -201,13 +216,13 @@ class CommandStarter:
             return
         link.keep = True
 
-    def taken(self, live: LiveSandbox) -> None:
+    def taken(self, live: CommandHost) -> None:
         """The pooled sandbox has a user now: its zygote retires when idle, as any other."""
         if live.zygote is not None:
             live.zygote.keep = False
             live.zygote.last_used = trio.current_time()
 
-    async def release(self, live: LiveSandbox) -> None:
+    async def release(self, live: CommandHost) -> None:
         """Let the sandbox's zygote go (before its cgroup is removed)."""
         link, live.zygote = live.zygote, None
         if link is not None:
@@ -215,7 +230,7 @@ class CommandStarter:
                 await link.close()
 
 
-def _refusal(live: LiveSandbox, exc: ZygoteError) -> EngineError:
+def _refusal(live: CommandHost, exc: ZygoteError) -> EngineError:
     """What a caller hears when the zygote failed it: the sandbox has ended (409), or an
     engine error; never the bare ZygoteError, which no caller (a probe) expects."""
     if proctree.exited(live.pidfd):

@@ -31,8 +31,8 @@ from hutch.engine.kernel import trees
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.engine.storage import rootfs
-from hutch.imagebuild.importer import ImportFailed, extract_safely
 from hutch.imagebuild.inroot import UnsafeEntry
+from hutch.imagebuild.layerunpack import ImportFailed, extract_safely
 from hutch.imagebuild.layout import RUNS_CMD_LABEL, ImageStore
 
 log = logging.getLogger("hutch.build")

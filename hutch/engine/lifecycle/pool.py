@@ -22,17 +22,34 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from hutch.api.models import CreateSandboxRequest, PoolInfo
+from hutch.engine.commands.starter import CommandStarter
 from hutch.engine.errors import AlreadyExists, Invalid, NotFound
-from hutch.engine.storage.store import SandboxRow, new_id
+from hutch.engine.images.service import ImageService
+from hutch.engine.lifecycle.livesandbox import LiveSandbox
+from hutch.engine.storage.store import SandboxRow, Store, new_id
 from hutch.imagebuild.layout import Image
 
-if TYPE_CHECKING:
-    from hutch.engine.lifecycle.manager import SandboxManager
+
+class PoolHost(Protocol):
+    """What a pool needs of the sandbox manager (:mod:`hutch.engine.lifecycle.manager`,
+    which holds the pools: it names this, not the other way round)."""
+
+    images: ImageService
+    store: Store
+    live: dict[str, LiveSandbox]
+    commands: CommandStarter
+
+    def app_id(self, req: CreateSandboxRequest) -> str: ...
+    async def create(self, req: CreateSandboxRequest, *, pooled: bool = False
+                     ) -> SandboxRow: ...
+    def adopt_pooled(self, sandbox_id: str, req: CreateSandboxRequest, image: Image
+                     ) -> SandboxRow: ...
+    async def terminate(self, sandbox_id: str, grace: float) -> SandboxRow: ...
 
 log = logging.getLogger("hutch.pool")
 
@@ -84,7 +101,7 @@ class WarmPool:
 
 
 class PoolService:
-    def __init__(self, manager: SandboxManager, nursery: trio.Nursery) -> None:
+    def __init__(self, manager: PoolHost, nursery: trio.Nursery) -> None:
         self.manager = manager
         self.nursery = nursery
         self.pools: dict[str, WarmPool] = {}
