@@ -35,7 +35,7 @@ from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.images.service import ImageService
 from hutch.engine.isolation.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.isolation.idslices import Slice
-from hutch.engine.lifecycle import sandboxlimits
+from hutch.engine.lifecycle import sandboxlimits, sandboxspec
 from hutch.engine.lifecycle.launch import LaunchPlan, start_container
 from hutch.engine.lifecycle.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.lifecycle.pool import PoolService
@@ -53,7 +53,6 @@ from hutch.imagebuild.layout import Image
 
 log = logging.getLogger("hutch.sandbox")
 
-DEFAULT_ENTRYPOINT = ["sleep", "infinity"]
 TERMINATED_CODE = 137
 
 
@@ -125,7 +124,7 @@ class SandboxManager(SandboxRecovery):
             if taken is not None:
                 return taken
         sandbox_id = new_id("sb")
-        argv, spec_record = self._spec_record(req, image, sandbox_id)
+        argv, spec_record = sandboxspec.spec_of(req, image, sandbox_id)
         disk = self.disks.take(sandbox_id) if req.ephemeral_disk is None else None
         ids, copies = None, None
         names = spec_record["volumes"]
@@ -150,7 +149,7 @@ class SandboxManager(SandboxRecovery):
         default = spec_record["default_entrypoint"]
         # A default entrypoint (sleep) runs with the image's environment in / , so that a
         # pooled sandbox, started before its user's env and workdir were known, is the same.
-        init_env = _base_env(image.env, sandbox_id) if default else spec_record["env"]
+        init_env = sandboxspec.base_env(image.env, sandbox_id) if default else spec_record["env"]
         workdir = spec_record["workdir"]
         try:
             self.store.insert_sandbox(
@@ -197,32 +196,13 @@ class SandboxManager(SandboxRecovery):
             await self._serve_tunnels(self.live[sandbox_id])
         return row
 
-    def _spec_record(self, req: CreateSandboxRequest, image: Image, sandbox_id: str
-                     ) -> tuple[list[str], dict[str, Any]]:
-        """The entrypoint, and what the engine keeps of a sandbox's request."""
-        env = {**_base_env(image.env, sandbox_id), **req.env}
-        if req.entrypoint:  # the arguments replace the image's Cmd, after its Entrypoint
-            argv = [*image.entrypoint, *req.entrypoint]
-        elif image.runs_cmd and (image.entrypoint or image.cmd):
-            argv = [*image.entrypoint, *image.cmd]
-        else:
-            argv = list(DEFAULT_ENTRYPOINT)
-        return argv, {
-            "env": env, "workdir": req.workdir or image.workdir or "/", "argv": argv,
-            "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
-            "verbose": req.verbose, "idle_timeout": req.idle_timeout,
-            "probe": req.readiness_probe.model_dump() if req.readiness_probe else None,
-            "layers": ["sha256:" + p.name for p in image.layer_dirs],
-            "volumes": sorted({v.name for v in req.volumes.values()}),
-        }
-
     def adopt_pooled(self, sandbox_id: str, req: CreateSandboxRequest, image: Image
                      ) -> SandboxRow:
         """Hand the pooled sandbox ``sandbox_id`` to the user of ``req``: its env, workdir,
         name, tags and timeouts become those of ``req``, its clock starts now."""
         live = self.live[sandbox_id]
         pooled = self.store.sandbox(sandbox_id).spec
-        _, spec = self._spec_record(req, image, sandbox_id)
+        _, spec = sandboxspec.spec_of(req, image, sandbox_id)
         spec.update({k: pooled.get(k) for k in ("limits", "cgroup", "ephemeral_disk", "ids",
                                                 "disk_slot")})
         rootfs.make_dirs_inside(live.dirs.merged, spec["workdir"], live.owner)
@@ -498,10 +478,3 @@ class SandboxManager(SandboxRecovery):
             self.store.exec_row(exec_id)  # NotFound when unknown
             raise Conflict(f"the output of exec {exec_id} is no longer available")
         return session
-
-
-def _base_env(image_env: dict[str, str], sandbox_id: str) -> dict[str, str]:
-    env = dict(image_env)
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    env.setdefault("HOSTNAME", sandbox_id)
-    return env

@@ -56,8 +56,8 @@ from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.network import outbound, tlsproxy
 from hutch.engine.routes.files import add_file_routes
 from hutch.engine.routes.pools import add_pool_routes
+from hutch.engine.routes.volumes import add_volume_routes
 from hutch.engine.storage.store import SandboxRow
-from hutch.engine.storage.volumes import add_volume_routes
 from hutch.imagebuild.layout import ImageNotFound
 
 log = logging.getLogger("hutch.server")

@@ -8,47 +8,28 @@ resolution as a sandbox's (:class:`~hutch.engine.files.sandboxfs.SandboxFS` root
 volume's directory).  A volume some running sandbox mounts cannot be deleted.
 
 Code in a sandbox that mounts a volume can plant FIFOs, leases and huge directories in it,
-so its file calls are run like a sandbox's (:mod:`hutch.engine.files.fileops`): in the volume's
-own worker threads, each step with a deadline, listings streamed in batches.
+so its file calls run in the volume's own worker threads (:attr:`VolumeService.ops`; the
+routes: :mod:`hutch.engine.routes.volumes`).
 
 A volume's files belong to an id slice of its own, and the sandboxes that mount it run
-with that slice (:mod:`hutch.engine.storage.volumeids`); what the engine makes in it gets its
-slice's root as owner.
+with that slice (:mod:`hutch.engine.storage.volumeids`); what the engine makes in it gets
+its slice's root as owner.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
-
-import trio
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import StreamingResponse
+from typing import Any
 
 from hutch.api.models import (
-    CopyFilesRequest,
-    LookupVolumeRequest,
-    RemoveRequest,
     VolumeMount,
     error_responses,
-    stream_response,
 )
 from hutch.engine.errors import Conflict, NotFound
-from hutch.engine.files.fileops import FileOps, deadline_after
-from hutch.engine.files.filestreams import (
-    copy_files,
-    entry_row,
-    list_directory,
-    stream_fd,
-    walk_directory,
-    write_stream,
-)
-from hutch.engine.files.sandboxfs import Entry, FileError, SandboxFS, entry
+from hutch.engine.files.fileops import FileOps
+from hutch.engine.files.sandboxfs import SandboxFS
 from hutch.engine.isolation.idslices import SliceAllocator
 from hutch.engine.kernel import linux, trees
 from hutch.engine.runtime import ociconfig
@@ -75,7 +56,7 @@ class VolumeService:
         self.ops = FileOps()
         self.ids = VolumeIds(store, slices,
                              lambda name: self.directory(self.lookup(name, create=False)),
-                             lambda name: self.ops.busy(_ops_owner(name)) > 0)
+                             lambda name: self.ops.busy(ops_owner(name)) > 0)
         self.slots = slots if slots is not None and slots.enabled else None
         known = {str(record["volume_id"]) for record in store.volumes()}
         for leftover in self.root.iterdir():  # a volume deleted as the engine was killed
@@ -218,112 +199,6 @@ def release_staging(staging: Path) -> None:
         pass
 
 
-def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None = None
-                      ) -> None:
-    ops = ops or volumes.ops
-
-    def files(name: str) -> SandboxFS:
-        record = volumes.lookup(name, create=False)
-        return SandboxFS(str(volumes.directory(record)), owner=volumes.ids.owner(record))
-
-    @contextlib.contextmanager
-    def writable(name: str) -> Iterator[SandboxFS]:
-        """The volume's files, for a call that makes files: what it makes belongs to the
-        volume's ids, which cannot change meanwhile (:meth:`VolumeIds.writing`)."""
-        record = volumes.lookup(name, create=False)
-        with volumes.ids.writing(record) as owner_id, \
-                SandboxFS(str(volumes.directory(record)), owner=owner_id) as fs:
-            yield fs
-
-    owner = _ops_owner
-
-    @app.post("/v1/volumes/lookup", responses=error_responses(400, 404, 422))
-    async def lookup(req: LookupVolumeRequest) -> dict[str, Any]:
-        return volumes.lookup(req.name, req.create_if_missing)
-
-    @app.get("/v1/volumes")
-    async def list_volumes() -> dict[str, Any]:
-        return {"volumes": volumes.store.volumes()}
-
-    @app.delete("/v1/volumes/{name}", responses=error_responses(404, 409, 422))
-    async def delete(name: str) -> dict[str, str]:
-        path = await volumes.delete(name)
-        # one worker thread of the volume's own (removing a big tree takes a while); the
-        # record is gone, so its files go too, even if the caller gives up (and what a
-        # killed engine left, the next one removes)
-        with trio.CancelScope(shield=True):
-            await ops.run(owner(name), volumes.remove_files, path,
-                          doing=f"deleting volume {name!r}")
-        return {"deleted": name}
-
-    @app.get("/v1/volumes/{name}/list", response_class=StreamingResponse,
-             responses=stream_response("application/json", "the entries, streamed "
-                                       "in batches: {entries, error?}") | _FILE_ERRORS)
-    async def listdir(name: str, path: str = "/", recursive: bool = False
-                      ) -> StreamingResponse:
-        """Entries with their ``path``, sorted, as ``{"entries": [...]}`` streamed in
-        batches (``error`` ends it if a batch fails)."""
-        fs = files(name)
-        try:
-            if recursive:
-                body = await walk_directory(ops, owner(name), fs, path, _path_row)
-            else:
-                body = await list_directory(ops, owner(name), fs, path,
-                                            lambda e: _path_row(_join(path, e.name), e))
-        finally:
-            fs.close()  # the listing holds its own directory descriptor
-        return StreamingResponse(body, media_type="application/json")
-
-    @app.get("/v1/volumes/{name}/file", response_class=StreamingResponse,
-             responses=stream_response(BYTES, "the file's bytes") | _FILE_ERRORS)
-    async def read(name: str, path: str) -> StreamingResponse:
-        with files(name) as fs:
-            fd = await ops.run_fs(owner(name), fs, SandboxFS.open_regular, path, os.O_RDONLY)
-
-        return StreamingResponse(stream_fd(ops, owner(name), fd), media_type=BYTES)
-
-    @app.put("/v1/volumes/{name}/file", responses=_FILE_ERRORS)
-    async def write(name: str, path: str, request: Request,
-                    mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644) -> dict[str, Any]:
-        """Write a file (its parent directories are created), streamed from the body."""
-        with writable(name) as fs:
-            parent = fs.path(path).rsplit("/", 1)[0]
-            if parent:
-                await ops.run_fs(owner(name), fs, SandboxFS.mkdir, parent, True)
-            fd = await ops.run_fs(owner(name), fs, SandboxFS.open_regular, path,
-                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            try:
-                os.fchmod(fd, mode)
-                await write_stream(ops, owner(name), fd, request.stream())
-                return asdict(entry(os.path.basename(path.rstrip("/")), os.fstat(fd)))
-            except OSError as exc:
-                raise FileError(exc, path) from exc
-            finally:
-                os.close(fd)
-
-    @app.post("/v1/volumes/{name}/remove", responses=_FILE_ERRORS)
-    async def remove(name: str, req: RemoveRequest) -> dict[str, str]:
-        with files(name) as fs:
-            await ops.run_fs(owner(name), fs, SandboxFS.remove, req.path, req.recursive,
-                          deadline_after(ops.timeout), doing=f"removing {req.path!r}")
-        return {"removed": req.path}
-
-    @app.post("/v1/volumes/{name}/copy", responses=_FILE_ERRORS)
-    async def copy(name: str, req: CopyFilesRequest) -> dict[str, str]:
-        """Copy files within the volume (into ``dst_path`` when it is a directory)."""
-        with writable(name) as fs:
-            await copy_files(ops, owner(name), fs, req.src_paths, req.dst_path)
-        return {"copied": req.dst_path}
-
-
-def _ops_owner(name: str) -> str:
+def ops_owner(name: str) -> str:
     """Whose worker threads a volume's files calls run in (:class:`FileOps`)."""
     return f"volume {name}"
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
-
-
-def _path_row(path: str, e: Entry) -> dict[str, Any]:
-    return {**entry_row(e), "path": path}

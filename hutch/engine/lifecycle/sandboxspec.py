@@ -1,0 +1,46 @@
+"""What the engine keeps of a sandbox's request: its entrypoint and the settings a
+restarted daemon, a pool handing it out and the routes read back (the ``spec`` column).
+
+Why apart from the manager: the same record is made for a new sandbox and again for a
+pooled one given to its user (:meth:`SandboxManager.adopt_pooled`), and it is the one place
+that decides what a sandbox runs when neither the request nor the image says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hutch.api.models import CreateSandboxRequest
+from hutch.imagebuild.layout import Image
+
+#: What a sandbox runs when neither its request nor its image names a command: it idles
+#: until terminated (Modal's ``Sandbox.create()`` with no arguments).
+DEFAULT_ENTRYPOINT = ["sleep", "infinity"]
+
+
+def spec_of(req: CreateSandboxRequest, image: Image, sandbox_id: str
+            ) -> tuple[list[str], dict[str, Any]]:
+    """The entrypoint, and what the engine keeps of a sandbox's request."""
+    env = {**base_env(image.env, sandbox_id), **req.env}
+    if req.entrypoint:  # the arguments replace the image's Cmd, after its Entrypoint
+        argv = [*image.entrypoint, *req.entrypoint]
+    elif image.runs_cmd and (image.entrypoint or image.cmd):
+        argv = [*image.entrypoint, *image.cmd]
+    else:
+        argv = list(DEFAULT_ENTRYPOINT)
+    return argv, {
+        "env": env, "workdir": req.workdir or image.workdir or "/", "argv": argv,
+        "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
+        "verbose": req.verbose, "idle_timeout": req.idle_timeout,
+        "probe": req.readiness_probe.model_dump() if req.readiness_probe else None,
+        "layers": ["sha256:" + p.name for p in image.layer_dirs],
+        "volumes": sorted({v.name for v in req.volumes.values()}),
+    }
+
+
+def base_env(image_env: dict[str, str], sandbox_id: str) -> dict[str, str]:
+    """The image's environment with a ``PATH`` and ``HOSTNAME`` where it sets none."""
+    env = dict(image_env)
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("HOSTNAME", sandbox_id)
+    return env
