@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hutch.api.errors import ErrorKind
+
 API_VERSION = "2"
 #: The media type of every output stream (one JSON event per line).
 NDJSON = "application/x-ndjson"
@@ -436,11 +438,7 @@ class RemoveRequest(_Wire):
 class ErrorBody(_Wire):
     """Every error the engine answers: a stable ``type`` the SDK maps to an exception."""
 
-    type: Literal[
-        "not_found", "already_exists", "invalid", "conflict", "engine", "timeout", "image_build",
-        "file_not_found", "is_a_directory", "not_a_directory", "permission_denied",
-        "file_exists", "directory_not_empty", "file_busy", "file_error", "resource_exhausted",
-    ]
+    type: ErrorKind
     message: str
 
 

@@ -1,16 +1,20 @@
-"""Errors the engine raises while serving a request, each with its HTTP status.
+"""Errors the engine raises while serving a request, each of an API error kind.
 
-The server turns them into an :class:`hutch.api.models.ErrorBody`; the SDK turns that body
+The routes answer them as an :class:`hutch.api.models.ErrorBody` with the kind's status
+(:data:`hutch.api.errors.STATUS`: chosen at the edge, not here); the SDK turns that body
 back into the matching ``hutch.exception`` class.  Anything else escaping a handler is a bug
 and is answered as a 500 ``engine`` error with the traceback in the engine log.
 """
 
 from __future__ import annotations
 
+from hutch.api.errors import ErrorKind
+
 
 class EngineError(Exception):
-    type = "engine"
-    status = 500
+    """The engine's (or the host's) fault, not the caller's."""
+
+    type: ErrorKind = "engine"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -18,37 +22,36 @@ class EngineError(Exception):
 
 
 class NotFound(EngineError):
-    type = "not_found"
-    status = 404
+    type: ErrorKind = "not_found"
 
 
 class AlreadyExists(EngineError):
-    type = "already_exists"
-    status = 409
+    type: ErrorKind = "already_exists"
 
 
 class Invalid(EngineError):
-    type = "invalid"
-    status = 400
+    type: ErrorKind = "invalid"
 
 
 class Conflict(EngineError):
-    type = "conflict"
-    status = 409
+    type: ErrorKind = "conflict"
 
 
 class ImageBuildFailed(EngineError):
-    type = "image_build"
-    status = 500
+    type: ErrorKind = "image_build"
 
 
 class TimedOut(EngineError):
-    type = "timeout"
-    status = 504
+    type: ErrorKind = "timeout"
 
 
 class Exhausted(EngineError):
     """Every one of something sandboxes need one of is in use (user-id slices)."""
 
-    type = "resource_exhausted"
-    status = 429
+    type: ErrorKind = "resource_exhausted"
+
+
+class HostFault(EngineError):
+    """The host lacks something the engine needs (a package, a kernel feature) or a helper
+    of the engine failed: an ``engine`` error naming the fix, not ``invalid``, which would
+    tell the caller their input was wrong."""

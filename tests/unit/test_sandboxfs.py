@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hutch.api.errors import STATUS
 from hutch.engine.errors import TimedOut
 from hutch.engine.files import sandboxfs
 from hutch.engine.files.sandboxfs import FileError, SandboxFS
@@ -53,7 +54,7 @@ def test_fifos_sockets_and_devices_are_refused_unopened(fs: SandboxFS, tmp_path:
     (tmp_path / "dev").mkdir()
     for name, what in [("fifo", "a FIFO"), ("sock", "a socket")]:
         error = _refused(fs, name, flags)
-        assert (error.type, error.status) == ("file_error", 400)
+        assert (error.type, STATUS[error.type]) == ("file_error", 400)
         assert f"Not a regular file ({what})" in error.message
     assert _refused(fs, "dev", flags).type == "is_a_directory"
     if not flags & os.O_CREAT:
@@ -88,7 +89,7 @@ def test_a_leased_file_is_busy_at_once(fs: SandboxFS, tmp_path: Path) -> None:
         cpu = time.process_time()
         for flags in (os.O_RDONLY, os.O_WRONLY | os.O_TRUNC):
             error = _refused(fs, "leased", flags)
-            assert (error.type, error.status) == ("file_busy", 409)
+            assert (error.type, STATUS[error.type]) == ("file_busy", 409)
             assert "lease" in error.message
         assert time.process_time() - cpu < 0.2
     finally:

@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from hutch import exception
+from hutch.api.errors import KINDS, STATUS
 from hutch.engine import errors
-from hutch.sdk.transport import _raise_for
+from hutch.sdk.transport import _ERRORS, _raise_for
 
 CASES = [
     ("not_found", 404, exception.NotFoundError),
@@ -45,14 +46,15 @@ def test_error_types_map_to_classes(kind: str, status: int, cls: type[Exception]
 
 @pytest.mark.parametrize("engine_error", [
     errors.NotFound, errors.AlreadyExists, errors.Invalid, errors.Conflict,
-    errors.ImageBuildFailed, errors.EngineError, errors.Exhausted,
+    errors.ImageBuildFailed, errors.EngineError, errors.Exhausted, errors.HostFault,
 ])
 def test_every_engine_error_round_trips(engine_error: type[errors.EngineError]) -> None:
     """What the server answers for an engine error becomes the matching SDK class."""
     expected = {kind: cls for kind, _, cls in CASES}[engine_error.type]
     err = engine_error("it went wrong")
     with pytest.raises(exception.Error) as info:
-        _raise_for(_response(err.status, json={"type": err.type, "message": err.message}))
+        _raise_for(_response(STATUS[err.type], json={"type": err.type,
+                                                      "message": err.message}))
     assert type(info.value) is expected
     assert str(info.value) == "it went wrong"
 
@@ -61,7 +63,21 @@ def test_engine_error_types_are_all_known() -> None:
     from hutch.api.models import ErrorBody
 
     wire_types = set(ErrorBody.model_fields["type"].annotation.__args__)  # type: ignore[union-attr]
-    assert {kind for kind, _, _ in CASES} == wire_types
+    assert {kind for kind, _, _ in CASES} == wire_types == set(KINDS) == set(STATUS) \
+        == set(_ERRORS)
+    assert {kind: status for kind, status, _ in CASES} == STATUS  # one home for the statuses
+
+
+def test_a_missing_host_part_is_the_engines_fault_not_the_callers() -> None:
+    """slirp4netns or libnftables missing used to reach the caller as InvalidError."""
+    from hutch.engine.network.netns import NetnsSetupFailed
+    from hutch.engine.network.outbound import NetworkSetupFailed
+
+    for cls in (NetworkSetupFailed, NetnsSetupFailed):
+        err = cls("slirp4netns is not installed: apt-get install slirp4netns")
+        assert (err.type, STATUS[err.type]) == ("engine", 500)
+        with pytest.raises(exception.EngineError, match="apt-get install"):
+            _raise_for(_response(500, json={"type": err.type, "message": err.message}))
 
 
 @pytest.mark.parametrize("status", [200, 201, 204, 299])

@@ -29,6 +29,7 @@ import stat
 from dataclasses import dataclass
 from typing import ClassVar
 
+from hutch.api.errors import ErrorKind
 from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.files.fileops import check_deadline
 from hutch.imagebuild import inroot
@@ -66,25 +67,22 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
 class FileError(EngineError):
     """A file operation's error, typed like the builtin ``OSError`` subclasses."""
 
-    status = 400
-    TYPES: ClassVar[dict[int, tuple[str, int]]] = {
-        errno.ENOENT: ("file_not_found", 404), errno.EISDIR: ("is_a_directory", 400),
-        errno.ENOTDIR: ("not_a_directory", 400), errno.EACCES: ("permission_denied", 403),
-        errno.EPERM: ("permission_denied", 403), errno.EEXIST: ("file_exists", 409),
-        errno.ENOTEMPTY: ("directory_not_empty", 409), errno.ELOOP: ("permission_denied", 403),
-        errno.EXDEV: ("permission_denied", 403), errno.EROFS: ("permission_denied", 403),
-        errno.ETXTBSY: ("permission_denied", 403), errno.EBUSY: ("permission_denied", 403),
-        errno.EAGAIN: ("file_busy", 409),
+    TYPES: ClassVar[dict[int, ErrorKind]] = {
+        errno.ENOENT: "file_not_found", errno.EISDIR: "is_a_directory",
+        errno.ENOTDIR: "not_a_directory", errno.EACCES: "permission_denied",
+        errno.EPERM: "permission_denied", errno.EEXIST: "file_exists",
+        errno.ENOTEMPTY: "directory_not_empty", errno.ELOOP: "permission_denied",
+        errno.EXDEV: "permission_denied", errno.EROFS: "permission_denied",
+        errno.ETXTBSY: "permission_denied", errno.EBUSY: "permission_denied",
+        errno.EAGAIN: "file_busy",
     }
     LEASED = ("held by a lease of a process in the sandbox (fcntl F_SETLEASE), which the "
               "engine does not wait for; try again later")
 
     def __init__(self, exc: OSError, path: str) -> None:
-        kind, status = self.TYPES.get(exc.errno or 0, ("file_error", 400))
         reason = self.LEASED if exc.errno == errno.EAGAIN else exc.strerror
         super().__init__(f"{reason}: {path!r}")
-        self.type = kind
-        self.status = status
+        self.type = self.TYPES.get(exc.errno or 0, "file_error")
 
 
 @dataclass(frozen=True)

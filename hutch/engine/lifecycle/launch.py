@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from hutch.engine.errors import Invalid
+from hutch.engine.errors import EngineError
 from hutch.engine.isolation import idslices
 from hutch.engine.isolation.cgroups import Limits, SandboxCgroup
 from hutch.engine.lifecycle import sandboxids
@@ -165,7 +165,8 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                     plan.cgroup.add(pid)
         except BaseExceptionGroup as group:
             # the set-up's own failure, or the runtime's, rather than the group
-            first = [e for e in group.exceptions if isinstance(e, Invalid | RuntimeCommandError)]
+            first = [e for e in group.exceptions
+                     if isinstance(e, EngineError | RuntimeCommandError)]
             if first:
                 raise first[0] from group
             raise

@@ -33,13 +33,13 @@ import threading
 
 import trio
 
-from hutch.engine.errors import Invalid
+from hutch.engine.errors import HostFault
 from hutch.engine.kernel import linux
 
 LOOPBACK_ADDRESS = "127.0.0.1"
 
 
-class NetnsSetupFailed(Invalid):
+class NetnsSetupFailed(HostFault):
     pass
 
 

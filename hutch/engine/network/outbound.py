@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from hutch.engine.errors import Invalid
+from hutch.engine.errors import HostFault, Invalid
 from hutch.engine.kernel import proctree
 from hutch.engine.network import hostnet
 
@@ -81,7 +81,7 @@ def host_trust(rootfs: Path) -> dict[str, str]:
     return {}
 
 
-class NetworkSetupFailed(Invalid):
+class NetworkSetupFailed(HostFault):
     pass
 
 

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from hutch import __version__
+from hutch.api.errors import STATUS
 from hutch.api.models import (
     API_VERSION,
     MAX_FILE_OFFSET,
@@ -132,7 +133,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
 
     @app.exception_handler(EngineError)
     async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
-        return _error(exc.status, exc.type, exc.message)
+        return _error(STATUS[exc.type], exc.type, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

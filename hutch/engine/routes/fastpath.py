@@ -25,6 +25,7 @@ import trio
 from pydantic import BaseModel, ValidationError
 
 from hutch import __version__
+from hutch.api.errors import STATUS
 from hutch.api.models import (
     API_VERSION,
     MAX_FILE_OFFSET,
@@ -78,8 +79,7 @@ class FastPath:
         except Delegate:
             return await self.app(scope, _replay(body, complete, receive), send)
         except EngineError as exc:
-            status, payload = exc.status, ErrorBody(type=exc.type,  # type: ignore[arg-type]
-                                                    message=exc.message)
+            status, payload = STATUS[exc.type], ErrorBody(type=exc.type, message=exc.message)
         except Exception as exc:  # the app's catch-all answers the same way
             log.exception("unexpected error", exc_info=exc)
             status, payload = 500, ErrorBody(
