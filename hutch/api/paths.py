@@ -12,6 +12,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: What the runtime directory holds, named once for the engine and the SDK (which starts the
+#: engine and reads why it did not start):
+#: the engine's socket
+SOCKET = "engine.sock"
+#: the pause process's pid (it holds the engine's namespaces) and the daemon's
+PAUSE_PID, DAEMON_PID = "pause.pid", "daemon.pid"
+#: ``<pid> <exit code>`` of the daemon's last end, and the engine's log
+DAEMON_EXIT, ENGINE_LOG = "daemon.exit", "engine.log"
+#: the path of the tmpfs where sandboxes' roots are shown to their own ids
+ROOTS = "roots"
+
 
 def _home() -> Path:
     return Path(os.environ.get("HOME") or os.path.expanduser("~"))
@@ -44,4 +55,4 @@ def data_dir() -> Path:
 
 def socket_path() -> Path:
     """The engine's Unix socket (mode 0600)."""
-    return runtime_dir() / "engine.sock"
+    return runtime_dir() / SOCKET

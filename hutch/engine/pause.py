@@ -28,13 +28,14 @@ import sys
 import time
 from pathlib import Path
 
+from hutch.api import paths
 from hutch.engine.kernel import linux, userns
 
 log = logging.getLogger("hutch.pause")
 
 #: Files in the runtime dir for the launcher: the running daemon's pid, and "pid code" of
 #: the last daemon that ended (a launcher that asked for a new daemon tells its own by pid).
-DAEMON_PID, DAEMON_EXIT = "daemon.pid", "daemon.exit"
+DAEMON_PID, DAEMON_EXIT = paths.DAEMON_PID, paths.DAEMON_EXIT
 
 _HANDLED = {signal.SIGCHLD, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
 
@@ -185,7 +186,7 @@ def _remove_roots_view(runtime: Path, *, mounted: bool) -> None:
     """Remove the directory in /tmp where the daemon bound the sandboxes' directories for
     their roots (:mod:`hutch.engine.lifecycle.sandboxids`; a tmpfs in this mount namespace, an empty
     directory on the host)."""
-    record = runtime / "roots"
+    record = runtime / paths.ROOTS
     try:
         path = Path(record.read_text().strip())
     except OSError:
@@ -227,11 +228,11 @@ def main() -> int:
     linux.set_child_subreaper()
     os.umask(0o077)
     (runtime / "userns.json").write_text(json.dumps(info))
-    (runtime / "pause.pid").write_text(str(os.getpid()))
+    (runtime / paths.PAUSE_PID).write_text(str(os.getpid()))
     log.info("namespaces ready: %s", info)
-    code = Pause(runtime, runtime / "engine.log").run()
+    code = Pause(runtime, runtime / paths.ENGINE_LOG).run()
     _remove_roots_view(runtime, mounted=True)
-    (runtime / "pause.pid").unlink(missing_ok=True)
+    (runtime / paths.PAUSE_PID).unlink(missing_ok=True)
     return code
 
 

@@ -56,7 +56,7 @@ def _listen(path: Path) -> socket.socket:
 def stop_pause_process(runtime_dir: Path) -> None:
     """Ask the pause process to exit (after this daemon): ``hutch engine stop``."""
     try:
-        pid = int((runtime_dir / "pause.pid").read_text())
+        pid = int((runtime_dir / paths.PAUSE_PID).read_text())
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         pass

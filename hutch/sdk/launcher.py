@@ -35,7 +35,7 @@ def _running(pid: int) -> bool:
 
 def _pause_pid(runtime: Path) -> int | None:
     try:
-        pid = int((runtime / "pause.pid").read_text().strip())
+        pid = int((runtime / paths.PAUSE_PID).read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
@@ -52,7 +52,7 @@ def _launch_lock(runtime: Path) -> Iterator[None]:
 
 def _log_tail(runtime: Path, lines: int = 20) -> str:
     try:
-        text = (runtime / "engine.log").read_text(errors="replace")
+        text = (runtime / paths.ENGINE_LOG).read_text(errors="replace")
     except OSError:
         return "(no engine log)"
     return "\n".join(text.strip().splitlines()[-lines:])
@@ -61,7 +61,7 @@ def _log_tail(runtime: Path, lines: int = 20) -> str:
 def _daemon_pid(runtime: Path) -> int | None:
     """The daemon the pause process runs (``daemon.pid``), if any."""
     try:
-        return int((runtime / "daemon.pid").read_text())
+        return int((runtime / paths.DAEMON_PID).read_text())
     except (OSError, ValueError):
         return None
 
@@ -69,7 +69,7 @@ def _daemon_pid(runtime: Path) -> int | None:
 def _ended_daemon(runtime: Path) -> int | None:
     """The pid of the last daemon that ended (``daemon.exit``: "pid code"), if any."""
     try:
-        return int((runtime / "daemon.exit").read_text().split()[0])
+        return int((runtime / paths.DAEMON_EXIT).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -87,7 +87,7 @@ def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) 
         # The daemon there now (if any) may have died unreaped; only the exit of another,
         # the one started for this request, is a failure.
         before = _daemon_pid(runtime)
-        (runtime / "daemon.exit").unlink(missing_ok=True)  # a record older than this request
+        (runtime / paths.DAEMON_EXIT).unlink(missing_ok=True)  # a record older than this request
         if pid is not None:
             os.kill(pid, signal.SIGUSR1)
         else:
@@ -111,7 +111,7 @@ def ensure_engine(is_ready: Callable[[], bool], timeout: float = START_TIMEOUT) 
 def _spawn_pause(runtime: Path, data: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, HUTCH_RUNTIME_DIR=str(runtime), HUTCH_DATA_DIR=str(data))
     (runtime / "exits").mkdir(parents=True, exist_ok=True)
-    log = open(runtime / "engine.log", "a")  # noqa: SIM115 - handed to the child
+    log = open(runtime / paths.ENGINE_LOG, "a")  # noqa: SIM115 - handed to the child
     with log:
         return subprocess.Popen(
             [sys.executable, "-m", "hutch.engine.pause"],

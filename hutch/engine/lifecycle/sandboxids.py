@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from hutch.api import paths
 from hutch.engine.isolation import idslices
 from hutch.engine.kernel import acl, linux
 from hutch.engine.storage.layermirror import LayerMirror
@@ -143,7 +144,7 @@ def _roots_view(runtime_dir: Path) -> Path:
     first).  Mounted in the engine's mount namespace only: on the host it is an empty
     directory.  Made once per pause process (its path is kept in ``roots`` in the
     runtime directory)."""
-    record = runtime_dir / "roots"
+    record = runtime_dir / paths.ROOTS
     with contextlib.suppress(OSError):
         known = Path(record.read_text().strip())
         if os.path.ismount(known):
