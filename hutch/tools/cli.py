@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hutch.api import exitcodes
 from hutch.exception import Error
 from hutch.sdk.image import Image
 from hutch.sdk.output import enable_output
@@ -23,9 +24,6 @@ from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
-
-#: ``hutch exec --exec-timeout`` exits like timeout(1) when the time runs out.
-TIMEOUT_EXIT = 124
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -91,7 +89,7 @@ def _stream(proc: ContainerProcess[Any], raw: bool) -> int:
         for sink in sinks.values():
             sink.close()
     code = proc.wait()
-    return TIMEOUT_EXIT if code == EXEC_TIMEOUT_RETURNCODE else code
+    return exitcodes.TIMED_OUT if code == EXEC_TIMEOUT_RETURNCODE else code
 
 
 def _exec_and_stream(sb: Sandbox, args: argparse.Namespace) -> int:

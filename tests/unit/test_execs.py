@@ -11,7 +11,8 @@ from typing import Any
 
 import trio
 
-from hutch.engine.commands.execs import EXEC_FLOOR, EXEC_TIMEOUT_CODE, ExecSession, OutputBudget
+from hutch.api.exitcodes import TIMED_OUT
+from hutch.engine.commands.execs import EXEC_FLOOR, ExecSession, OutputBudget
 from hutch.engine.commands.starter import StartedCommand
 
 
@@ -57,7 +58,7 @@ def test_a_timeout_kills_the_command_and_reports_124() -> None:
                                  timeout=0.5)
         with trio.fail_after(30):
             code = await session.run()
-        assert code == EXEC_TIMEOUT_CODE and session.timed_out
+        assert code == TIMED_OUT and session.timed_out
         assert session.process.returncode is not None  # it was killed, not left running
 
     trio.run(main)

@@ -35,13 +35,13 @@ from typing import Any
 
 import trio
 
+from hutch.api import exitcodes
 from hutch.engine.commands.starter import StartedCommand
 from hutch.engine.errors import Conflict
 from hutch.engine.kernel import proctree
 
 log = logging.getLogger("hutch.exec")
 
-EXEC_TIMEOUT_CODE = 124
 #: Seconds a kill waits for the runtime to report the exec's pid.
 PID_WAIT = 5.0
 #: Seconds an exec's pipes may stay open after its process tree was killed: whatever still
@@ -272,7 +272,7 @@ class ExecSession:
             self.command.remove_leftovers()
         rc = self.process.returncode
         assert rc is not None
-        self.returncode = EXEC_TIMEOUT_CODE if self.timed_out else (128 - rc if rc < 0 else rc)
+        self.returncode = exitcodes.TIMED_OUT if self.timed_out else (128 - rc if rc < 0 else rc)
         self.done.set()
         self._changed.set()
         return self.returncode

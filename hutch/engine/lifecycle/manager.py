@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from hutch.api import exitcodes
 from hutch.api.models import (
     MAX_TIMEOUT,
     CreateSandboxRequest,
@@ -40,7 +41,7 @@ from hutch.engine.lifecycle.launch import LaunchPlan, start_container
 from hutch.engine.lifecycle.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.lifecycle.pool import PoolService
 from hutch.engine.lifecycle.probes import run_probe
-from hutch.engine.lifecycle.recovery import TIMEOUT_CODE, SandboxRecovery
+from hutch.engine.lifecycle.recovery import SandboxRecovery
 from hutch.engine.lifecycle.sandboxids import SandboxIds
 from hutch.engine.lifecycle.sandboxlimits import SandboxDefaults
 from hutch.engine.network import netns, outbound, tlsproxy
@@ -53,7 +54,6 @@ from hutch.imagebuild.layout import Image
 
 log = logging.getLogger("hutch.sandbox")
 
-TERMINATED_CODE = 137
 
 
 class SandboxManager(SandboxRecovery):
@@ -278,12 +278,12 @@ class SandboxManager(SandboxRecovery):
         live.ended = True  # from here on its row says it has ended
         code = await self._exit_code(live.pid)
         oom, detail = (False, None) if live.cgroup is None else \
-            live.cgroup.outcome(killed=code == TERMINATED_CODE and not live.terminating
+            live.cgroup.outcome(killed=code == exitcodes.KILLED and not live.terminating
                                 and not timed_out)
         if live.terminating:
-            self.store.mark_exited(live.sandbox_id, TERMINATED_CODE, "terminated", detail)
+            self.store.mark_exited(live.sandbox_id, exitcodes.KILLED, "terminated", detail)
         elif timed_out:
-            self.store.mark_exited(live.sandbox_id, TIMEOUT_CODE, "timeout", detail)
+            self.store.mark_exited(live.sandbox_id, exitcodes.TIMED_OUT, "timeout", detail)
         else:
             reason = "oom" if oom else "exited" if code is not None else "lost"
             self.store.mark_exited(live.sandbox_id, code, reason, detail)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import trio
 
+from hutch.api import exitcodes
 from hutch.engine.isolation.idslices import Slice
 from hutch.engine.kernel import proctree
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
@@ -30,7 +31,6 @@ from hutch.engine.storage.volumes import VolumeService
 log = logging.getLogger("hutch.sandbox")
 
 #: The exit code of a sandbox that hit its timeout (as ``timeout(1)``).
-TIMEOUT_CODE = 124
 
 
 class _Manager(Protocol):
@@ -103,7 +103,7 @@ class SandboxRecovery:
             elif row.state == "creating":
                 self.store.mark_exited(row.sandbox_id, None, "failed")
             elif time.time() >= row.deadline and code is None:
-                self.store.mark_exited(row.sandbox_id, TIMEOUT_CODE, "timeout")
+                self.store.mark_exited(row.sandbox_id, exitcodes.TIMED_OUT, "timeout")
             else:
                 self.store.mark_exited(row.sandbox_id, code, "exited" if code is not None
                                        else "lost")
