@@ -18,7 +18,6 @@ idle connections close, requests in flight finish.
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
@@ -45,8 +44,6 @@ MAX_DRAIN = 256 * 1024
 MAX_PIPELINED = 64 * 1024
 #: Bodies larger than this are sent without copying them into the framing.
 COPY_LIMIT = 16 * 1024
-#: accept() errors that mean "out of resources, try again shortly" rather than a bug.
-ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 class ClientDisconnected(OSError):
@@ -76,17 +73,11 @@ class HTTPServer:
             accepting = trio.CancelScope()
 
             async def accept_loop() -> None:
+                # trio's loop: each connection in our nursery (so it outlives the loop's
+                # cancel), accept() retried after 100 ms on EMFILE, ENFILE, ENOMEM, ENOBUFS
                 with accepting:
-                    while True:
-                        try:
-                            stream = await listener.accept()
-                        except OSError as exc:
-                            if exc.errno not in ACCEPT_RETRY:
-                                raise
-                            log.warning("accept failed (%s); retrying", exc)
-                            await trio.sleep(0.1)
-                            continue
-                        nursery.start_soon(self._connection, stream)
+                    await trio.serve_listeners(self._connection, [listener],
+                                               handler_nursery=nursery)
 
             nursery.start_soon(accept_loop)
             task_status.started()
