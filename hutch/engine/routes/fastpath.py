@@ -36,7 +36,8 @@ from hutch.api.models import (
 )
 from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.lifecycle.manager import SandboxManager
-from hutch.engine.routes.app import exec_events, exec_info, follow_logs, sandbox_info, start_exec
+from hutch.engine.routes.execs import exec_events, exec_info, start_exec
+from hutch.engine.routes.sandboxes import follow_logs, sandbox_info
 
 log = logging.getLogger("hutch.fastpath")
 

@@ -1,0 +1,49 @@
+"""What the routes share: NDJSON events, the documentation of streams and errors, and
+request bodies read with a bound (the fast path answers with the same helpers)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+
+from fastapi import Request
+
+from hutch.api.models import (
+    NDJSON,
+    error_responses,
+    stream_response,
+)
+from hutch.engine.errors import Invalid
+
+log = logging.getLogger("hutch.server")
+
+#: The largest stdin chunk one request may carry.
+MAX_STDIN_CHUNK = 16 << 20
+
+
+def ndjson_event(**fields: object) -> bytes:
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+def chunk_event(fd: int, data: bytes) -> bytes:
+    return ndjson_event(fd=fd, data=base64.b64encode(data).decode())
+
+
+errors_doc = error_responses
+
+
+def stream_doc(description: str) -> dict[int | str, dict[str, object]]:
+    return stream_response(NDJSON, f"NDJSON: {description}")
+
+
+async def read_limited(request: Request) -> bytes:
+    """The request body, refused beyond ``MAX_STDIN_CHUNK`` before more is read."""
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_STDIN_CHUNK:
+            raise Invalid(f"a stdin write is limited to {MAX_STDIN_CHUNK} bytes per request")
+    return bytes(data)
+
+

@@ -1,0 +1,151 @@
+"""The image routes: the default image, build contexts, list, inspect, delete, prune and
+builds streamed as NDJSON."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from hutch.api.models import (
+    NDJSON,
+    BuildImageRequest,
+)
+from hutch.engine.errors import EngineError, Invalid, NotFound
+from hutch.engine.lifecycle.manager import SandboxManager
+from hutch.engine.routes.common import errors_doc, ndjson_event, stream_doc
+from hutch.imagebuild.layout import ImageNotFound
+
+log = logging.getLogger("hutch.server")
+
+#: The largest build context (a tar of local files) one upload may carry.
+MAX_CONTEXT = 4 << 30
+
+
+def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
+    @app.post("/v1/images/default")
+    async def default_image() -> dict[str, str]:
+        """Build the default image unless it is built (the first sandbox would otherwise)."""
+        return {"ref": await manager.images.ensure_default()}
+
+    @app.get("/v1/images/contexts/{digest}", responses=errors_doc(400, 422))
+    async def has_context(digest: str) -> dict[str, bool]:
+        """Whether a build context (a tar of local files) is already uploaded."""
+        return {"present": _context_path(manager, digest).is_file()}
+
+    @app.put("/v1/images/contexts/{digest}", responses=errors_doc(400, 422))
+    async def put_context(digest: str, request: Request) -> dict[str, str]:
+        """Upload a build context; the body must hash to ``digest``."""
+        target = _context_path(manager, digest)
+        tmp = target.with_suffix(".part")
+        sha = hashlib.sha256()
+        size = 0
+        with open(tmp, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_CONTEXT:
+                    tmp.unlink(missing_ok=True)
+                    raise Invalid(f"a build context is limited to {MAX_CONTEXT >> 20} MiB")
+                sha.update(chunk)
+                f.write(chunk)
+        if "sha256:" + sha.hexdigest() != digest:
+            tmp.unlink(missing_ok=True)
+            raise Invalid(f"the uploaded context does not hash to {digest}")
+        tmp.rename(target)
+        return {"digest": digest}
+
+    @app.get("/v1/images")
+    async def list_images() -> dict[str, list[dict[str, object]]]:
+        """Every tagged image: reference, manifest digest, layer count, compressed size."""
+        store = manager.images.store
+        images = []
+        for ref, digest in sorted(store.refs().items()):
+            layers, _ = store.image_parts(ref)
+            images.append({"ref": ref, "digest": digest, "layers": len(layers),
+                           "size": sum(int(desc["size"]) for desc, _ in layers)})
+        return {"images": images}
+
+    @app.get("/v1/images/inspect", responses=errors_doc(404, 422))
+    async def inspect_image(ref: str) -> dict[str, object]:
+        """An image's manifest digest, layers and OCI config."""
+        try:
+            layers, config = manager.images.store.image_parts(ref)
+        except ImageNotFound as exc:
+            raise NotFound(f"image {ref!r} not found") from exc
+        return {"ref": ref, "digest": manager.images.store.lookup(ref),
+                "layers": [{"digest": d["digest"], "size": d["size"], "diff_id": diff}
+                           for d, diff in layers],
+                "config": config}
+
+    @app.delete("/v1/images", responses=errors_doc(404, 422))
+    async def remove_image(ref: str) -> dict[str, str]:
+        """Untag an image; its layers go with the next prune unless something uses them."""
+        if not manager.images.store.untag(ref):
+            raise NotFound(f"image {ref!r} not found")
+        manager.images.forget(ref)
+        return {"removed": ref}
+
+    @app.post("/v1/images/prune")
+    async def prune_images() -> dict[str, int]:
+        """Delete blobs and unpacked layers no image and no running sandbox needs."""
+        in_use = {layer for row in manager.store.list_sandboxes(pooled=True)
+                  for layer in row.spec.get("layers", [])}
+        return await trio.to_thread.run_sync(manager.images.store.prune, in_use)
+
+    @app.post("/v1/images/build", response_class=StreamingResponse,
+              responses=stream_doc("build progress and log events, then its ref or an error")
+              | errors_doc(400, 422))
+    async def build_image(req: BuildImageRequest) -> StreamingResponse:
+        """Build an image, streaming its log as NDJSON, ending with its ref or an error."""
+        return StreamingResponse(_build_events(manager, req), media_type=NDJSON)
+
+
+async def _build_events(manager: SandboxManager, req: BuildImageRequest
+                        ) -> AsyncIterator[bytes]:
+    """Relay a build's progress and log lines; errors become an ``error`` event.
+
+    The build runs in the daemon's nursery, not in this generator, so a client that goes
+    away does not abandon a half-built image: it is finished and cached for the next call.
+    """
+    send, receive = trio.open_memory_channel[bytes](math.inf)
+
+    async def build() -> None:
+        async with send:
+            try:
+                ref = await manager.images.build(
+                    req, lambda ev: _send_open(send, ndjson_event(**ev)))
+            except EngineError as exc:
+                _send_open(send, ndjson_event(error={"type": exc.type, "message": exc.message}))
+            except Exception as exc:  # a daemon task must not die of one build
+                log.exception("image build failed", exc_info=exc)
+                _send_open(send, ndjson_event(error={"type": "engine",
+                                               "message": f"{type(exc).__name__}: {exc}"}))
+            else:
+                _send_open(send, ndjson_event(ref=ref))
+
+    manager.nursery.start_soon(build)
+    async with receive:
+        async for event in receive:
+            yield event
+
+
+def _context_path(manager: SandboxManager, digest: str) -> Path:
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise Invalid("a context digest is sha256: and 64 hex digits")
+    return manager.images.contexts / digest.split(":", 1)[1]
+
+
+def _send_open(channel: trio.MemorySendChannel[bytes], event: bytes) -> None:
+    """Send unless the reader went away (the build goes on without it)."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        channel.send_nowait(event)
+
+
