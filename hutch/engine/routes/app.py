@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException
 from hutch import __version__
 from hutch.api.errors import STATUS
 from hutch.api.models import (
-    API_VERSION,
     EngineInfo,
     ErrorBody,
     document_error_bodies,
@@ -27,6 +26,7 @@ from hutch.api.models import (
 from hutch.engine.errors import EngineError
 from hutch.engine.httpd.server import ClientDisconnected
 from hutch.engine.lifecycle.manager import SandboxManager
+from hutch.engine.routes.common import health_answer
 from hutch.engine.routes.execs import add_exec_routes
 from hutch.engine.routes.files import add_file_routes
 from hutch.engine.routes.images import add_image_routes
@@ -78,7 +78,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     # engine ---------------------------------------------------------------------------------
     @app.get("/v1/health")
     async def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__, "api_version": API_VERSION}
+        return health_answer()
 
     @app.get("/v1/engine")
     async def engine_info() -> EngineInfo:

@@ -9,7 +9,9 @@ import logging
 
 from fastapi import Request
 
+from hutch import __version__
 from hutch.api.models import (
+    API_VERSION,
     NDJSON,
     error_responses,
     stream_response,
@@ -20,6 +22,14 @@ log = logging.getLogger("hutch.server")
 
 #: The largest stdin chunk one request may carry.
 MAX_STDIN_CHUNK = 16 << 20
+#: A long-poll (``wait`` of a sandbox or an exec): the longest a call may ask for, and the
+#: default.
+MAX_WAIT, DEFAULT_WAIT = 3600.0, 60.0
+
+
+def health_answer() -> dict[str, str]:
+    """``GET /v1/health``: the engine is up, of this version and API."""
+    return {"status": "ok", "version": __version__, "api_version": API_VERSION}
 
 
 def ndjson_event(**fields: object) -> bytes:

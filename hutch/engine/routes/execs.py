@@ -18,6 +18,8 @@ from hutch.api.models import (
 from hutch.engine.commands.execs import ExecSession
 from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.routes.common import (
+    DEFAULT_WAIT,
+    MAX_WAIT,
     chunk_event,
     errors_doc,
     ndjson_event,
@@ -64,7 +66,8 @@ def add_exec_routes(app: FastAPI, manager: SandboxManager) -> None:
 
     @app.post("/v1/execs/{exec_id}/wait", responses=errors_doc(404, 409, 422))
     async def wait_exec(exec_id: str,
-                        timeout: Annotated[float, Query(ge=0, le=3600)] = 60.0) -> ExecInfo:
+                        timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = DEFAULT_WAIT
+                        ) -> ExecInfo:
         session = manager.exec_session(exec_id)
         with trio.move_on_after(timeout):
             await session.done.wait()

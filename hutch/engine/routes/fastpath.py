@@ -24,10 +24,8 @@ from urllib.parse import parse_qs
 import trio
 from pydantic import BaseModel, ValidationError
 
-from hutch import __version__
 from hutch.api.errors import STATUS
 from hutch.api.models import (
-    API_VERSION,
     MAX_FILE_OFFSET,
     NDJSON,
     CreateSandboxRequest,
@@ -36,6 +34,7 @@ from hutch.api.models import (
 )
 from hutch.engine.errors import EngineError, Invalid
 from hutch.engine.lifecycle.manager import SandboxManager
+from hutch.engine.routes.common import DEFAULT_WAIT, MAX_WAIT, health_answer
 from hutch.engine.routes.execs import exec_events, exec_info, start_exec
 from hutch.engine.routes.sandboxes import follow_logs, sandbox_info
 
@@ -49,8 +48,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Bodies larger than this go to the FastAPI app (and its limits).
 MAX_BODY = 1 << 20
-#: ``POST /v1/execs/{id}/wait``: the longest wait a call may ask for, and the default.
-MAX_WAIT, DEFAULT_WAIT = 3600.0, 60.0
 
 
 class Delegate(Exception):
@@ -117,7 +114,7 @@ class FastPath:
         return None
 
     async def _health(self, scope: Scope, body: bytes) -> tuple[int, Any]:
-        return 200, {"status": "ok", "version": __version__, "api_version": API_VERSION}
+        return 200, health_answer()
 
     async def _create_sandbox(self, scope: Scope, body: bytes) -> tuple[int, Any]:
         if scope.get("query_string"):

@@ -32,6 +32,8 @@ from hutch.engine.lifecycle.livesandbox import first_of
 from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.network import outbound, tlsproxy
 from hutch.engine.routes.common import (
+    DEFAULT_WAIT,
+    MAX_WAIT,
     chunk_event,
     errors_doc,
     ndjson_event,
@@ -101,7 +103,7 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
     @app.post("/v1/sandboxes/{sandbox_id}/wait_until_ready",
               responses=errors_doc(400, 404, 409, 422, 504))
     async def wait_until_ready(sandbox_id: str,
-                               timeout: Annotated[float, Query(gt=0, le=3600)] = 60.0
+                               timeout: Annotated[float, Query(gt=0, le=MAX_WAIT)] = DEFAULT_WAIT
                                ) -> SandboxInfo:
         """Return once the readiness probe has passed; 504 ``timeout`` when it has not
         within ``timeout`` seconds, 409 when the sandbox ended first."""
@@ -125,7 +127,8 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
 
     @app.post("/v1/sandboxes/{sandbox_id}/wait", responses=errors_doc(404, 422))
     async def wait(sandbox_id: str,
-                   timeout: Annotated[float, Query(ge=0, le=3600)] = 60.0) -> SandboxInfo:
+                   timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = DEFAULT_WAIT
+                   ) -> SandboxInfo:
         return sandbox_info(await manager.wait(sandbox_id, timeout))
 
     @app.get("/v1/sandboxes/{sandbox_id}/logs", response_class=StreamingResponse,
