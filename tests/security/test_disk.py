@@ -22,7 +22,7 @@ import pytest
 
 import hutch
 from hutch.engine.storage import rootfs
-from hutch.engine.storage.store import Store
+from hutch.engine.storage.store import SandboxSpec, Store
 from tests.helpers import hutch_cli, wait_for
 
 MIB = 1024 * 1024
@@ -151,8 +151,8 @@ def test_directories_of_long_ended_sandboxes_are_removed(tmp_path: Path) -> None
     ids = []
     for n in range(3):
         sid = f"sb-{n}"
-        store.insert_sandbox(sandbox_id=sid, app_id=app, name=None, image="image", spec={},
-                             timeout=60, runtime="runc", tags={})
+        store.insert_sandbox(sandbox_id=sid, app_id=app, name=None, image="image",
+                             spec=SandboxSpec(), timeout=60, runtime="runc", tags={})
         (sandboxes / sid / "logs").mkdir(parents=True)
         (sandboxes / sid / "logs" / "stdout.log").write_text("x")
         ids.append(sid)

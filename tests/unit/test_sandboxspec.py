@@ -19,15 +19,15 @@ def _image(**fields: object) -> Image:
 
 def test_no_command_anywhere_idles() -> None:
     argv, spec = spec_of(CreateSandboxRequest(), _image(), "sb-1")
-    assert argv == DEFAULT_ENTRYPOINT and spec["default_entrypoint"] is True
-    assert spec["layers"] == ["sha256:" + "a" * 64] and spec["workdir"] == "/"
-    assert spec["env"]["HOSTNAME"] == "sb-1" and "/usr/bin" in spec["env"]["PATH"]
+    assert argv == DEFAULT_ENTRYPOINT and spec.default_entrypoint is True
+    assert spec.layers == ["sha256:" + "a" * 64] and spec.workdir == "/"
+    assert spec.env["HOSTNAME"] == "sb-1" and "/usr/bin" in spec.env["PATH"]
 
 
 def test_request_arguments_follow_the_images_entrypoint() -> None:
     image = _image(entrypoint=["/init"], cmd=["serve"], runs_cmd=True)
     argv, spec = spec_of(CreateSandboxRequest(entrypoint=["echo", "hi"]), image, "sb-2")
-    assert argv == ["/init", "echo", "hi"] and spec["default_entrypoint"] is False
+    assert argv == ["/init", "echo", "hi"] and spec.default_entrypoint is False
     # without arguments, an image whose steps set a command runs it
     assert spec_of(CreateSandboxRequest(), image, "sb-2")[0] == ["/init", "serve"]
     # one that did not (a base image's Cmd, such as bash) idles
@@ -40,6 +40,6 @@ def test_the_requests_env_and_workdir_win_and_volumes_are_named_once() -> None:
     req = CreateSandboxRequest(env={"A": "request"}, volumes={
         "/a": {"name": "v"}, "/b": {"name": "v"}, "/c": {"name": "u"}})
     _, spec = spec_of(req, image, "sb-3")
-    assert spec["env"] == {"PATH": "/opt/bin", "A": "request", "HOSTNAME": "sb-3"}
-    assert spec["workdir"] == "/srv" and spec["volumes"] == ["u", "v"]
-    assert spec_of(CreateSandboxRequest(workdir="/w"), image, "sb-3")[1]["workdir"] == "/w"
+    assert spec.env == {"PATH": "/opt/bin", "A": "request", "HOSTNAME": "sb-3"}
+    assert spec.workdir == "/srv" and spec.volumes == ["u", "v"]
+    assert spec_of(CreateSandboxRequest(workdir="/w"), image, "sb-3")[1].workdir == "/w"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hutch.engine.errors import AlreadyExists, NotFound
-from hutch.engine.storage.store import Store, new_id
+from hutch.engine.storage.store import SandboxSpec, Store, new_id
 
 ID = re.compile(r"^sb-[A-Za-z0-9]{22}$")
 
@@ -40,7 +40,8 @@ def _insert(store: Store, app_id: str, name: str | None = None,
     sandbox_id = kw.pop("sandbox_id", None) or new_id("sb")
     store.insert_sandbox(
         sandbox_id=sandbox_id, app_id=app_id, name=name, image="img:1",
-        spec={"argv": ["sleep", "inf"]}, timeout=kw.pop("timeout", 60.0), runtime="crun",
+        spec=SandboxSpec(argv=["sleep", "inf"]), timeout=kw.pop("timeout", 60.0),
+        runtime="crun",
         tags=tags or {},
     )
     return sandbox_id
@@ -92,7 +93,7 @@ def test_insert_and_read_back(store: Store, app_id: str) -> None:
     assert row.name == "box"
     assert row.state == "creating"
     assert row.image == "img:1"
-    assert row.spec == {"argv": ["sleep", "inf"]}
+    assert row.spec == SandboxSpec(argv=["sleep", "inf"])
     assert row.runtime == "crun"
     assert row.tags == {"k": "v"}
     assert row.timeout == 30.0
@@ -310,8 +311,8 @@ def _insert_secret(store: Store, app_id: str) -> str:
     sandbox_id = new_id("sb")
     store.insert_sandbox(
         sandbox_id=sandbox_id, app_id=app_id, name=None, image="img:1",
-        spec={"argv": ["sleep", "inf"], "env": {"TOKEN": SECRET.decode()}, "cgroup": True,
-              "volumes": ["v"], "workdir": "/"},
+        spec=SandboxSpec(argv=["sleep", "inf"], env={"TOKEN": SECRET.decode()}, cgroup=True,
+                         volumes=["v"], workdir="/"),
         timeout=60.0, runtime="crun", tags={})
     return sandbox_id
 
@@ -342,9 +343,9 @@ def test_an_ended_sandbox_keeps_no_environment(store: Store, app_id: str,
     assert any(SECRET in p.read_bytes() for p in _state_files(db_path))
     store.mark_exited(sid, 0, "exited")
     row = store.sandbox(sid)
-    assert row.spec["env"] == {}
+    assert row.spec.env == {}
     # what the engine still reads of an ended sandbox is kept
-    assert (row.spec["cgroup"], row.spec["volumes"], row.spec["argv"]) == \
+    assert (row.spec.cgroup, row.spec.volumes, row.spec.argv) == \
         (True, ["v"], ["sleep", "inf"])
     assert (row.state, row.returncode) == ("exited", 0)
     for path in _state_files(db_path):
@@ -363,8 +364,8 @@ def test_sandboxes_ended_under_an_older_engine_are_wiped_at_open(db_path: Path) 
     store.close()
     store = Store(db_path)
     try:
-        assert store.sandbox(sid).spec["env"] == {}
-        assert store.sandbox(running).spec["env"] == {"TOKEN": SECRET.decode()}
+        assert store.sandbox(sid).spec.env == {}
+        assert store.sandbox(running).spec.env == {"TOKEN": SECRET.decode()}
         assert store.db.execute("PRAGMA secure_delete").fetchone()[0] == 1
     finally:
         store.close()

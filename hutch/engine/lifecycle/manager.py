@@ -18,7 +18,6 @@ import os
 import signal
 import ssl
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -48,7 +47,7 @@ from hutch.engine.network import netns, outbound, tlsproxy
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.storage import remains, rootfs
 from hutch.engine.storage.diskslots import DiskSlots
-from hutch.engine.storage.store import DEFAULT_APP, SandboxRow, Store, new_id
+from hutch.engine.storage.store import DEFAULT_APP, SandboxRow, SandboxSpec, Store, new_id
 from hutch.engine.storage.volumes import VolumeService, release_staging
 from hutch.imagebuild.layout import Image
 
@@ -127,7 +126,7 @@ class SandboxManager(SandboxRecovery):
         argv, spec_record = sandboxspec.spec_of(req, image, sandbox_id)
         disk = self.disks.take(sandbox_id) if req.ephemeral_disk is None else None
         ids, copies = None, None
-        names = spec_record["volumes"]
+        names = spec_record.volumes
         try:
             if self.ids.wanted():
                 ids, copies = await self.ids.take(
@@ -140,17 +139,17 @@ class SandboxManager(SandboxRecovery):
             if disk is not None:
                 self.disks.give_back(disk)  # (nothing written to it yet)
             raise
-        spec_record.update({"limits": dataclasses.asdict(limits),
-                            "cgroup": bool(self.cgroups.bases),
-                            "ephemeral_disk": req.ephemeral_disk,
-                            "ids": None if ids is None
-                            else {**ids.record(), "volumes": True} if names else ids.record(),
-                            "disk_slot": str(disk) if disk is not None else None})
-        default = spec_record["default_entrypoint"]
+        spec_record.limits = dataclasses.asdict(limits)
+        spec_record.cgroup = bool(self.cgroups.bases)
+        spec_record.ephemeral_disk = req.ephemeral_disk
+        spec_record.ids = None if ids is None \
+            else {**ids.record(), "volumes": True} if names else ids.record()
+        spec_record.disk_slot = str(disk) if disk is not None else None
+        default = spec_record.default_entrypoint
         # A default entrypoint (sleep) runs with the image's environment in / , so that a
         # pooled sandbox, started before its user's env and workdir were known, is the same.
-        init_env = sandboxspec.base_env(image.env, sandbox_id) if default else spec_record["env"]
-        workdir = spec_record["workdir"]
+        init_env = sandboxspec.base_env(image.env, sandbox_id) if default else spec_record.env
+        workdir = spec_record.workdir
         try:
             self.store.insert_sandbox(
                 sandbox_id=sandbox_id, app_id=app_id, name=req.name, image=image.ref,
@@ -203,12 +202,12 @@ class SandboxManager(SandboxRecovery):
         live = self.live[sandbox_id]
         pooled = self.store.sandbox(sandbox_id).spec
         _, spec = sandboxspec.spec_of(req, image, sandbox_id)
-        spec.update({k: pooled.get(k) for k in ("limits", "cgroup", "ephemeral_disk", "ids",
-                                                "disk_slot")})
-        rootfs.make_dirs_inside(live.dirs.merged, spec["workdir"], live.owner)
+        for kept in ("limits", "cgroup", "ephemeral_disk", "ids", "disk_slot"):  # its set-up
+            setattr(spec, kept, getattr(pooled, kept))
+        rootfs.make_dirs_inside(live.dirs.merged, spec.workdir, live.owner)
         live.deadline = self.store.take_pooled(sandbox_id, name=req.name, tags=req.tags,
                                                spec=spec, timeout=req.timeout)
-        live.env, live.workdir = spec["env"], spec["workdir"]
+        live.env, live.workdir = spec.env, spec.workdir
         live.idle_timeout = req.idle_timeout
         self.commands.taken(live)
         live.touch()  # the supervisor looks at the new deadline
@@ -234,9 +233,8 @@ class SandboxManager(SandboxRecovery):
                 functools.partial(netns.connect, live.pidfd, guest), live.done, connections)
             outbound.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")))
 
-    def _cgroup(self, sandbox_id: str, spec: dict[str, object]) -> SandboxCgroup | None:
-        return self.cgroups.cgroup(sandbox_id) if spec.get("cgroup") and self.cgroups.bases \
-            else None
+    def _cgroup(self, sandbox_id: str, spec: SandboxSpec) -> SandboxCgroup | None:
+        return self.cgroups.cgroup(sandbox_id) if spec.cgroup and self.cgroups.bases else None
 
     # supervision ----------------------------------------------------------------------------
     def _supervise(self, row: SandboxRow, stdin: trio.lowlevel.FdStream | None = None) -> None:
@@ -248,12 +246,12 @@ class SandboxManager(SandboxRecovery):
         live = LiveSandbox(
             sandbox_id=row.sandbox_id, dirs=self.dirs(row.sandbox_id), pid=row.init_pid,
             pidfd=pidfd, deadline=row.deadline,
-            default_entrypoint=bool(row.spec.get("default_entrypoint")),
-            env=row.spec["env"], workdir=row.spec["workdir"], stdin=stdin,
-            idle_timeout=row.spec.get("idle_timeout"),
-            probe=ProbeSpec.model_validate(row.spec["probe"]) if row.spec.get("probe") else None,
+            default_entrypoint=row.spec.default_entrypoint,
+            env=row.spec.env, workdir=row.spec.workdir, stdin=stdin,
+            idle_timeout=row.spec.idle_timeout,
+            probe=ProbeSpec.model_validate(row.spec.probe) if row.spec.probe else None,
             cgroup=self._cgroup(row.sandbox_id, row.spec),
-            ids=Slice.from_record(row.spec.get("ids")),
+            ids=Slice.from_record(row.spec.ids),
         )
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
@@ -344,14 +342,13 @@ class SandboxManager(SandboxRecovery):
             log.exception("cleaning up %s", sandbox_id)
         remains.forget(dirs.root)
         self._give_back_ids(sandbox_id, row.spec)
-        if row.spec.get("disk_slot"):
+        if row.spec.disk_slot:
             try:
-                await trio.to_thread.run_sync(self.disks.give_back,
-                                              Path(row.spec["disk_slot"]))
+                await trio.to_thread.run_sync(self.disks.give_back, Path(row.spec.disk_slot))
             except Exception:
                 log.exception("emptying the disk slot of %s", sandbox_id)
 
-    def _give_back_ids(self, sandbox_id: str, spec: dict[str, Any]) -> None:
+    def _give_back_ids(self, sandbox_id: str, spec: SandboxSpec) -> None:
         self.ids.give_back(sandbox_id, spec)
         self.volumes.ids.leave(sandbox_id)
 

@@ -88,10 +88,10 @@ class SandboxRecovery:
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self.ids.hold(row.sandbox_id, row.spec)
-                self.volumes.ids.hold(row.sandbox_id, list(row.spec.get("volumes", [])),
-                                      Slice.from_record(row.spec.get("ids")))
-                if row.spec.get("disk_slot"):
-                    self.disks.hold(Path(row.spec["disk_slot"]), row.sandbox_id)
+                self.volumes.ids.hold(row.sandbox_id, list(row.spec.volumes),
+                                      Slice.from_record(row.spec.ids))
+                if row.spec.disk_slot:
+                    self.disks.hold(Path(row.spec.disk_slot), row.sandbox_id)
                 self._supervise(row, _reopen_stdin(dirs))
                 await self._serve_tunnels(self.live[row.sandbox_id])
                 if row.pooled:  # its pool died with the old daemon

@@ -18,7 +18,6 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -26,6 +25,7 @@ from hutch.api import paths
 from hutch.engine.isolation import idslices
 from hutch.engine.kernel import acl, linux
 from hutch.engine.storage.layermirror import LayerMirror
+from hutch.engine.storage.store import SandboxSpec
 
 log = logging.getLogger("hutch.sandboxids")
 
@@ -100,9 +100,9 @@ class SandboxIds:
             self.mirror.release(sandbox_id)
             raise
 
-    def hold(self, sandbox_id: str, spec: dict[str, Any]) -> None:
+    def hold(self, sandbox_id: str, spec: SandboxSpec) -> None:
         """Count what a sandbox adopted from a previous daemon holds."""
-        piece = idslices.Slice.from_record(spec.get("ids"))
+        piece = idslices.Slice.from_record(spec.ids)
         if piece is None or self.slices is None or self.mirror is None:
             return
         # (a volumes' slice is held already by them, unless this engine could not: then
@@ -110,12 +110,12 @@ class SandboxIds:
         if not self.slices.hold(piece):
             log.error("sandbox %s holds ids %s that another one holds", sandbox_id, piece)
         self.mirror.hold(sandbox_id, [str(name).removeprefix("sha256:")
-                                      for name in spec.get("layers", [])])
+                                      for name in spec.layers])
 
-    def give_back(self, sandbox_id: str, spec: dict[str, Any]) -> None:
+    def give_back(self, sandbox_id: str, spec: SandboxSpec) -> None:
         """Free what the ended sandbox held: once nothing of it runs (its processes had
         its ids, which the next sandbox must not share)."""
-        piece = idslices.Slice.from_record(spec.get("ids"))
+        piece = idslices.Slice.from_record(spec.ids)
         if piece is not None and self.slices is not None and not _of_volumes(spec):
             self.slices.give_back(piece)  # (volumes keep theirs)
         if self.mirror is not None:
@@ -131,9 +131,9 @@ class SandboxIds:
                 log.info("freed the in-memory copies of %d unused layers", len(gone))
 
 
-def _of_volumes(spec: dict[str, Any]) -> bool:
+def _of_volumes(spec: SandboxSpec) -> bool:
     """Whether the sandbox's slice is its volumes' (which hold it, not the sandbox)."""
-    ids = spec.get("ids")
+    ids = spec.ids
     return isinstance(ids, dict) and bool(ids.get("volumes"))
 
 

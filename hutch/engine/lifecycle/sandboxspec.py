@@ -8,9 +8,8 @@ that decides what a sandbox runs when neither the request nor the image says.
 
 from __future__ import annotations
 
-from typing import Any
-
 from hutch.api.models import CreateSandboxRequest
+from hutch.engine.storage.store import SandboxSpec
 from hutch.imagebuild.layout import Image
 
 #: What a sandbox runs when neither its request nor its image names a command: it idles
@@ -19,7 +18,7 @@ DEFAULT_ENTRYPOINT = ["sleep", "infinity"]
 
 
 def spec_of(req: CreateSandboxRequest, image: Image, sandbox_id: str
-            ) -> tuple[list[str], dict[str, Any]]:
+            ) -> tuple[list[str], SandboxSpec]:
     """The entrypoint, and what the engine keeps of a sandbox's request."""
     env = {**base_env(image.env, sandbox_id), **req.env}
     if req.entrypoint:  # the arguments replace the image's Cmd, after its Entrypoint
@@ -28,14 +27,14 @@ def spec_of(req: CreateSandboxRequest, image: Image, sandbox_id: str
         argv = [*image.entrypoint, *image.cmd]
     else:
         argv = list(DEFAULT_ENTRYPOINT)
-    return argv, {
-        "env": env, "workdir": req.workdir or image.workdir or "/", "argv": argv,
-        "default_entrypoint": argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
-        "verbose": req.verbose, "idle_timeout": req.idle_timeout,
-        "probe": req.readiness_probe.model_dump() if req.readiness_probe else None,
-        "layers": ["sha256:" + p.name for p in image.layer_dirs],
-        "volumes": sorted({v.name for v in req.volumes.values()}),
-    }
+    return argv, SandboxSpec(
+        env=env, workdir=req.workdir or image.workdir or "/", argv=argv,
+        default_entrypoint=argv == DEFAULT_ENTRYPOINT and not req.entrypoint,
+        verbose=req.verbose, idle_timeout=req.idle_timeout,
+        probe=req.readiness_probe.model_dump() if req.readiness_probe else None,
+        layers=["sha256:" + p.name for p in image.layer_dirs],
+        volumes=sorted({v.name for v in req.volumes.values()}),
+    )
 
 
 def base_env(image_env: dict[str, str], sandbox_id: str) -> dict[str, str]:

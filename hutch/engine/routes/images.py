@@ -97,7 +97,7 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
     async def prune_images() -> dict[str, int]:
         """Delete blobs and unpacked layers no image and no running sandbox needs."""
         in_use = {layer for row in manager.store.list_sandboxes(pooled=True)
-                  for layer in row.spec.get("layers", [])}
+                  for layer in row.spec.layers}
         return await trio.to_thread.run_sync(manager.images.store.prune, in_use)
 
     @app.post("/v1/images/build", response_class=StreamingResponse,

@@ -56,7 +56,7 @@ def sandbox_info(row: SandboxRow) -> SandboxInfo:
         returncode=row.returncode, exit_reason=row.exit_reason,  # type: ignore[arg-type]
         exit_detail=row.exit_detail,
         tags=row.tags, timeout=row.timeout, runtime=row.runtime,
-        verbose=bool(row.spec.get("verbose")),
+        verbose=row.spec.verbose,
     )
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pydantic import BaseModel, ConfigDict
+
 from hutch.engine.errors import AlreadyExists, Conflict, NotFound
 
 SCHEMA = """
@@ -110,6 +112,36 @@ def new_id(prefix: str) -> str:
     return prefix + "-" + "".join(chars)
 
 
+class SandboxSpec(BaseModel):
+    """What the engine keeps of a sandbox's request and set-up (the ``spec`` column), read
+    back by a restarted daemon, a pool handing the sandbox out and the routes.  A row
+    written by an older engine lacks some fields: they take these defaults."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    argv: list[str] = []
+    env: dict[str, str] = {}  # (wiped when the sandbox ends: secret values are among it)
+    workdir: str = "/"
+    #: it runs the idle entrypoint (a pooled sandbox's: env and workdir come at the take)
+    default_entrypoint: bool = False
+    verbose: bool = False
+    idle_timeout: float | None = None
+    probe: dict[str, Any] | None = None
+    #: ``sha256:`` diff ids of its image's layers
+    layers: list[str] = []
+    #: names of the volumes it mounts
+    volumes: list[str] = []
+    limits: dict[str, Any] = {}
+    #: it has a cgroup of its own
+    cgroup: bool = False
+    ephemeral_disk: int | None = None
+    #: its id slice (:meth:`hutch.engine.isolation.idslices.Slice.record`; ``volumes``: the
+    #: slice is its volumes'), or None where it shares the engine's ids
+    ids: dict[str, Any] | None = None
+    #: the disk slot its writable layer is on
+    disk_slot: str | None = None
+
+
 @dataclass
 class SandboxRow:
     sandbox_id: str
@@ -117,7 +149,7 @@ class SandboxRow:
     name: str | None
     state: str
     image: str
-    spec: dict[str, Any]
+    spec: SandboxSpec
     init_pid: int | None
     timeout: float
     created_at: float
@@ -253,7 +285,7 @@ class Store:
 
     # sandboxes --------------------------------------------------------------------------
     def insert_sandbox(self, *, sandbox_id: str, app_id: str, name: str | None, image: str,
-                       spec: dict[str, Any], timeout: float, runtime: str,
+                       spec: SandboxSpec, timeout: float, runtime: str,
                        tags: dict[str, str], pooled: bool = False) -> None:
         now = time.time()
         try:
@@ -263,7 +295,7 @@ class Store:
                     "INSERT INTO sandboxes (sandbox_id, app_id, name, state, image, spec,"
                     " timeout, created_at, deadline, runtime, pooled)"
                     " VALUES (?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)",
-                    (sandbox_id, app_id, name, image, json.dumps(spec), timeout, now,
+                    (sandbox_id, app_id, name, image, spec.model_dump_json(), timeout, now,
                      now + timeout, runtime, int(pooled)),
                 )
                 self.db.executemany(
@@ -284,7 +316,7 @@ class Store:
         )
 
     def take_pooled(self, sandbox_id: str, *, name: str | None, tags: dict[str, str],
-                    spec: dict[str, Any], timeout: float) -> float:
+                    spec: SandboxSpec, timeout: float) -> float:
         """Hand a pooled sandbox to its user: from now on it is an ordinary sandbox, created
         now, with this name, tags, spec and timeout.  Returns its deadline."""
         now = time.time()
@@ -295,7 +327,7 @@ class Store:
                     "UPDATE sandboxes SET pooled = 0, name = ?, spec = ?, timeout = ?,"
                     " created_at = ?, deadline = ? WHERE sandbox_id = ? AND pooled = 1"
                     " AND state = 'running'",
-                    (name, json.dumps(spec), timeout, now, now + timeout, sandbox_id),
+                    (name, spec.model_dump_json(), timeout, now, now + timeout, sandbox_id),
                 ).rowcount
                 if changed != 1:
                     raise Conflict(f"pooled sandbox {sandbox_id} is gone")
@@ -329,7 +361,7 @@ class Store:
             "SELECT key, value FROM sandbox_tags WHERE sandbox_id = ?", (row["sandbox_id"],)
         ).fetchall())
         data = dict(row)
-        data["spec"] = json.loads(data["spec"])
+        data["spec"] = SandboxSpec.model_validate_json(data["spec"])
         return SandboxRow(**data, tags=tags)
 
     def sandbox(self, sandbox_id: str) -> SandboxRow:

@@ -111,7 +111,7 @@ class VolumeService:
     def users(self, name: str) -> list[str]:
         """Running sandboxes that mount the volume ``name`` (and creates about to)."""
         return sorted({row.sandbox_id for row in self.store.list_sandboxes(pooled=True)
-                       if name in row.spec.get("volumes", [])} | self.ids.users.get(name, set()))
+                       if name in row.spec.volumes} | self.ids.users.get(name, set()))
 
     async def delete(self, name: str) -> Path:
         """Forget the volume ``name`` (under its lock: no sandbox is moving it or about to
