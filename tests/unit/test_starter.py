@@ -7,9 +7,10 @@ time."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -89,14 +90,26 @@ def _run(test: Any) -> None:
     trio.run(test, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@contextlib.asynccontextmanager
+async def _starter(live: Any, pid: int) -> AsyncIterator[tuple[CommandStarter, FakeForkServer]]:
+    """A starter with a fake fork server, its tasks in a nursery ended after the block."""
+    live.zygote_lock = trio.Lock()
+    server = FakeForkServer(pid)
+    async with trio.open_nursery() as nursery:
+        yield CommandStarter(None, server, nursery), server  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
+
+
+async def _start(starter: CommandStarter, live: Any, exec_id: str) -> None:
+    await starter.start(live, exec_id, ["true"], {}, "/", stdin=False, stdout=False,
+                        stderr=False)
+
+
 def test_one_zygote_serves_a_sandbox_and_retires_when_idle(init: Any) -> None:
     live, proc = init
 
     async def main() -> None:
-        live.zygote_lock = trio.Lock()
-        server = FakeForkServer(proc.pid)
-        async with trio.open_nursery() as nursery:
-            starter = CommandStarter(None, server, nursery)  # type: ignore[arg-type]
+        async with _starter(live, proc.pid) as (starter, server):
             for n in range(3):
                 started = await starter.start(live, f"ex-{n}", ["echo", str(n)], {}, "/",
                                               stdin=False, stdout=True, stderr=True)
@@ -107,7 +120,6 @@ def test_one_zygote_serves_a_sandbox_and_retires_when_idle(init: Any) -> None:
                 [("zygote", proc.pid)]
             await trio.sleep(starter.zygote_idle + 5)
             assert live.zygote is None and not server.links[0].alive
-            nursery.cancel_scope.cancel()
 
     _run(main)
 
@@ -116,17 +128,13 @@ def test_a_pooled_sandboxs_zygote_stays_until_it_is_taken(init: Any) -> None:
     live, proc = init
 
     async def main() -> None:
-        live.zygote_lock = trio.Lock()
-        server = FakeForkServer(proc.pid)
-        async with trio.open_nursery() as nursery:
-            starter = CommandStarter(None, server, nursery)  # type: ignore[arg-type]
+        async with _starter(live, proc.pid) as (starter, server):
             await starter.prepare(live)
             await trio.sleep(starter.zygote_idle * 10)
             assert live.zygote is server.links[0] and live.zygote.alive
             starter.taken(live)
             await trio.sleep(starter.zygote_idle + 5)
             assert live.zygote is None
-            nursery.cancel_scope.cancel()
 
     _run(main)
 
@@ -135,22 +143,15 @@ def test_a_lost_zygote_is_replaced_and_an_ended_sandbox_is_a_conflict(init: Any)
     live, proc = init
 
     async def main() -> None:
-        live.zygote_lock = trio.Lock()
-        server = FakeForkServer(proc.pid)
-        async with trio.open_nursery() as nursery:
-            starter = CommandStarter(None, server, nursery)  # type: ignore[arg-type]
-            await starter.start(live, "ex-0", ["true"], {}, "/", stdin=False, stdout=False,
-                                stderr=False)
+        async with _starter(live, proc.pid) as (starter, server):
+            await _start(starter, live, "ex-0")
             server.links[0].fail_next = True  # it died; the sandbox runs on
-            await starter.start(live, "ex-1", ["true"], {}, "/", stdin=False, stdout=False,
-                                stderr=False)
+            await _start(starter, live, "ex-1")
             assert len(server.links) == 2 and server.links[1].spawned == [["true"]]
             proc.kill()
             proc.wait()
             server.links[1].fail_next = True  # ... and now the sandbox has ended too
             with pytest.raises(Conflict, match="already finished"):
-                await starter.start(live, "ex-2", ["true"], {}, "/", stdin=False,
-                                    stdout=False, stderr=False)
-            nursery.cancel_scope.cancel()
+                await _start(starter, live, "ex-2")
 
     _run(main)
