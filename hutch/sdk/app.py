@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk.createrequest import create_request
 from hutch.sdk.options import check_object_name
@@ -57,7 +58,7 @@ class App:
                                " hutch has one local engine and no Modal environments")
         check_object_name(name, "App")
         body = await _engine().request(
-            "POST", "/v1/apps/lookup",
+            "POST", urls.APPS_LOOKUP,
             json_body={"name": name, "create_if_missing": bool(create_if_missing)},
         )
         return App(body["name"], app_id=body["app_id"])
@@ -89,7 +90,7 @@ class App:
             outbound_cidr_allowlist=outbound_cidr_allowlist, cidr_allowlist=None,
             encrypted_ports=encrypted_ports, unencrypted_ports=unencrypted_ports,
             readiness_probe=None, unsupported={})
-        info = await _engine().request("PUT", "/v1/pools",
+        info = await _engine().request("PUT", urls.POOLS,
                                        json_body={"size": size, "sandbox": body})
         return WarmPool(info)
 

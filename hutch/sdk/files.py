@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk import output
 from hutch.sdk.syncbridge import synchronize, synchronize_generator
@@ -86,7 +87,7 @@ class SandboxFilesystem:
     """Files of one sandbox (``sb.filesystem``)."""
 
     def __init__(self, sandbox_id: str, verbose: bool = False) -> None:
-        self._base = f"/v1/sandboxes/{sandbox_id}/fs"
+        self._base = urls.SANDBOX_FS.format(sandbox_id=sandbox_id)
         self._sandbox_id = sandbox_id
         self._verbose = verbose
 
@@ -99,12 +100,12 @@ class SandboxFilesystem:
         params: dict[str, Any] = {"path": path, "offset": offset}
         if length is not None:
             params["length"] = length
-        async for chunk in client().stream_bytes(f"{self._base}/file", params):
+        async for chunk in client().stream_bytes(self._base + urls.FS_FILE, params):
             yield chunk
 
     async def _put(self, path: str, content: Any, mode: str = "w",
                    offset: int = 0) -> FileEntry:
-        doc = await client().request("PUT", f"{self._base}/file", content=content,
+        doc = await client().request("PUT", self._base + urls.FS_FILE, content=content,
                                      params={"path": path, "mode": mode, "offset": offset})
         return _entry(doc)
 
@@ -136,28 +137,28 @@ class SandboxFilesystem:
     async def list_files(self, remote_path: str) -> list[FileEntry]:
         path = _check_path(remote_path)
         self._log("list", path)
-        doc = await client().request("GET", f"{self._base}/list", params={"path": path})
+        doc = await client().request("GET", self._base + urls.FS_LIST, params={"path": path})
         return [_entry(e) for e in listing(doc)]
 
     @synchronize
     async def stat(self, remote_path: str) -> FileEntry:
         path = _check_path(remote_path)
         self._log("stat", path)
-        return _entry(await client().request("GET", f"{self._base}/stat",
+        return _entry(await client().request("GET", self._base + urls.FS_STAT,
                                              params={"path": path}))
 
     @synchronize
     async def make_directory(self, remote_path: str, *, create_parents: bool = True) -> None:
         path = _check_path(remote_path)
         self._log("mkdir", path)
-        await client().request("POST", f"{self._base}/mkdir",
+        await client().request("POST", self._base + urls.FS_MKDIR,
                                json_body={"path": path, "parents": bool(create_parents)})
 
     @synchronize
     async def remove(self, remote_path: str, *, recursive: bool = False) -> None:
         path = _check_path(remote_path)
         self._log("remove", path)
-        await client().request("POST", f"{self._base}/remove",
+        await client().request("POST", self._base + urls.FS_REMOVE,
                                json_body={"path": path, "recursive": bool(recursive)})
 
     @synchronize_generator
@@ -172,7 +173,7 @@ class SandboxFilesystem:
         if timeout is not None:
             params["timeout"] = timeout
         wanted = set(filter) if filter else None
-        async for event in client().stream_events(f"{self._base}/watch", params):
+        async for event in client().stream_events(self._base + urls.FS_WATCH, params):
             kind = FileWatchEventType(str(event["type"]).capitalize())
             if wanted is None or kind in wanted:
                 yield FileWatchEvent([str(event["path"])], kind)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hutch.api import urls
 from hutch.api.models import DEBIAN_PYTHON_SUITES
 from hutch.exception import EngineError, InvalidError
 from hutch.sdk import imagesteps
@@ -254,7 +255,7 @@ class Image:
         body = {"base": self._base, "steps": steps, "force_build": force}
         ref: str | None = None
         with BuildDisplay(self._describe()) as display:
-            async for event in client().stream_events("/v1/images/build", method="POST",
+            async for event in client().stream_events(urls.IMAGES_BUILD, method="POST",
                                                       json_body=body):
                 if "log" in event:
                     display.line(str(event["log"]))

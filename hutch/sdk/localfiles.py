@@ -15,6 +15,7 @@ import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk.transport import client
 
@@ -94,7 +95,7 @@ async def upload_context(make_tar: Callable[[], bytes]) -> str:
     data = make_tar()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     engine = client()
-    present = await engine.request("GET", f"/v1/images/contexts/{digest}")
+    present = await engine.request("GET", urls.IMAGE_CONTEXT.format(digest=digest))
     if not present["present"]:
-        await engine.request("PUT", f"/v1/images/contexts/{digest}", content=data)
+        await engine.request("PUT", urls.IMAGE_CONTEXT.format(digest=digest), content=data)
     return digest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hutch.api import urls
 from hutch.exception import TimeoutError
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
@@ -35,14 +36,14 @@ class WarmPool:
     @synchronize
     async def stats(self) -> dict[str, Any]:
         """``{"size", "ready", "taken", "last_error"}``, as the engine sees them now."""
-        self._info = await client().request("GET", f"/v1/pools/{self.pool_id}")
+        self._info = await client().request("GET", urls.POOL.format(pool_id=self.pool_id))
         return {k: self._info[k] for k in ("size", "ready", "taken", "last_error")}
 
     @synchronize
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until every sandbox of the pool is running; :class:`TimeoutError` (with
         the last start failure, if any) when that takes longer than ``timeout`` seconds."""
-        self._info = await client().request("POST", f"/v1/pools/{self.pool_id}/wait",
+        self._info = await client().request("POST", urls.POOL_WAIT.format(pool_id=self.pool_id),
                                             params={"timeout": timeout})
         if self._info["ready"] < self._info["size"]:
             why = f": {self._info['last_error']}" if self._info["last_error"] else ""
@@ -52,7 +53,7 @@ class WarmPool:
     @synchronize
     async def delete(self) -> None:
         """Stop refilling and terminate the sandboxes still waiting (taken ones live on)."""
-        await client().request("DELETE", f"/v1/pools/{self.pool_id}")
+        await client().request("DELETE", urls.POOL.format(pool_id=self.pool_id))
 
     def __repr__(self) -> str:
         return f"WarmPool({self.pool_id!r}, size={self.size})"

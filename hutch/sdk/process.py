@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk import syncbridge
 from hutch.sdk.streams import EXEC_MAX_BUFFER_SIZE, StreamReader, StreamType, StreamWriter
@@ -50,12 +51,13 @@ class ContainerProcess(Generic[T]):
                  stderr: StreamType = StreamType.PIPE) -> None:
         self.object_id: str = info["exec_id"]
         self._returncode = exec_returncode(info)
-        path = f"/v1/execs/{self.object_id}/output"
+        path = urls.EXEC_OUTPUT.format(exec_id=self.object_id)
         self.stdout: StreamReader[T] = StreamReader(path, 1, text=text, by_line=by_line,
                                                     stream_type=stdout)
         self.stderr: StreamReader[T] = StreamReader(path, 2, text=text, by_line=by_line,
                                                     stream_type=stderr)
-        self.stdin = StreamWriter(f"/v1/execs/{self.object_id}/stdin", EXEC_MAX_BUFFER_SIZE)
+        self.stdin = StreamWriter(urls.EXEC_STDIN.format(exec_id=self.object_id),
+                                  EXEC_MAX_BUFFER_SIZE)
         self._printers: list[concurrent.futures.Future[None]] = []
         for reader, kind in ((self.stdout, stdout), (self.stderr, stderr)):
             if kind is StreamType.STDOUT:
@@ -75,7 +77,7 @@ class ContainerProcess(Generic[T]):
     async def poll(self) -> int | None:
         """The exit code if the process has ended, else None (never blocks)."""
         if self._returncode is None:
-            info = await client().request("GET", f"/v1/execs/{self.object_id}")
+            info = await client().request("GET", urls.EXEC.format(exec_id=self.object_id))
             self._returncode = exec_returncode(info)
         return self._returncode
 
@@ -83,7 +85,7 @@ class ContainerProcess(Generic[T]):
     async def wait(self) -> int:
         """Wait for the process to end; returns its exit code."""
         while self._returncode is None:
-            info = await client().request("POST", f"/v1/execs/{self.object_id}/wait",
+            info = await client().request("POST", urls.EXEC_WAIT.format(exec_id=self.object_id),
                                           params={"timeout": WAIT_SLICE})
             self._returncode = exec_returncode(info)
         for printer in self._printers:
@@ -102,7 +104,7 @@ class ContainerProcess(Generic[T]):
     @synchronize_direct
     async def kill(self) -> int:
         """Kill the process and everything it started; returns its exit code (hutch only)."""
-        info = await client().request("POST", f"/v1/execs/{self.object_id}/kill")
+        info = await client().request("POST", urls.EXEC_KILL.format(exec_id=self.object_id))
         self._returncode = exec_returncode(info)
         assert self._returncode is not None
         return self._returncode
@@ -113,7 +115,7 @@ class ContainerProcess(Generic[T]):
         return syncbridge.iterate_sync(self._events, direct=True)
 
     async def _events(self) -> AsyncIterator[tuple[int, bytes]]:
-        async for event in client().stream_events(f"/v1/execs/{self.object_id}/output"):
+        async for event in client().stream_events(urls.EXEC_OUTPUT.format(exec_id=self.object_id)):
             if event.get("data") is not None:
                 yield event["fd"], event["data"]
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import anyio
 
+from hutch.api import urls
 from hutch.exception import (
     ClientClosed,
     InvalidError,
@@ -72,7 +73,7 @@ def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None
         params["tags"] = json.dumps(options.check_str_dict(tags, "tags"))
 
     async def sandboxes() -> AsyncIterator[Sandbox]:
-        body = await _client_request("GET", "/v1/sandboxes", params=params)
+        body = await _client_request("GET", urls.SANDBOXES, params=params)
         for info in body["sandboxes"]:
             yield Sandbox(info)
 
@@ -86,12 +87,12 @@ class Sandbox:
         self.object_id: str = info["sandbox_id"]
         self._info = info
         self._detached = False
-        path = f"/v1/sandboxes/{self.object_id}/logs"
+        path = urls.SANDBOX_LOGS.format(sandbox_id=self.object_id)
         self._stdout: StreamReader[str] = StreamReader(path, 1, text=True, by_line=True,
                                                        resumable=True)
         self._stderr: StreamReader[str] = StreamReader(path, 2, text=True, by_line=True,
                                                        resumable=True)
-        self._stdin = StreamWriter(f"/v1/sandboxes/{self.object_id}/stdin")
+        self._stdin = StreamWriter(urls.SANDBOX_STDIN.format(sandbox_id=self.object_id))
 
     # constructors -----------------------------------------------------------------------
     @static_direct(when=lambda *args, image=None, **kw: resolves_directly(image))
@@ -158,14 +159,14 @@ class Sandbox:
                 "experimental_options": experimental_options,
                 "_experimental_enable_snapshot": _experimental_enable_snapshot,
                 "client": client, "environment_name": environment_name})
-        info = await _client_request("POST", "/v1/sandboxes", json_body=body)
+        info = await _client_request("POST", urls.SANDBOXES, json_body=body)
         return Sandbox(info)
 
     @static_direct()
     async def from_id(sandbox_id: str) -> Sandbox:
         """The sandbox with this id (running or finished)."""
         options.check_sandbox_id(sandbox_id)
-        return Sandbox(await _client_request("GET", f"/v1/sandboxes/{sandbox_id}"))
+        return Sandbox(await _client_request("GET", urls.SANDBOX.format(sandbox_id=sandbox_id)))
 
     @static_direct()
     async def from_name(app_name: str, name: str, *,
@@ -175,7 +176,7 @@ class Sandbox:
             options.reject_unsupported({"environment_name": environment_name})
         options.check_object_name(app_name, "App")
         options.check_object_name(name, "Sandbox")
-        info = await _client_request("GET", "/v1/sandboxes/by-name",
+        info = await _client_request("GET", urls.SANDBOXES_BY_NAME,
                                      params={"app_name": app_name, "name": name})
         return Sandbox(info)
 
@@ -187,8 +188,10 @@ class Sandbox:
         if self._detached:
             raise ClientClosed("Unable to perform operation on a detached sandbox")
 
-    async def _request(self, method: str, suffix: str = "", **kw: Any) -> dict[str, Any]:
-        self._info = await _client_request(method, f"/v1/sandboxes/{self.object_id}{suffix}",
+    async def _request(self, method: str, template: str = urls.SANDBOX, **kw: Any
+                       ) -> dict[str, Any]:
+        """Call the route ``template`` (an ``urls.SANDBOX*``) of this sandbox."""
+        self._info = await _client_request(method, template.format(sandbox_id=self.object_id),
                                            **kw)
         return self._info
 
@@ -256,7 +259,7 @@ class Sandbox:
         ``raise_on_termination`` is False.
         """
         while self._info.get("state") != "exited":
-            await self._request("POST", "/wait", params={"timeout": WAIT_SLICE})
+            await self._request("POST", urls.SANDBOX_WAIT, params={"timeout": WAIT_SLICE})
         reason = self._info.get("exit_reason")
         if reason == "timeout":
             raise SandboxTimeoutError(f"Sandbox {self.object_id} reached its timeout")
@@ -278,7 +281,8 @@ class Sandbox:
         if isinstance(grace_period, bool) or not isinstance(grace_period, int | float) \
                 or not 0 <= grace_period <= 60:
             raise InvalidError("grace_period must be between 0 and 60 seconds")
-        await self._request("POST", "/terminate", json_body={"grace_period": grace_period})
+        await self._request("POST", urls.SANDBOX_TERMINATE,
+                            json_body={"grace_period": grace_period})
         if not wait:
             return None
         await self.wait.aio(raise_on_termination=False)
@@ -288,7 +292,7 @@ class Sandbox:
     async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
         """Sandbox port -> :class:`Tunnel` for each of its ``unencrypted_ports``."""
         self._attached()
-        doc = await _client_request("GET", f"/v1/sandboxes/{self.object_id}/tunnels")
+        doc = await _client_request("GET", urls.SANDBOX_TUNNELS.format(sandbox_id=self.object_id))
         return {int(port): Tunnel(t["host"], t["port"]) if t.get("tls")
                 else Tunnel(t["host"], t["port"], t["host"], t["port"])
                 for port, t in doc.items()}
@@ -305,7 +309,7 @@ class Sandbox:
         while True:
             left = deadline - anyio.current_time()
             try:
-                await self._request("POST", "/wait_until_ready",
+                await self._request("POST", urls.SANDBOX_WAIT_UNTIL_READY,
                                     params={"timeout": max(0.001, min(left, WAIT_SLICE))})
                 return
             except HutchTimeoutError:
@@ -322,7 +326,7 @@ class Sandbox:
         self._attached()
         if not isinstance(tags, Mapping):
             raise InvalidError("tags must be a dict of str to str")
-        await self._request("PUT", "/tags",
+        await self._request("PUT", urls.SANDBOX_TAGS,
                             json_body={"tags": options.check_str_dict(tags, "tags")})
 
     @synchronize_direct
@@ -411,7 +415,7 @@ class Sandbox:
         }
         if self._info.get("verbose"):
             output.log_exec(self.object_id, argv, workdir, sorted(merged_secrets))
-        info = await _client_request("POST", f"/v1/sandboxes/{self.object_id}/execs",
+        info = await _client_request("POST", urls.SANDBOX_EXECS.format(sandbox_id=self.object_id),
                                      json_body=body)
         return ContainerProcess(info, text=text_mode, by_line=by_line, stdout=out_type,
                                 stderr=err_type)

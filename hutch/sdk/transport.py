@@ -33,7 +33,7 @@ import httpx
 import sniffio
 
 from hutch import exception
-from hutch.api import paths
+from hutch.api import paths, urls
 from hutch.api.models import API_VERSION
 from hutch.sdk import http11, launcher, syncbridge
 
@@ -100,7 +100,7 @@ def _ready_blocking() -> bool:
     calls)."""
     pool = http11.BlockingPool(str(paths.socket_path()), timeout=READY_TIMEOUT)
     try:
-        answer = syncbridge.run_direct(pool.request, "GET", "/v1/health")
+        answer = syncbridge.run_direct(pool.request, "GET", urls.HEALTH)
     except (OSError, http11.ProtocolError):
         return False
     finally:
@@ -144,7 +144,7 @@ class EngineClient:
     async def _ready(self) -> bool:
         with anyio.move_on_after(READY_TIMEOUT):
             try:
-                answer = await self._pool.request("GET", "/v1/health")
+                answer = await self._pool.request("GET", urls.HEALTH)
             except (OSError, http11.ProtocolError):
                 return False
             return _check_health(answer.status, answer.json() if answer.status == 200 else {})

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import anyio
 
+from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk.files import CHUNK, FileType, listing
 from hutch.sdk.options import check_object_name, check_text, shown
@@ -70,7 +71,7 @@ class Volume:
 
     @property
     def _base(self) -> str:
-        return f"/v1/volumes/{self.name}"
+        return urls.VOLUME.format(name=self.name)
 
     @synchronize_static
     async def from_name(name: str, *, create_if_missing: bool = False,
@@ -81,7 +82,7 @@ class Volume:
             raise InvalidError("Volume.from_name: `environment_name` and `version` are not "
                                "supported by hutch")
         check_object_name(name, "Volume")
-        doc = await client().request("POST", "/v1/volumes/lookup", json_body={
+        doc = await client().request("POST", urls.VOLUMES_LOOKUP, json_body={
             "name": name, "create_if_missing": bool(create_if_missing)})
         return Volume(doc["name"], doc["volume_id"])
 
@@ -99,7 +100,7 @@ class Volume:
     async def delete(name: str) -> None:
         """Delete a volume and its files (refused while a running sandbox mounts it)."""
         check_object_name(name, "Volume")  # it becomes part of the request's path
-        await client().request("DELETE", f"/v1/volumes/{name}")
+        await client().request("DELETE", urls.VOLUME.format(name=name))
 
     def with_mount_options(self, *, read_only: bool = False,
                            sub_path: str | None = None) -> Volume:
@@ -116,7 +117,7 @@ class Volume:
     @synchronize
     async def commit(self) -> None:
         """Nothing to do: writes are visible at once (checks that the volume exists)."""
-        await client().request("POST", "/v1/volumes/lookup", json_body={"name": self.name})
+        await client().request("POST", urls.VOLUMES_LOOKUP, json_body={"name": self.name})
 
     @synchronize
     async def reload(self) -> None:
@@ -125,7 +126,7 @@ class Volume:
 
     @synchronize
     async def listdir(self, path: str = "/", *, recursive: bool = False) -> list[VolumeEntry]:
-        doc = await client().request("GET", f"{self._base}/list",
+        doc = await client().request("GET", self._base + urls.FS_LIST,
                                      params={"path": _path(path), "recursive": recursive})
         return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
                 for e in listing(doc)]
@@ -137,7 +138,7 @@ class Volume:
             yield chunk
 
     async def _read(self, path: str) -> AsyncIterator[bytes]:
-        async for chunk in client().stream_bytes(f"{self._base}/file", {"path": _path(path)}):
+        async for chunk in client().stream_bytes(self._base + urls.FS_FILE, {"path": _path(path)}):
             yield chunk
 
     @synchronize
@@ -150,7 +151,7 @@ class Volume:
 
     @synchronize
     async def remove_file(self, path: str, recursive: bool = False) -> None:
-        await client().request("POST", f"{self._base}/remove",
+        await client().request("POST", self._base + urls.FS_REMOVE,
                                json_body={"path": _path(path), "recursive": bool(recursive)})
 
     @synchronize
@@ -158,7 +159,7 @@ class Volume:
         if isinstance(src_paths, str):
             raise InvalidError("src_paths must be a list of paths")
         sources = [_path(p, "src_paths: the path") for p in src_paths]
-        await client().request("POST", f"{self._base}/copy",
+        await client().request("POST", self._base + urls.FS_COPY,
                                json_body={"src_paths": sources, "dst_path": _path(dst_path)})
 
     @contextlib.contextmanager
@@ -196,7 +197,7 @@ class _BatchUpload:
 
     async def upload(self) -> None:
         engine = client()
-        base = f"/v1/volumes/{self._volume.name}"
+        base = urls.VOLUME.format(name=self._volume.name)
         if not self._force:
             existing = {e.path.lstrip("/") for e in await self._volume.listdir.aio(
                 "/", recursive=True) if e.type is FileType.FILE}
@@ -212,5 +213,5 @@ class _BatchUpload:
                     while data := await f.read(CHUNK):
                         yield data
 
-            await engine.request("PUT", f"{base}/file", content=chunks(),
+            await engine.request("PUT", base + urls.FS_FILE, content=chunks(),
                                  params={"path": remote, "mode": mode})

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hutch.api import exitcodes
+from hutch.api import exitcodes, urls
 from hutch.exception import Error
 from hutch.sdk.image import Image
 from hutch.sdk.output import enable_output
@@ -125,7 +125,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = request_blocking("GET", "/v1/sandboxes")["sandboxes"]
+    rows = request_blocking("GET", urls.SANDBOXES)["sandboxes"]
     print(f"{'SANDBOX ID':<26} {'NAME':<20} {'STATE':<9} {'AGE':>5}  TAGS")
     now = time.time()
     for info in rows:
@@ -146,7 +146,7 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     sinks = _sinks(args.raw)
     try:
-        for event in events_blocking(f"/v1/sandboxes/{args.sandbox_id}/logs",
+        for event in events_blocking(urls.SANDBOX_LOGS.format(sandbox_id=args.sandbox_id),
                                      {"follow": "true" if args.follow else "false"}):
             if event.get("data") is not None:
                 sinks[event["fd"]].write(event["data"])
@@ -160,19 +160,19 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from hutch.sdk import launcher
 
     if args.action == "ca":
-        doc = request_blocking("GET", "/v1/engine/ca")
+        doc = request_blocking("GET", urls.ENGINE_CA)
         print(doc["pem"], end="")
         print(f"# {doc['path']}: trust it to verify sandboxes' encrypted ports",
               file=sys.stderr)
         return 0
     if args.action == "start":
-        info = request_blocking("GET", "/v1/engine")
-        request_blocking("POST", "/v1/images/default")
+        info = request_blocking("GET", urls.ENGINE)
+        request_blocking("POST", urls.IMAGES_DEFAULT)
         print(f"engine running: pid {info['pid']}, runtime {info['runtime']}, "
               f"user namespace {info['userns_mode']}")
         return 0
     try:
-        info = request_blocking("GET", "/v1/engine", autostart=False)
+        info = request_blocking("GET", urls.ENGINE, autostart=False)
     except Error:
         info = None
     if args.action == "status":
@@ -183,7 +183,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
             print(f"{key}: {value}")
         return 0
     if info is not None:
-        request_blocking("POST", "/v1/engine/shutdown", autostart=False)
+        request_blocking("POST", urls.ENGINE_SHUTDOWN, autostart=False)
     stopped = launcher.stop_engine()
     print("engine stopped" if info is not None or stopped else "engine was not running")
     return 0
@@ -212,8 +212,8 @@ def _export(ref: str, output: str | None) -> int:
         raise SystemExit("hutch: image export needs an output file: -o FILE.tar")
     if shutil.which("skopeo") is None:
         raise SystemExit("hutch: skopeo is not installed: apt-get install skopeo")
-    request_blocking("GET", "/v1/images/inspect", params={"ref": ref})  # NotFound early
-    layout = Path(request_blocking("GET", "/v1/engine")["data_dir"]) / "oci"
+    request_blocking("GET", urls.IMAGES_INSPECT, params={"ref": ref})  # NotFound early
+    layout = Path(request_blocking("GET", urls.ENGINE)["data_dir"]) / "oci"
     name = ref.rsplit("/", 1)[-1].replace(":", "-")
     proc = subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:{ref}",
                            f"oci-archive:{output}:hutch/{name}"], capture_output=True, text=True)
@@ -232,21 +232,21 @@ def cmd_image(args: argparse.Namespace) -> int:
             image = _load_image(args.target).build()
         print(image.object_id)
     elif args.action == "ls":
-        images = request_blocking("GET", "/v1/images")["images"]
+        images = request_blocking("GET", urls.IMAGES)["images"]
         print(f"{'REFERENCE':<60} {'LAYERS':>6} {'SIZE':>9}  DIGEST")
         for img in images:
             print(f"{img['ref']:<60} {img['layers']:>6} {img['size'] / 1e6:>7.1f}MB  "
                   f"{img['digest'][:19]}")
     elif args.action == "inspect":
-        doc = request_blocking("GET", "/v1/images/inspect", params={"ref": args.target})
+        doc = request_blocking("GET", urls.IMAGES_INSPECT, params={"ref": args.target})
         print(json.dumps(doc, indent=2))
     elif args.action == "export":
         return _export(args.target, args.output)
     elif args.action == "rm":
-        request_blocking("DELETE", "/v1/images", params={"ref": args.target})
+        request_blocking("DELETE", urls.IMAGES, params={"ref": args.target})
         print(f"removed {args.target}")
     else:
-        freed = request_blocking("POST", "/v1/images/prune")
+        freed = request_blocking("POST", urls.IMAGES_PRUNE)
         print(f"removed {freed['blobs']} blobs ({freed['bytes'] / 1e6:.1f} MB) and "
               f"{freed['layers']} unpacked layers")
     return 0
@@ -255,7 +255,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 def cmd_volume(args: argparse.Namespace) -> int:
     if args.action == "ls":
         print(f"{'NAME':<40} {'ID':<26} CREATED")
-        for vol in request_blocking("GET", "/v1/volumes")["volumes"]:
+        for vol in request_blocking("GET", urls.VOLUMES)["volumes"]:
             created = time.strftime("%Y-%m-%d %H:%M", time.localtime(vol["created_at"]))
             print(f"{vol['name']:<40} {vol['volume_id']:<26} {created}")
         return 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from hutch.api import urls
 from hutch.engine.isolation import idslices
 from hutch.engine.isolation.cgroups import CgroupHost
 from hutch.engine.kernel.userns import subid_range
@@ -333,7 +334,7 @@ def check_engine() -> list[Check]:
     from hutch.sdk.transport import request_blocking
 
     try:
-        info = request_blocking("GET", "/v1/engine", autostart=False)
+        info = request_blocking("GET", urls.ENGINE, autostart=False)
     except Error:
         return [Check("engine", "ok", "not running (clients start it on first use)")]
     checks = [Check("engine", "ok", f"pid {info['pid']}, version {info['version']}")]

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from hutch import __version__
+from hutch.api import urls
 from hutch.api.errors import STATUS
 from hutch.api.models import (
     EngineInfo,
@@ -76,15 +77,15 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
         return _error(500, "engine", f"internal engine error: {type(exc).__name__}: {exc}")
 
     # engine ---------------------------------------------------------------------------------
-    @app.get("/v1/health")
+    @app.get(urls.HEALTH)
     async def health() -> dict[str, str]:
         return health_answer()
 
-    @app.get("/v1/engine")
+    @app.get(urls.ENGINE)
     async def engine_info() -> EngineInfo:
         return info()
 
-    @app.post("/v1/engine/shutdown")
+    @app.post(urls.ENGINE_SHUTDOWN)
     async def engine_shutdown() -> dict[str, str]:
         await manager.shutdown_all()
         shutdown()

@@ -10,6 +10,7 @@ import trio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
+from hutch.api import urls
 from hutch.api.models import (
     NDJSON,
     ExecInfo,
@@ -56,15 +57,15 @@ async def exec_events(session: ExecSession, fd: int | None) -> AsyncIterator[byt
 
 def add_exec_routes(app: FastAPI, manager: SandboxManager) -> None:
     # execs ----------------------------------------------------------------------------------
-    @app.post("/v1/sandboxes/{sandbox_id}/execs", responses=errors_doc(400, 404, 409, 422))
+    @app.post(urls.SANDBOX_EXECS, responses=errors_doc(400, 404, 409, 422))
     async def create_exec(sandbox_id: str, req: ExecRequest) -> ExecInfo:
         return await start_exec(manager, sandbox_id, req)
 
-    @app.get("/v1/execs/{exec_id}", responses=errors_doc(404, 409, 422))
+    @app.get(urls.EXEC, responses=errors_doc(404, 409, 422))
     async def get_exec(exec_id: str) -> ExecInfo:
         return exec_info(manager.exec_session(exec_id))
 
-    @app.post("/v1/execs/{exec_id}/wait", responses=errors_doc(404, 409, 422))
+    @app.post(urls.EXEC_WAIT, responses=errors_doc(404, 409, 422))
     async def wait_exec(exec_id: str,
                         timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = DEFAULT_WAIT
                         ) -> ExecInfo:
@@ -73,21 +74,21 @@ def add_exec_routes(app: FastAPI, manager: SandboxManager) -> None:
             await session.done.wait()
         return exec_info(session)
 
-    @app.get("/v1/execs/{exec_id}/output", response_class=StreamingResponse,
+    @app.get(urls.EXEC_OUTPUT, response_class=StreamingResponse,
              responses=stream_doc("output events, then exit_code") | errors_doc(404, 409, 422))
     async def exec_output(exec_id: str, fd: Annotated[int | None, Query(ge=1, le=2)] = None
                           ) -> StreamingResponse:
         session = manager.exec_session(exec_id)
         return StreamingResponse(exec_events(session, fd), media_type=NDJSON)
 
-    @app.post("/v1/execs/{exec_id}/stdin", responses=errors_doc(400, 404, 409, 422))
+    @app.post(urls.EXEC_STDIN, responses=errors_doc(400, 404, 409, 422))
     async def exec_stdin(exec_id: str, request: Request, eof: bool = False) -> ExecInfo:
         session = manager.exec_session(exec_id)
         data = await read_limited(request)
         await session.write_stdin(data, eof)
         return exec_info(session)
 
-    @app.post("/v1/execs/{exec_id}/kill", responses=errors_doc(404, 409, 422))
+    @app.post(urls.EXEC_KILL, responses=errors_doc(404, 409, 422))
     async def kill_exec(exec_id: str) -> ExecInfo:
         session = manager.exec_session(exec_id)
         if not session.done.is_set():

@@ -25,6 +25,7 @@ import trio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
+from hutch.api import urls
 from hutch.api.models import (
     MAX_FILE_OFFSET,
     NDJSON,
@@ -69,12 +70,12 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         finally:
             fs.close()
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/stat", responses=_FILE_ERRORS)
+    @app.get(urls.SANDBOX_FS + urls.FS_STAT, responses=_FILE_ERRORS)
     async def stat_path(sandbox_id: str, path: str) -> dict[str, object]:
         with files(sandbox_id) as fs:
             return asdict(await ops.run_fs(sandbox_id, fs, SandboxFS.stat, path))
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/list", response_class=StreamingResponse,
+    @app.get(urls.SANDBOX_FS + urls.FS_LIST, response_class=StreamingResponse,
              responses=stream_response("application/json", "the entries, streamed "
                                        "in batches: {entries, error?}") | _FILE_ERRORS)
     async def list_dir(sandbox_id: str, path: str) -> StreamingResponse:
@@ -84,20 +85,20 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
             body = await list_directory(ops, sandbox_id, fs, path, entry_row)
         return StreamingResponse(body, media_type="application/json")
 
-    @app.post("/v1/sandboxes/{sandbox_id}/fs/mkdir", responses=_FILE_ERRORS)
+    @app.post(urls.SANDBOX_FS + urls.FS_MKDIR, responses=_FILE_ERRORS)
     async def make_dir(sandbox_id: str, req: MakeDirRequest) -> dict[str, object]:
         with files(sandbox_id) as fs:
             await ops.run_fs(sandbox_id, fs, SandboxFS.mkdir, req.path, req.parents)
             return asdict(await ops.run_fs(sandbox_id, fs, SandboxFS.stat, req.path))
 
-    @app.post("/v1/sandboxes/{sandbox_id}/fs/remove", responses=_FILE_ERRORS)
+    @app.post(urls.SANDBOX_FS + urls.FS_REMOVE, responses=_FILE_ERRORS)
     async def remove(sandbox_id: str, req: RemoveRequest) -> dict[str, str]:
         with files(sandbox_id) as fs:
             await ops.run_fs(sandbox_id, fs, SandboxFS.remove, req.path, req.recursive,
                           deadline_after(ops.timeout), doing=f"removing {req.path!r}")
         return {"removed": req.path}
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/watch", response_class=StreamingResponse,
+    @app.get(urls.SANDBOX_FS + urls.FS_WATCH, response_class=StreamingResponse,
              responses=stream_response(NDJSON, "NDJSON: file events") | _FILE_ERRORS)
     async def watch(sandbox_id: str, path: str, recursive: bool = False,
                     timeout: Annotated[float | None, Query(gt=0, le=86400)] = None
@@ -133,7 +134,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
 
         return StreamingResponse(events(), media_type=NDJSON)
 
-    @app.get("/v1/sandboxes/{sandbox_id}/fs/file", response_class=StreamingResponse,
+    @app.get(urls.SANDBOX_FS + urls.FS_FILE, response_class=StreamingResponse,
              responses=stream_response(BYTES, "the file's bytes") | _FILE_ERRORS)
     async def read_file(sandbox_id: str, path: str,
                         offset: Annotated[int, Query(ge=0, le=MAX_FILE_OFFSET)] = 0,
@@ -146,7 +147,7 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         return StreamingResponse(stream_fd(ops, sandbox_id, fd, offset, length),
                                  media_type=BYTES)
 
-    @app.put("/v1/sandboxes/{sandbox_id}/fs/file", responses=_FILE_ERRORS)
+    @app.put(urls.SANDBOX_FS + urls.FS_FILE, responses=_FILE_ERRORS)
     async def write_file(sandbox_id: str, path: str, request: Request,
                          mode: WriteMode = "w",
                          offset: Annotated[int, Query(ge=0, le=MAX_FILE_OFFSET)] = 0

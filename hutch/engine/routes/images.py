@@ -15,6 +15,7 @@ import trio
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from hutch.api import urls
 from hutch.api.models import (
     NDJSON,
     BuildImageRequest,
@@ -31,17 +32,17 @@ MAX_CONTEXT = 4 << 30
 
 
 def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
-    @app.post("/v1/images/default")
+    @app.post(urls.IMAGES_DEFAULT)
     async def default_image() -> dict[str, str]:
         """Build the default image unless it is built (the first sandbox would otherwise)."""
         return {"ref": await manager.images.ensure_default()}
 
-    @app.get("/v1/images/contexts/{digest}", responses=errors_doc(400, 422))
+    @app.get(urls.IMAGE_CONTEXT, responses=errors_doc(400, 422))
     async def has_context(digest: str) -> dict[str, bool]:
         """Whether a build context (a tar of local files) is already uploaded."""
         return {"present": _context_path(manager, digest).is_file()}
 
-    @app.put("/v1/images/contexts/{digest}", responses=errors_doc(400, 422))
+    @app.put(urls.IMAGE_CONTEXT, responses=errors_doc(400, 422))
     async def put_context(digest: str, request: Request) -> dict[str, str]:
         """Upload a build context; the body must hash to ``digest``."""
         target = _context_path(manager, digest)
@@ -62,7 +63,7 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
         tmp.rename(target)
         return {"digest": digest}
 
-    @app.get("/v1/images")
+    @app.get(urls.IMAGES)
     async def list_images() -> dict[str, list[dict[str, object]]]:
         """Every tagged image: reference, manifest digest, layer count, compressed size."""
         store = manager.images.store
@@ -73,7 +74,7 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
                            "size": sum(int(desc["size"]) for desc, _ in layers)})
         return {"images": images}
 
-    @app.get("/v1/images/inspect", responses=errors_doc(404, 422))
+    @app.get(urls.IMAGES_INSPECT, responses=errors_doc(404, 422))
     async def inspect_image(ref: str) -> dict[str, object]:
         """An image's manifest digest, layers and OCI config."""
         try:
@@ -85,7 +86,7 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
                            for d, diff in layers],
                 "config": config}
 
-    @app.delete("/v1/images", responses=errors_doc(404, 422))
+    @app.delete(urls.IMAGES, responses=errors_doc(404, 422))
     async def remove_image(ref: str) -> dict[str, str]:
         """Untag an image; its layers go with the next prune unless something uses them."""
         if not manager.images.store.untag(ref):
@@ -93,14 +94,14 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
         manager.images.forget(ref)
         return {"removed": ref}
 
-    @app.post("/v1/images/prune")
+    @app.post(urls.IMAGES_PRUNE)
     async def prune_images() -> dict[str, int]:
         """Delete blobs and unpacked layers no image and no running sandbox needs."""
         in_use = {layer for row in manager.store.list_sandboxes(pooled=True)
                   for layer in row.spec.layers}
         return await trio.to_thread.run_sync(manager.images.store.prune, in_use)
 
-    @app.post("/v1/images/build", response_class=StreamingResponse,
+    @app.post(urls.IMAGES_BUILD, response_class=StreamingResponse,
               responses=stream_doc("build progress and log events, then its ref or an error")
               | errors_doc(400, 422))
     async def build_image(req: BuildImageRequest) -> StreamingResponse:

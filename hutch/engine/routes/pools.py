@@ -9,31 +9,32 @@ from typing import Annotated
 
 from fastapi import FastAPI, Query
 
+from hutch.api import urls
 from hutch.api.models import PoolInfo, PoolRequest
 from hutch.engine.lifecycle.pool import PoolService
 
 
 def add_pool_routes(app: FastAPI, pools: PoolService) -> None:
-    @app.put("/v1/pools", response_model=PoolInfo)
+    @app.put(urls.POOLS, response_model=PoolInfo)
     async def declare_pool(req: PoolRequest) -> PoolInfo:
         return (await pools.declare(req.sandbox, req.size)).info()
 
-    @app.get("/v1/pools", response_model=list[PoolInfo])
+    @app.get(urls.POOLS, response_model=list[PoolInfo])
     async def list_pools() -> list[PoolInfo]:
         return [pool.info() for pool in pools.pools.values()]
 
-    @app.get("/v1/pools/{pool_id}", response_model=PoolInfo)
+    @app.get(urls.POOL, response_model=PoolInfo)
     async def get_pool(pool_id: str) -> PoolInfo:
         return pools.get(pool_id).info()
 
-    @app.post("/v1/pools/{pool_id}/wait", response_model=PoolInfo)
+    @app.post(urls.POOL_WAIT, response_model=PoolInfo)
     async def wait_pool(pool_id: str,
                         timeout: Annotated[float, Query(gt=0, le=3600)] = 60.0) -> PoolInfo:
         """The pool once all of its sandboxes are ready, or after ``timeout`` seconds."""
         assert math.isfinite(timeout)
         return (await pools.wait_full(pool_id, timeout)).info()
 
-    @app.delete("/v1/pools/{pool_id}", response_model=PoolInfo)
+    @app.delete(urls.POOL, response_model=PoolInfo)
     async def delete_pool(pool_id: str) -> PoolInfo:
         """Delete the pool; its last state (``ready``: the sandboxes it terminated)."""
         info = pools.get(pool_id).info()

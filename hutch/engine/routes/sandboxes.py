@@ -15,6 +15,7 @@ import trio
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
+from hutch.api import urls
 from hutch.api.models import (
     MAX_FILE_OFFSET,
     NDJSON,
@@ -62,45 +63,45 @@ def sandbox_info(row: SandboxRow) -> SandboxInfo:
 
 def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
     # apps -----------------------------------------------------------------------------------
-    @app.post("/v1/apps/lookup", responses=errors_doc(400, 404, 422))
+    @app.post(urls.APPS_LOOKUP, responses=errors_doc(400, 404, 422))
     async def app_lookup(req: LookupAppRequest) -> AppInfo:
         app_id, name = manager.store.app_by_name(req.name, create=req.create_if_missing)
         return AppInfo(app_id=app_id, name=name)
 
     # sandboxes ------------------------------------------------------------------------------
-    @app.post("/v1/sandboxes", responses=errors_doc(400, 404, 409, 422))
+    @app.post(urls.SANDBOXES, responses=errors_doc(400, 404, 409, 422))
     async def create_sandbox(req: CreateSandboxRequest) -> SandboxInfo:
         return sandbox_info(await manager.create(req))
 
-    @app.get("/v1/sandboxes", responses=errors_doc(400, 404, 422))
+    @app.get(urls.SANDBOXES, responses=errors_doc(400, 404, 422))
     async def list_sandboxes(app_id: str | None = None,
                              tags: Annotated[str | None, Query()] = None) -> SandboxList:
         tag_filter = _parse_tags(tags)
         rows = manager.store.list_sandboxes(app_id=app_id, tags=tag_filter)
         return SandboxList(sandboxes=[sandbox_info(r) for r in rows])
 
-    @app.get("/v1/sandboxes/by-name", responses=errors_doc(404, 422))
+    @app.get(urls.SANDBOXES_BY_NAME, responses=errors_doc(404, 422))
     async def sandbox_by_name(app_name: str, name: str) -> SandboxInfo:
         app_id, _ = manager.store.app_by_name(app_name, create=False)
         return sandbox_info(manager.store.sandbox_by_name(app_id, name))
 
-    @app.get("/v1/sandboxes/{sandbox_id}", responses=errors_doc(404, 422))
+    @app.get(urls.SANDBOX, responses=errors_doc(404, 422))
     async def get_sandbox(sandbox_id: str) -> SandboxInfo:
         return sandbox_info(manager.get(sandbox_id))
 
-    @app.put("/v1/sandboxes/{sandbox_id}/tags", responses=errors_doc(400, 404, 422))
+    @app.put(urls.SANDBOX_TAGS, responses=errors_doc(400, 404, 422))
     async def set_tags(sandbox_id: str, req: SetTagsRequest) -> SandboxInfo:
         manager.store.set_tags(sandbox_id, req.tags)
         return sandbox_info(manager.get(sandbox_id))
 
-    @app.post("/v1/sandboxes/{sandbox_id}/terminate",
+    @app.post(urls.SANDBOX_TERMINATE,
               responses=errors_doc(400, 404, 422))
     async def terminate(sandbox_id: str,
                         req: Annotated[TerminateRequest | None, Body()] = None) -> SandboxInfo:
         grace = (req or TerminateRequest()).grace_period
         return sandbox_info(await manager.terminate(sandbox_id, grace))
 
-    @app.post("/v1/sandboxes/{sandbox_id}/wait_until_ready",
+    @app.post(urls.SANDBOX_WAIT_UNTIL_READY,
               responses=errors_doc(400, 404, 409, 422, 504))
     async def wait_until_ready(sandbox_id: str,
                                timeout: Annotated[float, Query(gt=0, le=MAX_WAIT)] = DEFAULT_WAIT
@@ -110,7 +111,7 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
         await manager.wait_ready(sandbox_id, timeout)
         return sandbox_info(manager.get(sandbox_id))
 
-    @app.get("/v1/sandboxes/{sandbox_id}/tunnels", responses=errors_doc(404, 422))
+    @app.get(urls.SANDBOX_TUNNELS, responses=errors_doc(404, 422))
     async def tunnels(sandbox_id: str) -> dict[str, dict[str, object]]:
         """Sandbox port -> the host address that reaches it."""
         if manager.get(sandbox_id).state != "running":
@@ -119,19 +120,19 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
         return {str(port): {"host": "127.0.0.1", "port": t["host_port"], "tls": t["tls"]}
                 for port, t in forwards.items()}
 
-    @app.get("/v1/engine/ca")
+    @app.get(urls.ENGINE_CA)
     async def engine_ca() -> dict[str, str]:
         """The engine's CA certificate (PEM), which signs its encrypted ports' TLS."""
         ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, manager.data_dir)
         return {"path": str(ca / "ca.crt"), "pem": (ca / "ca.crt").read_text()}
 
-    @app.post("/v1/sandboxes/{sandbox_id}/wait", responses=errors_doc(404, 422))
+    @app.post(urls.SANDBOX_WAIT, responses=errors_doc(404, 422))
     async def wait(sandbox_id: str,
                    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = DEFAULT_WAIT
                    ) -> SandboxInfo:
         return sandbox_info(await manager.wait(sandbox_id, timeout))
 
-    @app.get("/v1/sandboxes/{sandbox_id}/logs", response_class=StreamingResponse,
+    @app.get(urls.SANDBOX_LOGS, response_class=StreamingResponse,
              responses=stream_doc("output events, then exit_code once the sandbox has ended")
              | errors_doc(400, 404, 422))
     async def logs(sandbox_id: str, follow: bool = True,
@@ -145,7 +146,7 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
         return StreamingResponse(follow_logs(manager, sandbox_id, follow, fd, offset),
                                  media_type=NDJSON)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/stdin", responses=errors_doc(400, 404, 409, 422))
+    @app.post(urls.SANDBOX_STDIN, responses=errors_doc(400, 404, 409, 422))
     async def sandbox_stdin(sandbox_id: str, request: Request, eof: bool = False
                             ) -> SandboxInfo:
         """Write the request body to the entrypoint's stdin; ``eof`` then closes it."""

@@ -18,6 +18,7 @@ import trio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
+from hutch.api import urls
 from hutch.api.models import (
     CopyFilesRequest,
     LookupVolumeRequest,
@@ -62,15 +63,15 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
 
     owner = ops_owner
 
-    @app.post("/v1/volumes/lookup", responses=error_responses(400, 404, 422))
+    @app.post(urls.VOLUMES_LOOKUP, responses=error_responses(400, 404, 422))
     async def lookup(req: LookupVolumeRequest) -> dict[str, Any]:
         return volumes.lookup(req.name, req.create_if_missing)
 
-    @app.get("/v1/volumes")
+    @app.get(urls.VOLUMES)
     async def list_volumes() -> dict[str, Any]:
         return {"volumes": volumes.store.volumes()}
 
-    @app.delete("/v1/volumes/{name}", responses=error_responses(404, 409, 422))
+    @app.delete(urls.VOLUME, responses=error_responses(404, 409, 422))
     async def delete(name: str) -> dict[str, str]:
         path = await volumes.delete(name)
         # one worker thread of the volume's own (removing a big tree takes a while); the
@@ -81,7 +82,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
                           doing=f"deleting volume {name!r}")
         return {"deleted": name}
 
-    @app.get("/v1/volumes/{name}/list", response_class=StreamingResponse,
+    @app.get(urls.VOLUME + urls.FS_LIST, response_class=StreamingResponse,
              responses=stream_response("application/json", "the entries, streamed "
                                        "in batches: {entries, error?}") | _FILE_ERRORS)
     async def listdir(name: str, path: str = "/", recursive: bool = False
@@ -99,7 +100,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
             fs.close()  # the listing holds its own directory descriptor
         return StreamingResponse(body, media_type="application/json")
 
-    @app.get("/v1/volumes/{name}/file", response_class=StreamingResponse,
+    @app.get(urls.VOLUME + urls.FS_FILE, response_class=StreamingResponse,
              responses=stream_response(BYTES, "the file's bytes") | _FILE_ERRORS)
     async def read(name: str, path: str) -> StreamingResponse:
         with files(name) as fs:
@@ -107,7 +108,7 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
 
         return StreamingResponse(stream_fd(ops, owner(name), fd), media_type=BYTES)
 
-    @app.put("/v1/volumes/{name}/file", responses=_FILE_ERRORS)
+    @app.put(urls.VOLUME + urls.FS_FILE, responses=_FILE_ERRORS)
     async def write(name: str, path: str, request: Request,
                     mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644) -> dict[str, Any]:
         """Write a file (its parent directories are created), streamed from the body."""
@@ -126,14 +127,14 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
             finally:
                 os.close(fd)
 
-    @app.post("/v1/volumes/{name}/remove", responses=_FILE_ERRORS)
+    @app.post(urls.VOLUME + urls.FS_REMOVE, responses=_FILE_ERRORS)
     async def remove(name: str, req: RemoveRequest) -> dict[str, str]:
         with files(name) as fs:
             await ops.run_fs(owner(name), fs, SandboxFS.remove, req.path, req.recursive,
                           deadline_after(ops.timeout), doing=f"removing {req.path!r}")
         return {"removed": req.path}
 
-    @app.post("/v1/volumes/{name}/copy", responses=_FILE_ERRORS)
+    @app.post(urls.VOLUME + urls.FS_COPY, responses=_FILE_ERRORS)
     async def copy(name: str, req: CopyFilesRequest) -> dict[str, str]:
         """Copy files within the volume (into ``dst_path`` when it is a directory)."""
         with writable(name) as fs:
