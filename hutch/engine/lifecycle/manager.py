@@ -76,6 +76,8 @@ class SandboxManager(SandboxRecovery):
         #: the limits of a sandbox that sets none
         self.defaults = defaults if defaults is not None else sandboxlimits.defaults(cgroups)
         self.commands = CommandStarter(runtime, fork_server, nursery)
+        #: starts a sandbox's container (a seam: unit tests start a host process instead)
+        self.launch = start_container
         self.pools: PoolService | None = None
         self.live: dict[str, LiveSandbox] = {}
         self.execs: dict[str, ExecSession] = {}
@@ -168,7 +170,7 @@ class SandboxManager(SandboxRecovery):
             visible = self.ids.visible_dir(dirs.root, ids) if ids is not None else None
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes",
                                          stage_all=ids is not None)
-            pid, stdin = await start_container(self.runtime, LaunchPlan(
+            pid, stdin = await self.launch(self.runtime, LaunchPlan(
                 sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv,
                 env=init_env, workdir=workdir, init_cwd="/" if default else workdir,
                 mounts=mounts, devpts_gid=self.devpts_gid,
