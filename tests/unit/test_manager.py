@@ -18,11 +18,12 @@ import pytest
 import trio
 
 from hutch.api import exitcodes
-from hutch.api.models import CreateSandboxRequest
-from hutch.engine.errors import AlreadyExists
+from hutch.api.models import CreateSandboxRequest, ExecRequest
+from hutch.engine.errors import AlreadyExists, Conflict
 from hutch.engine.isolation.cgroups import CgroupHost
 from hutch.engine.lifecycle.launch import LaunchPlan
 from hutch.engine.lifecycle.manager import SandboxManager
+from hutch.engine.runtime.spawn import spawn
 from hutch.engine.storage.store import Store
 from hutch.imagebuild.layout import Image
 
@@ -31,6 +32,8 @@ IMAGE = Image(ref="hutch/test", digest="sha256:" + "e" * 64,
 
 
 class FakeRuntime:
+    """Deletes nothing, and runs an exec's process on the host (no fork server here)."""
+
     name = "fake"
 
     def __init__(self) -> None:
@@ -38,6 +41,13 @@ class FakeRuntime:
 
     async def delete(self, sandbox_id: str, force: bool = False) -> None:
         self.deleted.append(sandbox_id)
+
+    async def exec(self, cid: str, process_json: Path, *, pid_file: Path, stdin: bool,
+                   stdout: bool = True, stderr: bool = True, prefix: Any = ()) -> Any:
+        process = json.loads(process_json.read_text())
+        spawned = spawn(process["args"], stdin=stdin, stdout=stdout, stderr=stderr)
+        pid_file.write_text(str(spawned.pid))
+        return spawned
 
 
 class FakeImages:
@@ -51,6 +61,7 @@ def _host_launch(exits: Path, fail: bool = False
     async def launch(runtime: Any, plan: LaunchPlan) -> tuple[int, trio.lowlevel.FdStream]:
         if fail:
             raise OSError("the runtime could not start it")
+        plan.dirs.execs.mkdir(parents=True)  # (the bundle's, which execs write into)
         proc = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL)
 
         def reap() -> None:
@@ -144,3 +155,19 @@ def test_a_launch_that_fails_leaves_a_failed_row_and_nothing_live(tmp_path: Path
         assert tuple(row) == ("exited", "failed")
 
     _run(test, tmp_path, fail=True)
+
+
+def test_an_exec_runs_reports_and_ends_with_its_sandbox(tmp_path: Path) -> None:
+    async def test(manager: SandboxManager) -> None:
+        row = await manager.create(CreateSandboxRequest())
+        session = await manager.exec(row.sandbox_id, ExecRequest(
+            argv=["sh", "-c", "echo out; echo err >&2; exit 5"]))
+        chunks = [chunk async for chunk in session.follow()]
+        assert b"".join(d for fd, d in chunks if fd == 1) == b"out\n"
+        assert b"".join(d for fd, d in chunks if fd == 2) == b"err\n"
+        assert session.returncode == 5 and manager.exec_session(session.exec_id) is session
+        await manager.terminate(row.sandbox_id, grace=0)
+        with pytest.raises(Conflict, match="already finished"):
+            await manager.exec(row.sandbox_id, ExecRequest(argv=["true"]))
+
+    _run(test, tmp_path)
