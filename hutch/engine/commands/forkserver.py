@@ -1,21 +1,12 @@
 """The engine's fork server and the exec zygotes it forks, one per sandbox that runs execs.
 
-Why: ``crun exec`` re-reads the container's state and config, forks twice, joins the
-namespaces and loads the seccomp filter for every command: about 7 ms, plus a shell that
-moves it into the sandbox's cgroup.  A *zygote* does that work once per sandbox.  It is a
-process that has joined the sandbox's cgroup and namespaces (mount, pid for its children,
-network, ipc, uts, cgroup), dropped to the sandbox's capabilities, set ``no_new_privs``
-and loaded the sandbox's seccomp filter, exactly what the runtime applies to an exec.
-Each command is then one ``posix_spawn`` (a vfork: no page tables copied) from it, and
-inherits all of that.  The zygote is not in the sandbox's pid namespace (it cannot be: a
-process joins one only for its children), so nothing in the sandbox can see or signal it.
-
-The fork server is one small, single-threaded process per engine, started by the engine
-(:mod:`hutch.engine.commands.zygote`): forking the engine itself (threads, a large heap) would copy
-its page tables and could inherit locks held by its other threads, and ``setns`` into a
-mount namespace needs a single-threaded caller.  It is run by path, so it imports the
-standard library only; a zygote must not import anything after joining the sandbox's
-mount namespace, where the host's files are out of sight.
+Why: ``crun exec`` costs about 7 ms a command (it re-reads the container's state, forks
+twice, joins the namespaces and loads the seccomp filter); a *zygote* does that once per
+sandbox, and each command is then one ``posix_spawn`` from it.  The fork server is one
+small single-threaded process per engine, run by path so it imports the standard library
+only (forking the engine itself would copy its heap and its threads' locks).  The design,
+and why the zygote is out of the sandbox's pid namespace: docs/design.md, "Execs: the
+zygote".
 
 Protocol (stream sockets, each frame a 4-byte big-endian length and a JSON object; file
 descriptors ride on the length):

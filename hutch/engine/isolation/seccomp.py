@@ -1,43 +1,13 @@
 """The sandbox's seccomp profile: the OCI ``linux.seccomp`` object every sandbox runs under.
 
-Why an allowlist.  Like podman's and moby's default profiles, this one names the ordinary
-system calls a Linux program makes and refuses everything else.  A denylist would silently
-allow every system call added to the kernel after it was written, and new system calls
-are where new attack surface comes from (``io_uring`` is the recent example); an allowlist
-fails closed.  Its usual weakness, breaking programs that use a syscall the list forgot,
-is handled in two ways:
-
-* The default action is ``ENOSYS`` (as in podman's profile), not ``EPERM``: a syscall the
-  profile does not know looks *not implemented*, which is exactly what libc and language
-  runtimes test for before falling back to an older call (glibc's ``faccessat2`` and
-  ``clone3`` fallbacks, for instance); ``EPERM`` there makes them fail instead.
-* Every syscall of the kernel's tables is classified here, allowed or refused, and the
-  unit test checks that against the host's ``unistd`` headers, so nothing falls to the
-  default by oversight.  The few with no kernel implementation are left to it.  A name
-  the runtime's libseccomp does not know yet (``mseal`` or ``listmount`` for Debian 12's
-  2.5.4) is skipped by crun and runc, so that call gets the default ``ENOSYS`` too.
-
-What is refused gets ``EPERM`` ("Operation not permitted"), the answer a program that
-lacks a privilege expects: kernel keyrings, ``bpf``, ``perf_event_open``, ``userfaultfd``
-(kernel-exploit helpers and host-wide state), module loading, ``kexec``, ``reboot``,
-changes to the clocks, every way to mount (old and new mount API), swap, accounting,
-quotas, file handles (``open_by_handle_at`` was the "shocker" escape), raw port I/O,
-``syslog``, ``io_uring``, joining namespaces with ``setns``, and creating namespaces
-with ``unshare`` or ``clone``: a new user namespace would give the sandbox a full set of
-capabilities over fresh namespaces, the first step of most container escapes.  ``clone3``
-takes its flags in a structure seccomp cannot read, so it answers ``ENOSYS`` and libc
-falls back to ``clone``, whose flags are checked.
-
-``ptrace`` and ``process_vm_readv``/``writev`` are allowed, as podman allows them on
-kernels >= 4.8 (where seccomp cannot be bypassed by a tracer): a sandbox may debug its
-own processes; its pid namespace hides everything else.  ``personality`` is limited to
-the values podman allows (no disabling of address-space randomisation).  ``socket`` is
-refused for ``AF_VSOCK``, which no network namespace confines (in a VM it reaches the
-hypervisor's host); for the same reason the 32-bit ``socketcall`` multiplexer, whose
-arguments seccomp cannot see, is refused (32-bit programs use the direct socket calls).
-
-The profile is written for the sandbox's capability set (no ``CAP_SYS_ADMIN``): the kernel
-still checks privileges behind every allowed call; this is a second, narrower wall.
+Why an allowlist: a denylist silently allows every system call added to the kernel after
+it was written, and new calls are where new attack surface comes from (``io_uring``); an
+allowlist fails closed.  Unknown calls answer ``ENOSYS`` (libc then falls back to an older
+call, as for ``clone3``), refused ones ``EPERM``; every call of the kernel's tables is
+classified here, which the unit test checks against the host's ``unistd`` headers.  What
+is refused and why (namespaces, mounts, keyrings, ``bpf``, ``AF_VSOCK``, ...) is in
+docs/security.md, "The seccomp profile"; the kernel still checks privileges behind every
+allowed call, so this is a second, narrower wall.
 """
 
 from __future__ import annotations
