@@ -187,6 +187,11 @@ class VolumeIdsRow(NamedTuple):
     prev: list[tuple[int, int]]
 
 
+def _volume_ids_row(r: sqlite3.Row) -> VolumeIdsRow:
+    return VolumeIdsRow(r["base"], r["size"], bool(r["mixed"]),
+                        [(b, n) for b, n in json.loads(r["prev"])])
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         _make_private(path)
@@ -267,9 +272,15 @@ class Store:
 
     def volume_ids(self) -> dict[str, VolumeIdsRow]:
         """Each volume's id slice, by volume id."""
-        return {r["volume_id"]: VolumeIdsRow(r["base"], r["size"], bool(r["mixed"]),
-                                             [(b, n) for b, n in json.loads(r["prev"])])
+        return {r["volume_id"]: _volume_ids_row(r)
                 for r in self.db.execute("SELECT * FROM volume_ids")}
+
+    def volume_ids_of(self, volume_id: str) -> VolumeIdsRow | None:
+        """One volume's id slice (None: it has the engine's ids), read on every files call
+        and mount of the volume: one row, not the table."""
+        r = self.db.execute("SELECT * FROM volume_ids WHERE volume_id = ?",
+                            (volume_id,)).fetchone()
+        return None if r is None else _volume_ids_row(r)
 
     def set_volume_ids(self, volume_id: str, base: int, size: int, *, moving: bool = False,
                        prev: list[tuple[int, int]] | None = None) -> None:

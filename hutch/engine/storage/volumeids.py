@@ -104,7 +104,7 @@ class VolumeIds:
 
     def owner(self, record: dict[str, Any]) -> int | None:
         """The id what the engine makes in the volume ``record`` gets (its slice's root)."""
-        found = self.store.volume_ids().get(record["volume_id"])
+        found = self.store.volume_ids_of(record["volume_id"])
         return None if found is None else found.base
 
     @contextlib.contextmanager

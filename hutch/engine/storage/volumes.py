@@ -122,7 +122,7 @@ class VolumeService:
             if users:
                 raise Conflict(f"Volume {name!r} is in use by running sandboxes: "
                                f"{', '.join(users)}; terminate them first")
-            ids = self.store.volume_ids().get(record["volume_id"])
+            ids = self.store.volume_ids_of(record["volume_id"])
             self.store.delete_volume(name)
             if ids is not None:
                 self.ids.forget(ids)
