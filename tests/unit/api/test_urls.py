@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hutch.api import urls
 from hutch.engine.routes.app import build_app
-from tests.unit.test_api_errors import _StubManager
+from tests.unit.engine.routes.test_app_errors import _StubManager
 
 
 def _templates() -> set[str]:

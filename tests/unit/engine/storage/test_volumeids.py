@@ -81,7 +81,7 @@ def _in_user_namespace(script: str, *args: str) -> str:
     result = subprocess.run(
         ["unshare", "--user", "--map-root-user", "--map-auto", "--", sys.executable, "-c",
          textwrap.dedent(script), *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[4])})
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -14,7 +14,7 @@ plausible ones, and holds when the call either
 
 Anything else (an ``OverflowError`` escaping, a body the engine refuses) is a bug in the
 SDK's checks; and a call whose arguments are all valid must send its request (the calls
-the fuzzer once found slipping through are pinned in test_sdk_refused_calls.py).
+the fuzzer once found slipping through are pinned in test_refused_calls.py).
 Bounded: a fixed seed, 120 examples a property, a few seconds in all.
 """
 
@@ -41,7 +41,7 @@ from hutch.sdk.probe import Probe
 from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.secret import Secret
 from hutch.sdk.volume import Volume
-from tests.unit.sdk_offline import (
+from tests.unit.sdk.offline import (
     SANDBOX_ID,
     a_sandbox,
     check,

@@ -1,9 +1,9 @@
 """The SDK's calls refused before anything is sent, as the engine would refuse them.
 
 Each of these once sent what the engine refuses (422), or raised OverflowError or
-UnicodeEncodeError, until test_sdk_args_fuzz.py found it; the checks are in
+UnicodeEncodeError, until test_args_fuzz.py found it; the checks are in
 :mod:`hutch.sdk.options` (unit-tested in test_options.py) and where each call takes its
-arguments.  No engine runs (:mod:`tests.unit.sdk_offline`).
+arguments.  No engine runs (:mod:`tests.unit.sdk.offline`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hutch.sdk.probe import Probe
 from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.secret import Secret
 from hutch.sdk.volume import Volume
-from tests.unit.sdk_offline import RequestSent, a_sandbox, offline_sdk  # noqa: F401 - autouse
+from tests.unit.sdk.offline import RequestSent, a_sandbox, offline_sdk  # noqa: F401 - autouse
 
 
 def _image() -> Image:
@@ -29,7 +29,7 @@ def _image() -> Image:
 
 _vol = Volume("vol", "vo-1")
 #: Calls that once sent what the engine refuses (422) or raised OverflowError or
-#: UnicodeEncodeError (found by test_sdk_args_fuzz.py), and the message each raises now.
+#: UnicodeEncodeError (found by test_args_fuzz.py), and the message each raises now.
 REFUSED_CALLS: list[tuple[str, Callable[[], object]]] = [
     ("^timeout must be at most 86400", lambda: Sandbox.create(timeout=86401)),
     ("^timeout must be a positive number", lambda: Sandbox.create(timeout=10**400)),

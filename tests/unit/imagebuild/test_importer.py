@@ -1,4 +1,4 @@
-"""hutch.imagebuild.importer.unpack_layer: OCI whiteouts to overlay ones, and hostile layers."""
+"""hutch.imagebuild.importer and layerunpack: OCI whiteouts to overlay ones, hostile layers."""
 
 from __future__ import annotations
 
