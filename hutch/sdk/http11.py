@@ -4,9 +4,10 @@ Why not httpx for these: one ``GET /v1/health`` took 1.2 ms through httpx agains
 on a raw socket, and an exec is two such calls.  The engine is the only server this client
 talks to (its own HTTP/1.1 server on a Unix socket), and its answers to these calls are
 JSON with a ``Content-Length`` (or chunked), so the client is small: keep-alive connections
-in a pool, a request written in one send, a response read until its body is complete.  It
-runs under trio and asyncio alike (anyio streams).  Streamed answers (logs, exec output) are read as
-they arrive; streamed uploads and file downloads stay on httpx.
+in a pool, a request written in one send (or, for a body given as an iterator, chunked as
+it comes), a response read as its body arrives.  It runs under trio and asyncio alike (anyio
+streams), and is the SDK's only HTTP client: answers streamed (logs, exec output, file
+downloads) and bodies streamed (file uploads) go through it too.
 
 A pooled connection the engine closed while idle (a restarted daemon) refuses the request
 (writing to a Unix socket whose peer has closed fails); the request is then sent on a new
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +32,15 @@ from urllib.parse import quote, urlencode
 import anyio
 import anyio.abc
 
-#: Bytes read at a time.
+#: Bytes read at a time; a body's pieces (file downloads) are read up to ``PIECE_SIZE``.
 READ_SIZE = 65536
+PIECE_SIZE = 1 << 20
 #: Idle connections kept per pool.
 MAX_IDLE = 8
+
+#: A request body: whole, or as an iterator sent with the chunked transfer coding (a file
+#: upload, read as it goes: its length need not be known and it is never held whole).
+Body = bytes | AsyncIterable[bytes]
 
 
 class ProtocolError(Exception):
@@ -83,18 +89,28 @@ def _param(value: object) -> str:
 
 
 def encode_request(method: str, path: str, params: dict[str, Any] | None,
-                   body: bytes | None, content_type: str | None) -> bytes:
+                   body: bytes | None, content_type: str | None,
+                   chunked: bool = False) -> bytes:
+    """The request's head, followed by ``body`` when there is one; ``chunked``: the body
+    follows in chunks (:func:`encode_chunk`) instead."""
     target = quote(path, safe="/:@!$&'()*+,;=-._~")
     if params:
         target += "?" + urlencode({k: _param(v) for k, v in params.items()})
     lines = [f"{method} {target} HTTP/1.1", "Host: hutch", "Accept: */*"]
-    if body is not None:
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    elif body is not None:
         lines.append(f"Content-Length: {len(body)}")
-        if content_type:
-            lines.append(f"Content-Type: {content_type}")
     elif method in ("POST", "PUT", "PATCH"):
         lines.append("Content-Length: 0")
+    if content_type and (chunked or body is not None):
+        lines.append(f"Content-Type: {content_type}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body; ``b""`` is the last one (an empty chunk ends it)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b"0\r\n\r\n"
 
 
 class _Reader:
@@ -105,9 +121,9 @@ class _Reader:
         self.buffer = bytearray()
         self.received = 0
 
-    async def _fill(self) -> None:
+    async def _fill(self, size: int = READ_SIZE) -> None:
         try:
-            data = await self.stream.receive(READ_SIZE)
+            data = await self.stream.receive(size)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             data = b""
         if not data:
@@ -124,12 +140,20 @@ class _Reader:
         del self.buffer[:cut + len(marker)]
         return line
 
-    async def exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            await self._fill()
+    async def upto(self, size: int) -> bytes:
+        """Between 1 and ``size`` bytes: what is buffered, or the next read."""
+        if not self.buffer:
+            await self._fill(size)
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         return data
+
+    async def pieces(self, size: int) -> AsyncIterator[bytes]:
+        """The next ``size`` bytes as they arrive (a 1 GiB download is never held whole)."""
+        while size:
+            data = await self.upto(min(size, PIECE_SIZE))
+            size -= len(data)
+            yield data
 
 
 async def read_head(reader: _Reader) -> tuple[int, dict[str, str], bool]:
@@ -160,12 +184,12 @@ async def body_chunks(reader: _Reader, method: str, status: int, headers: dict[s
                 while await reader.until(b"\r\n"):
                     pass  # trailers
                 return
-            yield await reader.exactly(size)
+            async for piece in reader.pieces(size):
+                yield piece
             await reader.until(b"\r\n")
     elif "content-length" in headers:
-        length = int(headers["content-length"])
-        if length:
-            yield await reader.exactly(length)
+        async for piece in reader.pieces(int(headers["content-length"])):
+            yield piece
     else:
         raise ProtocolError("an answer with neither a length nor chunks")
 
@@ -185,7 +209,7 @@ class Pool:
             await reader.stream.aclose()
 
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                      body: bytes | None = None, content_type: str | None = None) -> Response:
+                      body: Body | None = None, content_type: str | None = None) -> Response:
         """Send a request; the whole answer."""
         async with self.stream(method, path, params=params, body=body,
                                content_type=content_type) as (answer, chunks):
@@ -194,12 +218,16 @@ class Pool:
 
     @asynccontextmanager
     async def stream(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                     body: bytes | None = None, content_type: str | None = None
+                     body: Body | None = None, content_type: str | None = None
                      ) -> AsyncIterator[tuple[Response, AsyncIterator[bytes]]]:
         """Send a request; yields the answer's status (``body`` empty) and an iterator over
         its body as it arrives.  A connection left before the body's end is closed."""
-        reader, (status, headers, keep) = await self._send(
-            encode_request(method, path, params, body, content_type))
+        if body is None or isinstance(body, bytes):
+            head, rest = encode_request(method, path, params, body, content_type), None
+        else:
+            head = encode_request(method, path, params, None, content_type, chunked=True)
+            rest = body
+        reader, (status, headers, keep) = await self._send(head, rest)
         finished = False
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -224,9 +252,11 @@ class Pool:
         with anyio.CancelScope(shield=True):
             await reader.stream.aclose()
 
-    async def _send(self, data: bytes) -> tuple[_Reader, tuple[int, dict[str, str], bool]]:
-        """Send ``data`` on an idle connection (one the engine closed meanwhile is replaced)
-        or a new one; returns the connection and the answer's head."""
+    async def _send(self, data: bytes, rest: AsyncIterable[bytes] | None = None
+                    ) -> tuple[_Reader, tuple[int, dict[str, str], bool]]:
+        """Send ``data`` (then ``rest``'s chunks) on an idle connection (one the engine
+        closed meanwhile is replaced) or a new one; returns the connection and the answer's
+        head."""
         while True:
             reader = self._idle.pop() if self._idle else None
             fresh = reader is None
@@ -237,11 +267,15 @@ class Pool:
                     raise NotSent(exc.errno, f"cannot connect to the engine at "
                                        f"{self.socket_path}: {exc.strerror}") from exc
             reader.received = 0
-            sent = False
+            sent = begun = False
+            failure: Exception | None = None
             try:
                 try:
                     await reader.stream.send(data)
-                    sent = True
+                    if rest is not None:
+                        begun = True  # the iterator cannot be read again from here on
+                        failure = await _send_chunks(reader.stream, rest)
+                    sent = failure is None
                 except (OSError, anyio.BrokenResourceError) as exc:
                     # The engine may have answered before reading the whole body (a file
                     # write it refused) and closed: its answer is still there to read.
@@ -249,7 +283,8 @@ class Pool:
                         return reader, await read_head(reader)
                     except (OSError, ProtocolError):
                         raise exc from None
-                return reader, await read_head(reader)
+                if failure is None:
+                    return reader, await read_head(reader)
             except BaseException as exc:
                 await self._discard(reader)
                 stale = isinstance(exc, OSError | anyio.BrokenResourceError
@@ -261,10 +296,43 @@ class Pool:
                 if sent:
                     raise NoAnswer(f"the engine closed the connection before answering: "
                                    f"{exc}") from exc
+                if begun:  # part of a streamed body went, and it cannot be sent again
+                    raise ConnectionResetError(
+                        f"the engine closed the connection during the request: {exc}"
+                    ) from exc
                 if fresh:
                     raise NotSent(exc.errno if isinstance(exc, OSError) else None,
                                   f"the engine closed a new connection: {exc}") from exc
                 # an idle connection the engine closed meanwhile: the next one is tried
+                continue
+            # The body's own source failed (a local file vanished): the engine has part of
+            # a body it will never see the end of, so the connection goes with the error.
+            await self._discard(reader)
+            assert failure is not None
+            raise failure
+
+
+async def _send_chunks(stream: anyio.abc.ByteStream, body: AsyncIterable[bytes]
+                       ) -> Exception | None:
+    """Send ``body`` chunked, with its last chunk; returns the error the iterator itself
+    raised, if it did (a failed send raises)."""
+    chunks = aiter(body)
+    try:
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                return exc
+            if chunk:
+                await stream.send(encode_chunk(chunk))
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()  # a body left unfinished closes its file now, not when collected
+    await stream.send(encode_chunk(b""))
+    return None
 
 
 class BlockingStream:

@@ -1,6 +1,6 @@
-"""The SDK's one transport: HTTP/1.1 + JSON to the engine's Unix socket, via httpx.
+"""The SDK's one transport: HTTP/1.1 + JSON to the engine's Unix socket, via ``http11``.
 
-Like httpx's own transports it is thin: it sends requests and translates what comes back at
+Like httpx's transports it is thin: it sends requests and translates what comes back at
 this boundary.  Engine error bodies become ``hutch.exception`` classes; a socket nobody
 answers on starts the engine (once, under a lock); other connection failures and an engine
 speaking another API version become :class:`~hutch.exception.EngineError`.
@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
-import httpx
 import sniffio
 
 from hutch import exception
@@ -62,7 +61,7 @@ def error_for(kind: str, message: str) -> exception.Error:
     return _ERRORS.get(kind, exception.EngineError)(message)
 
 
-def _raise_for(response: httpx.Response | http11.Response) -> None:
+def _raise_for(response: http11.Response) -> None:
     if response.is_success:
         return
     try:
@@ -118,28 +117,14 @@ class EngineClient:
     def __init__(self, autostart: bool = True) -> None:
         self.socket = paths.socket_path()
         self.autostart = autostart
-        self._http_client: httpx.AsyncClient | None = None
         self._pool = self._make_pool()
         self._checked = False
 
     def _make_pool(self) -> http11.Pool:
         return http11.Pool(str(self.socket))
 
-    @property
-    def _http(self) -> httpx.AsyncClient:
-        """httpx, for streamed uploads and downloads (made on first use)."""
-        if self._http_client is None:
-            self._http_client = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
-                base_url="http://hutch",
-                timeout=httpx.Timeout(30.0, read=None),
-            )
-        return self._http_client
-
     async def aclose(self) -> None:
         await self._pool.aclose()
-        if self._http_client is not None:
-            await self._http_client.aclose()
 
     async def _ready(self) -> bool:
         with anyio.move_on_after(READY_TIMEOUT):
@@ -178,7 +163,7 @@ class EngineClient:
         when nothing of it was sent, or when it is safe to repeat and no answer began."""
         if not self.autostart:
             return False
-        if isinstance(exc, http11.NotSent | httpx.ConnectError):
+        if isinstance(exc, http11.NotSent):
             return True
         return isinstance(exc, http11.NoAnswer) and method in SAFE_METHODS
 
@@ -191,20 +176,8 @@ class EngineClient:
                       params: dict[str, Any] | None = None,
                       content: bytes | AsyncIterator[bytes] | None = None) -> Any:
         await self.ensure()
-        if content is not None and not isinstance(content, bytes):
-            for attempt in (1, 2):
-                try:  # a streamed upload (httpx connects before it reads any of it)
-                    r = await self._http.request(method, path, params=params,
-                                                 content=content)
-                    break
-                except httpx.TransportError as exc:
-                    if attempt == 1 and self._may_repeat(exc, "POST"):  # not connected
-                        await self._restart()
-                        continue
-                    raise self._lost(exc, method, path) from exc
-            _raise_for(r)
-            return r.json()
-        body, content_type = content, None
+        body: http11.Body | None = content
+        content_type = None
         if json_body is not None:
             body, content_type = _json(json_body), "application/json"
         for attempt in (1, 2):
@@ -227,15 +200,17 @@ class EngineClient:
         for attempt in (1, 2):
             began = False
             try:
-                async with self._http.stream("GET", path, params=params) as r:
+                async with self._pool.stream("GET", path, params=params) as (answer, chunks):
                     began = True
-                    if not r.is_success:
-                        await r.aread()
-                        _raise_for(r)
-                    async for chunk in r.aiter_bytes(chunk_size=1 << 20):
+                    if not answer.is_success:
+                        answer.body = b"".join([chunk async for chunk in chunks])
+                        _raise_for(answer)
+                    async for chunk in chunks:
                         yield chunk
                 return
-            except httpx.TransportError as exc:
+            except exception.Error:
+                raise  # the engine's answer (some are OSErrors, e.g. a missing file)
+            except (OSError, http11.ProtocolError) as exc:
                 if attempt == 1 and not began and self._may_repeat(exc, "GET"):
                     await self._restart()
                     continue
@@ -281,15 +256,10 @@ class EngineClient:
 
 
 class DirectClient(EngineClient):
-    """The engine client of one thread's direct calls: blocking sockets, no event loop.
-    Streamed uploads and downloads (httpx) are not for direct calls."""
+    """The engine client of one thread's direct calls: blocking sockets, no event loop."""
 
     def _make_pool(self) -> http11.Pool:
         return http11.BlockingPool(str(self.socket))
-
-    @property
-    def _http(self) -> httpx.AsyncClient:
-        raise RuntimeError("a direct call cannot stream files (it has no event loop)")
 
     async def _ready(self) -> bool:
         return _ready_blocking()  # this thread may block: it is a call

@@ -135,3 +135,15 @@ def test_the_daemon_loads_nothing_of_the_sdk(entry: str) -> None:
                     in graph)
     loaded = sorted(m for m in seen if m.startswith(("hutch.sdk", "hutch.tools")))
     assert "hutch" in seen and not loaded, f"{entry} loads {loaded}"
+
+
+def test_one_http_client() -> None:
+    """The SDK speaks to the engine through ``hutch.sdk.http11`` only: httpx is a test tool
+    here, not a dependency (``pyproject.toml`` lists it under ``test``)."""
+    users = sorted(name for name, path in _modules().items() if name.startswith("hutch")
+                   for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.Import | ast.ImportFrom)
+                   and any(mod.split(".")[0] == "httpx" for mod in (
+                       [a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""])))
+    assert not users, f"modules importing httpx: {users}"

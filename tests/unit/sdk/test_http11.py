@@ -254,3 +254,209 @@ def test_an_answer_before_the_whole_body_is_read(tmp_path: Path, blocking: bool)
 
     with server(tmp_path, handle) as (path, _):
         anyio.run(main, path)
+
+
+def _read_chunked(conn: socket.socket, pending: bytes) -> tuple[list[bytes], bytes]:
+    """The chunks of a chunked body that follows ``pending`` on ``conn``."""
+    chunks: list[bytes] = []
+    data = pending
+    while True:
+        while b"\r\n" not in data:
+            data += conn.recv(65536)
+        line, data = data.split(b"\r\n", 1)
+        size = int(line, 16)
+        while len(data) < size + 2:
+            data += conn.recv(65536)
+        if size == 0:
+            return chunks, data[2:]
+        chunks.append(data[:size])
+        data = data[size + 2:]
+
+
+def test_a_body_given_as_an_iterator_is_sent_chunked(tmp_path: Path) -> None:
+    """An upload of unknown length: chunked, empty pieces skipped (an empty chunk would end
+    the body), and the connection kept for the next request."""
+    got: list[tuple[bytes, list[bytes]]] = []
+
+    def handle(conn: socket.socket, n: int) -> None:
+        while data := _read_request(conn):
+            head, _, rest = data.partition(b"\r\n\r\n")
+            chunks, _ = _read_chunked(conn, rest)
+            got.append((head, chunks))
+            conn.sendall(_answer(b'{"size":%d}' % sum(map(len, chunks))))
+
+    async def body() -> Any:
+        for piece in (b"abc", b"", b"d" * 70000):
+            yield piece
+
+    async def main(path: str) -> None:
+        pool = http11.Pool(path)
+        for _ in range(2):
+            answer = await pool.request("PUT", "/v1/f", body=body(),
+                                        content_type="application/octet-stream")
+            assert answer.json() == {"size": 70003}
+        await pool.aclose()
+
+    with server(tmp_path, handle) as (path, seen):
+        anyio.run(main, path)
+        assert seen == [0] and len(got) == 2
+    head, chunks = got[0]
+    lines = head.decode().split("\r\n")
+    assert "Transfer-Encoding: chunked" in lines and not any(
+        line.startswith("Content-Length") for line in lines)
+    assert chunks == [b"abc", b"d" * 70000]
+
+
+def test_a_failing_body_source_raises_its_own_error(tmp_path: Path) -> None:
+    """The local file behind an upload vanishes halfway: its error is what the caller sees,
+    and the half-sent connection is not reused."""
+    def handle(conn: socket.socket, n: int) -> None:
+        while data := _read_request(conn):
+            if data.startswith(b"PUT"):
+                try:
+                    _read_chunked(conn, data.partition(b"\r\n\r\n")[2])
+                except (OSError, ValueError):
+                    return  # the client closed mid-body
+            conn.sendall(_answer(b"1"))
+
+    async def body() -> Any:
+        yield b"first"
+        raise FileNotFoundError("gone")
+
+    async def main(path: str) -> None:
+        pool = http11.Pool(path)
+        with pytest.raises(FileNotFoundError, match="gone"):
+            await pool.request("PUT", "/v1/f", body=body())
+        assert (await pool.request("GET", "/")).json() == 1
+        await pool.aclose()
+
+    with server(tmp_path, handle) as (path, seen):
+        anyio.run(main, path)
+        assert seen == [0, 1]
+
+
+def test_a_streamed_body_is_not_read_on_a_stale_connection(tmp_path: Path) -> None:
+    """The idle connection died with the engine: the upload goes whole on a new one, its
+    iterator read once."""
+    closed = threading.Event()
+    got: list[list[bytes]] = []
+
+    def handle(conn: socket.socket, n: int) -> None:
+        if n == 0:
+            if _read_request(conn):
+                conn.sendall(_answer(b"1"))
+            conn.close()
+            closed.set()
+            return
+        while data := _read_request(conn):
+            chunks, _ = _read_chunked(conn, data.partition(b"\r\n\r\n")[2])
+            got.append(chunks)
+            conn.sendall(_answer(b"2"))
+
+    reads: list[int] = []
+
+    async def body() -> Any:
+        for i in range(3):
+            reads.append(i)
+            yield b"x%d" % i
+
+    async def main(path: str) -> None:
+        pool = http11.Pool(path)
+        assert (await pool.request("GET", "/")).json() == 1
+        await anyio.to_thread.run_sync(closed.wait, 10)
+        assert (await pool.request("PUT", "/v1/f", body=body())).json() == 2
+        await pool.aclose()
+
+    with server(tmp_path, handle) as (path, seen):
+        anyio.run(main, path)
+        assert seen == [0, 1]
+    assert got == [[b"x0", b"x1", b"x2"]] and reads == [0, 1, 2]
+
+
+def test_a_large_answer_arrives_in_pieces(tmp_path: Path) -> None:
+    """A 5 MiB download is handed on as it arrives, never more than a piece at a time."""
+    size = 5 << 20
+
+    def handle(conn: socket.socket, n: int) -> None:
+        if _read_request(conn):
+            conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n".encode())
+            for _ in range(5):
+                conn.sendall(b"z" * (1 << 20))
+
+    async def main(path: str) -> list[int]:
+        pool = http11.Pool(path)
+        sizes: list[int] = []
+        async with pool.stream("GET", "/file") as (answer, chunks):
+            assert answer.status == 200
+            async for chunk in chunks:
+                assert set(chunk) == {ord("z")}
+                sizes.append(len(chunk))
+        await pool.aclose()
+        return sizes
+
+    with server(tmp_path, handle) as (path, _):
+        sizes = anyio.run(main, path)
+    assert sum(sizes) == size and max(sizes) <= http11.PIECE_SIZE
+
+
+def test_uploads_and_downloads_through_the_engines_own_server(tmp_path: Path) -> None:
+    """The client and the engine's HTTP server agree on chunked bodies both ways: the
+    server's parser takes the upload, and its chunked answer is read back whole."""
+    import hashlib
+
+    import trio
+
+    from hutch.engine.httpd.server import HTTPServer
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        digest, size = hashlib.sha256(), 0
+        while True:
+            message = await receive()
+            digest.update(message.get("body", b""))
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        for _ in range(3):  # no length: the server answers chunked
+            await send({"type": "http.response.body", "body": b"%d:" % size,
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": digest.hexdigest().encode()})
+
+    path = str(tmp_path / "engine.sock")
+    stop = threading.Event()
+    ready = threading.Event()
+
+    async def serve() -> None:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(path)
+        sock.listen(8)
+
+        async def stopped() -> None:
+            await trio.to_thread.run_sync(stop.wait)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(HTTPServer(app).serve, sock, stopped)
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    data = bytes(range(256)) * 8192  # 2 MiB
+
+    async def body() -> Any:
+        for at in range(0, len(data), 300000):
+            yield data[at:at + 300000]
+
+    async def main() -> bytes:
+        pool = http11.Pool(path)
+        answer = await pool.request("PUT", "/v1/f", body=body())
+        await pool.aclose()
+        return answer.body
+
+    try:
+        assert ready.wait(10)
+        answer = anyio.run(main)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert answer == b"%d:" % len(data) * 3 + hashlib.sha256(data).hexdigest().encode()
