@@ -1,18 +1,16 @@
 """The sandbox manager's lifecycle (hutch/engine/lifecycle/manager.py) without a container:
 its launch seam starts the entrypoint as a host process, a thread records its exit code
-as the pause process would, and the runtime is a fake.  What is tested is the manager's
-own bookkeeping: the row's states and exit reasons (exited with its code, terminated 137,
-timed out 124, failed), names, and that an ended sandbox leaves nothing live."""
+as the pause process would, and the runtime is a fake (``fakes.py``).  What is tested is
+the manager's own bookkeeping: the row's states and exit reasons (exited with its code,
+terminated 137, timed out 124, failed), names, and that an ended sandbox leaves nothing
+live."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -20,78 +18,15 @@ import trio
 from hutch.api import exitcodes
 from hutch.api.models import CreateSandboxRequest, ExecRequest
 from hutch.engine.errors import AlreadyExists, Conflict
-from hutch.engine.isolation.cgroups import CgroupHost
-from hutch.engine.lifecycle.launch import LaunchPlan
 from hutch.engine.lifecycle.manager import SandboxManager
-from hutch.engine.runtime.spawn import spawn
-from hutch.engine.storage.store import Store
-from hutch.imagebuild.layout import Image
-
-IMAGE = Image(ref="hutch/test", digest="sha256:" + "e" * 64,
-              layer_dirs=[Path("/layers/" + "f" * 64)])
-
-
-class FakeRuntime:
-    """Deletes nothing, and runs an exec's process on the host (no fork server here)."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.deleted: list[str] = []
-
-    async def delete(self, sandbox_id: str, force: bool = False) -> None:
-        self.deleted.append(sandbox_id)
-
-    async def exec(self, cid: str, process_json: Path, *, pid_file: Path, stdin: bool,
-                   stdout: bool = True, stderr: bool = True, prefix: Any = ()) -> Any:
-        process = json.loads(process_json.read_text())
-        spawned = spawn(process["args"], stdin=stdin, stdout=stdout, stderr=stderr)
-        pid_file.write_text(str(spawned.pid))
-        return spawned
-
-
-class FakeImages:
-    async def resolve(self, ref: str | None) -> Image:
-        return IMAGE
-
-
-def _host_launch(exits: Path, fail: bool = False
-                 ) -> Callable[[Any, LaunchPlan], Awaitable[tuple[int, trio.lowlevel.FdStream]]]:
-    """Start the plan's entrypoint on the host; record its exit as the pause process does."""
-    async def launch(runtime: Any, plan: LaunchPlan) -> tuple[int, trio.lowlevel.FdStream]:
-        if fail:
-            raise OSError("the runtime could not start it")
-        plan.dirs.execs.mkdir(parents=True)  # (the bundle's, which execs write into)
-        proc = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL)
-
-        def reap() -> None:
-            code = proc.wait()
-            exits.mkdir(parents=True, exist_ok=True)
-            (exits / str(proc.pid)).write_text(json.dumps({"code": code}))
-
-        threading.Thread(target=reap, daemon=True).start()
-        return proc.pid, trio.lowlevel.FdStream(os.open(os.devnull, os.O_WRONLY))
-
-    return launch
-
-
-async def _manager(tmp_path: Path, nursery: trio.Nursery, fail: bool = False) -> SandboxManager:
-    runtime_dir = tmp_path / "run"
-    runtime_dir.mkdir(exist_ok=True)
-    manager = SandboxManager(
-        store=Store(tmp_path / "state.db"), images=FakeImages(),  # type: ignore[arg-type]
-        runtime=FakeRuntime(), data_dir=tmp_path / "data",  # type: ignore[arg-type]
-        runtime_dir=runtime_dir, devpts_gid=False, nursery=nursery, cgroups=CgroupHost(version=2),
-        userns_mode="single", user="no-such-user-for-slots")
-    manager.launch = _host_launch(runtime_dir / "exits", fail)  # type: ignore[assignment]
-    return manager
+from tests.unit.engine.lifecycle.fakes import IMAGE, make_manager
 
 
 def _run(test: Callable[[SandboxManager], Awaitable[None]], tmp_path: Path,
          fail: bool = False) -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            manager = await _manager(tmp_path, nursery, fail)
+            manager = make_manager(tmp_path, nursery, fail=fail)
             with trio.fail_after(30):
                 await test(manager)
             nursery.cancel_scope.cancel()
@@ -169,5 +104,28 @@ def test_an_exec_runs_reports_and_ends_with_its_sandbox(tmp_path: Path) -> None:
         await manager.terminate(row.sandbox_id, grace=0)
         with pytest.raises(Conflict, match="already finished"):
             await manager.exec(row.sandbox_id, ExecRequest(argv=["true"]))
+
+    _run(test, tmp_path)
+
+
+def test_a_pooled_sandbox_handed_out_becomes_its_users(tmp_path: Path) -> None:
+    """A warm sandbox is unlisted until taken; taken, it has its user's name, tags, env and
+    clock, and keeps what was set up for it (the same process, its limits)."""
+    async def test(manager: SandboxManager) -> None:
+        warm = await manager.create(CreateSandboxRequest(), pooled=True)
+        assert manager.store.list_sandboxes() == []
+        pid = manager.live[warm.sandbox_id].pid
+        before = time.time()
+        row = manager.adopt_pooled(warm.sandbox_id, CreateSandboxRequest(
+            name="mine", tags={"team": "a"}, env={"X": "1"}, timeout=100), IMAGE)
+        assert (row.name, row.tags, row.spec.env["X"]) == ("mine", {"team": "a"}, "1")
+        assert row.spec.limits == warm.spec.limits
+        assert before + 100 <= row.deadline <= time.time() + 100
+        assert [r.sandbox_id for r in manager.store.list_sandboxes()] == [warm.sandbox_id]
+        live = manager.live[warm.sandbox_id]
+        assert live.pid == pid and live.env["X"] == "1" and live.deadline == row.deadline
+        session = await manager.exec(row.sandbox_id, ExecRequest(argv=["sh", "-c", "echo $X"]))
+        assert [d async for fd, d in session.follow() if fd == 1] == [b"1\n"]
+        await manager.terminate(row.sandbox_id, grace=0)
 
     _run(test, tmp_path)
