@@ -1,41 +1,14 @@
 """The errors hutch raises, with Modal's names so ``except modal.exception.X`` keeps working.
 
-::
-
-    Error                       every hutch error
-    ├── InvalidError            bad arguments (also a request the engine rejected as invalid)
-    │   └── ConflictError       the operation does not fit the object's state (exec on a
-    │                           finished sandbox, stdin on an exited process)
-    ├── NotFoundError           unknown sandbox, app, exec or image
-    ├── AlreadyExistsError      a running sandbox of that name already exists in the app
-    ├── ExecutionError          the engine failed to do what was asked
-    │   └── ImageBuildError     building an image failed (with the build's last lines)
-    ├── EngineError             the engine answered with an unexpected error
-    │   ├── ConnectionError     the engine could not be started or reached
-    │   │   └── EngineRestartedError  the engine stopped after a request was sent and
-    │   │                           before its answer: whether it was done is unknown
-    │   └── VersionError        the running engine speaks another API version
-    ├── ClientClosed            the object was detached (``Sandbox.detach``)
-    ├── TimeoutError            a wait ran out of time (also a builtin TimeoutError)
-    │   ├── SandboxTimeoutError the sandbox hit its own timeout
-    │   └── ExecTimeoutError    an exec hit its timeout
-    ├── ResourceExhaustedError  the engine has no more of what each sandbox needs one
-    │                           of (its own user ids); the message names the fix
-    ├── SandboxTerminatedError  the sandbox was terminated
-    └── SandboxFilesystemError  a file operation in a sandbox failed; each subclass is
-        │                       also the builtin ``OSError`` subclass of the same meaning
-        ├── SandboxFilesystemNotFoundError          (FileNotFoundError)
-        ├── SandboxFilesystemIsADirectoryError      (IsADirectoryError)
-        ├── SandboxFilesystemNotADirectoryError     (NotADirectoryError)
-        ├── SandboxFilesystemPermissionError        (PermissionError)
-        ├── SandboxFilesystemPathAlreadyExistsError (FileExistsError)
-        ├── SandboxFilesystemDirectoryNotEmptyError (OSError, ENOTEMPTY)
-        └── SandboxFilesystemBusyError              (BlockingIOError: a lease the
-                                                     sandbox holds; try again later)
-
-As in Modal, ``ConflictError`` is an ``InvalidError``, and ``TimeoutError`` and
-``ConnectionError`` shadow the builtins of the same name inside this module (they also
-subclass them, so ``except builtins.TimeoutError`` catches them too).
+Why Modal's tree: code written for Modal catches the same errors here.  ``ConflictError`` is
+an ``InvalidError``, ``ImageBuildError`` an ``ExecutionError``; ``ConnectionError`` (and its
+``EngineRestartedError``: whether the request was done is unknown) and ``VersionError``
+subclass ``EngineError``, ``SandboxTimeoutError`` and ``ExecTimeoutError`` subclass
+``TimeoutError``.  ``TimeoutError`` and ``ConnectionError`` shadow the builtins of the same
+name inside this module and also subclass them, and each ``SandboxFilesystem*Error`` is
+also the builtin ``OSError`` subclass of the same meaning (``SandboxFilesystemBusyError``:
+``BlockingIOError``, a lease the sandbox holds).
+Details: docs/design.md, "Errors"; docs/api.md, "hutch.exception".
 """
 
 from __future__ import annotations

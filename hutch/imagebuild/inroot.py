@@ -1,24 +1,14 @@
 """Writing a tar's entries under a root directory that no entry can leave.
 
-Every path an image or an API client names (a layer tar's entries, a build context's, a
-copy step's destination, a working directory) is resolved by the kernel with openat2(2)
-against a descriptor of its root, never joined to a host path as a string.  Two ways:
-
-- ``follow=False`` (image layers, unpacked into an empty scratch directory):
-  ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``: a name through any symlink is refused, as a
-  layer is a plain tree and its symlinks are meant for the sandbox, not for unpacking;
-- ``follow=True`` (a copy step into a mounted image): ``RESOLVE_IN_ROOT``, so symlinks of
-  the image are followed as the sandbox would see them, ``/`` and ``..`` stopping at its
-  root (``/escape -> /home/me`` leads to the image's ``/home/me``).
-
-Both add ``RESOLVE_NO_MAGICLINKS`` and ``RESOLVE_NO_XDEV``.  The last component is then
-made with the ``*at`` calls on the descriptor of its resolved parent, never following a
-symlink there (``O_NOFOLLOW | O_EXCL``), so a name that was a symlink a moment ago is
-replaced, not written through.  Entry names with ``..`` are refused outright; device
-nodes are not made (a sandbox's devices come from its runtime); hard links must name an
-entry inside the same root; whiteouts name a real file name.  Before each file the free
-space left on the target's file system is checked against the size the entry claims, so a
-tar that promises terabytes fails at once instead of filling the disk.
+Why the kernel resolves every path: an image or an API client may name anything, so each
+path is resolved with openat2(2) against a descriptor of its root, never joined to a host
+path as a string.  ``follow=False`` (image layers, into an empty scratch directory) refuses
+a name through any symlink (``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``); ``follow=True`` (a
+copy step into a mounted image) follows the image's symlinks as the sandbox would see them
+(``RESOLVE_IN_ROOT``).  Last components are made ``O_NOFOLLOW | O_EXCL`` at their parent's
+descriptor; ``..`` names, device nodes and hard links out are refused, and an entry that
+claims more than the free space fails at once.
+Details: docs/security.md, "Paths from the API and from images".
 """
 
 from __future__ import annotations

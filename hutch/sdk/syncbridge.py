@@ -1,24 +1,13 @@
 """One async implementation, two faces: every SDK call is blocking and also ``.aio``.
 
-The SDK's logic is written once, as coroutines that run under trio or asyncio (anyio
-underneath).  :func:`synchronize` turns such a coroutine method into a descriptor whose
-plain call blocks until the result is ready and whose ``.aio`` attribute is the coroutine
-itself, the way Modal's ``synchronicity`` does::
-
-    sb.exec("true")            # blocking
-    await sb.exec.aio("true")  # from the caller's own trio or asyncio loop
-
-Blocking calls run on the *portal*: one asyncio event loop in a daemon thread, started on
-first use and shared by every thread of the process.  So the blocking API works in a plain
-script, from many threads at once, and beside (not inside) an event loop the program runs
-in another thread; the loop thread itself gets a clear error instead of a deadlock.
-
-The hottest calls (``exec``, ``wait``, reading a stream) only ever talk to the engine, and
-the two thread hops of the portal were a fifth of an ``exec``.  They are marked *direct*
-(:func:`synchronize_direct`): their blocking face runs the coroutine right on the calling
-thread, in one step, with :func:`direct` true so that the transport answers its awaits
-over a blocking socket of that thread (no event loop, nothing suspends).  A direct
-coroutine that tried to suspend would be a bug: it is stopped with a ``RuntimeError``.
+The SDK's logic is written once, as coroutines under trio or asyncio (anyio underneath);
+:func:`synchronize` makes each a descriptor whose plain call blocks and whose ``.aio`` is
+the coroutine, as Modal's ``synchronicity`` does.  Blocking calls run on the *portal*, one
+asyncio loop in a daemon thread shared by every thread.  Why the hottest calls are *direct*
+(:func:`synchronize_direct`: run on the calling thread, over a blocking socket, with
+:func:`direct` true): the portal's two thread hops were a fifth of an ``exec``.  A direct
+coroutine that tries to suspend is a bug, and stops with a ``RuntimeError``.
+Details: docs/design.md, "The SDK: one async core, two faces".
 """
 
 from __future__ import annotations

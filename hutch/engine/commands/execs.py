@@ -1,28 +1,13 @@
 """One command running in a sandbox: its OCI exec process, output buffer, stdin and timeout.
 
-The output of an exec is kept in one queue per stream, in the order the pipes produce it,
-until a reader consumes it: a reader that connects late still sees everything, and what
-has been read is dropped.  Unread output beyond ``MAX_BUFFERED`` pauses the pipes, so the
-process blocks as it would on a full pipe.
-
-Unread output is the sandbox's to pay for, not the engine's: all the execs of a sandbox
-share one :class:`OutputBudget` (``SANDBOX_BUFFERED``), counted with what each chunk costs
-the engine beyond its bytes, and small writes are merged into the chunk before them.  Once
-the budget is spent, an exec that holds more than ``EXEC_FLOOR`` waits (so its reader can
-always make progress), and what the execs of an ended sandbox still hold is dropped.  Why:
-a sandbox printing a few bytes at a time from many execs nobody read grew the engine by
-~1.4 GiB in 90 s, each chunk costing ~100 bytes of objects beyond its data (40 execs
-writing 100 bytes at a time: +751 MiB before, tests/security/test_engine_memory.py).
-
-Readers are woken by a trio event that is replaced at each append.  A timeout kills the
-exec's whole process tree (:mod:`hutch.engine.kernel.proctree`), then records 124, like
-coreutils' ``timeout``.
-
-A process that clears its environment and leaves the tree escapes that kill, and it may
-hold the exec's pipes open.  Once an exec was killed (its timeout or ``kill``), the pipes
-get ``EOF_GRACE`` seconds to reach their end, then the engine closes its ends and the exec
-ends with its code: otherwise ``wait()`` and ``kill()`` would block until the sandbox
-ended (tests/security/test_exec_end.py).
+Output is queued per stream until a reader consumes it (a late reader still sees
+everything); unread output beyond ``MAX_BUFFERED`` pauses the pipes, as a full pipe would.
+Why one :class:`OutputBudget` per sandbox (``SANDBOX_BUFFERED``, each chunk counted with its
+overhead): unread output is the sandbox's to pay for, not the engine's (40 execs nobody
+read, writing 100 bytes at a time, grew the engine by 751 MiB before).  A timeout kills the
+exec's whole process tree and records 124; ``EOF_GRACE`` after a kill the engine closes its
+ends of the pipes, so a process that escaped the tree cannot keep ``wait()`` blocked.
+Details: docs/design.md, "Exec output"; docs/security.md, "The engine's own processes".
 """
 
 from __future__ import annotations

@@ -4,24 +4,11 @@ Why: ``crun exec`` costs about 7 ms a command (it re-reads the container's state
 twice, joins the namespaces and loads the seccomp filter); a *zygote* does that once per
 sandbox, and each command is then one ``posix_spawn`` from it.  The fork server is one
 small single-threaded process per engine, run by path so it imports the standard library
-only (forking the engine itself would copy its heap and its threads' locks).  The design,
-and why the zygote is out of the sandbox's pid namespace: docs/design.md, "Execs: the
-zygote".
-
-Protocol (stream sockets, each frame a 4-byte big-endian length and a JSON object; file
-descriptors ride on the length):
-
-* engine -> fork server: ``{"cgroup_procs": [...], "caps": <mask>, "seccomp": <base64 BPF>,
-  "userns": <join the sandbox's user namespace>}``
-  with fds ``[pidfd of the sandbox's init, the zygote's socket]``.  The fork server answers
-  nothing; its zygote (or, if the fork failed, the fork server) speaks on that socket.
-* zygote -> engine, first: ``{"ready": <pid>}`` or ``{"error": "..."}`` (then it exits).
-* engine -> zygote: ``{"op": "spawn", "id", "argv", "env", "cwd"}`` with fds
-  ``[stdin, stdout, stderr]``; ``{"op": "kill", "id", "signal"}``.
-* zygote -> engine: ``{"id", "pid"}`` with fd ``[pidfd of the command]`` once it runs, then
-  ``{"id", "exit": <code or -signal>}``; a command that cannot start gets only the exit
-  frame (127: not found, 126: not runnable), its reason written to its stderr, as a shell
-  or ``podman exec`` reports it.
+only (forking the engine itself would copy its heap and its threads' locks).  All three
+talk over stream sockets: frames of a 4-byte big-endian length and a JSON object, file
+descriptors riding on the length.
+Details (why the zygote is out of the sandbox's pid namespace; the frames):
+docs/design.md, "Execs: the zygote".
 """
 
 from __future__ import annotations

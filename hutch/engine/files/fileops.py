@@ -1,22 +1,15 @@
 """Worker threads for file operations: limited per sandbox (or volume), each with a deadline.
 
-A file call reaches into a tree that code in a sandbox controls, so whatever runs in a
-worker thread must neither wait on that code nor share a pool with anyone else.  Before
-this module, file calls ran in trio's default thread pool (40 threads for the whole
-engine, shared with creating sandboxes): 41 copies onto FIFOs in one volume left 40
-threads blocked in ``openat2`` for good, and from then on no sandbox could be created by
-anyone, and ``hutch engine stop`` hung.  Now:
-
-- each owner (a sandbox, a volume) has its own :class:`trio.CapacityLimiter` of
-  :data:`OWNER_FILE_THREADS` threads, so one sandbox's calls wait for each other and never
-  for another's, and never take trio's default pool from the rest of the engine;
-- each call has a deadline (:data:`FILE_OP_TIMEOUT`, waiting for a thread included); a long
-  operation checks it as it goes (:func:`check_deadline`) and stops with a ``timeout``
-  error; an operation still running past it is abandoned (its thread keeps its owner's
-  slot, not anyone else's, until it returns) and the call answers ``timeout``.
-
-The opens themselves cannot block (:mod:`hutch.engine.files.sandboxfs`), so the deadline is the
-bound of last resort, not the usual way out.
+Why: a file call reaches into a tree that code in a sandbox controls, so its worker thread
+must neither wait on that code nor share a pool with anyone else (in trio's shared pool, 41
+copies onto FIFOs in one volume once blocked its 40 threads for good: no sandbox could be
+created, and ``hutch engine stop`` hung).  So each owner has its own
+:class:`trio.CapacityLimiter` of :data:`OWNER_FILE_THREADS`, and each call a deadline
+(:data:`FILE_OP_TIMEOUT`, waiting included) that long walks check (:func:`check_deadline`);
+a call past it answers ``timeout`` and its thread keeps only its owner's slot.  The opens
+themselves cannot block (:mod:`hutch.engine.files.sandboxfs`): this is the last resort.
+Details: docs/security.md, "The engine's own processes"; docs/limits.md, "file calls
+against a hostile sandbox".
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
 """A sandbox's files, reached from the engine without ever leaving the sandbox's root.
 
-Every path is resolved by the kernel with openat2(2) and ``RESOLVE_IN_ROOT`` against a
-directory descriptor of ``/proc/<init pid>/root``: the sandbox's own root *with its mounts*
-(volumes, tmpfs), in which ``..``, absolute symlinks and ``/proc/self/root``-style magic
-links planted by code in the sandbox all stay inside (``RESOLVE_NO_MAGICLINKS`` refuses the
-last).  No string checks, no window between a check and the use: what is opened is what
-the kernel resolved.  Operations on a last path component (mkdir, unlink, rename) run on
-the descriptor of its resolved parent.
-
-Nothing here waits on code in the sandbox.  A FIFO opened for reading waits for a writer,
-and an open of a file the sandbox holds a lease on (``fcntl F_SETLEASE``) waits for the
-holder to give it up, up to the kernel's lease-break-time (45 s): so every open that is
-not ``O_PATH`` is ``O_NONBLOCK`` (a lease then answers ``EWOULDBLOCK`` at once, reported
-as ``file_busy``), and files to read or write are first opened ``O_PATH``, checked to be
-regular files and only then reopened from that very inode (FIFOs, sockets and devices are
-refused without being opened).  Long walks (listings, recursive removal) check a deadline
-(:mod:`hutch.engine.files.fileops`) as they go.
+Why the kernel resolves every path: code in the sandbox plants ``..``, absolute symlinks
+and magic links, so each path is resolved by openat2(2) with ``RESOLVE_IN_ROOT |
+RESOLVE_NO_MAGICLINKS`` against ``/proc/<init pid>/root`` (the sandbox's root with its
+mounts), with no string checks and no window between check and use.  Nothing here waits
+on code in the sandbox: every open that is not ``O_PATH`` is ``O_NONBLOCK`` (a lease
+answers ``file_busy`` at once, not after the kernel's 45 s), and files are opened
+``O_PATH``, checked to be regular and reopened from that inode (FIFOs are never opened).
+Details: docs/design.md, "Files and volumes"; docs/security.md, "The engine's own
+processes"; docs/limits.md, "file calls against a hostile sandbox".
 """
 
 from __future__ import annotations

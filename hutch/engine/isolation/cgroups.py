@@ -1,29 +1,14 @@
 """Per-sandbox cgroups: the cpu, memory and pids limits a sandbox cannot lift.
 
-The engine manages the cgroups itself, the same way with every OCI runtime: it makes one
-cgroup per sandbox, writes the limits, and moves the sandbox's init into it between the
-runtime's ``create`` and ``start`` (so every process the sandbox ever forks is inside).
-Execs are started by the sandbox's zygote, which joined the cgroup before anything else
-(:mod:`hutch.engine.commands.forkserver`); with the runtime's exec they are started by
-``sh -c 'echo $$ > cgroup.procs ...; exec crun exec ...'``, so they start inside too.  The sandbox
-holds no CAP_SYS_ADMIN over these files (they belong to the engine's user namespace and
-are not mounted in the sandbox), so it cannot move itself out or raise a limit.
-
-Where the cgroups live depends on the host (:func:`detect`):
-
-* **cgroup v1** (hybrid hosts): one directory per controller, ``/sys/fs/cgroup/<controller>
-  /hutch/<user>``, made and handed to the user by ``tools/setup-host.sh`` (root's engine
-  makes its own);
-* **cgroup v2**: the engine's own cgroup when it is delegated (writable, with the
-  controllers available: e.g. started by ``systemd-run --user --scope -p Delegate=yes``).
-  The engine moves its own processes into a leaf ``hutch-engine`` (v2 allows processes
-  only in leaves) and makes one sibling per sandbox; root's engine uses ``/hutch``.
-
-A limit the host cannot enforce is refused with a message saying how to enable it
-(:class:`LimitUnavailable`); sandboxes that ask for none still get the default memory, cpu
-and pids limits (:mod:`hutch.engine.lifecycle.sandboxlimits`) where those controllers are available.
-A memory limit holds swap too: ``memory.swap.max`` 0 (v2), ``memory.memsw.limit_in_bytes``
-equal to it and ``memory.swappiness`` 0 (v1), where the kernel has them.
+Why the engine manages them itself, the same way under every OCI runtime: it makes one
+cgroup per sandbox where the host delegates them (:func:`detect`: a v1 subtree per
+controller made by ``tools/setup-host.sh``, or its own delegated v2 cgroup), writes the
+limits (a memory limit holds swap too), and moves the sandbox's init in between the
+runtime's ``create`` and ``start``; execs start from a zygote that joined first, so nothing
+the sandbox forks is ever outside.  The cgroup files belong to the engine's user namespace
+and are not mounted in the sandbox, so it cannot move out or raise a limit.  A limit the
+host cannot enforce is refused with the fix (:class:`LimitUnavailable`).
+Details: docs/design.md, "Limits and warm pools"; docs/limits.md, "resources".
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
 """Each sandbox's own user namespace: a disjoint slice of the engine's ids for it.
 
 Why: with one user namespace for the engine and every sandbox, root in one sandbox is the
-same kernel uid as root in every other and as the engine itself, so anything that gets out
-of a sandbox's pid namespace (a kernel bug, a helper caught mid-``vfork``: issue 15's
-red team did it through a zygote) can signal, trace and read every other sandbox and the
-engine.  Like ``podman --userns=auto``, each sandbox gets ids of its own: its ids 0..size-1
-map to ``base..base+size-1`` of the engine's namespace, and its ``nobody`` (65534) to
-``base+size``.  Escaped, its root is a uid that owns nothing but its own processes and
-files.
-
-Sizes: a slice holds the ids the image uses (its files' owners and the ids in its
-``/etc/passwd`` and ``/etc/group``) and at least ``MIN_SIZE`` (uid 1000, the first user
-``useradd`` makes, fits), ``nobody`` apart.  Slices come from the engine's namespace above
-the ids image files use: above 65535 when the subordinate range is larger than 128 Ki ids,
-else above ``LOW_SMALL_RANGE`` (Debian's default range, 65536 ids, holds 61 sandboxes of
-debian_slim at once).  When no slice is free, creating a sandbox fails with a clear error
-naming the fix (a larger range in ``/etc/subuid``), rather than sharing ids.
+same kernel uid as root in every other and as the engine, so anything that gets out of a
+sandbox's pid namespace can signal, trace and read them all.  Like ``podman
+--userns=auto``, each sandbox's ids 0..size-1 map to ``base..base+size-1`` of the engine's
+namespace and its ``nobody`` (65534) to ``base+size``: escaped, its root owns nothing but
+its own.  A slice holds the image's ids and at least ``MIN_SIZE`` (Debian's default 65,536
+subuids hold 61 sandboxes of debian_slim); when none is free, creating a sandbox fails
+with the fix, never falling back to shared ids.
+Details: docs/security.md, "Each sandbox its own ids".
 """
 
 from __future__ import annotations

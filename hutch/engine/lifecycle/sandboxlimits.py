@@ -1,31 +1,14 @@
 """The limits a sandbox gets when it asks for none: memory, CPU and pids.
 
-Without them the host was a default sandbox's only bound: a red-team sandbox held 4 GiB
-with nothing but the host's OOM killer (or the cgroup all of the user's sandboxes share) to
-stop it, and a sandbox spinning on every core took them from the engine and every other
-sandbox.  Modal reserves 0.125 cores and 128 MiB per container and lets it burst to what its
-worker has (CPU: a soft limit 16 cores above the request); podman and docker set no memory
-or CPU limit unless asked.  A local engine shares one host with its user, so every sandbox
-here gets a hard memory limit and a CPU quota unless it sets its own:
-
-* **memory**: a quarter of what all of the user's sandboxes may hold together (the memory
-  limit of the cgroup they live under, which ``tools/setup-host.sh`` sets to 75% of the
-  host's memory; 75% of the host's memory where nothing bounds it), and at least 1 GiB
-  where that bound allows.  A runaway sandbox is then OOM-killed inside its own cgroup, and
-  it takes four at their limit before the shared bound (where the kernel picks a victim
-  among all of them) is reached.  On the 24 GiB CI host: 18,078 MiB together, 4,519 MiB each;
-* **CPU**: half of the CPUs the engine may run on, at least one: a sandbox spinning on every
-  thread leaves the other half to the engine and the other sandboxes (1 core of 2 on CI);
-* **pids**: :data:`~hutch.api.models.DEFAULT_PIDS_LIMIT` (2048, podman's).
-
-``HUTCH_DEFAULT_MEMORY_MIB`` and ``HUTCH_DEFAULT_CPU`` (read when the engine starts) replace
-the first two; ``0`` turns that default off.  What a sandbox asks for wins: a hard limit (the
-second of Modal's ``(request, limit)``) is used as it is, and a request alone raises the
-default limit to the request, so that a sandbox is never capped below what it reserved.  An
-``ephemeral_disk`` adds its size to the default memory limit, because its tmpfs pages are
-charged to the sandbox's memory.  Where a controller is not delegated the default for it is
-skipped (explicit limits there are refused,
-:class:`~hutch.engine.isolation.cgroups.LimitUnavailable`) and ``hutch doctor`` says so.
+Why: without them the host was a default sandbox's only bound (a red-team sandbox held
+4 GiB with only the host's OOM killer to stop it; one spinning on every core took them from
+the engine).  A local engine shares its host with its user, so, unlike Modal, podman and
+docker, every sandbox gets a hard memory limit (a quarter of what all of the user's
+sandboxes may hold together, at least 1 GiB where that allows: 4,519 MiB on the 24 GiB CI
+host), a CPU quota (half the engine's CPUs, at least one) and 2048 pids.
+``HUTCH_DEFAULT_MEMORY_MIB`` and ``HUTCH_DEFAULT_CPU`` replace the first two (``0``: none);
+what a sandbox asks for wins, and a controller that is not delegated gets no default.
+Details: docs/limits.md, "resources".
 """
 
 from __future__ import annotations

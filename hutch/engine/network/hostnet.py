@@ -1,22 +1,13 @@
 """The host's own addresses and the networks it is directly attached to, read from the
 kernel when a sandbox is made, so that the sandbox's firewall can refuse them.
 
-slirp4netns connects out from the host's network namespace, so a sandbox that names one of
-the host's addresses (``192.0.2.2``, or ``::ffff:192.0.2.2``) reaches the host itself and
-every service the host has listening on ``0.0.0.0`` or ``::``; a sandbox that names an
-address of the host's LAN reaches the LAN.  Neither is fixed to a range a constant list
-could name (a host's LAN or public address may be anything), so the engine asks the kernel
-at every sandbox creation.
-
-It asks with one rtnetlink dump of addresses and one of routes on a socket of its own
-(about 0.5 ms here, parsing included), not with pyroute2 (2-5 ms for the same two dumps,
-measured here: its message parsing is heavy); both read only the host's network namespace, in
-which the engine runs (a user namespace needs no privilege for a dump).
-
-Directly attached means: the prefix of every address (``192.0.2.2/24`` attaches
-``192.0.2.0/24``), the peer of a point-to-point link, and every route without a gateway
-outside the ``local`` table (``ip route add 10.5.0.0/16 dev eth1``), the default route
-excepted.
+Why: slirp4netns connects out from the host's network namespace, so a sandbox naming one of
+the host's addresses (``192.0.2.2``, or ``::ffff:192.0.2.2``) reaches the host itself, and
+one naming an address of the host's LAN reaches the LAN; neither is a range a constant list
+could name.  So the engine asks the kernel at every creation, with one rtnetlink dump of
+addresses and one of routes on a socket of its own (about 0.5 ms, parsing included; 2-5 ms
+through pyroute2).
+Details: docs/design.md, "Networking"; docs/security.md, "Networking defaults".
 """
 
 from __future__ import annotations

@@ -1,32 +1,14 @@
 """Sandbox networking: loopback only, or outbound access through slirp4netns, filtered.
 
-Every sandbox has its own network namespace.  With network access, the engine (root in its
-user namespace, which owns the sandbox's network namespace) does two things before the
-sandbox's process starts:
-
-1. loads an nftables ruleset into the namespace (:mod:`hutch.engine.network.netns`, libnftables)
-   that rejects what a sandbox must not reach (:func:`ruleset`).  The sandbox holds no
-   CAP_NET_ADMIN, so it cannot change these rules;
-2. starts slirp4netns, a user-mode network stack (``--configure`` sets up ``tap0``,
-   10.0.2.100/24 and the route; 10.0.2.3 is its DNS forwarder; ``--disable-host-loopback``
-   makes it refuse 10.0.2.2, its alias of the host's 127.0.0.1, and every other address of
-   10.0.2.0/24 but the forwarder).
-
-slirp4netns opens the sandbox's connections from the *host's* network namespace, so any
-address the host itself answers on is the host: ``--disable-host-loopback`` covers only
-the alias.  The firewall sees the destination the sandbox wrote (an IPv4-mapped IPv6
-address, ``::ffff:a.b.c.d``, leaves as an IPv4 packet to ``a.b.c.d``) and refuses, always,
-every address of every interface of the host and slirp4netns's own network; by default also
-the networks the host is directly attached to, whatever their range (read when the sandbox
-is made: :mod:`hutch.engine.network.hostnet`), loopback, private, shared (CGNAT), link-local (the
-169.254.169.254 metadata address), multicast and reserved ranges, and all of IPv6
-(slirp4netns gives sandboxes IPv4 only).  With ``outbound_cidr_allowlist``, everything but
-the allowlist is refused, the host's addresses even where the allowlist holds them, and
-DNS queries to the forwarder (which reach the host's resolver, and through it any name
-server on the internet: a channel out) only where the allowlist holds 10.0.2.3.
-
-slirp4netns outlives a restarted daemon (its pid is kept in the sandbox's directory) and
-is stopped when the sandbox ends.
+Why a firewall in front of slirp4netns: slirp4netns opens the sandbox's connections from the
+host's network namespace, so any address the host answers on is the host, and its
+``--disable-host-loopback`` covers only its alias 10.0.2.2.  Before the sandbox's process
+starts, the engine loads :func:`ruleset` into the sandbox's network namespace, where the
+sandbox (no CAP_NET_ADMIN) cannot change it: it refuses every address of the host and
+10.0.2.0/24 always, by default also the host's networks, private, link-local
+(169.254.169.254) and reserved ranges and all of IPv6, and with ``outbound_cidr_allowlist``
+everything else, DNS to 10.0.2.3 (a channel out) included unless the allowlist holds it.
+Details: docs/security.md, "Networking defaults"; docs/design.md, "Networking".
 """
 
 from __future__ import annotations

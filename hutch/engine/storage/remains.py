@@ -1,23 +1,13 @@
 """What is left of a sandbox whose engine namespace ended: finding it, and ending it.
 
-A sandbox lives in the user namespace of the pause process that ran when it was made
-(:mod:`hutch.engine.pause`).  If that process dies (SIGKILL, the OOM killer), the next one
-makes a new namespace, a sibling of the old one, and from there nothing can join the old
-sandbox's namespaces (``setns`` needs CAP_SYS_ADMIN over them): every exec would fail with
-"joining the sandbox's namespaces: Operation not permitted".  The sandbox can no longer be
-used, so the new daemon ends it rather than list it as running (:func:`in_engine_userns`
-tells the two cases apart).
-
-Ending it needs no capability: the sandbox's init, its zygotes and its slirp4netns run
-under the user's own host uid (root of the engine's namespace maps to it), so ``kill(2)``'s
-permission check passes from any namespace of that user, and SIGKILL to a pid namespace's
-init makes the kernel kill everything else in that namespace (the execs).  A pid is only a
-name and names are reused, so every process is pinned by a pidfd first and checked through
-it before it is signalled: its start time must be the one recorded when it started (the
-``processes`` file in the sandbox's directory, :func:`record`); slirp4netns is known by the
-sandbox's own API socket on its command line; an init without a record (a sandbox made
-before records were kept) must be a pid namespace's init that the OCI runtime's state
-names.
+Why: if the pause process dies, the next one makes a sibling user namespace from which
+nothing can join the old sandboxes' namespaces (``setns`` needs CAP_SYS_ADMIN over them),
+so such a sandbox can no longer be used and the new daemon ends it (:func:`in_engine_userns`
+tells the two cases apart).  Ending it needs no capability: its processes run under the
+user's own host uid.  A pid is only a name, so each process is pinned by a pidfd and checked
+through it before it is signalled (the start time :func:`record` kept; slirp4netns by the
+sandbox's API socket on its command line).
+Details: docs/design.md, "Processes" ("Pause process restarts").
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
 """The ids of each volume's files, and so the ids of the sandboxes that mount volumes.
 
-Why: a sandbox that mounted a volume used to share the engine's ids (its root was the
-user's own uid, so an escape from it reached every process of the user), because a
-volume's files live on the host's disk, which a rootless engine cannot show under another
-id map (an idmapped mount of ext4 needs CAP_SYS_ADMIN in the host's namespace: EPERM), and
-every sandbox that mounts a volume must see its files with one owner.  Now a volume's
-files belong to an id slice of its own (:mod:`hutch.engine.isolation.idslices`, recorded in
-the state database), and a sandbox that mounts it runs in a user namespace of its own mapped to that
-slice.  Escaped, such a sandbox's root owns the files of its slice's volumes and the
-processes of the sandboxes mounting them, and nothing of the engine, the user or any
-other sandbox.
-
-A sandbox mounts volumes of one slice: volumes first mounted together get one, and a volume
-that has another (or too few ids for the image) *moves* to it when nothing uses it (no
-running sandbox mounts it, no files call writes in it): its files' owners are rewritten
-(``lchown`` of each entry, once: 100,000 files in 0.7 s on the 2-core test machine).
-Otherwise creating the sandbox fails with Conflict.  Slices so joined stay joined.  A volume
-made before this, or written since by sandboxes that shared the engine's ids (``mixed``:
-``HUTCH_USERNS=shared``), moves the same way, from the engine's ids, at its next mount.
+Why: a rootless engine cannot show the host's disk under another id map (an idmapped mount
+of ext4 needs CAP_SYS_ADMIN in the host's namespace), yet every sandbox that mounts a volume
+must see its files with one owner; such sandboxes used to share the engine's ids.  So a
+volume's files belong to an id slice of their own (:mod:`hutch.engine.isolation.idslices`,
+recorded in the state database), and a sandbox that mounts it runs mapped to that slice:
+escaped, its root owns its slice's volumes and their sandboxes, nothing else.  A volume of
+another slice is *moved* when unused (``lchown`` of each entry: 100,000 files in 0.7 s);
+otherwise creating the sandbox fails with Conflict.
+Details: docs/security.md, "Each sandbox its own ids" ("Sandboxes with volumes").
 """
 
 from __future__ import annotations
