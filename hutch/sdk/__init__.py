@@ -1,0 +1,1 @@
+"""The client: Modal's Sandbox API over the engine's socket, blocking and ``.aio``."""

@@ -1,0 +1,1 @@
+"""The OCI runtime adapter: crun or runc behind one interface (``base.OCIRuntime``)."""
