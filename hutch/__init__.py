@@ -15,6 +15,7 @@ from hutch._version import __version__
 from hutch.exception import Error
 
 if TYPE_CHECKING:
+    from hutch.modal.aliasing import install_as_modal
     from hutch.sdk.app import App
     from hutch.sdk.image import Image
     from hutch.sdk.output import enable_output
@@ -44,6 +45,7 @@ _LAZY = {
     "Volume": "hutch.sdk.volume",
     "WarmPool": "hutch.sdk.pool",
     "enable_output": "hutch.sdk.output",
+    "install_as_modal": "hutch.modal.aliasing",
     "open_sandbox": "hutch.sdk.sandbox",
 }
 
@@ -78,5 +80,6 @@ __all__ = [
     "__version__",
     "enable_output",
     "exception",
+    "install_as_modal",
     "open_sandbox",
 ]

@@ -40,7 +40,11 @@ class ExecutionError(Error):
     """The engine failed to carry out the request."""
 
 
-class ImageBuildError(ExecutionError):
+class RemoteError(Error):
+    """Code running in a sandbox or a build failed (Modal's base of ``ImageBuildError``)."""
+
+
+class ImageBuildError(ExecutionError, RemoteError):
     """An image build failed."""
 
 
@@ -120,23 +124,154 @@ class SandboxFilesystemBusyError(SandboxFilesystemError, BlockingIOError):
     engine never waits for one (a lease holder could make it wait 45 s), so try again."""
 
 
+class SandboxFilesystemFileTooLargeError(SandboxFilesystemError):
+    """A file is larger than the operation takes (Modal's name; hutch streams files)."""
+
+
+# Modal's other names, so that code written for Modal that catches or names them runs
+# unchanged (``except modal.exception.InternalError:``).  hutch raises none of them: what
+# they describe (its gRPC service, workspaces, Functions) does not exist here.
+
+class AuthError(Error):
+    """Modal's authentication failed (hutch has no accounts: never raised)."""
+
+
+class InternalError(Error):
+    """Modal's service failed internally (never raised: hutch raises ``EngineError``)."""
+
+
+class DataLossError(Error):
+    """Modal's service lost data (never raised)."""
+
+
+class PermissionDeniedError(Error):
+    """Modal's service refused the caller (never raised: file calls raise
+    ``SandboxFilesystemPermissionError``)."""
+
+
+class ServiceError(Error):
+    """Modal's service was unavailable (never raised: hutch raises ``ConnectionError``)."""
+
+
+class UnimplementedError(Error):
+    """Modal's service lacks the call (never raised: hutch raises ``InvalidError``)."""
+
+
+class WorkspaceManagementError(Error):
+    """A Modal workspace operation failed (hutch has no workspaces: never raised)."""
+
+
+class SnapshotCreationError(Error):
+    """A snapshot could not be taken."""
+
+
+class FunctionTimeoutError(TimeoutError):
+    """A Modal Function timed out (hutch runs no Functions: never raised)."""
+
+
+class MountUploadTimeoutError(TimeoutError):
+    """Uploading a Modal mount timed out (never raised)."""
+
+
+class VolumeUploadTimeoutError(TimeoutError):
+    """Uploading to a volume timed out (never raised: uploads stream to the engine)."""
+
+
+class LogsFetchError(Error):
+    """Logs could not be fetched (never raised)."""
+
+
+class InteractiveTimeoutError(TimeoutError):
+    """An interactive Modal session timed out (never raised)."""
+
+
+class OutputExpiredError(TimeoutError):
+    """A Modal Function's output expired (never raised)."""
+
+
+class DeserializationError(Error):
+    """A Modal Function's result could not be read back (never raised)."""
+
+
+class SerializationError(Error):
+    """A Modal Function's argument could not be sent (never raised)."""
+
+
+class RequestSizeError(Error):
+    """A request to Modal's service was too large (never raised)."""
+
+
+class InternalFailure(Error):
+    """A Modal Function's input failed internally (never raised)."""
+
+
+class DeprecationError(UserWarning):
+    """A warning about a deprecated Modal feature."""
+
+
+class ServerWarning(UserWarning):
+    """A warning Modal's service sent (never issued)."""
+
+
+class AsyncUsageWarning(UserWarning):
+    """A blocking call made from async code (never issued: hutch's blocking calls work
+    there, and ``.aio`` is the better choice)."""
+
+
+class InternalAPIWarning(UserWarning):
+    """Use of Modal's internal API (never issued)."""
+
+
+class InputCancellation(BaseException):
+    """A Modal Function's input was cancelled (never raised)."""
+
+
+class ModuleNotMountable(Exception):
+    """A module could not be mounted into a Modal Function (never raised)."""
+
+
+def simulate_preemption(wait_seconds: int, jitter_seconds: int = 0) -> None:
+    """Modal's test helper for preempted Functions: hutch runs no Functions."""
+    raise InvalidError("modal.exception.simulate_preemption is not supported by hutch: it "
+                       "runs sandboxes, not Modal Functions (docs/modal.md)")
+
+
 __all__ = [
     "AlreadyExistsError",
+    "AsyncUsageWarning",
+    "AuthError",
     "ClientClosed",
     "ConflictError",
     "ConnectionError",
+    "DataLossError",
+    "DeprecationError",
+    "DeserializationError",
     "EngineError",
     "EngineRestartedError",
     "Error",
     "ExecTimeoutError",
     "ExecutionError",
+    "FunctionTimeoutError",
     "ImageBuildError",
+    "InputCancellation",
+    "InteractiveTimeoutError",
+    "InternalAPIWarning",
+    "InternalError",
+    "InternalFailure",
     "InvalidError",
+    "LogsFetchError",
+    "ModuleNotMountable",
+    "MountUploadTimeoutError",
     "NotFoundError",
+    "OutputExpiredError",
+    "PermissionDeniedError",
+    "RemoteError",
+    "RequestSizeError",
     "ResourceExhaustedError",
     "SandboxFilesystemBusyError",
     "SandboxFilesystemDirectoryNotEmptyError",
     "SandboxFilesystemError",
+    "SandboxFilesystemFileTooLargeError",
     "SandboxFilesystemIsADirectoryError",
     "SandboxFilesystemNotADirectoryError",
     "SandboxFilesystemNotFoundError",
@@ -144,6 +279,13 @@ __all__ = [
     "SandboxFilesystemPermissionError",
     "SandboxTerminatedError",
     "SandboxTimeoutError",
+    "SerializationError",
+    "ServerWarning",
+    "ServiceError",
+    "SnapshotCreationError",
     "TimeoutError",
+    "UnimplementedError",
     "VersionError",
+    "VolumeUploadTimeoutError",
+    "WorkspaceManagementError",
 ]

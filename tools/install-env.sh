@@ -22,4 +22,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 runuser -u "$TEST_USER" -- env HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" \
   "$VENV/bin/pip" install -q --disable-pip-version-check -e "$SRC[test,bench]"
+# An editable install leaves out what setup.py adds to a wheel: the HUTCH_AS_MODAL hook.
+install -m 0644 -o "$TEST_USER" "$SRC/hutch-as-modal.pth" \
+  "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"
 echo "install-env: $VENV ready for $TEST_USER (source copy: $SRC)"

@@ -20,7 +20,21 @@ def test_all_lists_exactly_the_exception_classes() -> None:
     assert len(exception.__all__) == len(set(exception.__all__))
 
 
-@pytest.mark.parametrize("name", exception.__all__)
+#: Modal's names that, as in Modal, are not errors: warnings, a BaseException, and an
+#: Exception outside the tree.
+NOT_ERRORS = {"DeprecationError", "ServerWarning", "AsyncUsageWarning", "InternalAPIWarning",
+              "InputCancellation", "ModuleNotMountable"}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_ERRORS))
+def test_modals_names_outside_the_tree_are_what_they_are_in_modal(name: str) -> None:
+    cls = getattr(exception, name)
+    assert not issubclass(cls, exception.Error)
+    base = {"InputCancellation": BaseException, "ModuleNotMountable": Exception}
+    assert issubclass(cls, base.get(name, UserWarning))
+
+
+@pytest.mark.parametrize("name", sorted(set(exception.__all__) - NOT_ERRORS))
 def test_every_class_is_a_hutch_error(name: str) -> None:
     cls = getattr(exception, name)
     assert inspect.isclass(cls)
@@ -58,3 +72,8 @@ def test_reexported_from_package() -> None:
     import hutch
 
     assert hutch.exception is exception
+
+
+def test_modals_preemption_helper_refuses() -> None:
+    with pytest.raises(exception.InvalidError, match="simulate_preemption"):
+        exception.simulate_preemption(1)
