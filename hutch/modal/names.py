@@ -112,4 +112,5 @@ SUBMODULES: dict[str, dict[str, Where]] = {
     "workspace": {"Workspace": _CLOUD},
     "scheduler_placement": {"SchedulerPlacement": _CLOUD},
     "file_pattern_matcher": {"FilePatternMatcher": _FUNCTIONS},
+    "billing": {"workspace_billing_report": _CLOUD},
 }

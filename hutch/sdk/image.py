@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from hutch.api.models import DEBIAN_PYTHON_SUITES
 from hutch.exception import EngineError, InvalidError
 from hutch.sdk import imagesteps
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
-from hutch.sdk.options import check_text, shown
+from hutch.sdk.options import check_text, reject_unsupported, shown
 from hutch.sdk.output import BuildDisplay
 from hutch.sdk.secret import Secret
 from hutch.sdk.syncbridge import synchronize
@@ -73,8 +73,9 @@ class Image:
                      force_build=bool(force_build))
 
     @staticmethod
-    def from_id(image_id: str) -> Image:
+    def from_id(image_id: str, client: Any = None) -> Image:
         """An image the engine already has, by its reference (``hutch image ls``)."""
+        reject_unsupported({"client": client}, "Image.from_id")
         if not isinstance(image_id, str) or not image_id or len(image_id) > MAX_REF_LENGTH:
             raise InvalidError(f"Image.from_id needs an image id of at most {MAX_REF_LENGTH} "
                                f"characters, got {shown(image_id)}")
@@ -138,17 +139,19 @@ class Image:
 
     # packages -----------------------------------------------------------------------------
     def apt_install(self, *packages: str | list[str], force_build: bool = False,
-                    env: dict[str, str] | None = None,
-                    secrets: Sequence[Secret] = ()) -> Image:
+                    env: dict[str, str] | None = None, secrets: Sequence[Secret] = (),
+                    gpu: Any = None) -> Image:
         """Install Debian packages with apt-get."""
+        reject_unsupported({"gpu_image": gpu}, "Image.apt_install")
         return self._then(imagesteps.apt_install(packages, force_build, env, secrets))
 
     def pip_install(self, *packages: str | list[str], find_links: str | None = None,
                     index_url: str | None = None, extra_index_url: str | None = None,
                     pre: bool = False, extra_options: str = "", force_build: bool = False,
-                    env: dict[str, str] | None = None,
-                    secrets: Sequence[Secret] = ()) -> Image:
+                    env: dict[str, str] | None = None, secrets: Sequence[Secret] = (),
+                    gpu: Any = None) -> Image:
         """Install Python packages with pip."""
+        reject_unsupported({"gpu_image": gpu}, "Image.pip_install")
         return self._then(imagesteps.pip_install(
             packages, find_links=find_links, index_url=index_url,
             extra_index_url=extra_index_url, pre=pre, extra_options=extra_options,
@@ -158,8 +161,10 @@ class Image:
             self, requirements_txt: str, find_links: str | None = None, *,
             index_url: str | None = None, extra_index_url: str | None = None,
             pre: bool = False, extra_options: str = "", force_build: bool = False,
-            env: dict[str, str] | None = None, secrets: Sequence[Secret] = ()) -> Image:
+            env: dict[str, str] | None = None, secrets: Sequence[Secret] = (),
+            gpu: Any = None) -> Image:
         """Install the requirements of a local ``requirements.txt`` with pip."""
+        reject_unsupported({"gpu_image": gpu}, "Image.pip_install_from_requirements")
         path = Path(requirements_txt).expanduser()
         if not path.is_file():
             raise InvalidError(f"requirements file {requirements_txt!r} not found")
@@ -170,20 +175,36 @@ class Image:
             extra_index_url=extra_index_url, pre=pre, extra_options=extra_options,
             force_build=force_build, env=env, secrets=secrets))
 
-    def uv_pip_install(self, *packages: str | list[str], index_url: str | None = None,
-                       extra_index_url: str | None = None, find_links: str | None = None,
-                       pre: bool = False, extra_options: str = "", force_build: bool = False,
-                       env: dict[str, str] | None = None,
-                       secrets: Sequence[Secret] = ()) -> Image:
-        """Install Python packages with uv (installed with pip first)."""
-        return self._then(imagesteps.uv_pip_install(
+    def uv_pip_install(self, *packages: str | list[str],
+                       requirements: Sequence[str] | None = None,
+                       index_url: str | None = None, extra_index_url: str | None = None,
+                       find_links: str | None = None, pre: bool = False,
+                       extra_options: str = "", force_build: bool = False,
+                       uv_version: str | None = None, env: dict[str, str] | None = None,
+                       secrets: Sequence[Secret] = (), gpu: Any = None) -> Image:
+        """Install Python packages with uv (installed with pip first); ``requirements``:
+        local requirements files, copied into the image and installed."""
+        reject_unsupported({"gpu_image": gpu}, "Image.uv_pip_install")
+        if isinstance(requirements, str) or not isinstance(requirements, Sequence | None):
+            raise InvalidError("requirements must be a list of paths")
+        image, remotes = self, []
+        for number, local in enumerate(requirements or ()):
+            path = Path(local).expanduser()
+            if not path.is_file():
+                raise InvalidError(f"requirements file {local!r} not found")
+            remotes.append(f"/.hutch/uv-requirements-{number}.txt")
+            image = image.add_local_file(path, remotes[-1])
+        return image._then(imagesteps.uv_pip_install(
             packages, index_url=index_url, extra_index_url=extra_index_url,
             find_links=find_links, pre=pre, extra_options=extra_options,
-            force_build=force_build, env=env, secrets=secrets))
+            force_build=force_build, env=env, secrets=secrets, requirements=remotes,
+            uv_version=uv_version))
 
     def run_commands(self, *commands: str | list[str], env: dict[str, str] | None = None,
-                     secrets: Sequence[Secret] = (), force_build: bool = False) -> Image:
+                     secrets: Sequence[Secret] = (), volumes: Mapping[str, Any] | None = None,
+                     gpu: Any = None, force_build: bool = False) -> Image:
         """Run shell commands, in order; a failing one fails the build."""
+        reject_unsupported({"gpu_image": gpu, "build_volumes": volumes}, "Image.run_commands")
         return self._then(imagesteps.run_commands(commands, env, secrets, force_build))
 
     # settings -----------------------------------------------------------------------------
@@ -240,6 +261,14 @@ class Image:
     @synchronize
     async def build(self, app: Any = None) -> Image:
         """Build the image now (or find it cached); returns the image itself."""
+        await self.resolve()
+        return self
+
+    @synchronize
+    async def hydrate(self, client: Any = None) -> Image:
+        """Modal's way to load an image's metadata: here it builds the image (or finds it
+        cached), so that ``object_id`` is known; returns the image itself."""
+        reject_unsupported({"client": client}, "Image.hydrate")
         await self.resolve()
         return self
 

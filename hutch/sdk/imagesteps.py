@@ -9,6 +9,7 @@ one kind of command step and the cache key is exactly the command that ran.  Bad
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,22 +132,38 @@ def pip_install(items: Sequence[str | list[str]], *, requirements: str | None = 
     return _run([command], env, secrets, force_build, f"pip_install {what}")
 
 
+#: A version of uv as ``uv_version=`` takes it (PEP 440's characters).
+_UV_VERSION = re.compile(r"[0-9][0-9A-Za-z.+!-]*")
+
+
 def uv_pip_install(items: Sequence[str | list[str]], *, index_url: str | None,
                    extra_index_url: str | None, find_links: str | None, pre: bool,
                    extra_options: str, force_build: bool, env: dict[str, str] | None,
-                   secrets: Sequence[Secret]) -> Step:
+                   secrets: Sequence[Secret], requirements: Sequence[str] = (),
+                   uv_version: str | None = None) -> Step:
+    """``requirements``: paths in the image of requirements files (``-r``); ``uv_version``:
+    that uv, installed with pip, rather than any uv the image has."""
     packages = _packages(items, "uv_pip_install")
-    if not packages:
-        raise InvalidError("uv_pip_install needs at least one package")
+    if not packages and not requirements:
+        raise InvalidError("uv_pip_install needs at least one package or requirements file")
     options = _pip_options(find_links, index_url, extra_index_url, False, extra_options)
     if pre:
         options.append("--prerelease=allow")
-    uv = ("command -v uv >/dev/null || python3 -m pip install --no-cache-dir "
-          "--disable-pip-version-check --root-user-action=ignore uv")
-    install = " ".join(["uv pip install --system --break-system-packages", *options,
-                        *[shlex.quote(p) for p in packages]])
-    return _run([uv, install], env, secrets, force_build,
-                f"uv_pip_install {' '.join(packages)}")
+    pip = ("python3 -m pip install --no-cache-dir --disable-pip-version-check "
+           "--root-user-action=ignore")
+    if uv_version is None:
+        uv = f"command -v uv >/dev/null || {pip} uv"
+    elif isinstance(uv_version, str) and _UV_VERSION.fullmatch(uv_version):
+        uv = f"{pip} uv=={uv_version}"
+    else:
+        raise InvalidError(f"uv_version must be a version such as '0.5.1', got "
+                           f"{uv_version!r}")
+    args = [shlex.quote(p) for p in packages]
+    for path in requirements:
+        args += ["-r", shlex.quote(path)]
+    install = " ".join(["uv pip install --system --break-system-packages", *options, *args])
+    what = " ".join([*packages, *(f"-r {r}" for r in requirements)])
+    return _run([uv, install], env, secrets, force_build, f"uv_pip_install {what}")
 
 
 def run_commands(items: Sequence[str | list[str]], env: dict[str, str] | None,

@@ -46,9 +46,15 @@ _NEVER = {
     "include_oidc_identity_token": "hutch issues no OIDC identity tokens",
     "experimental_options": "hutch has no experimental options",
     "_experimental_enable_snapshot": "hutch has no memory snapshots",
+    "runtime": "hutch runs every sandbox in an OCI container (crun or runc), not gVisor or "
+               "a VM",
+    "gpu_image": "image steps run without GPUs on this host",
+    "create_options": "volume create options are Modal's; hutch volumes take none",
+    "version": "volume file-system versions are Modal's; hutch has one kind of volume",
 }
 #: create() parameters for features hutch does not have yet.
 _NOT_YET = {
+    "build_volumes": "volumes in image builds",
     "outbound_domain_allowlist": "domain allowlists",
     "inbound_cidr_allowlist": "inbound allowlists",
     "h2_ports": "HTTP/2 port forwarding",
@@ -56,6 +62,9 @@ _NOT_YET = {
     "pty_info": "pseudo-terminals",
 }
 
+
+#: Parameters shown under another name (the same name means another thing elsewhere).
+_SHOWN = {"gpu_image": "gpu", "build_volumes": "volumes"}
 
 #: Parameters whose empty value still means something (an empty allowlist blocks all).
 _EMPTY_IS_SET = {"outbound_cidr_allowlist", "outbound_domain_allowlist",
@@ -69,8 +78,9 @@ def _is_unset(name: str, value: Any) -> bool:
         isinstance(value, list | tuple | dict | set | frozenset) and not value)
 
 
-def reject_unsupported(options: Mapping[str, Any]) -> None:
-    """:class:`InvalidError` for the first parameter set to something hutch cannot honour."""
+def reject_unsupported(options: Mapping[str, Any], where: str = "Sandbox.create") -> None:
+    """:class:`InvalidError` for the first parameter set to something hutch cannot honour
+    (``where``: the call, named in the message)."""
     if options.get("cidr_allowlist") is not None and \
             options.get("outbound_cidr_allowlist") is not None:
         raise InvalidError("Cannot specify both `cidr_allowlist` and `outbound_cidr_allowlist`.")
@@ -86,10 +96,11 @@ def reject_unsupported(options: Mapping[str, Any]) -> None:
         if _is_unset(name, value):
             continue
         if name in _NEVER:
-            raise InvalidError(f"Sandbox.create: `{name}` is not supported: {_NEVER[name]}")
+            raise InvalidError(f"{where}: `{_SHOWN.get(name, name)}` is not supported: "
+                               f"{_NEVER[name]}")
         if name in _NOT_YET:
             raise InvalidError(
-                f"Sandbox.create: `{name}` is not supported by this version of hutch "
+                f"{where}: `{_SHOWN.get(name, name)}` is not supported by this version of hutch "
                 f"({_NOT_YET[name]} are not implemented yet)"
             )
 

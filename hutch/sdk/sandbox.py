@@ -135,6 +135,7 @@ class Sandbox:
         _experimental_enable_snapshot: bool = False,
         client: Any = None,
         environment_name: str | None = None,
+        runtime: str | None = None,
     ) -> Sandbox:
         """Start a sandbox running ``args`` (or idling until terminated when none are given).
 
@@ -158,27 +159,40 @@ class Sandbox:
                 "proxy": proxy, "include_oidc_identity_token": include_oidc_identity_token,
                 "experimental_options": experimental_options,
                 "_experimental_enable_snapshot": _experimental_enable_snapshot,
-                "client": client, "environment_name": environment_name})
+                "client": client, "environment_name": environment_name,
+                "runtime": runtime})
         info = await _client_request("POST", urls.SANDBOXES, json_body=body)
         return Sandbox(info)
 
     @static_direct()
-    async def from_id(sandbox_id: str) -> Sandbox:
+    async def from_id(sandbox_id: str, client: Any = None) -> Sandbox:
         """The sandbox with this id (running or finished)."""
+        options.reject_unsupported({"client": client}, "Sandbox.from_id")
         options.check_sandbox_id(sandbox_id)
         return Sandbox(await _client_request("GET", urls.SANDBOX.format(sandbox_id=sandbox_id)))
 
     @static_direct()
-    async def from_name(app_name: str, name: str, *,
-                        environment_name: str | None = None) -> Sandbox:
-        """The *running* sandbox called ``name`` in the app ``app_name``."""
-        if environment_name is not None:
-            options.reject_unsupported({"environment_name": environment_name})
+    async def from_name(app_name: str, name: str, *, environment_name: str | None = None,
+                        include_terminated: bool = False, client: Any = None) -> Sandbox:
+        """The *running* sandbox called ``name`` in the app ``app_name`` (with
+        ``include_terminated``, the newest of that name when none runs)."""
+        options.reject_unsupported({"environment_name": environment_name, "client": client},
+                                   "Sandbox.from_name")
         options.check_object_name(app_name, "App")
         options.check_object_name(name, "Sandbox")
+        if not isinstance(include_terminated, bool):
+            raise InvalidError("include_terminated must be a bool")
         info = await _client_request("GET", urls.SANDBOXES_BY_NAME,
-                                     params={"app_name": app_name, "name": name})
+                                     params={"app_name": app_name, "name": name,
+                                             "include_terminated": include_terminated})
         return Sandbox(info)
+
+    @synchronize
+    async def hydrate(self, client: Any = None) -> Sandbox:
+        """Modal loads an object's metadata here; a sandbox has it from the start: returns
+        the sandbox itself."""
+        options.reject_unsupported({"client": client}, "Sandbox.hydrate")
+        return self
 
     #: ``Sandbox.list(app_id=, tags=)``: a blocking iterator; ``.aio(...)`` an async one.
     list = BoundGenerator(_list_sandboxes, "list", _list_sandboxes.__doc__)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
 from hutch.exception import InvalidError, NotFoundError
-from hutch.sdk.options import check_env, check_str_dict
+from hutch.sdk.options import check_env, check_str_dict, reject_unsupported
 
 
 class Secret:
@@ -50,7 +51,8 @@ class Secret:
         return Secret({k: os.environ[k] for k in keys}, origin="from_local_environ")
 
     @staticmethod
-    def from_dotenv(path: str | Path | None = None, *, filename: str = ".env") -> Secret:
+    def from_dotenv(path: str | Path | None = None, *, filename: str = ".env",
+                    client: Any = None) -> Secret:
         """The variables of a dotenv file.
 
         The file ``filename`` is looked for in a directory and then in each of its parents,
@@ -59,6 +61,7 @@ class Secret:
         directory is used).  A missing file gives an empty secret and a key without a value
         an empty string, as in Modal.
         """
+        reject_unsupported({"client": client}, "Secret.from_dotenv")
         start = Path.cwd() if path is None else Path(path).absolute()
         if not start.is_dir():
             start = start.parent
@@ -71,12 +74,19 @@ class Secret:
 
     @staticmethod
     def from_name(name: str, *, environment_name: str | None = None,
-                  required_keys: list[str] = []) -> Secret:  # noqa: B006 - Modal's
+                  required_keys: list[str] = [],  # noqa: B006 - Modal's
+                  client: Any = None) -> Secret:
         """Named secrets live in Modal's cloud; hutch has none to look up."""
         raise NotFoundError(
             f"Secret {name!r} not found: hutch keeps no named secrets; use Secret.from_dict, "
             "Secret.from_local_environ or Secret.from_dotenv"
         )
+
+    def hydrate(self, client: Any = None) -> Secret:
+        """Modal loads a secret's metadata here; hutch's has it from the start: returns the
+        secret itself."""
+        reject_unsupported({"client": client}, "Secret.hydrate")
+        return self
 
     def keys(self) -> list[str]:
         """The variable names (never the values)."""

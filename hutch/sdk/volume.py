@@ -21,7 +21,7 @@ import anyio
 from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk.files import CHUNK, FileType, listing
-from hutch.sdk.options import check_object_name, check_text, shown
+from hutch.sdk.options import check_object_name, check_text, reject_unsupported, shown
 from hutch.sdk.syncbridge import (
     run_sync,
     synchronize,
@@ -74,13 +74,14 @@ class Volume:
         return urls.VOLUME.format(name=self.name)
 
     @synchronize_static
-    async def from_name(name: str, *, create_if_missing: bool = False,
-                        environment_name: str | None = None, version: Any = None) -> Volume:
+    async def from_name(name: str, *, environment_name: str | None = None,
+                        create_if_missing: bool = False, version: Any = None,
+                        create_options: Any = None, client: Any = None) -> Volume:
         """The volume called ``name``; :class:`NotFoundError` unless it exists or
         ``create_if_missing`` is set."""
-        if environment_name is not None or version is not None:
-            raise InvalidError("Volume.from_name: `environment_name` and `version` are not "
-                               "supported by hutch")
+        reject_unsupported({"environment_name": environment_name, "version": version,
+                            "create_options": create_options, "client": client},
+                           "Volume.from_name")
         check_object_name(name, "Volume")
         doc = await client().request("POST", urls.VOLUMES_LOOKUP, json_body={
             "name": name, "create_if_missing": bool(create_if_missing)})
@@ -88,13 +89,24 @@ class Volume:
 
     @staticmethod
     @contextlib.contextmanager
-    def ephemeral() -> Iterator[Volume]:
+    def ephemeral(client: Any = None, environment_name: str | None = None,
+                  version: Any = None, create_options: Any = None) -> Iterator[Volume]:
         """A new volume, deleted when the block exits."""
+        reject_unsupported({"environment_name": environment_name, "version": version,
+                            "create_options": create_options, "client": client},
+                           "Volume.ephemeral")
         volume = Volume.from_name(f"ephemeral-{uuid.uuid4().hex[:16]}", create_if_missing=True)
         try:
             yield volume
         finally:
             Volume.delete(volume.name)
+
+    @synchronize
+    async def hydrate(self, client: Any = None) -> Volume:
+        """Modal loads an object's metadata here; a volume has it from the start: returns
+        the volume itself."""
+        reject_unsupported({"client": client}, "Volume.hydrate")
+        return self
 
     @synchronize_static
     async def delete(name: str) -> None:

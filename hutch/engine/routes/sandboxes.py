@@ -81,9 +81,10 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
         return SandboxList(sandboxes=[sandbox_info(r) for r in rows])
 
     @app.get(urls.SANDBOXES_BY_NAME, responses=errors_doc(404, 422))
-    async def sandbox_by_name(app_name: str, name: str) -> SandboxInfo:
+    async def sandbox_by_name(app_name: str, name: str,
+                              include_terminated: bool = False) -> SandboxInfo:
         app_id, _ = manager.store.app_by_name(app_name, create=False)
-        return sandbox_info(manager.store.sandbox_by_name(app_id, name))
+        return sandbox_info(manager.store.sandbox_by_name(app_id, name, include_terminated))
 
     @app.get(urls.SANDBOX, responses=errors_doc(404, 422))
     async def get_sandbox(sandbox_id: str) -> SandboxInfo:

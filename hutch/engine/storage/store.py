@@ -382,13 +382,21 @@ class Store:
             raise NotFound(f"Sandbox {sandbox_id!r} not found")
         return self._row(row)
 
-    def sandbox_by_name(self, app_id: str, name: str) -> SandboxRow:
+    def sandbox_by_name(self, app_id: str, name: str, include_terminated: bool = False
+                        ) -> SandboxRow:
+        """The running sandbox called ``name``; ``include_terminated``: else the newest
+        that had it."""
         row = self.db.execute(
             "SELECT * FROM sandboxes WHERE app_id = ? AND name = ? AND state != 'exited'",
             (app_id, name),
         ).fetchone()
+        if row is None and include_terminated:
+            row = self.db.execute(
+                "SELECT * FROM sandboxes WHERE app_id = ? AND name = ? AND pooled = 0"
+                " ORDER BY created_at DESC, rowid DESC LIMIT 1", (app_id, name)).fetchone()
         if row is None:
-            raise NotFound(f"no running sandbox named {name!r} in this app")
+            raise NotFound(f"no {'' if include_terminated else 'running '}sandbox named "
+                           f"{name!r} in this app")
         return self._row(row)
 
     def list_sandboxes(self, *, app_id: str | None = None, tags: dict[str, str] | None = None,

@@ -238,6 +238,22 @@ def test_uv_pip_install_commands() -> None:
     assert step["description"] == "uv_pip_install six attrs"
 
 
+def test_uv_pip_install_requirements_files_and_a_uv_version(tmp_path: Path) -> None:
+    """Modal's ``requirements=`` (local files, copied in) and ``uv_version=``."""
+    (tmp_path / "a.txt").write_text("six\n")
+    (tmp_path / "b.txt").write_text("attrs\n")
+    image = _base().uv_pip_install(requirements=[str(tmp_path / "a.txt"),
+                                                 str(tmp_path / "b.txt")], uv_version="0.5.1")
+    ensure_uv, install = _last(image)["commands"]
+    assert _argv(ensure_uv)[-1] == "uv==0.5.1" and "command -v" not in ensure_uv
+    assert _argv(install)[-4:] == ["-r", "/.hutch/uv-requirements-0.txt",
+                                   "-r", "/.hutch/uv-requirements-1.txt"]
+    with pytest.raises(InvalidError, match=r"requirements file .* not found"):
+        _base().uv_pip_install(requirements=[str(tmp_path / "none.txt")])
+    with pytest.raises(InvalidError, match="at least one package or requirements file"):
+        _base().uv_pip_install()
+
+
 # run_commands -----------------------------------------------------------------------------
 def test_run_commands_flatten_in_order() -> None:
     step = _last(_base().run_commands("a", ["b", "c"], "d", force_build=True))

@@ -167,7 +167,8 @@ def test_the_unsupported_lists_cover_modal_parameters() -> None:
 @pytest.mark.parametrize("name", UNSUPPORTED)
 @pytest.mark.parametrize("value", [object(), "a10g", 1, 1.0, True, ["x"], {"/data": "v"}])
 def test_every_unsupported_parameter_is_rejected_by_name(name: str, value: Any) -> None:
-    with pytest.raises(InvalidError, match=f"`{re.escape(name)}` is not supported"):
+    shown = options._SHOWN.get(name, name)  # (gpu_image is an image step's `gpu`)
+    with pytest.raises(InvalidError, match=f"`{re.escape(shown)}` is not supported"):
         options.reject_unsupported({name: value})
 
 

@@ -97,6 +97,22 @@ REFUSED_CALLS: list[tuple[str, Callable[[], object]]] = [
     ("^path must be a non-empty string", lambda: _vol.remove_file("")),
     ("^src_paths: the path '\\\\udc00' is not valid",
      lambda: _vol.copy_files(["\udc00"], "/x")),
+    # Modal's keywords for what hutch cannot honour: refused by name, never a TypeError
+    ("^Sandbox.create: `runtime` is not supported", lambda: Sandbox.create(runtime="gvisor")),
+    ("^Sandbox.from_id: `client` is not supported",
+     lambda: Sandbox.from_id("sb-" + "a" * 22, client=object())),
+    ("^Sandbox.from_name: `environment_name` is not supported",
+     lambda: Sandbox.from_name("app", "sb", environment_name="prod")),
+    ("^Image.pip_install: `gpu` is not supported", lambda: _image().pip_install("x", gpu="T4")),
+    ("^Image.run_commands: `volumes` is not supported",
+     lambda: _image().run_commands("x", volumes={"/data": _vol})),
+    ("^uv_version must be a version", lambda: _image().uv_pip_install("x", uv_version="1; rm")),
+    ("^Volume.from_name: `create_options` is not supported",
+     lambda: Volume.from_name("v", create_options={"x": 1})),
+    ("^Volume.ephemeral: `version` is not supported",
+     lambda: Volume.ephemeral(version=2).__enter__()),
+    ("^Secret.from_dotenv: `client` is not supported",
+     lambda: Secret.from_dotenv(client=object())),
 ]
 
 

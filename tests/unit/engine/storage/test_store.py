@@ -187,6 +187,20 @@ def test_sandbox_by_name_ignores_exited(store: Store, app_id: str) -> None:
         store.sandbox_by_name(app_id, "never")
 
 
+def test_sandbox_by_name_including_terminated(store: Store, app_id: str) -> None:
+    """Modal's ``include_terminated``: the running one, else the newest that ended."""
+    first = _insert(store, app_id, name="n")
+    store.mark_exited(first, 0, "exited")
+    second = _insert(store, app_id, name="n")
+    store.mark_exited(second, 1, "terminated")
+    assert store.sandbox_by_name(app_id, "n", include_terminated=True).sandbox_id == second
+    third = _insert(store, app_id, name="n")
+    store.mark_running(third, 1)
+    assert store.sandbox_by_name(app_id, "n", include_terminated=True).sandbox_id == third
+    with pytest.raises(NotFound, match="no sandbox named 'never'"):
+        store.sandbox_by_name(app_id, "never", include_terminated=True)
+
+
 def test_unknown_sandbox(store: Store) -> None:
     with pytest.raises(NotFound):
         store.sandbox("sb-doesnotexist")
