@@ -104,9 +104,13 @@ class SandboxFilesystem:
             yield chunk
 
     async def _put(self, path: str, content: Any, mode: str = "w",
-                   offset: int = 0) -> FileEntry:
+                   offset: int = 0, parents: bool = False) -> FileEntry:
+        """Write ``content`` to ``path``; ``parents``: make missing directories first."""
+        params: dict[str, Any] = {"path": path, "mode": mode, "offset": offset}
+        if parents:
+            params["parents"] = True
         doc = await client().request("PUT", self._base + urls.FS_FILE, content=content,
-                                     params={"path": path, "mode": mode, "offset": offset})
+                                     params=params)
         return _entry(doc)
 
     @synchronize
@@ -125,7 +129,7 @@ class SandboxFilesystem:
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         path = _check_path(remote_path)
         self._log("write", path)
-        await self._put(path, bytes(data))
+        await self._put(path, bytes(data), parents=True)  # as Modal's: parents are made
 
     @synchronize
     async def write_text(self, data: str, remote_path: str) -> None:
@@ -193,17 +197,26 @@ class SandboxFilesystem:
                 while data := await f.read(CHUNK):
                     yield data
 
-        await self._put(path, chunks())
+        await self._put(path, chunks(), parents=True)
 
     @synchronize
     async def copy_to_local(self, remote_path: str,
                             local_path: str | os.PathLike[str]) -> None:
-        """Download a file into a local one, streamed."""
+        """Download a file into a local one, streamed: its missing parent directories are
+        made, and it appears whole or not at all (written beside it, then renamed)."""
         path = _check_path(remote_path)
         self._log("read", path)
         chunks = self._stream(path)
         first = await anext(chunks, b"")  # a missing file fails before the local one opens
-        async with await anyio.open_file(Path(local_path), "wb") as f:
-            await f.write(first)
-            async for chunk in chunks:
-                await f.write(chunk)
+        local = Path(local_path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f".{local.name}.hutch-{os.getpid()}-{id(chunks):x}.part")
+        try:
+            async with await anyio.open_file(partial, "xb") as f:
+                await f.write(first)
+                async for chunk in chunks:
+                    await f.write(chunk)
+            os.replace(partial, local)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise

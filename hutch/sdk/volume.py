@@ -20,6 +20,7 @@ import anyio
 
 from hutch.api import urls
 from hutch.exception import InvalidError
+from hutch.sdk import transport
 from hutch.sdk.files import CHUNK, FileType, listing
 from hutch.sdk.options import check_object_name, check_text, reject_unsupported, shown
 from hutch.sdk.syncbridge import (
@@ -83,7 +84,7 @@ class Volume:
                             "create_options": create_options, "client": client},
                            "Volume.from_name")
         check_object_name(name, "Volume")
-        doc = await client().request("POST", urls.VOLUMES_LOOKUP, json_body={
+        doc = await transport.client().request("POST", urls.VOLUMES_LOOKUP, json_body={
             "name": name, "create_if_missing": bool(create_if_missing)})
         return Volume(doc["name"], doc["volume_id"])
 

@@ -98,8 +98,8 @@ def test_errors_are_typed_and_builtin(sb: modal.Sandbox) -> None:
     sh(sb, "mkdir -p /tmp/full && touch /tmp/full/f")
     for call in (lambda: fs.read_text("/tmp/missing"), lambda: fs.read_bytes("/tmp/missing"),
                  lambda: fs.stat("/tmp/missing"), lambda: fs.list_files("/tmp/missing"),
-                 lambda: fs.remove("/tmp/missing"), lambda: fs.write_text("x", "/tmp/no/x"),
-                 lambda: sb.open("/tmp/missing", "r"),
+                 lambda: fs.remove("/tmp/missing"), lambda: sb.open("/tmp/missing", "r"),
+                 lambda: sb.open("/tmp/no/x", "w"),
                  lambda: fs.make_directory("/tmp/no/d", create_parents=False)):
         check_error(call, *NOT_FOUND)
     for call in (lambda: fs.read_text("/tmp"), lambda: fs.write_text("x", "/tmp")):
@@ -556,3 +556,48 @@ def test_failed_copy_to_local_keeps_the_local_file(sb: modal.Sandbox, tmp_path: 
     with pytest.raises(FileNotFoundError):
         sb.filesystem.copy_to_local("/tmp/missing", tmp_path / "keep")
     assert (tmp_path / "keep").read_text() == "precious"
+
+
+# Modal's semantics: writes make their parents, downloads appear whole ------------------------
+def test_writes_make_their_missing_parent_directories(sb: modal.Sandbox,
+                                                      tmp_path: Path) -> None:
+    fs = sb.filesystem
+    fs.write_text("t", "/tmp/new/a/b/text.txt")
+    fs.write_bytes(b"b", "deep/er/bytes.bin")  # (relative: under the workdir, /work)
+    (tmp_path / "local").write_bytes(b"l")
+    fs.copy_from_local(tmp_path / "local", "/srv/up/loaded")
+    assert sh(sb, "cat /tmp/new/a/b/text.txt /work/deep/er/bytes.bin /srv/up/loaded; "
+                  "stat -c '%a %U' /tmp/new/a /srv/up") == "tbl755 root\n755 root\n"
+    with pytest.raises(exc.SandboxFilesystemNotADirectoryError):
+        fs.write_text("x", "/tmp/new/a/b/text.txt/under-a-file")
+    with pytest.raises(exc.SandboxFilesystemNotFoundError):
+        sb.open("/tmp/not/there", "w")  # a handle, as Python's open(): no parents
+
+
+def test_parents_through_hostile_symlinks_stay_in_the_sandbox(
+        sb: modal.Sandbox, hostile: tuple[Path, bytes]) -> None:
+    host, secret = hostile
+    fs = sb.filesystem
+    with pytest.raises(exc.SandboxFilesystemNotADirectoryError):
+        fs.write_text("in", "/tmp/hostpath/sub/f")  # the host's dir has no twin inside
+    sh(sb, f"mkdir -p {host}")
+    fs.write_text("in", "/tmp/root/made-by-parents/f")
+    fs.write_text("in", "/tmp/hostpath/sub/dir/f")
+    fs.write_text("in", f"/../../..{host}/x/../y/f")
+    for path in (f"/tmp/procroot{host}/p/f", f"/tmp/init{host}/p/f"):
+        with pytest.raises(exc.SandboxFilesystemError):
+            fs.write_text("evil", path)
+    assert host_untouched(host, secret) and not Path("/made-by-parents").exists()
+    assert sh(sb, f"cat /made-by-parents/f {host}/sub/dir/f {host}/y/f") == "ininin"
+
+
+def test_copy_to_local_makes_local_parents_and_appears_whole(sb: modal.Sandbox,
+                                                             tmp_path: Path) -> None:
+    sb.filesystem.write_bytes(b"x" * 3_000_000, "/tmp/big")
+    target = tmp_path / "made" / "for" / "it.bin"
+    sb.filesystem.copy_to_local("/tmp/big", target)
+    assert target.read_bytes() == b"x" * 3_000_000
+    assert sorted(p.name for p in target.parent.iterdir()) == ["it.bin"]  # no partial left
+    with pytest.raises(FileNotFoundError):
+        sb.filesystem.copy_to_local("/tmp/missing", tmp_path / "other" / "x")
+    assert not (tmp_path / "other").exists() or not list((tmp_path / "other").iterdir())

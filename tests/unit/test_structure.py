@@ -147,3 +147,25 @@ def test_one_http_client() -> None:
                        [a.name for a in node.names] if isinstance(node, ast.Import)
                        else [node.module or ""])))
     assert not users, f"modules importing httpx: {users}"
+
+
+def test_no_parameter_shadows_a_function_its_body_calls() -> None:
+    """Modal's keywords (``client=``, ``image=``) share names with the SDK's own helpers:
+    a parameter named ``client`` in a function that calls the module's ``client()`` calls
+    the argument instead."""
+    shadowed = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        module_names = {a.asname or a.name.split(".")[0] for n in tree.body
+                        if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names} | {
+            n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                arguments = node.args
+                params = {a.arg for a in [*arguments.posonlyargs, *arguments.args,
+                                          *arguments.kwonlyargs]}
+                called = {c.func.id for c in ast.walk(node) if isinstance(c, ast.Call)
+                          and isinstance(c.func, ast.Name)}
+                shadowed += [f"{name}.{node.name}: {p}"
+                             for p in sorted(params & called & module_names)]
+    assert not shadowed, f"parameters that hide the module's function they call: {shadowed}"

@@ -297,6 +297,8 @@ class SandboxFS:
         if parents:
             parts = [p for p in self.path(path).split("/") if p]
             for i in range(1, len(parts) + 1):
+                if parts[i - 1] in (".", ".."):
+                    continue  # names a directory already there (mkdir -p /a/../b makes /b)
                 sub = "/" + "/".join(parts[:i])
                 try:
                     self._mkdir_one(sub, mode)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -150,11 +151,15 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
     @app.put(urls.SANDBOX_FS + urls.FS_FILE, responses=_FILE_ERRORS)
     async def write_file(sandbox_id: str, path: str, request: Request,
                          mode: WriteMode = "w",
-                         offset: Annotated[int, Query(ge=0, le=MAX_FILE_OFFSET)] = 0
-                         ) -> dict[str, object]:
+                         offset: Annotated[int, Query(ge=0, le=MAX_FILE_OFFSET)] = 0,
+                         parents: bool = False) -> dict[str, object]:
         """Write the body to the file (``w`` truncates, ``a`` appends, ``x`` creates only a
-        new file, ``r+`` writes at ``offset`` into an existing one)."""
+        new file, ``r+`` writes at ``offset`` into an existing one); ``parents``: make its
+        missing parent directories first, as Modal's ``write_bytes`` does."""
         with files(sandbox_id) as fs:
+            parent = posixpath.dirname(fs.path(path).rstrip("/"))
+            if parents and parent not in ("", "/"):
+                await ops.run_fs(sandbox_id, fs, SandboxFS.mkdir, parent, True)
             fd = await ops.run_fs(sandbox_id, fs, SandboxFS.open_regular, path, _FLAGS[mode], 0o644)
             try:
                 if mode == "r+" and offset:
