@@ -1,36 +1,72 @@
 """``hutch.App``: a named namespace of sandboxes, as Modal's ``App.lookup`` returns it.
 
 ``App.lookup(name, create_if_missing=True)`` is how Modal code gets an app for sandboxes;
-``App(name)`` also works here and is created in the engine on first use.
+``App(name)`` also works here and is created in the engine on first use.  ``with
+app.run():`` runs it as Modal runs an ephemeral app: the sandboxes created in it are
+terminated when the block ends.  ``image=``, ``secrets=`` and ``volumes=`` are Modal's
+defaults for an app's Functions, which hutch does not run: they are kept (``app.image``),
+and sandboxes are not given them, as in Modal.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk.createrequest import create_request
-from hutch.sdk.options import check_object_name
+from hutch.sdk.options import check_object_name, reject_unsupported
 from hutch.sdk.pool import WarmPool
-from hutch.sdk.syncbridge import synchronize, synchronize_static
+from hutch.sdk.syncbridge import run_sync, synchronize, synchronize_static
 from hutch.sdk.transport import client
 
 if TYPE_CHECKING:
     from hutch.sdk.image import Image
+    from hutch.sdk.secret import Secret
     from hutch.sdk.volume import Volume
 
 
 class App:
     """An app: sandboxes are created in one and looked up by name within it."""
 
-    def __init__(self, name: str | None = None, *, app_id: str | None = None) -> None:
+    def __init__(self, name: str | None = None, *, tags: Mapping[str, str] | None = None,
+                 image: Image | None = None, secrets: Sequence[Secret] = (),
+                 volumes: Mapping[str | os.PathLike[str], Volume] | None = None,
+                 include_source: bool = True, app_id: str | None = None) -> None:
         if name is not None:
             check_object_name(name, "App")
         self.name = name
         self._app_id = app_id
+        #: Modal's defaults for the app's Functions (sandboxes do not take them)
+        self.image = image
+        self.secrets = list(secrets)
+        self.volumes = dict(volumes or {})
+        self.tags = dict(tags or {})
+        self.include_source = include_source
+
+    @property
+    def run(self) -> _RunFace:
+        """``with app.run():`` (or ``async with app.run.aio():``) runs the app for the
+        block, as Modal runs an ephemeral app: its sandboxes still running at the end are
+        terminated, unless ``detach=True``.  An app without a name gets
+        ``ephemeral-<hex>``."""
+        return _RunFace(self)
+
+    @synchronize
+    async def stop(self) -> None:
+        """Terminate the app's running sandboxes (Modal's ``App.stop``)."""
+        if self._app_id is None and self.name is None:
+            return
+        app_id = await self.resolve_id()
+        found = await _engine().request("GET", urls.SANDBOXES, params={"app_id": app_id})
+        for info in found["sandboxes"]:
+            await _engine().request("POST", urls.SANDBOX_TERMINATE.format(
+                sandbox_id=info["sandbox_id"]), json_body={"grace_period": 0})
 
     @property
     def app_id(self) -> str | None:
@@ -96,6 +132,72 @@ class App:
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, app_id={self._app_id!r})"
+
+
+class _RunFace:
+    """``app.run(...)`` and ``app.run.aio(...)``: the same context manager, which works
+    with ``with`` and with ``async with``."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def __call__(self, *, name: str | None = None, client: Any = None, detach: bool = False,
+                 interactive: bool = False, environment_name: str | None = None) -> _AppRun:
+        reject_unsupported({"client": client, "environment_name": environment_name},
+                           "App.run")
+        if name is not None:
+            check_object_name(name, "App")
+            self.app.name = name
+        return _AppRun(self.app, detach)
+
+    aio = __call__
+
+
+class _AppRun:
+    """What ``app.run()`` returns: a context manager for blocking and for async code."""
+
+    def __init__(self, app: App, detach: bool) -> None:
+        self.app = app
+        self.detach = detach
+
+    @asynccontextmanager
+    async def aio(self) -> AsyncIterator[App]:
+        if self.app.name is None and self.app.app_id is None:
+            self.app.name = f"ephemeral-{uuid.uuid4().hex[:16]}"
+        await self.app.resolve_id()
+        try:
+            yield self.app
+        finally:
+            if not self.detach:
+                await self.app.stop.aio()
+
+    @contextmanager
+    def _blocking(self) -> Iterator[App]:
+        manager = self.aio()
+        app = run_sync(manager.__aenter__)
+        try:
+            yield app
+        except BaseException as exc:
+            if not run_sync(manager.__aexit__, type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            run_sync(manager.__aexit__, None, None, None)
+
+    def __enter__(self) -> App:
+        self._entered = self._blocking()
+        return self._entered.__enter__()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool | None:
+        return self._entered.__exit__(kind, exc, tb)
+
+    async def __aenter__(self) -> App:
+        self._async = self.aio()
+        return await self._async.__aenter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        return await self._async.__aexit__(kind, exc, tb)
 
 
 _engine = client

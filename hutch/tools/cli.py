@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 from hutch.api import exitcodes, urls
 from hutch.exception import Error
+from hutch.sdk import secretstore
 from hutch.sdk.image import Image
 from hutch.sdk.output import enable_output
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
@@ -287,6 +288,59 @@ def cmd_volume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret_values(args: argparse.Namespace) -> dict[str, str]:
+    """``KEY=VALUE`` arguments over ``--from-dotenv`` / ``--from-json`` files."""
+    values: dict[str, str] = {}
+    if args.from_dotenv:
+        from dotenv import dotenv_values
+
+        values.update({k: v or "" for k, v in dotenv_values(args.from_dotenv).items()})
+    if args.from_json:
+        loaded = json.loads(Path(args.from_json).read_text())
+        if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+            raise SystemExit("hutch: --from-json needs an object of string values")
+        values.update(loaded)
+    for item in args.values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"hutch: {item.split('=')[0]!r}: give each value as KEY=VALUE")
+        values[key] = value
+    if not values:
+        raise SystemExit("hutch: a secret needs at least one KEY=VALUE (or --from-dotenv)")
+    return values
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    """Named secrets, as ``modal secret`` manages them (values are never printed)."""
+    if args.action == "list":
+        print(f"{'NAME':<40} {'CREATED':<17} KEYS")
+        for stored in secretstore.listing():
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(stored.created_at))
+            print(f"{stored.name:<40} {created:<17} {', '.join(sorted(stored.env))}")
+        return 0
+    if not args.name:
+        raise SystemExit(f"hutch: secret {args.action} needs a secret name")
+    if args.action == "create":
+        values = _secret_values(args)
+        if args.force:
+            try:
+                secretstore.update(args.name, values)
+            except Error:
+                secretstore.create(args.name, values)
+        else:
+            secretstore.create(args.name, values)
+        print(f"created secret {args.name} with keys {', '.join(sorted(values))}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SystemExit("hutch: secret delete: confirm with --yes")
+        if input(f"Delete the secret {args.name}? [y/N] ").strip().lower() not in ("y", "yes"):
+            return 1
+    secretstore.delete(args.name)
+    print(f"deleted secret {args.name}")
+    return 0
+
+
 def _sandbox_path(spec: str) -> tuple[str, str] | None:
     """``SANDBOX_ID:PATH`` -> (id, path); a local path -> None."""
     head, sep, path = spec.partition(":")
@@ -384,6 +438,16 @@ def parser() -> argparse.ArgumentParser:
     vol.add_argument("remote", nargs="?", default="",
                      help="put: the path in the volume; get: the local file to write")
     vol.set_defaults(func=cmd_volume)
+
+    sec = sub.add_parser("secret", help="create, list and delete named secrets")
+    sec.add_argument("action", choices=["create", "list", "delete"])
+    sec.add_argument("name", nargs="?", default="")
+    sec.add_argument("values", nargs="*", metavar="KEY=VALUE")
+    sec.add_argument("--from-dotenv", metavar="FILE", help="create: values of a .env file")
+    sec.add_argument("--from-json", metavar="FILE", help="create: values of a JSON object")
+    sec.add_argument("--force", action="store_true", help="create: replace an existing one")
+    sec.add_argument("-y", "--yes", action="store_true", help="delete: do not ask")
+    sec.set_defaults(func=cmd_secret)
 
     cp = sub.add_parser("cp", help="copy a file between the host and a sandbox")
     cp.add_argument("src", help="LOCAL or SANDBOX_ID:PATH")

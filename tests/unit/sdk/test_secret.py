@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hutch import Secret
-from hutch.exception import InvalidError, NotFoundError
+from hutch.exception import AlreadyExistsError, InvalidError, NotFoundError
 from hutch.sdk.secret import merge_secrets
 
 DOTENV = """\
@@ -168,11 +170,89 @@ def test_repr_shows_names_never_values(tmp_path: Path, monkeypatch: pytest.Monke
             assert value not in text
 
 
-def test_from_name_is_not_found() -> None:
+# named secrets -----------------------------------------------------------------------------
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HUTCH_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_from_name_is_lazy_as_in_modal(data_dir: Path) -> None:
+    """Declared at module level before it exists: an error only where it is used."""
+    declared = Secret.from_name("my-secret", required_keys=["KEY"])
+    assert declared.name == "my-secret" and "my-secret" in repr(declared)
     with pytest.raises(NotFoundError, match="my-secret"):
-        Secret.from_name("my-secret")
+        declared.env()
+    with pytest.raises(NotFoundError, match="my-secret"):
+        declared.hydrate()
+    Secret.objects.create("my-secret", {"KEY": "v1", "OTHER": "o"})
+    assert declared.env() == {"KEY": "v1", "OTHER": "o"}
+    assert declared.object_id is not None and declared.object_id.startswith("st-")
+    assert "v1" not in repr(declared) and "KEY" in repr(declared)
+
+
+def test_required_keys_are_checked_where_it_is_used(data_dir: Path) -> None:
+    Secret.objects.create("partial", {"A": "1"})
+    with pytest.raises(NotFoundError, match="missing the keys B"):
+        Secret.from_name("partial", required_keys=["A", "B"]).env()
+    assert Secret.from_name("partial", required_keys=["A"]).env() == {"A": "1"}
+
+
+def test_objects_create_list_update_delete(data_dir: Path) -> None:
+    Secret.objects.create("first", {"A": "1"})
+    Secret.objects.create("second", {"B": "2"})
+    with pytest.raises(AlreadyExistsError):
+        Secret.objects.create("first", {"A": "other"})
+    Secret.objects.create("first", {"A": "other"}, allow_existing=True)  # kept as it was
+    assert Secret.from_name("first").env() == {"A": "1"}
+    assert [s.name for s in Secret.objects.list()] == ["second", "first"]  # newest first
+    assert [s.name for s in Secret.objects.list(max_objects=1)] == ["second"]
+    first = Secret.from_name("first")
+    first.update({"A": "2", "C": "3"})
+    assert first.env() == {"A": "2", "C": "3"} == Secret.from_name("first").env()
+    assert first.info().name == "first" and first.info().created_at.tzinfo is not None
+    Secret.objects.delete("first")
     with pytest.raises(NotFoundError):
-        Secret.from_name("other", required_keys=["KEY"])
+        Secret.objects.delete("first")
+    Secret.objects.delete("first", allow_missing=True)
+    assert [s.name for s in Secret.objects.list()] == ["second"]
+
+
+def test_named_secrets_are_the_users_alone(data_dir: Path) -> None:
+    Secret.objects.create("private", {"TOKEN": "hutch-value-in-file"})
+    folder = data_dir / "secrets"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    (file,) = folder.iterdir()  # no partial file left beside it
+    assert file.name == "private.json" and stat.S_IMODE(file.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "", "x" * 65, None])
+def test_bad_names_are_refused_before_any_file(data_dir: Path, name: Any) -> None:
+    with pytest.raises(InvalidError, match="Invalid Secret name"):
+        Secret.objects.create(name, {"A": "1"})
+    with pytest.raises(InvalidError, match="Invalid Secret name"):
+        Secret.from_name(name)
+    assert not (data_dir / "secrets").exists() or not list((data_dir / "secrets").iterdir())
+
+
+def test_concurrent_creates_of_one_name_store_one(data_dir: Path) -> None:
+    """Eight threads create the same name: one wins whole, the others are told."""
+    outcomes: list[str] = []
+
+    def create(n: int) -> None:
+        try:
+            Secret.objects.create("raced", {"N": str(n)})
+            outcomes.append("made")
+        except AlreadyExistsError:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["exists"] * 7 + ["made"]
+    assert Secret.from_name("raced").env()["N"] in {str(n) for n in range(8)}
 
 
 # merge_secrets ----------------------------------------------------------------------------

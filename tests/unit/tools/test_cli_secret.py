@@ -1,0 +1,43 @@
+"""``hutch secret``: named secrets from the command line, as ``modal secret`` manages them
+(no engine needed: they are the user's files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hutch import Secret
+from hutch.tools.cli import main
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HUTCH_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_create_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / ".env").write_text("FROM_FILE=dotenv-value\nA=overridden\n")
+    assert main(["secret", "create", "api", "A=cli-value", "B=x=y",
+                 "--from-dotenv", str(tmp_path / ".env")]) == 0
+    assert Secret.from_name("api").env() == {"A": "cli-value", "B": "x=y",
+                                             "FROM_FILE": "dotenv-value"}
+    assert main(["secret", "create", "api", "A=again"]) == 125  # exists
+    assert main(["secret", "create", "api", "A=again", "--force"]) == 0
+    assert Secret.from_name("api").env() == {"A": "again"}
+    assert main(["secret", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "api" in out and "A" in out and "again" not in out and "cli-value" not in out
+    with pytest.raises(SystemExit, match="--yes"):
+        main(["secret", "delete", "api"])  # (not a terminal: no question asked)
+    assert main(["secret", "delete", "api", "--yes"]) == 0
+    assert main(["secret", "delete", "api", "--yes"]) == 125  # NotFoundError
+
+
+def test_values_must_be_key_value(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        main(["secret", "create", "bad", "NOVALUE"])
+    with pytest.raises(SystemExit, match="at least one"):
+        main(["secret", "create", "empty"])
+    assert main(["secret", "create", "bad", "1A=x"]) == 125  # not a variable name
