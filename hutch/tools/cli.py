@@ -300,10 +300,15 @@ def _secret_values(args: argparse.Namespace) -> dict[str, str]:
         if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
             raise SystemExit("hutch: --from-json needs an object of string values")
         values.update(loaded)
+    from_stdin = [item for item in args.values if item.endswith("=-")]
+    if len(from_stdin) > 1:
+        raise SystemExit("hutch: only one KEY=- can read its value from stdin")
     for item in args.values:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"hutch: {item.split('=')[0]!r}: give each value as KEY=VALUE")
+        if item in from_stdin:  # other users see command lines (ps), not a pipe
+            value = sys.stdin.read().removesuffix("\n")
         values[key] = value
     if not values:
         raise SystemExit("hutch: a secret needs at least one KEY=VALUE (or --from-dotenv)")

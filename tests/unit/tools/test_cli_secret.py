@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,15 @@ def test_create_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         main(["secret", "delete", "api"])  # (not a terminal: no question asked)
     assert main(["secret", "delete", "api", "--yes"]) == 0
     assert main(["secret", "delete", "api", "--yes"]) == 125  # NotFoundError
+
+
+def test_a_value_from_stdin_stays_off_the_command_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("from-a-pipe\n"))
+    assert main(["secret", "create", "piped", "TOKEN=-", "OTHER=x"]) == 0
+    assert Secret.from_name("piped").env() == {"TOKEN": "from-a-pipe", "OTHER": "x"}
+    with pytest.raises(SystemExit, match="only one"):
+        main(["secret", "create", "two", "A=-", "B=-"])
 
 
 def test_values_must_be_key_value(capsys: pytest.CaptureFixture[str]) -> None:
