@@ -416,8 +416,16 @@ class BuildImageRequest(_Wire):
 class LookupVolumeRequest(_Wire):
     name: str
     create_if_missing: bool = False
+    #: with ``create_if_missing``: an existing volume of that name is an error (409)
+    must_create: bool = False
 
     _name = field_validator("name")(_check_name("volume"))
+
+
+class RenameVolumeRequest(_Wire):
+    new_name: str
+
+    _name = field_validator("new_name")(_check_name("volume"))
 
 
 class CopyFilesRequest(_Wire):

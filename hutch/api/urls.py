@@ -51,6 +51,7 @@ VOLUMES = V1 + "/volumes"
 VOLUMES_LOOKUP = VOLUMES + "/lookup"
 #: a volume, under which its files' ``FS_*`` calls are
 VOLUME = VOLUMES + "/{name}"
+VOLUME_RENAME = VOLUME + "/rename"
 
 #: The calls on files, under ``SANDBOX_FS`` or ``VOLUME`` (a volume has file, list, remove
 #: and copy).

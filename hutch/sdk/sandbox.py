@@ -22,6 +22,7 @@ import anyio
 from hutch.api import urls
 from hutch.exception import (
     ClientClosed,
+    ConflictError,
     InvalidError,
     SandboxTerminatedError,
     SandboxTimeoutError,
@@ -283,6 +284,16 @@ class Sandbox:
         if reason == "lost" and detail and raise_on_termination:  # (ended by the engine)
             raise SandboxTerminatedError(f"Sandbox {self.object_id} was ended by the engine: "
                                          f"{detail}")
+
+    @synchronize
+    async def reload_volumes(self) -> None:
+        """Modal makes volumes' latest commits visible in the running sandbox here; a hutch
+        volume is the same directory everywhere, its writes visible at once, so there is
+        nothing to fetch.  Refused (``ConflictError``) once the sandbox has ended."""
+        self._attached()
+        info = await self._request("GET")
+        if info.get("returncode") is not None or info.get("state") == "exited":
+            raise ConflictError(f"Sandbox {self.object_id} has already finished")
 
     @synchronize_direct
     async def terminate(self, *, wait: bool = False, grace_period: float = 0.0) -> int | None:

@@ -9,6 +9,7 @@ read and written without a sandbox (``read_file``, ``batch_upload``, ...), strea
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ from typing import IO, Any
 import anyio
 
 from hutch.api import urls
-from hutch.exception import InvalidError
+from hutch.exception import InvalidError, NotFoundError
 from hutch.sdk import transport
 from hutch.sdk.files import CHUNK, FileType, listing
 from hutch.sdk.options import check_object_name, check_text, reject_unsupported, shown
@@ -62,6 +63,9 @@ class VolumeEntry:
 
 class Volume:
     """A named volume; mount it with ``Sandbox.create(volumes={"/data": vol})``."""
+
+    #: ``Volume.objects.create/list/delete``
+    objects: VolumeManager
 
     def __init__(self, name: str, volume_id: str, *, read_only: bool = False,
                  sub_path: str | None = None) -> None:
@@ -115,6 +119,44 @@ class Volume:
         check_object_name(name, "Volume")  # it becomes part of the request's path
         await client().request("DELETE", urls.VOLUME.format(name=name))
 
+    @synchronize_static
+    async def from_id(volume_id: str, client: Any = None) -> Volume:
+        """The volume with this id (``vo-...``)."""
+        reject_unsupported({"client": client}, "Volume.from_id")
+        if not isinstance(volume_id, str):
+            raise InvalidError("volume_id must be a string")
+        found = await transport.client().request("GET", urls.VOLUMES)
+        for doc in found["volumes"]:
+            if doc["volume_id"] == volume_id:
+                return Volume(doc["name"], doc["volume_id"])
+        raise NotFoundError(f"Volume {volume_id!r} not found")
+
+    @synchronize_static
+    async def rename(old_name: str, new_name: str, *, client: Any = None,
+                     environment_name: str | None = None) -> None:
+        """Give a volume a new name (refused while a running sandbox mounts it;
+        :class:`AlreadyExistsError` if the new name is taken)."""
+        reject_unsupported({"client": client, "environment_name": environment_name},
+                           "Volume.rename")
+        check_object_name(old_name, "Volume")
+        check_object_name(new_name, "Volume")
+        await transport.client().request("POST", urls.VOLUME_RENAME.format(name=old_name),
+                                         json_body={"new_name": new_name})
+
+    @synchronize
+    async def info(self) -> VolumeInfo:
+        """Its name and when it was made (Modal's ``VolumeInfo``)."""
+        found = await client().request("GET", urls.VOLUMES)
+        for doc in found["volumes"]:
+            if doc["name"] == self.name:
+                created = datetime.datetime.fromtimestamp(doc["created_at"], datetime.UTC)
+                return VolumeInfo(name=self.name, created_at=created, created_by=None)
+        raise NotFoundError(f"Volume {self.name!r} not found")
+
+    def read_only(self) -> Volume:
+        """This volume, mounted read-only (Modal's ``Volume.read_only()``)."""
+        return self.with_mount_options(read_only=True, sub_path=self._sub_path)
+
     def with_mount_options(self, *, read_only: bool = False,
                            sub_path: str | None = None) -> Volume:
         """This volume mounted read-only and/or only its directory ``sub_path``."""
@@ -143,6 +185,14 @@ class Volume:
                                      params={"path": _path(path), "recursive": recursive})
         return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
                 for e in listing(doc)]
+
+    @synchronize_generator
+    async def iterdir(self, path: str = "/", *, recursive: bool = True
+                      ) -> AsyncIterator[VolumeEntry]:
+        """The entries under ``path`` (all the tree's, unless ``recursive=False``), one at a
+        time (``iterdir.aio`` is an async iterator)."""
+        for entry in await self.listdir.aio(path, recursive=recursive):
+            yield entry
 
     @synchronize_generator
     async def read_file(self, path: str) -> AsyncIterator[bytes]:
@@ -175,29 +225,129 @@ class Volume:
         await client().request("POST", self._base + urls.FS_COPY,
                                json_body={"src_paths": sources, "dst_path": _path(dst_path)})
 
-    @contextlib.contextmanager
-    def batch_upload(self, force: bool = False) -> Iterator[_BatchUpload]:
-        """Collect ``put_file``/``put_directory`` calls; they are uploaded when the block
-        exits (``FileExistsError`` for an existing file unless ``force``)."""
-        batch = _BatchUpload(self, force)
-        yield batch
-        run_sync(batch.upload)
+    @property
+    def batch_upload(self) -> _BatchFace:
+        """``with vol.batch_upload(force=False) as batch:`` (or ``async with
+        vol.batch_upload.aio():``) collects ``put_file``/``put_directory`` calls; they are
+        uploaded when the block exits without an error (``FileExistsError`` for an
+        existing file unless ``force``)."""
+        return _BatchFace(self)
 
     def __repr__(self) -> str:
         return f"Volume({self.name!r})"
 
 
+@dataclass(frozen=True)
+class VolumeInfo:
+    """What ``Volume.info()`` tells (Modal's ``modal.types.VolumeInfo``)."""
+
+    name: str | None
+    created_at: datetime.datetime
+    created_by: str | None
+
+
+class VolumeManager:
+    """``Volume.objects``: create, list and delete volumes by name."""
+
+    @synchronize
+    async def create(self, name: str, *, version: Any = None, allow_existing: bool = False,
+                     environment_name: str | None = None, client: Any = None,
+                     create_options: Any = None) -> None:
+        """A new volume; :class:`AlreadyExistsError` if the name is taken, unless
+        ``allow_existing``."""
+        reject_unsupported({"version": version, "environment_name": environment_name,
+                            "client": client, "create_options": create_options},
+                           "Volume.objects.create")
+        check_object_name(name, "Volume")
+        await transport.client().request("POST", urls.VOLUMES_LOOKUP, json_body={
+            "name": name, "create_if_missing": True, "must_create": not allow_existing})
+
+    @synchronize
+    async def list(self, *, max_objects: int | None = None,
+                   created_before: datetime.datetime | str | None = None,
+                   environment_name: str = "", client: Any = None) -> list[Volume]:
+        """The volumes, newest first."""
+        reject_unsupported({"environment_name": environment_name or None, "client": client},
+                           "Volume.objects.list")
+        if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 0):
+            raise InvalidError("max_objects cannot be negative")
+        before = created_before
+        if isinstance(before, str):
+            before = datetime.datetime.fromisoformat(before)
+        if before is not None and before.tzinfo is None:
+            before = before.replace(tzinfo=datetime.UTC)
+        docs = (await transport.client().request("GET", urls.VOLUMES))["volumes"]
+        docs = sorted((d for d in docs if before is None
+                       or d["created_at"] < before.timestamp()),
+                      key=lambda d: d["created_at"], reverse=True)
+        found = [Volume(d["name"], d["volume_id"]) for d in docs]
+        return found if max_objects is None else found[:max_objects]
+
+    @synchronize
+    async def delete(self, name: str, *, allow_missing: bool = False,
+                     environment_name: str | None = None, client: Any = None) -> None:
+        """Delete a volume and its files (refused while a running sandbox mounts it)."""
+        reject_unsupported({"environment_name": environment_name, "client": client},
+                           "Volume.objects.delete")
+        try:
+            await Volume.delete.aio(name)
+        except NotFoundError:
+            if not allow_missing:
+                raise
+
+
+class _BatchFace:
+    """``vol.batch_upload(...)`` and ``vol.batch_upload.aio(...)``."""
+
+    def __init__(self, volume: Volume) -> None:
+        self.volume = volume
+
+    def __call__(self, force: bool = False) -> _BatchUpload:
+        return _BatchUpload(self.volume, force)
+
+    aio = __call__
+
+
 class _BatchUpload:
+    """One batch: a context manager for ``with`` and for ``async with``."""
+
     def __init__(self, volume: Volume, force: bool) -> None:
         self._volume = volume
         self._force = force
-        self._files: list[tuple[Path, str]] = []
+        self._files: list[tuple[Path | IO[bytes], str, int]] = []
 
-    def put_file(self, local_file: str | os.PathLike[str], remote_path: str) -> None:
+    def __enter__(self) -> _BatchUpload:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            run_sync(self.upload)
+
+    async def __aenter__(self) -> _BatchUpload:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            await self.upload()
+
+    def put_file(self, local_file: str | os.PathLike[str] | IO[bytes], remote_path: str,
+                 mode: int | None = None) -> None:
+        """A local file (a path, or a binary file object read from where it stands) for
+        ``remote_path``; ``mode``: its permissions (else the local file's, or 0644)."""
+        if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)
+                                 or not 0 <= mode <= 0o7777):
+            raise InvalidError(f"mode must be permission bits such as 0o644, got {mode!r}")
+        remote = _path(remote_path, "remote_path")
+        if not isinstance(local_file, str | os.PathLike):
+            if not hasattr(local_file, "read"):
+                raise InvalidError("put_file takes a path or a binary file object")
+            self._files.append((local_file, remote, 0o644 if mode is None else mode))
+            return
         local = Path(local_file)
         if not local.is_file():
             raise FileNotFoundError(f"no local file {str(local)!r}")
-        self._files.append((local, _path(remote_path, "remote_path")))
+        self._files.append((local, remote, mode if mode is not None
+                            else local.stat().st_mode & 0o777))
 
     def put_directory(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
         local = Path(local_path)
@@ -206,7 +356,8 @@ class _BatchUpload:
         _path(remote_path, "remote_path")
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
             remote = f"{remote_path.rstrip('/')}/{file.relative_to(local).as_posix()}"
-            self._files.append((file, _path(remote, "remote_path")))  # a name not UTF-8
+            self._files.append((file, _path(remote, "remote_path"),  # a name not UTF-8
+                                file.stat().st_mode & 0o777))
 
     async def upload(self) -> None:
         engine = client()
@@ -214,17 +365,23 @@ class _BatchUpload:
         if not self._force:
             existing = {e.path.lstrip("/") for e in await self._volume.listdir.aio(
                 "/", recursive=True) if e.type is FileType.FILE}
-            clashes = [r for _, r in self._files if r.lstrip("/") in existing]
+            clashes = [r for _, r, _ in self._files if r.lstrip("/") in existing]
             if clashes:
                 raise FileExistsError(f"already in the volume: {', '.join(clashes)} "
                                       "(use batch_upload(force=True))")
-        for local, remote in self._files:
-            mode = local.stat().st_mode & 0o777
+        for local, remote, mode in self._files:
 
-            async def chunks(local: Path = local) -> AsyncIterator[bytes]:
+            async def chunks(local: Path | IO[bytes] = local) -> AsyncIterator[bytes]:
+                if not isinstance(local, Path):
+                    while data := await anyio.to_thread.run_sync(local.read, CHUNK):
+                        yield data
+                    return
                 async with await anyio.open_file(local, "rb") as f:
                     while data := await f.read(CHUNK):
                         yield data
 
             await engine.request("PUT", base + urls.FS_FILE, content=chunks(),
                                  params={"path": remote, "mode": mode})
+
+
+Volume.objects = VolumeManager()

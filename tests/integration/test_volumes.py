@@ -414,3 +414,71 @@ def test_bad_volume_mounts_are_invalid(app: modal.App, vol: modal.Volume) -> Non
     with pytest.raises(NotFoundError):
         box(app, {"/v": modal.Volume(_name(), "vo-unknown")})
     assert list(modal.Sandbox.list(app_id=app.app_id)) == []
+
+
+# Modal's volume API -----------------------------------------------------------------------
+def test_objects_create_list_delete(engine: dict[str, Any]) -> None:
+    first, second = _name(), _name()
+    modal.Volume.objects.create(first)
+    with pytest.raises(modal.exception.AlreadyExistsError):
+        modal.Volume.objects.create(first)
+    modal.Volume.objects.create(first, allow_existing=True)
+    modal.Volume.objects.create(second)
+    try:
+        names = [v.name for v in modal.Volume.objects.list()]
+        assert names.index(second) < names.index(first)  # newest first
+        made = modal.Volume.from_name(first)
+        assert modal.Volume.from_id(made.object_id).name == first
+        assert made.info().name == first and made.info().created_at.tzinfo is not None
+        with pytest.raises(NotFoundError):
+            modal.Volume.from_id("vo-" + "x" * 22)
+    finally:
+        modal.Volume.objects.delete(first)
+        modal.Volume.objects.delete(second)
+    modal.Volume.objects.delete(first, allow_missing=True)
+    with pytest.raises(NotFoundError):
+        modal.Volume.objects.delete(first)
+
+
+def test_rename_keeps_the_files_and_waits_for_its_sandboxes(
+        app: modal.App, new_volume: Callable[[], modal.Volume]) -> None:
+    vol = new_volume()
+    taken = new_volume()
+    with vol.batch_upload() as batch:
+        batch.put_file(io.BytesIO(b"kept"), "/f", mode=0o600)
+    sb = modal.Sandbox.create(app=app, volumes={"/data": vol})
+    with pytest.raises(ConflictError, match="in use"):
+        modal.Volume.rename(vol.name, _name())
+    sb.terminate(wait=True)
+    with pytest.raises(modal.exception.AlreadyExistsError):
+        modal.Volume.rename(vol.name, taken.name)
+    new = _name()
+    modal.Volume.rename(vol.name, new)
+    try:
+        renamed = modal.Volume.from_name(new)
+        assert renamed.object_id == vol.object_id
+        assert b"".join(renamed.read_file("/f")) == b"kept"
+        assert [e.path for e in renamed.iterdir("/")] == [e.path for e in renamed.listdir("/")]
+        assert [e.path.lstrip("/") for e in renamed.iterdir("/")] == ["f"]
+        with pytest.raises(NotFoundError):
+            modal.Volume.from_name(vol.name)
+    finally:
+        modal.Volume.delete(new)
+
+
+def test_read_only_and_async_batches(app: modal.App, vol: modal.Volume) -> None:
+    async def upload() -> None:
+        async with vol.batch_upload.aio() as batch:
+            batch.put_file(io.BytesIO(b"x" * 3_000_000), "/big/file.bin")
+
+    import anyio
+
+    anyio.run(upload)
+    sb = modal.Sandbox.create(app=app, volumes={"/ro": vol.read_only()})
+    assert ok(sb, "wc -c < /ro/big/file.bin").strip() == "3000000"
+    code, out = run(sb, "touch /ro/new")
+    assert code != 0 and "Read-only file system" in out
+    sb.reload_volumes()  # (nothing to fetch: the same directory everywhere)
+    sb.terminate(wait=True)
+    with pytest.raises(ConflictError):
+        sb.reload_volumes()

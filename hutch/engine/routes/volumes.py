@@ -23,6 +23,7 @@ from hutch.api.models import (
     CopyFilesRequest,
     LookupVolumeRequest,
     RemoveRequest,
+    RenameVolumeRequest,
     error_responses,
     stream_response,
 )
@@ -65,7 +66,12 @@ def add_volume_routes(app: FastAPI, volumes: VolumeService, ops: FileOps | None 
 
     @app.post(urls.VOLUMES_LOOKUP, responses=error_responses(400, 404, 422))
     async def lookup(req: LookupVolumeRequest) -> dict[str, Any]:
-        return volumes.lookup(req.name, req.create_if_missing)
+        return volumes.lookup(req.name, req.create_if_missing, req.must_create)
+
+    @app.post(urls.VOLUME_RENAME, responses=error_responses(404, 409, 422))
+    async def rename(name: str, req: RenameVolumeRequest) -> dict[str, Any]:
+        await volumes.rename(name, req.new_name)
+        return volumes.store.volume(req.new_name, create=False)
 
     @app.get(urls.VOLUMES)
     async def list_volumes() -> dict[str, Any]:

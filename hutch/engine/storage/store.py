@@ -266,6 +266,16 @@ class Store:
     def volumes(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM volumes ORDER BY name")]
 
+    def rename_volume(self, name: str, new_name: str) -> None:
+        try:
+            with self.db:
+                changed = self.db.execute("UPDATE volumes SET name = ? WHERE name = ?",
+                                          (new_name, name)).rowcount
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"Volume {new_name!r} already exists") from None
+        if changed == 0:
+            raise NotFound(f"Volume {name!r} not found")
+
     def delete_volume(self, name: str) -> None:
         if self.db.execute("DELETE FROM volumes WHERE name = ?", (name,)).rowcount == 0:
             raise NotFound(f"Volume {name!r} not found")

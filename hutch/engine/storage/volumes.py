@@ -27,7 +27,7 @@ from hutch.api.models import (
     VolumeMount,
     error_responses,
 )
-from hutch.engine.errors import Conflict, NotFound
+from hutch.engine.errors import AlreadyExists, Conflict, NotFound
 from hutch.engine.files.fileops import FileOps
 from hutch.engine.files.sandboxfs import SandboxFS
 from hutch.engine.isolation.idslices import SliceAllocator
@@ -75,16 +75,19 @@ class VolumeService:
             except Exception:
                 log.exception("emptying the volume slots a previous daemon left")
 
-    def lookup(self, name: str, create: bool) -> dict[str, Any]:
+    def lookup(self, name: str, create: bool, must_create: bool = False) -> dict[str, Any]:
         """The volume's record; its directory is made where missing: in a volume slot of
         its own where the host has them (:mod:`hutch.engine.storage.diskslots`: its writes end
-        with ENOSPC at the slot's size), else on the data directory's disk."""
+        with ENOSPC at the slot's size), else on the data directory's disk.
+        ``must_create``: one that exists already is :class:`AlreadyExists`."""
         try:
             record = self.store.volume(name, create=False)
         except NotFound:
             if not create:
                 raise
             record = None
+        if record is not None and must_create:
+            raise AlreadyExists(f"Volume {name!r} already exists")
         if record is not None:
             path = self.directory(record)
             if path.is_symlink() or path.is_dir():
@@ -112,6 +115,17 @@ class VolumeService:
         """Running sandboxes that mount the volume ``name`` (and creates about to)."""
         return sorted({row.sandbox_id for row in self.store.list_sandboxes(pooled=True)
                        if name in row.spec.volumes} | self.ids.users.get(name, set()))
+
+    async def rename(self, name: str, new_name: str) -> None:
+        """Give the volume ``name`` a new name, while no sandbox mounts it (running
+        sandboxes name their volumes, and their ids are counted by name)."""
+        async with self.ids.locked(sorted({name, new_name})):
+            self.store.volume(name, create=False)  # NotFound first
+            users = self.users(name)
+            if users:
+                raise Conflict(f"Volume {name!r} is in use by running sandboxes: "
+                               f"{', '.join(users)}; terminate them first")
+            self.store.rename_volume(name, new_name)
 
     async def delete(self, name: str) -> Path:
         """Forget the volume ``name`` (under its lock: no sandbox is moving it or about to

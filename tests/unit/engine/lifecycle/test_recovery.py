@@ -87,7 +87,9 @@ def test_a_sandbox_that_ended_meanwhile_gets_its_own_code(tmp_path: Path) -> Non
 
     async def before_then_end(manager: SandboxManager, runtime: FakeRuntime) -> str:
         sandbox_id = await before(manager, runtime)
-        await _ended(manager, runtime, sandbox_id, signal.SIGTERM)
+        manager.nursery.cancel_scope.cancel()  # the daemon dies first: nobody supervises
+        with trio.CancelScope(shield=True):
+            await _ended(manager, runtime, sandbox_id, signal.SIGTERM)
         return sandbox_id
 
     _restart(tmp_path, before_then_end, after)
