@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 import os
+import posixpath
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,18 +53,47 @@ class FileWatchEvent:
 
 
 @dataclass(frozen=True)
-class FileEntry:
-    """What ``list_files``, ``stat`` and ``ls`` report of a path."""
+class FileInfo:
+    """What ``list_files`` and ``stat`` report of a path (Modal's ``modal.types.FileInfo``):
+    ``mode`` its permission bits, ``permissions`` them as ``ls -l`` shows them, ``owner``
+    and ``group`` the names the sandbox's own ``/etc/passwd`` and ``/etc/group`` give its
+    ids (the number where there is none)."""
 
     name: str
+    path: str
     type: FileType
     size: int
-    permissions: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
     modified_time: float
+    symlink_target: str | None
+
+    def is_file(self) -> bool:
+        return self.type is FileType.FILE
+
+    def is_dir(self) -> bool:
+        return self.type is FileType.DIRECTORY
+
+    def is_symlink(self) -> bool:
+        return self.type is FileType.SYMLINK
 
 
-def _entry(doc: dict[str, Any]) -> FileEntry:
-    return FileEntry(doc["name"], FileType(doc["type"]), doc["size"], doc["mode"], doc["mtime"])
+#: The name hutch gave it before Modal's ``FileInfo``.
+FileEntry = FileInfo
+
+_TYPE_BITS = {FileType.FILE: stat.S_IFREG, FileType.DIRECTORY: stat.S_IFDIR,
+              FileType.SYMLINK: stat.S_IFLNK, FileType.OTHER: 0}
+
+
+def _entry(doc: dict[str, Any], path: str | None = None) -> FileInfo:
+    kind = FileType(doc["type"])
+    shown = stat.filemode(_TYPE_BITS[kind] | doc["mode"])
+    return FileInfo(doc["name"], path if path is not None else doc["name"], kind, doc["size"],
+                    doc["mode"], shown if kind is not FileType.OTHER else "?" + shown[1:],
+                    str(doc.get("owner", doc.get("uid", ""))),
+                    str(doc.get("group", doc.get("gid", ""))), doc["mtime"], doc.get("link"))
 
 
 def listing(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -138,18 +169,18 @@ class SandboxFilesystem:
         await self.write_bytes.aio(data.encode(), remote_path)
 
     @synchronize
-    async def list_files(self, remote_path: str) -> list[FileEntry]:
+    async def list_files(self, remote_path: str) -> list[FileInfo]:
         path = _check_path(remote_path)
         self._log("list", path)
         doc = await client().request("GET", self._base + urls.FS_LIST, params={"path": path})
-        return [_entry(e) for e in listing(doc)]
+        return [_entry(e, posixpath.join(path, e["name"])) for e in listing(doc)]
 
     @synchronize
-    async def stat(self, remote_path: str) -> FileEntry:
+    async def stat(self, remote_path: str) -> FileInfo:
         path = _check_path(remote_path)
         self._log("stat", path)
         return _entry(await client().request("GET", self._base + urls.FS_STAT,
-                                             params={"path": path}))
+                                             params={"path": path}), path)
 
     @synchronize
     async def make_directory(self, remote_path: str, *, create_parents: bool = True) -> None:

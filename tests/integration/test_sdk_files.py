@@ -162,8 +162,8 @@ def test_api_and_exec_see_the_same_bytes(sb: modal.Sandbox) -> None:
 def test_created_files_and_dirs_get_the_usual_modes(sb: modal.Sandbox) -> None:
     sb.filesystem.make_directory("/tmp/mode.d")
     sb.filesystem.write_text("for everyone", "/tmp/mode.d/f.txt")
-    assert sb.filesystem.stat("/tmp/mode.d/f.txt").permissions == 0o644
-    assert sb.filesystem.stat("/tmp/mode.d").permissions == 0o755
+    assert sb.filesystem.stat("/tmp/mode.d/f.txt").mode == 0o644
+    assert sb.filesystem.stat("/tmp/mode.d").permissions == "drwxr-xr-x"
     assert sh(sb, "su nobody -s /bin/sh -c 'cat /tmp/mode.d/f.txt'") == "for everyone"
 
 
@@ -601,3 +601,23 @@ def test_copy_to_local_makes_local_parents_and_appears_whole(sb: modal.Sandbox,
     with pytest.raises(FileNotFoundError):
         sb.filesystem.copy_to_local("/tmp/missing", tmp_path / "other" / "x")
     assert not (tmp_path / "other").exists() or not list((tmp_path / "other").iterdir())
+
+
+def test_stat_and_list_files_answer_modals_file_info(sb: modal.Sandbox) -> None:
+    """Owners by the sandbox's own names (its /etc/passwd), links with their targets."""
+    sh(sb, "mkdir -p /tmp/fi && echo hi > /tmp/fi/f && ln -s f /tmp/fi/l && "
+           "echo 'bob:x:1000:1000::/:/bin/sh' >> /etc/passwd && chown 1000:0 /tmp/fi/f && "
+           "chmod 640 /tmp/fi/f")
+    fs = sb.filesystem
+    info = fs.stat("/tmp/fi/f")
+    assert (info.name, info.path, info.owner, info.group) == ("f", "/tmp/fi/f", "bob", "root")
+    assert (info.mode, info.permissions, info.size) == (0o640, "-rw-r-----", 3)
+    assert info.is_file() and not info.is_dir() and info.symlink_target is None
+    listed = {e.name: e for e in fs.list_files("/tmp/fi")}
+    link = listed["l"]
+    assert link.is_symlink() and link.symlink_target == "f" and link.path == "/tmp/fi/l"
+    assert link.permissions.startswith("l") and listed["f"] == info
+    sh(sb, "chown 1001 /tmp/fi/f")  # an id the sandbox's passwd does not name
+    assert fs.stat("/tmp/fi/f").owner == "1001"
+    sh(sb, "rm /etc/passwd && mkfifo /etc/passwd")  # a trap where the names were
+    assert fs.stat("/tmp/fi/f").owner == "1001"

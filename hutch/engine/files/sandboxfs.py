@@ -85,6 +85,9 @@ class Entry:
     size: int
     mode: int
     mtime: float
+    uid: int = 0  # as the engine sees them (a sandbox's own ids: hutch.engine.routes.files)
+    gid: int = 0
+    link: str | None = None  # a symlink's target
 
 
 _SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
@@ -108,8 +111,20 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def entry(name: str, st: os.stat_result) -> Entry:
-    return Entry(name, _kind(st.st_mode), st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime)
+def entry(name: str, st: os.stat_result, link: str | None = None) -> Entry:
+    return Entry(name, _kind(st.st_mode), st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime,
+                 st.st_uid, st.st_gid, link)
+
+
+def _link(name: str, dirfd: int, st: os.stat_result) -> str | None:
+    """The target of a symlink (``name`` in ``dirfd``; ``""``: ``dirfd`` itself), read
+    without following it; None for anything else, or a link gone meanwhile."""
+    if not stat.S_ISLNK(st.st_mode):
+        return None
+    try:
+        return os.readlink(name, dir_fd=dirfd)
+    except OSError:
+        return None
 
 
 class SandboxFS:
@@ -229,7 +244,9 @@ class SandboxFS:
     def stat(self, path: str) -> Entry:
         fd = self.open(path, os.O_PATH | os.O_NOFOLLOW)
         try:
-            return entry(os.path.basename(self.path(path).rstrip("/")) or "/", os.fstat(fd))
+            st = os.fstat(fd)
+            return entry(os.path.basename(self.path(path).rstrip("/")) or "/", st,
+                         _link("", fd, st))
         finally:
             os.close(fd)
 
@@ -259,7 +276,8 @@ class SandboxFS:
         found = []
         for name in names:
             try:
-                found.append(entry(name, os.stat(name, dir_fd=dirfd, follow_symlinks=False)))
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                found.append(entry(name, st, _link(name, dirfd, st)))
             except FileNotFoundError:
                 continue
         return found
@@ -278,8 +296,8 @@ class SandboxFS:
                     for item in it:
                         child = f"{here.rstrip('/')}/{item.name}"
                         try:
-                            found.append((child, entry(item.name, item.stat(
-                                follow_symlinks=False))))
+                            st = item.stat(follow_symlinks=False)
+                            found.append((child, entry(item.name, st, _link(item.name, fd, st))))
                         except FileNotFoundError:
                             continue
                         if item.is_dir(follow_symlinks=False):

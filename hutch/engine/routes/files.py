@@ -17,10 +17,10 @@ import json
 import math
 import os
 import posixpath
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import trio
 from fastapi import FastAPI, Query, Request
@@ -36,9 +36,10 @@ from hutch.api.models import (
     stream_response,
 )
 from hutch.engine.errors import Conflict
+from hutch.engine.files import owners
 from hutch.engine.files.fileops import FileOps, deadline_after
-from hutch.engine.files.filestreams import entry_row, list_directory, stream_fd, write_stream
-from hutch.engine.files.sandboxfs import FileError, SandboxFS, entry
+from hutch.engine.files.filestreams import list_directory, stream_fd, write_stream
+from hutch.engine.files.sandboxfs import Entry, FileError, SandboxFS, entry
 from hutch.engine.files.watch import Watch
 from hutch.engine.lifecycle.manager import SandboxManager
 
@@ -71,10 +72,18 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         finally:
             fs.close()
 
+    async def describing(sandbox_id: str, fs: SandboxFS) -> Callable[[Entry], dict[str, Any]]:
+        """How entries are answered: with the owner and group the sandbox sees."""
+        live = manager.live.get(sandbox_id)
+        seen = owners.seen_by(live.ids if live is not None else None)
+        users, groups = await ops.run_fs(sandbox_id, fs, owners.name_maps)
+        return lambda e: owners.described(e, seen, users, groups)
+
     @app.get(urls.SANDBOX_FS + urls.FS_STAT, responses=_FILE_ERRORS)
     async def stat_path(sandbox_id: str, path: str) -> dict[str, object]:
         with files(sandbox_id) as fs:
-            return asdict(await ops.run_fs(sandbox_id, fs, SandboxFS.stat, path))
+            found = await ops.run_fs(sandbox_id, fs, SandboxFS.stat, path)
+            return (await describing(sandbox_id, fs))(found)
 
     @app.get(urls.SANDBOX_FS + urls.FS_LIST, response_class=StreamingResponse,
              responses=stream_response("application/json", "the entries, streamed "
@@ -83,7 +92,8 @@ def add_file_routes(app: FastAPI, manager: SandboxManager, ops: FileOps | None =
         """The directory's entries, sorted by name, as ``{"entries": [...]}`` streamed in
         batches; an ``error`` member ends it if a batch fails (past its deadline)."""
         with files(sandbox_id) as fs:  # the listing holds its own directory descriptor
-            body = await list_directory(ops, sandbox_id, fs, path, entry_row)
+            body = await list_directory(ops, sandbox_id, fs, path,
+                                        await describing(sandbox_id, fs))
         return StreamingResponse(body, media_type="application/json")
 
     @app.post(urls.SANDBOX_FS + urls.FS_MKDIR, responses=_FILE_ERRORS)
