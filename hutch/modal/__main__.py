@@ -8,9 +8,11 @@ set for the processes it starts, so theirs resolve ``modal`` to hutch too.
 
 from __future__ import annotations
 
+import builtins
 import os
 import runpy
 import sys
+import types
 from pathlib import Path
 
 from hutch.modal import aliasing
@@ -26,15 +28,29 @@ def main(argv: list[str]) -> None:
     os.environ[aliasing.ENV] = "1"
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]  # (sys.path[0] is the working directory, as for -m)
-        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        # what `python -m MODULE` itself calls: its __main__ stays in sys.modules
+        runpy._run_module_as_main(argv[1], alter_argv=True)  # type: ignore[attr-defined]
         return
     program = Path(argv[0])
-    if not program.exists():
+    if not program.is_file():
         print(f"hutch.modal: no such program: {program}", file=sys.stderr)
         raise SystemExit(2)
     sys.argv = list(argv)
-    sys.path[0] = str(program.resolve().parent)  # as `python PROGRAM.py` sets it
-    runpy.run_path(str(program), run_name="__main__")
+    if not sys.flags.safe_path:
+        sys.path[0] = str(program.resolve().parent)  # as `python PROGRAM.py` sets it
+    run_as_main(program)
+
+
+def run_as_main(program: Path) -> None:
+    """Run ``program`` as the ``__main__`` module, which stays in ``sys.modules`` after it
+    (threads and ``atexit`` handlers may still pickle its classes), as Python does."""
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = os.path.abspath(program)
+    main_module.__dict__["__builtins__"] = builtins
+    main_module.__cached__ = None  # type: ignore[attr-defined]
+    sys.modules["__main__"] = main_module
+    code = compile(program.read_bytes(), main_module.__file__, "exec")
+    exec(code, main_module.__dict__)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,6 @@ def uninstall() -> None:
 
 def install_from_environment() -> None:
     """What ``hutch-as-modal.pth`` runs at every interpreter's start: :func:`install` when
-    ``HUTCH_AS_MODAL`` is set to anything but ``""`` or ``0``."""
-    if os.environ.get(ENV, "") not in ("", "0"):
+    ``HUTCH_AS_MODAL`` is set to anything but ``""``, ``0``, ``false``, ``no`` or ``off``."""
+    if os.environ.get(ENV, "").strip().lower() not in ("", "0", "false", "no", "off"):
         install()

@@ -40,7 +40,7 @@ class _Refusing(type):
         refuse(cls._modal_name, cls._modal_kind)
 
     def __getattr__(cls, attribute: str) -> NoReturn:
-        if attribute.startswith("__"):
+        if attribute.startswith("_"):  # probes (hasattr, inspect, mock, pickle) see nothing
             raise AttributeError(attribute)
         refuse(f"{cls._modal_name}.{attribute}", cls._modal_kind)
 
@@ -58,5 +58,6 @@ def placeholder_function(name: str, kind: str) -> Callable[..., NoReturn]:
         refuse(name, kind)
 
     refused.__name__ = refused.__qualname__ = name.rpartition(".")[2]
+    refused.__module__ = "hutch.modal"  # where pickle finds it again (modal.<name>)
     refused.__doc__ = f"Modal's ``{name}``: {WHY[kind]}."
     return refused

@@ -10,8 +10,10 @@ builtin ``FileNotFoundError``, ``IsADirectoryError``, ... of the same meaning.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import posixpath
+import secrets
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -104,6 +106,19 @@ def listing(doc: dict[str, Any]) -> list[dict[str, Any]]:
         raise error_for(str(error.get("type")), str(error.get("message")))
     entries: list[dict[str, Any]] = doc["entries"]
     return entries
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, for every
+    thread, even to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _check_path(path: object) -> str:
@@ -233,20 +248,40 @@ class SandboxFilesystem:
     @synchronize
     async def copy_to_local(self, remote_path: str,
                             local_path: str | os.PathLike[str]) -> None:
-        """Download a file into a local one, streamed: its missing parent directories are
-        made, and it appears whole or not at all (written beside it, then renamed)."""
+        """Download a file into a local one, streamed; its missing parent directories are
+        made.  A new file, or a regular file that only this name links to, appears whole or
+        not at all: it is written beside the target (0600) and renamed over it, keeping
+        the old file's permissions.  Anything else (a symlink, a device, a file with other
+        hard links) is written into as ``open(local, "wb")`` would: replacing it would
+        change what the name means."""
         path = _check_path(remote_path)
         self._log("read", path)
-        chunks = self._stream(path)
-        first = await anext(chunks, b"")  # a missing file fails before the local one opens
         local = Path(local_path)
         local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f".{local.name}.hutch-{os.getpid()}-{id(chunks):x}.part")
         try:
-            async with await anyio.open_file(partial, "xb") as f:
+            before: os.stat_result | None = local.lstat()
+        except FileNotFoundError:
+            before = None
+        if before is not None and stat.S_ISDIR(before.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(local))
+        chunks = self._stream(path)
+        first = await anext(chunks, b"")  # a missing file fails before the local one opens
+        if before is not None and (not stat.S_ISREG(before.st_mode) or before.st_nlink > 1):
+            async with await anyio.open_file(local, "wb") as f:
                 await f.write(first)
                 async for chunk in chunks:
                     await f.write(chunk)
+            return
+        partial = local.with_name(f".hutch-{secrets.token_hex(8)}.part")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)  # (made by this call: its to remove)
+        try:
+            async with await anyio.open_file(fd, "wb") as f:
+                await f.write(first)
+                async for chunk in chunks:
+                    await f.write(chunk)
+                os.fchmod(fd, stat.S_IMODE(before.st_mode) if before is not None
+                          else 0o666 & ~_umask())  # (what open() would have made)
             os.replace(partial, local)
         except BaseException:
             partial.unlink(missing_ok=True)

@@ -291,24 +291,35 @@ def cmd_volume(args: argparse.Namespace) -> int:
 def _secret_values(args: argparse.Namespace) -> dict[str, str]:
     """``KEY=VALUE`` arguments over ``--from-dotenv`` / ``--from-json`` files."""
     values: dict[str, str] = {}
+    for option, path in (("--from-dotenv", args.from_dotenv), ("--from-json", args.from_json)):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"hutch: {option}: no file {path!r}")
     if args.from_dotenv:
         from dotenv import dotenv_values
 
         values.update({k: v or "" for k, v in dotenv_values(args.from_dotenv).items()})
     if args.from_json:
-        loaded = json.loads(Path(args.from_json).read_text())
+        try:
+            loaded = json.loads(Path(args.from_json).read_text())
+        except ValueError:
+            loaded = None
         if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
-            raise SystemExit("hutch: --from-json needs an object of string values")
+            raise SystemExit("hutch: --from-json needs a JSON object of string values")
         values.update(loaded)
-    from_stdin = [item for item in args.values if item.endswith("=-")]
+    from_stdin = [item for item in args.values if item.partition("=")[2] == "-"]
     if len(from_stdin) > 1:
         raise SystemExit("hutch: only one KEY=- can read its value from stdin")
     for item in args.values:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"hutch: {item.split('=')[0]!r}: give each value as KEY=VALUE")
+            raise SystemExit(f"hutch: {key!r}: give each value as KEY=VALUE")
         if item in from_stdin:  # other users see command lines (ps), not a pipe
-            value = sys.stdin.read().removesuffix("\n")
+            if sys.stdin.isatty():
+                import getpass
+
+                value = getpass.getpass(f"{key}: ")  # (not echoed)
+            else:
+                value = sys.stdin.read().removesuffix("\n")
         values[key] = value
     if not values:
         raise SystemExit("hutch: a secret needs at least one KEY=VALUE (or --from-dotenv)")
@@ -323,15 +334,12 @@ def cmd_secret(args: argparse.Namespace) -> int:
             created = time.strftime("%Y-%m-%d %H:%M", time.localtime(stored.created_at))
             print(f"{stored.name:<40} {created:<17} {', '.join(sorted(stored.env))}")
         return 0
-    if not args.name:
-        raise SystemExit(f"hutch: secret {args.action} needs a secret name")
+    if not args.name or "=" in args.name:  # (a KEY=VALUE where the name goes: not echoed)
+        raise SystemExit(f"hutch: secret {args.action} needs a secret name first")
     if args.action == "create":
         values = _secret_values(args)
         if args.force:
-            try:
-                secretstore.update(args.name, values)
-            except Error:
-                secretstore.create(args.name, values)
+            secretstore.replace(args.name, values)
         else:
             secretstore.create(args.name, values)
         print(f"created secret {args.name} with keys {', '.join(sorted(values))}")

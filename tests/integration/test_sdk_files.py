@@ -621,3 +621,28 @@ def test_stat_and_list_files_answer_modals_file_info(sb: modal.Sandbox) -> None:
     assert fs.stat("/tmp/fi/f").owner == "1001"
     sh(sb, "rm /etc/passwd && mkfifo /etc/passwd")  # a trap where the names were
     assert fs.stat("/tmp/fi/f").owner == "1001"
+
+
+def test_copy_to_local_keeps_what_the_local_name_means(sb: modal.Sandbox,
+                                                       tmp_path: Path) -> None:
+    """A private file stays private, a symlink is written through, a hard link stays
+    one, a directory is refused before anything downloads."""
+    sb.filesystem.write_bytes(b"from the sandbox", "/tmp/payload")
+    private = tmp_path / "private"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    sb.filesystem.copy_to_local("/tmp/payload", private)
+    assert private.read_bytes() == b"from the sandbox" and private.stat().st_mode & 0o777 == 0o600
+    (tmp_path / "dotfiles").mkdir()
+    (tmp_path / "dotfiles" / "config").write_bytes(b"old")
+    (tmp_path / "config").symlink_to("dotfiles/config")
+    sb.filesystem.copy_to_local("/tmp/payload", tmp_path / "config")
+    assert (tmp_path / "config").is_symlink()
+    assert (tmp_path / "dotfiles" / "config").read_bytes() == b"from the sandbox"
+    (tmp_path / "h1").write_bytes(b"old")
+    os.link(tmp_path / "h1", tmp_path / "h2")
+    sb.filesystem.copy_to_local("/tmp/payload", tmp_path / "h2")
+    assert (tmp_path / "h1").read_bytes() == b"from the sandbox"
+    with pytest.raises(IsADirectoryError):
+        sb.filesystem.copy_to_local("/tmp/payload", tmp_path / "dotfiles")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]

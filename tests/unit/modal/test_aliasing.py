@@ -82,19 +82,27 @@ def test_python_m_hutch_modal_runs_a_program_as_python_would(tmp_path: Path) -> 
     (tmp_path / "helper.py").write_text("WHERE = 'beside the program'\n")
     program = tmp_path / "prog.py"
     program.write_text(textwrap.dedent("""
-        import os, sys
+        import atexit, os, pickle, sys
         import modal
         from modal.exception import InternalError
         import helper
         print(__name__, sys.argv[1:], modal.Sandbox.__module__, helper.WHERE,
               os.environ["HUTCH_AS_MODAL"])
+
+        class Job:
+            pass
+
+        # after the top level returns, as a thread or an atexit handler may
+        atexit.register(lambda: print("pickled", len(pickle.dumps(Job())) > 0,
+                                      os.path.isabs(__file__)))
     """))
     done = _python("-m", "hutch.modal", str(program), "a", "--b", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["__main__", "['a',", "'--b']", "hutch.sdk.sandbox",
-                                   "beside", "the", "program", "1"]
+                                   "beside", "the", "program", "1", "pickled", "True", "True"]
     module = _python("-m", "hutch.modal", "-m", "prog", "x", cwd=tmp_path)
-    assert module.stdout.startswith("__main__ ['x']"), module.stderr
+    assert module.returncode == 0 and not module.stderr, module.stderr
+    assert module.stdout.startswith("__main__ ['x']") and "pickled True True" in module.stdout
     missing = _python("-m", "hutch.modal", str(tmp_path / "nope.py"), cwd=tmp_path)
     assert missing.returncode == 2 and "no such program" in missing.stderr
 
@@ -107,8 +115,9 @@ def test_hutch_as_modal_reaches_every_process_of_the_environment(tmp_path: Path)
     check = "import modal; print(modal.Sandbox.__module__)"
     on = _python("-c", check, cwd=tmp_path, env={aliasing.ENV: "1"})
     assert on.stdout.strip() == "hutch.sdk.sandbox", on.stderr
-    off = _python("-c", check, cwd=tmp_path, env={aliasing.ENV: "0"})
-    assert "No module named 'modal'" in off.stderr
+    for value in ("0", "false", "off"):
+        off = _python("-c", check, cwd=tmp_path, env={aliasing.ENV: value})
+        assert "No module named 'modal'" in off.stderr, value
 
 
 def test_a_wheel_carries_the_hook(tmp_path: Path) -> None:

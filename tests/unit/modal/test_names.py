@@ -65,3 +65,16 @@ def test_where_it_runs_and_its_config() -> None:
     config = modal.submodule("config")
     assert config._profile == "hutch" and config.config_profiles() == ["hutch"]
     assert config.config.get("no_such_setting_here") is None
+
+
+def test_placeholders_survive_probes_and_pickle() -> None:
+    """hasattr, inspect, mock and pickle look at underscore names: they see none."""
+    import inspect
+    import pickle
+    from unittest import mock
+
+    assert not hasattr(modal.Dict, "_is_protocol") and not hasattr(modal.Dict, "_x")
+    inspect.signature(modal.Dict)
+    with mock.patch.object(modal, "Dict"):
+        pass
+    assert pickle.loads(pickle.dumps(modal.asgi_app)) is modal.asgi_app

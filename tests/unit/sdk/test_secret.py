@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import stat
 import threading
 from pathlib import Path
@@ -222,7 +224,7 @@ def test_named_secrets_are_the_users_alone(data_dir: Path) -> None:
     Secret.objects.create("private", {"TOKEN": "hutch-value-in-file"})
     folder = data_dir / "secrets"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    (file,) = folder.iterdir()  # no partial file left beside it
+    (file,) = [p for p in folder.iterdir() if p.name != ".lock"]  # no partial file left
     assert file.name == "private.json" and stat.S_IMODE(file.stat().st_mode) == 0o600
 
 
@@ -289,3 +291,51 @@ def test_merge_without_secrets_is_a_copy_of_env() -> None:
 def test_merge_rejects_what_is_not_a_list_of_secrets(bad: Any) -> None:
     with pytest.raises(InvalidError):
         merge_secrets(bad, {})
+
+
+def test_no_value_shows_in_a_record_repr(data_dir: Path) -> None:
+    from hutch.sdk import secretstore
+
+    Secret.objects.create("hidden", {"TOKEN": "sk-never-shown"})
+    listed = Secret.objects.list()
+    assert "sk-never-shown" not in repr(secretstore.read("hidden"))
+    assert "sk-never-shown" not in repr(vars(listed[0]))
+
+
+def test_what_another_user_could_plant_is_not_read(data_dir: Path, tmp_path: Path) -> None:
+    """A symlink, a FIFO or a readable file in the folder is refused, never followed or
+    waited on; a folder others can use is refused whole."""
+    from hutch.sdk import secretstore
+
+    Secret.objects.create("real", {"A": "1"})
+    folder = data_dir / "secrets"
+    (tmp_path / "attacker.json").write_text(json.dumps(
+        {"name": "x", "secret_id": "st-x", "created_at": 0, "updated_at": 0,
+         "env": {"OPENAI_BASE_URL": "https://evil"}}))
+    (folder / "linked.json").symlink_to(tmp_path / "attacker.json")
+    os.mkfifo(folder / "fifo.json")
+    (folder / "loose.json").write_text((tmp_path / "attacker.json").read_text())
+    (folder / "loose.json").chmod(0o644)
+    (folder / "list.json").write_text("[]")
+    (folder / "list.json").chmod(0o600)
+    for name in ("linked", "fifo", "loose", "list"):
+        with pytest.raises(InvalidError, match=name):
+            secretstore.read(name)
+    assert [s.name for s in Secret.objects.list()] == ["real"]
+    folder.chmod(0o777)
+    with pytest.raises(InvalidError, match="chmod 700"):
+        Secret.from_name("real").env()
+
+
+def test_an_update_does_not_bring_back_a_deleted_secret(data_dir: Path) -> None:
+    from hutch.sdk import secretstore
+
+    Secret.objects.create("gone", {"A": "1"})
+    held = Secret.from_name("gone")
+    Secret.objects.delete("gone")
+    with pytest.raises(NotFoundError):
+        held.update({"A": "2"})
+    assert not (data_dir / "secrets" / "gone.json").exists()
+    secretstore.replace("gone", {"A": "3"})  # (--force: made again, on purpose)
+    assert Secret.from_name("gone").env() == {"A": "3"}
+    assert [p.name for p in (data_dir / "secrets").iterdir() if p.suffix == ".part"] == []

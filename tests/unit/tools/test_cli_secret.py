@@ -43,6 +43,8 @@ def test_a_value_from_stdin_stays_off_the_command_line(
     assert Secret.from_name("piped").env() == {"TOKEN": "from-a-pipe", "OTHER": "x"}
     with pytest.raises(SystemExit, match="only one"):
         main(["secret", "create", "two", "A=-", "B=-"])
+    assert main(["secret", "create", "literal", "URL=http://a/?q=-"]) == 0  # not stdin
+    assert Secret.from_name("literal").env() == {"URL": "http://a/?q=-"}
 
 
 def test_values_must_be_key_value(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,3 +53,8 @@ def test_values_must_be_key_value(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="at least one"):
         main(["secret", "create", "empty"])
     assert main(["secret", "create", "bad", "1A=x"]) == 125  # not a variable name
+    with pytest.raises(SystemExit, match="no file"):
+        main(["secret", "create", "bad", "A=1", "--from-dotenv", "/nonexistent/.env"])
+    with pytest.raises(SystemExit, match="needs a secret name first") as refused:
+        main(["secret", "create", "A=sk-live-1"])  # the name forgotten: nothing echoed
+    assert "sk-live-1" not in str(refused.value)
