@@ -30,7 +30,7 @@ from hutch.exception import (
 from hutch.exception import (
     TimeoutError as HutchTimeoutError,
 )
-from hutch.sdk import options, output
+from hutch.sdk import catrust, options, output
 from hutch.sdk.app import App
 from hutch.sdk.createrequest import create_request
 from hutch.sdk.fileio import FileIO
@@ -318,6 +318,9 @@ class Sandbox:
         """Sandbox port -> :class:`Tunnel` for each of its ``unencrypted_ports``."""
         self._attached()
         doc = await _client_request("GET", urls.SANDBOX_TUNNELS.format(sandbox_id=self.object_id))
+        if any(t.get("tls") for t in doc.values()):  # their https URLs verify from here on
+            ca = await _client_request("GET", urls.ENGINE_CA)
+            catrust.trust(ca["pem"])
         return {int(port): Tunnel(t["host"], t["port"]) if t.get("tls")
                 else Tunnel(t["host"], t["port"], t["host"], t["port"])
                 for port, t in doc.items()}

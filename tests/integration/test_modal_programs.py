@@ -83,6 +83,37 @@ print("exit", sb.returncode)
 '''
 
 
+TUNNEL_POLL = '''
+import time
+import urllib.error
+import urllib.request
+
+import modal
+
+app = modal.App.lookup("tunnel-poll", create_if_missing=True)
+# a server that takes a while to start, as a notebook server does
+sb = modal.Sandbox.create(
+    "sh", "-c", "sleep 2; exec python3 -m http.server 8443 --directory /etc",
+    encrypted_ports=[8443], app=app, timeout=120)
+url = sb.tunnels()[8443].url
+seen = set()
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        with urllib.request.urlopen(url + "/hostname", timeout=5) as response:
+            print("answered", response.status, response.read().decode().strip() == sb.object_id)
+            break
+    except urllib.error.HTTPError as exc:
+        seen.add(exc.code)
+    except urllib.error.URLError as exc:
+        seen.add(type(exc.reason).__name__)
+    time.sleep(0.2)
+print("before", sorted(seen, key=str))
+print("scheme", url.split(":")[0])
+sb.terminate()
+'''
+
+
 def _run(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     program = tmp_path / "program.py"
     program.write_text(textwrap.dedent(source))
@@ -136,3 +167,12 @@ def test_the_secret_value_shows_nowhere_but_in_the_sandbox(
             hutch.Sandbox.from_name("default", "secret-holder")
     finally:
         hutch.Secret.objects.delete("shown-nowhere")
+
+
+def test_a_server_behind_an_encrypted_tunnel_polled_with_urllib(
+        engine: dict[str, Any], tmp_path: Path) -> None:
+    """Its https URL verifies with no configuration, and before the server listens the
+    tunnel answers HTTP 502 (an ``HTTPError``) rather than dropping the connection."""
+    done = _run(tmp_path, TUNNEL_POLL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["answered 200 True", "before [502]", "scheme https"]

@@ -185,8 +185,10 @@ def test_an_http_server_is_reachable_through_its_tunnel(engine: dict[str, Any]) 
 
 
 def test_encrypted_ports_serve_tls_signed_by_the_engines_ca(
-        engine: dict[str, Any], tmp_path: Path) -> None:
+        engine: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ssl
+
+    monkeypatch.setenv("HUTCH_TRUST_CA", "0")  # (this process: untrusted unless told)
 
     import httpx
 

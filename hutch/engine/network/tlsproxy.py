@@ -13,6 +13,7 @@ encrypted port has no plain-text path.  Clients that trust the CA get a verified
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,38 @@ async def _relay(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
             pass
 
 
+#: How long a client whose sandbox port is not listening has to send an HTTP request
+#: line (then it is answered 502); bytes read to find it.
+REQUEST_LINE_WAIT = 2.0
+REQUEST_LINE_BYTES = 8192
+_REQUEST_LINE = re.compile(rb"[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
+_UNAVAILABLE = (b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
+async def answer_unavailable(client: trio.abc.Stream) -> None:
+    """Close a connection whose sandbox port does not answer; an HTTP client first gets a
+    502, as Modal's proxy answers before a sandbox's server listens (a retry loop that
+    catches ``urllib.error.URLError`` sees an ``HTTPError``, not a reset).  Other clients
+    (a raw TCP protocol) are closed on after ``REQUEST_LINE_WAIT`` seconds."""
+    try:
+        head = b""
+        with trio.move_on_after(REQUEST_LINE_WAIT):
+            while b"\n" not in head and len(head) < REQUEST_LINE_BYTES:
+                data = await client.receive_some(REQUEST_LINE_BYTES - len(head))
+                if not data:
+                    break
+                head += data
+        if _REQUEST_LINE.match(head):
+            body = b"the sandbox's port is not accepting connections (yet)\n"
+            await client.send_all(_UNAVAILABLE % (len(body), body))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(client)
+
+
 async def serve_tunnel(context: ssl.SSLContext | None,
                        connect: Callable[[], Awaitable[trio.abc.Stream]], done: trio.Event,
                        connections: Callable[[int], None],
@@ -92,7 +125,7 @@ async def serve_tunnel(context: ssl.SSLContext | None,
             try:
                 upstream = await connect()
             except (OSError, trio.TooSlowError):  # nothing listens, or it never accepts
-                await client.aclose()
+                await answer_unavailable(client)
                 return
             async with trio.open_nursery() as relays:
                 relays.start_soon(_relay, client, upstream)
