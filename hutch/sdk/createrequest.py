@@ -86,6 +86,8 @@ async def create_request(
                 isinstance(v, Volume) for v in volumes.values()):
             raise InvalidError("`volumes` must be a dict of mount path to hutch.Volume")
         body["volumes"] = {options.check_mount_path(p): v.mount() for p, v in volumes.items()}
+        for volume in volumes.values():
+            await volume._resolve()  # (a lazy from_name: made, or NotFoundError, now)
     if app is not None:
         body["app_id"] = await app.resolve_id()
     if image is not None:

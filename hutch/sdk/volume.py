@@ -67,12 +67,24 @@ class Volume:
     #: ``Volume.objects.create/list/delete``
     objects: VolumeManager
 
-    def __init__(self, name: str, volume_id: str, *, read_only: bool = False,
-                 sub_path: str | None = None) -> None:
+    def __init__(self, name: str, volume_id: str | None = None, *, read_only: bool = False,
+                 sub_path: str | None = None, create_if_missing: bool = False) -> None:
         self.name = name
+        #: the engine's id, once the volume was looked up (None before: Modal's objects
+        #: are "hydrated" at their first use too)
         self.object_id = volume_id
         self._read_only = read_only
         self._sub_path = sub_path
+        self._create_if_missing = create_if_missing
+
+    async def _resolve(self) -> str:
+        """The volume's id: looked up (and made, for ``create_if_missing``) at the first
+        use, as Modal's lazy ``from_name`` objects are."""
+        if self.object_id is None:
+            doc = await transport.client().request("POST", urls.VOLUMES_LOOKUP, json_body={
+                "name": self.name, "create_if_missing": self._create_if_missing})
+            self.object_id = doc["volume_id"]
+        return self.object_id
 
     @property
     def _base(self) -> str:
@@ -82,15 +94,15 @@ class Volume:
     async def from_name(name: str, *, environment_name: str | None = None,
                         create_if_missing: bool = False, version: Any = None,
                         create_options: Any = None, client: Any = None) -> Volume:
-        """The volume called ``name``; :class:`NotFoundError` unless it exists or
-        ``create_if_missing`` is set."""
+        """The volume called ``name``, looked up where it is first used, as Modal's is: a
+        module may name it before it exists.  There a missing one raises
+        :class:`NotFoundError`, unless ``create_if_missing`` (then it is made);
+        ``hydrate()`` looks it up now."""
         reject_unsupported({"environment_name": environment_name, "version": version,
                             "create_options": create_options, "client": client},
                            "Volume.from_name")
         check_object_name(name, "Volume")
-        doc = await transport.client().request("POST", urls.VOLUMES_LOOKUP, json_body={
-            "name": name, "create_if_missing": bool(create_if_missing)})
-        return Volume(doc["name"], doc["volume_id"])
+        return Volume(name, create_if_missing=bool(create_if_missing))
 
     @staticmethod
     @contextlib.contextmanager
@@ -101,6 +113,7 @@ class Volume:
                             "create_options": create_options, "client": client},
                            "Volume.ephemeral")
         volume = Volume.from_name(f"ephemeral-{uuid.uuid4().hex[:16]}", create_if_missing=True)
+        volume.hydrate()  # made now: deleted below whatever the block does
         try:
             yield volume
         finally:
@@ -108,9 +121,10 @@ class Volume:
 
     @synchronize
     async def hydrate(self, client: Any = None) -> Volume:
-        """Modal loads an object's metadata here; a volume has it from the start: returns
-        the volume itself."""
+        """Look the volume up now (made, if it was named with ``create_if_missing``):
+        :class:`NotFoundError` if it does not exist; returns the volume itself."""
         reject_unsupported({"client": client}, "Volume.hydrate")
+        await self._resolve()
         return self
 
     @synchronize_static
@@ -146,6 +160,7 @@ class Volume:
     @synchronize
     async def info(self) -> VolumeInfo:
         """Its name and when it was made (Modal's ``VolumeInfo``)."""
+        await self._resolve()
         found = await client().request("GET", urls.VOLUMES)
         for doc in found["volumes"]:
             if doc["name"] == self.name:
@@ -161,7 +176,7 @@ class Volume:
                            sub_path: str | None = None) -> Volume:
         """This volume mounted read-only and/or only its directory ``sub_path``."""
         return Volume(self.name, self.object_id, read_only=bool(read_only),
-                      sub_path=_sub_path(sub_path))
+                      sub_path=_sub_path(sub_path), create_if_missing=self._create_if_missing)
 
     def mount(self) -> dict[str, Any]:
         """How a sandbox mounts it (what ``Sandbox.create`` sends), checked again: a
@@ -172,6 +187,7 @@ class Volume:
     @synchronize
     async def commit(self) -> None:
         """Nothing to do: writes are visible at once (checks that the volume exists)."""
+        await self._resolve()
         await client().request("POST", urls.VOLUMES_LOOKUP, json_body={"name": self.name})
 
     @synchronize
@@ -181,6 +197,7 @@ class Volume:
 
     @synchronize
     async def listdir(self, path: str = "/", *, recursive: bool = False) -> list[VolumeEntry]:
+        await self._resolve()
         doc = await client().request("GET", self._base + urls.FS_LIST,
                                      params={"path": _path(path), "recursive": recursive})
         return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
@@ -201,6 +218,7 @@ class Volume:
             yield chunk
 
     async def _read(self, path: str) -> AsyncIterator[bytes]:
+        await self._resolve()
         async for chunk in client().stream_bytes(self._base + urls.FS_FILE, {"path": _path(path)}):
             yield chunk
 
@@ -214,6 +232,7 @@ class Volume:
 
     @synchronize
     async def remove_file(self, path: str, recursive: bool = False) -> None:
+        await self._resolve()
         await client().request("POST", self._base + urls.FS_REMOVE,
                                json_body={"path": _path(path), "recursive": bool(recursive)})
 
@@ -222,6 +241,7 @@ class Volume:
         if isinstance(src_paths, str):
             raise InvalidError("src_paths must be a list of paths")
         sources = [_path(p, "src_paths: the path") for p in src_paths]
+        await self._resolve()
         await client().request("POST", self._base + urls.FS_COPY,
                                json_body={"src_paths": sources, "dst_path": _path(dst_path)})
 
@@ -360,6 +380,7 @@ class _BatchUpload:
                                 file.stat().st_mode & 0o777))
 
     async def upload(self) -> None:
+        await self._volume._resolve()
         engine = client()
         base = urls.VOLUME.format(name=self._volume.name)
         if not self._force:

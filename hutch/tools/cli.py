@@ -263,7 +263,7 @@ def cmd_volume(args: argparse.Namespace) -> int:
     if not args.name:
         raise SystemExit(f"hutch: volume {args.action} needs a volume name")
     if args.action == "create":
-        print(Volume.from_name(args.name, create_if_missing=True).object_id)
+        print(Volume.from_name(args.name, create_if_missing=True).hydrate().object_id)
     elif args.action == "rm":
         Volume.delete(args.name)
         print(f"deleted {args.name}")

@@ -82,9 +82,11 @@ NEGATIVE_ONLY = {
                              "steps: minutes each",
     "DELETE /v1/images": "a valid call untags an image, e.g. the default one every test uses",
 }
-#: Not sent with the live ids: they end the live sandbox or volume the other passes need
-#: (the generated-id pass fuzzes their input; the clean-up at the end terminates for real).
-NOT_LIVE = {"POST /v1/sandboxes/{sandbox_id}/terminate", "DELETE /v1/volumes/{name}"}
+#: Not sent with the live ids: they end (or rename) the live sandbox or volume the other
+#: passes need (the generated-id pass fuzzes their input; the clean-up at the end
+#: terminates for real).
+NOT_LIVE = {"POST /v1/sandboxes/{sandbox_id}/terminate", "DELETE /v1/volumes/{name}",
+            "POST /v1/volumes/{name}/rename"}
 #: Long polls, bounded in the live passes (``timeout`` up to an hour otherwise).
 LONG_POLLS = {
     "POST /v1/sandboxes/{sandbox_id}/wait", "POST /v1/sandboxes/{sandbox_id}/wait_until_ready",
@@ -103,6 +105,7 @@ class Live:
     sandbox_id: str
     exec_id: str
     volume: str
+    volume_id: str
 
 
 @dataclass
@@ -310,13 +313,15 @@ def _live_objects(client: httpx.Client) -> Iterator[Live]:
         exec_ = client.post(f"/v1/sandboxes/{sandbox_id}/execs",
                             json={"argv": ["cat"], "stdin": True})
         exec_.raise_for_status()
-        client.post("/v1/volumes/lookup",
-                    json={"name": LIVE_VOLUME, "create_if_missing": True}).raise_for_status()
+        looked_up = client.post("/v1/volumes/lookup",
+                                json={"name": LIVE_VOLUME, "create_if_missing": True})
+        looked_up.raise_for_status()
+        volume_id = looked_up.json()["volume_id"]
         client.put(f"/v1/volumes/{LIVE_VOLUME}/file", params={"path": "/dir/file"},
                    content=b"volume data").raise_for_status()
         client.put(f"/v1/sandboxes/{sandbox_id}/fs/file", params={"path": "/tmp/file"},
                    content=b"sandbox data").raise_for_status()
-        yield Live(sandbox_id, exec_.json()["exec_id"], LIVE_VOLUME)
+        yield Live(sandbox_id, exec_.json()["exec_id"], LIVE_VOLUME, volume_id)
     finally:
         client.post(f"/v1/sandboxes/{sandbox_id}/terminate", json={"grace_period": 0})
 
@@ -447,8 +452,11 @@ def test_the_api_survives_a_fuzzing_run(client: httpx.Client) -> None:
                          for sid in ours), timeout=30, what="the run's sandboxes to exit")
     assert not set(_states(client)) - before
     # With no sandbox left to use it, the live volume can go (the engine's count of its
-    # users went down with them).
-    answer = client.delete(f"/v1/volumes/{LIVE_VOLUME}")
+    # users went down with them), under whatever name the run's renames left it.
+    names = [v["name"] for v in client.get("/v1/volumes").json()["volumes"]
+             if v["volume_id"] == live.volume_id]
+    assert len(names) == 1, f"the live volume is gone: {names}"
+    answer = client.delete(f"/v1/volumes/{names[0]}")
     assert answer.status_code == 200, answer.text
     wait_for(lambda: len(_engine_process_tree(daemon_pid)) <= len(tree_before)
              + PROCESS_SLACK, timeout=20, what="the engine's process tree to shrink back")

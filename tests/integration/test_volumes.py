@@ -61,7 +61,7 @@ def new_volume(app: modal.App) -> Iterator[Callable[[], modal.Volume]]:
 
     def make() -> modal.Volume:
         names.append(_name())
-        return modal.Volume.from_name(names[-1], create_if_missing=True)
+        return modal.Volume.from_name(names[-1], create_if_missing=True).hydrate()
 
     yield make
     _terminate_all(app)
@@ -123,8 +123,18 @@ def test_f5_sub_path_shows_only_that_directory(app: modal.App, vol: modal.Volume
 
 # lookup, lifetime, persistence -------------------------------------------------------------
 def test_from_name_unknown_and_bad_names(engine: dict[str, Any]) -> None:
+    unknown = modal.Volume.from_name(_name())  # lazy, as Modal's: nothing asked yet
+    assert unknown.object_id is None
+    for use in (unknown.hydrate, lambda: unknown.listdir("/"), unknown.info):
+        with pytest.raises(NotFoundError):
+            use()
     with pytest.raises(NotFoundError):
-        modal.Volume.from_name(_name())
+        modal.Sandbox.create(volumes={"/v": unknown}, timeout=10)
+    declared = modal.Volume.from_name(_name(), create_if_missing=True)
+    try:
+        assert declared.listdir("/") == [] and declared.object_id is not None  # made at use
+    finally:
+        modal.Volume.delete(declared.name)
     for bad in ["has space", "a/b", "x" * 65, "", "../up"]:
         with pytest.raises(InvalidError):
             modal.Volume.from_name(bad, create_if_missing=True)
@@ -145,7 +155,7 @@ def test_contents_persist_across_sandboxes_and_engine_restarts(app: modal.App,
     ok(second, "echo two >> /mnt/other/d/f.txt")
 
     stop_engine()  # terminates `second`; the next call starts a new engine
-    assert modal.Volume.from_name(vol.name).object_id == vol.object_id
+    assert modal.Volume.from_name(vol.name).hydrate().object_id == vol.object_id
     third = box(app, {"/v": vol})
     assert ok(third, "cat /v/d/f.txt") == "one\ntwo\n"
     ok(third, "echo three >> /v/d/f.txt")
@@ -199,13 +209,14 @@ def test_delete_refused_while_mounted(app: modal.App,
     assert ok(sb, "cat /v/f") == "old\n"
     sb.terminate(wait=True)
     modal.Volume.delete(vol.name)
-    calls: list[Callable[[], object]] = [lambda: modal.Volume.from_name(vol.name), vol.commit,
+    calls: list[Callable[[], object]] = [lambda: modal.Volume.from_name(vol.name).hydrate(),
+                                         vol.commit,
                                          lambda: modal.Volume.delete(vol.name)]
     for call in calls:
         with pytest.raises(NotFoundError):
             call()
-    again = modal.Volume.from_name(vol.name, create_if_missing=True)
-    assert again.object_id != vol.object_id
+    again = modal.Volume.from_name(vol.name, create_if_missing=True).hydrate()
+    assert again.object_id not in (None, vol.object_id)
     assert again.listdir("/") == []
     with pytest.raises(FileNotFoundError):
         read(again, "f")
@@ -218,7 +229,7 @@ def test_ephemeral(app: modal.App) -> None:
         assert read(vol, "f") == b"eph\n"
         sb.terminate(wait=True)
     with pytest.raises(NotFoundError):
-        modal.Volume.from_name(vol.name)
+        modal.Volume.from_name(vol.name).hydrate()
 
 
 # file calls --------------------------------------------------------------------------------
@@ -427,7 +438,7 @@ def test_objects_create_list_delete(engine: dict[str, Any]) -> None:
     try:
         names = [v.name for v in modal.Volume.objects.list()]
         assert names.index(second) < names.index(first)  # newest first
-        made = modal.Volume.from_name(first)
+        made = modal.Volume.from_name(first).hydrate()
         assert modal.Volume.from_id(made.object_id).name == first
         assert made.info().name == first and made.info().created_at.tzinfo is not None
         with pytest.raises(NotFoundError):
@@ -455,13 +466,13 @@ def test_rename_keeps_the_files_and_waits_for_its_sandboxes(
     new = _name()
     modal.Volume.rename(vol.name, new)
     try:
-        renamed = modal.Volume.from_name(new)
+        renamed = modal.Volume.from_name(new).hydrate()
         assert renamed.object_id == vol.object_id
         assert b"".join(renamed.read_file("/f")) == b"kept"
         assert [e.path for e in renamed.iterdir("/")] == [e.path for e in renamed.listdir("/")]
         assert [e.path.lstrip("/") for e in renamed.iterdir("/")] == ["f"]
         with pytest.raises(NotFoundError):
-            modal.Volume.from_name(vol.name)
+            modal.Volume.from_name(vol.name).hydrate()
     finally:
         modal.Volume.delete(new)
 

@@ -352,7 +352,7 @@ def test_image_bases_are_refused_or_taken_by_the_engine(python_version: Any, tag
 @given(name=st.one_of(wild, st.sampled_from(["v", "a" * 64, "a" * 65, "a/b", "../x"])),
        sub_path=st.one_of(wild, st.sampled_from(["a/b", "/a", "..", "a/../b", "a\0b"])))
 def test_volume_names_are_refused_or_taken_by_the_engine(name: Any, sub_path: Any) -> None:
-    sent = outcome(lambda: Volume.from_name(name, create_if_missing=True), "Volume")
+    sent = outcome(lambda: Volume.from_name(name, create_if_missing=True).hydrate(), "Volume")
     if sent is not None:
         check("Volume", LookupVolumeRequest, sent.body)
     sent = outcome(lambda: Volume.delete(name), "Volume.delete")
