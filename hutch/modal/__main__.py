@@ -1,5 +1,6 @@
 """``python -m hutch.modal PROGRAM.py [ARGS]`` (or ``-m MODULE [ARGS]``): run a program
-written for Modal with ``import modal`` resolved to hutch.
+written for Modal with ``import modal`` resolved to hutch; ``run PROGRAM.py[::NAME]``
+calls its local entrypoint as ``modal run`` does (:mod:`hutch.modal.runner`).
 
 As ``python PROGRAM.py`` would run it: ``sys.argv`` is the program and its arguments, it
 runs as ``__main__`` with its own directory first on ``sys.path``.  ``HUTCH_AS_MODAL=1`` is
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from hutch.modal import aliasing
 
-USAGE = "usage: python -m hutch.modal PROGRAM.py [ARGS...] | -m MODULE [ARGS...]"
+USAGE = ("usage: python -m hutch.modal PROGRAM.py [ARGS...] | -m MODULE [ARGS...] "
+         "| run PROGRAM.py[::ENTRYPOINT] [--ARG VALUE...]")
 
 
 def main(argv: list[str]) -> None:
@@ -26,6 +28,11 @@ def main(argv: list[str]) -> None:
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     aliasing.install()
     os.environ[aliasing.ENV] = "1"
+    if argv[0] == "run" and len(argv) > 1:  # modal run PROGRAM.py[::NAME] [ARGS]
+        from hutch.modal import runner
+
+        runner.run(argv[1], argv[2:])
+        return
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]  # (sys.path[0] is the working directory, as for -m)
         # what `python -m MODULE` itself calls: its __main__ stays in sys.modules

@@ -66,7 +66,7 @@ TOP: dict[str, Where] = {
 #: ``modal.<module>.<name>``, for the submodules programs import (``modal.exception`` is
 #: ``hutch.exception`` itself).
 SUBMODULES: dict[str, dict[str, Where]] = {
-    "app": {"App": TOP["App"]},
+    "app": {"App": TOP["App"], "LocalEntrypoint": "hutch.sdk.appentries:LocalEntrypoint"},
     "image": {"Image": TOP["Image"]},
     "sandbox": {"Sandbox": TOP["Sandbox"], "Probe": TOP["Probe"],
                 "SandboxSnapshot": _CLOUD, "SidecarContainer": _CLOUD},

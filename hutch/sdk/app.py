@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hutch.api import urls
 from hutch.exception import InvalidError
+from hutch.sdk import appentries
+from hutch.sdk.appentries import LocalEntrypoint, UnrunnableFunction
 from hutch.sdk.createrequest import create_request
 from hutch.sdk.options import check_object_name, reject_unsupported
 from hutch.sdk.pool import WarmPool
@@ -48,6 +50,78 @@ class App:
         self.volumes = dict(volumes or {})
         self.tags = dict(tags or {})
         self.include_source = include_source
+        self._entrypoints: dict[str, LocalEntrypoint] = {}
+        self._functions: dict[str, UnrunnableFunction] = {}
+
+    # what a program declares besides sandboxes (hutch.sdk.appentries) ------------------
+    @property
+    def description(self) -> str | None:
+        return self.name
+
+    @property
+    def registered_entrypoints(self) -> dict[str, LocalEntrypoint]:
+        return self._entrypoints
+
+    @property
+    def registered_functions(self) -> dict[str, UnrunnableFunction]:
+        return self._functions
+
+    @property
+    def registered_classes(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def registered_web_endpoints(self) -> list[str]:
+        return []
+
+    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *,
+                         name: str | None = None
+                         ) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
+        """Mark the function ``python -m hutch.modal run`` calls (Modal's ``modal run``)."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("Did you forget parentheses? Use @app.local_entrypoint().")
+
+        def register(fn: Callable[..., Any]) -> LocalEntrypoint:
+            entry = LocalEntrypoint(fn, name or fn.__qualname__)
+            self._entrypoints[entry.name] = entry
+            return entry
+
+        return register
+
+    def function(self, _warn_parentheses_missing: Any = None, **options: Any
+                 ) -> Callable[[Callable[..., Any]], UnrunnableFunction]:
+        """Modal's Functions do not run here: the function is kept, ``.local()`` runs it,
+        ``.remote()`` and the like raise :class:`InvalidError`."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("Did you forget parentheses? Use @app.function().")
+
+        def register(fn: Callable[..., Any]) -> UnrunnableFunction:
+            declared = UnrunnableFunction(fn, options.get("name") or fn.__qualname__)
+            self._functions[declared.name] = declared
+            return declared
+
+        return register
+
+    def cls(self, _warn_parentheses_missing: Any = None, **options: Any) -> NoReturn:
+        """Modal's classes do not run here: :class:`InvalidError`."""
+        appentries.refuse("App.cls")
+
+    def server(self, _warn_parentheses_missing: Any = None, **options: Any) -> NoReturn:
+        """Modal's servers do not run here: :class:`InvalidError`."""
+        appentries.refuse("App.server")
+
+    def deploy(self, *, name: str | None = None, environment_name: str | None = None,
+               tag: str = "", client: Any = None, strategy: str = "rolling") -> NoReturn:
+        """Nothing to deploy: hutch's apps are namespaces of sandboxes, made on first use."""
+        appentries.refuse("App.deploy")
+
+    def include(self, other_app: App, inherit_tags: bool = True) -> App:
+        """Take ``other_app``'s entrypoints and Functions (and tags)."""
+        self._entrypoints.update(other_app._entrypoints)
+        self._functions.update(other_app._functions)
+        if inherit_tags:
+            self.tags = {**other_app.tags, **self.tags}
+        return self
 
     @property
     def run(self) -> _RunFace:

@@ -114,12 +114,44 @@ sb.terminate()
 '''
 
 
-def _run(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+ENTRYPOINT = '''
+import modal
+
+app = modal.App("entrypoint-demo")
+
+
+@app.function(timeout=60)
+def double(x):
+    return 2 * x
+
+
+@app.local_entrypoint()
+def main(times: int = 1, shout: bool = False):
+    sb = modal.Sandbox.create(app=app, timeout=120)
+    out = sb.exec("sh", "-c", f"for i in $(seq {times}); do echo hello; done").stdout.read()
+    text = " ".join(out.split())
+    print(text.upper() if shout else text)
+    print("local", double.local(21))
+    try:
+        double.remote(1)
+    except modal.exception.InvalidError:
+        print("remote refused")
+    with open("sandbox_id", "w") as f:
+        f.write(sb.object_id)
+
+
+if __name__ == "__main__":
+    print("not under modal run")
+'''
+
+
+def _run(tmp_path: Path, source: str, *args: str, before: tuple[str, ...] = ()
+         ) -> subprocess.CompletedProcess[str]:
     program = tmp_path / "program.py"
     program.write_text(textwrap.dedent(source))
     env = {k: v for k, v in os.environ.items() if k != "HUTCH_AS_MODAL"}
-    return subprocess.run([sys.executable, "-m", "hutch.modal", str(program)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "hutch.modal", *before, str(program), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_an_agent_tool_loop_with_a_named_secret_and_app_run(
@@ -176,3 +208,14 @@ def test_a_server_behind_an_encrypted_tunnel_polled_with_urllib(
     done = _run(tmp_path, TUNNEL_POLL)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["answered 200 True", "before [502]", "scheme https"]
+
+
+def test_a_local_entrypoint_runs_as_under_modal_run(engine: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    done = _run(tmp_path, ENTRYPOINT, "--times", "2", "--shout", before=("run",))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["HELLO HELLO", "local 42", "remote refused"]
+    sandbox = hutch.Sandbox.from_id((tmp_path / "sandbox_id").read_text())
+    assert sandbox.poll() is not None  # app.run() ended with the entrypoint: terminated
+    wrong = _run(tmp_path, ENTRYPOINT, "--times", "two", before=("run",))
+    assert wrong.returncode == 2 and "invalid int value" in wrong.stderr
