@@ -286,6 +286,13 @@ class Sandbox:
                                          f"{detail}")
 
     @synchronize
+    async def _get_task_id(self) -> str:
+        """Modal's id of the container running the sandbox (frameworks build log links
+        with it: SWE-ReX); a hutch sandbox is its own container, so its id."""
+        self._attached()
+        return self.object_id
+
+    @synchronize
     async def reload_volumes(self) -> None:
         """Modal makes volumes' latest commits visible in the running sandbox here; a hutch
         volume is the same directory everywhere, its writes visible at once, so there is

@@ -1,0 +1,110 @@
+"""Agent frameworks' Modal backends, installed from PyPI, driven through their public APIs
+without an LLM, with ``HUTCH_AS_MODAL=1``: their own ``import modal`` gets hutch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import hutch
+from tests.integration import scratch
+
+AGENTS_SDK = """
+import asyncio, io
+from pathlib import Path
+
+import modal
+from agents.extensions.sandbox.modal import (
+    ModalImageSelector, ModalSandboxClient, ModalSandboxClientOptions)
+
+
+async def main():
+    # (its default image is python:3.14-slim from Docker Hub: the engine's default here)
+    client = ModalSandboxClient(image=ModalImageSelector.from_image(modal.Image.debian_slim()))
+    session = await client.create(options=ModalSandboxClientOptions(app_name="agents-sdk"))
+    try:
+        await session.start()
+        result = await session.exec("echo hello && pwd")
+        print("exec", result.exit_code, result.stdout.decode().split())
+        await session.write(Path("notes/a.txt"), io.BytesIO(b"from the agent"))
+        print("read", (await session.read(Path("notes/a.txt"))).read().decode())
+        print("running", await session.running())
+        print("ls", [e.path for e in await session.ls(Path("notes"))])
+        archive = (await session.persist_workspace()).read()
+        await session.exec("rm -rf notes")
+        await session.hydrate_workspace(io.BytesIO(archive))
+        print("restored", (await session.read(Path("notes/a.txt"))).read().decode())
+    finally:
+        await client.delete(session)
+    print("after delete", await session.running())
+
+
+asyncio.run(main())
+"""
+
+
+def test_the_openai_agents_sdk_modal_backend(engine: dict[str, Any], tmp_path: Path) -> None:
+    python = scratch.venv("openai-agents", ["openai-agents"], with_hutch=True)
+    program = tmp_path / "drive.py"
+    program.write_text(textwrap.dedent(AGENTS_SDK))
+    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "HUTCH_AS_MODAL": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "exec 0 ['hello', '/workspace']", "read from the agent", "running True",
+        "ls ['/workspace/notes/a.txt']", "restored from the agent", "after delete False"]
+
+
+SWE_REX = """
+import asyncio
+
+import modal
+from swerex.deployment.modal import ModalDeployment
+from swerex.runtime.abstract import BashAction, Command, CreateBashSessionRequest
+
+
+async def main():
+    print("modal is", modal.__name__)
+    image = modal.Image.debian_slim().pip_install("swe-rex")
+    deployment = ModalDeployment(image=image, startup_timeout=180, install_pipx=False)
+    await deployment.start()
+    try:
+        print("alive", (await deployment.is_alive()).is_alive)
+        result = await deployment.runtime.execute(Command(command=["echo", "hi from swe-rex"]))
+        print("execute", result.exit_code, result.stdout.strip())
+        await deployment.runtime.create_session(CreateBashSessionRequest())
+        await deployment.runtime.run_in_session(BashAction(command="export X=42"))
+        out = await deployment.runtime.run_in_session(BashAction(command="echo $X"))
+        print("session", out.output.strip())
+        sandbox_id = deployment.sandbox.object_id
+    finally:
+        await deployment.stop()  # (swe-rex 1.4 leaves a running sandbox running: as on Modal)
+    print("sandbox", sandbox_id)
+
+
+asyncio.run(main())
+"""
+
+
+def test_swe_rex_modal_deployment_beside_a_real_modal(engine: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    """swe-rex[modal] installs Modal's real client; HUTCH_AS_MODAL=1 wins over it, and
+    without it the real one is what ``import modal`` gives."""
+    python = scratch.venv("swe-rex", ["swe-rex[modal]"], with_hutch=True)
+    program = tmp_path / "drive.py"
+    program.write_text(textwrap.dedent(SWE_REX))
+    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env={**os.environ, "HUTCH_AS_MODAL": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = [line for line in done.stdout.splitlines()  # (swe-rex logs to stdout too)
+            if line.split(" ")[0] in ("modal", "alive", "execute", "session", "sandbox")]
+    hutch.Sandbox.from_id(ours[-1].split()[1]).terminate()
+    assert ours[:-1] == ["modal is hutch.modal", "alive True", "execute 0 hi from swe-rex",
+                         "session 42"]
+    real = subprocess.run([str(python), "-c", "import modal; print(modal.__name__, "
+                           "modal.__file__)"], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "HUTCH_AS_MODAL"})
+    assert real.stdout.startswith("modal ") and "site-packages/modal/" in real.stdout
