@@ -304,6 +304,12 @@ class Image:
         more = f" + {len(self._steps)} steps" if self._steps else ""
         return f"{self._base['kind']}({base}){more}"
 
+    @property
+    def client(self) -> None:
+        """Modal's client object: hutch talks to its local engine and has none, so None,
+        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
+        return None
+
     def __repr__(self) -> str:
         return f"Image({self._ref or self._describe()})"
 

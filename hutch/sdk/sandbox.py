@@ -468,6 +468,12 @@ class Sandbox:
                 if await process.poll.aio() is None:
                     await process.kill.aio()
 
+    @property
+    def client(self) -> None:
+        """Modal's client object: hutch talks to its local engine and has none, so None,
+        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
+        return None
+
     def __repr__(self) -> str:
         return f"Sandbox({self.object_id})"
 

@@ -222,6 +222,12 @@ class Secret:
         """The variables, values included (what a sandbox receives)."""
         return dict(self._env)
 
+    @property
+    def client(self) -> None:
+        """Modal's client object: hutch talks to its local engine and has none, so None,
+        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
+        return None
+
     def __repr__(self) -> str:
         if self._loaded is None:
             return f"Secret({self._origin})"  # (not read yet: a repr reads nothing)

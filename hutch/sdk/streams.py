@@ -126,6 +126,17 @@ class StreamReader(Generic[T]):
         joined: T = empty.join(parts)
         return joined
 
+    def close(self) -> None:
+        """Stop reading: later reads and iterations give nothing (what the process still
+        writes stays unread, and once the engine holds enough of it the process waits, as
+        on a full pipe)."""
+        self._eof = True
+        self._pending = self._pending[:0]
+
+    async def aclose(self) -> None:
+        """:meth:`close`, for async code."""
+        self.close()
+
     def __aiter__(self) -> AsyncIterator[T]:
         return self._items()
 

@@ -253,6 +253,12 @@ class Volume:
         existing file unless ``force``)."""
         return _BatchFace(self)
 
+    @property
+    def client(self) -> None:
+        """Modal's client object: hutch talks to its local engine and has none, so None,
+        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
+        return None
+
     def __repr__(self) -> str:
         return f"Volume({self.name!r})"
 
