@@ -14,9 +14,12 @@ the last lines of its log, and nothing of it is kept.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import os
 import re
+import secrets as secrets_module
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -52,16 +55,38 @@ _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|"
                   r"\{([A-Za-z_][A-Za-z0-9_]*):\+([^}]*)\})")
 
 
-def step_key(parent_key: str, step: LayerStep) -> str:
-    """The cache key of ``step`` applied to the image ``parent_key`` (its manifest digest)."""
+def step_key(parent_key: str, step: LayerStep, secret_salt: bytes = b"") -> str:
+    """The cache key of ``step`` applied to the image ``parent_key`` (its manifest digest).
+    A step's secrets count through an HMAC keyed by ``secret_salt`` (the engine's own,
+    :func:`secret_salt`): a key, which names the step's image, must not let anyone who
+    sees it test guesses of a secret (a short token falls to a dictionary in seconds)."""
     doc = step.model_dump(exclude={"force_build", "description"})
     if isinstance(step, ConfigStep) and step.env is not None:
         doc["env"] = list(step.env.items())  # order matters: later values expand earlier
     if isinstance(step, RunStep):
         secrets = json.dumps(step.secret_env, sort_keys=True).encode()
-        doc["secret_env"] = hashlib.sha256(secrets).hexdigest()
+        doc["secret_env"] = hashlib.sha256(secrets).hexdigest() if not step.secret_env \
+            else hmac.new(secret_salt, secrets, hashlib.sha256).hexdigest()
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{parent_key}\n{canonical}".encode()).hexdigest()
+
+
+def secret_salt(data_dir: Path) -> bytes:
+    """The engine's key for secrets in cache keys: 32 random bytes in ``<data>/build-salt``
+    (0600), made once; only this user's engines can compute a key from a secret."""
+    path = data_dir / "build-salt"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        salt = path.read_bytes()
+        if len(salt) == 32:
+            return salt
+        raise ImageBuildFailed(f"{path} is not 32 bytes: remove it (cached build steps "
+                               "that used secrets will run again)") from None
+    with os.fdopen(fd, "wb") as f:
+        salt = secrets_module.token_bytes(32)
+        f.write(salt)
+    return salt
 
 
 def step_ref(key: str) -> str:

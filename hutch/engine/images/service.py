@@ -27,7 +27,14 @@ from hutch.api.models import (
     RunStep,
 )
 from hutch.engine.errors import ImageBuildFailed, Invalid, NotFound
-from hutch.engine.images.builder import Builder, Emit, describe, step_key, step_ref
+from hutch.engine.images.builder import (
+    Builder,
+    Emit,
+    describe,
+    secret_salt,
+    step_key,
+    step_ref,
+)
 from hutch.imagebuild import debian
 from hutch.imagebuild.importer import ImportFailed, import_image, skopeo_source
 from hutch.imagebuild.layout import Image, ImageNotFound, ImageStore
@@ -42,6 +49,8 @@ class ImageService:
         self._resolved: dict[str, Image] = {}
         self.builder: Builder | None = None
         self.contexts = data_dir / "contexts"
+        self.data_dir = data_dir
+        self._salt: bytes | None = None
 
     @property
     def default_ref(self) -> str:
@@ -109,7 +118,9 @@ class ImageService:
             parent_digest = self.store.lookup(ref)
             if parent_digest is None:
                 raise NotFound(f"image {ref!r} vanished during the build")
-            target = step_ref(step_key(parent_digest, step))
+            if self._salt is None:
+                self._salt = secret_salt(self.data_dir)
+            target = step_ref(step_key(parent_digest, step, self._salt))
             forced = force_all or (isinstance(step, RunStep) and step.force_build)
             async with self._locks[target]:
                 cached = self.store.lookup(target) is not None and not forced

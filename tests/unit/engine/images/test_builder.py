@@ -22,6 +22,7 @@ from hutch.engine.images.builder import (
     _check_member,
     describe,
     expand,
+    secret_salt,
     step_key,
     step_ref,
 )
@@ -119,6 +120,29 @@ def test_secret_values_never_appear_in_clear() -> None:
     for text in (key, step_ref(key), describe(step),
                  describe(step.model_copy(update={"description": ""}))):
         assert SECRET not in text
+
+
+def test_a_key_does_not_let_anyone_test_guesses_of_a_secret(tmp_path: Path) -> None:
+    """Secrets count through an HMAC keyed by the engine's own salt: the same step under
+    another salt (another user's engine, or an attacker's guess) gets another key, and
+    the plain hash of the secret is not what goes in. Steps without secrets keep their
+    keys (the cache of every other build stays valid)."""
+    import hashlib
+    import json
+
+    salt = secret_salt(tmp_path)
+    assert len(salt) == 32 and secret_salt(tmp_path) == salt  # made once, then read
+    assert (tmp_path / "build-salt").stat().st_mode & 0o777 == 0o600
+    step = _run(secret_env={"TOKEN": SECRET})
+    assert step_key(PARENT, step, salt) != step_key(PARENT, step, b"x" * 32)
+    doc = step.model_dump(exclude={"force_build", "description"})
+    doc["secret_env"] = hashlib.sha256(json.dumps({"TOKEN": SECRET}).encode()).hexdigest()
+    guessed = hashlib.sha256(f"{PARENT}\n{json.dumps(doc, sort_keys=True, separators=(',', ':'))}"
+                             .encode()).hexdigest()
+    assert step_key(PARENT, step, salt) != guessed
+    plain = _run(secret_env={})
+    assert step_key(PARENT, plain, salt) == step_key(PARENT, plain, b"other") \
+        == step_key(PARENT, plain)
 
 
 def test_step_ref() -> None:
