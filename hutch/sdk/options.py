@@ -7,6 +7,7 @@ not yet) raises :class:`InvalidError` naming it, never silently ignored.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -331,3 +332,24 @@ def check_ports(ports: object, what: str) -> list[int]:
     if len(checked) > MAX_PORTS:
         raise InvalidError(f"`{what}` may list at most {MAX_PORTS} ports")
     return checked
+
+
+def listing_bounds(max_objects: object, created_before: object) -> float | None:
+    """Modal's ``objects.list`` bounds, checked: ``created_before`` (a datetime or an ISO
+    date; naive ones are UTC) as a timestamp, or None."""
+    if max_objects is not None and (isinstance(max_objects, bool)
+                                    or not isinstance(max_objects, int) or max_objects < 0):
+        raise InvalidError("max_objects cannot be negative")
+    before = created_before
+    if isinstance(before, str):
+        try:
+            before = datetime.datetime.fromisoformat(before)
+        except ValueError as exc:
+            raise InvalidError(f"created_before: {exc}") from None
+    if before is None:
+        return None
+    if not isinstance(before, datetime.datetime):
+        raise InvalidError("created_before must be a datetime or an ISO date")
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=datetime.UTC)
+    return before.timestamp()

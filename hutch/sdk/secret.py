@@ -22,7 +22,13 @@ from dotenv import dotenv_values
 
 from hutch.exception import InvalidError, NotFoundError
 from hutch.sdk import secretstore
-from hutch.sdk.options import check_env, check_object_name, check_str_dict, reject_unsupported
+from hutch.sdk.options import (
+    check_env,
+    check_object_name,
+    check_str_dict,
+    listing_bounds,
+    reject_unsupported,
+)
 from hutch.sdk.syncbridge import synchronize
 
 
@@ -59,15 +65,9 @@ class SecretManager:
         """The named secrets, newest first (values are read only when used)."""
         reject_unsupported({"environment_name": environment_name or None, "client": client},
                            "Secret.objects.list")
-        if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 0):
-            raise InvalidError("max_objects cannot be negative")
-        before = created_before
-        if isinstance(before, str):
-            before = datetime.datetime.fromisoformat(before)
-        if before is not None and before.tzinfo is None:
-            before = before.replace(tzinfo=datetime.UTC)
+        before = listing_bounds(max_objects, created_before)
         found = [Secret._named(stored.name, stored=stored) for stored in secretstore.listing()
-                 if before is None or stored.created_at < before.timestamp()]
+                 if before is None or stored.created_at < before]
         return found if max_objects is None else found[:max_objects]
 
     @synchronize

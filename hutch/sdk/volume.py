@@ -23,7 +23,13 @@ from hutch.api import urls
 from hutch.exception import InvalidError, NotFoundError
 from hutch.sdk import transport
 from hutch.sdk.files import CHUNK, FileType, listing
-from hutch.sdk.options import check_object_name, check_text, reject_unsupported, shown
+from hutch.sdk.options import (
+    check_object_name,
+    check_text,
+    listing_bounds,
+    reject_unsupported,
+    shown,
+)
 from hutch.sdk.syncbridge import (
     run_sync,
     synchronize,
@@ -295,16 +301,10 @@ class VolumeManager:
         """The volumes, newest first."""
         reject_unsupported({"environment_name": environment_name or None, "client": client},
                            "Volume.objects.list")
-        if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 0):
-            raise InvalidError("max_objects cannot be negative")
-        before = created_before
-        if isinstance(before, str):
-            before = datetime.datetime.fromisoformat(before)
-        if before is not None and before.tzinfo is None:
-            before = before.replace(tzinfo=datetime.UTC)
+        before = listing_bounds(max_objects, created_before)
         docs = (await transport.client().request("GET", urls.VOLUMES))["volumes"]
         docs = sorted((d for d in docs if before is None
-                       or d["created_at"] < before.timestamp()),
+                       or d["created_at"] < before),
                       key=lambda d: d["created_at"], reverse=True)
         found = [Volume(d["name"], d["volume_id"]) for d in docs]
         return found if max_objects is None else found[:max_objects]

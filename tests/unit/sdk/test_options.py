@@ -454,3 +454,19 @@ def test_mount_paths_the_engine_refuses(path: Any) -> None:
     with pytest.raises(InvalidError, match=r"^`volumes`: the mount path"):
         options.check_mount_path(path)
 
+
+
+# listing_bounds (Modal's objects.list) -----------------------------------------------------
+def test_listing_bounds_take_modals_forms() -> None:
+    import datetime
+
+    assert options.listing_bounds(None, None) is None
+    assert options.listing_bounds(3, "2025-01-01") == datetime.datetime(
+        2025, 1, 1, tzinfo=datetime.UTC).timestamp()
+    aware = datetime.datetime(2025, 1, 1, 2, tzinfo=datetime.timezone(
+        datetime.timedelta(hours=2)))
+    assert options.listing_bounds(None, aware) == options.listing_bounds(None, "2025-01-01")
+    for bad_max, bad_before in ((-1, None), (True, None), ("3", None), (None, "yesterday"),
+                                (None, 17)):
+        with pytest.raises(InvalidError):
+            options.listing_bounds(bad_max, bad_before)
