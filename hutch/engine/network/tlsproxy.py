@@ -31,12 +31,23 @@ class CertificateError(EngineError):
     pass
 
 
+#: The CA may sign for these names only (X.509 name constraints, which TLS clients
+#: enforce): the SDK makes programs trust it (``hutch.sdk.catrust``), and a CA that could
+#: sign for any host would let whoever obtained its key impersonate every site to them.
+NAME_CONSTRAINTS = ("nameConstraints=critical,permitted;IP:127.0.0.1/255.255.255.255,"
+                    "permitted;DNS:localhost")
+#: Marks a CA made with those constraints (one made before them is replaced).
+CONSTRAINED = ".constrained"
+
+
 def ensure_ca(data_dir: Path) -> Path:
     """The engine's CA directory, with ``ca.crt``, ``server.crt`` and ``server.key``."""
     ca = data_dir / "ca"
-    if (ca / "server.crt").exists():
+    if (ca / "server.crt").exists() and (ca / CONSTRAINED).exists():
         return ca
     ca.mkdir(mode=0o700, exist_ok=True)
+    for old in ("server.crt", "ca.crt", "ca.key", "ca.srl"):  # an unconstrained CA goes
+        (ca / old).unlink(missing_ok=True)
 
     def openssl(*args: str) -> None:
         result = subprocess.run(["openssl", *args], cwd=ca, capture_output=True, text=True)
@@ -45,13 +56,14 @@ def ensure_ca(data_dir: Path) -> Path:
 
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     openssl("req", "-x509", *ec, "-days", "3650", "-subj", "/CN=hutch local CA",
-            "-keyout", "ca.key", "-out", "ca.crt")
+            "-addext", NAME_CONSTRAINTS, "-keyout", "ca.key", "-out", "ca.crt")
     openssl("req", "-new", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
             "-out", "server.csr", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "825", "-copy_extensions", "copy",
             "-out", "server.crt.tmp")
     (ca / "server.crt.tmp").rename(ca / "server.crt")
+    (ca / CONSTRAINED).touch()
     return ca
 
 

@@ -3,6 +3,8 @@ sandbox port does not listen gets (an HTTP 502 for HTTP, a close for anything el
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import trio
 import trio.testing
 
@@ -43,3 +45,29 @@ def test_a_silent_client_is_closed_after_the_wait() -> None:
 
     waited = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert tlsproxy.REQUEST_LINE_WAIT <= waited < tlsproxy.REQUEST_LINE_WAIT + 1
+
+
+def test_the_ca_signs_for_localhost_only(tmp_path: Path) -> None:
+    """Programs trust the engine's CA (hutch.sdk.catrust): a certificate it signed for
+    another name must not verify, even if its key leaked."""
+    import ssl
+    import subprocess
+
+    ca = tlsproxy.ensure_ca(tmp_path)
+    text = subprocess.run(["openssl", "x509", "-in", str(ca / "ca.crt"), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Name Constraints: critical" in text and "DNS:localhost" in text
+    forged = subprocess.run(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-subj /CN=example.com -addext subjectAltName=DNS:example.com -keyout f.key "
+        "-out f.csr && openssl x509 -req -in f.csr -CA ca.crt -CAkey ca.key "
+        "-CAcreateserial -days 1 -copy_extensions copy -out forged.crt",
+        shell=True, cwd=ca, capture_output=True, text=True)
+    assert forged.returncode == 0, forged.stderr
+    check = subprocess.run(["openssl", "verify", "-CAfile", "ca.crt", "forged.crt"],
+                           cwd=ca, capture_output=True, text=True)
+    assert check.returncode != 0 and "permitted subtree violation" in check.stderr
+    served = subprocess.run(["openssl", "verify", "-CAfile", "ca.crt", "server.crt"],
+                            cwd=ca, capture_output=True, text=True)
+    assert served.returncode == 0, served.stderr
+    assert ssl.create_default_context(cafile=str(ca / "ca.crt"))  # (a usable CA file)
