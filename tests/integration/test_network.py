@@ -188,7 +188,9 @@ def test_encrypted_ports_serve_tls_signed_by_the_engines_ca(
         engine: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ssl
 
-    monkeypatch.setenv("HUTCH_TRUST_CA", "0")  # (this process: untrusted unless told)
+    monkeypatch.setenv("HUTCH_TRUST_CA", "0")  # (this process: untrusted unless told,
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # whatever an earlier test trusted)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
 
     import httpx
 
