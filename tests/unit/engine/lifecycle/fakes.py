@@ -81,8 +81,10 @@ def host_launch(runtime: FakeRuntime, exits: Path, fail: bool = False) -> Launch
         def reap() -> None:
             code = proc.wait()
             exits.mkdir(parents=True, exist_ok=True)
-            (exits / str(proc.pid)).write_text(json.dumps(
+            partial = exits / f".{proc.pid}.part"  # whole or not at all, as the pause
+            partial.write_text(json.dumps(  # process writes it: the manager polls for it
                 {"code": 128 - code if code < 0 else code}))
+            partial.replace(exits / str(proc.pid))
             recorded.set()
 
         threading.Thread(target=reap, daemon=True).start()
