@@ -16,7 +16,7 @@ import sys
 import types
 from pathlib import Path
 
-from hutch.modal import aliasing
+from hutch.modal import aliasing, runner
 
 USAGE = ("usage: python -m hutch.modal PROGRAM.py [ARGS...] | -m MODULE [ARGS...] "
          "| run PROGRAM.py[::ENTRYPOINT] [--ARG VALUE...]")
@@ -29,8 +29,6 @@ def main(argv: list[str]) -> None:
     aliasing.install()
     os.environ[aliasing.ENV] = "1"
     if argv[0] == "run" and len(argv) > 1:  # modal run PROGRAM.py[::NAME] [ARGS]
-        from hutch.modal import runner
-
         runner.run(argv[1], argv[2:])
         return
     if argv[0] == "-m":
@@ -38,14 +36,7 @@ def main(argv: list[str]) -> None:
         # what `python -m MODULE` itself calls: its __main__ stays in sys.modules
         runpy._run_module_as_main(argv[1], alter_argv=True)  # type: ignore[attr-defined]
         return
-    program = Path(argv[0])
-    if not program.is_file():
-        print(f"hutch.modal: no such program: {program}", file=sys.stderr)
-        raise SystemExit(2)
-    sys.argv = list(argv)
-    if not sys.flags.safe_path:
-        sys.path[0] = str(program.resolve().parent)  # as `python PROGRAM.py` sets it
-    run_as_main(program)
+    run_as_main(runner.as_program(argv[0], argv[1:]))
 
 
 def run_as_main(program: Path) -> None:

@@ -74,8 +74,9 @@ def _arguments(entry: LocalEntrypoint, args: list[str]) -> dict[str, Any]:
     return vars(parser.parse_args(args))
 
 
-def run(spec: str, args: list[str]) -> None:
-    path, _, name = spec.partition("::")
+def as_program(path: str, args: list[str]) -> Path:
+    """Set ``sys.argv`` and ``sys.path[0]`` as ``python PATH ARGS`` sets them (the program's
+    own directory first, unless ``-P``); exit 2 for a missing program."""
     program = Path(path)
     if not program.is_file():
         print(f"hutch.modal: no such program: {program}", file=sys.stderr)
@@ -83,6 +84,12 @@ def run(spec: str, args: list[str]) -> None:
     sys.argv = [path, *args]
     if not sys.flags.safe_path:
         sys.path[0] = str(program.resolve().parent)
+    return program
+
+
+def run(spec: str, args: list[str]) -> None:
+    path, _, name = spec.partition("::")
+    program = as_program(path, args)
     app, entry = _choose(_module(program), name, program)
     kwargs = _arguments(entry, args)
     with app.run():

@@ -46,13 +46,19 @@ asyncio.run(main())
 """
 
 
+def _drive(python: Path, source: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` with the scratch environment's Python, ``import modal`` -> hutch."""
+    program = tmp_path / "drive.py"
+    program.write_text(textwrap.dedent(source))
+    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env={**os.environ, "HUTCH_AS_MODAL": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_the_openai_agents_sdk_modal_backend(engine: dict[str, Any], tmp_path: Path) -> None:
     python = scratch.venv("openai-agents", ["openai-agents"], with_hutch=True)
-    program = tmp_path / "drive.py"
-    program.write_text(textwrap.dedent(AGENTS_SDK))
-    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env={**os.environ, "HUTCH_AS_MODAL": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _drive(python, AGENTS_SDK, tmp_path)
     assert done.stdout.splitlines() == [
         "exec 0 ['hello', '/workspace']", "read from the agent", "running True",
         "ls ['/workspace/notes/a.txt']", "restored from the agent", "after delete False"]
@@ -94,11 +100,7 @@ def test_swe_rex_modal_deployment_beside_a_real_modal(engine: dict[str, Any],
     """swe-rex[modal] installs Modal's real client; HUTCH_AS_MODAL=1 wins over it, and
     without it the real one is what ``import modal`` gives."""
     python = scratch.venv("swe-rex", ["swe-rex[modal]"], with_hutch=True)
-    program = tmp_path / "drive.py"
-    program.write_text(textwrap.dedent(SWE_REX))
-    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env={**os.environ, "HUTCH_AS_MODAL": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _drive(python, SWE_REX, tmp_path)
     ours = [line for line in done.stdout.splitlines()  # (swe-rex logs to stdout too)
             if line.split(" ")[0] in ("modal", "alive", "execute", "session", "sandbox")]
     hutch.Sandbox.from_id(ours[-1].split()[1]).terminate()

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.integration import scratch
 
 HERE = Path(__file__).parent / "modal_client"
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,27 +26,6 @@ GAPS = HERE / "known_gaps.txt"
 #: Classes programs construct themselves, whose constructors are compared (the others are
 #: made by the library: ``Sandbox.create``, ``Image.debian_slim``...).
 CONSTRUCTED = {"App", "Probe"}
-
-
-def _scratch() -> Path:
-    """A venv with Modal's client from PyPI: made once per user, then reused."""
-    base = Path(os.environ.get("HUTCH_TEST_SCRATCH",
-                               Path.home() / ".cache" / "hutch-test-scratch"))
-    venv = base / "modal-client"
-    python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import modal"],
-                                          capture_output=True).returncode == 0:
-        return python
-    base.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.base_prefix + "/bin/python3", "-m", "venv", "--clear", venv],
-                   check=True)
-    done = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           "modal"], capture_output=True, text=True, timeout=900)
-    if done.returncode:
-        if "No matching distribution" in done.stderr or "Could not find" in done.stderr:
-            pytest.skip(f"the package index is unreachable: {done.stderr.strip()[-300:]}")
-        raise AssertionError(done.stderr)
-    return python
 
 
 def _dump(python: Path | str, *args: str) -> dict[str, dict[str, Any]]:
@@ -105,7 +84,7 @@ def differences(modal: dict[str, dict[str, Any]], hutch: dict[str, dict[str, Any
 
 
 def test_hutch_has_modals_interface(tmp_path: Path) -> None:
-    modal = _dump(_scratch(), str(DUMP))
+    modal = _dump(scratch.venv("modal-client", ["modal"]), str(DUMP))
     assert len(modal["modal.exception"]) >= 45 and "Sandbox" in modal["modal"]  # (read)
     wanted = tmp_path / "wanted.json"
     wanted.write_text(json.dumps({module: sorted(names) for module, names in modal.items()}))
