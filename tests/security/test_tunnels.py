@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 import hutch
-from tests.helpers import hutch_cli
+from tests.helpers import hutch_cli, wait_for
 
 TCP_LISTEN = "0A"
 
@@ -74,3 +74,47 @@ def test_an_encrypted_port_has_no_plain_text_path(engine: dict[str, Any],
         assert tunnel.tls_socket[1] in new  # (the scan saw the engine's own listener)
     finally:
         sb.terminate()
+
+
+LISTENERS_INSIDE = """
+from pathlib import Path
+for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+    local, _, state = line.split()[1:4]
+    address, port = local.split(":")
+    if state == "0A":
+        print(address, int(port, 16))
+"""
+
+
+def test_a_sandbox_gets_listeners_for_live_tunnels_only(engine: dict[str, Any]) -> None:
+    """What the engine opens inside another sandbox for a tunnel (so its URL works there)
+    is one 127.0.0.1 listener per live tunnel port: nothing on other addresses, nothing
+    left once the tunnel's sandbox has ended (a socket held there would also keep that
+    namespace), and each serves the tunnel with TLS only."""
+    client = hutch.Sandbox.create(timeout=120)
+    server = hutch.Sandbox.create("python3", "-m", "http.server", "8443", encrypted_ports=[8443],
+                                  readiness_probe=hutch.Probe.with_tcp(8443), timeout=120)
+    try:
+        server.wait_until_ready()
+        port = server.tunnels()[8443].port
+        p = client.exec("python3", "-c", LISTENERS_INSIDE)
+        inside = p.stdout.read().split()
+        assert p.wait() == 0
+        assert inside == ["0100007F", str(port)]
+        p = client.exec("python3", "-c", f"""
+import socket
+s = socket.create_connection(("127.0.0.1", {port}), 10)
+s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+s.settimeout(10)
+print(repr(s.recv(100)))
+""")
+        assert "HTTP/1.0 200" not in p.stdout.read()  # (a TLS alert, or nothing)
+        server.terminate()
+
+        def listeners() -> list[str]:
+            return client.exec("python3", "-c", LISTENERS_INSIDE).stdout.read().split()
+
+        wait_for(lambda: listeners() == [], what="the tunnel's listener to go")
+    finally:
+        server.terminate()
+        client.terminate()

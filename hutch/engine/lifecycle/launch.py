@@ -47,6 +47,8 @@ class LaunchPlan:
     devpts_gid: bool
     online: bool = False
     allowlist: list[str] | None = None
+    #: the CA bundle it trusts, where not the host's (:func:`tlsproxy.sandbox_trust`)
+    trust_bundle: Path | None = None
     cgroup: SandboxCgroup | None = None
     limits: Limits = field(default_factory=Limits)
     disk_mib: int | None = None
@@ -107,7 +109,8 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                                  nameserver=outbound.SLIRP_DNS if plan.online else None,
                                  owner=owner)
     if plan.online:
-        etc.update(outbound.host_trust(dirs.merged))
+        trusted = plan.trust_bundle or outbound.HOST_CA_BUNDLE
+        etc.update(outbound.host_trust(dirs.merged, trusted))
     if plan.visible_root is not None:
         sandboxids.bind_visible(dirs.root, plan.visible_root)
     firewall = outbound.ruleset(plan.allowlist) if plan.online else None

@@ -45,6 +45,8 @@ class LiveSandbox:
     cgroup: SandboxCgroup | None = None
     #: its own ids (None: it shares the engine's namespace)
     ids: Slice | None = None
+    #: it has open network access, so the user's tunnels listen inside it too
+    reaches_tunnels: bool = False
     #: the zygote that starts its commands (made at the first one), and its guard
     zygote: ZygoteLink | None = None
     zygote_lock: trio.Lock = field(default_factory=trio.Lock)

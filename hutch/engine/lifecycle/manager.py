@@ -44,6 +44,7 @@ from hutch.engine.lifecycle.recovery import SandboxRecovery
 from hutch.engine.lifecycle.sandboxids import SandboxIds
 from hutch.engine.lifecycle.sandboxlimits import SandboxDefaults
 from hutch.engine.network import netns, outbound, tlsproxy
+from hutch.engine.network.tunnelmirrors import TunnelMirrors
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.storage import remains, rootfs
 from hutch.engine.storage.diskslots import DiskSlots
@@ -67,6 +68,8 @@ class SandboxManager(SandboxRecovery):
         self.runtime = runtime
         self.data_dir = data_dir
         self.tls_context: ssl.SSLContext | None = None
+        #: the user's tunnels, listening inside the sandboxes that reach them too
+        self.mirrors = TunnelMirrors(nursery)
         self.sandboxes_dir = data_dir / "sandboxes"
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.exits_dir = runtime_dir / "exits"
@@ -175,6 +178,7 @@ class SandboxManager(SandboxRecovery):
                 env=init_env, workdir=workdir, init_cwd="/" if default else workdir,
                 mounts=mounts, devpts_gid=self.devpts_gid,
                 online=req.network == "open", allowlist=allowlist,
+                trust_bundle=await self._sandbox_trust(spec_record),
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk, ids=ids, lower_copies=copies,
                 visible_root=visible, disk_slot=disk))
@@ -193,8 +197,7 @@ class SandboxManager(SandboxRecovery):
         row = self.store.sandbox(sandbox_id)
         self._supervise(row, stdin)
         remains.record(dirs.root, "init", pid, self.live[sandbox_id].pidfd)
-        if req.unencrypted_ports or req.encrypted_ports:
-            await self._serve_tunnels(self.live[sandbox_id])
+        await self._serve_tunnels(self.live[sandbox_id])
         return row
 
     def adopt_pooled(self, sandbox_id: str, req: CreateSandboxRequest, image: Image
@@ -216,7 +219,8 @@ class SandboxManager(SandboxRecovery):
         return self.store.sandbox(sandbox_id)
 
     async def _serve_tunnels(self, live: LiveSandbox) -> None:
-        """Start the listeners of the sandbox's ports (again, after a restart)."""
+        """Start the listeners of the sandbox's ports (again, after a restart), on the host
+        and in the sandboxes that reach tunnels; and in this one those of every tunnel."""
         def connections(delta: int) -> None:
             live.active += delta
             live.touch()
@@ -230,10 +234,23 @@ class SandboxManager(SandboxRecovery):
                     ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
                     self.tls_context = tlsproxy.server_context(ca)
                 context = self.tls_context
-            port = await self.nursery.start(
-                tlsproxy.serve_tunnel, context,
-                functools.partial(netns.connect, live.pidfd, guest), live.done, connections)
+            endpoint = tlsproxy.TunnelEndpoint(
+                context, functools.partial(netns.connect, live.pidfd, guest), live.done,
+                connections)
+            port = await self.nursery.start(tlsproxy.serve_tunnel, endpoint,
+                                            int(tunnel.get("host_port") or 0))
             outbound.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")))
+            await self.mirrors.add_tunnel(port, endpoint)
+        if live.reaches_tunnels:
+            await self.mirrors.add_member(live.sandbox_id, live.pidfd, live.done)
+
+    async def _sandbox_trust(self, spec: SandboxSpec) -> Path | None:
+        """The CA bundle of a sandbox that reaches the tunnels: the host's and the engine's
+        CA (made now if it is the first)."""
+        if not spec.reaches_tunnels or not outbound.HOST_CA_BUNDLE.is_file():
+            return None
+        return await trio.to_thread.run_sync(tlsproxy.sandbox_trust, self.data_dir,
+                                             outbound.HOST_CA_BUNDLE)
 
     def _cgroup(self, sandbox_id: str, spec: SandboxSpec) -> SandboxCgroup | None:
         return self.cgroups.cgroup(sandbox_id) if spec.cgroup and self.cgroups.bases else None
@@ -253,7 +270,7 @@ class SandboxManager(SandboxRecovery):
             idle_timeout=row.spec.idle_timeout,
             probe=ProbeSpec.model_validate(row.spec.probe) if row.spec.probe else None,
             cgroup=self._cgroup(row.sandbox_id, row.spec),
-            ids=Slice.from_record(row.spec.ids),
+            ids=Slice.from_record(row.spec.ids), reaches_tunnels=row.spec.reaches_tunnels,
         )
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)

@@ -34,6 +34,7 @@ def spec_of(req: CreateSandboxRequest, image: Image, sandbox_id: str
         probe=req.readiness_probe.model_dump() if req.readiness_probe else None,
         layers=["sha256:" + p.name for p in image.layer_dirs],
         volumes=sorted({v.name for v in req.volumes.values()}),
+        reaches_tunnels=req.network == "open" and req.outbound_cidr_allowlist is None,
     )
 
 

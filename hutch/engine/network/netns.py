@@ -127,19 +127,20 @@ async def prepare(firewall: str | None = None, existing: int | None = None, *,
 CONNECT_TIMEOUT = 10.0
 
 
-def _socket_inside(pidfd: int) -> socket.socket:
-    """A TCP socket of the network namespace of the process of ``pidfd``, made on a thread
-    of its own that joins that namespace and ends (a rootless engine may not join the
-    host's again; a socket keeps the namespace it was made in).  Only ``socket()`` runs
-    there: the connection is made on the event loop, so a port that never accepts holds
-    no thread."""
+def sockets_inside(pidfd: int, count: int = 1) -> list[socket.socket]:
+    """``count`` TCP sockets of the network namespace of the process of ``pidfd``, made on a
+    thread of its own that joins that namespace and ends (a rootless engine may not join
+    the host's again; a socket keeps the namespace it was made in).  Only ``socket()`` runs
+    there: connecting or binding is done on the event loop, so a port that never accepts
+    holds no thread."""
     made: list[socket.socket] = []
     failure: list[OSError] = []
 
     def work() -> None:
         try:
             linux.setns(pidfd, linux.CLONE_NEWNET)  # this thread only
-            made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count):
+                made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
         except OSError as exc:
             failure.append(exc)
 
@@ -147,8 +148,10 @@ def _socket_inside(pidfd: int) -> socket.socket:
     thread.start()
     thread.join()
     if failure:
+        for sock in made:
+            sock.close()
         raise failure[0]
-    return made[0]
+    return made
 
 
 async def connect(pidfd: int, port: int) -> trio.SocketStream:
@@ -157,7 +160,8 @@ async def connect(pidfd: int, port: int) -> trio.SocketStream:
     127.0.0.1 in plain text for anyone on the host, beside the engine's TLS listener of
     an ``encrypted_ports`` entry, and its connections are no activity for ``idle_timeout``;
     this way the engine's listener is the one way in."""
-    sock = trio.socket.from_stdlib_socket(await trio.to_thread.run_sync(_socket_inside, pidfd))
+    (made,) = await trio.to_thread.run_sync(sockets_inside, pidfd)
+    sock = trio.socket.from_stdlib_socket(made)
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             await sock.connect((LOOPBACK_ADDRESS, port))

@@ -54,12 +54,13 @@ TUNNELS_FILE = "tunnels.json"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
-def host_trust(rootfs: Path) -> dict[str, str]:
-    """Bind the host's CA bundle over the image's (when the image has one), so TLS through
-    a TLS-inspecting proxy the host trusts works in the sandbox as it does on the host."""
+def host_trust(rootfs: Path, bundle: Path = HOST_CA_BUNDLE) -> dict[str, str]:
+    """Bind the host's CA bundle (or ``bundle``, made of it) over the image's (when the
+    image has one), so TLS through a TLS-inspecting proxy the host trusts works in the
+    sandbox as it does on the host."""
     image_bundle = rootfs / str(HOST_CA_BUNDLE).lstrip("/")
-    if HOST_CA_BUNDLE.is_file() and image_bundle.is_file() and not image_bundle.is_symlink():
-        return {str(HOST_CA_BUNDLE): str(HOST_CA_BUNDLE)}
+    if bundle.is_file() and image_bundle.is_file() and not image_bundle.is_symlink():
+        return {str(HOST_CA_BUNDLE): str(bundle)}
     return {}
 
 

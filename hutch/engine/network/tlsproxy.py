@@ -12,11 +12,15 @@ encrypted port has no plain-text path.  Clients that trust the CA get a verified
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import ssl
 import subprocess
+import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,29 @@ def ensure_ca(data_dir: Path) -> Path:
     (ca / "server.crt.tmp").rename(ca / "server.crt")
     (ca / CONSTRAINED).touch()
     return ca
+
+
+#: The host's CA bundle with the engine's CA after it, which sandboxes that reach the
+#: tunnels (:mod:`hutch.engine.network.tunnelmirrors`) trust as their system's.
+SANDBOX_TRUST = "sandboxes.crt"
+
+
+def sandbox_trust(data_dir: Path, host_bundle: Path) -> Path:
+    """The bundle a sandbox that reaches the tunnels trusts (remade when the host's bundle
+    or the CA changed): a tunnel's ``https://127.0.0.1:<port>`` verifies there as on the
+    host, and the CA's name constraints keep it from vouching for anything else."""
+    ca = ensure_ca(data_dir)
+    bundle = ca / SANDBOX_TRUST
+    with contextlib.suppress(FileNotFoundError):
+        made = bundle.stat().st_mtime_ns
+        if made >= max(host_bundle.stat().st_mtime_ns, (ca / "ca.crt").stat().st_mtime_ns):
+            return bundle
+    staged = ca / f".{SANDBOX_TRUST}.{os.getpid()}.{threading.get_ident()}"
+    staged.write_bytes(host_bundle.read_bytes().rstrip(b"\n") + b"\n"
+                       + (ca / "ca.crt").read_bytes())
+    staged.chmod(0o644)
+    os.replace(staged, bundle)
+    return bundle
 
 
 def server_context(ca: Path) -> ssl.SSLContext:
@@ -118,24 +145,30 @@ async def answer_unavailable(client: trio.abc.Stream) -> None:
             await trio.aclose_forcefully(client)
 
 
-async def serve_tunnel(context: ssl.SSLContext | None,
-                       connect: Callable[[], Awaitable[trio.abc.Stream]], done: trio.Event,
-                       connections: Callable[[int], None],
-                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on an ephemeral 127.0.0.1 port (reported via ``task_status``), with TLS when
-    ``context`` is given, and relay each connection to a stream ``connect()`` opens to the
-    sandbox's port, until ``done`` is set.  ``connections(+1)``/``(-1)`` report each
-    connection's start and end (activity for ``idle_timeout``)."""
-    plain = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port: int = plain[0].socket.getsockname()[1]
-    listeners: list[Any] = list(plain) if context is None else \
-        [trio.SSLListener(listener, context) for listener in plain]
+@dataclass(frozen=True)
+class TunnelEndpoint:
+    """What every listener of one tunnel shares: the host's and those inside other
+    sandboxes (:mod:`hutch.engine.network.tunnelmirrors`).  ``connect()`` opens a stream to
+    the sandbox's port; ``connections(+1)``/``(-1)`` report each connection's start and end
+    (activity for ``idle_timeout``); ``done`` is set when the sandbox has ended."""
 
-    async def handle(client: trio.abc.Stream) -> None:
-        connections(+1)
+    context: ssl.SSLContext | None
+    connect: Callable[[], Awaitable[trio.abc.Stream]]
+    done: trio.Event
+    connections: Callable[[int], None]
+
+    def wrap(self, listener: trio.SocketListener) -> trio.abc.Listener[Any]:
+        """``listener`` with TLS for an encrypted port."""
+        if self.context is None:
+            return listener
+        return trio.SSLListener(listener, self.context)
+
+    async def handle(self, client: trio.abc.Stream) -> None:
+        """Relay one connection to the sandbox's port (a 502 while nothing listens)."""
+        self.connections(+1)
         try:
             try:
-                upstream = await connect()
+                upstream = await self.connect()
             except (OSError, trio.TooSlowError):  # nothing listens, or it never accepts
                 await answer_unavailable(client)
                 return
@@ -145,10 +178,35 @@ async def serve_tunnel(context: ssl.SSLContext | None,
         except Exception as exc:  # one bad connection must not stop the others
             log.info("relay to the sandbox's port ended: %s", exc)
         finally:
-            connections(-1)
+            self.connections(-1)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handle, listeners)
-        task_status.started(port)
-        await done.wait()
-        nursery.cancel_scope.cancel()
+    async def serve(self, listeners: list[trio.abc.Listener[Any]],
+                    *also_until: trio.Event) -> None:
+        """Serve ``listeners`` until the sandbox ends (or one of ``also_until`` is set)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self.handle, listeners)
+            async with trio.open_nursery() as waits:
+                for event in (self.done, *also_until):
+                    waits.start_soon(_cancel_when_set, event, waits.cancel_scope)
+            nursery.cancel_scope.cancel()
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def serve_tunnel(endpoint: TunnelEndpoint, port: int = 0,
+                       task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on 127.0.0.1 of the host for ``endpoint`` until its sandbox ends: on ``port``
+    (a restarted daemon's, so that URLs handed out stay good) where it is free, else on an
+    ephemeral one; the port is reported via ``task_status``."""
+    try:
+        plain = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    except OSError:
+        if not port:
+            raise
+        plain = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = plain[0].socket.getsockname()[1]
+    task_status.started(port)
+    await endpoint.serve([endpoint.wrap(listener) for listener in plain])

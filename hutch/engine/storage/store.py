@@ -140,6 +140,8 @@ class SandboxSpec(BaseModel):
     ids: dict[str, Any] | None = None
     #: the disk slot its writable layer is on
     disk_slot: str | None = None
+    #: open network access without an allowlist: tunnels listen inside it too
+    reaches_tunnels: bool = False
 
 
 @dataclass
