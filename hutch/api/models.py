@@ -270,6 +270,25 @@ class OutputEvent(_Wire):
 class AppInfo(_Wire):
     app_id: str
     name: str
+    created_at: float = 0.0
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class LogEntryInfo(_Wire):
+    """One line of a sandbox entrypoint's output (``source`` stdout or stderr), or an event
+    of the engine's about the sandbox (``system``); ``time`` in seconds since the epoch."""
+
+    sandbox_id: str
+    time: float
+    source: Literal["stdout", "stderr", "system"]
+    message: str
+
+
+class LogEntries(_Wire):
+    entries: list[LogEntryInfo]
+    #: more entries matched: ask again with ``since`` the last one's time and ``skip`` the
+    #: number of entries at that time already received
+    more: bool = False
 
 
 class LookupAppRequest(_Wire):

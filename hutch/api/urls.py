@@ -15,6 +15,10 @@ ENGINE_CA = ENGINE + "/ca"
 ENGINE_SHUTDOWN = ENGINE + "/shutdown"
 
 APPS_LOOKUP = V1 + "/apps/lookup"
+APP = V1 + "/apps/{app_id}"
+APP_TAGS = APP + "/tags"
+#: timed log entries of a sandbox or of an app's sandboxes
+LOGS = V1 + "/logs"
 
 IMAGES = V1 + "/images"
 IMAGES_BUILD = IMAGES + "/build"

@@ -11,7 +11,7 @@ from __future__ import annotations
 #: A name hutch provides ("module:attribute"), or a refusal kind ("!functions").
 Where = str
 
-_CLOUD, _FUNCTIONS, _STORAGE = "!cloud", "!functions", "!storage"
+_CLOUD, _FUNCTIONS, _STORAGE, _CLIENT = "!cloud", "!functions", "!storage", "!client"
 
 #: ``modal.<name>``: the package's own names.
 TOP: dict[str, Where] = {
@@ -66,17 +66,23 @@ TOP: dict[str, Where] = {
 #: ``modal.<module>.<name>``, for the submodules programs import (``modal.exception`` is
 #: ``hutch.exception`` itself).
 SUBMODULES: dict[str, dict[str, Where]] = {
-    "app": {"App": TOP["App"], "LocalEntrypoint": "hutch.sdk.appentries:LocalEntrypoint"},
+    "app": {"App": TOP["App"], "LocalEntrypoint": "hutch.sdk.appentries:LocalEntrypoint",
+            "AppSandboxesManager": "hutch.sdk.app:AppSandboxesManager",
+            "check_sequence": "hutch.sdk.options:check_sequence"},
     "image": {"Image": TOP["Image"]},
     "sandbox": {"Sandbox": TOP["Sandbox"], "Probe": TOP["Probe"],
-                "SandboxSnapshot": _CLOUD, "SidecarContainer": _CLOUD},
+                "SandboxSnapshot": _CLOUD, "SidecarContainer": _CLOUD,
+                "SidecarManager": _CLOUD},
     "container_process": {"ContainerProcess": "hutch.sdk.process:ContainerProcess"},
     "io_streams": {"StreamReader": "hutch.sdk.streams:StreamReader",
                    "StreamWriter": "hutch.sdk.streams:StreamWriter"},
     "stream_type": {"StreamType": "hutch.sdk.streams:StreamType"},
     "secret": {"Secret": TOP["Secret"], "SecretManager": "hutch.sdk.secret:SecretManager"},
-    "volume": {"Volume": TOP["Volume"], "VolumeManager": "hutch.sdk.volume:VolumeManager"},
-    "output": {"enable_output": TOP["enable_output"]},
+    "volume": {"Volume": TOP["Volume"], "VolumeManager": "hutch.sdk.volume:VolumeManager",
+               **{name: "hutch.sdk.volume:VolumeUploadContextManager" for name in (
+                   "VolumeUploadContextManager", "VolumeUploadContextManager2",
+                   "AbstractVolumeUploadContextManager")}},
+    "output": {"enable_output": TOP["enable_output"], "OutputManager": _CLIENT},
     "config": {"config": "hutch.modal.runtime:config",
                "Config": "hutch.modal.runtime:Config",
                "config_profiles": "hutch.modal.runtime:config_profiles",
@@ -93,6 +99,10 @@ SUBMODULES: dict[str, dict[str, Where]] = {
               "FileWatchEvent": "hutch.sdk.files:FileWatchEvent",
               "FileWatchEventType": "hutch.sdk.files:FileWatchEventType",
               "SecretInfo": "hutch.sdk.secret:SecretInfo",
+              "LogEntry": "hutch.sdk.logs:LogEntry",
+              "AppInfo": "hutch.sdk.apptypes:AppInfo",
+              "AppLifecycle": "hutch.sdk.apptypes:AppLifecycle",
+              "AppState": "hutch.sdk.apptypes:AppState",
               "VolumeInfo": "hutch.sdk.volume:VolumeInfo"},
     "snapshot": {"SandboxSnapshot": _CLOUD},
     "experimental": {},

@@ -22,6 +22,8 @@ WHY = {
                "queues or network file systems",
     "cloud": "hutch runs on this machine: Modal's cloud features (clusters, regions, "
              "proxies, workspaces, environments, billing) do not exist here",
+    "client": "it is a part of Modal's own client (`modal.enable_output()` shows hutch's "
+              "output)",
 }
 
 

@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -21,8 +22,16 @@ from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk import appentries
 from hutch.sdk.appentries import LocalEntrypoint, UnrunnableFunction
+from hutch.sdk.apptypes import AppInfo
 from hutch.sdk.createrequest import create_request
-from hutch.sdk.options import check_object_name, reject_unsupported
+from hutch.sdk.logs import AppLogsManager
+from hutch.sdk.options import (
+    DASHBOARD,
+    check_object_name,
+    check_str_dict,
+    refuse_platform,
+    reject_unsupported,
+)
 from hutch.sdk.pool import WarmPool
 from hutch.sdk.syncbridge import run_sync, synchronize, synchronize_static
 from hutch.sdk.transport import client
@@ -142,6 +151,49 @@ class App:
             await _engine().request("POST", urls.SANDBOX_TERMINATE.format(
                 sandbox_id=info["sandbox_id"]), json_body={"grace_period": 0})
 
+    # the app's record in the engine ------------------------------------------------------
+    @synchronize
+    async def set_tags(self, tags: Mapping[str, str], *, client: Any = None) -> None:
+        """Replace the app's tags (Modal's: not merged with those it had)."""
+        reject_unsupported({"client": client}, "App.set_tags")
+        body = {"tags": check_str_dict(tags, "tags")}
+        await _engine().request("PUT", urls.APP_TAGS.format(app_id=await self.resolve_id()),
+                                json_body=body)
+
+    @synchronize
+    async def get_tags(self, *, client: Any = None) -> dict[str, str]:
+        reject_unsupported({"client": client}, "App.get_tags")
+        found = await _engine().request("GET", urls.APP.format(app_id=await self.resolve_id()))
+        return dict(found["tags"])
+
+    @synchronize
+    async def info(self, refresh: bool = False) -> AppInfo:
+        """The app's id, name (``description``) and when it was made (``lifecycle``)."""
+        found = await _engine().request("GET", urls.APP.format(app_id=await self.resolve_id()))
+        return AppInfo.from_engine(found)
+
+    @property
+    def logs(self) -> AppLogsManager:
+        """The output of the app's sandboxes as timed entries: ``fetch``, ``tail``,
+        ``stream`` (:mod:`hutch.sdk.logs`)."""
+        async def scope() -> dict[str, str]:
+            return {"app_id": await self.resolve_id()}
+
+        return AppLogsManager(scope, lambda: self._app_id or "")
+
+    @property
+    def sandboxes(self) -> AppSandboxesManager:
+        return AppSandboxesManager(self)
+
+    def stats(self, *, since: datetime | None = None, until: datetime | None = None
+              ) -> NoReturn:
+        """Modal's usage statistics of Functions, servers and sandboxes come from its
+        billing: hutch keeps none, :class:`InvalidError`."""
+        refuse_platform("App.stats", "usage statistics come from Modal's billing")
+
+    def get_dashboard_url(self) -> NoReturn:
+        refuse_platform("App.get_dashboard_url", DASHBOARD)
+
     @property
     def app_id(self) -> str | None:
         """The engine's id of the app; None for an ``App(name)`` not used yet."""
@@ -239,6 +291,8 @@ class _AppRun:
         if self.app.name is None and self.app.app_id is None:
             self.app.name = f"ephemeral-{uuid.uuid4().hex[:16]}"
         await self.app.resolve_id()
+        if self.app.tags:  # the constructor's, as Modal gives them to the app it runs
+            await self.app.set_tags.aio(self.app.tags)
         try:
             yield self.app
         finally:
@@ -272,6 +326,18 @@ class _AppRun:
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
         return await self._async.__aexit__(kind, exc, tb)
+
+
+class AppSandboxesManager:
+    """``app.sandboxes``: Modal's per-sandbox statistics of cost, which hutch has not."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def stats(self, *, since: datetime, until: datetime | None = None,
+              group_by_tags: Sequence[str] | None = None,
+              tags: dict[str, str] | None = None) -> NoReturn:
+        refuse_platform("App.sandboxes.stats", "sandbox costs come from Modal's billing")
 
 
 _engine = client

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from hutch.api.models import MAX_PIDS_LIMIT, MAX_TIMEOUT
 from hutch.exception import InvalidError
@@ -77,6 +77,22 @@ def _is_unset(name: str, value: Any) -> bool:
         return value is None
     return value is None or value is False or (
         isinstance(value, list | tuple | dict | set | frozenset) and not value)
+
+
+def check_sequence(items: object, item_type: type[Any], error_msg: str) -> None:
+    """:class:`InvalidError` (``error_msg``) unless ``items`` is a list or tuple of
+    ``item_type`` (Modal's ``modal.app.check_sequence``)."""
+    if not isinstance(items, list | tuple) or not all(isinstance(v, item_type) for v in items):
+        raise InvalidError(error_msg)
+
+
+#: Why ``get_dashboard_url`` is refused.
+DASHBOARD = "hutch has no web dashboard (`hutch ps` and `hutch logs SANDBOX` show sandboxes)"
+
+
+def refuse_platform(where: str, why: str) -> NoReturn:
+    """:class:`InvalidError` for a call of Modal's that only its platform can answer."""
+    raise InvalidError(f"{where} is not supported: {why}")
 
 
 def reject_unsupported(options: Mapping[str, Any], where: str = "Sandbox.create") -> None:

@@ -10,16 +10,17 @@ returns only after they have printed everything.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
 import anyio
 
 from hutch.api import urls
-from hutch.exception import InvalidError
+from hutch.exception import Error, InvalidError
 from hutch.sdk import syncbridge
 from hutch.sdk.streams import EXEC_MAX_BUFFER_SIZE, StreamReader, StreamType, StreamWriter
-from hutch.sdk.syncbridge import synchronize_direct
+from hutch.sdk.syncbridge import synchronize, synchronize_direct
 from hutch.sdk.transport import client
 
 T = TypeVar("T", str, bytes)
@@ -108,6 +109,32 @@ class ContainerProcess(Generic[T]):
         self._returncode = exec_returncode(info)
         assert self._returncode is not None
         return self._returncode
+
+    @synchronize
+    async def attach(self) -> None:
+        """Connect the process to this one until it ends (Modal's ``attach``): its output
+        to this process's stdout and stderr as it comes, this process's stdin to its stdin
+        (end of input: its end).  Without a pseudo-terminal: ``exec(pty=True)`` is not
+        there yet (docs/limits.md)."""
+        async def feed() -> None:
+            try:
+                while data := await anyio.to_thread.run_sync(os.read, 0, 65536,
+                                                             abandon_on_cancel=True):
+                    self.stdin.write(data)
+                    await self.stdin.drain.aio()
+                self.stdin.write_eof()
+                await self.stdin.drain.aio()
+            except (Error, OSError):  # it has ended (or this process has no stdin)
+                return
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            async for fd, data in self._events():
+                view = memoryview(data)
+                while view:
+                    view = view[await anyio.to_thread.run_sync(os.write, fd, view):]
+            tasks.cancel_scope.cancel()
+        await self.wait.aio()
 
     def events(self) -> Iterator[tuple[int, bytes]]:
         """Both streams interleaved in the order produced, as ``(fd, data)``, until the

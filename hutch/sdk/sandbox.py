@@ -30,7 +30,7 @@ from hutch.exception import (
 from hutch.exception import (
     TimeoutError as HutchTimeoutError,
 )
-from hutch.sdk import catrust, options, output
+from hutch.sdk import options, output
 from hutch.sdk.app import App
 from hutch.sdk.createrequest import create_request
 from hutch.sdk.fileio import FileIO
@@ -43,6 +43,7 @@ from hutch.sdk.files import (
 from hutch.sdk.image import Image, resolves_directly
 from hutch.sdk.probe import Probe
 from hutch.sdk.process import EXEC_SETTLE_MS, WAIT_SLICE, ContainerProcess
+from hutch.sdk.sandboxaccess import SandboxAccess
 from hutch.sdk.secret import Secret, merge_secrets
 from hutch.sdk.streams import (
     StreamReader,
@@ -58,7 +59,6 @@ from hutch.sdk.syncbridge import (
     synchronize_direct,
 )
 from hutch.sdk.transport import client
-from hutch.sdk.tunnel import Tunnel
 from hutch.sdk.volume import Volume
 
 
@@ -81,7 +81,7 @@ def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None
     return sandboxes()
 
 
-class Sandbox:
+class Sandbox(SandboxAccess):
     """A sandbox: an isolated container started from an image on this machine."""
 
     def __init__(self, info: dict[str, Any]) -> None:
@@ -319,18 +319,6 @@ class Sandbox:
             return None
         await self.wait.aio(raise_on_termination=False)
         return self.returncode
-
-    @synchronize
-    async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
-        """Sandbox port -> :class:`Tunnel` for each of its ``unencrypted_ports``."""
-        self._attached()
-        doc = await _client_request("GET", urls.SANDBOX_TUNNELS.format(sandbox_id=self.object_id))
-        if any(t.get("tls") for t in doc.values()):  # their https URLs verify from here on
-            ca = await _client_request("GET", urls.ENGINE_CA)
-            catrust.trust(ca["pem"])
-        return {int(port): Tunnel(t["host"], t["port"]) if t.get("tls")
-                else Tunnel(t["host"], t["port"], t["host"], t["port"])
-                for port, t in doc.items()}
 
     @synchronize
     async def wait_until_ready(self, *, timeout: float = 300) -> None:

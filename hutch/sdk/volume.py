@@ -328,13 +328,13 @@ class _BatchFace:
     def __init__(self, volume: Volume) -> None:
         self.volume = volume
 
-    def __call__(self, force: bool = False) -> _BatchUpload:
-        return _BatchUpload(self.volume, force)
+    def __call__(self, force: bool = False) -> VolumeUploadContextManager:
+        return VolumeUploadContextManager(self.volume, force)
 
     aio = __call__
 
 
-class _BatchUpload:
+class VolumeUploadContextManager:
     """One batch: a context manager for ``with`` and for ``async with``."""
 
     def __init__(self, volume: Volume, force: bool) -> None:
@@ -342,14 +342,14 @@ class _BatchUpload:
         self._force = force
         self._files: list[tuple[Path | IO[bytes], str, int]] = []
 
-    def __enter__(self) -> _BatchUpload:
+    def __enter__(self) -> VolumeUploadContextManager:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         if kind is None:
             run_sync(self.upload)
 
-    async def __aenter__(self) -> _BatchUpload:
+    async def __aenter__(self) -> VolumeUploadContextManager:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:

@@ -15,6 +15,7 @@ from hutch.api.models import ProbeSpec
 from hutch.engine.commands.zygote import ZygoteLink
 from hutch.engine.isolation.cgroups import SandboxCgroup
 from hutch.engine.isolation.idslices import Slice
+from hutch.engine.lifecycle.logindex import LogIndex
 from hutch.engine.storage import rootfs
 
 
@@ -47,6 +48,8 @@ class LiveSandbox:
     ids: Slice | None = None
     #: it has open network access, so the user's tunnels listen inside it too
     reaches_tunnels: bool = False
+    #: when its entrypoint's output was written (made by the manager)
+    log_index: LogIndex | None = None
     #: the zygote that starts its commands (made at the first one), and its guard
     zygote: ZygoteLink | None = None
     zygote_lock: trio.Lock = field(default_factory=trio.Lock)

@@ -35,7 +35,7 @@ from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.images.service import ImageService
 from hutch.engine.isolation.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.isolation.idslices import Slice
-from hutch.engine.lifecycle import sandboxlimits, sandboxspec
+from hutch.engine.lifecycle import logindex, sandboxlimits, sandboxspec
 from hutch.engine.lifecycle.launch import LaunchPlan, start_container
 from hutch.engine.lifecycle.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.lifecycle.pool import PoolService
@@ -272,8 +272,10 @@ class SandboxManager(SandboxRecovery):
             cgroup=self._cgroup(row.sandbox_id, row.spec),
             ids=Slice.from_record(row.spec.ids), reaches_tunnels=row.spec.reaches_tunnels,
         )
+        live.log_index = logindex.LogIndex(live.dirs)
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
+        self.nursery.start_soon(live.log_index.keep, live.done)
         if live.probe is not None:
             self.nursery.start_soon(run_probe, self.commands, live, live.probe)
 
@@ -293,6 +295,8 @@ class SandboxManager(SandboxRecovery):
                     await trio.lowlevel.wait_readable(live.pidfd)
                     break
         live.ended = True  # from here on its row says it has ended
+        if live.log_index is not None:  # all its output, before readers see it ended
+            live.log_index.record()
         code = await self._exit_code(live.pid)
         oom, detail = (False, None) if live.cgroup is None else \
             live.cgroup.outcome(killed=code == exitcodes.KILLED and not live.terminating

@@ -207,6 +207,5 @@ async def serve_tunnel(endpoint: TunnelEndpoint, port: int = 0,
         if not port:
             raise
         plain = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port: int = plain[0].socket.getsockname()[1]
-    task_status.started(port)
+    task_status.started(plain[0].socket.getsockname()[1])
     await endpoint.serve([endpoint.wrap(listener) for listener in plain])

@@ -27,6 +27,7 @@ from hutch.api.models import (
 from hutch.engine.errors import EngineError
 from hutch.engine.httpd.server import ClientDisconnected
 from hutch.engine.lifecycle.manager import SandboxManager
+from hutch.engine.routes.apps import add_app_routes
 from hutch.engine.routes.common import health_answer
 from hutch.engine.routes.execs import add_exec_routes
 from hutch.engine.routes.files import add_file_routes
@@ -93,6 +94,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
 
     add_image_routes(app, manager)
     add_sandbox_routes(app, manager)
+    add_app_routes(app, manager)
     add_exec_routes(app, manager)
     add_file_routes(app, manager)
     if manager.pools is not None:

@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS apps (
     name TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS app_tags (
+    app_id TEXT NOT NULL REFERENCES apps(app_id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (app_id, key)
+);
 CREATE TABLE IF NOT EXISTS sandboxes (
     sandbox_id TEXT PRIMARY KEY,
     app_id TEXT NOT NULL REFERENCES apps(app_id),
@@ -251,6 +257,25 @@ class Store:
         if row is None:
             raise NotFound(f"App {app_id!r} not found")
         return row["app_id"], row["name"]
+
+    def app(self, app_id: str) -> dict[str, Any]:
+        """An app's record: ``app_id``, ``name``, ``created_at`` and ``tags``."""
+        row = self.db.execute("SELECT * FROM apps WHERE app_id = ?", (app_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"App {app_id!r} not found")
+        tags = {r["key"]: r["value"] for r in self.db.execute(
+            "SELECT key, value FROM app_tags WHERE app_id = ?", (app_id,))}
+        return {"app_id": row["app_id"], "name": row["name"],
+                "created_at": row["created_at"], "tags": tags}
+
+    def set_app_tags(self, app_id: str, tags: dict[str, str]) -> None:
+        """Replace the app's tags (Modal's ``App.set_tags``)."""
+        self.app_by_id(app_id)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM app_tags WHERE app_id = ?", (app_id,))
+            self.db.executemany("INSERT INTO app_tags (app_id, key, value) VALUES (?, ?, ?)",
+                                [(app_id, k, v) for k, v in tags.items()])
 
     # volumes ----------------------------------------------------------------------------
     def volume(self, name: str, *, create: bool) -> dict[str, Any]:

@@ -1,0 +1,91 @@
+"""The app routes besides lookup (an app's record and tags) and the timed log entries of a
+sandbox or of all an app's sandboxes (``sb.logs``, ``app.logs`` in the SDK)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import trio
+from fastapi import FastAPI, Query
+
+from hutch.api import urls
+from hutch.api.models import AppInfo, LogEntries, LogEntryInfo, SetTagsRequest
+from hutch.engine.errors import Invalid
+from hutch.engine.lifecycle import logindex
+from hutch.engine.lifecycle.manager import SandboxManager
+from hutch.engine.routes.common import errors_doc
+from hutch.engine.storage.store import SandboxRow
+
+#: Most entries one answer carries (the SDK asks again for more).
+MAX_ENTRIES = 5000
+ALL_STATES = ("creating", "running", "exited")
+Source = Literal["stdout", "stderr", "system"]
+
+
+def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
+    @app.get(urls.APP, responses=errors_doc(404, 422))
+    async def app_info(app_id: str) -> AppInfo:
+        return AppInfo(**manager.store.app(app_id))
+
+    @app.put(urls.APP_TAGS, responses=errors_doc(400, 404, 422))
+    async def set_app_tags(app_id: str, req: SetTagsRequest) -> AppInfo:
+        manager.store.set_app_tags(app_id, req.tags)
+        return AppInfo(**manager.store.app(app_id))
+
+    @app.get(urls.LOGS, responses=errors_doc(400, 404, 422))
+    async def logs(sandbox_id: str | None = None, app_id: str | None = None,
+                   since: float = 0.0, until: float | None = None,
+                   source: Source | None = None, search: str = "",
+                   tail: Annotated[int | None, Query(ge=1, le=MAX_ENTRIES)] = None,
+                   skip: Annotated[int, Query(ge=0)] = 0) -> LogEntries:
+        """Entries with ``since <= time < until``, oldest first; ``tail``: the last ones."""
+        if (sandbox_id is None) == (app_id is None):
+            raise Invalid("logs: give one of sandbox_id and app_id")
+        if sandbox_id is not None:
+            rows = [manager.get(sandbox_id)]
+        else:
+            assert app_id is not None
+            manager.store.app_by_id(app_id)
+            rows = manager.store.list_sandboxes(app_id=app_id, states=ALL_STATES)
+        running = set()
+        for row in rows:  # what they wrote until now has its time, for every reader
+            live = manager.live.get(row.sandbox_id)
+            if live is not None and live.log_index is not None:
+                live.log_index.record()
+                running.add(row.sandbox_id)
+        found = await trio.to_thread.run_sync(_gather, manager, rows, source, running)
+        found = [e for e in found if e.time >= since and (until is None or e.time < until)
+                 and search in e.message]
+        if tail is not None:
+            return LogEntries(entries=found[-tail:])
+        while skip and found and found[0].time == since:
+            found.pop(0)
+            skip -= 1
+        return LogEntries(entries=found[:MAX_ENTRIES], more=len(found) > MAX_ENTRIES)
+
+
+def _gather(manager: SandboxManager, rows: list[SandboxRow], source: Source | None,
+            running: set[str]) -> list[LogEntryInfo]:
+    found: list[LogEntryInfo] = []
+    fds = tuple(fd for fd, name in logindex.SOURCES.items() if source in (None, name))
+    for row in rows:
+        for entry in logindex.entries(manager.dirs(row.sandbox_id), fds,
+                                      live=row.sandbox_id in running):
+            found.append(LogEntryInfo(
+                sandbox_id=row.sandbox_id, time=entry.time, source=logindex.SOURCES[entry.fd],
+                message=entry.message.decode(errors="replace")))
+        if source in (None, "system"):
+            found += _system_entries(row)
+    found.sort(key=lambda e: e.time)
+    return found
+
+
+def _system_entries(row: SandboxRow) -> list[LogEntryInfo]:
+    """The engine's own lines about a sandbox: its start and its end."""
+    events = [(row.created_at, f"Sandbox {row.sandbox_id} started from {row.image}\n")]
+    if row.finished_at is not None:
+        detail = f": {row.exit_detail}" if row.exit_detail else ""
+        events.append((row.finished_at, f"Sandbox {row.sandbox_id} ended ({row.exit_reason},"
+                                        f" exit code {row.returncode}){detail}\n"))
+    return [LogEntryInfo(sandbox_id=row.sandbox_id, time=at, source="system", message=text)
+            for at, text in events]
