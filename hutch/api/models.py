@@ -274,6 +274,25 @@ class AppInfo(_Wire):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class ConnectTokenRequest(_Wire):
+    #: given to the sandbox's server as ``X-Verified-User-Data`` (one header line)
+    user_metadata: str | None = Field(default=None, max_length=8192)
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    @field_validator("user_metadata")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7f
+                                     for c in value):
+            raise ValueError("user_metadata must not hold control characters")
+        return value
+
+
+class ConnectTokenInfo(_Wire):
+    url: str
+    token: str
+
+
 class LogEntryInfo(_Wire):
     """One line of a sandbox entrypoint's output (``source`` stdout or stderr), or an event
     of the engine's about the sandbox (``system``); ``time`` in seconds since the epoch."""

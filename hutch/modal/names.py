@@ -100,6 +100,7 @@ SUBMODULES: dict[str, dict[str, Where]] = {
               "FileWatchEventType": "hutch.sdk.files:FileWatchEventType",
               "SecretInfo": "hutch.sdk.secret:SecretInfo",
               "LogEntry": "hutch.sdk.logs:LogEntry",
+              "SandboxConnectCredentials": "hutch.sdk.sandboxaccess:SandboxConnectCredentials",
               "AppInfo": "hutch.sdk.apptypes:AppInfo",
               "AppLifecycle": "hutch.sdk.apptypes:AppLifecycle",
               "AppState": "hutch.sdk.apptypes:AppState",

@@ -1,5 +1,6 @@
 """The ways into a sandbox from outside it, a part of :class:`hutch.sdk.sandbox.Sandbox`:
-its tunnels (``sb.tunnels()``), the timed log of its entrypoint (``sb.logs``), and
+its tunnels (``sb.tunnels()``), connect tokens for HTTP requests to a port
+(``sb.create_connect_token()``), the timed log of its entrypoint (``sb.logs``), and
 Modal's dashboard link (which hutch has not).
 
 Kept apart so that the sandbox's module stays readable; what it uses of the sandbox is
@@ -8,14 +9,25 @@ its id and ``_attached``.
 
 from __future__ import annotations
 
-from typing import NoReturn
+import json
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from hutch.api import urls
+from hutch.exception import InvalidError
 from hutch.sdk import catrust, options
 from hutch.sdk.logs import SandboxLogsManager
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
 from hutch.sdk.tunnel import Tunnel
+
+
+@dataclass(frozen=True)
+class SandboxConnectCredentials:
+    """What ``create_connect_token`` gives: where to connect, and the token to send."""
+
+    url: str
+    token: str
 
 
 class SandboxAccess:
@@ -47,6 +59,29 @@ class SandboxAccess:
             return {"sandbox_id": sandbox_id}
 
         return SandboxLogsManager(scope, lambda: sandbox_id)
+
+    @synchronize
+    async def create_connect_token(self, user_metadata: str | dict[str, Any] | None = None,
+                                   port: int = 8080) -> SandboxConnectCredentials:
+        """A token for HTTP (and WebSocket) requests to ``port`` of the sandbox: send it as
+        ``Authorization: Bearer TOKEN`` (or ``?_modal_connect_token=TOKEN``) to ``url``;
+        the sandbox's server gets ``user_metadata`` (a dict as JSON) in the
+        ``X-Verified-User-Data`` header.  This process trusts the engine's CA from then on."""
+        self._attached()
+        if isinstance(user_metadata, dict):
+            try:
+                user_metadata = json.dumps(user_metadata)
+            except (TypeError, ValueError) as exc:
+                raise InvalidError(f"Failed to serialize user_metadata: {exc}") from exc
+        elif user_metadata is not None and not isinstance(user_metadata, str):
+            raise InvalidError("user_metadata must be a str, a dict or None")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InvalidError("port must be between 1 and 65535")
+        found = await client().request(
+            "POST", urls.SANDBOX_CONNECT_TOKENS.format(sandbox_id=self.object_id),
+            json_body={"user_metadata": user_metadata, "port": port})
+        await trust_engine_ca()
+        return SandboxConnectCredentials(found["url"], found["token"])
 
     def get_dashboard_url(self) -> NoReturn:
         options.refuse_platform("Sandbox.get_dashboard_url", options.DASHBOARD)

@@ -25,6 +25,7 @@ from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
+from hutch.tools import tlstrust
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -468,6 +469,7 @@ def parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_cp)
 
     sub.add_parser("doctor", help="check the host").set_defaults(func=cmd_doctor)
+    tlstrust.add_parser(sub)
     return p
 
 

@@ -65,3 +65,13 @@ def test_run_with_an_explicit_image(engine: dict[str, Any]) -> None:
     missing = hutch_cli("run", "--image", "hutch/nothing:here", "--", "true")
     assert missing.returncode == 125
     assert b"NotFoundError" in missing.stderr
+
+
+def test_tls_trust_without_root_says_what_to_run(engine: dict[str, Any]) -> None:
+    from hutch.tools import tlstrust
+
+    done = hutch_cli("tls", "trust")  # (no terminal here: no sudo prompt)
+    assert done.returncode == 1
+    assert b"this needs root; run:\n  sudo install -D -m 0644 " in done.stderr
+    assert str(tlstrust.anchor()).encode() in done.stderr
+    assert hutch_cli("tls", "status").stdout.decode().endswith("not installed\n")

@@ -72,6 +72,11 @@ class LiveSandbox:
         self.activity.set()
         self.activity = trio.Event()
 
+    def connections(self, delta: int) -> None:
+        """A connection through one of its tunnels began (+1) or ended (-1): activity."""
+        self.active += delta
+        self.touch()
+
     def wake_at(self) -> float:
         """When the supervisor must look again: the timeout, or the idle deadline."""
         if self.idle_timeout is None:

@@ -36,6 +36,7 @@ from hutch.engine.images.service import ImageService
 from hutch.engine.isolation.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.isolation.idslices import Slice
 from hutch.engine.lifecycle import logindex, sandboxlimits, sandboxspec
+from hutch.engine.lifecycle.connecttokens import ConnectTokens
 from hutch.engine.lifecycle.launch import LaunchPlan, start_container
 from hutch.engine.lifecycle.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.lifecycle.pool import PoolService
@@ -70,6 +71,7 @@ class SandboxManager(SandboxRecovery):
         self.tls_context: ssl.SSLContext | None = None
         #: the user's tunnels, listening inside the sandboxes that reach them too
         self.mirrors = TunnelMirrors(nursery)
+        self.connects = ConnectTokens(nursery, self.mirrors, self.tls)
         self.sandboxes_dir = data_dir / "sandboxes"
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         self.exits_dir = runtime_dir / "exits"
@@ -178,7 +180,8 @@ class SandboxManager(SandboxRecovery):
                 env=init_env, workdir=workdir, init_cwd="/" if default else workdir,
                 mounts=mounts, devpts_gid=self.devpts_gid,
                 online=req.network == "open", allowlist=allowlist,
-                trust_bundle=await self._sandbox_trust(spec_record),
+                trust_bundle=await tlsproxy.trust_for_sandbox(self.data_dir)
+                if spec_record.reaches_tunnels else None,
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk, ids=ids, lower_copies=copies,
                 visible_root=visible, disk_slot=disk))
@@ -219,38 +222,30 @@ class SandboxManager(SandboxRecovery):
         return self.store.sandbox(sandbox_id)
 
     async def _serve_tunnels(self, live: LiveSandbox) -> None:
-        """Start the listeners of the sandbox's ports (again, after a restart), on the host
-        and in the sandboxes that reach tunnels; and in this one those of every tunnel."""
-        def connections(delta: int) -> None:
-            live.active += delta
-            live.touch()
-
+        """Start the listeners of the sandbox's ports (again, after a restart, with its
+        connect tokens), on the host and in the sandboxes that reach tunnels; and in this
+        one those of every tunnel."""
         if live.pidfd is None:
             return  # its init is gone already: nothing to connect to
         for guest, tunnel in outbound.tunnels_of(live.dirs.root).items():
-            context = None
-            if tunnel.get("tls"):
-                if self.tls_context is None:
-                    ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
-                    self.tls_context = tlsproxy.server_context(ca)
-                context = self.tls_context
+            context = await self.tls() if tunnel.get("tls") else None
             endpoint = tlsproxy.TunnelEndpoint(
                 context, functools.partial(netns.connect, live.pidfd, guest), live.done,
-                connections)
+                live.connections)
             port = await self.nursery.start(tlsproxy.serve_tunnel, endpoint,
                                             int(tunnel.get("host_port") or 0))
             outbound.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")))
             await self.mirrors.add_tunnel(port, endpoint)
+        await self.connects.restore(live)
         if live.reaches_tunnels:
             await self.mirrors.add_member(live.sandbox_id, live.pidfd, live.done)
 
-    async def _sandbox_trust(self, spec: SandboxSpec) -> Path | None:
-        """The CA bundle of a sandbox that reaches the tunnels: the host's and the engine's
-        CA (made now if it is the first)."""
-        if not spec.reaches_tunnels or not outbound.HOST_CA_BUNDLE.is_file():
-            return None
-        return await trio.to_thread.run_sync(tlsproxy.sandbox_trust, self.data_dir,
-                                             outbound.HOST_CA_BUNDLE)
+    async def tls(self) -> ssl.SSLContext:
+        """The TLS of tunnels: a certificate from the engine's CA (made on first use)."""
+        if self.tls_context is None:
+            ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, self.data_dir)
+            self.tls_context = tlsproxy.server_context(ca)
+        return self.tls_context
 
     def _cgroup(self, sandbox_id: str, spec: SandboxSpec) -> SandboxCgroup | None:
         return self.cgroups.cgroup(sandbox_id) if spec.cgroup and self.cgroups.bases else None

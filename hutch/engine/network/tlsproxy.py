@@ -21,6 +21,7 @@ import subprocess
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,22 @@ def sandbox_trust(data_dir: Path, host_bundle: Path) -> Path:
     return bundle
 
 
+async def trust_for_sandbox(data_dir: Path, host_bundle: Path = Path(
+        "/etc/ssl/certs/ca-certificates.crt")) -> Path | None:
+    """:func:`sandbox_trust` off the event loop (the CA may be made now); None where the
+    host has no bundle."""
+    if not host_bundle.is_file():
+        return None
+    return await trio.to_thread.run_sync(sandbox_trust, data_dir, host_bundle)
+
+
 def server_context(ca: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(ca / "server.crt", ca / "server.key")
     return context
 
 
-async def _relay(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+async def relay(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
     try:
         while data := await source.receive_some(65536):
             await sink.send_all(data)
@@ -118,8 +128,15 @@ async def _relay(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
 REQUEST_LINE_WAIT = 2.0
 REQUEST_LINE_BYTES = 8192
 _REQUEST_LINE = re.compile(rb"[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
-_UNAVAILABLE = (b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
+async def answer_status(client: trio.abc.Stream, status: int, text: str) -> None:
+    """Answer an HTTP request with ``status`` and ``text``, then close."""
+    body = text.encode() + b"\n"
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await client.send_all(head + body)
 
 
 async def answer_unavailable(client: trio.abc.Stream) -> None:
@@ -136,8 +153,8 @@ async def answer_unavailable(client: trio.abc.Stream) -> None:
                     break
                 head += data
         if _REQUEST_LINE.match(head):
-            body = b"the sandbox's port is not accepting connections (yet)\n"
-            await client.send_all(_UNAVAILABLE % (len(body), body))
+            await answer_status(client, 502,
+                                "the sandbox's port is not accepting connections (yet)")
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
@@ -173,8 +190,8 @@ class TunnelEndpoint:
                 await answer_unavailable(client)
                 return
             async with trio.open_nursery() as relays:
-                relays.start_soon(_relay, client, upstream)
-                relays.start_soon(_relay, upstream, client)
+                relays.start_soon(relay, client, upstream)
+                relays.start_soon(relay, upstream, client)
         except Exception as exc:  # one bad connection must not stop the others
             log.info("relay to the sandbox's port ended: %s", exc)
         finally:

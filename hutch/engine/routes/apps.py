@@ -1,5 +1,6 @@
-"""The app routes besides lookup (an app's record and tags) and the timed log entries of a
-sandbox or of all an app's sandboxes (``sb.logs``, ``app.logs`` in the SDK)."""
+"""The app routes besides lookup (an app's record and tags), the timed log entries of a
+sandbox or of all an app's sandboxes (``sb.logs``, ``app.logs`` in the SDK), and a
+sandbox's connect tokens: what Modal programs ask of its platform."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import trio
 from fastapi import FastAPI, Query
 
 from hutch.api import urls
-from hutch.api.models import AppInfo, LogEntries, LogEntryInfo, SetTagsRequest
-from hutch.engine.errors import Invalid
+from hutch.api.models import (
+    AppInfo,
+    ConnectTokenInfo,
+    ConnectTokenRequest,
+    LogEntries,
+    LogEntryInfo,
+    SetTagsRequest,
+)
+from hutch.engine.errors import Conflict, Invalid
 from hutch.engine.lifecycle import logindex
 from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.routes.common import errors_doc
@@ -31,6 +39,16 @@ def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
     async def set_app_tags(app_id: str, req: SetTagsRequest) -> AppInfo:
         manager.store.set_app_tags(app_id, req.tags)
         return AppInfo(**manager.store.app(app_id))
+
+    @app.post(urls.SANDBOX_CONNECT_TOKENS, responses=errors_doc(404, 409, 422))
+    async def connect_token(sandbox_id: str, req: ConnectTokenRequest) -> ConnectTokenInfo:
+        """A token for HTTP requests to a port of the sandbox (Modal's connect tokens)."""
+        manager.get(sandbox_id)
+        live = manager.live.get(sandbox_id)
+        if live is None or live.pidfd is None or live.ended:
+            raise Conflict(f"Sandbox {sandbox_id} has already finished")
+        url, token = await manager.connects.issue(live, req.port, req.user_metadata)
+        return ConnectTokenInfo(url=url, token=token)
 
     @app.get(urls.LOGS, responses=errors_doc(400, 404, 422))
     async def logs(sandbox_id: str | None = None, app_id: str | None = None,
