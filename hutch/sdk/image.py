@@ -14,16 +14,18 @@ environment rebuilds every step of every image (like ``MODAL_FORCE_BUILD``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hutch.api import urls
 from hutch.api.models import DEBIAN_PYTHON_SUITES
 from hutch.exception import EngineError, InvalidError
-from hutch.sdk import imagesteps
+from hutch.sdk import imagesteps, options
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
 from hutch.sdk.options import check_text, reject_unsupported, shown
 from hutch.sdk.output import BuildDisplay
@@ -49,6 +51,8 @@ class Image:
         self._steps = steps
         self._force_build = force_build
         self._ref = ref
+        #: what failed in ``with image.imports():`` blocks
+        self.import_failures: list[Exception] = []
 
     def _then(self, step: ImageStep) -> Image:
         return Image(self._base, (*self._steps, step), force_build=self._force_build)
@@ -303,6 +307,27 @@ class Image:
         base = ", ".join(f"{k}={v}" for k, v in self._base.items() if k != "kind")
         more = f" + {len(self._steps)} steps" if self._steps else ""
         return f"{self._base['kind']}({base}){more}"
+
+    def pipe(self, func: Callable[..., Image], *args: Any, **kwargs: Any) -> Image:
+        """``func(self, *args, **kwargs)``: a reusable piece of a recipe, in the chain."""
+        return func(self, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def imports(self) -> Iterator[None]:
+        """``with image.imports(): import torch``: in Modal, imports that only work inside
+        the image's containers, where Functions run; hutch runs no Functions, so a failing
+        import here is kept (``import_failures``) rather than raised, as Modal keeps it
+        outside its containers (a warning for an error other than ImportError)."""
+        try:
+            yield
+        except Exception as exc:
+            self.import_failures.append(exc)
+            if not isinstance(exc, ImportError):
+                warnings.warn(f"Warning: caught a non-ImportError exception in an `imports()`"
+                              f" block: {exc!r}", stacklevel=3)
+
+    def get_dashboard_url(self) -> NoReturn:
+        options.refuse_platform("Image.get_dashboard_url", options.DASHBOARD)
 
     @property
     def client(self) -> None:

@@ -16,12 +16,12 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dotenv import dotenv_values
 
 from hutch.exception import InvalidError, NotFoundError
-from hutch.sdk import secretstore
+from hutch.sdk import options, secretstore
 from hutch.sdk.options import (
     check_env,
     check_object_name,
@@ -221,6 +221,9 @@ class Secret:
     def env(self) -> dict[str, str]:
         """The variables, values included (what a sandbox receives)."""
         return dict(self._env)
+
+    def get_dashboard_url(self) -> NoReturn:
+        options.refuse_platform("Secret.get_dashboard_url", options.DASHBOARD)
 
     @property
     def client(self) -> None:

@@ -15,13 +15,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import anyio
 
 from hutch.api import urls
 from hutch.exception import InvalidError, NotFoundError
-from hutch.sdk import transport
+from hutch.sdk import options, transport
 from hutch.sdk.files import CHUNK, FileType, listing
 from hutch.sdk.options import (
     check_object_name,
@@ -258,6 +258,9 @@ class Volume:
         uploaded when the block exits without an error (``FileExistsError`` for an
         existing file unless ``force``)."""
         return _BatchFace(self)
+
+    def get_dashboard_url(self) -> NoReturn:
+        options.refuse_platform("Volume.get_dashboard_url", options.DASHBOARD)
 
     @property
     def client(self) -> None:

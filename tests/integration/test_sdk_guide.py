@@ -108,6 +108,21 @@ def test_g11_entrypoint_args_and_stdout_by_line(sb_app: modal.App) -> None:
     sb.detach()
 
 
+def test_g11b_a_python_servers_banner_shows_before_the_timeout(sb_app: modal.App) -> None:
+    """The guide's entrypoint example: its text promises the server's output; Python
+    writes it unbuffered in sandboxes (PYTHONUNBUFFERED=1), so the banner comes at once
+    rather than never (the timeout kills the process with its buffer)."""
+    sb = modal.Sandbox.create("python", "-m", "http.server", "8080", app=sb_app, timeout=10)
+    seen = []
+    for line in sb.stdout:
+        seen.append(line)
+        if line.startswith("Serving HTTP on"):
+            break
+    assert seen and seen[-1].startswith("Serving HTTP on 0.0.0.0 port 8080"), seen
+    assert sb.poll() is None  # well before its 10 s
+    sb.terminate()
+
+
 def test_g12_object_id_detach_from_id(sb_app: modal.App) -> None:
     sb = modal.Sandbox.create(app=sb_app)
     sb_id = sb.object_id

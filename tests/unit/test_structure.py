@@ -21,6 +21,9 @@ LAYERS = [
     ["hutch.engine.errors"],
     ["hutch.engine.kernel"],
     ["hutch.engine.isolation"],
+    # the strict HTTP/1.1 request parser: a leaf, for the engine's server and the
+    # connect-token proxy of the network layer
+    ["hutch.engine.httpd.parse"],
     ["hutch.engine.network"],
     ["hutch.engine.runtime"],
     ["hutch.engine.files"],

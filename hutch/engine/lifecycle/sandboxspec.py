@@ -39,8 +39,14 @@ def spec_of(req: CreateSandboxRequest, image: Image, sandbox_id: str
 
 
 def base_env(image_env: dict[str, str], sandbox_id: str) -> dict[str, str]:
-    """The image's environment with a ``PATH`` and ``HOSTNAME`` where it sets none."""
+    """The image's environment with a ``PATH``, ``HOSTNAME`` and ``PYTHONUNBUFFERED=1``
+    where it sets none.  Why unbuffered: a sandbox's output is read as it comes, and a
+    Python program writing to a pipe or file holds up to 8 KiB back, lost when the sandbox
+    is killed at its timeout (Modal's guide starts ``python -m http.server`` with
+    ``timeout=10`` and prints its banner; block-buffered, nothing came).  An image or a
+    sandbox may set it (empty: buffered again); docs/modal.md, "Python's output"."""
     env = dict(image_env)
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("HOSTNAME", sandbox_id)
+    env.setdefault("PYTHONUNBUFFERED", "1")
     return env

@@ -40,6 +40,12 @@ def test_the_requests_env_and_workdir_win_and_volumes_are_named_once() -> None:
     req = CreateSandboxRequest(env={"A": "request"}, volumes={
         "/a": {"name": "v"}, "/b": {"name": "v"}, "/c": {"name": "u"}})
     _, spec = spec_of(req, image, "sb-3")
-    assert spec.env == {"PATH": "/opt/bin", "A": "request", "HOSTNAME": "sb-3"}
+    assert spec.env == {"PATH": "/opt/bin", "A": "request", "HOSTNAME": "sb-3",
+                        "PYTHONUNBUFFERED": "1"}
+    # Python's output unbuffered, unless the image or the request says otherwise
+    buffered = _image(env={"PYTHONUNBUFFERED": ""})
+    assert spec_of(CreateSandboxRequest(), buffered, "sb-3")[1].env["PYTHONUNBUFFERED"] == ""
+    asked = CreateSandboxRequest(env={"PYTHONUNBUFFERED": "0"})
+    assert spec_of(asked, image, "sb-3")[1].env["PYTHONUNBUFFERED"] == "0"
     assert spec.workdir == "/srv" and spec.volumes == ["u", "v"]
     assert spec_of(CreateSandboxRequest(workdir="/w"), image, "sb-3")[1].workdir == "/w"
