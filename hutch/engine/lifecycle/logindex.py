@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -136,42 +136,128 @@ class Entry:
     message: bytes
 
 
-def _lines(data: bytes) -> list[tuple[int, bytes]]:
-    """(end offset, line) for each line of ``data`` (its newline kept; cut at
-    ``MAX_MESSAGE``)."""
-    found = []
-    start = 0
-    while start < len(data):
-        newline = data.find(b"\n", start, start + MAX_MESSAGE)
-        end = newline + 1 if newline >= 0 else min(len(data), start + MAX_MESSAGE)
-        found.append((end, data[start:end]))
-        start = end
-    return found
+#: Bytes read at a time (never the whole file: 64 MiB of one-byte lines would be 67
+#: million entries in the engine's memory; a request makes only those it answers with).
+CHUNK = 1 << 20
 
 
-def entries(dirs: rootfs.SandboxDirs, fds: tuple[int, ...] = (1, 2), *,
-            live: bool = False) -> list[Entry]:
-    """The entrypoint's output as timed lines, oldest first.  Lines past the last record
-    are left out of a ``live`` sandbox's (the next answer has them, with their recorded
-    time); an ended sandbox has none unless an engine without this index ran it, and
-    those get the file's modification time."""
-    marks = _marks(dirs.root / INDEX_FILE)
-    found: list[Entry] = []
-    for fd, path in _paths(dirs).items():
-        if fd not in fds:
-            continue
+Read = Callable[[int, int], bytes]  # (size, offset) -> bytes
+
+
+def _reader(path: Path) -> Read:
+    """``pread`` of ``path``, opened for each read: a merge of many sandboxes' streams
+    holds no descriptors between its reads."""
+    def read(size: int, offset: int) -> bytes:
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-                written = os.fstat(f.fileno()).st_mtime
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
+            return b""
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+    return read
+
+
+def _lines(read: Read, start: int, limit: int, search: bytes = b"", whole_last: bool = True
+           ) -> Iterator[tuple[int, bytes]]:
+    """(end offset, line) for each line of the file from ``start`` (a line's start) to
+    ``limit``, its newline kept, cut at ``MAX_MESSAGE``; with ``search``, runs of lines
+    without it are skipped at the speed of ``bytes.find``; a last line without a newline
+    only when ``whole_last``.  Read with ``pread`` (a mapping would fault if the sandbox
+    truncated its log)."""
+    buf, pos, base, read_at = b"", 0, start, start  # base: the file offset of buf[0]
+    while True:
+        if search:
+            complete = buf.rfind(b"\n", pos) + 1
+            if complete > pos:
+                hit = buf.find(search, pos, complete)  # (no hit: skip those lines)
+                pos = complete if hit < 0 else max(pos, buf.rfind(b"\n", pos, hit) + 1)
+        newline = buf.find(b"\n", pos, pos + MAX_MESSAGE)
+        if newline >= 0:
+            end = newline + 1
+        elif len(buf) - pos >= MAX_MESSAGE:
+            end = pos + MAX_MESSAGE
+        else:
+            data = read(min(CHUNK, limit - read_at), read_at) if read_at < limit else b""
+            if data:
+                buf, base, pos = buf[pos:] + data, base + pos, 0
+                read_at += len(data)
+                continue
+            if pos < len(buf) and whole_last:
+                yield base + len(buf), buf[pos:]
+            return
+        yield base + end, buf[pos:end]
+        pos = end
+
+
+def _start_of_tail(read: Read, limit: int, count: int) -> int:
+    """Where the last ``count`` lines before ``limit`` begin (at least that many): after
+    the ``count + 1``-th newline from the end."""
+    at, wanted = limit, count + 1
+    while at > 0:
+        size = min(CHUNK, at)
+        data = read(size, at - size)
+        at -= size
+        found = data.count(b"\n")
+        if found < wanted:
+            wanted -= found
             continue
-        ends, times = marks[fd]
-        for end, line in _lines(data):
-            i = bisect.bisect_left(ends, end)
-            if i < len(times):
-                found.append(Entry(times[i], fd, line))
-            elif not live:
-                found.append(Entry(max([written, *times[-1:]]), fd, line))
-    found.sort(key=lambda e: e.time)  # stable: each file's lines keep their order
-    return found
+        cut = size
+        for _ in range(wanted):
+            cut = data.rindex(b"\n", 0, cut)
+        return at + cut + 1
+    return 0
+
+
+def _line_start(read: Read, offset: int) -> int:
+    """The start of the line that holds the byte at ``offset``."""
+    at = offset
+    while at > 0:
+        size = min(CHUNK, at)
+        newline = read(size, at - size).rfind(b"\n")
+        if newline >= 0:
+            return at - size + newline + 1
+        at -= size
+    return 0
+
+
+def streams(dirs: rootfs.SandboxDirs, fds: tuple[int, ...] = (1, 2), *, live: bool = False,
+            since: float = 0.0, search: bytes = b"", tail: int | None = None
+            ) -> list[Iterator[Entry]]:
+    """:func:`stream` of each of ``fds``, with the index read once."""
+    marks = _marks(dirs.root / INDEX_FILE)
+    return [stream(dirs, fd, marks[fd], live=live, since=since, search=search, tail=tail)
+            for fd in fds]
+
+
+def stream(dirs: rootfs.SandboxDirs, fd: int, marks: tuple[list[int], list[float]], *,
+           live: bool, since: float = 0.0, search: bytes = b"", tail: int | None = None
+           ) -> Iterator[Entry]:
+    """The lines of stdout (1) or stderr (2) timed ``since`` or later (or the last
+    ``tail`` ones), oldest first, made as they are read.  Lines past the last record are
+    left out of a ``live`` sandbox's (the next answer has them, with their recorded time),
+    and so is a last line still without its newline; an ended sandbox has none past it
+    unless an engine without this index ran it, and those get the file's modification
+    time."""
+    ends, times = marks
+    path = _paths(dirs)[fd]
+    try:
+        stat = path.stat()
+    except OSError:
+        return
+    read = _reader(path)
+    written = max([stat.st_mtime, *times[-1:]])  # (the clock of mtimes is coarser)
+    limit = min(ends[-1], stat.st_size) if live and ends else 0 if live else stat.st_size
+    first = bisect.bisect_left(times, since)  # the first record timed since or later
+    if tail is not None:
+        start = _start_of_tail(read, limit, tail)
+    elif first == 0:
+        start = 0
+    else:  # lines that end by the previous record are older: from the one after it
+        start = _line_start(read, min(ends[first - 1], limit))
+    for end, line in _lines(read, start, limit, search, whole_last=not live):
+        i = bisect.bisect_left(ends, end)
+        at = times[i] if i < len(times) else written
+        if at >= since:
+            yield Entry(at, fd, line)

@@ -4,6 +4,11 @@ sandbox's connect tokens: what Modal programs ask of its platform."""
 
 from __future__ import annotations
 
+import collections
+import heapq
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import trio
@@ -71,39 +76,63 @@ def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
             if live is not None and live.log_index is not None:
                 live.log_index.record()
                 running.add(row.sandbox_id)
-        found = await trio.to_thread.run_sync(_gather, manager, rows, source, running)
-        found = [e for e in found if e.time >= since and (until is None or e.time < until)
-                 and search in e.message]
-        if tail is not None:
-            return LogEntries(entries=found[-tail:])
-        while skip and found and found[0].time == since:
-            found.pop(0)
-            skip -= 1
-        return LogEntries(entries=found[:MAX_ENTRIES], more=len(found) > MAX_ENTRIES)
+        query = _Query(since, until, source, search.encode(), tail, skip)
+        return await trio.to_thread.run_sync(_answer, manager, rows, running, query)
 
 
-def _gather(manager: SandboxManager, rows: list[SandboxRow], source: Source | None,
-            running: set[str]) -> list[LogEntryInfo]:
-    found: list[LogEntryInfo] = []
-    fds = tuple(fd for fd, name in logindex.SOURCES.items() if source in (None, name))
+@dataclass(frozen=True)
+class _Query:
+    since: float
+    until: float | None
+    source: Source | None
+    search: bytes
+    tail: int | None
+    skip: int
+
+
+def _answer(manager: SandboxManager, rows: list[SandboxRow], running: set[str],
+            query: _Query) -> LogEntries:
+    """The entries of ``rows`` that ``query`` asks for: the streams of all of them merged
+    in time as they are read, so that only the entries answered are ever made."""
+    fds = tuple(fd for fd, name in logindex.SOURCES.items() if query.source in (None, name))
+    streams: list[Iterator[tuple[str, logindex.Entry]]] = []
     for row in rows:
-        for entry in logindex.entries(manager.dirs(row.sandbox_id), fds,
-                                      live=row.sandbox_id in running):
-            found.append(LogEntryInfo(
-                sandbox_id=row.sandbox_id, time=entry.time, source=logindex.SOURCES[entry.fd],
-                message=entry.message.decode(errors="replace")))
-        if source in (None, "system"):
-            found += _system_entries(row)
-    found.sort(key=lambda e: e.time)
-    return found
+        for one in logindex.streams(manager.dirs(row.sandbox_id), fds,
+                                    live=row.sandbox_id in running, since=query.since,
+                                    search=query.search, tail=query.tail):
+            streams.append(zip(itertools.repeat(row.sandbox_id), one, strict=False))
+        if query.source in (None, "system"):
+            streams.append(iter(_system_entries(row)))
+    merged = heapq.merge(*streams, key=lambda tagged: tagged[1].time)
+    wanted = (pair for pair in merged if pair[1].time >= query.since
+              and (query.until is None or pair[1].time < query.until)
+              and query.search in pair[1].message)
+    if query.tail is not None:
+        return LogEntries(entries=[_info(*pair) for pair in
+                                   collections.deque(wanted, maxlen=query.tail)])
+    skip = query.skip
+    found: list[LogEntryInfo] = []
+    for sandbox_id, entry in wanted:
+        if skip and entry.time == query.since:
+            skip -= 1
+            continue
+        if len(found) == MAX_ENTRIES:
+            return LogEntries(entries=found, more=True)
+        found.append(_info(sandbox_id, entry))
+    return LogEntries(entries=found)
 
 
-def _system_entries(row: SandboxRow) -> list[LogEntryInfo]:
+def _info(sandbox_id: str, entry: logindex.Entry) -> LogEntryInfo:
+    return LogEntryInfo(sandbox_id=sandbox_id, time=entry.time,
+                        source="system" if entry.fd == 0 else logindex.SOURCES[entry.fd],
+                        message=entry.message.decode(errors="replace"))
+
+
+def _system_entries(row: SandboxRow) -> list[tuple[str, logindex.Entry]]:
     """The engine's own lines about a sandbox: its start and its end."""
     events = [(row.created_at, f"Sandbox {row.sandbox_id} started from {row.image}\n")]
     if row.finished_at is not None:
         detail = f": {row.exit_detail}" if row.exit_detail else ""
         events.append((row.finished_at, f"Sandbox {row.sandbox_id} ended ({row.exit_reason},"
                                         f" exit code {row.returncode}){detail}\n"))
-    return [LogEntryInfo(sandbox_id=row.sandbox_id, time=at, source="system", message=text)
-            for at, text in events]
+    return [(row.sandbox_id, logindex.Entry(at, 0, text.encode())) for at, text in events]
