@@ -271,6 +271,8 @@ class AppInfo(_Wire):
     app_id: str
     name: str
     created_at: float = 0.0
+    #: when ``App.stop`` last stopped it (None: in use since, or never stopped)
+    stopped_at: float | None = None
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -308,6 +310,8 @@ class LogEntries(_Wire):
     #: more entries matched: ask again with ``since`` the last one's time and ``skip`` the
     #: number of entries at that time already received
     more: bool = False
+    #: (an app's) it was stopped and none of its sandboxes runs: no entry will come
+    app_done: bool = False
 
 
 class LookupAppRequest(_Wire):

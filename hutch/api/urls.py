@@ -16,6 +16,7 @@ ENGINE_SHUTDOWN = ENGINE + "/shutdown"
 
 APPS_LOOKUP = V1 + "/apps/lookup"
 APP = V1 + "/apps/{app_id}"
+APP_STOP = APP + "/stop"
 APP_TAGS = APP + "/tags"
 #: timed log entries of a sandbox or of an app's sandboxes
 LOGS = V1 + "/logs"

@@ -2,7 +2,7 @@
 a kind of refusal (:mod:`hutch.modal.unsupported`) for what it does not.
 
 Why a table: the names are Modal's interface, compared mechanically with Modal's client
-(``tests/integration/test_modal_names.py``), and one table shows at a glance what hutch
+(``tests/integration/test_modal_interface.py``), and one table shows at a glance what hutch
 covers; each ``modal.X`` submodule is made from its entry on first import.
 """
 
@@ -100,6 +100,23 @@ SUBMODULES: dict[str, dict[str, Where]] = {
               "FileWatchEventType": "hutch.sdk.files:FileWatchEventType",
               "SecretInfo": "hutch.sdk.secret:SecretInfo",
               "LogEntry": "hutch.sdk.logs:LogEntry",
+              "LogSource": "hutch.sdk.logs:LogSource",
+              "SandboxRuntime": "hutch.sdk.options:SandboxRuntime",
+              "VolumeCreateOptions": "hutch.sdk.volume:VolumeCreateOptions",
+              "VolumeMountInfo": "hutch.sdk.volume:VolumeMountInfo",
+              **{name: _CLOUD for name in (
+                  "AppStats", "SandboxGroupStats", "SandboxStats", "BillingReportItem",
+                  "EnvironmentBillingSummary", "WorkspaceBillingSummary", "MemberTokenInfo",
+                  "ProxyTokenInfo", "ServiceUserInfo", "TokenData", "WorkspaceMemberInfo",
+                  "WorkspaceSettings", "CloudBucketMountInfo", "MetricDefinition",
+                  "MetricSeries", "MetricsSchema", "ObjectMetrics", "StatsPercentile",
+                  "StatsPercentileDistribution", "TimeSeriesPoint")},
+              **{name: _FUNCTIONS for name in (
+                  "FunctionAutoscalerSettings", "FunctionCurrentStats", "FunctionInfo",
+                  "FunctionStats", "InputInfo", "InputStatus", "ServerAutoscalerSettings",
+                  "ServerContainerInfo", "ServerInfo", "ServerSessionCredentials",
+                  "ServerStats")},
+              **{name: _STORAGE for name in ("DictInfo", "QueueInfo")},
               "SandboxConnectCredentials": "hutch.sdk.sandboxaccess:SandboxConnectCredentials",
               "AppInfo": "hutch.sdk.apptypes:AppInfo",
               "AppLifecycle": "hutch.sdk.apptypes:AppLifecycle",

@@ -28,12 +28,17 @@ from hutch.sdk.logs import AppLogsManager
 from hutch.sdk.options import (
     DASHBOARD,
     check_object_name,
-    check_str_dict,
+    check_tag_dict,
     refuse_platform,
     reject_unsupported,
 )
 from hutch.sdk.pool import WarmPool
-from hutch.sdk.syncbridge import run_sync, synchronize, synchronize_static
+from hutch.sdk.syncbridge import (
+    run_sync,
+    synchronize,
+    synchronize_generator,
+    synchronize_static,
+)
 from hutch.sdk.transport import client
 
 if TYPE_CHECKING:
@@ -57,8 +62,12 @@ class App:
         self.image = image
         self.secrets = list(secrets)
         self.volumes = dict(volumes or {})
+        if tags is not None:
+            check_tag_dict(tags)
         self.tags = dict(tags or {})
         self.include_source = include_source
+        #: this program runs it (``app.run()``)
+        self._running = False
         self._entrypoints: dict[str, LocalEntrypoint] = {}
         self._functions: dict[str, UnrunnableFunction] = {}
 
@@ -141,57 +150,65 @@ class App:
         return _RunFace(self)
 
     @synchronize
-    async def stop(self) -> None:
-        """Terminate the app's running sandboxes (Modal's ``App.stop``)."""
-        if self._app_id is None and self.name is None:
-            return
-        app_id = await self.resolve_id()
-        found = await _engine().request("GET", urls.SANDBOXES, params={"app_id": app_id})
-        for info in found["sandboxes"]:
-            await _engine().request("POST", urls.SANDBOX_TERMINATE.format(
-                sandbox_id=info["sandbox_id"]), json_body={"grace_period": 0})
+    async def stop(self, *, client: Any = None) -> None:
+        """Terminate the app's running sandboxes and mark it stopped (Modal's
+        ``App.stop``); a sandbox created in it later makes it in use again."""
+        reject_unsupported({"client": client}, "App.stop")
+        await _engine().request("POST", urls.APP_STOP.format(app_id=self._require_id("stop")))
 
     # the app's record in the engine ------------------------------------------------------
+    def _require_id(self, method: str) -> str:
+        """The app's id, or Modal's :class:`InvalidError` for an app that has none yet."""
+        if self._app_id is None:
+            raise InvalidError(f"`App.{method}` requires the App to have an ID: run it "
+                               "(`with app.run():`) or use `App.lookup(name)`")
+        return self._app_id
+
     @synchronize
     async def set_tags(self, tags: Mapping[str, str], *, client: Any = None) -> None:
         """Replace the app's tags (Modal's: not merged with those it had)."""
         reject_unsupported({"client": client}, "App.set_tags")
-        body = {"tags": check_str_dict(tags, "tags")}
-        await _engine().request("PUT", urls.APP_TAGS.format(app_id=await self.resolve_id()),
-                                json_body=body)
+        check_tag_dict(tags)
+        await _engine().request("PUT", urls.APP_TAGS.format(app_id=self._require_id(
+            "set_tags")), json_body={"tags": dict(tags)})
 
     @synchronize
     async def get_tags(self, *, client: Any = None) -> dict[str, str]:
         reject_unsupported({"client": client}, "App.get_tags")
-        found = await _engine().request("GET", urls.APP.format(app_id=await self.resolve_id()))
+        found = await _engine().request("GET", urls.APP.format(
+            app_id=self._require_id("get_tags")))
         return dict(found["tags"])
 
     @synchronize
     async def info(self, refresh: bool = False) -> AppInfo:
-        """The app's id, name (``description``) and when it was made (``lifecycle``)."""
-        found = await _engine().request("GET", urls.APP.format(app_id=await self.resolve_id()))
-        return AppInfo.from_engine(found)
+        """The app's id, name (``description``) and lifecycle (:mod:`hutch.sdk.apptypes`)."""
+        found = await _engine().request("GET", urls.APP.format(app_id=self._require_id("info")))
+        return AppInfo.from_engine(found, running=self._running)
 
     @property
     def logs(self) -> AppLogsManager:
         """The output of the app's sandboxes as timed entries: ``fetch``, ``tail``,
         ``stream`` (:mod:`hutch.sdk.logs`)."""
-        async def scope() -> dict[str, str]:
-            return {"app_id": await self.resolve_id()}
+        app_id = self._require_id("logs")
 
-        return AppLogsManager(scope, lambda: self._app_id or "")
+        async def scope() -> dict[str, str]:
+            return {"app_id": app_id}
+
+        return AppLogsManager(scope, lambda: app_id)
 
     @property
     def sandboxes(self) -> AppSandboxesManager:
         return AppSandboxesManager(self)
 
-    def stats(self, *, since: datetime | None = None, until: datetime | None = None
-              ) -> NoReturn:
+    @synchronize
+    async def stats(self, *, since: datetime | None = None, until: datetime | None = None
+                    ) -> NoReturn:
         """Modal's usage statistics of Functions, servers and sandboxes come from its
         billing: hutch keeps none, :class:`InvalidError`."""
         refuse_platform("App.stats", "usage statistics come from Modal's billing")
 
-    def get_dashboard_url(self) -> NoReturn:
+    @synchronize
+    async def get_dashboard_url(self) -> NoReturn:
         refuse_platform("App.get_dashboard_url", DASHBOARD)
 
     @property
@@ -293,9 +310,11 @@ class _AppRun:
         await self.app.resolve_id()
         if self.app.tags:  # the constructor's, as Modal gives them to the app it runs
             await self.app.set_tags.aio(self.app.tags)
+        self.app._running = True
         try:
             yield self.app
         finally:
+            self.app._running = False
             if not self.detach:
                 await self.app.stop.aio()
 
@@ -334,10 +353,12 @@ class AppSandboxesManager:
     def __init__(self, app: App) -> None:
         self._app = app
 
-    def stats(self, *, since: datetime, until: datetime | None = None,
-              group_by_tags: Sequence[str] | None = None,
-              tags: dict[str, str] | None = None) -> NoReturn:
+    @synchronize_generator
+    async def stats(self, *, since: datetime, until: datetime | None = None,
+                    group_by_tags: Sequence[str] | None = None,
+                    tags: dict[str, str] | None = None) -> AsyncIterator[Any]:
         refuse_platform("App.sandboxes.stats", "sandbox costs come from Modal's billing")
+        yield  # (an async generator, as Modal's)
 
 
 _engine = client

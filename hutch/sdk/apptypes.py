@@ -3,19 +3,22 @@
 
 A hutch app is a named namespace of sandboxes that lasts until it is removed, made on
 first use (``App.lookup(create_if_missing=True)``, ``app.run()``): the closest of Modal's
-states is ``deployed``, with no version and no Functions or servers.
+states is ``deployed`` (``ephemeral`` in the program that runs it, ``stopped`` after
+``App.stop`` until a sandbox is created in it again), with no version and no Functions or
+servers.
 """
 
 from __future__ import annotations
 
 import enum
 import getpass
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 
-class AppState(enum.StrEnum):
+class AppState(str, enum.Enum):  # noqa: UP042 - Modal's, whose str() is AppState.X
     EPHEMERAL = "ephemeral"
     DETACHED = "detached"
     DEPLOYED = "deployed"
@@ -48,11 +51,24 @@ class AppInfo:
     servers: dict[str, str]
 
     @classmethod
-    def from_engine(cls, found: dict[str, Any]) -> AppInfo:
+    def from_engine(cls, found: dict[str, Any], running: bool = False) -> AppInfo:
+        """From the engine's record; ``running``: this program runs it (``app.run()``),
+        so it is ephemeral, as Modal's apps run that way are."""
         made = datetime.fromtimestamp(found.get("created_at") or 0.0, UTC)
-        user = getpass.getuser()
+        stopped = found.get("stopped_at")
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a uid without a name
+            user = str(os.getuid())
+        state = AppState.STOPPED if stopped is not None else \
+            AppState.EPHEMERAL if running else AppState.DEPLOYED
+        deployed = state is AppState.DEPLOYED
         return cls(app_id=found["app_id"], description=found["name"],
-                   lifecycle=AppLifecycle(state=AppState.DEPLOYED, version=None,
-                                          created_at=made, created_by=user, deployed_at=made,
-                                          deployed_by=user, stopped_at=None, stopped_by=None),
+                   lifecycle=AppLifecycle(
+                       state=state, version=None, created_at=made, created_by=user,
+                       deployed_at=made if deployed else None,
+                       deployed_by=user if deployed else None,
+                       stopped_at=None if stopped is None else
+                       datetime.fromtimestamp(stopped, UTC),
+                       stopped_by=None if stopped is None else user),
                    functions={}, servers={})

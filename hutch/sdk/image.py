@@ -326,7 +326,8 @@ class Image:
                 warnings.warn(f"Warning: caught a non-ImportError exception in an `imports()`"
                               f" block: {exc!r}", stacklevel=3)
 
-    def get_dashboard_url(self) -> NoReturn:
+    @synchronize
+    async def get_dashboard_url(self) -> NoReturn:
         options.refuse_platform("Image.get_dashboard_url", options.DASHBOARD)
 
     @property

@@ -12,39 +12,40 @@ of its write (:mod:`hutch.engine.lifecycle.logindex`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
 
 from hutch.api import urls
-from hutch.exception import InvalidError
+from hutch.exception import InvalidError, LogsFetchError
 from hutch.sdk.syncbridge import synchronize_generator
 from hutch.sdk.transport import client
 
 LogSource = Literal["stdout", "stderr", "system"]
 #: How often ``stream`` asks the engine for new entries (seconds).
 STREAM_POLL = 0.25
+#: The most entries ``tail`` gives, as Modal's.
+MAX_TAIL = 20_000
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One line of output (or of the engine's, ``source="system"``)."""
+    """One line of output (or of the engine's, ``source="system"``); ``context_ids`` holds
+    the id of the sandbox that wrote it (Modal's: its container's)."""
 
     message: str
     timestamp: datetime
     source: LogSource
     object_id: str
-    context_ids: list[str] = field(default_factory=list)
+    context_ids: list[str]
 
     def __str__(self) -> str:
         return self.message
 
 
-def _epoch(value: datetime | None, name: str) -> float | None:
-    if value is None:
-        return None
+def _epoch(value: datetime, name: str) -> float:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime")
     return value.astimezone(UTC).timestamp()  # naive: local time, as Modal's
@@ -68,13 +69,19 @@ class _Logs:
                     source: LogSource | None = None, search_text: str = "",
                     tail: int | None = None) -> tuple[list[dict[str, Any]], bool]:
         """One answer of the engine: entries, and whether more matched."""
+        found = await self._answer(since, skip, until, source, search_text, tail)
+        return found["entries"], bool(found.get("more"))
+
+    async def _answer(self, since: float, skip: int, until: float | None = None,
+                      source: LogSource | None = None, search_text: str = "",
+                      tail: int | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {**await self._scope(), "since": since, "skip": skip,
                                   "search": search_text}
         for name, value in (("until", until), ("source", source), ("tail", tail)):
             if value is not None:
                 params[name] = value
-        found = await client().request("GET", urls.LOGS, params=params)
-        return found["entries"], bool(found.get("more"))
+        found: dict[str, Any] = await client().request("GET", urls.LOGS, params=params)
+        return found
 
     async def _pages(self, since: float, until: float | None, source: LogSource | None,
                      search_text: str) -> AsyncIterator[list[dict[str, Any]]]:
@@ -95,16 +102,17 @@ class _Logs:
     async def _fetch(self, since: datetime, until: datetime | None, source: object,
                      search_text: str) -> AsyncIterator[LogEntry]:
         start = _epoch(since, "since")
-        assert start is not None
-        async for page in self._pages(start, _epoch(until, "until"), _source(source),
-                                      search_text):
+        end = _epoch(until or datetime.now(UTC), "until")  # (as Modal's: now, at the call)
+        async for page in self._pages(start, end, _source(source), search_text):
             for found in page:
                 yield self._entry(found)
 
     async def _tail(self, entries: int, source: object) -> AsyncIterator[LogEntry]:
         if isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
             raise InvalidError(f"entries must be a positive int, got {entries!r}")
-        found, _ = await self._page(0.0, 0, source=_source(source), tail=min(entries, 5000))
+        if entries > MAX_TAIL:
+            raise LogsFetchError(f"--tail value must not exceed {MAX_TAIL}.")
+        found, _ = await self._page(0.0, 0, source=_source(source), tail=entries)
         for one in found:
             yield self._entry(one)
 
@@ -149,20 +157,23 @@ class AppLogsManager(_Logs):
 
     @synchronize_generator
     async def stream(self, timeout: float | None = None) -> AsyncIterator[LogEntry]:
-        """New entries as they come (from now on), until none came for ``timeout`` seconds
-        (``None``: until the caller stops)."""
+        """New entries as they come (from now on), until none came for ``timeout`` seconds,
+        or the app was stopped and none of its sandboxes runs."""
         if timeout is not None and timeout <= 0:
             return
         since, skip = datetime.now(UTC).timestamp(), 0
         quiet_since = anyio.current_time()
         while timeout is None or anyio.current_time() - quiet_since < timeout:
-            entries, more = await self._page(since, skip)
+            answer = await self._answer(since, skip)
+            entries = answer["entries"]
             for found in entries:
                 quiet_since = anyio.current_time()
                 yield self._entry(found)
             if entries:
                 since, skip = _advance(since, skip, entries)
-            if not more:
+            if answer.get("app_done"):  # stopped, and nothing of it runs: as Modal's
+                return
+            if not answer.get("more"):
                 await anyio.sleep(STREAM_POLL)
 
 

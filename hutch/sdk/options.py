@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from hutch.api.models import MAX_PIDS_LIMIT, MAX_TIMEOUT
 from hutch.exception import InvalidError
@@ -84,6 +84,26 @@ def check_sequence(items: object, item_type: type[Any], error_msg: str) -> None:
     ``item_type`` (Modal's ``modal.app.check_sequence``)."""
     if not isinstance(items, list | tuple) or not all(isinstance(v, item_type) for v in items):
         raise InvalidError(error_msg)
+
+
+#: Modal's ``runtime=`` values (its gVisor or VM sandboxes): taken, and refused when set.
+SandboxRuntime = Literal["gvisor", "vm"]
+
+_TAG = re.compile(r"[a-zA-Z0-9._-]{1,63}\Z")
+
+
+def check_tag_dict(tags: object) -> None:
+    """Modal's rule for an app's tags: keys and values of letters, digits, ``-``, ``.``
+    and ``_``, at most 63 characters (:class:`InvalidError` otherwise)."""
+    if not isinstance(tags, Mapping):
+        raise InvalidError("tags must be a dict of str to str")
+    rules = ("\n\nTags may contain only alphanumeric characters, dashes, periods, or "
+             "underscores, and must be 63 characters or less.")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not _TAG.match(key):
+            raise InvalidError(f"Invalid tag key: {key!r}.{rules}")
+        if not isinstance(value, str) or not _TAG.match(value):
+            raise InvalidError(f"Invalid tag value: {value!r}.{rules}")
 
 
 #: Why ``get_dashboard_url`` is refused.

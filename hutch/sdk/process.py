@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import select
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -113,27 +114,43 @@ class ContainerProcess(Generic[T]):
     @synchronize
     async def attach(self) -> None:
         """Connect the process to this one until it ends (Modal's ``attach``): its output
-        to this process's stdout and stderr as it comes, this process's stdin to its stdin
-        (end of input: its end).  Without a pseudo-terminal: ``exec(pty=True)`` is not
-        there yet (docs/limits.md)."""
+        to this process's stdout and stderr as it comes (streams given ``StreamType.STDOUT``
+        or ``DEVNULL`` are left to that), this process's stdin to its stdin (end of input:
+        its end), and no byte of stdin read after it ended.  Without a pseudo-terminal:
+        ``exec(pty=True)`` is not there yet (docs/limits.md)."""
+        shown = {fd for fd, reader in ((1, self.stdout), (2, self.stderr))
+                 if reader._stream_type is StreamType.PIPE}
+        quit_r, quit_w = os.pipe()
+
+        def read_stdin() -> bytes | None:
+            """Stdin's next bytes (b"" at its end), or None once told to stop."""
+            ready, _, _ = select.select([0, quit_r], [], [])
+            return None if quit_r in ready else os.read(0, 65536)
+
         async def feed() -> None:
             try:
-                while data := await anyio.to_thread.run_sync(os.read, 0, 65536,
-                                                             abandon_on_cancel=True):
+                while data := await anyio.to_thread.run_sync(read_stdin):
                     self.stdin.write(data)
                     await self.stdin.drain.aio()
-                self.stdin.write_eof()
-                await self.stdin.drain.aio()
-            except (Error, OSError):  # it has ended (or this process has no stdin)
+                if data is not None:
+                    self.stdin.write_eof()
+                    await self.stdin.drain.aio()
+            except (Error, OSError, ValueError):  # it has ended (or there is no stdin)
                 return
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(feed)
-            async for fd, data in self._events():
-                view = memoryview(data)
-                while view:
-                    view = view[await anyio.to_thread.run_sync(os.write, fd, view):]
-            tasks.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(feed)
+                try:
+                    async for fd, data in self._events():
+                        view = memoryview(data)
+                        while view and fd in shown:
+                            view = view[await anyio.to_thread.run_sync(os.write, fd, view):]
+                finally:
+                    os.write(quit_w, b"x")  # the reader stops before reading more
+        finally:
+            os.close(quit_w)
+            os.close(quit_r)
         await self.wait.aio()
 
     def events(self) -> Iterator[tuple[int, bytes]]:

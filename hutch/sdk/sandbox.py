@@ -62,9 +62,10 @@ from hutch.sdk.transport import client
 from hutch.sdk.volume import Volume
 
 
-def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None = None
-                    ) -> AsyncIterator[Sandbox]:
+def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None = None,
+                    client: object = None) -> AsyncIterator[Sandbox]:
     """The running sandboxes, newest first, of an app and/or with these tags."""
+    options.reject_unsupported({"client": client}, "Sandbox.list")
     params: dict[str, Any] = {}
     if app_id is not None:
         if not isinstance(app_id, str):

@@ -83,7 +83,8 @@ class SandboxAccess:
         await trust_engine_ca()
         return SandboxConnectCredentials(found["url"], found["token"])
 
-    def get_dashboard_url(self) -> NoReturn:
+    @synchronize
+    async def get_dashboard_url(self) -> NoReturn:
         options.refuse_platform("Sandbox.get_dashboard_url", options.DASHBOARD)
 
 

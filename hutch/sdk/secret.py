@@ -222,7 +222,8 @@ class Secret:
         """The variables, values included (what a sandbox receives)."""
         return dict(self._env)
 
-    def get_dashboard_url(self) -> NoReturn:
+    @synchronize
+    async def get_dashboard_url(self) -> NoReturn:
         options.refuse_platform("Secret.get_dashboard_url", options.DASHBOARD)
 
     @property

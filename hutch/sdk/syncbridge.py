@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import inspect
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -274,6 +275,11 @@ class BoundGenerator(Generic[P, T]):
 
     def aio(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
         return self._fn(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The generator's parameters (``inspect.signature`` shows them, as Modal's)."""
+        return inspect.signature(self._fn)
 
 
 class synchronize_generator(Generic[S, P, T]):

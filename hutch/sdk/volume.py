@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, TypedDict
 
 import anyio
 
@@ -55,6 +55,22 @@ def _path(path: object, what: str = "path") -> str:
     if not isinstance(path, str) or not path:
         raise InvalidError(f"{what} must be a non-empty string, got {shown(path)}")
     return check_text(path, f"{what} {shown(path)}")
+
+
+class VolumeCreateOptions(TypedDict, total=False):
+    """Options of a volume's creation (Modal's): none is used by hutch."""
+
+    experimental_options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VolumeMountInfo:
+    """A volume a sandbox mounts, as Modal names it."""
+
+    name: str | None
+    volume_id: str | None
+    read_only: bool
+    sub_path: str | None
 
 
 @dataclass(frozen=True)
@@ -259,7 +275,8 @@ class Volume:
         existing file unless ``force``)."""
         return _BatchFace(self)
 
-    def get_dashboard_url(self) -> NoReturn:
+    @synchronize
+    async def get_dashboard_url(self) -> NoReturn:
         options.refuse_platform("Volume.get_dashboard_url", options.DASHBOARD)
 
     @property

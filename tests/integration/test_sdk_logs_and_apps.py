@@ -51,6 +51,10 @@ def test_sandbox_logs_are_timed_lines_kept_after_the_end(engine: dict[str, Any])
     assert [e.message for e in sb.logs.fetch(since=first, until=third)
             if e.source != "system"] == ["first\n", "second\n"]
     assert [e.message for e in sb.logs.tail(2, source="stdout")] == ["first\n", "third\n"]
+    with pytest.raises(hutch.exception.LogsFetchError):
+        list(sb.logs.tail(20_001))
+    with pytest.raises(TypeError):
+        list(sb.logs.fetch(since=None))  # type: ignore[arg-type]
     naive = (started - timedelta(seconds=1)).astimezone().replace(tzinfo=None)  # local time
     assert len(list(sb.logs.fetch(since=naive))) == len(entries)
     # and the app's logs merge its sandboxes' in time
@@ -83,23 +87,37 @@ def test_a_long_output_is_paged(engine: dict[str, Any]) -> None:
     assert lines == [f"{i}\n" for i in range(12000)]
 
 
-def test_app_tags_and_info(engine: dict[str, Any]) -> None:
+def test_app_tags_info_and_stop(engine: dict[str, Any]) -> None:
     name = f"tags-{uuid.uuid4().hex[:8]}"
     app = hutch.App(name, tags={"team": "a"})
+    with pytest.raises(InvalidError, match="requires the App to have an ID"):
+        app.get_tags()  # as Modal's: not before it runs or is looked up
     with app.run():  # the constructor's tags are the app's
         assert app.get_tags() == {"team": "a"}
         app.set_tags({"owner": "me"})  # replaced, not merged, as Modal's
-        assert hutch.App.lookup(name).get_tags() == {"owner": "me"}
+        looked_up = hutch.App.lookup(name)
+        assert looked_up.get_tags() == {"owner": "me"}
         info = app.info()
         assert (info.app_id, info.description) == (app.app_id, name)
-        assert info.lifecycle.state == "deployed" and info.functions == {}
+        assert info.lifecycle.state == "ephemeral" and info.functions == {}
         assert info.lifecycle.created_at <= datetime.now(UTC)
-    with pytest.raises(InvalidError, match="tags"):
-        app.set_tags({"k": 1})  # type: ignore[dict-item]
+        assert looked_up.info().lifecycle.state == "deployed"
+        sb = hutch.Sandbox.create("sleep", "60", app=app, timeout=60)
+    # the end of the run stopped it: its sandbox ended, its state says so, and a stream
+    # of its logs ends (as Modal's does once the app is done)
+    assert sb.poll() == 137
+    stopped = looked_up.info().lifecycle
+    assert stopped.state == "stopped" and stopped.stopped_at is not None
+    assert [e.message for e in looked_up.logs.stream() if e.source != "system"] == []
+    again = hutch.Sandbox.create(app=looked_up, timeout=60)  # in use again
+    assert looked_up.info().lifecycle.state == "deployed"
+    again.terminate()
+    with pytest.raises(InvalidError, match="Invalid tag key"):
+        app.set_tags({"a b": "c"})
     with pytest.raises(InvalidError, match="billing"):
         app.stats()
     with pytest.raises(InvalidError, match="billing"):
-        app.sandboxes.stats(since=datetime.now(UTC))
+        list(app.sandboxes.stats(since=datetime.now(UTC)))
     with pytest.raises(InvalidError, match="dashboard"):
         app.get_dashboard_url()
     with pytest.raises(NotFoundError):

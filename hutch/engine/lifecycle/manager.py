@@ -49,7 +49,8 @@ from hutch.engine.network.tunnelmirrors import TunnelMirrors
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.storage import remains, rootfs
 from hutch.engine.storage.diskslots import DiskSlots
-from hutch.engine.storage.store import DEFAULT_APP, SandboxRow, SandboxSpec, Store, new_id
+from hutch.engine.storage.recordids import new_id
+from hutch.engine.storage.store import DEFAULT_APP, SandboxRow, SandboxSpec, Store
 from hutch.engine.storage.volumes import VolumeService, release_staging
 from hutch.imagebuild.layout import Image
 

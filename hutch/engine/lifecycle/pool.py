@@ -31,7 +31,8 @@ from hutch.engine.commands.starter import CommandStarter
 from hutch.engine.errors import AlreadyExists, Invalid, NotFound
 from hutch.engine.images.service import ImageService
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
-from hutch.engine.storage.store import SandboxRow, Store, new_id
+from hutch.engine.storage.recordids import new_id
+from hutch.engine.storage.store import SandboxRow, Store
 from hutch.imagebuild.layout import Image
 
 

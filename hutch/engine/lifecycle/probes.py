@@ -15,7 +15,7 @@ import trio
 from hutch.api.models import ProbeSpec
 from hutch.engine.errors import EngineError
 from hutch.engine.runtime.base import RuntimeCommandError
-from hutch.engine.storage.store import new_id
+from hutch.engine.storage.recordids import new_id
 
 if TYPE_CHECKING:
     from hutch.engine.commands.starter import CommandStarter

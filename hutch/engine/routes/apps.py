@@ -29,8 +29,11 @@ from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.routes.common import errors_doc
 from hutch.engine.storage.store import SandboxRow
 
-#: Most entries one answer carries (the SDK asks again for more).
+#: Most entries one answer carries (the SDK asks again for more), and their most bytes.
 MAX_ENTRIES = 5000
+MAX_BYTES = 16 << 20
+#: The most entries a tail gives (as Modal's); the newest fitting in MAX_BYTES.
+MAX_TAIL = 20_000
 ALL_STATES = ("creating", "running", "exited")
 Source = Literal["stdout", "stderr", "system"]
 
@@ -40,12 +43,23 @@ def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
     async def app_info(app_id: str) -> AppInfo:
         return AppInfo(**manager.store.app(app_id))
 
+    @app.post(urls.APP_STOP, responses=errors_doc(404, 422))
+    async def stop_app(app_id: str) -> AppInfo:
+        """Terminate the app's running sandboxes and mark it stopped (Modal's
+        ``App.stop``); a sandbox created in it later makes it in use again."""
+        manager.store.app_by_id(app_id)
+        manager.store.mark_app_stopped(app_id)
+        async with trio.open_nursery() as nursery:
+            for row in manager.store.list_sandboxes(app_id=app_id):
+                nursery.start_soon(manager.terminate, row.sandbox_id, 0.0)
+        return AppInfo(**manager.store.app(app_id))
+
     @app.put(urls.APP_TAGS, responses=errors_doc(400, 404, 422))
     async def set_app_tags(app_id: str, req: SetTagsRequest) -> AppInfo:
         manager.store.set_app_tags(app_id, req.tags)
         return AppInfo(**manager.store.app(app_id))
 
-    @app.post(urls.SANDBOX_CONNECT_TOKENS, responses=errors_doc(404, 409, 422))
+    @app.post(urls.SANDBOX_CONNECT_TOKENS, responses=errors_doc(400, 404, 409, 422))
     async def connect_token(sandbox_id: str, req: ConnectTokenRequest) -> ConnectTokenInfo:
         """A token for HTTP requests to a port of the sandbox (Modal's connect tokens)."""
         manager.get(sandbox_id)
@@ -59,7 +73,7 @@ def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
     async def logs(sandbox_id: str | None = None, app_id: str | None = None,
                    since: float = 0.0, until: float | None = None,
                    source: Source | None = None, search: str = "",
-                   tail: Annotated[int | None, Query(ge=1, le=MAX_ENTRIES)] = None,
+                   tail: Annotated[int | None, Query(ge=1, le=MAX_TAIL)] = None,
                    skip: Annotated[int, Query(ge=0)] = 0) -> LogEntries:
         """Entries with ``since <= time < until``, oldest first; ``tail``: the last ones."""
         if (sandbox_id is None) == (app_id is None):
@@ -76,8 +90,12 @@ def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
             if live is not None and live.log_index is not None:
                 live.log_index.record()
                 running.add(row.sandbox_id)
+        done = app_id is not None and not running and \
+            manager.store.app(app_id)["stopped_at"] is not None
         query = _Query(since, until, source, search.encode(), tail, skip)
-        return await trio.to_thread.run_sync(_answer, manager, rows, running, query)
+        answer = await trio.to_thread.run_sync(_answer, manager, rows, running, query)
+        answer.app_done = done and not answer.more
+        return answer
 
 
 @dataclass(frozen=True)
@@ -107,18 +125,26 @@ def _answer(manager: SandboxManager, rows: list[SandboxRow], running: set[str],
     wanted = (pair for pair in merged if pair[1].time >= query.since
               and (query.until is None or pair[1].time < query.until)
               and query.search in pair[1].message)
-    if query.tail is not None:
-        return LogEntries(entries=[_info(*pair) for pair in
-                                   collections.deque(wanted, maxlen=query.tail)])
+    if query.tail is not None:  # the newest, as many as asked that fit in MAX_BYTES
+        last: collections.deque[tuple[str, logindex.Entry]] = collections.deque()
+        held = 0
+        for pair in wanted:
+            last.append(pair)
+            held += len(pair[1].message)
+            while len(last) > query.tail or (held > MAX_BYTES and len(last) > 1):
+                held -= len(last.popleft()[1].message)
+        return LogEntries(entries=[_info(*pair) for pair in last])
     skip = query.skip
     found: list[LogEntryInfo] = []
+    size = 0
     for sandbox_id, entry in wanted:
         if skip and entry.time == query.since:
             skip -= 1
             continue
-        if len(found) == MAX_ENTRIES:
+        if len(found) == MAX_ENTRIES or (found and size + len(entry.message) > MAX_BYTES):
             return LogEntries(entries=found, more=True)
         found.append(_info(sandbox_id, entry))
+        size += len(entry.message)
     return LogEntries(entries=found)
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import sqlite3
-import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +29,15 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from hutch.engine.errors import AlreadyExists, Conflict, NotFound
+from hutch.engine.storage.apprecords import AppRecords
+from hutch.engine.storage.recordids import new_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
     app_id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    stopped_at REAL
 );
 CREATE TABLE IF NOT EXISTS app_tags (
     app_id TEXT NOT NULL REFERENCES apps(app_id) ON DELETE CASCADE,
@@ -102,20 +103,7 @@ log = logging.getLogger("hutch.store")
 #: The spec of an ended sandbox, its environment (secret values among it) wiped.
 _WIPED_SPEC = "json_set(spec, '$.env', json('{}'))"
 
-_ALPHABET = string.ascii_letters + string.digits
 DEFAULT_APP = "default"
-
-
-def new_id(prefix: str) -> str:
-    """Ids like Modal's: a kind prefix and 22 random base-62 characters."""
-    # One draw from the OS, not one per character: ids are made on every exec.  192 random
-    # bits for ~131 bits of id: every id is equally likely to within 2**-60.
-    value = int.from_bytes(secrets.token_bytes(24), "big")
-    chars = []
-    for _ in range(22):
-        value, digit = divmod(value, 62)
-        chars.append(_ALPHABET[digit])
-    return prefix + "-" + "".join(chars)
 
 
 class SandboxSpec(BaseModel):
@@ -200,7 +188,7 @@ def _volume_ids_row(r: sqlite3.Row) -> VolumeIdsRow:
                         [(b, n) for b, n in json.loads(r["prev"])])
 
 
-class Store:
+class Store(AppRecords):
     def __init__(self, path: Path) -> None:
         _make_private(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -214,6 +202,8 @@ class Store:
         columns = {r["name"] for r in self.db.execute("PRAGMA table_info(sandboxes)")}
         if "exit_detail" not in columns:  # a database made before limits existed
             self.db.execute("ALTER TABLE sandboxes ADD COLUMN exit_detail TEXT")
+        if "stopped_at" not in {r["name"] for r in self.db.execute("PRAGMA table_info(apps)")}:
+            self.db.execute("ALTER TABLE apps ADD COLUMN stopped_at REAL")  # before App.stop
         if "pooled" not in columns:  # ... or before warm pools
             self.db.execute("ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0")
         volume_columns = {r["name"] for r in self.db.execute("PRAGMA table_info(volume_ids)")}
@@ -236,46 +226,6 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
-
-    # apps -------------------------------------------------------------------------------
-    def app_by_name(self, name: str, *, create: bool) -> tuple[str, str]:
-        row = self.db.execute("SELECT app_id, name FROM apps WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            if not create:
-                raise NotFound(f"App {name!r} not found")
-            self.db.execute(
-                "INSERT OR IGNORE INTO apps (app_id, name, created_at) VALUES (?, ?, ?)",
-                (new_id("ap"), name, time.time()),
-            )
-            row = self.db.execute("SELECT app_id, name FROM apps WHERE name = ?",
-                                  (name,)).fetchone()
-        return row["app_id"], row["name"]
-
-    def app_by_id(self, app_id: str) -> tuple[str, str]:
-        row = self.db.execute("SELECT app_id, name FROM apps WHERE app_id = ?",
-                              (app_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"App {app_id!r} not found")
-        return row["app_id"], row["name"]
-
-    def app(self, app_id: str) -> dict[str, Any]:
-        """An app's record: ``app_id``, ``name``, ``created_at`` and ``tags``."""
-        row = self.db.execute("SELECT * FROM apps WHERE app_id = ?", (app_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"App {app_id!r} not found")
-        tags = {r["key"]: r["value"] for r in self.db.execute(
-            "SELECT key, value FROM app_tags WHERE app_id = ?", (app_id,))}
-        return {"app_id": row["app_id"], "name": row["name"],
-                "created_at": row["created_at"], "tags": tags}
-
-    def set_app_tags(self, app_id: str, tags: dict[str, str]) -> None:
-        """Replace the app's tags (Modal's ``App.set_tags``)."""
-        self.app_by_id(app_id)
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM app_tags WHERE app_id = ?", (app_id,))
-            self.db.executemany("INSERT INTO app_tags (app_id, key, value) VALUES (?, ?, ?)",
-                                [(app_id, k, v) for k, v in tags.items()])
 
     # volumes ----------------------------------------------------------------------------
     def volume(self, name: str, *, create: bool) -> dict[str, Any]:
@@ -350,6 +300,9 @@ class Store:
                     "INSERT INTO sandbox_tags (sandbox_id, key, value) VALUES (?, ?, ?)",
                     [(sandbox_id, k, v) for k, v in tags.items()],
                 )
+                if not pooled:  # a stopped app is in use again
+                    self.db.execute("UPDATE apps SET stopped_at = NULL WHERE app_id = ?",
+                                    (app_id,))
         except sqlite3.IntegrityError as exc:
             if "sandboxes.app_id, sandboxes.name" in str(exc):
                 raise AlreadyExists(
@@ -383,6 +336,9 @@ class Store:
                     "INSERT INTO sandbox_tags (sandbox_id, key, value) VALUES (?, ?, ?)",
                     [(sandbox_id, k, v) for k, v in tags.items()],
                 )
+                self.db.execute(  # a stopped app is in use again
+                    "UPDATE apps SET stopped_at = NULL WHERE app_id ="
+                    " (SELECT app_id FROM sandboxes WHERE sandbox_id = ?)", (sandbox_id,))
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(
                 f"a running sandbox named {name!r} already exists in this app") from exc

@@ -18,7 +18,7 @@ from typing import Any
 #: the classes among them whose members are compared too.
 SCOPE = ["modal", "modal.app", "modal.image", "modal.sandbox", "modal.container_process",
          "modal.io_streams", "modal.stream_type", "modal.secret", "modal.volume",
-         "modal.output", "modal.exception", "modal.config"]
+         "modal.output", "modal.exception", "modal.config", "modal.types"]
 CLASSES = {"App", "Image", "Sandbox", "Secret", "Volume", "ContainerProcess", "StreamReader",
            "StreamWriter", "Probe", "Tunnel", "StreamType"}
 #: Names of Modal's modules that are not its interface (its own imports, type variables).

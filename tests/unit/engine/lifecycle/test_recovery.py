@@ -19,7 +19,8 @@ from hutch.api import exitcodes
 from hutch.api.models import CreateSandboxRequest, ExecRequest
 from hutch.engine.lifecycle import sandboxspec
 from hutch.engine.lifecycle.manager import SandboxManager
-from hutch.engine.storage.store import DEFAULT_APP, SandboxRow, new_id
+from hutch.engine.storage.recordids import new_id
+from hutch.engine.storage.store import DEFAULT_APP, SandboxRow
 from tests.unit.engine.lifecycle.fakes import IMAGE, FakeRuntime, make_manager
 
 Before = Callable[[SandboxManager, FakeRuntime], Awaitable[str]]

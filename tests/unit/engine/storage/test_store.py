@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from hutch.engine.errors import AlreadyExists, NotFound
-from hutch.engine.storage.store import SandboxSpec, Store, new_id
+from hutch.engine.storage.recordids import new_id
+from hutch.engine.storage.store import SandboxSpec, Store
 
 ID = re.compile(r"^sb-[A-Za-z0-9]{22}$")
 
