@@ -127,7 +127,7 @@ def test_a_websocket_style_upgrade_becomes_a_relay(server: hutch.Sandbox) -> Non
     with socket.create_connection((parts.hostname, parts.port), 20) as raw, \
             ssl.create_default_context().wrap_socket(raw, server_hostname=parts.hostname) as tls:
         tls.sendall(f"GET /upgrade?_modal_connect_token={creds.token} HTTP/1.1\r\nHost: x\r\n"
-                    "Upgrade: echo\r\nConnection: Upgrade\r\n\r\n".encode())
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode())
         head = b""
         while b"\r\n\r\n" not in head:
             head += tls.recv(4096)

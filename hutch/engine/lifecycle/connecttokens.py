@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from hutch.engine.errors import Conflict
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
 from hutch.engine.network import netns, tlsproxy
 from hutch.engine.network.connectproxy import ConnectEndpoint, digest
@@ -68,8 +69,14 @@ class ConnectTokens:
         """Serve the tokens a previous daemon made for the sandbox."""
         async with self._lock:
             for port, record in _load(live.dirs.root).items():
-                await self._endpoint(live, port, int(record.get("host_port") or 0),
-                                     dict(record.get("tokens") or {}))
+                try:
+                    host_port = int(record.get("host_port") or 0)
+                    tokens = {str(k): None if v is None else str(v)
+                              for k, v in dict(record.get("tokens") or {}).items()}
+                except (TypeError, ValueError):
+                    continue  # (not as this engine wrote it)
+                await self._endpoint(live, port, host_port if 0 <= host_port < 65536 else 0,
+                                     tokens)
             self._record(live)
 
     def _record(self, live: LiveSandbox) -> None:
@@ -83,16 +90,18 @@ class ConnectTokens:
                         tokens: dict[str, str | None] | None = None
                         ) -> tuple[int, ConnectEndpoint]:
         key = (live.sandbox_id, port)
-        if key not in self._endpoints:
-            assert live.pidfd is not None
-            endpoint = ConnectEndpoint(
-                await self._tls(), functools.partial(netns.connect, live.pidfd, port),
-                live.done, live.connections, tokens or {})
-            host = await self._nursery.start(tlsproxy.serve_tunnel, endpoint, host_port)
-            self._endpoints[key] = (host, endpoint)
-            self._nursery.start_soon(self._forget, key, live.done)
-            await self._mirrors.add_tunnel(host, endpoint)
-        return self._endpoints[key]
+        if key in self._endpoints:
+            return self._endpoints[key]
+        if live.done.is_set():
+            raise Conflict(f"Sandbox {live.sandbox_id} has already finished")
+        endpoint = ConnectEndpoint(
+            await self._tls(), functools.partial(netns.connect, live.current_pidfd, port),
+            live.done, live.connections, tokens=tokens or {})
+        host = await self._nursery.start(tlsproxy.serve_tunnel, endpoint, host_port)
+        made = self._endpoints[key] = (host, endpoint)
+        self._nursery.start_soon(self._forget, key, live.done)
+        await self._mirrors.add_tunnel(host, endpoint)
+        return made
 
     async def _forget(self, key: tuple[str, int], done: trio.Event) -> None:
         await done.wait()

@@ -72,6 +72,10 @@ class LiveSandbox:
         self.activity.set()
         self.activity = trio.Event()
 
+    def current_pidfd(self) -> int | None:
+        """Its init's pidfd, None once closed (tunnels ask before each connection)."""
+        return self.pidfd
+
     def connections(self, delta: int) -> None:
         """A connection through one of its tunnels began (+1) or ended (-1): activity."""
         self.active += delta

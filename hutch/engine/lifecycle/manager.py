@@ -231,8 +231,8 @@ class SandboxManager(SandboxRecovery):
         for guest, tunnel in outbound.tunnels_of(live.dirs.root).items():
             context = await self.tls() if tunnel.get("tls") else None
             endpoint = tlsproxy.TunnelEndpoint(
-                context, functools.partial(netns.connect, live.pidfd, guest), live.done,
-                live.connections)
+                context, functools.partial(netns.connect, live.current_pidfd, guest),
+                live.done, live.connections)
             port = await self.nursery.start(tlsproxy.serve_tunnel, endpoint,
                                             int(tunnel.get("host_port") or 0))
             outbound.record_tunnel(live.dirs.root, guest, port, tls=bool(tunnel.get("tls")))
@@ -307,8 +307,9 @@ class SandboxManager(SandboxRecovery):
         with trio.CancelScope(shield=True):
             await self.commands.release(live)
             await self._cleanup(live.sandbox_id, live.dirs)
-        if live.pidfd is not None:
-            os.close(live.pidfd)
+        pidfd, live.pidfd = live.pidfd, None  # (tunnels read it before each use)
+        if pidfd is not None:
+            os.close(pidfd)
         if live.stdin is not None:
             with trio.CancelScope(shield=True):
                 await live.stdin.aclose()
@@ -346,6 +347,8 @@ class SandboxManager(SandboxRecovery):
         except RuntimeCommandError as exc:
             if "does not exist" not in exc.stderr and "not found" not in exc.stderr.lower():
                 log.warning("deleting container %s: %s", sandbox_id, exc)
+        except OSError as exc:  # (out of descriptors): the cleanup goes on
+            log.warning("deleting container %s: %s", sandbox_id, exc)
         await outbound.detach(dirs.root)
         row = self.store.sandbox(sandbox_id)
         cgroup = self._cgroup(sandbox_id, row.spec)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from hutch.engine.httpd import parse
-from hutch.engine.network.tlsproxy import TunnelEndpoint, answer_status, relay
+from hutch.engine.network.tlsproxy import TunnelEndpoint, answer_status, guarded, relay
 
 log = logging.getLogger("hutch.tls")
 
@@ -61,25 +61,36 @@ def _token(request: parse.Request) -> tuple[str | None, bytes, bool]:
 
 
 def _is_upgrade(request: parse.Request) -> bool:
-    connection = b",".join(v for n, v in request.headers if n == b"connection").lower()
-    return any(n == b"upgrade" for n, _ in request.headers) and b"upgrade" in connection
+    """A WebSocket upgrade: the one kind let through (``h2c`` would turn the connection
+    into HTTP/2 requests the engine does not read, each with a header of the client's)."""
+    connection = {token.strip().lower() for n, v in request.headers if n == b"connection"
+                  for token in v.split(b",")}
+    upgrades = [v.strip().lower() for n, v in request.headers if n == b"upgrade"]
+    return b"upgrade" in connection and upgrades == [b"websocket"]
+
+
+#: Headers the engine writes itself (by name as sent; ``_`` read as ``-``, as CGI-style
+#: servers read it): the verified one, the framing, and the connection's options.
+_OWN = {b"x-verified-user-data", b"content-length", b"transfer-encoding", b"connection",
+        b"keep-alive", b"upgrade", b"http2-settings", b"proxy-connection", b"te"}
 
 
 def rewrite(request: parse.Request, target: bytes, from_header: bool,
             metadata: str | None, upgrade: bool) -> bytes:
-    """The head sent to the sandbox: the token out, the verified header in, and
-    ``Connection: close`` (kept as it was for an upgrade)."""
+    """The head sent to the sandbox: the token out; the verified header, the body's
+    length and the connection's options as the engine writes them (``Connection: close``,
+    or a WebSocket upgrade); nothing of the client's under those names."""
     lines = [b"%s %s HTTP/%s" % (request.method.encode(), target, request.version.encode())]
     for name, value in request.headers:
-        if name == VERIFIED_HEADER.lower() or (name == b"authorization" and from_header):
-            continue
-        if name in (b"connection", b"keep-alive") and not upgrade:
+        if name.replace(b"_", b"-") in _OWN or (name == b"authorization" and from_header):
             continue
         lines.append(name + b": " + value)
     if metadata is not None:
         lines.append(VERIFIED_HEADER + b": " + metadata.encode())
-    if not upgrade:
-        lines.append(b"Connection: close")
+    if request.content_length or request.method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: %d" % request.content_length)
+    lines += [b"Upgrade: websocket", b"Connection: Upgrade"] if upgrade else \
+        [b"Connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -90,24 +101,21 @@ class ConnectEndpoint(TunnelEndpoint):
     tokens: dict[str, str | None] = field(default_factory=dict)
 
     async def handle(self, client: trio.abc.Stream) -> None:
-        self.connections(+1)
-        try:
-            await self._exchange(client)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                OSError):
-            pass  # the client went, or never spoke
-        except Exception as exc:  # one bad connection must not stop the others
-            log.info("connect-token relay ended: %s", exc)
-        finally:
-            self.connections(-1)
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(client)
+        async with guarded(client) as streams:
+            await self._exchange(client, streams)
 
-    async def _exchange(self, client: trio.abc.Stream) -> None:
+    async def _exchange(self, client: trio.abc.Stream, streams: list[trio.abc.Stream]
+                        ) -> None:
         buffer = bytearray()
         try:
             with trio.fail_after(HEAD_WAIT):
-                while (head := parse.take_head(buffer)) is None:
+                scanned = 0  # (a head sent a byte at a time is not searched again each time)
+                while True:
+                    ended = buffer.find(b"\r\n\r\n", max(0, scanned - 3)) >= 0
+                    if (ended or len(buffer) > parse.MAX_HEAD) and \
+                            (head := parse.take_head(buffer)) is not None:
+                        break
+                    scanned = len(buffer)
                     data = await client.receive_some(65536)
                     if not data:
                         return
@@ -132,14 +140,22 @@ class ConnectEndpoint(TunnelEndpoint):
             await answer_status(client, 502, "the sandbox's port is not accepting "
                                 "connections (yet)")
             return
-        async with upstream:
-            await upstream.send_all(head)
-            switched = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._request_body, client, upstream, buffer,
-                                   request.content_length, switched if upgrade else None)
-                await self._answer(upstream, client, upgrade, switched)
-                nursery.cancel_scope.cancel()
+        streams.append(upstream)
+        self.connections(+1)  # activity: only a request with a valid token
+        try:
+            await self._forward(client, upstream, head, buffer, request, upgrade)
+        finally:
+            self.connections(-1)
+
+    async def _forward(self, client: trio.abc.Stream, upstream: trio.abc.Stream, head: bytes,
+                       buffer: bytearray, request: parse.Request, upgrade: bool) -> None:
+        await upstream.send_all(head)
+        switched = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._request_body, client, upstream, buffer,
+                               request.content_length, switched if upgrade else None)
+            await self._answer(upstream, client, upgrade, switched)
+            nursery.cancel_scope.cancel()
 
     @staticmethod
     async def _request_body(client: trio.abc.Stream, upstream: trio.abc.Stream,
@@ -195,7 +211,10 @@ class _Reader:
     async def until(self, marker: bytes, limit: int) -> bytes:
         """Everything up to and including ``marker`` (or all there is, at the end or past
         ``limit`` bytes)."""
-        while (end := self.buffer.find(marker)) < 0 and len(self.buffer) < limit:
+        scanned = 0
+        while (end := self.buffer.find(marker, max(0, scanned - len(marker) + 1))) < 0 \
+                and len(self.buffer) < limit:
+            scanned = len(self.buffer)
             data = await self.stream.receive_some(65536)
             if not data:
                 end = len(self.buffer) - len(marker)
@@ -235,7 +254,13 @@ async def _response_body(reader: _Reader, client: trio.abc.Stream, head: bytes) 
                     await client.send_all(line)
                 await client.send_all(line)
                 return
-            await client.send_all(await reader.exactly(size + 2))
+            while size > 0:  # in pieces: a server may announce any size
+                data = await reader.exactly(min(size, 65536))
+                if not data:
+                    return
+                await client.send_all(data)
+                size -= len(data)
+            await client.send_all(await reader.exactly(2))
     elif fields.get(b"content-length", b"").isdigit():
         left = int(fields[b"content-length"])
         while left > 0:

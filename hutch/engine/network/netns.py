@@ -18,6 +18,7 @@ import functools
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 import trio
 
@@ -154,13 +155,27 @@ def sockets_inside(pidfd: int, count: int = 1) -> list[socket.socket]:
     return made
 
 
-async def connect(pidfd: int, port: int) -> trio.SocketStream:
+async def sockets_of(pidfd: Callable[[], int | None], count: int = 1) -> list[socket.socket]:
+    """:func:`sockets_inside` the namespace of the init whose pidfd ``pidfd()`` gives now
+    (None once its sandbox ended).  The pidfd is duplicated here, on the event loop, where
+    it is also closed, so the thread never sees a descriptor number reused by then."""
+    current = pidfd()
+    if current is None:
+        raise ProcessLookupError("the sandbox has ended")
+    own = os.dup(current)
+    try:
+        return await trio.to_thread.run_sync(sockets_inside, own, count)
+    finally:
+        os.close(own)
+
+
+async def connect(pidfd: Callable[[], int | None], port: int) -> trio.SocketStream:
     """A stream to ``port`` on the sandbox's own loopback (the sandbox of the init whose
-    pidfd this is).  Why not a forward of slirp4netns: that listens on the host's
-    127.0.0.1 in plain text for anyone on the host, beside the engine's TLS listener of
-    an ``encrypted_ports`` entry, and its connections are no activity for ``idle_timeout``;
-    this way the engine's listener is the one way in."""
-    (made,) = await trio.to_thread.run_sync(sockets_inside, pidfd)
+    pidfd ``pidfd()`` gives).  Why not a forward of slirp4netns: that listens on the
+    host's 127.0.0.1 in plain text for anyone on the host, beside the engine's TLS listener
+    of an ``encrypted_ports`` entry, and its connections are no activity for
+    ``idle_timeout``; this way the engine's listener is the one way in."""
+    (made,) = await sockets_of(pidfd)
     sock = trio.socket.from_stdlib_socket(made)
     try:
         with trio.fail_after(CONNECT_TIMEOUT):

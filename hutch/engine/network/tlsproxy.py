@@ -19,8 +19,8 @@ import re
 import ssl
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -79,19 +79,23 @@ SANDBOX_TRUST = "sandboxes.crt"
 
 def sandbox_trust(data_dir: Path, host_bundle: Path) -> Path:
     """The bundle a sandbox that reaches the tunnels trusts (remade when the host's bundle
-    or the CA changed): a tunnel's ``https://127.0.0.1:<port>`` verifies there as on the
-    host, and the CA's name constraints keep it from vouching for anything else."""
+    or the CA changed: by modification time, size or inode, so a bundle put back with an
+    older time is seen too): a tunnel's ``https://127.0.0.1:<port>`` verifies there as on
+    the host, and the CA's name constraints keep it from vouching for anything else."""
     ca = ensure_ca(data_dir)
     bundle = ca / SANDBOX_TRUST
+    host, own = host_bundle.stat(), (ca / "ca.crt").stat()
+    source = f"{host.st_mtime_ns} {host.st_size} {host.st_ino} {own.st_mtime_ns}\n"
+    made_from = ca / (SANDBOX_TRUST + ".from")
     with contextlib.suppress(FileNotFoundError):
-        made = bundle.stat().st_mtime_ns
-        if made >= max(host_bundle.stat().st_mtime_ns, (ca / "ca.crt").stat().st_mtime_ns):
+        if bundle.exists() and made_from.read_text() == source:
             return bundle
     staged = ca / f".{SANDBOX_TRUST}.{os.getpid()}.{threading.get_ident()}"
     staged.write_bytes(host_bundle.read_bytes().rstrip(b"\n") + b"\n"
                        + (ca / "ca.crt").read_bytes())
     staged.chmod(0o644)
     os.replace(staged, bundle)
+    made_from.write_text(source)
     return bundle
 
 
@@ -162,6 +166,49 @@ async def answer_unavailable(client: trio.abc.Stream) -> None:
             await trio.aclose_forcefully(client)
 
 
+@contextlib.asynccontextmanager
+async def guarded(client: trio.abc.Stream, connections: Callable[[int], None] | None = None
+                  ) -> AsyncIterator[list[trio.abc.Stream]]:
+    """The frame of one tunnel connection: nothing but cancellation leaves it (an error
+    escaping a handler would end the engine's nursery, and with it the daemon), and the
+    client and every stream added to the list are closed at its end, whatever happened
+    (a stream left open would be a descriptor lost per connection).  ``connections`` is
+    told of the start (+1) and the end (-1)."""
+    streams: list[trio.abc.Stream] = [client]
+    if connections is not None:
+        connections(+1)
+    try:
+        yield streams
+    except BaseException as exc:
+        cancelled, failed = _split_cancellation(exc)
+        if failed is not None:
+            log.info("a tunnel connection ended: %r", failed)
+        if cancelled is not None:
+            raise cancelled from None
+    finally:
+        if connections is not None:
+            connections(-1)
+        with trio.CancelScope(shield=True):
+            for stream in reversed(streams):
+                await trio.aclose_forcefully(stream)
+
+
+def _split_cancellation(exc: BaseException) -> tuple[BaseException | None,
+                                                       BaseException | None]:
+    """(the cancellation in ``exc``, the rest); a KeyboardInterrupt or SystemExit counts
+    as cancellation (it must go on)."""
+    keep = (trio.Cancelled, KeyboardInterrupt, SystemExit)
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(keep)
+    return (exc, None) if isinstance(exc, keep) else (None, exc)
+
+
+#: Connections one tunnel serves at a time (more are closed at once).
+MAX_CONNECTIONS = 512
+#: Seconds a client has to finish its TLS handshake.
+HANDSHAKE_WAIT = 30.0
+
+
 @dataclass(frozen=True)
 class TunnelEndpoint:
     """What every listener of one tunnel shares: the host's and those inside other
@@ -173,6 +220,8 @@ class TunnelEndpoint:
     connect: Callable[[], Awaitable[trio.abc.Stream]]
     done: trio.Event
     connections: Callable[[int], None]
+    #: connections open now (a list: the endpoint is frozen, the count is not)
+    open_now: list[int] = field(default_factory=lambda: [0], compare=False)
 
     def wrap(self, listener: trio.SocketListener) -> trio.abc.Listener[Any]:
         """``listener`` with TLS for an encrypted port."""
@@ -182,30 +231,49 @@ class TunnelEndpoint:
 
     async def handle(self, client: trio.abc.Stream) -> None:
         """Relay one connection to the sandbox's port (a 502 while nothing listens)."""
-        self.connections(+1)
-        try:
+        async with guarded(client, self.connections) as streams:
+            if isinstance(client, trio.SSLStream):
+                # First, and alone: trio's handshake, begun by two relays at once, leaves
+                # the second waiting forever when the first fails (a client gone).
+                with trio.move_on_after(HANDSHAKE_WAIT) as waited:
+                    await client.do_handshake()
+                if waited.cancelled_caught:
+                    return
             try:
                 upstream = await self.connect()
             except (OSError, trio.TooSlowError):  # nothing listens, or it never accepts
                 await answer_unavailable(client)
                 return
+            streams.append(upstream)
             async with trio.open_nursery() as relays:
                 relays.start_soon(relay, client, upstream)
                 relays.start_soon(relay, upstream, client)
-        except Exception as exc:  # one bad connection must not stop the others
-            log.info("relay to the sandbox's port ended: %s", exc)
-        finally:
-            self.connections(-1)
+
+    async def _admit(self, client: trio.abc.Stream) -> None:
+        await _admit_into(self, client)
 
     async def serve(self, listeners: list[trio.abc.Listener[Any]],
                     *also_until: trio.Event) -> None:
         """Serve ``listeners`` until the sandbox ends (or one of ``also_until`` is set)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self.handle, listeners)
+            nursery.start_soon(trio.serve_listeners, self._admit, listeners)
             async with trio.open_nursery() as waits:
                 for event in (self.done, *also_until):
                     waits.start_soon(_cancel_when_set, event, waits.cancel_scope)
             nursery.cancel_scope.cancel()
+
+
+async def _admit_into(endpoint: TunnelEndpoint, client: trio.abc.Stream) -> None:
+    """Handle ``client`` unless ``MAX_CONNECTIONS`` are open already (then close it): each
+    costs the engine two descriptors, and sandboxes reach the listeners too."""
+    if endpoint.open_now[0] >= MAX_CONNECTIONS:
+        await trio.aclose_forcefully(client)
+        return
+    endpoint.open_now[0] += 1
+    try:
+        await endpoint.handle(client)
+    finally:
+        endpoint.open_now[0] -= 1
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:

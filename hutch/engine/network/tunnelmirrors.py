@@ -36,9 +36,9 @@ log = logging.getLogger("hutch.tunnels")
 @dataclass
 class _Member:
     """A sandbox that reaches the tunnels: a pidfd of its init (a duplicate of its own,
-    closed here) and the event of its end."""
+    closed here; None from then on) and the event of its end."""
 
-    pidfd: int
+    pidfd: int | None
     done: trio.Event
 
 
@@ -82,14 +82,15 @@ class TunnelMirrors:
         await member.done.wait()
         if self._members.get(sandbox_id) is member:
             del self._members[sandbox_id]
-        os.close(member.pidfd)
+        pidfd, member.pidfd = member.pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
 
     async def _mirror(self, member: _Member, tunnels: dict[int, TunnelEndpoint]) -> None:
         if not tunnels or member.done.is_set():
             return
         try:
-            sockets = await trio.to_thread.run_sync(netns.sockets_inside, member.pidfd,
-                                                    len(tunnels))
+            sockets = await netns.sockets_of(lambda: member.pidfd, len(tunnels))
         except OSError as exc:  # its init has just ended
             log.info("no tunnel listeners in a sandbox: %s", exc)
             return

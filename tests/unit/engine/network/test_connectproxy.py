@@ -26,15 +26,28 @@ def test_the_token_from_the_header_or_the_query() -> None:
 
 def test_the_rewritten_head() -> None:
     request = _request(b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n"
-                       b"X-Verified-User-Data: forged\r\nConnection: keep-alive")
+                       b"X-Verified-User-Data: forged\r\nX_Verified_User_Data: forged\r\n"
+                       b"Connection: keep-alive, X-Verified-User-Data")
     head = connectproxy.rewrite(request, b"/", True, '{"u": 1}', upgrade=False)
     assert head == (b"GET / HTTP/1.1\r\nhost: h\r\nX-Verified-User-Data: {\"u\": 1}\r\n"
                     b"Connection: close\r\n\r\n")
+    # the body's length as the engine counted it, whatever the client wrote
+    body = _request(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n"
+                    b"Content-Length: 5\r\nTransfer-Encoding: ,")
+    assert connectproxy.rewrite(body, b"/", False, None, upgrade=False).count(
+        b"ontent-") == 1
     upgrade = _request(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
-                       b"Connection: Upgrade")
+                       b"Connection: keep-alive, Upgrade")
     assert connectproxy._is_upgrade(upgrade)
     kept = connectproxy.rewrite(upgrade, b"/", False, None, upgrade=True)
-    assert b"connection: Upgrade" in kept and b"close" not in kept
+    assert kept.endswith(b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    assert b"keep-alive" not in kept and b"close" not in kept
+    for other in (b"Upgrade: h2c\r\nHTTP2-Settings: AAA\r\nConnection: Upgrade",
+                  b"Upgrade: websocket\r\nConnection: not-an-upgrade"):
+        refused = _request(b"GET / HTTP/1.1\r\nHost: h\r\n" + other)
+        assert not connectproxy._is_upgrade(refused)
+        plain = connectproxy.rewrite(refused, b"/", False, None, upgrade=False)
+        assert plain.endswith(b"host: h\r\nConnection: close\r\n\r\n"), plain
 
 
 class _Source(trio.abc.ReceiveStream):
@@ -75,6 +88,9 @@ def _body(head: bytes, *pieces: bytes) -> bytes:
 
 def test_a_refused_upgrades_answer_ends_with_its_body() -> None:
     chunked = b"HTTP/1.1 400 No\r\nTransfer-Encoding: chunked\r\n\r\n"
+    big = b"x" * 300_000  # relayed in pieces, never held whole
+    assert _body(chunked, b"%x\r\n" % len(big), big[:100_000], big[100_000:],
+                 b"\r\n0\r\n\r\n") == b"%x\r\n" % len(big) + big + b"\r\n0\r\n\r\n"
     assert _body(chunked, b"3\r\nabc\r", b"\n0\r\n\r\nNEXT") == b"3\r\nabc\r\n0\r\n\r\n"
     assert _body(chunked, b"0\r\nX-T: 1\r\n\r\nNEXT") == b"0\r\nX-T: 1\r\n\r\n"
     sized = b"HTTP/1.1 400 No\r\nContent-Length: 4\r\n\r\n"

@@ -1,8 +1,11 @@
-"""hutch.engine.network.tlsproxy.answer_unavailable: what a client of a tunnel whose
-sandbox port does not listen gets (an HTTP 502 for HTTP, a close for anything else)."""
+"""hutch.engine.network.tlsproxy: what a client of a tunnel whose sandbox port does not
+listen gets (an HTTP 502 for HTTP, a close for anything else), and that a client leaving
+early leaves nothing open."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import trio
@@ -71,3 +74,48 @@ def test_the_ca_signs_for_localhost_only(tmp_path: Path) -> None:
                             cwd=ca, capture_output=True, text=True)
     assert served.returncode == 0, served.stderr
     assert ssl.create_default_context(cafile=str(ca / "ca.crt"))  # (a usable CA file)
+
+
+def test_clients_that_leave_before_the_handshake_leave_nothing_open(tmp_path: Path) -> None:
+    """An encrypted tunnel whose sandbox server speaks first: a client that connects and
+    goes without a TLS handshake must not leave the connection's handler (and its two
+    descriptors) behind.  (trio's handshake, begun by both relays at once, used to leave
+    the second one waiting forever.)"""
+    import socket
+
+    context = tlsproxy.server_context(tlsproxy.ensure_ca(tmp_path))
+
+    async def main() -> tuple[int, int, list[int]]:
+        async with trio.open_nursery() as nursery:
+            async def speak_first(stream: trio.abc.Stream) -> None:
+                await stream.send_all(b"hello")
+                await trio.sleep_forever()
+
+            upstream = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            up_port = upstream[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, speak_first, upstream)
+            done = trio.Event()
+            endpoint = tlsproxy.TunnelEndpoint(
+                context, lambda: trio.open_tcp_stream("127.0.0.1", up_port), done,
+                lambda delta: None)
+            port = await nursery.start(tlsproxy.serve_tunnel, endpoint)
+            before = len(os.listdir("/proc/self/fd"))
+
+            def leave_at_once() -> None:
+                for _ in range(5):
+                    with socket.create_connection(("127.0.0.1", port), 5) as s:
+                        s.settimeout(0.2)
+                        with contextlib.suppress(OSError):
+                            s.recv(10)
+
+            await trio.to_thread.run_sync(leave_at_once)
+            with trio.move_on_after(10):
+                while endpoint.open_now[0]:
+                    await trio.sleep(0.01)
+            after = len(os.listdir("/proc/self/fd"))
+            done.set()
+            nursery.cancel_scope.cancel()
+        return before, after, endpoint.open_now
+
+    before, after, open_now = trio.run(main)
+    assert open_now == [0] and after <= before
