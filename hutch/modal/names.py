@@ -79,6 +79,8 @@ SUBMODULES: dict[str, dict[str, Where]] = {
     "stream_type": {"StreamType": "hutch.sdk.streams:StreamType"},
     "secret": {"Secret": TOP["Secret"], "SecretManager": "hutch.sdk.secret:SecretManager"},
     "volume": {"Volume": TOP["Volume"], "VolumeManager": "hutch.sdk.volume:VolumeManager",
+               "FileEntry": "hutch.sdk.volume:VolumeEntry",
+               "FileEntryType": "hutch.sdk.volume:FileEntryType",
                **{name: "hutch.sdk.volume:VolumeUploadContextManager" for name in (
                    "VolumeUploadContextManager", "VolumeUploadContextManager2",
                    "AbstractVolumeUploadContextManager")}},
@@ -93,7 +95,7 @@ SUBMODULES: dict[str, dict[str, Where]] = {
                 "FileWatchEvent": "hutch.sdk.files:FileWatchEvent",
                 "FileWatchEventType": "hutch.sdk.files:FileWatchEventType"},
     "types": {"FileType": "hutch.sdk.files:FileType",
-              "FileEntryType": "hutch.sdk.files:FileType",
+              "FileEntryType": "hutch.sdk.volume:FileEntryType",
               "FileEntry": "hutch.sdk.volume:VolumeEntry",
               "FileInfo": "hutch.sdk.files:FileInfo",
               "FileWatchEvent": "hutch.sdk.files:FileWatchEvent",

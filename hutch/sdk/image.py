@@ -29,6 +29,7 @@ from hutch.sdk import imagesteps, options
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
 from hutch.sdk.options import check_text, reject_unsupported, shown
 from hutch.sdk.output import BuildDisplay
+from hutch.sdk.pending import ImagePending
 from hutch.sdk.secret import Secret
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
@@ -42,7 +43,7 @@ def _local_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-class Image:
+class Image(ImagePending):
     """A sandbox image; start from :meth:`debian_slim` (or :meth:`from_id`) and add steps."""
 
     def __init__(self, base: dict[str, Any], steps: tuple[ImageStep, ...] = (), *,

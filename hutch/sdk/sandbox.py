@@ -41,6 +41,7 @@ from hutch.sdk.files import (
     _check_path,
 )
 from hutch.sdk.image import Image, resolves_directly
+from hutch.sdk.pending import SandboxPending
 from hutch.sdk.probe import Probe
 from hutch.sdk.process import EXEC_SETTLE_MS, WAIT_SLICE, ContainerProcess
 from hutch.sdk.sandboxaccess import SandboxAccess
@@ -82,7 +83,7 @@ def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None
     return sandboxes()
 
 
-class Sandbox(SandboxAccess):
+class Sandbox(SandboxAccess, SandboxPending):
     """A sandbox: an isolated container started from an image on this machine."""
 
     def __init__(self, info: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import enum
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -73,12 +74,27 @@ class VolumeMountInfo:
     sub_path: str | None
 
 
+class FileEntryType(enum.IntEnum):
+    """What a volume entry is (Modal's ``modal.volume.FileEntryType``)."""
+
+    UNSPECIFIED = 0
+    FILE = 1
+    DIRECTORY = 2
+    SYMLINK = 3
+    FIFO = 4
+    SOCKET = 5
+
+
+_ENTRY_TYPES = {FileType.FILE: FileEntryType.FILE, FileType.DIRECTORY: FileEntryType.DIRECTORY,
+                FileType.SYMLINK: FileEntryType.SYMLINK}
+
+
 @dataclass(frozen=True)
 class VolumeEntry:
-    """A path in a volume, as ``listdir`` reports it."""
+    """A path in a volume, as ``listdir`` reports it (Modal's ``FileEntry``)."""
 
     path: str
-    type: FileType
+    type: FileEntryType
     size: int
     mtime: float
 
@@ -222,7 +238,9 @@ class Volume:
         await self._resolve()
         doc = await client().request("GET", self._base + urls.FS_LIST,
                                      params={"path": _path(path), "recursive": recursive})
-        return [VolumeEntry(e["path"], FileType(e["type"]), e["size"], e["mtime"])
+        return [VolumeEntry(e["path"], _ENTRY_TYPES.get(FileType(e["type"]),
+                                                          FileEntryType.UNSPECIFIED),
+                            e["size"], e["mtime"])
                 for e in listing(doc)]
 
     @synchronize_generator
@@ -411,7 +429,7 @@ class VolumeUploadContextManager:
         base = urls.VOLUME.format(name=self._volume.name)
         if not self._force:
             existing = {e.path.lstrip("/") for e in await self._volume.listdir.aio(
-                "/", recursive=True) if e.type is FileType.FILE}
+                "/", recursive=True) if e.type is FileEntryType.FILE}
             clashes = [r for _, r, _ in self._files if r.lstrip("/") in existing]
             if clashes:
                 raise FileExistsError(f"already in the volume: {', '.join(clashes)} "

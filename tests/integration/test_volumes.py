@@ -235,12 +235,13 @@ def test_ephemeral(app: modal.App) -> None:
 # file calls --------------------------------------------------------------------------------
 def test_listdir_read_file_and_read_file_into_fileobj(vol: modal.Volume, tmp_path: Path) -> None:
     upload(vol, tmp_path, {"a.txt": b"abc", "d/b.txt": b"hello", "d/e/c.txt": b"x" * 70000})
-    top = {e.path.lstrip("/"): (e.type.value, e.size) for e in vol.listdir("/")}
+    top = {e.path.lstrip("/"): (e.type.name.lower(), e.size) for e in vol.listdir("/")}
     assert top.keys() == {"a.txt", "d"}
     assert top["a.txt"] == ("file", 3) and top["d"][0] == "directory"
     every = vol.listdir("/", recursive=True)
     assert [e.path.lstrip("/") for e in every] == ["a.txt", "d", "d/b.txt", "d/e", "d/e/c.txt"]
-    sizes = {e.path.lstrip("/"): e.size for e in every if e.type.value == "file"}
+    sizes = {e.path.lstrip("/"): e.size for e in every if e.type.name == "FILE"}
+    assert {int(e.type) for e in every} == {1, 2}  # Modal's FileEntryType: FILE, DIRECTORY
     assert sizes == {"a.txt": 3, "d/b.txt": 5, "d/e/c.txt": 70000}
     assert all(e.mtime > 0 for e in every)
     assert [e.path.lstrip("/") for e in vol.listdir("/d")] == ["d/b.txt", "d/e"]
@@ -373,7 +374,7 @@ def test_planted_symlinks_never_reach_host_files(app: modal.App, vol: modal.Volu
         except (OSError, modal.exception.Error):
             continue
         assert "secret" not in names and "passwd" not in names, (path, names)
-    every = {e.path.lstrip("/"): e.type.value for e in vol.listdir("/", recursive=True)}
+    every = {e.path.lstrip("/"): e.type.name.lower() for e in vol.listdir("/", recursive=True)}
     assert every == {"a.txt": "file", "root": "symlink", "etc": "symlink", "out": "symlink",
                      "secretlink": "symlink", "up": "symlink"}
 

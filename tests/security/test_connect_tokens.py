@@ -9,6 +9,7 @@ sandbox's token.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 from collections.abc import Iterator
@@ -86,3 +87,24 @@ def test_a_token_opens_only_its_own_sandbox(server: hutch.Sandbox) -> None:
         assert _requests_seen(other) == []
     finally:
         other.terminate()
+
+
+def test_other_spellings_and_other_upgrades_carry_no_header_of_the_clients(
+        server: hutch.Sandbox) -> None:
+    """A CGI-style server reads ``X_Verified_User_Data`` as the verified header; an ``h2c``
+    upgrade would turn the connection into HTTP/2 requests the engine does not read."""
+    creds = server.create_connect_token(user_metadata="alice")
+    forged = (f"GET /spelled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {creds.token}\r\n"
+              "X_Verified_User_Data: mallory\r\nx-verified-user-data: mallory\r\n\r\n")
+    answer = _raw(creds.url, forged.encode())
+    seen = json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]
+    assert [v for k, v in seen.items()
+            if k.lower().replace("_", "-") == "x-verified-user-data"] == ["alice"]
+    h2c = (f"GET /h2c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {creds.token}\r\n"
+           "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+           "Connection: Upgrade, HTTP2-Settings\r\n\r\n")
+    answer = _raw(creds.url, h2c.encode() + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    seen = json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]
+    assert "Upgrade" not in seen and "HTTP2-Settings" not in seen
+    assert seen["Connection"] == "close"
+    assert _requests_seen(server) == ["GET /spelled HTTP/1.1", "GET /h2c HTTP/1.1"]

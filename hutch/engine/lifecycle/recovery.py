@@ -62,8 +62,10 @@ class _Manager(Protocol):
 class SandboxRecovery:
     async def recover(self: _Manager) -> None:
         """Adopt the sandboxes a previous daemon left running; reap the ones that died,
-        and end the ones that run in a namespace that is no longer the engine's (its pause
-        process died, :mod:`hutch.engine.storage.remains`): nothing could enter them."""
+        end the ones that run in a namespace that is no longer the engine's (its pause
+        process died, :mod:`hutch.engine.storage.remains`): nothing could enter them; and
+        finish the cleanup of those marked ended whose cleanup the crash cut short (their
+        process records are removed last)."""
         self.store.orphan_execs()
         for row in self.store.list_sandboxes(pooled=True):
             dirs = self.dirs(row.sandbox_id)
@@ -109,6 +111,12 @@ class SandboxRecovery:
                                        else "lost")
             await self._cleanup(row.sandbox_id, dirs)
             log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
+        for row in self.store.list_sandboxes(states=("exited",)):
+            dirs = self.dirs(row.sandbox_id)
+            if (dirs.root / remains.RECORD).exists():  # its end was cut short by the crash
+                await remains.end(dirs.root, row.init_pid, runtime_names_init=False)
+                await self._cleanup(row.sandbox_id, dirs)
+                log.info("finished the cleanup of sandbox %s", row.sandbox_id)
         self._forget_stale_exit_records()
         try:  # what a crash left in them
             await trio.to_thread.run_sync(self.disks.empty_free)

@@ -147,3 +147,27 @@ def test_a_pooled_sandbox_goes_with_its_pool(tmp_path: Path) -> None:
         assert sandbox_id not in runtime.pids
 
     _restart(tmp_path, before, after)
+
+
+def test_a_cleanup_the_crash_cut_short_is_finished(tmp_path: Path) -> None:
+    """The daemon died after marking a terminated sandbox ended and before its cleanup
+    (found by the chaos test: its mounts stayed until the hour's sweep).  Its process
+    records, removed last by the cleanup, say so; the next daemon finishes it."""
+    from hutch.engine.storage import remains
+
+    async def before(manager: SandboxManager, runtime: FakeRuntime) -> str:
+        row = await manager.create(CreateSandboxRequest())
+        live = manager.live[row.sandbox_id]
+        await _ended(manager, runtime, row.sandbox_id, signal.SIGKILL)
+        await live.done.wait()  # (its cleanup is over)
+        # as if the crash came between mark_exited and the end of _cleanup
+        (manager.dirs(row.sandbox_id).root / remains.RECORD).write_text("init 999999999 1\n")
+        runtime.deleted.clear()
+        return row.sandbox_id
+
+    async def after(manager: SandboxManager, runtime: FakeRuntime, sandbox_id: str) -> None:
+        assert runtime.deleted == [sandbox_id]
+        assert not (manager.dirs(sandbox_id).root / remains.RECORD).exists()
+        assert _row(manager, sandbox_id).state == "exited"
+
+    _restart(tmp_path, before, after)

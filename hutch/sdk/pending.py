@@ -1,0 +1,168 @@
+"""Modal's names that hutch will have and has not yet: the image sources and steps of
+issue 18 (Dockerfiles, pyproject and uv projects, micromamba, functions run in a build,
+named images) and the snapshots and live image mounts of issue 19.
+
+Why they exist now: a program that names one at import (``image =
+modal.Image.from_dockerfile(...)`` at module level) would otherwise stop with an
+``AttributeError`` before any sandbox is made; with Modal's signatures here it gets an
+:class:`~hutch.exception.InvalidError` that names the call and says it is not in this
+version, as the SDK's ``_NOT_YET`` parameters do.  Each is replaced by the real one when its
+issue lands (``tests/integration/test_modal_interface.py`` compares the signatures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, NoReturn
+
+from hutch.exception import InvalidError
+from hutch.sdk.syncbridge import synchronize
+
+_IMAGES = "images from Dockerfiles, projects and other sources are coming (issue 18)"
+_SNAPSHOTS = "snapshots and live image mounts are coming (issue 19)"
+
+
+def not_yet(where: str, what: str) -> NoReturn:
+    raise InvalidError(f"{where} is not supported by this version of hutch: {what}")
+
+
+class ImagePending:
+    """The part of Modal's ``Image`` that issue 18 brings."""
+
+    @staticmethod
+    def from_dockerfile(path: Any, *, force_build: bool = False, context_dir: Any = None,
+                        ignore: Any = (), build_args: dict[str, str] | None = None,
+                        registry_secret: Any = None, secrets: Collection[Any] | None = None,
+                        env: dict[str, str | None] | None = None, gpu: str | None = None,
+                        add_python: str | None = None) -> NoReturn:
+        not_yet("Image.from_dockerfile", _IMAGES)
+
+    def dockerfile_commands(self, *dockerfile_commands: str | list[str],
+                            context_files: dict[str, str] | None = None,
+                            env: dict[str, str | None] | None = None,
+                            secrets: Collection[Any] | None = None, gpu: str | None = None,
+                            context_dir: Any = None, force_build: bool = False,
+                            ignore: Any = (), build_args: dict[str, str] | None = None
+                            ) -> NoReturn:
+        not_yet("Image.dockerfile_commands", _IMAGES)
+
+    def shell(self, shell_commands: list[str]) -> NoReturn:
+        not_yet("Image.shell", _IMAGES)
+
+    @staticmethod
+    def from_aws_ecr(tag: str, secret: Any = None, *,
+                     setup_dockerfile_commands: list[str] | None = None,
+                     force_build: bool = False, add_python: str | None = None,
+                     **kwargs: Any) -> NoReturn:
+        not_yet("Image.from_aws_ecr", _IMAGES)
+
+    @staticmethod
+    def from_gcp_artifact_registry(tag: str, secret: Any = None, *,
+                                   setup_dockerfile_commands: list[str] | None = None,
+                                   force_build: bool = False, add_python: str | None = None,
+                                   **kwargs: Any) -> NoReturn:
+        not_yet("Image.from_gcp_artifact_registry", _IMAGES)
+
+    @staticmethod
+    def from_name(name: str, *, environment_name: str | None = None,
+                  client: Any = None) -> NoReturn:
+        not_yet("Image.from_name", _IMAGES)
+
+    def publish(self, name: str, *, environment_name: str | None = None,
+                experimental_options: dict[str, Any] | None = None,
+                client: Any = None) -> NoReturn:
+        not_yet("Image.publish", _IMAGES)
+
+    @staticmethod
+    def from_scratch(force_build: bool = False) -> NoReturn:
+        not_yet("Image.from_scratch", _IMAGES)
+
+    @staticmethod
+    def micromamba(python_version: str | None = None, force_build: bool = False) -> NoReturn:
+        not_yet("Image.micromamba", _IMAGES)
+
+    def micromamba_install(self, *packages: str | list[str], spec_file: str | None = None,
+                           channels: list[str] | None = None, force_build: bool = False,
+                           env: dict[str, str | None] | None = None,
+                           secrets: Collection[Any] | None = None,
+                           gpu: str | None = None) -> NoReturn:
+        not_yet("Image.micromamba_install", _IMAGES)
+
+    def pip_install_from_pyproject(self, pyproject_toml: str,
+                                   optional_dependencies: list[str] | None = None, *,
+                                   find_links: str | None = None, index_url: str | None = None,
+                                   extra_index_url: str | None = None, pre: bool = False,
+                                   extra_options: str = "", force_build: bool = False,
+                                   env: dict[str, str | None] | None = None,
+                                   secrets: Collection[Any] | None = None,
+                                   gpu: str | None = None) -> NoReturn:
+        not_yet("Image.pip_install_from_pyproject", _IMAGES)
+
+    def pip_install_private_repos(self, *repositories: str, git_user: str,
+                                  find_links: str | None = None, index_url: str | None = None,
+                                  extra_index_url: str | None = None, pre: bool = False,
+                                  extra_options: str = "", gpu: str | None = None,
+                                  env: dict[str, str | None] | None = None,
+                                  secrets: Collection[Any] | None = None,
+                                  force_build: bool = False) -> NoReturn:
+        not_yet("Image.pip_install_private_repos", _IMAGES)
+
+    def poetry_install_from_file(self, poetry_pyproject_toml: str,
+                                 poetry_lockfile: str | None = None, *,
+                                 ignore_lockfile: bool = False, force_build: bool = False,
+                                 with_: list[str] | None = None,
+                                 without: list[str] | None = None,
+                                 only: list[str] | None = None,
+                                 poetry_version: str | None = "latest",
+                                 old_installer: bool = False,
+                                 env: dict[str, str | None] | None = None,
+                                 secrets: Collection[Any] | None = None,
+                                 gpu: str | None = None) -> NoReturn:
+        not_yet("Image.poetry_install_from_file", _IMAGES)
+
+    def uv_sync(self, uv_project_dir: str = "./", *, force_build: bool = False,
+                groups: list[str] | None = None, extras: list[str] | None = None,
+                frozen: bool = True, extra_options: str = "", uv_version: str | None = None,
+                env: dict[str, str | None] | None = None,
+                secrets: Collection[Any] | None = None, gpu: str | None = None) -> NoReturn:
+        not_yet("Image.uv_sync", _IMAGES)
+
+    def run_function(self, raw_f: Callable[..., Any], *,
+                     env: dict[str, str | None] | None = None,
+                     secrets: Collection[Any] | None = None,
+                     volumes: dict[Any, Any] | None = None,
+                     network_file_systems: dict[Any, Any] | None = None,
+                     gpu: Any = None, cpu: float | None = None, memory: int | None = None,
+                     timeout: int = 3600, cloud: str | None = None,
+                     region: str | Sequence[str] | None = None, force_build: bool = False,
+                     args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                     include_source: bool = True) -> NoReturn:
+        not_yet("Image.run_function", _IMAGES)
+
+    @property
+    def logs(self) -> NoReturn:
+        """Modal's build logs of an image (``hutch image build`` shows them)."""
+        not_yet("Image.logs", _IMAGES)
+
+
+class SandboxPending:
+    """The part of Modal's ``Sandbox`` that issue 19 brings."""
+
+    @synchronize
+    async def snapshot_filesystem(self, timeout: int = 55, *, ttl: int | None = 2592000
+                            ) -> NoReturn:
+        not_yet("Sandbox.snapshot_filesystem", _SNAPSHOTS)
+
+    @synchronize
+    async def snapshot_directory(self, path: Any, *, timeout: int = 55, ttl: int | None = 2592000,
+                           _experimental_encryption_key: bytes | None = None) -> NoReturn:
+        not_yet("Sandbox.snapshot_directory", _SNAPSHOTS)
+
+    @synchronize
+    async def mount_image(self, path: Any, image: Any, *,
+                    _experimental_encryption_key: bytes | None = None) -> NoReturn:
+        not_yet("Sandbox.mount_image", _SNAPSHOTS)
+
+    @synchronize
+    async def unmount_image(self, path: Any) -> NoReturn:
+        not_yet("Sandbox.unmount_image", _SNAPSHOTS)

@@ -1,0 +1,45 @@
+"""hutch.sdk.pending: Modal's names that later issues bring refuse with InvalidError that
+names the call (never AttributeError or TypeError), in both faces."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+
+import hutch
+from hutch.exception import InvalidError
+from hutch.sdk.pending import ImagePending, SandboxPending
+
+
+def _public(cls: type) -> list[str]:
+    return [n for n in vars(cls) if not n.startswith("_")]
+
+
+@pytest.mark.parametrize("name", _public(ImagePending))
+def test_image_names_refuse(name: str) -> None:
+    image = hutch.Image.debian_slim()
+    with pytest.raises(InvalidError, match=f"Image.{name} is not supported by this version"):
+        member = getattr(image, name)  # (logs is a property: it refuses here)
+        args, kwargs = _required(member)
+        member(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", _public(SandboxPending))
+def test_sandbox_names_refuse_in_both_faces(name: str) -> None:
+    sb = hutch.Sandbox({"sandbox_id": "sb-x"})
+    member = getattr(sb, name)
+    args, kwargs = _required(member)
+    with pytest.raises(InvalidError, match=f"Sandbox.{name} is not supported"):
+        member(*args, **kwargs)
+    with pytest.raises(InvalidError, match=f"Sandbox.{name} is not supported"):
+        asyncio.run(member.aio(*args, **kwargs))
+
+
+def _required(member: object) -> tuple[list[None], dict[str, None]]:
+    """None for each parameter without a default."""
+    parameters = inspect.signature(member).parameters.values()  # type: ignore[arg-type]
+    return ([None for p in parameters
+             if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD],
+            {p.name: None for p in parameters if p.default is p.empty and p.kind is p.KEYWORD_ONLY})
