@@ -166,10 +166,11 @@ def test_resolve_defaults_without_config(store: ImageStore, tmp_path: Path) -> N
 def test_retag_replaces_entry(store: ImageStore, tmp_path: Path,
                               image: tuple[dict[str, Any], str, str]) -> None:
     _, _, first = image
+    assert store.lookup(REF) == first and store.lookup(first) == first  # (now cached)
     layer = store.commit_layer_dir(_make_tree(tmp_path / "other"))
     second = store.write_image(REF, [layer], {"Cmd": ["other"]})
     assert second != first
-    assert store.lookup(REF) == second
+    assert store.lookup(REF) == second and store.lookup(first) is None  # the index changed
     index = json.loads((store.root / "index.json").read_text())
     assert len(index["manifests"]) == 1
     assert store.resolve(REF).cmd == ["other"]
