@@ -59,6 +59,7 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
 
@@ -164,6 +165,11 @@ def inotify_add(fd: int, path: str, mask: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
     return wd
+
+
+def inotify_remove(fd: int, wd: int) -> None:
+    """Stop watch ``wd`` (one the kernel dropped already, its file gone, is no error)."""
+    _libc.inotify_rm_watch(fd, wd)
 
 
 def inotify_watch(paths: list[str], mask: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import secrets
 import ssl
@@ -27,6 +28,8 @@ from hutch.engine.network.connectproxy import ConnectEndpoint, digest
 from hutch.engine.network.tunnelmirrors import TunnelMirrors
 
 CONNECT_FILE = "connect.json"
+
+log = logging.getLogger("hutch.tls")
 
 
 def _load(sandbox_dir: Path) -> dict[int, dict[str, Any]]:
@@ -66,18 +69,22 @@ class ConnectTokens:
         return f"https://127.0.0.1:{host_port}", token
 
     async def restore(self, live: LiveSandbox) -> None:
-        """Serve the tokens a previous daemon made for the sandbox."""
+        """Serve the tokens a previous daemon made for the sandbox (what fails is logged:
+        a restarted daemon must start whatever one sandbox's records hold)."""
+        records = _load(live.dirs.root)
+        if not records:
+            return
         async with self._lock:
-            for port, record in _load(live.dirs.root).items():
+            for port, record in records.items():
                 try:
                     host_port = int(record.get("host_port") or 0)
                     tokens = {str(k): None if v is None else str(v)
                               for k, v in dict(record.get("tokens") or {}).items()}
-                except (TypeError, ValueError):
-                    continue  # (not as this engine wrote it)
-                await self._endpoint(live, port, host_port if 0 <= host_port < 65536 else 0,
-                                     tokens)
-            self._record(live)
+                    await self._endpoint(live, port,
+                                         host_port if 0 <= host_port < 65536 else 0, tokens)
+                except Exception as exc:
+                    log.warning("connect tokens of %s port %s not served again: %s",
+                                live.sandbox_id, port, exc)
 
     def _record(self, live: LiveSandbox) -> None:
         mine = {port: {"host_port": host, "tokens": endpoint.tokens}

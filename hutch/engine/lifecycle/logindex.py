@@ -3,13 +3,14 @@ Modal's timestamped entries (``fetch(since=, until=)``, ``tail(n)``) from it.
 
 Why a side file: the entrypoint writes its stdout and stderr straight into its log files
 (the engine is not in that path, so output costs no copies), and nothing records when a
-byte arrived.  A task per running sandbox watches the two files with inotify and appends
-``fd end-offset time`` to ``logs.index`` (beside the logs, where the sandbox cannot write)
-whenever one has grown, at most every ``COALESCE`` seconds: a line's time is when the
-engine saw its last byte, within ``COALESCE`` (plus scheduling) of its write.  Records are
-about 30 bytes; past ``DENSE_RECORDS`` of them the interval grows to ``SPARSE`` so a
-chatty sandbox running for days keeps its index to a few MB.  Output written while no
-daemon ran gets the time the next one saw it.
+byte arrived.  One inotify instance watches the files of every running sandbox
+(:class:`LogWatcher`) and appends ``fd end-offset time`` to the sandbox's ``logs.index``
+(beside the logs, where the sandbox cannot write) whenever one has grown, at most every
+``COALESCE`` seconds: a line's time is when the engine saw its last byte, within
+``COALESCE`` (plus scheduling) of its write.  Records are about 26 bytes; past
+``DENSE_RECORDS`` of them a sandbox's are at most every ``SPARSE`` seconds, so a chatty
+sandbox running for days keeps its index to a few MB.  Output written while no daemon ran
+gets the time the next one saw it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import bisect
 import contextlib
 import logging
 import os
+import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,6 +36,8 @@ log = logging.getLogger("hutch.sandbox")
 INDEX_FILE = "logs.index"
 COALESCE = 0.05
 DENSE_RECORDS = 100_000
+#: About the size of one record (to count a restarted daemon's records by the file's size).
+RECORD_BYTES = 26
 SPARSE = 2.0
 #: Longest message of one entry: a longer line is cut into pieces this long.
 MAX_MESSAGE = 64 * 1024
@@ -75,13 +79,16 @@ class LogIndex:
     def __init__(self, dirs: rootfs.SandboxDirs) -> None:
         self.paths = _paths(dirs)
         self.file = dirs.root / INDEX_FILE
-        marks = _marks(self.file)
-        self.seen = {fd: (ends[-1] if ends else 0) for fd, (ends, _) in marks.items()}
-        self.records = sum(len(ends) for ends, _ in marks.values())
+        # Not read back (a day's index is megabytes, and a restarted daemon makes one of
+        # these per sandbox on its event loop): the first look records the sizes as they
+        # are, and a record that does not grow an offset is ignored by readers.
+        self.seen = {1: 0, 2: 0}
+        self.records = _size(self.file) // RECORD_BYTES
+        self.last = 0.0
 
     def record(self) -> None:
         """Record the growth of the log files since the last look, at this time."""
-        now = time.time()
+        now = self.last = time.time()
         grown = b""
         for fd, path in self.paths.items():
             size = _size(path)
@@ -93,40 +100,68 @@ class LogIndex:
             with contextlib.suppress(OSError), open(self.file, "ab") as out:
                 out.write(grown)
 
-    async def keep(self, done: trio.Event) -> None:
-        """Record as the files grow until the sandbox has ended (``done``)."""
-        watched = [str(p) for p in self.paths.values() if p.exists()]
-        if not watched:
-            return
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then the name: none for files)
+
+
+class LogWatcher:
+    """One inotify instance for the logs of every running sandbox, whose growth it records
+    at most every ``COALESCE`` seconds.  Why one: an instance per sandbox would take the
+    user's instances (128 by default, ``fs.inotify.max_user_instances``) from file watches
+    and log followers past a hundred sandboxes; watches are plentiful."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._by_wd: dict[int, LogIndex] = {}
+        self._wds: dict[int, list[int]] = {}  # id(index) -> its watches
+        self._grown: set[int] = set()
+
+    def watch(self, index: LogIndex) -> None:
+        """Record ``index``'s growth until :meth:`forget` (logged and skipped if the kernel
+        refuses: its lines are then timed when read)."""
         try:
-            watch = linux.inotify_watch(watched, linux.IN_MODIFY)
-        except OSError as exc:  # (out of inotify instances): readers still record
-            log.warning("the output of %s is timed when read: %s", self.file.parent.name, exc)
+            if self._fd is None:
+                self._fd = linux.inotify_init()
+            wds = [linux.inotify_add(self._fd, str(p), linux.IN_MODIFY)
+                   for p in index.paths.values() if p.exists()]
+        except OSError as exc:
+            log.warning("the output of %s is timed when read: %s", index.file.parent.name, exc)
             return
-        try:
-            while not done.is_set():
-                self.record()
-                async with trio.open_nursery() as waits:  # a write, or the end
-                    waits.start_soon(_cancel_after, done.wait(), waits.cancel_scope)
-                    waits.start_soon(_cancel_after, trio.lowlevel.wait_readable(watch),
-                                     waits.cancel_scope)
-                _drain(watch)
-                with trio.move_on_after(COALESCE if self.records < DENSE_RECORDS else SPARSE):
-                    await done.wait()
-            self.record()
-        finally:
-            os.close(watch)
+        self._wds[id(index)] = wds
+        for wd in wds:
+            self._by_wd[wd] = index
 
+    def forget(self, index: LogIndex) -> None:
+        for wd in self._wds.pop(id(index), []):
+            if self._by_wd.get(wd) is index:
+                del self._by_wd[wd]
+                if self._fd is not None:
+                    linux.inotify_remove(self._fd, wd)
 
-async def _cancel_after(wait: Awaitable[object], scope: trio.CancelScope) -> None:
-    await wait
-    scope.cancel()
+    async def run(self) -> None:
+        """Wait for writes and record them, for as long as the engine runs."""
+        while True:
+            if self._fd is None:
+                await trio.sleep(COALESCE)
+                continue
+            await trio.lowlevel.wait_readable(self._fd)
+            await trio.sleep(COALESCE)  # (one record for a burst of writes)
+            for wd in self._read_events():
+                index = self._by_wd.get(wd)
+                if index is not None and (index.records < DENSE_RECORDS
+                                          or time.time() - index.last >= SPARSE):
+                    index.record()
 
-
-def _drain(fd: int) -> None:
-    with contextlib.suppress(BlockingIOError):
-        while os.read(fd, 4096):
-            pass
+    def _read_events(self) -> set[int]:
+        assert self._fd is not None
+        wds: set[int] = set()
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(self._fd, 65536):
+                at = 0
+                while at + _EVENT.size <= len(data):
+                    wd, _, _, length = _EVENT.unpack_from(data, at)
+                    wds.add(wd)
+                    at += _EVENT.size + length
+        return wds
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from hutch.engine.images.service import ImageService
 from hutch.engine.isolation.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.isolation.idslices import Slice
 from hutch.engine.lifecycle import logindex, sandboxlimits, sandboxspec
+from hutch.engine.lifecycle.cleanup import PENDING, SandboxCleanup
 from hutch.engine.lifecycle.connecttokens import ConnectTokens
 from hutch.engine.lifecycle.launch import LaunchPlan, start_container
 from hutch.engine.lifecycle.livesandbox import LiveSandbox, first_of, until_exit_activity_or
@@ -51,14 +52,14 @@ from hutch.engine.storage import remains, rootfs
 from hutch.engine.storage.diskslots import DiskSlots
 from hutch.engine.storage.recordids import new_id
 from hutch.engine.storage.store import DEFAULT_APP, SandboxRow, SandboxSpec, Store
-from hutch.engine.storage.volumes import VolumeService, release_staging
+from hutch.engine.storage.volumes import VolumeService
 from hutch.imagebuild.layout import Image
 
 log = logging.getLogger("hutch.sandbox")
 
 
 
-class SandboxManager(SandboxRecovery):
+class SandboxManager(SandboxRecovery, SandboxCleanup):
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
                  nursery: trio.Nursery, cgroups: CgroupHost,
@@ -94,6 +95,8 @@ class SandboxManager(SandboxRecovery):
                                      self.ids.slices)
         self.disks = DiskSlots.for_engine(data_dir, user)
         nursery.start_soon(self.ids.sweep_forever)
+        self.log_watcher = logindex.LogWatcher()
+        nursery.start_soon(self.log_watcher.run)
 
     def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs:
         return rootfs.SandboxDirs(self.sandboxes_dir / sandbox_id)
@@ -173,6 +176,7 @@ class SandboxManager(SandboxRecovery):
         stdin: trio.lowlevel.FdStream | None = None
         try:
             dirs.root.mkdir(parents=True)
+            (dirs.root / PENDING).touch()  # until its cleanup is over (recovery finishes it)
             visible = self.ids.visible_dir(dirs.root, ids) if ids is not None else None
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes",
                                          stage_all=ids is not None)
@@ -271,7 +275,7 @@ class SandboxManager(SandboxRecovery):
         live.log_index = logindex.LogIndex(live.dirs)
         self.live[row.sandbox_id] = live
         self.nursery.start_soon(self._supervisor, live)
-        self.nursery.start_soon(live.log_index.keep, live.done)
+        self.log_watcher.watch(live.log_index)
         if live.probe is not None:
             self.nursery.start_soon(run_probe, self.commands, live, live.probe)
 
@@ -293,6 +297,7 @@ class SandboxManager(SandboxRecovery):
         live.ended = True  # from here on its row says it has ended
         if live.log_index is not None:  # all its output, before readers see it ended
             live.log_index.record()
+            self.log_watcher.forget(live.log_index)
         code = await self._exit_code(live.pid)
         oom, detail = (False, None) if live.cgroup is None else \
             live.cgroup.outcome(killed=code == exitcodes.KILLED and not live.terminating
@@ -337,42 +342,6 @@ class SandboxManager(SandboxRecovery):
             return None
         path.unlink(missing_ok=True)
         return code
-
-    async def _cleanup(self, sandbox_id: str, dirs: rootfs.SandboxDirs) -> None:
-        for session in [s for s in self.execs.values()
-                        if s.sandbox_id == sandbox_id and not s.done.is_set()]:
-            session.kill_tree()
-        try:
-            await self.runtime.delete(sandbox_id, force=True)
-        except RuntimeCommandError as exc:
-            if "does not exist" not in exc.stderr and "not found" not in exc.stderr.lower():
-                log.warning("deleting container %s: %s", sandbox_id, exc)
-        except OSError as exc:  # (out of descriptors): the cleanup goes on
-            log.warning("deleting container %s: %s", sandbox_id, exc)
-        await outbound.detach(dirs.root)
-        row = self.store.sandbox(sandbox_id)
-        cgroup = self._cgroup(sandbox_id, row.spec)
-        if cgroup is not None:
-            cgroup.remove()
-        release_staging(dirs.root / "volumes")
-        # What the sandbox left in its files is its own to shape (a tree 1500 levels deep,
-        # hutch/engine/kernel/trees.py): nothing of it may end the daemon, which serves the others.
-        try:
-            self.ids.unbind(dirs.root)
-            rootfs.unmount_rootfs(dirs)
-        except Exception:
-            log.exception("cleaning up %s", sandbox_id)
-        remains.forget(dirs.root)
-        self._give_back_ids(sandbox_id, row.spec)
-        if row.spec.disk_slot:
-            try:
-                await trio.to_thread.run_sync(self.disks.give_back, Path(row.spec.disk_slot))
-            except Exception:
-                log.exception("emptying the disk slot of %s", sandbox_id)
-
-    def _give_back_ids(self, sandbox_id: str, spec: SandboxSpec) -> None:
-        self.ids.give_back(sandbox_id, spec)
-        self.volumes.ids.leave(sandbox_id)
 
     # terminate / wait ---------------------------------------------------------------------
     def get(self, sandbox_id: str) -> SandboxRow:

@@ -18,8 +18,10 @@ from typing import Protocol
 import trio
 
 from hutch.api import exitcodes
+from hutch.engine.errors import NotFound
 from hutch.engine.isolation.idslices import Slice
 from hutch.engine.kernel import proctree
+from hutch.engine.lifecycle.cleanup import PENDING
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
 from hutch.engine.lifecycle.sandboxids import SandboxIds
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
@@ -53,7 +55,9 @@ class _Manager(Protocol):
     async def _serve_tunnels(self, live: LiveSandbox) -> None: ...
     async def terminate(self, sandbox_id: str, grace: float) -> SandboxRow: ...
     async def _exit_code(self, pid: int, wait: float = 5.0) -> int | None: ...
-    async def _cleanup(self, sandbox_id: str, dirs: rootfs.SandboxDirs) -> None: ...
+    async def _cleanup(self, sandbox_id: str, dirs: rootfs.SandboxDirs, *,
+                       held: bool = True) -> None: ...
+    def _unfinished_cleanups(self) -> list[SandboxRow]: ...
     async def _runtime_state(self: _Manager, sandbox_id: str) -> dict[str, object] | None: ...
     def _forget_stale_exit_records(self: _Manager) -> None: ...
     async def _sweep_ended(self: _Manager) -> None: ...
@@ -67,6 +71,7 @@ class SandboxRecovery:
         finish the cleanup of those marked ended whose cleanup the crash cut short (their
         process records are removed last)."""
         self.store.orphan_execs()
+        unfinished = self._unfinished_cleanups()  # (before the adopted ones can end)
         for row in self.store.list_sandboxes(pooled=True):
             dirs = self.dirs(row.sandbox_id)
             alive = (row.state == "running" and row.init_pid is not None
@@ -111,11 +116,14 @@ class SandboxRecovery:
                                        else "lost")
             await self._cleanup(row.sandbox_id, dirs)
             log.info("reaped sandbox %s that ended while no daemon ran", row.sandbox_id)
-        for row in self.store.list_sandboxes(states=("exited",)):
+        for row in unfinished:  # its cleanup was cut short: without what it never held
             dirs = self.dirs(row.sandbox_id)
-            if (dirs.root / remains.RECORD).exists():  # its end was cut short by the crash
+            try:
                 await remains.end(dirs.root, row.init_pid, runtime_names_init=False)
-                await self._cleanup(row.sandbox_id, dirs)
+                await self._cleanup(row.sandbox_id, dirs, held=False)
+            except Exception:  # (the daemon starts all the same; the next one tries again)
+                log.exception("finishing the cleanup of sandbox %s", row.sandbox_id)
+            else:
                 log.info("finished the cleanup of sandbox %s", row.sandbox_id)
         self._forget_stale_exit_records()
         try:  # what a crash left in them
@@ -123,6 +131,22 @@ class SandboxRecovery:
         except Exception:
             log.exception("emptying the disk slots a previous daemon left")
         self.nursery.start_soon(self._sweep_ended)
+
+    def _unfinished_cleanups(self: _Manager) -> list[SandboxRow]:
+        """The ended sandboxes whose cleanup a crash cut short: their directory still has
+        the mark of a pending cleanup, or (made by an engine without that mark) records of
+        their processes."""
+        found = []
+        ids = {p.parent.name for pattern in (f"*/{PENDING}", f"*/{remains.RECORD}")
+               for p in self.sandboxes_dir.glob(pattern)}
+        for sandbox_id in sorted(ids):
+            try:
+                row = self.store.sandbox(sandbox_id)
+            except NotFound:
+                continue
+            if row.state == "exited":
+                found.append(row)
+        return found
 
     async def _sweep_ended(self: _Manager) -> None:
         """Remove the directories and logs of sandboxes that ended more than

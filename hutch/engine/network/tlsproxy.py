@@ -45,8 +45,18 @@ NAME_CONSTRAINTS = ("nameConstraints=critical,permitted;IP:127.0.0.1/255.255.255
 CONSTRAINED = ".constrained"
 
 
+#: One maker of the CA at a time: creates run :func:`sandbox_trust` on worker threads, and
+#: two makers at once left a server key that did not match its certificate.
+_MAKING = threading.RLock()
+
+
 def ensure_ca(data_dir: Path) -> Path:
     """The engine's CA directory, with ``ca.crt``, ``server.crt`` and ``server.key``."""
+    with _MAKING:
+        return _ensure_ca(data_dir)
+
+
+def _ensure_ca(data_dir: Path) -> Path:
     ca = data_dir / "ca"
     if (ca / "server.crt").exists() and (ca / CONSTRAINED).exists():
         return ca
@@ -82,6 +92,11 @@ def sandbox_trust(data_dir: Path, host_bundle: Path) -> Path:
     or the CA changed: by modification time, size or inode, so a bundle put back with an
     older time is seen too): a tunnel's ``https://127.0.0.1:<port>`` verifies there as on
     the host, and the CA's name constraints keep it from vouching for anything else."""
+    with _MAKING:
+        return _sandbox_trust(data_dir, host_bundle)
+
+
+def _sandbox_trust(data_dir: Path, host_bundle: Path) -> Path:
     ca = ensure_ca(data_dir)
     bundle = ca / SANDBOX_TRUST
     host, own = host_bundle.stat(), (ca / "ca.crt").stat()

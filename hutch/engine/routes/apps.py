@@ -15,14 +15,14 @@ import trio
 from fastapi import FastAPI, Query
 
 from hutch.api import urls
-from hutch.api.models import (
+from hutch.api.appmodels import (
     AppInfo,
     ConnectTokenInfo,
     ConnectTokenRequest,
     LogEntries,
     LogEntryInfo,
-    SetTagsRequest,
 )
+from hutch.api.models import SetTagsRequest
 from hutch.engine.errors import Conflict, Invalid
 from hutch.engine.lifecycle import logindex
 from hutch.engine.lifecycle.manager import SandboxManager

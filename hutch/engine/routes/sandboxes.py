@@ -16,10 +16,10 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
 from hutch.api import urls
+from hutch.api.appmodels import AppInfo
 from hutch.api.models import (
     MAX_FILE_OFFSET,
     NDJSON,
-    AppInfo,
     CreateSandboxRequest,
     LookupAppRequest,
     SandboxInfo,

@@ -171,3 +171,26 @@ def test_a_cleanup_the_crash_cut_short_is_finished(tmp_path: Path) -> None:
         assert _row(manager, sandbox_id).state == "exited"
 
     _restart(tmp_path, before, after)
+
+
+def test_the_pending_mark_outlives_a_cut_short_cleanup_only(tmp_path: Path) -> None:
+    """``cleanup.pending`` is there from before the container until the cleanup is over,
+    so a sandbox whose init ended too soon to be recorded is found all the same."""
+    from hutch.engine.lifecycle.cleanup import PENDING
+
+    async def before(manager: SandboxManager, runtime: FakeRuntime) -> str:
+        ended = await manager.create(CreateSandboxRequest())
+        live = manager.live[ended.sandbox_id]
+        assert (manager.dirs(ended.sandbox_id).root / PENDING).exists()
+        await _ended(manager, runtime, ended.sandbox_id, signal.SIGKILL)
+        await live.done.wait()
+        assert not (manager.dirs(ended.sandbox_id).root / PENDING).exists()
+        (manager.dirs(ended.sandbox_id).root / PENDING).touch()  # as if cut short
+        runtime.deleted.clear()
+        return ended.sandbox_id
+
+    async def after(manager: SandboxManager, runtime: FakeRuntime, sandbox_id: str) -> None:
+        assert runtime.deleted == [sandbox_id]
+        assert not (manager.dirs(sandbox_id).root / PENDING).exists()
+
+    _restart(tmp_path, before, after)
