@@ -120,7 +120,26 @@ async def trust_for_sandbox(data_dir: Path, host_bundle: Path = Path(
     host has no bundle."""
     if not host_bundle.is_file():
         return None
+    made = _made_trust(data_dir, host_bundle)  # (the usual case: a few stats, no thread)
+    if made is not None:
+        return made
     return await trio.to_thread.run_sync(sandbox_trust, data_dir, host_bundle)
+
+
+def _made_trust(data_dir: Path, host_bundle: Path) -> Path | None:
+    """The sandbox bundle if it is made and up to date, else None (read only: whatever a
+    maker does meanwhile, a mismatch sends the caller to :func:`sandbox_trust`)."""
+    ca = data_dir / "ca"
+    bundle = ca / SANDBOX_TRUST
+    try:
+        host, own = host_bundle.stat(), (ca / "ca.crt").stat()
+        source = f"{host.st_mtime_ns} {host.st_size} {host.st_ino} {own.st_mtime_ns}\n"
+        if (ca / CONSTRAINED).exists() and bundle.exists() and \
+                (ca / (SANDBOX_TRUST + ".from")).read_text() == source:
+            return bundle
+    except OSError:
+        pass
+    return None
 
 
 def server_context(ca: Path) -> ssl.SSLContext:
