@@ -137,23 +137,9 @@ class SandboxLogsManager(_Logs):
             yield entry
 
 
-class AppLogsManager(_Logs):
-    """``app.logs``: the output of all the app's sandboxes, merged in time."""
-
-    @synchronize_generator
-    async def fetch(self, *, since: datetime, until: datetime | None = None,
-                    source: LogSource | None = None, search_text: str = ""
-                    ) -> AsyncIterator[LogEntry]:
-        """Entries from ``since`` (inclusive) to ``until`` (exclusive, default now)."""
-        async for entry in self._fetch(since, until, source, search_text):
-            yield entry
-
-    @synchronize_generator
-    async def tail(self, entries: int = 100, *, source: LogSource | None = None
-                   ) -> AsyncIterator[LogEntry]:
-        """The last ``entries`` entries, oldest first."""
-        async for entry in self._tail(entries, source):
-            yield entry
+class AppLogsManager(SandboxLogsManager):
+    """``app.logs``: the output of all the app's sandboxes, merged in time (``fetch`` and
+    ``tail`` as a sandbox's), and ``stream``."""
 
     @synchronize_generator
     async def stream(self, timeout: float | None = None) -> AsyncIterator[LogEntry]:

@@ -21,7 +21,6 @@ import anyio
 
 from hutch.api import urls
 from hutch.exception import (
-    ClientClosed,
     ConflictError,
     InvalidError,
     SandboxTerminatedError,
@@ -201,10 +200,6 @@ class Sandbox(SandboxAccess, SandboxPending):
     list = BoundGenerator(_list_sandboxes, "list", _list_sandboxes.__doc__)
 
     # state ------------------------------------------------------------------------------
-    def _attached(self) -> None:
-        if self._detached:
-            raise ClientClosed("Unable to perform operation on a detached sandbox")
-
     async def _request(self, method: str, template: str = urls.SANDBOX, **kw: Any
                        ) -> dict[str, Any]:
         """Call the route ``template`` (an ``urls.SANDBOX*``) of this sandbox."""

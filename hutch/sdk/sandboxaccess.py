@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from hutch.api import urls
-from hutch.exception import InvalidError
+from hutch.exception import ClientClosed, InvalidError
 from hutch.sdk import catrust, options
 from hutch.sdk.logs import SandboxLogsManager
 from hutch.sdk.syncbridge import synchronize
@@ -32,9 +32,12 @@ class SandboxConnectCredentials:
 
 class SandboxAccess:
     object_id: str
+    #: let go of (``detach``): no call may use it any more
+    _detached: bool
 
     def _attached(self) -> None:
-        raise NotImplementedError  # the sandbox's
+        if self._detached:
+            raise ClientClosed("Unable to perform operation on a detached sandbox")
 
     @synchronize
     async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
