@@ -20,13 +20,14 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from hutch.api import urls
 from hutch.api.models import DEBIAN_PYTHON_SUITES
 from hutch.exception import EngineError, InvalidError
-from hutch.sdk import imagesteps, options
+from hutch.sdk import imagesteps
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
+from hutch.sdk.localobject import LocalObject
 from hutch.sdk.options import check_text, reject_unsupported, shown
 from hutch.sdk.output import BuildDisplay
 from hutch.sdk.pending import ImagePending
@@ -43,7 +44,7 @@ def _local_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-class Image(ImagePending):
+class Image(ImagePending, LocalObject):
     """A sandbox image; start from :meth:`debian_slim` (or :meth:`from_id`) and add steps."""
 
     def __init__(self, base: dict[str, Any], steps: tuple[ImageStep, ...] = (), *,
@@ -326,16 +327,6 @@ class Image(ImagePending):
             if not isinstance(exc, ImportError):
                 warnings.warn(f"Warning: caught a non-ImportError exception in an `imports()`"
                               f" block: {exc!r}", stacklevel=3)
-
-    @synchronize
-    async def get_dashboard_url(self) -> NoReturn:
-        options.refuse_platform("Image.get_dashboard_url", options.DASHBOARD)
-
-    @property
-    def client(self) -> None:
-        """Modal's client object: hutch talks to its local engine and has none, so None,
-        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
-        return None
 
     def __repr__(self) -> str:
         return f"Image({self._ref or self._describe()})"

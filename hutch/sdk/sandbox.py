@@ -40,6 +40,7 @@ from hutch.sdk.files import (
     _check_path,
 )
 from hutch.sdk.image import Image, resolves_directly
+from hutch.sdk.localobject import LocalObject
 from hutch.sdk.pending import SandboxPending
 from hutch.sdk.probe import Probe
 from hutch.sdk.process import EXEC_SETTLE_MS, WAIT_SLICE, ContainerProcess
@@ -82,7 +83,7 @@ def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None
     return sandboxes()
 
 
-class Sandbox(SandboxAccess, SandboxPending):
+class Sandbox(SandboxAccess, SandboxPending, LocalObject):
     """A sandbox: an isolated container started from an image on this machine."""
 
     def __init__(self, info: dict[str, Any]) -> None:
@@ -452,12 +453,6 @@ class Sandbox(SandboxAccess, SandboxPending):
             with anyio.CancelScope(shield=True):
                 if await process.poll.aio() is None:
                     await process.kill.aio()
-
-    @property
-    def client(self) -> None:
-        """Modal's client object: hutch talks to its local engine and has none, so None,
-        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
-        return None
 
     def __repr__(self) -> str:
         return f"Sandbox({self.object_id})"

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from hutch.api import urls
 from hutch.exception import ClientClosed, InvalidError
-from hutch.sdk import catrust, options
+from hutch.sdk import catrust
 from hutch.sdk.logs import SandboxLogsManager
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
@@ -85,11 +85,6 @@ class SandboxAccess:
             json_body={"user_metadata": user_metadata, "port": port})
         await trust_engine_ca()
         return SandboxConnectCredentials(found["url"], found["token"])
-
-    @synchronize
-    async def get_dashboard_url(self) -> NoReturn:
-        options.refuse_platform("Sandbox.get_dashboard_url", options.DASHBOARD)
-
 
 async def trust_engine_ca() -> None:
     """Make this process trust the engine's CA (:mod:`hutch.sdk.catrust`)."""

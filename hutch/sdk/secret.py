@@ -16,12 +16,13 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from dotenv import dotenv_values
 
 from hutch.exception import InvalidError, NotFoundError
-from hutch.sdk import options, secretstore
+from hutch.sdk import secretstore
+from hutch.sdk.localobject import LocalObject
 from hutch.sdk.options import (
     check_env,
     check_object_name,
@@ -79,7 +80,7 @@ class SecretManager:
         secretstore.delete(name, allow_missing=allow_missing)
 
 
-class Secret:
+class Secret(LocalObject):
     """A set of environment variables for sandboxes and execs, given in code or named."""
 
     #: The named secrets: ``Secret.objects.create/list/delete``.
@@ -221,16 +222,6 @@ class Secret:
     def env(self) -> dict[str, str]:
         """The variables, values included (what a sandbox receives)."""
         return dict(self._env)
-
-    @synchronize
-    async def get_dashboard_url(self) -> NoReturn:
-        options.refuse_platform("Secret.get_dashboard_url", options.DASHBOARD)
-
-    @property
-    def client(self) -> None:
-        """Modal's client object: hutch talks to its local engine and has none, so None,
-        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
-        return None
 
     def __repr__(self) -> str:
         if self._loaded is None:

@@ -16,14 +16,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypedDict
+from typing import IO, Any, TypedDict
 
 import anyio
 
 from hutch.api import urls
 from hutch.exception import InvalidError, NotFoundError
-from hutch.sdk import options, transport
+from hutch.sdk import transport
 from hutch.sdk.files import CHUNK, FileType, listing
+from hutch.sdk.localobject import LocalObject
 from hutch.sdk.options import (
     check_object_name,
     check_text,
@@ -99,7 +100,7 @@ class VolumeEntry:
     mtime: float
 
 
-class Volume:
+class Volume(LocalObject):
     """A named volume; mount it with ``Sandbox.create(volumes={"/data": vol})``."""
 
     #: ``Volume.objects.create/list/delete``
@@ -292,16 +293,6 @@ class Volume:
         uploaded when the block exits without an error (``FileExistsError`` for an
         existing file unless ``force``)."""
         return _BatchFace(self)
-
-    @synchronize
-    async def get_dashboard_url(self) -> NoReturn:
-        options.refuse_platform("Volume.get_dashboard_url", options.DASHBOARD)
-
-    @property
-    def client(self) -> None:
-        """Modal's client object: hutch talks to its local engine and has none, so None,
-        which every ``client=`` parameter takes (``from_id(..., client=obj.client)``)."""
-        return None
 
     def __repr__(self) -> str:
         return f"Volume({self.name!r})"

@@ -12,23 +12,11 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit
-
-import pytest
 
 import hutch
 from tests.integration.test_connect_tokens import ECHO_SERVER, _raw
-
-
-@pytest.fixture
-def server(engine: dict[str, Any]) -> Iterator[hutch.Sandbox]:
-    sb = hutch.Sandbox.create("python3", "-c", ECHO_SERVER,
-                              readiness_probe=hutch.Probe.with_tcp(8080), timeout=180)
-    sb.wait_until_ready()
-    yield sb
-    sb.terminate()
+from tests.integration.test_connect_tokens import server as server  # (the fixture)
 
 
 def _requests_seen(sb: hutch.Sandbox) -> list[str]:

@@ -51,10 +51,6 @@ class TunnelMirrors:
         self._tunnels: dict[int, TunnelEndpoint] = {}
         self._members: dict[str, _Member] = {}
 
-    @property
-    def tunnel_ports(self) -> list[int]:
-        return sorted(self._tunnels)
-
     async def add_tunnel(self, port: int, endpoint: TunnelEndpoint) -> None:
         """A new tunnel on host ``port``: listen for it in every member, then return."""
         if endpoint.done.is_set():
