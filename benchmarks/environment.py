@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Unavailable
+from hutch.engine.images import bases
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 
 
 @dataclass(frozen=True)
 class Rootfs:
-    """The unpacked single-layer root filesystem every contender runs."""
+    """The unpacked root filesystem every contender runs: the Debian tree, the first layer
+    of the default image (its second adds pip, wheel and uv)."""
 
     image: str
     path: Path
@@ -42,7 +44,7 @@ class Rootfs:
 
 
 #: The image every scenario and peer runs (hutch's default, debian_slim).
-DEFAULT_IMAGE = "hutch/debian-slim:bookworm-py3.11"
+DEFAULT_IMAGE = bases.default_ref()
 
 
 def _blob(layout: Path, digest: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ TEST_USER="${HUTCH_TEST_USER:-hutchtest}"
 PACKAGES=(
   crun runc uidmap mmdebstrap umoci skopeo slirp4netns fuse-overlayfs iproute2 tar gzip
   python3 python3-venv python3-dev sqlite3 ca-certificates rsync util-linux procps
-  podman bubblewrap docker-registry zstd nftables openssl
+  podman bubblewrap docker-registry zstd nftables openssl patchelf
 )
 
 if [ "$(id -u)" != 0 ]; then

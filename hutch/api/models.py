@@ -8,7 +8,7 @@ with a 422 validation error naming the field, never a 500.  Streams are NDJSON: 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -297,115 +297,6 @@ class EngineInfo(_Wire):
     #: ``runtime`` (the OCI runtime's exec)
     exec_via: str = "runtime"
     default_limits: DefaultLimits = Field(default_factory=DefaultLimits)
-
-
-#: Python version -> the Debian suite whose python3 it is (``Image.debian_slim``).
-DEBIAN_PYTHON_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
-
-
-class DebianSlimStep(_Wire):
-    """Base: Debian with Python, built by mmdebstrap."""
-
-    kind: Literal["debian_slim"] = "debian_slim"
-    python_version: str
-
-    @field_validator("python_version")
-    @classmethod
-    def _supported(cls, v: str) -> str:
-        if v not in DEBIAN_PYTHON_SUITES:
-            supported = ", ".join(sorted(DEBIAN_PYTHON_SUITES))
-            raise ValueError(f"Python {v} has no Debian base; supported versions: {supported}")
-        return v
-
-
-class FromIdStep(_Wire):
-    """Base: an image the engine already has, by reference or manifest digest."""
-
-    kind: Literal["from_id"] = "from_id"
-    ref: str = Field(min_length=1, max_length=512)
-
-
-class FromRegistryStep(_Wire):
-    """Base: an image pulled from a registry with skopeo (``credentials``: ``user:pass``,
-    never logged or part of a cache key)."""
-
-    kind: Literal["from_registry"] = "from_registry"
-    ref: str = Field(min_length=1, max_length=512, pattern=r"^[^\s/][^\s]*$")
-    credentials: str | None = None
-    force_build: bool = False
-
-
-class FromOCIStep(_Wire):
-    """Base: an OCI image layout directory (``archive`` false) or an OCI archive file."""
-
-    kind: Literal["from_oci"] = "from_oci"
-    path: str
-    archive: bool = False
-    tag: str | None = None
-
-    _path = field_validator("path")(classmethod(lambda cls, v: _check_workdir(v)))
-
-
-class RunStep(_Wire):
-    """Shell commands run in order in a build container (host network); one layer.
-
-    ``secret_env`` is like ``env`` but its values never reach logs, records or cache keys
-    (only a hash of them does).
-    """
-
-    kind: Literal["run"] = "run"
-    commands: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    secret_env: dict[str, str] = Field(default_factory=dict)
-    description: str = ""
-    force_build: bool = False
-
-    _env = field_validator("env", "secret_env")(classmethod(lambda cls, v: _check_env(v)))
-    _argv = field_validator("commands")(classmethod(lambda cls, v: _check_argv(v)))
-
-
-class CopyStep(_Wire):
-    """Files: an uploaded context tar (by digest) unpacked at ``dest``; one layer."""
-
-    kind: Literal["copy"] = "copy"
-    context: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
-    dest: str
-    description: str = ""
-
-    _dest = field_validator("dest")(classmethod(lambda cls, v: _check_workdir(v)))
-
-
-class ConfigStep(_Wire):
-    """Image settings only (no layer): env (``$VAR`` expanded), workdir, entrypoint, cmd."""
-
-    kind: Literal["config"] = "config"
-    env: dict[str, str] | None = None
-    workdir: str | None = None
-    entrypoint: list[str] | None = None
-    cmd: list[str] | None = None
-
-    _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
-    _env = field_validator("env")(classmethod(lambda cls, v: v if v is None else _check_env(v)))
-    _argv = field_validator("entrypoint", "cmd")(
-        classmethod(lambda cls, v: v if v is None else _check_argv(v)))
-
-
-BaseStep = Annotated[DebianSlimStep | FromIdStep | FromRegistryStep | FromOCIStep,
-                     Field(discriminator="kind")]
-LayerStep = Annotated[RunStep | CopyStep | ConfigStep, Field(discriminator="kind")]
-
-
-class BuildImageRequest(_Wire):
-    """Build an image (or find it cached): a base, then steps applied in order.
-
-    The answer is an NDJSON stream: ``{"step": i, "of": n, "description": ...,
-    "cached": bool}`` as each step starts, ``{"log": line}`` as it runs, and finally
-    ``{"ref": ...}`` or ``{"error": ErrorBody}``.
-    """
-
-    base: BaseStep
-    steps: list[LayerStep] = Field(default_factory=list, max_length=256)
-    force_build: bool = False
 
 
 class LookupVolumeRequest(_Wire):

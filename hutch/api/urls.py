@@ -26,6 +26,7 @@ IMAGES_BUILD = IMAGES + "/build"
 IMAGES_DEFAULT = IMAGES + "/default"
 IMAGES_INSPECT = IMAGES + "/inspect"
 IMAGES_PRUNE = IMAGES + "/prune"
+IMAGES_PUSH = IMAGES + "/push"
 IMAGE_CONTEXT = IMAGES + "/contexts/{digest}"
 
 SANDBOXES = V1 + "/sandboxes"

@@ -29,10 +29,24 @@ from typing import Any
 from hutch.imagebuild.layerunpack import ImportFailed, check_digest, place_layer, stage_layer
 from hutch.imagebuild.layout import ImageStore
 
-__all__ = ["ImportFailed", "import_image", "skopeo_source"]
+__all__ = ["ImportFailed", "import_image", "plain_http", "skopeo_source"]
 
 LogLine = Callable[[str], None]
 LOCAL_REGISTRIES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def plain_http(reference: str) -> bool:
+    """Whether a registry reference (``docker://`` optional) names a registry on this host's
+    loopback, which skopeo reaches over plain HTTP (pulls and pushes alike); without a
+    ``/`` there is no registry host (``localhost:1`` is Docker Hub's ``library/localhost``)."""
+    host, slash, _ = reference.removeprefix("docker://").partition("/")
+    if not slash:
+        return False
+    if not host.startswith("["):
+        host = host.split(":", 1)[0]
+    elif "]" in host:
+        host = host[:host.index("]") + 1]
+    return host in LOCAL_REGISTRIES
 
 
 def skopeo_source(kind: str, location: str) -> str:
@@ -52,8 +66,7 @@ def import_image(store: ImageStore, source: str, ref: str, log_line: LogLine,
     work = Path(tempfile.mkdtemp(dir=store.tmp, prefix="import-"))
     try:
         argv = ["skopeo", "copy", "--remove-signatures", source, f"oci:{work}:image"]
-        host = source.removeprefix("docker://").split("/", 1)[0].rsplit(":", 1)[0]
-        if source.startswith("docker://") and host in LOCAL_REGISTRIES:
+        if source.startswith("docker://") and plain_http(source):
             argv.insert(2, "--src-tls-verify=false")
         if credentials:
             argv[2:2] = ["--src-creds", credentials]

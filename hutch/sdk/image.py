@@ -15,6 +15,7 @@ environment rebuilds every step of every image (like ``MODAL_FORCE_BUILD``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import warnings
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from hutch.api import urls
-from hutch.api.models import DEBIAN_PYTHON_SUITES
+from hutch.api.imagemodels import PYTHON_SERIES, check_python_version
 from hutch.exception import EngineError, InvalidError
-from hutch.sdk import imagesteps
+from hutch.sdk import dockerfile, imagesteps
+from hutch.sdk.dockerfile import AUTO_DOCKERIGNORE
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
 from hutch.sdk.localobject import LocalObject
 from hutch.sdk.options import check_text, reject_unsupported, shown
@@ -35,7 +37,7 @@ from hutch.sdk.secret import Secret
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
 
-ImageStep = imagesteps.Step | imagesteps.LocalFiles
+ImageStep = imagesteps.Step | imagesteps.LocalFiles | imagesteps.StageFiles
 #: The engine's longest image reference (``FromIdStep``, ``FromRegistryStep``).
 MAX_REF_LENGTH = 512
 
@@ -62,19 +64,23 @@ class Image(ImagePending, LocalObject):
     # bases --------------------------------------------------------------------------------
     @staticmethod
     def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
-        """Debian with Python: bookworm for 3.11, trixie for 3.13.
+        """Debian with Python 3.10 to 3.14 (``"3.12"``, or exactly ``"3.12.7"``), a C, C++
+        and Fortran toolchain, pip, wheel and uv, as Modal's default image.
 
-        The default is this interpreter's version when Debian has it, else 3.11.
+        Debian's own Python where Debian packages the version (3.11 bookworm, 3.13 trixie,
+        3.14 forky); python-build-standalone's on trixie for the others and for every
+        ``X.Y.Z`` (downloaded once; docs/images.md says how to provide it offline).  The
+        default is this interpreter's version, or 3.11 where hutch has no such base.
         """
+        if isinstance(python_version, float):
+            raise TypeError("The `python_version` argument should be a string, not a float.")
         if python_version is None:
             local = _local_python()
-            python_version = local if local in DEBIAN_PYTHON_SUITES else "3.11"
-        if not isinstance(python_version, str) or python_version not in DEBIAN_PYTHON_SUITES:
-            supported = ", ".join(sorted(DEBIAN_PYTHON_SUITES))
-            raise InvalidError(
-                f"Python {python_version!r} has no Debian base image; supported versions: "
-                f"{supported}"
-            )
+            python_version = local if local in PYTHON_SERIES else "3.11"
+        try:
+            check_python_version(python_version)
+        except ValueError as exc:
+            raise InvalidError(str(exc)) from None
         return Image({"kind": "debian_slim", "python_version": python_version},
                      force_build=bool(force_build))
 
@@ -117,6 +123,49 @@ class Image(ImagePending, LocalObject):
             credentials = f"{env['REGISTRY_USERNAME']}:{env['REGISTRY_PASSWORD']}"
             base["credentials"] = check_text(credentials, "from_registry's secret")
         return Image(base)
+
+    @staticmethod
+    def from_scratch(force_build: bool = False) -> Image:
+        """An empty image (Dockerfile ``FROM scratch``): add files to it."""
+        return Image({"kind": "scratch"}, force_build=bool(force_build))
+
+    @staticmethod
+    def from_dockerfile(path: str | Path, *, force_build: bool = False,
+                        context_dir: str | Path | None = None, ignore: Any = AUTO_DOCKERIGNORE,
+                        build_args: dict[str, str] | None = None,
+                        registry_secret: Secret | None = None,
+                        secrets: Sequence[Secret] | None = None,
+                        env: dict[str, str | None] | None = None, gpu: str | None = None,
+                        add_python: str | None = None) -> Image:
+        """An image built from a Dockerfile (:mod:`hutch.sdk.dockerfile` lists what each
+        instruction becomes).  ``context_dir`` (default: the working directory) holds what
+        COPY takes; ``.dockerignore`` there (or ``<Dockerfile>.dockerignore`` beside it)
+        applies unless ``ignore`` gives patterns or a predicate; ``build_args`` set ARGs;
+        ``env`` and ``secrets`` reach RUN lines; ``registry_secret`` pulls FROM images."""
+        reject_unsupported({"gpu_image": gpu, "add_python": add_python}, "Image.from_dockerfile")
+        dockerfile_path = Path(path).expanduser()
+        try:
+            text = dockerfile_path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidError(f"cannot read the Dockerfile {str(path)!r}: {exc}") from exc
+        return _dockerfile_image(None, text, context_dir, ignore, build_args, registry_secret,
+                                 secrets, env, force_build, dockerfile_path)
+
+    def dockerfile_commands(self, *dockerfile_commands: str | list[str],
+                            context_files: dict[str, str] | None = None,
+                            env: dict[str, str | None] | None = None,
+                            secrets: Sequence[Secret] | None = None, gpu: str | None = None,
+                            context_dir: str | Path | None = None, force_build: bool = False,
+                            ignore: Any = AUTO_DOCKERIGNORE,
+                            build_args: dict[str, str] | None = None) -> Image:
+        """Dockerfile lines applied to this image (a ``FROM`` among them starts a stage)."""
+        reject_unsupported({"gpu_image": gpu, "context_files": context_files},
+                           "Image.dockerfile_commands")
+        lines = imagesteps.flatten_text(dockerfile_commands, "dockerfile_commands")
+        if not lines:
+            return self
+        return _dockerfile_image(self, "\n".join(lines), context_dir, ignore, build_args, None,
+                                 secrets, env, force_build, None)
 
     @staticmethod
     def from_oci_layout(path: str | os.PathLike[str], tag: str | None = None) -> Image:
@@ -333,11 +382,64 @@ class Image(ImagePending, LocalObject):
 
 
 async def _wire_step(step: ImageStep) -> dict[str, Any]:
-    """The step as the engine takes it: local files become an uploaded context digest."""
+    """The step as the engine takes it: local files become an uploaded context digest,
+    another stage's files name that stage's image, built first."""
     if isinstance(step, imagesteps.LocalFiles):
-        return {"kind": "copy", "dest": step.dest, "description": step.description,
+        wire: dict[str, Any] = {"kind": "copy", "dest": step.dest, "description": step.description,
                 "context": await upload_context(step.make_tar)}
-    return dict(step)
+    elif isinstance(step, imagesteps.StageFiles):
+        wire = {"kind": "copy_from", "image": await step.image.resolve(),
+                "sources": step.sources, "dest": step.dest, "description": step.description}
+    else:
+        return dict(step)
+    if step.as_file:
+        wire["as_file"] = True
+    if step.chown:
+        wire["chown"] = step.chown
+    return wire
+
+
+def _dockerfile_image(base: Image | None, text: str, context_dir: str | Path | None,
+                      ignore: Any, build_args: dict[str, str] | None,
+                      registry_secret: Secret | None, secrets: Sequence[Secret] | None,
+                      env: dict[str, str | None] | None, force_build: bool,
+                      dockerfile_path: Path | None) -> Image:
+    """The image of the Dockerfile ``text``'s last stage (on ``base`` for
+    ``dockerfile_commands``), its earlier stages built when a ``COPY --from`` needs them."""
+    context = Path(context_dir).expanduser().absolute() if context_dir is not None \
+        else Path.cwd()
+    if build_args is not None and (not isinstance(build_args, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in build_args.items())):
+        raise InvalidError("build_args must be a dict of str to str")
+    run_env = {k: v for k, v in (env or {}).items() if v is not None}
+
+    def base_for(ref: str) -> dict[str, Any]:
+        if ref.startswith("hutch/"):
+            return Image.from_id(ref)._base
+        return Image.from_registry(ref, registry_secret)._base
+
+    options = dockerfile.Options(
+        context_dir=context, ignore=dockerfile.ignore_rules(ignore, context, dockerfile_path),
+        build_args=dict(build_args or {}), env=run_env, secrets=list(secrets or ()),
+        base_for=base_for)
+    images: list[Image] = []
+    for stage in dockerfile.plan(text, options, extends=base is not None):
+        if stage.base is None:
+            assert base is not None
+            image = base
+        elif isinstance(stage.base, int):
+            image = images[stage.base]
+        else:
+            image = Image(stage.base)
+        for step in stage.steps:
+            if isinstance(step, imagesteps.StageFiles):
+                source = images[step.stage] if isinstance(step.stage, int) else \
+                    Image(step.stage)
+                step = dataclasses.replace(step, image=source)
+            image = image._then(step)
+        images.append(image)
+    final = images[-1]
+    return Image(final._base, final._steps, force_build=bool(force_build) or final._force_build)
 
 
 def resolves_directly(image: object) -> bool:
@@ -347,4 +449,5 @@ def resolves_directly(image: object) -> bool:
     if not isinstance(image, Image):
         return image is None
     return (image._ref is not None and not image._force()) or not any(
-        isinstance(step, imagesteps.LocalFiles) for step in image._steps)
+        isinstance(step, imagesteps.LocalFiles | imagesteps.StageFiles)
+        for step in image._steps)

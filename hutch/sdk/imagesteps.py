@@ -33,11 +33,29 @@ APT = ("DEBIAN_FRONTEND=noninteractive apt-get -o APT::Sandbox::User=root")
 
 @dataclass(frozen=True)
 class LocalFiles:
-    """A step adding local files: its tar is made and uploaded when the image is built."""
+    """A step adding local files: its tar is made and uploaded when the image is built.
+    ``as_file``: one file that becomes ``dest`` unless it is a directory of the image;
+    ``chown``: their owner (Dockerfile ``COPY --chown``)."""
 
     dest: str
     description: str
     make_tar: Any  # () -> bytes
+    as_file: bool = False
+    chown: str | None = None
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """Files from another image (``COPY --from``): ``stage`` is an earlier stage's index
+    in the plan (:mod:`hutch.sdk.dockerfile`) or a base; ``image`` the Image it became."""
+
+    stage: int | dict[str, Any]
+    sources: list[str]
+    dest: str
+    description: str
+    as_file: bool = False
+    chown: str | None = None
+    image: Any = None
 
 
 def _flatten(items: Sequence[str | list[str]], what: str) -> list[str]:
@@ -48,6 +66,11 @@ def _flatten(items: Sequence[str | list[str]], what: str) -> list[str]:
                 raise InvalidError(f"{what} must be strings, got {type(value).__name__}")
             flat.append(check_text(value, f"{what}: {shown(value)}"))
     return flat
+
+
+def flatten_text(items: Sequence[str | list[str]], what: str) -> list[str]:
+    """Strings and lists of strings, flattened and checked (``dockerfile_commands``)."""
+    return _flatten(items, what)
 
 
 def _packages(items: Sequence[str | list[str]], what: str) -> list[str]:

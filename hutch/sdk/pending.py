@@ -29,23 +29,6 @@ def not_yet(where: str, what: str) -> NoReturn:
 class ImagePending:
     """The part of Modal's ``Image`` that issue 18 brings."""
 
-    @staticmethod
-    def from_dockerfile(path: Any, *, force_build: bool = False, context_dir: Any = None,
-                        ignore: Any = (), build_args: dict[str, str] | None = None,
-                        registry_secret: Any = None, secrets: Collection[Any] | None = None,
-                        env: dict[str, str | None] | None = None, gpu: str | None = None,
-                        add_python: str | None = None) -> NoReturn:
-        not_yet("Image.from_dockerfile", _IMAGES)
-
-    def dockerfile_commands(self, *dockerfile_commands: str | list[str],
-                            context_files: dict[str, str] | None = None,
-                            env: dict[str, str | None] | None = None,
-                            secrets: Collection[Any] | None = None, gpu: str | None = None,
-                            context_dir: Any = None, force_build: bool = False,
-                            ignore: Any = (), build_args: dict[str, str] | None = None
-                            ) -> NoReturn:
-        not_yet("Image.dockerfile_commands", _IMAGES)
-
     def shell(self, shell_commands: list[str]) -> NoReturn:
         not_yet("Image.shell", _IMAGES)
 
@@ -72,10 +55,6 @@ class ImagePending:
                 experimental_options: dict[str, Any] | None = None,
                 client: Any = None) -> NoReturn:
         not_yet("Image.publish", _IMAGES)
-
-    @staticmethod
-    def from_scratch(force_build: bool = False) -> NoReturn:
-        not_yet("Image.from_scratch", _IMAGES)
 
     @staticmethod
     def micromamba(python_version: str | None = None, force_build: bool = False) -> NoReturn:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -19,13 +16,12 @@ from hutch.api import exitcodes, urls
 from hutch.exception import Error
 from hutch.sdk import secretstore
 from hutch.sdk.image import Image
-from hutch.sdk.output import enable_output
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
 from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
-from hutch.tools import tlstrust
+from hutch.tools import imagecli, tlstrust
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -188,69 +184,6 @@ def cmd_engine(args: argparse.Namespace) -> int:
         request_blocking("POST", urls.ENGINE_SHUTDOWN, autostart=False)
     stopped = launcher.stop_engine()
     print("engine stopped" if info is not None or stopped else "engine was not running")
-    return 0
-
-
-def _load_image(target: str) -> Image:
-    """``FILE.py::NAME``: the ``Image`` that module-level name holds in that file."""
-    path, sep, name = target.partition("::")
-    if not sep or not name:
-        raise SystemExit("hutch: image build expects FILE.py::NAME")
-    spec = importlib.util.spec_from_file_location("hutch_image_file", path)
-    if spec is None or spec.loader is None or not os.path.isfile(path):
-        raise SystemExit(f"hutch: cannot load {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    spec.loader.exec_module(module)
-    image = getattr(module, name, None)
-    if not isinstance(image, Image):
-        raise SystemExit(f"hutch: {name} in {path} is not a hutch.Image")
-    return image
-
-
-def _export(ref: str, output: str | None) -> int:
-    """Write an image as an OCI archive with skopeo, readable by podman load and others."""
-    if not output:
-        raise SystemExit("hutch: image export needs an output file: -o FILE.tar")
-    if shutil.which("skopeo") is None:
-        raise SystemExit("hutch: skopeo is not installed: apt-get install skopeo")
-    request_blocking("GET", urls.IMAGES_INSPECT, params={"ref": ref})  # NotFound early
-    layout = Path(request_blocking("GET", urls.ENGINE)["data_dir"]) / "oci"
-    name = ref.rsplit("/", 1)[-1].replace(":", "-")
-    proc = subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:{ref}",
-                           f"oci-archive:{output}:hutch/{name}"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"hutch: skopeo failed: {proc.stderr.strip()}", file=sys.stderr)
-        return 125
-    print(f"wrote {output} (image hutch/{name})")
-    return 0
-
-
-def cmd_image(args: argparse.Namespace) -> int:
-    if args.action in ("build", "inspect", "rm", "export") and not args.target:
-        raise SystemExit(f"hutch: image {args.action} needs a target")
-    if args.action == "build":
-        with enable_output():
-            image = _load_image(args.target).build()
-        print(image.object_id)
-    elif args.action == "ls":
-        images = request_blocking("GET", urls.IMAGES)["images"]
-        print(f"{'REFERENCE':<60} {'LAYERS':>6} {'SIZE':>9}  DIGEST")
-        for img in images:
-            print(f"{img['ref']:<60} {img['layers']:>6} {img['size'] / 1e6:>7.1f}MB  "
-                  f"{img['digest'][:19]}")
-    elif args.action == "inspect":
-        doc = request_blocking("GET", urls.IMAGES_INSPECT, params={"ref": args.target})
-        print(json.dumps(doc, indent=2))
-    elif args.action == "export":
-        return _export(args.target, args.output)
-    elif args.action == "rm":
-        request_blocking("DELETE", urls.IMAGES, params={"ref": args.target})
-        print(f"removed {args.target}")
-    else:
-        freed = request_blocking("POST", urls.IMAGES_PRUNE)
-        print(f"removed {freed['blobs']} blobs ({freed['bytes'] / 1e6:.1f} MB) and "
-              f"{freed['layers']} unpacked layers")
     return 0
 
 
@@ -437,12 +370,7 @@ def parser() -> argparse.ArgumentParser:
     eng.add_argument("action", choices=["start", "stop", "status", "ca"])
     eng.set_defaults(func=cmd_engine)
 
-    img = sub.add_parser("image", help="build, list, inspect, remove and prune images")
-    img.add_argument("action", choices=["build", "ls", "inspect", "rm", "prune", "export"])
-    img.add_argument("target", nargs="?", default="",
-                     help="build: FILE.py::NAME; inspect, rm, export: an image reference")
-    img.add_argument("-o", "--output", help="export: the OCI archive to write")
-    img.set_defaults(func=cmd_image)
+    imagecli.add_parser(sub)
 
     vol = sub.add_parser("volume", help="create, list, remove, upload to, download from volumes")
     vol.add_argument("action", choices=["create", "ls", "rm", "put", "get"])

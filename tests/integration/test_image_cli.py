@@ -29,10 +29,11 @@ def test_build_ls_inspect_rm_prune(engine: dict[str, Any], tmp_path: Path) -> No
     inspected = hutch_cli("image", "inspect", ref)
     assert inspected.returncode == 0, inspected.stderr.decode()
     doc = json.loads(inspected.stdout)
-    assert doc["ref"] == ref and len(doc["layers"]) == 2
+    base = json.loads(hutch_cli("image", "inspect", engine["default_image"]).stdout)
+    assert doc["ref"] == ref and len(doc["layers"]) == len(base["layers"]) + 1
     assert doc["config"]["rootfs"]["diff_ids"] == [layer["diff_id"] for layer in doc["layers"]]
 
-    layer_dir = Path(engine["data_dir"]) / "layers" / doc["layers"][1]["diff_id"][7:]
+    layer_dir = Path(engine["data_dir"]) / "layers" / doc["layers"][-1]["diff_id"][7:]
     assert layer_dir.is_dir()
     assert hutch_cli("image", "rm", ref).returncode == 0
     assert ref not in hutch_cli("image", "ls").stdout.decode()

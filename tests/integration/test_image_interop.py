@@ -13,7 +13,9 @@ import subprocess
 import tarfile
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +38,21 @@ def _need(tool: str) -> None:
         pytest.skip(f"{tool} is not installed (tools/setup-host.sh installs it)")
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def _serve_registry(root: Path, auth: str = "") -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port (``auth``: more of its config)."""
     _need("docker-registry")
-    root = tmp_path_factory.mktemp("registry")
     port = _free_port()
     config = root / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
+                      f"http:\n  addr: 127.0.0.1:{port}\n{auth}")
     proc = subprocess.Popen(["docker-registry", "serve", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def answers() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code in (200,
+                                                                                       401)
         except httpx.TransportError:
             return False
 
@@ -59,6 +62,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _serve_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +102,83 @@ def test_push_to_a_local_registry_and_build_on_the_pulled_image(
     pulled = hutch.Image.from_registry(target).run_commands("echo added >> /marker")
     expected = _read(marked_image, "/marker") + "added\n"
     assert _read(pulled, "/marker") == expected
+
+
+def test_push_with_the_cli_then_pull_and_run(engine: dict[str, Any], registry: str) -> None:
+    """``hutch image push`` (the engine runs skopeo, plain HTTP on loopback): the pushed
+    image is in the registry under its tag and a sandbox from it runs Python."""
+    _need("skopeo")
+    r = hutch_cli("image", "push", engine["default_image"], f"docker://{registry}/pushed:1",
+                  timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode()
+    assert out.startswith(f"pushed {engine['default_image']} to {registry}/pushed:1 (sha256:")
+    manifest = httpx.head(f"http://{registry}/v2/pushed/manifests/1", timeout=30, headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json, "
+                  "application/vnd.docker.distribution.manifest.v2+json"})
+    assert manifest.status_code == 200
+    assert manifest.headers["Docker-Content-Digest"] in out
+    image = hutch.Image.from_registry(f"{registry}/pushed:1").build()
+    sb = hutch.Sandbox.create(image=image, timeout=60)
+    try:
+        p = sb.exec("python3", "-c", "print(1)")
+        assert (p.stdout.read(), p.wait()) == ("1\n", 0), p.stderr.read()
+    finally:
+        sb.terminate()
+
+
+def test_push_of_an_unknown_image_or_to_a_bad_destination_fails_clearly(
+        engine: dict[str, Any], registry: str) -> None:
+    r = hutch_cli("image", "push", "hutch/none:missing", f"{registry}/pushed:2")
+    assert r.returncode == 125
+    assert "NotFoundError: image 'hutch/none:missing' not found" in r.stderr.decode()
+    for dest in ("oci:/tmp/layout:x", f"{registry}/Upper:1", f"{registry}/x@sha256:{'0' * 64}"):
+        r = hutch_cli("image", "push", engine["default_image"], dest)
+        assert r.returncode == 125, dest
+        assert "InvalidError: " in r.stderr.decode() and dest in r.stderr.decode(), dest
+    r = hutch_cli("image", "push", engine["default_image"])
+    assert r.returncode != 0 and "needs a destination" in r.stderr.decode()
+
+
+def test_push_failure_is_a_build_error_without_the_credentials(
+        engine: dict[str, Any], registry: str) -> None:
+    """Nothing listens where it pushes: skopeo's own error, the password blotted out."""
+    _need("skopeo")
+    r = hutch_cli("image", "push", engine["default_image"], f"127.0.0.1:{_free_port()}/x:1",
+                  "--creds", "robot:hunter22-secret")
+    err = r.stderr.decode()
+    assert r.returncode == 125 and "ImageBuildError: skopeo could not push" in err, err
+    assert "hunter22" not in err
+
+
+def _bcrypt(password: str) -> str:
+    with warnings.catch_warnings():  # (crypt leaves Python in 3.13; Debian 12 has 3.11)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        crypt = pytest.importorskip("crypt")
+    hashed: str = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    return hashed
+
+
+def test_push_to_a_registry_that_wants_credentials(
+        engine: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials from ``--creds`` or the environment log in (in an auth file, never on
+    skopeo's command line); wrong ones are refused without being echoed."""
+    _need("skopeo")
+    (tmp_path / "htpasswd").write_text(f"robot:{_bcrypt('hunter22-right')}\n")
+    auth = f"auth:\n  htpasswd:\n    realm: hutch\n    path: {tmp_path / 'htpasswd'}\n"
+    with _serve_registry(tmp_path, auth) as address:
+        image = engine["default_image"]
+        r = hutch_cli("image", "push", image, f"{address}/private:1", "--creds",
+                      "robot:hunter22-wrong")
+        err = r.stderr.decode()
+        assert r.returncode == 125 and "ImageBuildError" in err and "hunter22" not in err, err
+        monkeypatch.setenv("REGISTRY_USERNAME", "robot")
+        monkeypatch.setenv("REGISTRY_PASSWORD", "hunter22-right")
+        r = hutch_cli("image", "push", image, f"{address}/private:1", timeout=600)
+        assert r.returncode == 0, r.stderr.decode()
+        tags = httpx.get(f"http://{address}/v2/private/tags/list", timeout=30,
+                         auth=("robot", "hunter22-right"))
+        assert tags.json()["tags"] == ["1"]
 
 
 def test_an_unknown_registry_image_is_a_build_error(registry: str) -> None:

@@ -21,8 +21,8 @@ def test_debian_slim_resolves_to_the_default_image_silently(
 
 
 def test_unsupported_python_lists_the_supported_ones() -> None:
-    with pytest.raises(InvalidError, match=r"supported versions: 3\.11, 3\.13"):
-        hutch.Image.debian_slim("3.12")
+    with pytest.raises(InvalidError, match=r"supports 3\.10, 3\.11, 3\.12, 3\.13, 3\.14"):
+        hutch.Image.debian_slim("3.9")
 
 
 def test_image_from_id_and_an_unknown_id(engine: dict[str, Any]) -> None:
@@ -37,7 +37,8 @@ def test_image_from_id_and_an_unknown_id(engine: dict[str, Any]) -> None:
 
 def test_enable_output_streams_a_build_log(engine: dict[str, Any],
                                            capfd: pytest.CaptureFixture[str]) -> None:
-    """A forced rebuild under enable_output shows mmdebstrap's log and the result."""
+    """A forced rebuild under enable_output shows the base's build step and the result
+    (the Debian tree under it, from mmdebstrap, stays: its recipe did not change)."""
     image = hutch.Image.debian_slim("3.11", force_build=True)
     with hutch.enable_output():
         sb = hutch.Sandbox.create(image=image, timeout=60)
@@ -46,5 +47,5 @@ def test_enable_output_streams_a_build_log(engine: dict[str, Any],
     finally:
         sb.terminate()
     _, err = capfd.readouterr()
-    assert "mmdebstrap" in err
+    assert "python 3.11: pip wheel uv" in err and "Successfully installed" in err
     assert f"Built image debian_slim(python_version=3.11) -> {engine['default_image']}" in err

@@ -28,12 +28,13 @@ from typing import Any
 
 import trio
 
-from hutch.api.models import ConfigStep, CopyStep, RunStep
+from hutch.api.imagemodels import ConfigStep, CopyFromStep, CopyStep, RunStep
 from hutch.engine.errors import ImageBuildFailed, Invalid
-from hutch.engine.kernel import trees
+from hutch.engine.kernel import linux, trees
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.base import OCIRuntime
 from hutch.engine.storage import rootfs
+from hutch.imagebuild import treecopy
 from hutch.imagebuild.inroot import UnsafeEntry
 from hutch.imagebuild.layerunpack import ImportFailed, extract_safely
 from hutch.imagebuild.layout import RUNS_CMD_LABEL, ImageStore
@@ -41,7 +42,10 @@ from hutch.imagebuild.layout import RUNS_CMD_LABEL, ImageStore
 log = logging.getLogger("hutch.build")
 
 Emit = Callable[[dict[str, Any]], None]
-LayerStep = RunStep | CopyStep | ConfigStep
+LayerStep = RunStep | CopyStep | CopyFromStep | ConfigStep
+#: Fields added after steps were first keyed: left out of a key while at their default, so
+#: that images built before them stay cached.
+_LATER_FIELDS = ("cache_mounts", "as_file", "chown", "user", "labels", "exposed_ports")
 #: Lines of a failed step's log quoted in its error.
 ERROR_TAIL = 20
 #: Build steps trust what the host trusts (a TLS-inspecting proxy's CA, say): its bundle is
@@ -52,7 +56,7 @@ BUILD_CA_PATH = "/dev/hutch-host-ca.crt"
 CA_ENV_VARS = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
                "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS")
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|"
-                  r"\{([A-Za-z_][A-Za-z0-9_]*):\+([^}]*)\})")
+                  r"\{([A-Za-z_][A-Za-z0-9_]*):([-+])([^}]*)\})")
 
 
 def step_key(parent_key: str, step: LayerStep, secret_salt: bytes = b"") -> str:
@@ -61,6 +65,9 @@ def step_key(parent_key: str, step: LayerStep, secret_salt: bytes = b"") -> str:
     :func:`secret_salt`): a key, which names the step's image, must not let anyone who
     sees it test guesses of a secret (a short token falls to a dictionary in seconds)."""
     doc = step.model_dump(exclude={"force_build", "description"})
+    for name in _LATER_FIELDS:
+        if doc.get(name) in (None, [], False):
+            doc.pop(name, None)
     if isinstance(step, ConfigStep) and step.env is not None:
         doc["env"] = list(step.env.items())  # order matters: later values expand earlier
     if isinstance(step, RunStep):
@@ -94,11 +101,15 @@ def step_ref(key: str) -> str:
 
 
 def expand(value: str, env: dict[str, str]) -> str:
-    """``$VAR``, ``${VAR}`` (unknown ones become empty) and ``${VAR:+word}`` (``word`` when
-    VAR is set and not empty), as Dockerfile ENV does."""
+    """``$VAR``, ``${VAR}`` (unknown ones become empty), ``${VAR:+word}`` (``word`` when
+    VAR is set and not empty) and ``${VAR:-word}`` (VAR, or ``word`` when it is unset or
+    empty), as Dockerfile ENV does."""
     def one(m: re.Match[str]) -> str:
         if m.group(3) is not None:
-            return expand(m.group(4), env) if env.get(m.group(3)) else ""
+            value = env.get(m.group(3))
+            if m.group(4) == "+":
+                return expand(m.group(5), env) if value else ""
+            return value if value else expand(m.group(5), env)
         return env.get(m.group(1) or m.group(2), "")
 
     return _VAR.sub(one, value)
@@ -111,6 +122,8 @@ def describe(step: LayerStep) -> str:
         return "RUN " + " && ".join(step.commands)
     if isinstance(step, CopyStep):
         return f"COPY {step.context[:19]} {step.dest}"
+    if isinstance(step, CopyFromStep):
+        return f"COPY --from={step.image} {' '.join(step.sources)} {step.dest}"
     parts = [f"{k}={v}" for k, v in step.model_dump(exclude={"kind"}).items() if v is not None]
     return "CONFIG " + " ".join(parts)
 
@@ -134,9 +147,12 @@ class Builder:
         cfg: dict[str, Any] = dict(config.get("config", {}))
         if isinstance(step, ConfigStep):
             self._configure(cfg, step)
-        elif isinstance(step, CopyStep):
+        elif isinstance(step, CopyStep | CopyFromStep):
             image = await trio.to_thread.run_sync(self.store.resolve, parent_ref)
-            layer = await trio.to_thread.run_sync(self._copy_layer, step, image.layer_dirs)
+            source = None if isinstance(step, CopyStep) else \
+                await trio.to_thread.run_sync(self.store.resolve, step.image)
+            layer = await trio.to_thread.run_sync(
+                self._copy_layer, step, image.layer_dirs, source.layer_dirs if source else None)
             layers = [*layers, layer]
         else:
             layers = [*layers, await self._run_layer(number, parent_ref, step, cfg, emit)]
@@ -161,12 +177,22 @@ class Builder:
             if step.cmd is not None:
                 cfg["Cmd"] = step.cmd
             cfg["Labels"] = {**(cfg.get("Labels") or {}), RUNS_CMD_LABEL: "true"}
+        if step.user is not None:
+            cfg["User"] = step.user
+        if step.labels is not None:
+            cfg["Labels"] = {**(cfg.get("Labels") or {}), **step.labels}
+        if step.exposed_ports is not None:
+            cfg["ExposedPorts"] = {**(cfg.get("ExposedPorts") or {}),
+                                   **{port: {} for port in step.exposed_ports}}
 
     # files -------------------------------------------------------------------------------
-    def _copy_layer(self, step: CopyStep, lower: list[Path]) -> tuple[dict[str, Any], str]:
-        """A layer holding the context's files under ``step.dest``.
+    def _copy_layer(self, step: CopyStep | CopyFromStep, lower: list[Path],
+                    source: list[Path] | None = None) -> tuple[dict[str, Any], str]:
+        """A layer holding the step's files under ``step.dest``: an uploaded context, or
+        (``COPY --from``) the ``sources`` of another image, read inside that image's root
+        (:mod:`hutch.imagebuild.treecopy`).
 
-        The context is written into the image itself, mounted as a build container gets it
+        The files are written into the image itself, mounted as a build container gets it
         (an overlay over its layers), and every path is resolved by the kernel inside that
         root: ``dest`` and the image's symlinks lead where they lead in a sandbox
         (``/../../x`` is ``/x``; ``/escape/x``, with ``/escape -> /home/me``, is the image's
@@ -174,28 +200,50 @@ class Builder:
         directories leading to ``dest`` keep the mode and owner they have below (``/tmp``
         stays 1777) and new ones are 0755 root.  A failure leaves nothing behind.
         """
-        context = self.contexts / step.context.split(":", 1)[1]
-        if not context.is_file():
-            raise Invalid(f"build context {step.context} was not uploaded")
         work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix="copy-"))
         dirs = rootfs.SandboxDirs(work)
         try:
+            if isinstance(step, CopyStep):
+                context = self.contexts / step.context.split(":", 1)[1]
+                if not context.is_file():
+                    raise Invalid(f"build context {step.context} was not uploaded")
+            else:
+                context = work / "from.tar"
+                self._tar_from_image(step, source or [], work, context)
             if not lower:  # an image without layers: overlayfs needs one, an empty one
                 (work / "empty").mkdir()
                 lower = [work / "empty"]
             rootfs.mount_rootfs(dirs, lower)
             try:
-                with tarfile.open(context) as tar:
-                    for member in tar.getmembers():
-                        _check_member(member)
-                    extract_safely(tar, dirs.merged, whiteouts=False, under=step.dest)
-            except (ImportFailed, UnsafeEntry, OSError, tarfile.TarError) as exc:
-                raise Invalid(f"build context {step.context}: {exc}") from exc
+                _extract_context(context, dirs.merged, step)
             finally:
                 rootfs.unmount_rootfs_keep_upper(dirs)
             return self.store.commit_layer_dir(dirs.upper)
         finally:
             trees.remove_tree(work)
+
+    @staticmethod
+    def _tar_from_image(step: CopyFromStep, layers: list[Path], work: Path,
+                        into: Path) -> None:
+        """The sources of ``step`` from the image of ``layers``, as a tar at ``into``."""
+        merged = work / "from"
+        merged.mkdir()
+        many = len(layers) > 1
+        try:
+            if many:  # overlayfs without an upper directory: read-only
+                lower = ":".join(str(d) for d in reversed(layers))
+                linux.mount("overlay", str(merged), "overlay",
+                            linux.MS_NODEV | linux.MS_RDONLY, f"userxattr,lowerdir={lower}")
+            # one layer is read in place (its whiteouts, 0:0 devices, are never copied)
+            root = str(merged if many or not layers else layers[0])
+            try:
+                with open(into, "wb") as out:
+                    treecopy.tar_sources(root, step.sources, out, step.as_file)
+            finally:
+                if many:
+                    linux.umount(str(merged), linux.MNT_DETACH)
+        except (treecopy.CopyFailed, UnsafeEntry, OSError) as exc:
+            raise Invalid(f"COPY --from={step.image}: {exc}") from exc
 
     # commands ----------------------------------------------------------------------------
     async def _run_layer(self, number: int, parent_ref: str, step: RunStep,
@@ -213,25 +261,55 @@ class Builder:
             try:
                 rootfs.make_dirs_inside(dirs.merged, workdir)
                 etc = rootfs.write_etc_files(dirs, "hutch-build")
+                user = cfg.get("User") or None
+                try:
+                    owner = treecopy.lookup_owner(str(dirs.merged), user) if user else (0, 0)
+                except UnsafeEntry as exc:
+                    raise StepFailed(f"image build step {number}: USER {user}: {exc}") from exc
+                mounts = self._cache_mounts(step, dirs.merged, owner)
                 for command in step.commands:
-                    await self._run_command(number, cid, dirs, command, env, workdir, etc, emit)
+                    await self._run_command(number, cid, dirs, command, env, workdir, etc, emit,
+                                            owner, mounts)
             finally:
                 rootfs.unmount_rootfs_keep_upper(dirs)
             return await trio.to_thread.run_sync(self.store.commit_layer_dir, dirs.upper)
         finally:
             trees.remove_tree(work)
 
+    def _cache_mounts(self, step: RunStep, merged: Path, owner: tuple[int, int]
+                      ) -> list[ociconfig.Mount]:
+        """Bind mounts of the step's cache directories (``RUN --mount=type=cache``): one
+        per target path, kept in ``<data>/build-cache`` across builds and never part of a
+        layer; a new one belongs to the user the step runs as, as BuildKit's does."""
+        mounts = []
+        for target in step.cache_mounts:
+            source = self.contexts.parent / "build-cache" / hashlib.sha256(
+                target.encode()).hexdigest()[:24]
+            if not source.is_dir():
+                source.mkdir(parents=True)
+                os.chown(source, *owner)
+            rootfs.make_dirs_inside(merged, target)
+            mounts.append(ociconfig.Mount(destination=target, type="bind", source=str(source),
+                                          options=["rbind", "rw", "nosuid", "nodev"]))
+        return mounts
+
     async def _run_command(self, number: int, cid: str, dirs: rootfs.SandboxDirs,
                            command: str, env: dict[str, str], workdir: str,
-                           etc: dict[str, str], emit: Emit) -> None:
+                           etc: dict[str, str], emit: Emit, owner: tuple[int, int] = (0, 0),
+                           mounts: list[ociconfig.Mount] | None = None) -> None:
         env = dict(env)
         if HOST_CA_BUNDLE.is_file():
             etc = {**etc, BUILD_CA_PATH: str(HOST_CA_BUNDLE)}
             env.update({var: BUILD_CA_PATH for var in CA_ENV_VARS if var not in env})
+        process = ociconfig.process_spec(["/bin/sh", "-c", command], env, workdir)
+        if owner != (0, 0):  # another user (Dockerfile USER): its ids, no capabilities
+            process.user = ociconfig.User(uid=owner[0], gid=owner[1])
+            process.capabilities = ociconfig.Capabilities(
+                bounding=process.capabilities.bounding, effective=[], permitted=[])
         spec = ociconfig.sandbox_spec(
-            rootfs=str(dirs.merged), hostname="hutch-build",
-            process=ociconfig.process_spec(["/bin/sh", "-c", command], env, workdir),
+            rootfs=str(dirs.merged), hostname="hutch-build", process=process,
             etc_files=etc, devpts_gid=self.devpts_gid, host_network=True,
+            extra_mounts=mounts or None,
         )
         (dirs.root / "config.json").write_text(json.dumps(spec.to_json()))
         proc = await self.runtime.run_attached(cid, dirs.root)
@@ -272,6 +350,30 @@ class Builder:
             text = "\n".join(tail)
             raise StepFailed(f"image build step {number} failed: `{command}` exited with code "
                              f"{code}; last lines of its output:\n{text}")
+
+
+def _extract_context(context: Path, merged: Path, step: CopyStep | CopyFromStep) -> None:
+    """Write the tar ``context`` into the mounted image at ``merged``: everything owned by
+    root, or by ``step.chown`` as the image names it; ``as_file``: its one file becomes
+    ``dest`` unless ``dest`` is a directory of the image."""
+    try:
+        with tarfile.open(context) as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member)
+            uid, gid = treecopy.lookup_owner(str(merged), step.chown) if step.chown else (0, 0)
+            for member in members:
+                member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
+            under = step.dest
+            if step.as_file and not treecopy.is_dir_in(str(merged), step.dest):
+                if len(members) != 1 or not members[0].isreg():
+                    raise Invalid("a copy to a file path needs exactly one file")
+                members[0].name = Path(step.dest).name
+                under = str(Path(step.dest).parent)
+            extract_safely(tar, merged, whiteouts=False, under=under)
+    except (ImportFailed, UnsafeEntry, OSError, tarfile.TarError) as exc:
+        what = step.context if isinstance(step, CopyStep) else f"COPY --from={step.image}"
+        raise Invalid(f"build context {what}: {exc}") from exc
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

@@ -18,15 +18,18 @@ from pathlib import Path
 
 import trio
 
-from hutch.api.models import (
+from hutch.api.imagemodels import (
     BuildImageRequest,
+    CopyFromStep,
     DebianSlimStep,
     FromIdStep,
     FromOCIStep,
     FromRegistryStep,
     RunStep,
+    ScratchStep,
 )
 from hutch.engine.errors import ImageBuildFailed, Invalid, NotFound
+from hutch.engine.images import bases
 from hutch.engine.images.builder import (
     Builder,
     Emit,
@@ -35,11 +38,12 @@ from hutch.engine.images.builder import (
     step_key,
     step_ref,
 )
-from hutch.imagebuild import debian
 from hutch.imagebuild.importer import ImportFailed, import_image, skopeo_source
 from hutch.imagebuild.layout import Image, ImageNotFound, ImageStore
 
 log = logging.getLogger("hutch.images")
+#: The empty image ``FROM scratch`` starts from.
+SCRATCH_REF = "hutch/scratch:latest"
 
 
 class ImageService:
@@ -51,39 +55,37 @@ class ImageService:
         self.contexts = data_dir / "contexts"
         self.data_dir = data_dir
         self._salt: bytes | None = None
+        self.bases = bases.PythonBases(self.store, data_dir)
 
     @property
     def default_ref(self) -> str:
-        return debian.base_ref()
+        return bases.default_ref()
 
     async def ensure_default(self) -> str:
-        ref = debian.base_ref(debian.DEFAULT_PYTHON)
+        ref = bases.default_ref()
         if ref in self._resolved:  # built and resolved before (resolve re-checks its layers)
             return ref
-        return await self.build_debian(debian.DEFAULT_PYTHON)
+        return await self.build_debian(bases.DEFAULT_PYTHON)
 
     async def build_debian(self, python_version: str, force: bool = False,
                            log_line: Callable[[str], None] | None = None) -> str:
-        """The Debian base image for ``python_version``, built unless cached.
+        """The ``debian_slim`` base image for ``python_version``, built unless cached.
 
         ``log_line`` receives the build's output on the event loop, line by line.
         """
-        ref = debian.base_ref(python_version)
-
         def forward(line: str) -> None:
             if log_line is not None:
-                trio.from_thread.run_sync(log_line, line)
+                log_line(line)
 
-        async with self._locks[ref]:
-            if force or self.store.lookup(ref) is None:
-                try:
-                    await trio.to_thread.run_sync(
-                        partial(debian.build_debian_base, self.store, python_version,
-                                forward, force))
-                except debian.ImageBuildError as exc:
-                    raise ImageBuildFailed(str(exc)) from exc
-                self._resolved.pop(ref, None)
-        return ref
+        async def apply(parent: str, step: RunStep, ref: str) -> None:
+            if self.builder is None:
+                raise ImageBuildFailed("this engine cannot run build steps")
+            await self.builder.apply(1, parent, step, ref, lambda e: forward(str(e["log"]))
+                                     if "log" in e else None)
+            self._resolved.pop(ref, None)
+
+        async with self._locks[f"debian_slim:{python_version}"]:
+            return await self.bases.build(python_version, force, forward, apply)
 
     def enable_builds(self, builder: Builder) -> None:
         self.builder = builder
@@ -99,8 +101,7 @@ class ImageService:
         base = req.base
         if isinstance(base, DebianSlimStep):
             emit({"step": 1, "of": total, "description": f"debian_slim {base.python_version}",
-                  "cached": self.store.lookup(debian.base_ref(base.python_version)) is not None
-                  and not force_all})
+                  "cached": self.bases.is_built(base.python_version) and not force_all})
             ref = await self.build_debian(base.python_version, force_all,
                                           lambda line: emit({"log": line}))
         elif isinstance(base, FromIdStep):
@@ -110,6 +111,11 @@ class ImageService:
             digest = self.store.lookup(ref)
             if digest is None:
                 raise NotFound(f"image {ref!r} not found")
+        elif isinstance(base, ScratchStep):
+            emit({"step": 1, "of": total, "description": "scratch", "cached": True})
+            ref = SCRATCH_REF
+            if self.store.lookup(ref) is None:
+                await trio.to_thread.run_sync(self.store.write_image, ref, [], {})
         else:
             ref = await self._import(base, total, force_all, emit)
         for number, step in enumerate(req.steps, start=2):
@@ -120,7 +126,13 @@ class ImageService:
                 raise NotFound(f"image {ref!r} vanished during the build")
             if self._salt is None:
                 self._salt = secret_salt(self.data_dir)
-            target = step_ref(step_key(parent_digest, step, self._salt))
+            keyed = step
+            if isinstance(step, CopyFromStep):  # keyed on what the source image *is*
+                source_digest = self.store.lookup(step.image)
+                if source_digest is None:
+                    raise NotFound(f"image {step.image!r} not found")
+                keyed = step.model_copy(update={"image": source_digest})
+            target = step_ref(step_key(parent_digest, keyed, self._salt))
             forced = force_all or (isinstance(step, RunStep) and step.force_build)
             async with self._locks[target]:
                 cached = self.store.lookup(target) is not None and not forced

@@ -1,5 +1,5 @@
-"""The image routes: the default image, build contexts, list, inspect, delete, prune and
-builds streamed as NDJSON."""
+"""The image routes: the default image, build contexts, list, inspect, delete, prune, push
+to a registry and builds streamed as NDJSON."""
 
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from hutch.api import urls
-from hutch.api.models import (
-    NDJSON,
-    BuildImageRequest,
-)
-from hutch.engine.errors import EngineError, Invalid, NotFound
+from hutch.api.imagemodels import BuildImageRequest, PushImageRequest
+from hutch.api.models import NDJSON
+from hutch.engine.errors import EngineError, ImageBuildFailed, Invalid, NotFound
 from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.routes.common import errors_doc, ndjson_event, stream_doc
+from hutch.imagebuild import pusher
 from hutch.imagebuild.layout import ImageNotFound
 
 log = logging.getLogger("hutch.server")
@@ -105,6 +104,24 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
         in_use = {layer for row in manager.store.list_sandboxes(pooled=True)
                   for layer in row.spec.layers}
         return await trio.to_thread.run_sync(manager.images.store.prune, in_use)
+
+    @app.post(urls.IMAGES_PUSH, responses=errors_doc(400, 404, 422))
+    async def push_image(req: PushImageRequest) -> dict[str, str]:
+        """Copy an image to a registry with skopeo (plain HTTP for one on loopback); a
+        failed copy is an ``image_build`` error with skopeo's last lines."""
+        try:
+            dest = pusher.registry_dest(req.dest)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from exc
+        store = manager.images.store
+        try:
+            digest = await trio.to_thread.run_sync(pusher.push_image, store, req.ref, dest,
+                                                   req.credentials)
+        except ImageNotFound as exc:
+            raise NotFound(f"image {req.ref!r} not found") from exc
+        except pusher.PushFailed as exc:
+            raise ImageBuildFailed(str(exc)) from exc
+        return {"ref": req.ref, "dest": dest, "digest": digest}
 
     @app.post(urls.IMAGES_BUILD, response_class=StreamingResponse,
               responses=stream_doc("build progress and log events, then its ref or an error")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hutch.imagebuild.importer import ImportFailed, _adopt
+from hutch.imagebuild.importer import ImportFailed, _adopt, plain_http
 from hutch.imagebuild.layerunpack import unpack_layer
 from hutch.imagebuild.layout import ImageStore
 
@@ -220,3 +220,19 @@ def test_adopt_refuses_diff_ids_that_are_not_digests(tmp_path: Path, diff_id: st
     with pytest.raises(ImportFailed, match="diff id"):
         _adopt(store, layout, "ref", lambda line: None)
     assert store.lookup("ref") is None and list(store.layers.iterdir()) == []
+
+
+@pytest.mark.parametrize(("reference", "local"), [
+    ("docker://127.0.0.1:5000/x:1", True),
+    ("127.0.0.1/x", True),
+    ("localhost:5000/a/b:1", True),
+    ("docker://[::1]:5000/x", True),
+    ("[::1]/x", True),
+    ("docker.io/library/debian:12", False),
+    ("127.0.0.1.example.com/x", False),
+    ("localhost:5000", False),  # no registry host: Docker Hub's library/localhost
+    ("debian:12", False),
+    ("[::2]:5000/x", False),
+])
+def test_a_registry_on_loopback_is_reached_over_plain_http(reference: str, local: bool) -> None:
+    assert plain_http(reference) is local

@@ -26,8 +26,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hutch.api.imagemodels import BuildImageRequest
 from hutch.api.models import (
-    BuildImageRequest,
     CreateSandboxRequest,
     ExecRequest,
     LookupAppRequest,

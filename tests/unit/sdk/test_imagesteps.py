@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from hutch.api.models import (
+from hutch.api.imagemodels import (
     DEBIAN_PYTHON_SUITES,
+    PYTHON_SERIES,
     BuildImageRequest,
     ConfigStep,
     CopyStep,
@@ -514,19 +515,23 @@ def test_add_local_python_source_bad_modules(modules: tuple[Any, ...]) -> None:
 
 # bases ------------------------------------------------------------------------------------
 def test_debian_slim_versions() -> None:
-    for version in DEBIAN_PYTHON_SUITES:
+    for version in (*PYTHON_SERIES, "3.12.7", "3.10.13", "3.14.0"):
         image = Image.debian_slim(version)
         assert image._base == {"kind": "debian_slim", "python_version": version}
         _validate(image)
-    assert Image.debian_slim()._base["python_version"] in DEBIAN_PYTHON_SUITES
-    with pytest.raises(InvalidError) as info:
-        Image.debian_slim("3.12")
-    message = str(info.value)
-    assert "3.12" in message
-    for version in DEBIAN_PYTHON_SUITES:
-        assert version in message
-    with pytest.raises(InvalidError):
+    assert set(DEBIAN_PYTHON_SUITES) < set(PYTHON_SERIES)
+    assert Image.debian_slim()._base["python_version"] in PYTHON_SERIES
+    for bad in ("3.9", "3.15", "3", "3.12.7.1", "3.12t", "2.7", "", "3.12 ", "3.1x"):
+        with pytest.raises(InvalidError) as info:
+            Image.debian_slim(bad)
+        message = str(info.value)
+        assert repr(bad) in message
+        for version in PYTHON_SERIES:
+            assert version in message
+    with pytest.raises(TypeError):
         Image.debian_slim(3.11)  # type: ignore[arg-type]
+    with pytest.raises(InvalidError):
+        Image.debian_slim(["3.11"])  # type: ignore[arg-type]
 
 
 def test_other_bases(tmp_path: Path) -> None:

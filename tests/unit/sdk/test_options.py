@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from hutch.api.imagemodels import FromIdStep, FromRegistryStep
 from hutch.api.models import (
     MAX_PIDS_LIMIT,
     MAX_TIMEOUT,
     CreateSandboxRequest,
     ExecRequest,
-    FromIdStep,
-    FromRegistryStep,
     ProbeSpec,
 )
 from hutch.exception import InvalidError

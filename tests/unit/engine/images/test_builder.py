@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 
-from hutch.api.models import ConfigStep, CopyStep, RunStep
+from hutch.api.imagemodels import ConfigStep, CopyStep, RunStep
 from hutch.engine.errors import Invalid
 from hutch.engine.images.builder import (
     Builder,

@@ -1,0 +1,292 @@
+"""Reading a Dockerfile as Docker does: instructions with their line numbers, flags, JSON
+(exec) or shell form, variable substitution and ``.dockerignore`` rules.
+
+Only the reading is here; :mod:`hutch.sdk.dockerfile` turns instructions into image steps.
+What Docker's parser accepts is accepted here: the ``# escape=`` and ``# syntax=``
+directives, lines continued by the escape character (with comment and blank lines inside a
+continuation skipped), heredocs after ``RUN`` (``RUN <<EOF`` ... ``EOF``), instructions in
+any case.  Substitution covers ``$var``, ``${var}``, ``${var:-word}``, ``${var-word}``,
+``${var:+word}``, ``${var+word}`` and ``\\$`` for a literal dollar sign.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from hutch.exception import InvalidError
+
+_DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(\S+)\s*$")
+_HEREDOC = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2")
+_FLAG = re.compile(r"--([a-z][a-z-]*)(?:=(.*))?$")
+
+
+@dataclass
+class Instruction:
+    line: int
+    keyword: str  # upper case
+    args: str  # after the keyword and its flags
+    flags: dict[str, list[str]] = field(default_factory=dict)
+    #: ``(word, body)`` of each ``<<WORD`` on the line, in order
+    heredocs: list[tuple[str, str]] = field(default_factory=list)
+
+    def fail(self, message: str) -> InvalidError:
+        return InvalidError(f"Dockerfile line {self.line}: {self.keyword}: {message}")
+
+    def json_form(self) -> list[str] | None:
+        """The exec form's list (``["a", "b"]``), or None for the shell form."""
+        text = self.args.strip()
+        if not text.startswith("["):
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None  # Docker runs such a line in the shell form
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail("the exec form must be a JSON list of strings")
+        return value
+
+
+def _logical_lines(text: str) -> tuple[str, list[tuple[int, str]]]:
+    """The escape character and the lines, continuations joined, with their first line."""
+    escape = "\\"
+    raw = text.splitlines()
+    start = 0
+    for start, line in enumerate(raw):
+        match = _DIRECTIVE.match(line.strip())
+        if match is None:
+            break
+        if match.group(1).lower() == "escape":
+            if match.group(2) not in ("\\", "`"):
+                raise InvalidError(f"Dockerfile line {start + 1}: escape must be \\ or `")
+            escape = match.group(2)
+    else:
+        start = len(raw)
+    lines: list[tuple[int, str]] = []
+    current: list[str] = []
+    first = 0
+    for number, line in enumerate(raw[start:], start=start + 1):
+        stripped = line.strip()
+        if current and (not stripped or stripped.startswith("#")):
+            continue  # blank and comment lines inside a continuation
+        if not current:
+            if not stripped or stripped.startswith("#"):
+                lines.append((number, ""))
+                continue
+            first = number
+        body = line.rstrip()
+        if body.endswith(escape) and not body.endswith(escape * 2):
+            current.append(body[:-1])
+            continue
+        current.append(line)
+        lines.append((first, "".join(current)))
+        current = []
+    if current:
+        lines.append((first, "".join(current)))
+    return escape, lines
+
+
+def parse(text: str) -> list[Instruction]:
+    """The instructions of a Dockerfile (or of a list of lines joined by newlines)."""
+    _, lines = _logical_lines(text)
+    instructions: list[Instruction] = []
+    index = 0
+    while index < len(lines):
+        number, line = lines[index]
+        index += 1
+        if not line.strip():
+            continue
+        keyword, _, rest = line.strip().partition(" ")
+        if not re.fullmatch(r"[A-Za-z]+", keyword):
+            raise InvalidError(f"Dockerfile line {number}: {keyword!r} is not an instruction")
+        inst = Instruction(number, keyword.upper(), rest.strip())
+        if inst.keyword in ("FROM", "RUN", "COPY", "ADD"):
+            _take_flags(inst)
+        if inst.keyword in ("RUN", "COPY", "ADD") and not inst.args.startswith("["):
+            for match in _HEREDOC.finditer(inst.args):
+                body, index = _heredoc(lines, index, match.group(3), match.group(1) == "-",
+                                       inst)
+                inst.heredocs.append((match.group(3), body))
+        instructions.append(inst)
+    return instructions
+
+
+def _heredoc(lines: list[tuple[int, str]], index: int, word: str, strip_tabs: bool,
+             inst: Instruction) -> tuple[str, int]:
+    body: list[str] = []
+    while index < len(lines):
+        _, line = lines[index]
+        index += 1
+        if (line.lstrip("\t") if strip_tabs else line) == word:
+            return "".join(f"{b}\n" for b in body), index
+        body.append(line.lstrip("\t") if strip_tabs else line)
+    raise inst.fail(f"the heredoc <<{word} has no closing {word} line")
+
+
+def _take_flags(inst: Instruction) -> None:
+    words = inst.args.split()
+    taken = 0
+    for word in words:
+        match = _FLAG.match(word)
+        if match is None:
+            break
+        inst.flags.setdefault(match.group(1), []).append(match.group(2) or "")
+        taken += 1
+    inst.args = inst.args.split(None, taken)[taken] if taken < len(words) else ""
+
+
+# substitution -------------------------------------------------------------------------------
+_VAR = re.compile(r"\\\$|\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)"
+                  r"(?:(:?[-+])((?:[^{}]|\{[^{}]*\})*))?\})")
+
+
+def substitute(text: str, variables: dict[str, str], keep_unknown: bool = False) -> str:
+    """``text`` with Docker's variable forms replaced from ``variables`` (unknown: empty, or
+    left as written with ``keep_unknown``, for the engine to expand from the image's
+    environment)."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "\\$":
+            return "\\$" if keep_unknown else "$"
+        name = m.group(1) or m.group(2)
+        if keep_unknown and name not in variables:
+            return m.group(0)
+        op, word = m.group(3), m.group(4)
+        value = variables.get(name)
+        if op is None:
+            return value or ""
+        is_set = value is not None and (value != "" or not op.startswith(":"))
+        if op.endswith("-"):
+            return value if is_set and value is not None else substitute(word, variables)
+        return substitute(word, variables) if is_set else ""
+
+    return _VAR.sub(one, text)
+
+
+def key_values(inst: Instruction, variables: dict[str, str], keep_unknown: bool = False
+               ) -> dict[str, str]:
+    """``KEY=value ...`` (values may be quoted) or the old ``KEY value`` of ENV/LABEL."""
+    text = inst.args.strip()
+    first = text.split(None, 1)
+    if not first:
+        raise inst.fail("needs KEY=value")
+    if "=" not in first[0]:
+        if len(first) < 2:
+            raise inst.fail(f"{first[0]} needs a value")
+        return {first[0]: substitute(first[1], variables, keep_unknown)}
+    pairs: dict[str, str] = {}
+    for word in _words(text, inst):
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise inst.fail(f"{word!r} is not KEY=value")
+        pairs[substitute(key, variables)] = substitute(value, variables, keep_unknown)
+    return pairs
+
+
+def _words(text: str, inst: Instruction) -> list[str]:
+    """Whitespace-separated words, quotes removed (quoted ``$`` kept for substitution)."""
+    words: list[str] = []
+    current, quote, have = "", "", False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\" and quote == '"' and i + 1 < len(text) and text[i + 1] in '"\\':
+                i += 1
+                current += text[i]
+            else:
+                current += c
+        elif c in "\"'":
+            quote, have = c, True
+        elif c == "\\" and i + 1 < len(text):
+            i += 1
+            current += "\\$" if text[i] == "$" else text[i]
+            have = True
+        elif c.isspace():
+            if current or have:
+                words.append(current)
+            current, have = "", False
+        else:
+            current += c
+        i += 1
+    if quote:
+        raise inst.fail("an unterminated quote")
+    if current or have:
+        words.append(current)
+    return words
+
+
+def words(inst: Instruction, variables: dict[str, str]) -> list[str]:
+    """The instruction's arguments: the exec form's list, or whitespace-separated words,
+    each substituted."""
+    listed = inst.json_form()
+    if listed is not None:
+        return [substitute(w, variables) for w in listed]
+    return [substitute(w, variables) for w in _words(inst.args, inst)]
+
+
+# .dockerignore ------------------------------------------------------------------------------
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                out += "(?:.*/)?"
+                i += 1
+            else:
+                out += ".*"
+            continue
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out += re.escape(c)
+            else:
+                body = pattern[i + 1:end]
+                out += "[" + ("^" + body[1:] if body.startswith("^") else body) + "]"
+                i = end
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile(out + "(?:/.*)?")
+
+
+class DockerIgnore:
+    """``.dockerignore`` rules: paths relative to the context, ``**``, ``!`` exceptions, the
+    last matching rule deciding; a directory's rule covers what is inside it."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.rules: list[tuple[bool, re.Pattern[str]]] = []
+        for raw in lines:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            keep = line.startswith("!")
+            body = line[1:].strip() if keep else line
+            clean = str(PurePosixPath("/" + body.strip("/"))).lstrip("/") or "."
+            clean = re.sub(r"(^|/)\./", r"\1", clean)
+            self.rules.append((keep, _pattern_regex(clean)))
+
+    def __call__(self, rel: str) -> bool:
+        """Whether the context path ``rel`` (``a/b.txt``) is left out."""
+        ignored = False
+        for keep, regex in self.rules:
+            if regex.fullmatch(rel):
+                ignored = not keep
+        return ignored
+
+    def prunes(self, rel: str) -> bool:
+        """Whether a whole directory can be skipped: ignored, and no ``!`` rule after the
+        last match could bring anything inside it back."""
+        return self(rel) and not any(keep for keep, _ in self.rules)

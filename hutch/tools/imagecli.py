@@ -1,0 +1,118 @@
+"""``hutch image``: build, list, inspect, remove, prune, export and push images (apart from
+:mod:`hutch.tools.cli` to keep each module readable)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from hutch.api import urls
+from hutch.sdk.image import Image
+from hutch.sdk.imagepush import push_image
+from hutch.sdk.output import enable_output
+from hutch.sdk.transport import request_blocking
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    img = sub.add_parser("image", help="build, list, inspect, remove, prune, export and push "
+                                       "images")
+    img.add_argument("action",
+                     choices=["build", "ls", "inspect", "rm", "prune", "export", "push"])
+    img.add_argument("target", nargs="?", default="",
+                     help="build: FILE.py::NAME; inspect, rm, export, push: an image reference")
+    img.add_argument("dest", nargs="?", default="",
+                     help="push: the registry reference to push to (REGISTRY/NAME:TAG)")
+    img.add_argument("-o", "--output", help="export: the OCI archive to write")
+    img.add_argument("--creds", metavar="USER:PASS",
+                     help="push: the registry's credentials (default: REGISTRY_USERNAME and "
+                          "REGISTRY_PASSWORD from the environment when set)")
+    img.set_defaults(func=cmd_image)
+
+
+def _load_image(target: str) -> Image:
+    """``FILE.py::NAME``: the ``Image`` that module-level name holds in that file."""
+    path, sep, name = target.partition("::")
+    if not sep or not name:
+        raise SystemExit("hutch: image build expects FILE.py::NAME")
+    spec = importlib.util.spec_from_file_location("hutch_image_file", path)
+    if spec is None or spec.loader is None or not os.path.isfile(path):
+        raise SystemExit(f"hutch: cannot load {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    spec.loader.exec_module(module)
+    image = getattr(module, name, None)
+    if not isinstance(image, Image):
+        raise SystemExit(f"hutch: {name} in {path} is not a hutch.Image")
+    return image
+
+
+def _export(ref: str, output: str | None) -> int:
+    """Write an image as an OCI archive with skopeo, readable by podman load and others."""
+    if not output:
+        raise SystemExit("hutch: image export needs an output file: -o FILE.tar")
+    if shutil.which("skopeo") is None:
+        raise SystemExit("hutch: skopeo is not installed: apt-get install skopeo")
+    request_blocking("GET", urls.IMAGES_INSPECT, params={"ref": ref})  # NotFound early
+    layout = Path(request_blocking("GET", urls.ENGINE)["data_dir"]) / "oci"
+    name = ref.rsplit("/", 1)[-1].replace(":", "-")
+    proc = subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:{ref}",
+                           f"oci-archive:{output}:hutch/{name}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"hutch: skopeo failed: {proc.stderr.strip()}", file=sys.stderr)
+        return 125
+    print(f"wrote {output} (image hutch/{name})")
+    return 0
+
+
+def _push(ref: str, dest: str, creds: str | None) -> int:
+    """Push an image to a registry (the engine runs skopeo); credentials from ``--creds``,
+    else from ``REGISTRY_USERNAME`` and ``REGISTRY_PASSWORD`` when both are set."""
+    if not dest:
+        raise SystemExit("hutch: image push needs a destination: hutch image push REF "
+                         "REGISTRY/NAME:TAG")
+    if creds is None and os.environ.get("REGISTRY_USERNAME") \
+            and "REGISTRY_PASSWORD" in os.environ:
+        creds = f"{os.environ['REGISTRY_USERNAME']}:{os.environ['REGISTRY_PASSWORD']}"
+    digest = push_image(ref, dest, creds)
+    where = dest.removeprefix("docker://")
+    print(f"pushed {ref} to {where}" + (f" ({digest})" if digest else ""))
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    if args.action in ("build", "inspect", "rm", "export", "push") and not args.target:
+        raise SystemExit(f"hutch: image {args.action} needs a target")
+    if args.dest and args.action != "push":
+        raise SystemExit(f"hutch: image {args.action} takes one argument, got also "
+                         f"{args.dest!r}")
+    if args.action == "build":
+        with enable_output():
+            image = _load_image(args.target).build()
+        print(image.object_id)
+    elif args.action == "ls":
+        images = request_blocking("GET", urls.IMAGES)["images"]
+        print(f"{'REFERENCE':<60} {'LAYERS':>6} {'SIZE':>9}  DIGEST")
+        for img in images:
+            print(f"{img['ref']:<60} {img['layers']:>6} {img['size'] / 1e6:>7.1f}MB  "
+                  f"{img['digest'][:19]}")
+    elif args.action == "inspect":
+        doc = request_blocking("GET", urls.IMAGES_INSPECT, params={"ref": args.target})
+        print(json.dumps(doc, indent=2))
+    elif args.action == "export":
+        return _export(args.target, args.output)
+    elif args.action == "push":
+        return _push(args.target, args.dest, args.creds)
+    elif args.action == "rm":
+        request_blocking("DELETE", urls.IMAGES, params={"ref": args.target})
+        print(f"removed {args.target}")
+    else:
+        freed = request_blocking("POST", urls.IMAGES_PRUNE)
+        print(f"removed {freed['blobs']} blobs ({freed['bytes'] / 1e6:.1f} MB) and "
+              f"{freed['layers']} unpacked layers")
+    return 0
