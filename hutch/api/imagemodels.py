@@ -54,7 +54,12 @@ class FromRegistryStep(_Wire):
     kind: Literal["from_registry"] = "from_registry"
     ref: str = Field(min_length=1, max_length=512, pattern=r"^[^\s/][^\s]*$")
     credentials: str | None = None
+    #: ``basic``: ``credentials`` are ``user:password``; ``aws``: ``key_id:secret:region``,
+    #: exchanged for an Amazon ECR token
+    auth: Literal["basic", "aws"] = "basic"
     force_build: bool = False
+    #: python-build-standalone's Python of this series at /usr/local (Modal's add_python)
+    add_python: str | None = Field(default=None, pattern=r"^3\.1[0-4]$")
 
 
 class FromOCIStep(_Wire):

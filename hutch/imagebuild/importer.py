@@ -28,6 +28,7 @@ from typing import Any
 
 from hutch.imagebuild.layerunpack import ImportFailed, check_digest, place_layer, stage_layer
 from hutch.imagebuild.layout import ImageStore
+from hutch.imagebuild.registryauth import scrub, write_auth_file
 
 __all__ = ["ImportFailed", "import_image", "plain_http", "skopeo_source"]
 
@@ -65,19 +66,20 @@ def import_image(store: ImageStore, source: str, ref: str, log_line: LogLine,
         raise ImportFailed("skopeo is not installed: apt-get install skopeo")
     work = Path(tempfile.mkdtemp(dir=store.tmp, prefix="import-"))
     try:
-        argv = ["skopeo", "copy", "--remove-signatures", source, f"oci:{work}:image"]
+        argv = ["skopeo", "copy", "--remove-signatures", source, f"oci:{work}/layout:image"]
         if source.startswith("docker://") and plain_http(source):
             argv.insert(2, "--src-tls-verify=false")
-        if credentials:
-            argv[2:2] = ["--src-creds", credentials]
+        if credentials:  # in a file of the import's own: a command line is public
+            write_auth_file(work / "auth.json", source.removeprefix("docker://"), credentials)
+            argv[2:2] = ["--src-authfile", str(work / "auth.json")]
         log_line(f"skopeo copy {source}")
         proc = subprocess.run(argv, capture_output=True, text=True)
         for line in (proc.stdout + proc.stderr).splitlines():
             log_line(line)
         if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+            tail = scrub("\n".join(proc.stderr.strip().splitlines()[-10:]), credentials)
             raise ImportFailed(f"skopeo could not copy {source}: {tail}")
-        return _adopt(store, work, ref, log_line)
+        return _adopt(store, work / "layout", ref, log_line)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -15,9 +15,6 @@ Without them skopeo uses the engine user's own logins (``skopeo login``,
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,9 +23,9 @@ from pathlib import Path
 
 from hutch.imagebuild.importer import plain_http
 from hutch.imagebuild.layout import DIGEST, ImageNotFound, ImageStore
+from hutch.imagebuild.registryauth import scrub, write_auth_file
 
-__all__ = ["PushFailed", "layout_ref", "push_argv", "push_image", "registry_dest",
-           "registry_host", "scrub", "write_auth_file"]
+__all__ = ["PushFailed", "layout_ref", "push_argv", "push_image", "registry_dest"]
 
 _COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_COMPONENT}(?:\.{_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?"
@@ -75,27 +72,6 @@ def layout_ref(store: ImageStore, ref: str) -> str:
     raise ImageNotFound(ref)
 
 
-def registry_host(dest: str) -> str:
-    """The registry a reference (without ``docker://``) names, as auth files key it: its
-    first component where that is a host (a dot, a port, ``localhost``, an IPv6 address or
-    capitals, as Docker reads it), else Docker Hub (``docker.io``)."""
-    first, slash, _ = dest.partition("/")
-    if slash and (any(c in first for c in ".:[") or first == "localhost"
-                  or first != first.lower()):
-        return "docker.io" if first == "index.docker.io" else first
-    return "docker.io"
-
-
-def write_auth_file(path: Path, dest: str, credentials: str) -> None:
-    """A containers-auth.json(5) file at ``path`` (mode 0600, new) that logs in to the
-    registry of ``dest`` with ``credentials`` (``user:password``)."""
-    doc = {"auths": {registry_host(dest): {"auth": base64.b64encode(
-        credentials.encode()).decode()}}}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
-
-
 def push_argv(layout: Path, ref: str, dest: str, auth_file: Path | None,
               digest_file: Path) -> list[str]:
     """skopeo's command line for a push of ``ref`` (in ``layout``) to ``dest``."""
@@ -105,18 +81,6 @@ def push_argv(layout: Path, ref: str, dest: str, auth_file: Path | None,
     if auth_file is not None:
         argv += ["--dest-authfile", str(auth_file)]
     return [*argv, f"oci:{layout}:{ref}", f"docker://{dest}"]
-
-
-def scrub(text: str, credentials: str | None) -> str:
-    """``text`` with the credentials (as they are and as an auth file holds them), and
-    their password on its own, blotted out."""
-    if not credentials:
-        return text
-    password = credentials.partition(":")[2]
-    for secret in (credentials, base64.b64encode(credentials.encode()).decode(), password):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def push_image(store: ImageStore, ref: str, dest: str, credentials: str | None = None) -> str:

@@ -15,19 +15,16 @@ environment rebuilds every step of every image (like ``MODAL_FORCE_BUILD``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hutch.api import urls
-from hutch.api.imagemodels import PYTHON_SERIES, check_python_version
 from hutch.exception import EngineError, InvalidError
-from hutch.sdk import dockerfile, imagesteps
-from hutch.sdk.dockerfile import AUTO_DOCKERIGNORE
+from hutch.sdk import imagebases, imagesteps
+from hutch.sdk.imagedocker import DockerfileSources
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
 from hutch.sdk.localobject import LocalObject
 from hutch.sdk.options import check_text, reject_unsupported, shown
@@ -38,15 +35,11 @@ from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
 
 ImageStep = imagesteps.Step | imagesteps.LocalFiles | imagesteps.StageFiles
-#: The engine's longest image reference (``FromIdStep``, ``FromRegistryStep``).
-MAX_REF_LENGTH = 512
+MAX_REF_LENGTH = imagebases.MAX_REF_LENGTH
 
 
-def _local_python() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
-
-class Image(ImagePending, LocalObject):
+class Image(DockerfileSources, ImagePending, LocalObject):
     """A sandbox image; start from :meth:`debian_slim` (or :meth:`from_id`) and add steps."""
 
     def __init__(self, base: dict[str, Any], steps: tuple[ImageStep, ...] = (), *,
@@ -72,27 +65,13 @@ class Image(ImagePending, LocalObject):
         ``X.Y.Z`` (downloaded once; docs/images.md says how to provide it offline).  The
         default is this interpreter's version, or 3.11 where hutch has no such base.
         """
-        if isinstance(python_version, float):
-            raise TypeError("The `python_version` argument should be a string, not a float.")
-        if python_version is None:
-            local = _local_python()
-            python_version = local if local in PYTHON_SERIES else "3.11"
-        try:
-            check_python_version(python_version)
-        except ValueError as exc:
-            raise InvalidError(str(exc)) from None
-        return Image({"kind": "debian_slim", "python_version": python_version},
-                     force_build=bool(force_build))
+        return Image(imagebases.debian_slim(python_version), force_build=bool(force_build))
 
     @staticmethod
     def from_id(image_id: str, client: Any = None) -> Image:
         """An image the engine already has, by its reference (``hutch image ls``)."""
         reject_unsupported({"client": client}, "Image.from_id")
-        if not isinstance(image_id, str) or not image_id or len(image_id) > MAX_REF_LENGTH:
-            raise InvalidError(f"Image.from_id needs an image id of at most {MAX_REF_LENGTH} "
-                               f"characters, got {shown(image_id)}")
-        check_text(image_id, f"Image.from_id: {shown(image_id)}")
-        return Image({"kind": "from_id", "ref": image_id})
+        return Image(imagebases.from_id(image_id))
 
     @staticmethod
     def from_registry(tag: str, secret: Secret | None = None, *,
@@ -100,72 +79,42 @@ class Image(ImagePending, LocalObject):
                       add_python: str | None = None, **kwargs: Any) -> Image:
         """An image from a registry (``docker.io/library/alpine:3.20``), pulled with skopeo.
 
-        ``secret`` holds ``REGISTRY_USERNAME`` and ``REGISTRY_PASSWORD`` for a private
-        registry.  Registries on localhost/127.0.0.1 are reached over plain HTTP.
+        ``secret`` holds ``REGISTRY_USERNAME`` and ``REGISTRY_PASSWORD`` (or Amazon's or
+        Google's keys, as :meth:`from_aws_ecr` and :meth:`from_gcp_artifact_registry` take
+        them).  Registries on localhost/127.0.0.1 are reached over plain HTTP.
+        ``add_python``: python-build-standalone's Python of that series at /usr/local.
         """
-        if not isinstance(tag, str) or not tag or tag.startswith("/") \
-                or any(c.isspace() for c in tag) or len(tag) > MAX_REF_LENGTH:
-            raise InvalidError(f"from_registry needs an image reference (at most "
-                               f"{MAX_REF_LENGTH} characters), got {shown(tag)}")
-        check_text(tag, f"from_registry: {shown(tag)}")
-        for name, value in (("setup_dockerfile_commands", setup_dockerfile_commands),
-                            ("add_python", add_python), *kwargs.items()):
-            if value:
-                raise InvalidError(f"Image.from_registry: `{name}` is not supported by "
-                                   "hutch; add steps (run_commands, ...) instead")
-        base: dict[str, Any] = {"kind": "from_registry", "ref": tag,
-                                "force_build": bool(force_build)}
-        if secret is not None:
-            env = secret.env() if isinstance(secret, Secret) else None
-            if env is None or not {"REGISTRY_USERNAME", "REGISTRY_PASSWORD"} <= set(env):
-                raise InvalidError("from_registry's secret needs REGISTRY_USERNAME and "
-                                   "REGISTRY_PASSWORD")
-            credentials = f"{env['REGISTRY_USERNAME']}:{env['REGISTRY_PASSWORD']}"
-            base["credentials"] = check_text(credentials, "from_registry's secret")
-        return Image(base)
+        imagebases.reject_kwargs(kwargs, "Image.from_registry")
+        return Image(imagebases.registry(
+            tag, secret, force_build=force_build, add_python=add_python,
+            setup_dockerfile_commands=setup_dockerfile_commands))
 
     @staticmethod
-    def from_scratch(force_build: bool = False) -> Image:
-        """An empty image (Dockerfile ``FROM scratch``): add files to it."""
-        return Image({"kind": "scratch"}, force_build=bool(force_build))
+    def from_aws_ecr(tag: str, secret: Secret | None = None, *,
+                     setup_dockerfile_commands: list[str] | None = None,
+                     force_build: bool = False, add_python: str | None = None,
+                     **kwargs: Any) -> Image:
+        """An image from Amazon ECR: ``secret`` holds ``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY`` and ``AWS_REGION``, exchanged by the engine for a
+        registry token when it pulls."""
+        imagebases.reject_kwargs(kwargs, "Image.from_aws_ecr")
+        return Image(imagebases.registry(
+            tag, secret, force_build=force_build, add_python=add_python,
+            setup_dockerfile_commands=setup_dockerfile_commands, auth="aws",
+            where="from_aws_ecr"))
 
     @staticmethod
-    def from_dockerfile(path: str | Path, *, force_build: bool = False,
-                        context_dir: str | Path | None = None, ignore: Any = AUTO_DOCKERIGNORE,
-                        build_args: dict[str, str] | None = None,
-                        registry_secret: Secret | None = None,
-                        secrets: Sequence[Secret] | None = None,
-                        env: dict[str, str | None] | None = None, gpu: str | None = None,
-                        add_python: str | None = None) -> Image:
-        """An image built from a Dockerfile (:mod:`hutch.sdk.dockerfile` lists what each
-        instruction becomes).  ``context_dir`` (default: the working directory) holds what
-        COPY takes; ``.dockerignore`` there (or ``<Dockerfile>.dockerignore`` beside it)
-        applies unless ``ignore`` gives patterns or a predicate; ``build_args`` set ARGs;
-        ``env`` and ``secrets`` reach RUN lines; ``registry_secret`` pulls FROM images."""
-        reject_unsupported({"gpu_image": gpu, "add_python": add_python}, "Image.from_dockerfile")
-        dockerfile_path = Path(path).expanduser()
-        try:
-            text = dockerfile_path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidError(f"cannot read the Dockerfile {str(path)!r}: {exc}") from exc
-        return _dockerfile_image(None, text, context_dir, ignore, build_args, registry_secret,
-                                 secrets, env, force_build, dockerfile_path)
-
-    def dockerfile_commands(self, *dockerfile_commands: str | list[str],
-                            context_files: dict[str, str] | None = None,
-                            env: dict[str, str | None] | None = None,
-                            secrets: Sequence[Secret] | None = None, gpu: str | None = None,
-                            context_dir: str | Path | None = None, force_build: bool = False,
-                            ignore: Any = AUTO_DOCKERIGNORE,
-                            build_args: dict[str, str] | None = None) -> Image:
-        """Dockerfile lines applied to this image (a ``FROM`` among them starts a stage)."""
-        reject_unsupported({"gpu_image": gpu, "context_files": context_files},
-                           "Image.dockerfile_commands")
-        lines = imagesteps.flatten_text(dockerfile_commands, "dockerfile_commands")
-        if not lines:
-            return self
-        return _dockerfile_image(self, "\n".join(lines), context_dir, ignore, build_args, None,
-                                 secrets, env, force_build, None)
+    def from_gcp_artifact_registry(tag: str, secret: Secret | None = None, *,
+                                   setup_dockerfile_commands: list[str] | None = None,
+                                   force_build: bool = False, add_python: str | None = None,
+                                   **kwargs: Any) -> Image:
+        """An image from Google's Artifact Registry: ``secret`` holds a service account's
+        key as ``SERVICE_ACCOUNT_JSON`` (the registry's ``_json_key`` login)."""
+        imagebases.reject_kwargs(kwargs, "Image.from_gcp_artifact_registry")
+        return Image(imagebases.registry(
+            tag, secret, force_build=force_build, add_python=add_python,
+            setup_dockerfile_commands=setup_dockerfile_commands, auth="gcp",
+            where="from_gcp_artifact_registry"))
 
     @staticmethod
     def from_oci_layout(path: str | os.PathLike[str], tag: str | None = None) -> Image:
@@ -397,49 +346,6 @@ async def _wire_step(step: ImageStep) -> dict[str, Any]:
     if step.chown:
         wire["chown"] = step.chown
     return wire
-
-
-def _dockerfile_image(base: Image | None, text: str, context_dir: str | Path | None,
-                      ignore: Any, build_args: dict[str, str] | None,
-                      registry_secret: Secret | None, secrets: Sequence[Secret] | None,
-                      env: dict[str, str | None] | None, force_build: bool,
-                      dockerfile_path: Path | None) -> Image:
-    """The image of the Dockerfile ``text``'s last stage (on ``base`` for
-    ``dockerfile_commands``), its earlier stages built when a ``COPY --from`` needs them."""
-    context = Path(context_dir).expanduser().absolute() if context_dir is not None \
-        else Path.cwd()
-    if build_args is not None and (not isinstance(build_args, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in build_args.items())):
-        raise InvalidError("build_args must be a dict of str to str")
-    run_env = {k: v for k, v in (env or {}).items() if v is not None}
-
-    def base_for(ref: str) -> dict[str, Any]:
-        if ref.startswith("hutch/"):
-            return Image.from_id(ref)._base
-        return Image.from_registry(ref, registry_secret)._base
-
-    options = dockerfile.Options(
-        context_dir=context, ignore=dockerfile.ignore_rules(ignore, context, dockerfile_path),
-        build_args=dict(build_args or {}), env=run_env, secrets=list(secrets or ()),
-        base_for=base_for)
-    images: list[Image] = []
-    for stage in dockerfile.plan(text, options, extends=base is not None):
-        if stage.base is None:
-            assert base is not None
-            image = base
-        elif isinstance(stage.base, int):
-            image = images[stage.base]
-        else:
-            image = Image(stage.base)
-        for step in stage.steps:
-            if isinstance(step, imagesteps.StageFiles):
-                source = images[step.stage] if isinstance(step.stage, int) else \
-                    Image(step.stage)
-                step = dataclasses.replace(step, image=source)
-            image = image._then(step)
-        images.append(image)
-    final = images[-1]
-    return Image(final._base, final._steps, force_build=bool(force_build) or final._force_build)
 
 
 def resolves_directly(image: object) -> bool:

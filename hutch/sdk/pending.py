@@ -33,20 +33,6 @@ class ImagePending:
         not_yet("Image.shell", _IMAGES)
 
     @staticmethod
-    def from_aws_ecr(tag: str, secret: Any = None, *,
-                     setup_dockerfile_commands: list[str] | None = None,
-                     force_build: bool = False, add_python: str | None = None,
-                     **kwargs: Any) -> NoReturn:
-        not_yet("Image.from_aws_ecr", _IMAGES)
-
-    @staticmethod
-    def from_gcp_artifact_registry(tag: str, secret: Any = None, *,
-                                   setup_dockerfile_commands: list[str] | None = None,
-                                   force_build: bool = False, add_python: str | None = None,
-                                   **kwargs: Any) -> NoReturn:
-        not_yet("Image.from_gcp_artifact_registry", _IMAGES)
-
-    @staticmethod
     def from_name(name: str, *, environment_name: str | None = None,
                   client: Any = None) -> NoReturn:
         not_yet("Image.from_name", _IMAGES)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +21,10 @@ import httpx
 import pytest
 
 import hutch
-from tests.helpers import hutch_cli, wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _need(tool: str) -> None:
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (tools/setup-host.sh installs it)")
-
-
-@contextmanager
-def _serve_registry(root: Path, auth: str = "") -> Iterator[str]:
-    """Debian's docker-registry on a free loopback port (``auth``: more of its config)."""
-    _need("docker-registry")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n{auth}")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code in (200,
-                                                                                       401)
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(answers, timeout=30, what="the registry")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+from tests.helpers import hutch_cli
+from tests.integration.registry import free_port as _free_port
+from tests.integration.registry import need as _need
+from tests.integration.registry import serve_registry as _serve_registry
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +142,44 @@ def test_push_to_a_registry_that_wants_credentials(
         tags = httpx.get(f"http://{address}/v2/private/tags/list", timeout=30,
                          auth=("robot", "hunter22-right"))
         assert tags.json()["tags"] == ["1"]
+
+        # pulls log in with a Secret, as Modal's from_registry and FROM lines take it
+        wrong = hutch.Secret.from_dict({"REGISTRY_USERNAME": "robot",
+                                        "REGISTRY_PASSWORD": "hunter22-wrong"})
+        with pytest.raises(hutch.exception.ImageBuildError) as info:
+            hutch.Image.from_registry(f"{address}/private:1", wrong).build()
+        assert "hunter22" not in str(info.value)
+        right = hutch.Secret.from_dict({"REGISTRY_USERNAME": "robot",
+                                        "REGISTRY_PASSWORD": "hunter22-right"})
+        (tmp_path / "Dockerfile").write_text(f"FROM {address}/private:1\n"
+                                             "RUN echo from-private > /p\n")
+        image = hutch.Image.from_dockerfile(tmp_path / "Dockerfile", context_dir=tmp_path,
+                                            registry_secret=right)
+        sb = hutch.Sandbox.create("cat", "/p", image=image, timeout=120)
+        try:
+            sb.wait()
+            assert sb.stdout.read() == "from-private\n"
+        finally:
+            sb.terminate()
+
+
+def test_dockerfile_from_a_registry_image_multi_stage(engine: dict[str, Any], registry: str,
+                                                      tmp_path: Path) -> None:
+    """An image pushed with ``hutch image push`` is a FROM line's base, as Docker Hub's
+    are, in both stages of a multi-stage build."""
+    tag = f"{registry}/hutch/df-base:{uuid.uuid4().hex[:8]}"
+    assert hutch_cli("image", "push", engine["default_image"], tag).returncode == 0
+    (tmp_path / "main.c").write_text('#include <stdio.h>\nint main(void){puts("built");}\n')
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {tag} AS build\nCOPY main.c /src/\nRUN gcc -o /hello /src/main.c\n"
+        f"FROM {tag}\nCOPY --from=build /hello /usr/bin/\nCMD [\"hello\"]\n")
+    image = hutch.Image.from_dockerfile(tmp_path / "Dockerfile", context_dir=tmp_path)
+    sb = hutch.Sandbox.create(image=image, timeout=120)
+    try:
+        sb.wait()
+        assert (sb.returncode, sb.stdout.read()) == (0, "built\n")
+    finally:
+        sb.terminate()
 
 
 def test_an_unknown_registry_image_is_a_build_error(registry: str) -> None:

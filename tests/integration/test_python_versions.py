@@ -24,6 +24,8 @@ import hutch
 from hutch.exception import ImageBuildError
 from hutch.imagebuild import standalone
 from tests.conftest import DATA_DIR
+from tests.helpers import hutch_cli
+from tests.integration.registry import serve_registry
 
 DEBIAN = {"3.11": "bookworm", "3.13": "trixie", "3.14": "forky"}
 
@@ -116,6 +118,20 @@ def test_standalone_pythons_from_the_offline_directory(
         assert include == f"/usr/local/include/python{series}", out
         assert "VERSION_CODENAME=trixie" in out and "uv " in out
         assert "/usr/local/bin/python\n" in out
+
+
+def test_add_python_to_a_registry_image(engine: dict[str, Any], archives: dict[str, str],
+                                        tmp_path: Path) -> None:
+    """``from_registry(add_python=...)`` puts python-build-standalone's Python at
+    /usr/local of any image, as Modal's does (here: the default image, from a registry)."""
+    with serve_registry(tmp_path) as address:
+        tag = f"{address}/plain:1"
+        assert hutch_cli("image", "push", engine["default_image"], tag).returncode == 0
+        image = hutch.Image.from_registry(tag, add_python="3.12")
+        out = _run(image, "sh", "-c", "python --version && command -v python && "
+                   "/usr/bin/python3 --version")
+    assert out.split("\n")[:2] == [f"Python {archives['3.12']}", "/usr/local/bin/python"]
+    assert out.split("\n")[2].startswith("Python 3.11.")  # the image's own stays
 
 
 def test_a_version_hutch_cannot_find_says_what_to_provide(

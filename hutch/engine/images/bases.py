@@ -67,6 +67,12 @@ def tools_step(version: str, standalone_python: bool) -> RunStep:
     return RunStep(commands=commands, description=f"python {version}: pip wheel uv")
 
 
+def python_check_step(version: str) -> RunStep:
+    """``from_registry(add_python=...)``'s step: the interpreter runs, ``python``/``pip``."""
+    return RunStep(commands=[_check_version(version), _LINKS],
+                   description=f"add_python {version}")
+
+
 def _recipe(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 

@@ -38,8 +38,10 @@ from hutch.engine.images.builder import (
     step_key,
     step_ref,
 )
+from hutch.imagebuild import standalone
 from hutch.imagebuild.importer import ImportFailed, import_image, skopeo_source
 from hutch.imagebuild.layout import Image, ImageNotFound, ImageStore
+from hutch.imagebuild.registryauth import RegistryLoginFailed, ecr_login
 
 log = logging.getLogger("hutch.images")
 #: The empty image ``FROM scratch`` starts from.
@@ -151,7 +153,7 @@ class ImageService:
         """A registry image or OCI layout/archive, copied in with skopeo unless cached."""
         if isinstance(base, FromRegistryStep):
             source = skopeo_source("registry", base.ref)
-            key = f"from_registry:{base.ref}"
+            key = f"from_registry:{base.ref}"  # add_python is a step of its own after
             force = force or base.force_build
             credentials = base.credentials
         else:
@@ -175,12 +177,38 @@ class ImageService:
                     trio.from_thread.run_sync(emit, {"log": line})
 
                 try:
+                    if isinstance(base, FromRegistryStep) and base.auth == "aws" and \
+                            credentials:
+                        credentials = await trio.to_thread.run_sync(ecr_login, credentials)
                     await trio.to_thread.run_sync(partial(
                         import_image, self.store, source, ref, log_line, credentials))
-                except ImportFailed as exc:
+                except (ImportFailed, RegistryLoginFailed) as exc:
                     raise ImageBuildFailed(str(exc)) from exc
                 self._resolved.pop(ref, None)
+        if isinstance(base, FromRegistryStep) and base.add_python:
+            ref = await self._add_python(ref, base.add_python, emit)
         return ref
+
+    async def _add_python(self, ref: str, series: str, emit: Emit) -> str:
+        """``ref`` with python-build-standalone's ``series`` at /usr/local (as Modal's
+        ``add_python``), checked by running it, and ``python``/``pip`` names."""
+        def log_line(line: str) -> None:
+            trio.from_thread.run_sync(emit, {"log": line})
+
+        try:
+            archive = await trio.to_thread.run_sync(
+                standalone.locate, series, self.data_dir, log_line)
+        except standalone.PythonUnavailable as exc:
+            raise ImageBuildFailed(str(exc)) from exc
+        parent = await trio.to_thread.run_sync(self.bases.with_python, ref, archive)
+        step = bases.python_check_step(series)
+        target = step_ref(step_key(self.store.lookup(parent) or "", step))
+        async with self._locks[target]:
+            if self.store.lookup(target) is None:
+                if self.builder is None:
+                    raise ImageBuildFailed("this engine cannot run build steps")
+                await self.builder.apply(1, parent, step, target, emit)
+        return target
 
     def forget(self, ref: str) -> None:
         """Drop what is remembered of ``ref`` (it was untagged)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hutch.imagebuild import pusher
+from hutch.imagebuild import pusher, registryauth
 from hutch.imagebuild.layout import ImageNotFound, ImageStore
 
 DIGEST = "sha256:" + "ab" * 32
@@ -79,8 +79,8 @@ def test_skopeo_command_line(tmp_path: Path) -> None:
 ])
 def test_credentials_are_keyed_by_the_registry_host(dest: str, host: str,
                                                      tmp_path: Path) -> None:
-    assert pusher.registry_host(dest) == host
-    pusher.write_auth_file(tmp_path / "auth.json", dest, "robot:pa:ss")
+    assert registryauth.registry_host(dest) == host
+    registryauth.write_auth_file(tmp_path / "auth.json", dest, "robot:pa:ss")
     assert json.loads((tmp_path / "auth.json").read_text()) == {
         "auths": {host: {"auth": base64.b64encode(b"robot:pa:ss").decode()}}}
     assert stat.S_IMODE((tmp_path / "auth.json").stat().st_mode) == 0o600
@@ -88,10 +88,11 @@ def test_credentials_are_keyed_by_the_registry_host(dest: str, host: str,
 
 def test_scrub_blots_out_the_credentials_and_the_password() -> None:
     text = "auth user:s3cret! failed; password s3cret! rejected for user"
-    assert pusher.scrub(text, "user:s3cret!") == "auth *** failed; password *** rejected for user"
-    assert pusher.scrub(text, None) == text
-    assert pusher.scrub("auth dTpwdw== sent", "u:pw") == "auth *** sent"
-    assert pusher.scrub("no password here", "user:") == "no password here"
+    assert registryauth.scrub(text, "user:s3cret!") == \
+        "auth *** failed; password *** rejected for user"
+    assert registryauth.scrub(text, None) == text
+    assert registryauth.scrub("auth dTpwdw== sent", "u:pw") == "auth *** sent"
+    assert registryauth.scrub("no password here", "user:") == "no password here"
 
 
 def _store_with_image(tmp_path: Path) -> tuple[ImageStore, str]:

@@ -549,9 +549,19 @@ def test_other_bases(tmp_path: Path) -> None:
         Image.from_oci_layout(str(layout), tag="v1"),
         Image.from_oci_archive(archive),
     ]
+    aws = Secret.from_dict({"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s/k",
+                            "AWS_REGION": "eu-west-1"})
+    gcp = Secret.from_dict({"SERVICE_ACCOUNT_JSON": '{"type": "service_account"}'})
+    images += [Image.from_aws_ecr("1.dkr.ecr.eu-west-1.amazonaws.com/a:1", aws),
+               Image.from_gcp_artifact_registry("eu-docker.pkg.dev/p/r/i:1", gcp),
+               Image.from_registry("localhost:5000/y:1", add_python="3.12")]
     for image in images:
         _validate(image.run_commands("true"))
     assert images[2]._base["credentials"] == "u:p:w"
+    assert images[6]._base["auth"] == "aws"
+    assert images[6]._base["credentials"] == "AKID:s/k:eu-west-1"
+    assert images[7]._base["credentials"] == '_json_key:{"type": "service_account"}'
+    assert images[8]._base["add_python"] == "3.12"
     assert images[3]._base == {"kind": "from_oci", "path": str(layout), "archive": False}
     assert images[5]._base["archive"] is True
 
@@ -561,7 +571,14 @@ def test_other_bases(tmp_path: Path) -> None:
     lambda p: Image.from_registry(""),
     lambda p: Image.from_registry("alpine 3"),
     lambda p: Image.from_registry("alpine", setup_dockerfile_commands=["RUN x"]),
-    lambda p: Image.from_registry("alpine", add_python="3.11"),
+    lambda p: Image.from_registry("alpine", add_python="3.9"),
+    lambda p: Image.from_registry("alpine", add_python="3.12.1"),
+    lambda p: Image.from_aws_ecr("1.dkr.ecr.x.amazonaws.com/a:1"),
+    lambda p: Image.from_aws_ecr("1.dkr.ecr.x.amazonaws.com/a:1", Secret.from_dict(
+        {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p"})),
+    lambda p: Image.from_gcp_artifact_registry("eu-docker.pkg.dev/p/r/i:1"),
+    lambda p: Image.from_registry("alpine", secret=Secret.from_dict({
+        "REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p", "SERVICE_ACCOUNT_JSON": "{}"})),
     lambda p: Image.from_registry("alpine", unknown_option=True),
     lambda p: Image.from_registry("alpine", secret=Secret.from_dict({"REGISTRY_USERNAME": "u"})),
     lambda p: Image.from_oci_layout(p),
