@@ -25,6 +25,7 @@ from hutch.api import urls
 from hutch.exception import EngineError, InvalidError
 from hutch.sdk import imagebases, imagesteps
 from hutch.sdk.imagedocker import DockerfileSources
+from hutch.sdk.imageprojects import ProjectSteps
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
 from hutch.sdk.localobject import LocalObject
 from hutch.sdk.options import check_text, reject_unsupported, shown
@@ -39,7 +40,7 @@ MAX_REF_LENGTH = imagebases.MAX_REF_LENGTH
 
 
 
-class Image(DockerfileSources, ImagePending, LocalObject):
+class Image(DockerfileSources, ProjectSteps, ImagePending, LocalObject):
     """A sandbox image; start from :meth:`debian_slim` (or :meth:`from_id`) and add steps."""
 
     def __init__(self, base: dict[str, Any], steps: tuple[ImageStep, ...] = (), *,

@@ -138,6 +138,23 @@ def _pip_options(find_links: str | None, index_url: str | None, extra_index_url:
     return options
 
 
+def pip_options(find_links: str | None, index_url: str | None, extra_index_url: str | None,
+                pre: bool, extra_options: str) -> list[str]:
+    """pip's options, each shell-quoted (``extra_options`` split as a shell splits it)."""
+    return _pip_options(find_links, index_url, extra_index_url, pre, extra_options)
+
+
+def split_options(extra_options: object, what: str) -> list[str]:
+    """``extra_options`` split as a shell splits it (not quoted)."""
+    if not isinstance(extra_options, str):
+        raise InvalidError(f"{what}: extra_options must be a string")
+    check_text(extra_options, f"{what}: extra_options")
+    try:
+        return shlex.split(extra_options)
+    except ValueError as exc:
+        raise InvalidError(f"{what}: extra_options: {exc}") from exc
+
+
 def pip_install(items: Sequence[str | list[str]], *, requirements: str | None = None,
                 find_links: str | None, index_url: str | None, extra_index_url: str | None,
                 pre: bool, extra_options: str, force_build: bool,
@@ -157,6 +174,7 @@ def pip_install(items: Sequence[str | list[str]], *, requirements: str | None = 
 
 #: A version of uv as ``uv_version=`` takes it (PEP 440's characters).
 _UV_VERSION = re.compile(r"[0-9][0-9A-Za-z.+!-]*")
+UV_VERSION = _UV_VERSION
 
 
 def uv_pip_install(items: Sequence[str | list[str]], *, index_url: str | None,

@@ -53,16 +53,6 @@ class ImagePending:
                            gpu: str | None = None) -> NoReturn:
         not_yet("Image.micromamba_install", _IMAGES)
 
-    def pip_install_from_pyproject(self, pyproject_toml: str,
-                                   optional_dependencies: list[str] | None = None, *,
-                                   find_links: str | None = None, index_url: str | None = None,
-                                   extra_index_url: str | None = None, pre: bool = False,
-                                   extra_options: str = "", force_build: bool = False,
-                                   env: dict[str, str | None] | None = None,
-                                   secrets: Collection[Any] | None = None,
-                                   gpu: str | None = None) -> NoReturn:
-        not_yet("Image.pip_install_from_pyproject", _IMAGES)
-
     def pip_install_private_repos(self, *repositories: str, git_user: str,
                                   find_links: str | None = None, index_url: str | None = None,
                                   extra_index_url: str | None = None, pre: bool = False,
@@ -71,26 +61,6 @@ class ImagePending:
                                   secrets: Collection[Any] | None = None,
                                   force_build: bool = False) -> NoReturn:
         not_yet("Image.pip_install_private_repos", _IMAGES)
-
-    def poetry_install_from_file(self, poetry_pyproject_toml: str,
-                                 poetry_lockfile: str | None = None, *,
-                                 ignore_lockfile: bool = False, force_build: bool = False,
-                                 with_: list[str] | None = None,
-                                 without: list[str] | None = None,
-                                 only: list[str] | None = None,
-                                 poetry_version: str | None = "latest",
-                                 old_installer: bool = False,
-                                 env: dict[str, str | None] | None = None,
-                                 secrets: Collection[Any] | None = None,
-                                 gpu: str | None = None) -> NoReturn:
-        not_yet("Image.poetry_install_from_file", _IMAGES)
-
-    def uv_sync(self, uv_project_dir: str = "./", *, force_build: bool = False,
-                groups: list[str] | None = None, extras: list[str] | None = None,
-                frozen: bool = True, extra_options: str = "", uv_version: str | None = None,
-                env: dict[str, str | None] | None = None,
-                secrets: Collection[Any] | None = None, gpu: str | None = None) -> NoReturn:
-        not_yet("Image.uv_sync", _IMAGES)
 
     def run_function(self, raw_f: Callable[..., Any], *,
                      env: dict[str, str | None] | None = None,

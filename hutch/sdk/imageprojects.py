@@ -1,0 +1,182 @@
+"""Python projects into images: ``pip_install_from_pyproject``, ``uv_sync`` and
+``poetry_install_from_file``, as Modal's ``Image`` has them.
+
+A mixin of :class:`hutch.sdk.image.Image`, built from its own steps: the project's
+``pyproject.toml`` (and lock file) are copied into the image, then one command step
+installs what they name, so a changed lock file rebuilds from there and a changed source
+file (added after, with ``add_local_python_source``) does not.
+
+- ``pip_install_from_pyproject``: ``[project.dependencies]`` (and the optional groups
+  asked for), read here with ``tomllib``, installed with pip, as Modal does.
+- ``uv_sync``: ``uv sync --frozen --no-install-workspace`` in ``/.uv`` (Modal's place), so
+  the environment is ``/.uv/.venv``, first on ``PATH``; uv from the image (the default
+  image has it) or ``uv_version`` from PyPI; Pythons are never downloaded (the image's).
+- ``poetry_install_from_file``: poetry from PyPI installs the lock into the image's Python
+  (``virtualenvs.create false``), without the project itself (``--no-root``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from hutch.exception import InvalidError
+from hutch.sdk import imagesteps
+from hutch.sdk.options import reject_unsupported
+from hutch.sdk.secret import Secret
+
+UV_ROOT = "/.uv"
+POETRY_ROOT = "/.poetry"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PIP = "python3 -m pip install --no-cache-dir --disable-pip-version-check " \
+       "--root-user-action=ignore"
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidError(f"{what}: cannot read {str(path)!r}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidError(f"{what}: {str(path)!r} is not valid TOML: {exc}") from exc
+
+
+def _names(items: object, what: str) -> list[str]:
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(
+            isinstance(i, str) and _NAME.fullmatch(i) for i in items):
+        raise InvalidError(f"{what} must be None or a list of names")
+    return items
+
+
+def _env(env: dict[str, str | None] | None) -> dict[str, str]:
+    return {k: v for k, v in (env or {}).items() if v is not None}
+
+
+class ProjectSteps:
+    """The project part of ``Image`` (``_then`` and ``add_local_file`` are Image's)."""
+
+    def _then(self, step: Any) -> Self:
+        raise NotImplementedError  # Image's
+
+    def add_local_file(self, local_path: str | Path, remote_path: str, *,
+                       copy: bool = False) -> Self:
+        raise NotImplementedError  # Image's
+
+    def pip_install_from_pyproject(
+            self, pyproject_toml: str, optional_dependencies: list[str] | None = None, *,
+            find_links: str | None = None, index_url: str | None = None,
+            extra_index_url: str | None = None, pre: bool = False, extra_options: str = "",
+            force_build: bool = False, env: dict[str, str | None] | None = None,
+            secrets: Sequence[Secret] | None = None, gpu: str | None = None) -> Self:
+        """pip-install the ``[project.dependencies]`` of a local ``pyproject.toml`` and of
+        the ``optional_dependencies`` groups named (not the project itself)."""
+        reject_unsupported({"gpu_image": gpu}, "Image.pip_install_from_pyproject")
+        what = "pip_install_from_pyproject"
+        config = _read_toml(Path(pyproject_toml).expanduser(), what)
+        project = config.get("project")
+        if not isinstance(project, dict) or "dependencies" not in project:
+            raise InvalidError(f"{what}: no [project.dependencies] in {pyproject_toml!r} (for "
+                               "[tool.poetry.dependencies] use poetry_install_from_file)")
+        dependencies = list(project["dependencies"])
+        optionals = project.get("optional-dependencies") or {}
+        for group in _names(optional_dependencies, "optional_dependencies"):
+            dependencies += optionals.get(group, [])
+        if not dependencies or not all(isinstance(d, str) and d.strip() and
+                                       not d.startswith("-") for d in dependencies):
+            raise InvalidError(f"{what}: {pyproject_toml!r} has no dependencies to install "
+                               "(or one that is not a requirement string)")
+        options = imagesteps.pip_options(find_links, index_url, extra_index_url, pre,
+                                         extra_options)
+        command = " ".join([_PIP, *options, shlex.join(sorted(dependencies))])
+        step = imagesteps.run_commands([command], _env(env), list(secrets or ()), force_build)
+        step["description"] = f"pip_install_from_pyproject {pyproject_toml}"
+        return self._then(step)
+
+    def uv_sync(self, uv_project_dir: str = "./", *, force_build: bool = False,
+                groups: list[str] | None = None, extras: list[str] | None = None,
+                frozen: bool = True, extra_options: str = "", uv_version: str | None = None,
+                env: dict[str, str | None] | None = None,
+                secrets: Sequence[Secret] | None = None, gpu: str | None = None) -> Self:
+        """The dependencies of a local uv project (``pyproject.toml``, and ``uv.lock``
+        when there is one: ``--frozen`` unless ``frozen=False``) in ``/.uv/.venv``, which
+        comes first on ``PATH``; the project itself is not installed."""
+        reject_unsupported({"gpu_image": gpu}, "Image.uv_sync")
+        project = Path(uv_project_dir).expanduser()
+        pyproject = project / "pyproject.toml"
+        if not pyproject.is_file():
+            raise InvalidError(f"uv_sync: expected {str(pyproject)!r} to exist")
+        config = _read_toml(pyproject, "uv_sync")
+        if "workspace" in (config.get("tool", {}).get("uv", {}) or {}):
+            raise InvalidError("uv_sync: uv workspaces are not supported")
+        args = [f"--project={UV_ROOT}", "--no-install-workspace", "--compile-bytecode"]
+        args += [f"--group={g}" for g in _names(groups, "groups")]
+        args += [f"--extra={e}" for e in _names(extras, "extras")]
+        image = self.add_local_file(pyproject, f"{UV_ROOT}/pyproject.toml")
+        if (project / "uv.lock").is_file():
+            image = image.add_local_file(project / "uv.lock", f"{UV_ROOT}/uv.lock")
+            if frozen:
+                args.append("--frozen")
+        args += imagesteps.split_options(extra_options, "uv_sync")
+        if uv_version is None:
+            uv = f"command -v uv >/dev/null || {_PIP} uv"
+        elif isinstance(uv_version, str) and imagesteps.UV_VERSION.fullmatch(uv_version):
+            uv = f"{_PIP} uv=={uv_version}"
+        else:
+            raise InvalidError(f"uv_version must be a version such as '0.5.1', got "
+                               f"{uv_version!r}")
+        sync = (f"cd {UV_ROOT} && UV_PYTHON_DOWNLOADS=never UV_PYTHON_PREFERENCE=only-system "
+                f"uv sync {shlex.join(args)}")
+        step = imagesteps.run_commands([uv, sync], _env(env), list(secrets or ()),
+                                       force_build)
+        step["description"] = f"uv_sync {project}"
+        return image._then(step)._then(
+            imagesteps.config(env={"PATH": f"{UV_ROOT}/.venv/bin:$PATH"}))
+
+    def poetry_install_from_file(
+            self, poetry_pyproject_toml: str, poetry_lockfile: str | None = None, *,
+            ignore_lockfile: bool = False, force_build: bool = False,
+            with_: list[str] | None = None, without: list[str] | None = None,
+            only: list[str] | None = None, poetry_version: str | None = "latest",
+            old_installer: bool = False, env: dict[str, str | None] | None = None,
+            secrets: Sequence[Secret] | None = None, gpu: str | None = None) -> Self:
+        """Install a poetry project's locked dependencies into the image's Python (not the
+        project itself); ``poetry.lock`` beside the ``pyproject.toml`` unless named, or
+        none with ``ignore_lockfile``."""
+        reject_unsupported({"gpu_image": gpu, "old_installer": old_installer},
+                           "Image.poetry_install_from_file")
+        pyproject = Path(poetry_pyproject_toml).expanduser()
+        if not pyproject.is_file():
+            raise InvalidError(f"poetry_install_from_file: {str(pyproject)!r} not found")
+        _read_toml(pyproject, "poetry_install_from_file")
+        image = self.add_local_file(pyproject, f"{POETRY_ROOT}/pyproject.toml")
+        if not ignore_lockfile:
+            lock = Path(poetry_lockfile).expanduser() if poetry_lockfile else \
+                pyproject.parent / "poetry.lock"
+            if not lock.is_file():
+                raise InvalidError(f"poetry_install_from_file: no lock file {str(lock)!r} "
+                                   "(pass ignore_lockfile=True to resolve at build time)")
+            image = image.add_local_file(lock, f"{POETRY_ROOT}/poetry.lock")
+        if poetry_version in (None, "latest"):
+            poetry = f"{_PIP} poetry"
+        elif isinstance(poetry_version, str) and imagesteps.UV_VERSION.fullmatch(poetry_version):
+            poetry = f"{_PIP} poetry=={poetry_version}"
+        else:
+            raise InvalidError(f"poetry_version must be a version or 'latest', got "
+                               f"{poetry_version!r}")
+        args = ["install", "--no-root", "--no-interaction"]
+        for flag, groups in (("--with", with_), ("--without", without), ("--only", only)):
+            names = _names(groups, flag.lstrip("-"))
+            if names:
+                args.append(f"{flag}={','.join(names)}")
+        install = (f"cd {POETRY_ROOT} && POETRY_VIRTUALENVS_CREATE=false "
+                   f"poetry {shlex.join(args)}")
+        step = imagesteps.run_commands([poetry, install], _env(env), list(secrets or ()),
+                                       force_build)
+        step["description"] = f"poetry_install_from_file {pyproject}"
+        return image._then(step)
