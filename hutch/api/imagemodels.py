@@ -145,6 +145,8 @@ class ConfigStep(_Wire):
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
     user: str | None = Field(default=None, pattern=OWNER)
+    #: the shell later run steps use (``Image.shell``, ``["/bin/bash", "-c"]``)
+    shell: list[str] | None = Field(default=None, min_length=1, max_length=16)
     labels: dict[str, str] | None = None
     exposed_ports: list[str] | None = Field(default=None, max_length=256)
 
@@ -155,7 +157,7 @@ class ConfigStep(_Wire):
 
     _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: v if v is None else _check_env(v)))
-    _argv = field_validator("entrypoint", "cmd")(
+    _argv = field_validator("entrypoint", "cmd", "shell")(
         classmethod(lambda cls, v: v if v is None else _check_argv(v)))
 
 
@@ -201,3 +203,16 @@ class PushImageRequest(_Wire):
     dest: str = Field(min_length=1, max_length=512)
     credentials: str | None = Field(default=None, max_length=4096,
                                     pattern=r"^[^:\x00\n]+:[^\x00\n]*$")
+
+
+#: A name ``Image.publish`` gives: ``hutch/named/<environment>/<name>:<tag>``.
+_NAME_PART = r"[a-z0-9][a-z0-9._-]{0,63}"
+NAMED_REF = rf"^hutch/named/{_NAME_PART}/{_NAME_PART}:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$"
+
+
+class TagImageRequest(_Wire):
+    """Give an image of the engine a published name (``Image.publish``); the answer is
+    ``{"ref": name, "digest": its manifest digest}``."""
+
+    ref: str = Field(min_length=1, max_length=512)
+    name: str = Field(pattern=NAMED_REF)

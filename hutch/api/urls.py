@@ -27,6 +27,7 @@ IMAGES_DEFAULT = IMAGES + "/default"
 IMAGES_INSPECT = IMAGES + "/inspect"
 IMAGES_PRUNE = IMAGES + "/prune"
 IMAGES_PUSH = IMAGES + "/push"
+IMAGES_TAG = IMAGES + "/tag"
 IMAGE_CONTEXT = IMAGES + "/contexts/{digest}"
 
 SANDBOXES = V1 + "/sandboxes"

@@ -24,7 +24,9 @@ from typing import Any
 from hutch.api import urls
 from hutch.exception import EngineError, InvalidError
 from hutch.sdk import imagebases, imagesteps
+from hutch.sdk.imageconda import CondaSteps
 from hutch.sdk.imagedocker import DockerfileSources
+from hutch.sdk.imagenames import NamedImages
 from hutch.sdk.imageprojects import ProjectSteps
 from hutch.sdk.localfiles import IgnoreSpec, upload_context
 from hutch.sdk.localobject import LocalObject
@@ -40,7 +42,8 @@ MAX_REF_LENGTH = imagebases.MAX_REF_LENGTH
 
 
 
-class Image(DockerfileSources, ProjectSteps, ImagePending, LocalObject):
+class Image(DockerfileSources, ProjectSteps, CondaSteps, NamedImages, ImagePending,
+            LocalObject):
     """A sandbox image; start from :meth:`debian_slim` (or :meth:`from_id`) and add steps."""
 
     def __init__(self, base: dict[str, Any], steps: tuple[ImageStep, ...] = (), *,

@@ -10,6 +10,7 @@ the engine for a registry token when it pulls).  They never become part of a cac
 
 from __future__ import annotations
 
+import platform
 import re
 import sys
 from typing import Any, Literal
@@ -30,6 +31,11 @@ _KEYS: dict[str, list[set[str]]] = {
 _HELP = ("a registry secret holds REGISTRY_USERNAME and REGISTRY_PASSWORD; for Amazon ECR "
          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION; for Google Artifact "
          "Registry SERVICE_ACCOUNT_JSON")
+
+
+def machine() -> str:
+    """This machine's architecture as Linux names it (``x86_64``, ``aarch64``)."""
+    return platform.machine()
 
 
 def local_python() -> str:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from hutch.exception import InvalidError
-from hutch.sdk import imagesteps
+from hutch.sdk import imagefunction, imagesteps
 from hutch.sdk.options import reject_unsupported
 from hutch.sdk.secret import Secret
 
@@ -137,6 +137,69 @@ class ProjectSteps:
         step["description"] = f"uv_sync {project}"
         return image._then(step)._then(
             imagesteps.config(env={"PATH": f"{UV_ROOT}/.venv/bin:$PATH"}))
+
+    def run_function(self, raw_f: Callable[..., Any], *,
+                     env: dict[str, str | None] | None = None,
+                     secrets: Sequence[Secret] | None = None,
+                     volumes: dict[Any, Any] | None = None,
+                     network_file_systems: dict[Any, Any] | None = None,
+                     gpu: Any = None, cpu: float | None = None, memory: int | None = None,
+                     timeout: int = 3600, cloud: str | None = None,
+                     region: str | Sequence[str] | None = None, force_build: bool = False,
+                     args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                     include_source: bool = True) -> Self:
+        """Run ``raw_f(*args, **kwargs)`` in the image's build with its Python; what it
+        writes becomes a layer (:mod:`hutch.sdk.imagefunction` says what it may use).
+        ``cpu``, ``memory``, ``timeout``, ``cloud`` and ``region`` are placement hints
+        a local build has no use for."""
+        reject_unsupported({"gpu_image": gpu, "build_volumes": volumes,
+                            "network_file_systems": network_file_systems},
+                           "Image.run_function")
+        run = imagefunction.command(raw_f, tuple(args), dict(kwargs or {}), include_source)
+        step = imagesteps.run_commands([run], _env(env), list(secrets or ()), force_build)
+        step["description"] = f"run_function {getattr(raw_f, '__qualname__', raw_f)}"
+        return self._then(step)
+
+    def pip_install_private_repos(self, *repositories: str, git_user: str,
+                                  find_links: str | None = None, index_url: str | None = None,
+                                  extra_index_url: str | None = None, pre: bool = False,
+                                  extra_options: str = "", gpu: str | None = None,
+                                  env: dict[str, str | None] | None = None,
+                                  secrets: Sequence[Secret] | None = None,
+                                  force_build: bool = False) -> Self:
+        """pip-install packages from private GitHub or GitLab repositories
+        (``github.com/org/repo@ref``, ``#subdirectory=``), logging in as ``git_user`` with
+        ``GITHUB_TOKEN``/``GITLAB_TOKEN`` from ``secrets`` (never part of the step's key or
+        log: the URL names the variable, the shell expands it)."""
+        reject_unsupported({"gpu_image": gpu}, "Image.pip_install_private_repos")
+        if not secrets:
+            raise InvalidError("No secrets provided to function. Installing private packages "
+                               "requires tokens to be passed via Secret objects.")
+        if not isinstance(git_user, str) or not _NAME.fullmatch(git_user):
+            raise InvalidError("git_user must be a user name")
+        urls, invalid = [], []
+        for repo in repositories:
+            host = repo.split("/", 1)[0] if isinstance(repo, str) else ""
+            token = {"github.com": "GITHUB_TOKEN", "gitlab.com": "GITLAB_TOKEN"}.get(host)
+            if token is None or any(c.isspace() or c in "'\"$`\\;&|<>" for c in repo):
+                invalid.append(repo)
+            else:
+                urls.append(f'"git+https://{git_user}:${token}@{repo}"')
+        if invalid or not urls:
+            raise InvalidError(f"{len(invalid)} out of {len(repositories)} given repository "
+                               f"refs are invalid. Invalid refs: {invalid}. ")
+        checks = [f'[ -n "${{{token}:-}}" ] || {{ echo "{token} is not set by the secrets '
+                  f'given" >&2; exit 1; }}' for token in ("GITHUB_TOKEN", "GITLAB_TOKEN")
+                  if any(f"${token}@" in u for u in urls)]
+        options = imagesteps.pip_options(find_links, index_url, extra_index_url, pre,
+                                         extra_options)
+        git = (f"command -v git >/dev/null || ({imagesteps.APT} update -q && "
+               f"{imagesteps.APT} install -y -q --no-install-recommends git)")
+        step = imagesteps.run_commands(
+            [*checks, git, " ".join([_PIP, *options, *urls])], _env(env),
+            list(secrets), force_build)
+        step["description"] = f"pip_install_private_repos {' '.join(repositories)}"
+        return self._then(step)
 
     def poetry_install_from_file(
             self, poetry_pyproject_toml: str, poetry_lockfile: str | None = None, *,

@@ -12,7 +12,6 @@ issue lands (``tests/integration/test_modal_interface.py`` compares the signatur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
 from typing import Any, NoReturn
 
 from hutch.exception import InvalidError
@@ -28,51 +27,6 @@ def not_yet(where: str, what: str) -> NoReturn:
 
 class ImagePending:
     """The part of Modal's ``Image`` that issue 18 brings."""
-
-    def shell(self, shell_commands: list[str]) -> NoReturn:
-        not_yet("Image.shell", _IMAGES)
-
-    @staticmethod
-    def from_name(name: str, *, environment_name: str | None = None,
-                  client: Any = None) -> NoReturn:
-        not_yet("Image.from_name", _IMAGES)
-
-    def publish(self, name: str, *, environment_name: str | None = None,
-                experimental_options: dict[str, Any] | None = None,
-                client: Any = None) -> NoReturn:
-        not_yet("Image.publish", _IMAGES)
-
-    @staticmethod
-    def micromamba(python_version: str | None = None, force_build: bool = False) -> NoReturn:
-        not_yet("Image.micromamba", _IMAGES)
-
-    def micromamba_install(self, *packages: str | list[str], spec_file: str | None = None,
-                           channels: list[str] | None = None, force_build: bool = False,
-                           env: dict[str, str | None] | None = None,
-                           secrets: Collection[Any] | None = None,
-                           gpu: str | None = None) -> NoReturn:
-        not_yet("Image.micromamba_install", _IMAGES)
-
-    def pip_install_private_repos(self, *repositories: str, git_user: str,
-                                  find_links: str | None = None, index_url: str | None = None,
-                                  extra_index_url: str | None = None, pre: bool = False,
-                                  extra_options: str = "", gpu: str | None = None,
-                                  env: dict[str, str | None] | None = None,
-                                  secrets: Collection[Any] | None = None,
-                                  force_build: bool = False) -> NoReturn:
-        not_yet("Image.pip_install_private_repos", _IMAGES)
-
-    def run_function(self, raw_f: Callable[..., Any], *,
-                     env: dict[str, str | None] | None = None,
-                     secrets: Collection[Any] | None = None,
-                     volumes: dict[Any, Any] | None = None,
-                     network_file_systems: dict[Any, Any] | None = None,
-                     gpu: Any = None, cpu: float | None = None, memory: int | None = None,
-                     timeout: int = 3600, cloud: str | None = None,
-                     region: str | Sequence[str] | None = None, force_build: bool = False,
-                     args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
-                     include_source: bool = True) -> NoReturn:
-        not_yet("Image.run_function", _IMAGES)
 
     @property
     def logs(self) -> NoReturn:

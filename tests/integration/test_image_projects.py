@@ -13,6 +13,7 @@ import pytest
 
 import hutch
 from hutch.exception import InvalidError
+from tests.helpers import hutch_cli
 
 PYPROJECT = """\
 [project]
@@ -126,3 +127,107 @@ def test_bad_projects_are_invalid(tmp_path: Path, call: Any, message: str) -> No
     (tmp_path / "ws" / "pyproject.toml").write_text('[tool.uv.workspace]\nmembers = ["a"]\n')
     with pytest.raises(InvalidError, match=message):
         call(tmp_path)
+
+
+MODEL_NAME = "tiny-model"
+
+
+def _weights_path(name: str) -> str:
+    return f"/models/{name}.bin"
+
+
+def download_weights(size: int, *, marker: str) -> None:
+    """What Modal users run at build time: fetch files into the image."""
+    import os
+    import sys
+
+    os.makedirs("/models", exist_ok=True)
+    with open(_weights_path(MODEL_NAME), "wb") as f:
+        f.write(os.urandom(size))
+    with open("/models/info.txt", "w") as f:
+        f.write(f"{marker} {sys.version_info[0]}.{sys.version_info[1]}\n")
+
+
+def test_run_function_runs_in_the_build_and_keeps_its_files(engine: dict[str, Any]) -> None:
+    image = hutch.Image.debian_slim("3.13").run_function(
+        download_weights, args=(1000,), kwargs={"marker": "built"})
+    out = _out(image, "stat -c %s /models/tiny-model.bin; cat /models/info.txt")
+    assert out == "1000\nbuilt 3.13\n"
+    with pytest.raises(hutch.exception.ImageBuildError, match="ZeroDivisionError"):
+        hutch.Image.from_id(engine["default_image"]).run_function(_fails).build()
+
+
+def _fails() -> None:
+    print(1 / 0)
+
+
+def test_micromamba_channels_that_cannot_be_reached_are_named(engine: dict[str, Any]) -> None:
+    """A channel nothing answers at: the build fails at once and says which and why."""
+    image = hutch.Image.from_id(engine["default_image"]).micromamba_install(
+        "numpy", channels=["http://127.0.0.1:9/nothing-listens"])
+    with pytest.raises(hutch.exception.ImageBuildError,
+                       match=r"micromamba: http://127\.0\.0\.1:9/nothing-listens/noarch/"
+                             r"repodata\.json cannot be reached from this machine"):
+        image.build()
+
+
+def test_micromamba_python_from_conda_forge(engine: dict[str, Any]) -> None:
+    """Where conda-forge answers, conda's Python; where it does not (as on machines that
+    reach only PyPI and Debian), the error names micromamba's download address."""
+    image = hutch.Image.micromamba("3.12").micromamba_install("six", channels=["conda-forge"])
+    try:
+        image.build()
+    except hutch.exception.ImageBuildError as exc:
+        assert "micro.mamba.pm" in str(exc) and "cannot be reached" in str(exc), exc
+        pytest.skip(f"conda-forge is not reachable from here: {str(exc)[:200]}")
+    out = _out(image, "command -v python; python -c 'import six, sys; print(sys.version[:4])'")
+    assert out == "/opt/conda/bin/python\n3.12\n"
+
+
+def test_publish_and_from_name_in_another_process(engine: dict[str, Any]) -> None:
+    import subprocess
+    import sys
+    import uuid
+
+    name = f"pub-{uuid.uuid4().hex[:8]}"
+    first = hutch.Image.from_id(engine["default_image"]).run_commands("echo one > /v")
+    first.publish(name)
+    second = hutch.Image.from_id(engine["default_image"]).run_commands("echo two > /v")
+    second.publish(f"{name}:v2", environment_name="dev")
+    code = ("import hutch\n"
+            f"for n, env in (({name!r}, None), ({name + ':v2'!r}, 'dev')):\n"
+            "    sb = hutch.Sandbox.create('cat', '/v', image=hutch.Image.from_name(n, "
+            "environment_name=env), timeout=60)\n"
+            "    sb.wait(); print(sb.stdout.read().strip())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["one", "two"], out.stderr
+    listing = hutch_cli("image", "ls").stdout.decode()
+    assert f"hutch/named/main/{name}:latest" in listing
+    with pytest.raises(hutch.exception.NotFoundError):
+        hutch.Sandbox.create(image=hutch.Image.from_name(f"{name}-missing"), timeout=30)
+    with pytest.raises(InvalidError, match="environment_name cannot be used"):
+        hutch.Image.from_name("env/x", environment_name="dev")
+
+
+def test_shell_sets_the_shell_of_later_steps(engine: dict[str, Any]) -> None:
+    image = (hutch.Image.from_id(engine["default_image"]).shell(["/bin/bash", "-c"])
+             .run_commands("echo ${BASH_VERSION:+bash} > /which"))
+    assert _out(image, "cat /which") == "bash\n"
+
+
+def test_private_repos_need_their_token(engine: dict[str, Any]) -> None:
+    """The token is a secret: the step names the variable and the shell expands it; a
+    secret without it fails the build with a message saying so, before any download."""
+    secret = hutch.Secret.from_dict({"GITLAB_TOKEN": "glpat-not-this-one"})
+    image = hutch.Image.from_id(engine["default_image"]).pip_install_private_repos(
+        "github.com/acme/private@v1", git_user="robot", secrets=[secret])
+    assert "glpat" not in str(image._steps[-1]["commands"])
+    with pytest.raises(hutch.exception.ImageBuildError, match="GITHUB_TOKEN is not set"):
+        image.build()
+    for bad in (("gitea.com/a/b",), ("github.com/a/b; rm -rf /",), ()):
+        with pytest.raises(InvalidError):
+            hutch.Image.debian_slim().pip_install_private_repos(*bad, git_user="robot",
+                                                                secrets=[secret])
+    with pytest.raises(InvalidError, match="No secrets"):
+        hutch.Image.debian_slim().pip_install_private_repos("github.com/a/b", git_user="r")

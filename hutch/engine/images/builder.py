@@ -45,7 +45,8 @@ Emit = Callable[[dict[str, Any]], None]
 LayerStep = RunStep | CopyStep | CopyFromStep | ConfigStep
 #: Fields added after steps were first keyed: left out of a key while at their default, so
 #: that images built before them stay cached.
-_LATER_FIELDS = ("cache_mounts", "as_file", "chown", "user", "labels", "exposed_ports")
+_LATER_FIELDS = ("cache_mounts", "as_file", "chown", "user", "labels", "exposed_ports",
+                 "shell")
 #: Lines of a failed step's log quoted in its error.
 ERROR_TAIL = 20
 #: Build steps trust what the host trusts (a TLS-inspecting proxy's CA, say): its bundle is
@@ -179,6 +180,8 @@ class Builder:
             cfg["Labels"] = {**(cfg.get("Labels") or {}), RUNS_CMD_LABEL: "true"}
         if step.user is not None:
             cfg["User"] = step.user
+        if step.shell is not None:
+            cfg["Shell"] = step.shell
         if step.labels is not None:
             cfg["Labels"] = {**(cfg.get("Labels") or {}), **step.labels}
         if step.exposed_ports is not None:
@@ -268,7 +271,8 @@ class Builder:
                     raise StepFailed(f"image build step {number}: USER {user}: {exc}") from exc
                 mounts = self._cache_mounts(step, dirs.merged, owner)
                 for command in step.commands:
-                    await self._run_command(number, cid, dirs, command, env, workdir, etc, emit,
+                    argv = [*(cfg.get("Shell") or ["/bin/sh", "-c"]), command]
+                    await self._run_command(number, cid, dirs, argv, env, workdir, etc, emit,
                                             owner, mounts)
             finally:
                 rootfs.unmount_rootfs_keep_upper(dirs)
@@ -294,14 +298,14 @@ class Builder:
         return mounts
 
     async def _run_command(self, number: int, cid: str, dirs: rootfs.SandboxDirs,
-                           command: str, env: dict[str, str], workdir: str,
+                           argv: list[str], env: dict[str, str], workdir: str,
                            etc: dict[str, str], emit: Emit, owner: tuple[int, int] = (0, 0),
                            mounts: list[ociconfig.Mount] | None = None) -> None:
         env = dict(env)
         if HOST_CA_BUNDLE.is_file():
             etc = {**etc, BUILD_CA_PATH: str(HOST_CA_BUNDLE)}
             env.update({var: BUILD_CA_PATH for var in CA_ENV_VARS if var not in env})
-        process = ociconfig.process_spec(["/bin/sh", "-c", command], env, workdir)
+        process = ociconfig.process_spec(argv, env, workdir)
         if owner != (0, 0):  # another user (Dockerfile USER): its ids, no capabilities
             process.user = ociconfig.User(uid=owner[0], gid=owner[1])
             process.capabilities = ociconfig.Capabilities(
@@ -348,7 +352,7 @@ class Builder:
         if code != 0:
             code = 128 - code if code < 0 else code
             text = "\n".join(tail)
-            raise StepFailed(f"image build step {number} failed: `{command}` exited with code "
+            raise StepFailed(f"image build step {number} failed: `{argv[-1]}` exited with code "
                              f"{code}; last lines of its output:\n{text}")
 
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from hutch.api import urls
-from hutch.api.imagemodels import BuildImageRequest, PushImageRequest
+from hutch.api.imagemodels import BuildImageRequest, PushImageRequest, TagImageRequest
 from hutch.api.models import NDJSON
 from hutch.engine.errors import EngineError, ImageBuildFailed, Invalid, NotFound
 from hutch.engine.lifecycle.manager import SandboxManager
@@ -122,6 +122,19 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
         except pusher.PushFailed as exc:
             raise ImageBuildFailed(str(exc)) from exc
         return {"ref": req.ref, "dest": dest, "digest": digest}
+
+    @app.post(urls.IMAGES_TAG, responses=errors_doc(400, 404, 422))
+    async def tag_image(req: TagImageRequest) -> dict[str, str]:
+        """Give an image a published name (``Image.publish``), replacing that name's
+        previous image."""
+        store = manager.images.store
+        digest = store.lookup(req.ref)
+        if digest is None:
+            raise NotFound(f"image {req.ref!r} not found")
+        size = await trio.to_thread.run_sync(lambda: store.blob_path(digest).stat().st_size)
+        await trio.to_thread.run_sync(store.tag, req.name, digest, size)
+        manager.images.forget(req.name)
+        return {"ref": req.name, "digest": digest}
 
     @app.post(urls.IMAGES_BUILD, response_class=StreamingResponse,
               responses=stream_doc("build progress and log events, then its ref or an error")
