@@ -102,6 +102,31 @@ class ProbeSpec(_Wire):
         return None if v is None else _check_argv(v)
 
 
+class LocalMount(_Wire):
+    """Host files a sandbox sees at ``dest`` from when it starts (``add_local_dir`` and
+    ``add_local_file`` with ``copy=False``): ``source`` an absolute host path, ``exclude``
+    paths relative to it left out (what ``ignore=`` matched)."""
+
+    source: str = Field(min_length=2, max_length=4096)
+    dest: str
+    file: bool = False
+    exclude: list[str] = Field(default_factory=list, max_length=100_000)
+
+    @field_validator("source", "dest")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/") or "\0" in v or v.rstrip("/") == "":
+            raise ValueError(f"{v!r} must be an absolute path other than /, without '..'")
+        return v.rstrip("/")
+
+    @field_validator("exclude")
+    @classmethod
+    def _relative(cls, v: list[str]) -> list[str]:
+        if any(p.startswith("/") or ".." in p.split("/") or "\0" in p for p in v):
+            raise ValueError("exclude holds relative paths without '..'")
+        return v
+
+
 class CreateSandboxRequest(_Wire):
     app_id: str | None = None
     app_name: str | None = None
@@ -137,6 +162,8 @@ class CreateSandboxRequest(_Wire):
     pids_limit: int | None = Field(default=None, ge=8, le=MAX_PIDS_LIMIT)
     #: Most the sandbox may write to its root filesystem, in MiB.
     ephemeral_disk: int | None = Field(default=None, ge=1, le=1 << 24)
+    #: Host files layered over the image when the sandbox starts (``copy=False``).
+    local_mounts: list[LocalMount] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> CreateSandboxRequest:

@@ -54,6 +54,10 @@ class Image:
     runs_cmd: bool = False
 
 
+#: How a sandbox's record names a layer of its local files (``copy=False``).
+LOCAL_LAYER = "sha256:local-"
+
+
 def _hex(digest: str) -> str:
     """The hex part of a ``sha256:`` digest, which names a blob or a layer directory; any
     other string (``sha256:../../home``) is refused before it can become a path."""
@@ -164,7 +168,9 @@ class ImageStore:
         """Delete blobs and unpacked layers no tagged image (nor ``in_use`` diff ids) needs."""
         with self._locked():
             keep_blobs: set[str] = set()
-            keep_layers: set[str] = {_hex(d) for d in in_use}
+            # (a sandbox's local files are layers ``local-<key>``: kept while it runs)
+            keep_layers: set[str] = {_hex(d) if not d.startswith(LOCAL_LAYER) else
+                                     d.removeprefix("sha256:") for d in in_use}
             for m in self._read_index()["manifests"]:
                 manifest = self.read_json(m["digest"])
                 config = self.read_json(manifest["config"]["digest"])

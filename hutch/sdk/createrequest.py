@@ -92,4 +92,7 @@ async def create_request(
         body["app_id"] = await app.resolve_id()
     if image is not None:
         body["image"] = await image.resolve()
+        mounts = image._mounts()
+        if mounts:
+            body["local_mounts"] = [m.wire() for m in mounts]
     return body

@@ -37,7 +37,16 @@ from hutch.sdk.secret import Secret
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
 
-ImageStep = imagesteps.Step | imagesteps.LocalFiles | imagesteps.StageFiles
+ImageStep = (imagesteps.Step | imagesteps.LocalFiles | imagesteps.StageFiles
+             | imagesteps.MountedFiles)
+#: Modal's words for a build step after ``copy=False`` local files.
+AFTER_MOUNTS = (
+    "An image tried to run a build step after using `image.add_local_*` to include local "
+    "files.\n\nRun `image.add_local_*` commands last in your image build to avoid rebuilding "
+    "images with every local file change. hutch will then add these files to sandboxes on "
+    "startup instead, saving build time.\nIf you need to run other build steps after adding "
+    "local files, set `copy=True` to copy the files directly into the image, at the expense "
+    "of some added build time.")
 MAX_REF_LENGTH = imagebases.MAX_REF_LENGTH
 
 
@@ -177,7 +186,7 @@ class Image(DockerfileSources, ProjectSteps, CondaSteps, NamedImages, ImagePendi
         if not path.is_file():
             raise InvalidError(f"requirements file {requirements_txt!r} not found")
         remote = "/.hutch/requirements.txt"
-        files = self.add_local_file(path, remote)
+        files = self.add_local_file(path, remote, copy=True)
         return files._then(imagesteps.pip_install(
             (), requirements=remote, find_links=find_links, index_url=index_url,
             extra_index_url=extra_index_url, pre=pre, extra_options=extra_options,
@@ -201,7 +210,7 @@ class Image(DockerfileSources, ProjectSteps, CondaSteps, NamedImages, ImagePendi
             if not path.is_file():
                 raise InvalidError(f"requirements file {local!r} not found")
             remotes.append(f"/.hutch/uv-requirements-{number}.txt")
-            image = image.add_local_file(path, remotes[-1])
+            image = image.add_local_file(path, remotes[-1], copy=True)
         return image._then(imagesteps.uv_pip_install(
             packages, index_url=index_url, extra_index_url=extra_index_url,
             find_links=find_links, pre=pre, extra_options=extra_options,
@@ -241,24 +250,30 @@ class Image(DockerfileSources, ProjectSteps, CondaSteps, NamedImages, ImagePendi
     # files --------------------------------------------------------------------------------
     def add_local_file(self, local_path: str | Path, remote_path: str, *,
                        copy: bool = False) -> Image:
-        """Copy one local file to ``remote_path`` (absolute; ending in ``/`` = into that
-        directory).  hutch always copies the file into a layer."""
-        return self._then(imagesteps.local_file(Path(local_path), remote_path))
+        """One local file at ``remote_path`` (absolute; ending in ``/`` = into that
+        directory): taken from the host when each sandbox starts (``copy=False``, Modal's
+        default; no build step may follow) or copied into a layer (``copy=True``)."""
+        return self._then(imagesteps.local_file(Path(local_path), remote_path, bool(copy)))
 
     def add_local_dir(self, local_path: str | Path, remote_path: str, *, copy: bool = False,
                       ignore: IgnoreSpec = ()) -> Image:
-        """Copy a local directory's contents to ``remote_path``; ``ignore`` is a list of
-        glob patterns (matched against paths relative to the directory) or a predicate."""
-        return self._then(imagesteps.local_dir(Path(local_path), remote_path, ignore))
+        """A local directory's contents at ``remote_path``, from the host when each sandbox
+        starts (``copy=False``) or copied into a layer (``copy=True``); ``ignore`` is a list
+        of glob patterns (matched against paths relative to the directory) or a predicate."""
+        return self._then(imagesteps.local_dir(Path(local_path), remote_path, ignore,
+                                               bool(copy)))
 
     def add_local_python_source(self, *modules: str, copy: bool = False,
                                 ignore: IgnoreSpec = imagesteps.PYTHON_IGNORE) -> Image:
-        """Copy importable local modules or packages (found like ``import`` finds them)
-        into ``/root``, which is on the sandbox's ``sys.path`` as its working directory."""
+        """Importable local modules or packages (found like ``import`` finds them) in
+        ``/root``, put on ``PYTHONPATH``; ``copy`` as for :meth:`add_local_dir`."""
         image = self
-        for step in imagesteps.python_sources(modules, ignore):
+        for step in imagesteps.python_sources(modules, ignore, bool(copy)):
             image = image._then(step)
         return image
+
+    def _mounts(self) -> list[imagesteps.MountedFiles]:
+        return [s for s in self._steps if isinstance(s, imagesteps.MountedFiles)]
 
     # building -----------------------------------------------------------------------------
     @property
@@ -288,7 +303,14 @@ class Image(DockerfileSources, ProjectSteps, CondaSteps, NamedImages, ImagePendi
         force = self._force()
         if self._ref is not None and not force:
             return self._ref
-        steps = [await _wire_step(step) for step in self._steps]
+        mounted = False
+        for step in self._steps:
+            if isinstance(step, imagesteps.MountedFiles):
+                mounted = True
+            elif mounted and not (isinstance(step, dict) and step.get("kind") == "config"):
+                raise InvalidError(AFTER_MOUNTS)
+        steps = [await _wire_step(step) for step in self._steps
+                 if not isinstance(step, imagesteps.MountedFiles)]
         body = {"base": self._base, "steps": steps, "force_build": force}
         ref: str | None = None
         with BuildDisplay(self._describe()) as display:
@@ -338,11 +360,14 @@ async def _wire_step(step: ImageStep) -> dict[str, Any]:
     """The step as the engine takes it: local files become an uploaded context digest,
     another stage's files name that stage's image, built first."""
     if isinstance(step, imagesteps.LocalFiles):
-        wire: dict[str, Any] = {"kind": "copy", "dest": step.dest, "description": step.description,
-                "context": await upload_context(step.make_tar)}
+        wire: dict[str, Any] = {"kind": "copy", "dest": step.dest,
+                                "description": step.description,
+                                "context": await upload_context(step.make_tar)}
     elif isinstance(step, imagesteps.StageFiles):
         wire = {"kind": "copy_from", "image": await step.image.resolve(),
                 "sources": step.sources, "dest": step.dest, "description": step.description}
+    elif isinstance(step, imagesteps.MountedFiles):
+        raise AssertionError("local files taken at start are no build step")
     else:
         return dict(step)
     if step.as_file:

@@ -106,7 +106,7 @@ class CondaSteps:
             if not local.is_file():
                 raise InvalidError(f"micromamba_install: spec file {spec_file!r} not found")
             remote = f"/.hutch/{local.name}"
-            image = image.add_local_file(local, remote)
+            image = image.add_local_file(local, remote, copy=True)
             args += ["-f", remote]
         for channel in channels or []:
             args += ["-c", channel]

@@ -117,9 +117,9 @@ class ProjectSteps:
         args = [f"--project={UV_ROOT}", "--no-install-workspace", "--compile-bytecode"]
         args += [f"--group={g}" for g in _names(groups, "groups")]
         args += [f"--extra={e}" for e in _names(extras, "extras")]
-        image = self.add_local_file(pyproject, f"{UV_ROOT}/pyproject.toml")
+        image = self.add_local_file(pyproject, f"{UV_ROOT}/pyproject.toml", copy=True)
         if (project / "uv.lock").is_file():
-            image = image.add_local_file(project / "uv.lock", f"{UV_ROOT}/uv.lock")
+            image = image.add_local_file(project / "uv.lock", f"{UV_ROOT}/uv.lock", copy=True)
             if frozen:
                 args.append("--frozen")
         args += imagesteps.split_options(extra_options, "uv_sync")
@@ -217,14 +217,14 @@ class ProjectSteps:
         if not pyproject.is_file():
             raise InvalidError(f"poetry_install_from_file: {str(pyproject)!r} not found")
         _read_toml(pyproject, "poetry_install_from_file")
-        image = self.add_local_file(pyproject, f"{POETRY_ROOT}/pyproject.toml")
+        image = self.add_local_file(pyproject, f"{POETRY_ROOT}/pyproject.toml", copy=True)
         if not ignore_lockfile:
             lock = Path(poetry_lockfile).expanduser() if poetry_lockfile else \
                 pyproject.parent / "poetry.lock"
             if not lock.is_file():
                 raise InvalidError(f"poetry_install_from_file: no lock file {str(lock)!r} "
                                    "(pass ignore_lockfile=True to resolve at build time)")
-            image = image.add_local_file(lock, f"{POETRY_ROOT}/poetry.lock")
+            image = image.add_local_file(lock, f"{POETRY_ROOT}/poetry.lock", copy=True)
         if poetry_version in (None, "latest"):
             poetry = f"{_PIP} poetry"
         elif isinstance(poetry_version, str) and imagesteps.UV_VERSION.fullmatch(poetry_version):

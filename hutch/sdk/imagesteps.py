@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.exception import InvalidError
-from hutch.sdk.localfiles import IgnoreSpec, tar_directory, tar_file
+from hutch.sdk.localfiles import IgnoreSpec, check_ignore, ignored_paths, tar_directory, tar_file
 from hutch.sdk.options import check_env, check_text, shown
 from hutch.sdk.secret import Secret, merge_secrets
 
@@ -232,7 +232,28 @@ def config(*, env: dict[str, str] | None = None, workdir: str | None = None,
     return step
 
 
-def local_file(local: Path, remote: str) -> LocalFiles:
+@dataclass(frozen=True)
+class MountedFiles:
+    """Local files a sandbox takes from the host when it starts (``copy=False``): not
+    part of the image's build; sent with each create (``local_mounts``)."""
+
+    source: Path
+    dest: str
+    is_file: bool
+    ignore: IgnoreSpec = ()
+    description: str = ""
+
+    def wire(self) -> dict[str, Any]:
+        """The ``LocalMount`` of the create request; ``ignore`` matched now, by a walk
+        that stops at ignored directories."""
+        mount: dict[str, Any] = {"source": str(self.source), "dest": self.dest,
+                                 "file": self.is_file}
+        if self.ignore and not self.is_file:
+            mount["exclude"] = ignored_paths(self.source, self.ignore)
+        return mount
+
+
+def local_file(local: Path, remote: str, copy: bool = True) -> LocalFiles | MountedFiles:
     _remote(remote, "add_local_file")
     local = local.expanduser()
     if not local.is_file():
@@ -241,23 +262,38 @@ def local_file(local: Path, remote: str) -> LocalFiles:
         directory, name = remote.rstrip("/") or "/", local.name
     else:
         directory, name = str(Path(remote).parent), Path(remote).name
+    what = f"add_local_file {local} {remote}"
+    if not copy:
+        dest = str(Path(directory) / name)
+        check_text(str(local.absolute()), what)
+        return MountedFiles(local.absolute(), dest, True, description=what)
     tar = tar_file(local, name)  # read now, as add_local_dir does
-    return LocalFiles(directory, f"add_local_file {local} {remote}", lambda: tar)
+    return LocalFiles(directory, what, lambda: tar)
 
 
-def local_dir(local: Path, remote: str, ignore: IgnoreSpec) -> LocalFiles:
+def local_dir(local: Path, remote: str, ignore: IgnoreSpec, copy: bool = True
+              ) -> LocalFiles | MountedFiles:
     _remote(remote, "add_local_dir")
     local = local.expanduser()
     if not local.is_dir():
         raise InvalidError(f"add_local_dir: {str(local)!r} is not a directory")
+    what = f"add_local_dir {local} {remote}"
+    if not copy:
+        check_ignore(ignore)
+        check_text(str(local.absolute()), what)
+        return MountedFiles(local.absolute(), remote.rstrip("/") or "/", False, ignore, what)
     tar = tar_directory(local, ignore)  # read now: the step is what the files are now
-    return LocalFiles(remote, f"add_local_dir {local} {remote}", lambda: tar)
+    return LocalFiles(remote, what, lambda: tar)
 
 
-def python_sources(modules: Sequence[str], ignore: IgnoreSpec) -> list[Step | LocalFiles]:
+def python_sources(modules: Sequence[str], ignore: IgnoreSpec, copy: bool = True
+                   ) -> list[Step | LocalFiles | MountedFiles]:
+    """The files of ``modules`` under /root, after a step putting /root on PYTHONPATH
+    (first, so that a ``copy=False`` image has no build step after its local files)."""
     if not modules:
         raise InvalidError("add_local_python_source needs at least one module name")
-    steps: list[Step | LocalFiles] = []
+    steps: list[Step | LocalFiles | MountedFiles] = [
+        config(env={"PYTHONPATH": f"{PYTHON_SOURCE_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"})]
     for module in modules:
         if not isinstance(module, str) or not module.isidentifier():
             raise InvalidError(f"add_local_python_source: {module!r} is not a module name")
@@ -266,8 +302,7 @@ def python_sources(modules: Sequence[str], ignore: IgnoreSpec) -> list[Step | Lo
             raise InvalidError(f"add_local_python_source: module {module!r} not found locally")
         if spec.submodule_search_locations:
             package = Path(next(iter(spec.submodule_search_locations)))
-            steps.append(local_dir(package, f"{PYTHON_SOURCE_DIR}/{module}", ignore))
+            steps.append(local_dir(package, f"{PYTHON_SOURCE_DIR}/{module}", ignore, copy))
         else:
-            steps.append(local_file(Path(str(spec.origin)), f"{PYTHON_SOURCE_DIR}/"))
-    steps.append(config(env={"PYTHONPATH": f"{PYTHON_SOURCE_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"}))
+            steps.append(local_file(Path(str(spec.origin)), f"{PYTHON_SOURCE_DIR}/", copy))
     return steps

@@ -50,6 +50,31 @@ def tar_file(path: Path, name: str) -> bytes:
     return out.getvalue()
 
 
+def check_ignore(ignore: object) -> None:
+    if not callable(ignore) and (isinstance(ignore, str) or not all(
+            isinstance(p, str) for p in ignore)):  # type: ignore[attr-defined]
+        raise InvalidError("ignore must be a list of glob patterns or a predicate")
+
+
+def ignored_paths(root: Path, ignore: IgnoreSpec) -> list[str]:
+    """The paths under ``root`` (relative) that ``ignore`` leaves out: a directory's, not
+    also what is inside it."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            if _ignored(rel_dir / name, ignore):
+                out.append((rel_dir / name).as_posix())
+        kept = []
+        for name in sorted(dirnames):
+            if _ignored(rel_dir / name, ignore):
+                out.append((rel_dir / name).as_posix())
+            else:
+                kept.append(name)
+        dirnames[:] = kept
+    return sorted(out)
+
+
 def tar_directory(root: Path, ignore: IgnoreSpec = ()) -> bytes:
     """A tar of ``root``'s contents (not ``root`` itself), minus what ``ignore`` matches.
 

@@ -116,10 +116,10 @@ def multi(engine: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> I
                               "chmod 755 /opt/tool/bin/mytool")
                 .env({"PATH": "/opt/tool/bin:$PATH", "GREETING": "a-$NOT_SET-b"})
                 .workdir("/app")
-                .add_local_file(hello, "/app/data/hello.txt")
-                .add_local_file(script, "/usr/local/bin/")
-                .add_local_dir(tree, "/app/tree", ignore=["*.log", "skip"])
-                .add_local_python_source(PKG, MOD))
+                .add_local_file(hello, "/app/data/hello.txt", copy=True)
+                .add_local_file(script, "/usr/local/bin/", copy=True)
+                .add_local_dir(tree, "/app/tree", ignore=["*.log", "skip"], copy=True)
+                .add_local_python_source(PKG, MOD, copy=True))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(src))
@@ -229,7 +229,8 @@ def test_local_file_content_is_in_the_cache_key(
     b.write_text("first")
 
     def declare() -> hutch.Image:
-        return base().add_local_file(a, "/a.txt").add_local_file(b, "/b.txt")
+        return base().add_local_file(a, "/a.txt", copy=True).add_local_file(b, "/b.txt",
+                                                                            copy=True)
 
     first = declare().build().object_id
     assert declare().build().object_id == first

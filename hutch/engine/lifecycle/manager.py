@@ -48,7 +48,7 @@ from hutch.engine.lifecycle.sandboxlimits import SandboxDefaults
 from hutch.engine.network import netns, outbound, tlsproxy
 from hutch.engine.network.tunnelmirrors import TunnelMirrors
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
-from hutch.engine.storage import remains, rootfs
+from hutch.engine.storage import locallayers, remains, rootfs
 from hutch.engine.storage.diskslots import DiskSlots
 from hutch.engine.storage.recordids import new_id
 from hutch.engine.storage.store import DEFAULT_APP, SandboxRow, SandboxSpec, Store
@@ -108,6 +108,15 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
             return self.store.app_by_id(req.app_id)[0]
         return self.store.app_by_name(req.app_name or DEFAULT_APP, create=True)[0]
 
+    async def _with_local_files(self, image: Image, req: CreateSandboxRequest) -> Image:
+        """``image`` with a layer of each of ``req``'s local files on top, copied from the
+        host where not copied before (:mod:`hutch.engine.storage.locallayers`)."""
+        store = self.images.store
+        extra = [await trio.to_thread.run_sync(locallayers.layer, store.layers, store.tmp,
+                                               mount, image.layer_dirs)
+                 for mount in req.local_mounts]
+        return dataclasses.replace(image, layer_dirs=[*image.layer_dirs, *extra])
+
     async def create(self, req: CreateSandboxRequest, *, pooled: bool = False) -> SandboxRow:
         """A new sandbox for ``req`` (taken from a matching warm pool when there is one);
         ``pooled``: a sandbox for a pool, unlisted until :meth:`adopt_pooled` hands it out."""
@@ -129,6 +138,11 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                                      controllers=self.cgroups.bases)
         app_id = self.app_id(req)
         image = await self.images.resolve(req.image)
+        if req.local_mounts:
+            if pooled:
+                raise Invalid("warm pools cannot hold sandboxes with copy=False local files "
+                              "(their files are read when a sandbox starts); use copy=True")
+            image = await self._with_local_files(image, req)
         if not pooled and self.pools is not None:
             taken = await self.pools.take(req, app_id, image)
             if taken is not None:

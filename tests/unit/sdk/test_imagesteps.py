@@ -26,6 +26,7 @@ from hutch.api.imagemodels import (
     CopyStep,
     RunStep,
 )
+from hutch.api.models import CreateSandboxRequest
 from hutch.exception import InvalidError
 from hutch.sdk.image import Image
 from hutch.sdk.imagesteps import LocalFiles
@@ -420,7 +421,7 @@ def test_add_local_file_names(tmp_path: Path, remote: str, dest: str, name: str)
     local = tmp_path / "local.txt"
     local.write_text("payload")
     local.chmod(0o751)
-    image = _base().add_local_file(str(local), remote)
+    image = _base().add_local_file(str(local), remote, copy=True)
     step = _last(image)
     assert isinstance(step, LocalFiles)
     assert step.dest == dest
@@ -436,7 +437,7 @@ def test_add_local_file_names(tmp_path: Path, remote: str, dest: str, name: str)
 def test_add_local_file_reads_the_file_at_declaration(tmp_path: Path) -> None:
     local = tmp_path / "f.txt"
     local.write_text("before")
-    step = _last(_base().add_local_file(local, "/f.txt"))
+    step = _last(_base().add_local_file(local, "/f.txt", copy=True))
     local.write_text("after, and longer")
     assert isinstance(step, LocalFiles)
     [(_, content)] = _tar_members(step.make_tar()).values()
@@ -450,7 +451,7 @@ def test_add_local_dir_reads_files_at_declaration(tmp_path: Path) -> None:
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("a")
     (src / "sub" / "b.log").write_text("b")
-    image = _base().add_local_dir(src, "/app", ignore=["*.log"])
+    image = _base().add_local_dir(src, "/app", ignore=["*.log"], copy=True)
     (src / "a.txt").write_text("changed later")
     (src / "late.txt").write_text("late")
     step = _last(image)
@@ -477,14 +478,14 @@ def test_add_local_python_source_package(tmp_path: Path, monkeypatch: pytest.Mon
                                          ) -> None:
     _make_package(tmp_path, "hutch_probe_pkg")
     monkeypatch.syspath_prepend(str(tmp_path))
-    image = _base().add_local_python_source("hutch_probe_pkg")
-    files, config = _steps(image)
+    image = _base().add_local_python_source("hutch_probe_pkg", copy=True)
+    config, files = _steps(image)
     assert isinstance(files, LocalFiles)
     assert files.dest == "/root/hutch_probe_pkg"
     assert sorted(_tar_members(files.make_tar())) == ["__init__.py", "mod.py"]
     assert config == {"kind": "config", "env": {"PYTHONPATH": "/root${PYTHONPATH:+:$PYTHONPATH}"}}
     request = _validate(image)
-    assert [type(s) for s in request.steps] == [CopyStep, ConfigStep]
+    assert [type(s) for s in request.steps] == [ConfigStep, CopyStep]
 
 
 def test_add_local_python_source_module_and_ignore(tmp_path: Path,
@@ -493,8 +494,8 @@ def test_add_local_python_source_module_and_ignore(tmp_path: Path,
     (tmp_path / "hutch_probe_mod.py").write_text("Y = 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     image = _base().add_local_python_source("hutch_probe_mod", "hutch_probe_pkg2",
-                                            ignore=["mod.py"])
-    module, package, config = _steps(image)
+                                            ignore=["mod.py"], copy=True)
+    config, module, package = _steps(image)
     assert isinstance(module, LocalFiles)
     assert module.dest == "/root"
     assert list(_tar_members(module.make_tar())) == ["hutch_probe_mod.py"]
@@ -622,9 +623,60 @@ def test_every_step_validates_on_the_wire(tmp_path: Path) -> None:
              .workdir("/app")
              .entrypoint(["/bin/sh"])
              .cmd(["-c", "true"])
-             .add_local_file(f, "/app/")
-             .add_local_dir(tmp_path, "/data"))
+             .add_local_file(f, "/app/", copy=True)
+             .add_local_dir(tmp_path, "/data", copy=True))
     request = _validate(image)
     assert [type(s) for s in request.steps] == [RunStep] * 4 + [ConfigStep] * 4 + [CopyStep] * 2
     assert request.steps[1].force_build is True  # type: ignore[union-attr]
     assert request.steps[0].secret_env == {"TOKEN": "t"}  # type: ignore[union-attr]
+
+
+# copy=False -------------------------------------------------------------------------------
+def test_local_files_taken_at_start_are_no_build_step(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from hutch.sdk.imagesteps import MountedFiles
+
+    src = tmp_path / "src"
+    (src / "node_modules" / "deep").mkdir(parents=True)
+    (src / "node_modules" / "deep" / "x.js").write_text("x")
+    (src / "a.py").write_text("a")
+    (src / "b.log").write_text("b")
+    (tmp_path / "one.txt").write_text("1")
+    _make_package(tmp_path, "hutch_probe_pkg3")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    image = (_base().env({"A": "1"})
+             .add_local_dir(src, "/app/", ignore=["node_modules", "*.log"])
+             .add_local_file(tmp_path / "one.txt", "/etc/")
+             .add_local_python_source("hutch_probe_pkg3")
+             .workdir("/app"))  # settings may follow; they need no files
+    mounts = image._mounts()
+    assert [type(m) for m in mounts] == [MountedFiles] * 3
+    assert [m.wire() for m in mounts] == [
+        {"source": str(src), "dest": "/app", "file": False,
+         "exclude": ["b.log", "node_modules"]},
+        {"source": str(tmp_path / "one.txt"), "dest": "/etc/one.txt", "file": True},
+        {"source": str(tmp_path / "hutch_probe_pkg3"), "dest": "/root/hutch_probe_pkg3",
+         "file": False, "exclude": ["__pycache__", "compiled.pyc"]},
+    ]
+    (src / "late.py").write_text("files are read when a sandbox starts, not declared")
+    assert mounts[0].wire()["exclude"] == ["b.log", "node_modules"]
+    request = CreateSandboxRequest.model_validate({"local_mounts": [m.wire() for m in mounts]})
+    assert request.local_mounts[0].dest == "/app"
+
+
+def test_a_build_step_after_local_files_is_modals_error(tmp_path: Path) -> None:
+    import asyncio
+
+    image = _base().add_local_dir(tmp_path, "/app").run_commands("ls /app")
+    with pytest.raises(InvalidError, match="copy=True"):
+        asyncio.run(image.resolve())
+
+
+@pytest.mark.parametrize("mount", [
+    {"source": "relative", "dest": "/a"}, {"source": "/a", "dest": "/"},
+    {"source": "/a/../b", "dest": "/a"}, {"source": "/a", "dest": "/x", "exclude": ["/abs"]},
+    {"source": "/a", "dest": "/x", "exclude": ["../up"]},
+])
+def test_bad_local_mounts_are_refused_by_the_engine(mount: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        CreateSandboxRequest.model_validate({"local_mounts": [mount]})
