@@ -1,7 +1,7 @@
 """The shared root filesystem and the facts about the machine that go into the report.
 
-All contenders run the *same* Debian root filesystem: the unpacked layer of hutch's default
-base image.  It is found the way an OCI tool would find it: the engine's OCI layout
+All contenders run the *same* Debian root filesystem: the first unpacked layer of hutch's
+default base image (the Debian tree with Python; the second adds pip, wheel and uv).  It is found the way an OCI tool would find it: the engine's OCI layout
 (``<data_dir>/oci/index.json``) maps the image reference to a manifest, the manifest names
 the image config, and the config's ``rootfs.diff_ids[0]`` names the unpacked directory
 ``<data_dir>/layers/<hex>``.  If that chain breaks, the largest directory under ``layers/``
@@ -64,8 +64,8 @@ def _from_layout(data_dir: Path, image: str) -> Rootfs:
     manifest = _blob(layout, desc["digest"])
     config = _blob(layout, manifest["config"]["digest"])
     diff_ids: list[str] = config["rootfs"]["diff_ids"]
-    if len(diff_ids) != 1:
-        raise Unavailable(f"{image} has {len(diff_ids)} layers; the peers need a one-layer base")
+    if not diff_ids:
+        raise Unavailable(f"{image} has no layers; the peers need its Debian tree")
     path = data_dir / "layers" / diff_ids[0].partition(":")[2]
     if not path.is_dir():
         raise LookupError(f"layer {diff_ids[0]} is not unpacked at {path}")

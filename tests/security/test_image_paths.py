@@ -149,10 +149,14 @@ def store(engine: dict[str, Any]) -> Iterator[Path]:
         assert (bystander / "usr" / "bin" / "sleep").read_text() == "another build's file\n"
         left = sorted(set(os.listdir(tmp)) - {bystander.name})
         assert not left, f"left behind in {tmp}: {left}"
-        for diff_id in default_layers(engine):
-            assert (data / "layers" / diff_id / "usr" / "bin" / "sleep").exists(), diff_id
-        for name in os.listdir(data / "layers"):
-            assert len(name) == 64 and all(c in "0123456789abcdef" for c in name), name
+        base, *more = default_layers(engine)  # the Debian tree, then its build steps
+        assert (data / "layers" / base / "usr" / "bin" / "sleep").exists(), base
+        for diff_id in more:
+            assert (data / "layers" / diff_id).is_dir(), diff_id
+        for name in os.listdir(data / "layers"):  # diff ids, and copies of local files
+            digits = name.removeprefix("local-")
+            assert len(digits) == (32 if name.startswith("local-") else 64) and all(
+                c in "0123456789abcdef" for c in digits), name
         ordinary_sandbox_works()
     finally:
         shutil.rmtree(bystander, ignore_errors=True)
