@@ -1,7 +1,8 @@
 """The shared root filesystem and the facts about the machine that go into the report.
 
 All contenders run the *same* Debian root filesystem: the first unpacked layer of hutch's
-default base image (the Debian tree with Python; the second adds pip, wheel and uv).  It is found the way an OCI tool would find it: the engine's OCI layout
+default base image (the Debian tree with Python; the second adds pip, wheel and uv).  It
+is found the way an OCI tool would find it: the engine's OCI layout
 (``<data_dir>/oci/index.json``) maps the image reference to a manifest, the manifest names
 the image config, and the config's ``rootfs.diff_ids[0]`` names the unpacked directory
 ``<data_dir>/layers/<hex>``.  If that chain breaks, the largest directory under ``layers/``
