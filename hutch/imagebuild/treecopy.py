@@ -20,7 +20,9 @@ from typing import IO
 from hutch.imagebuild import inroot
 from hutch.imagebuild.inroot import UnsafeEntry
 
-_RESOLVE_IN_ROOT = 0x10
+#: openat2: resolve inside the root, never through /proc's magic links, never onto another
+#: mount (the source's root is one file system)
+_RESOLVE = inroot.RESOLVE_IN_ROOT | inroot.RESOLVE_NO_MAGICLINKS | inroot.RESOLVE_NO_XDEV
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -29,8 +31,7 @@ class CopyFailed(RuntimeError):
 
 
 def _open_in(root_fd: int, path: str, flags: int) -> int:
-    return inroot.openat2(root_fd, path.lstrip("/") or ".", flags | os.O_CLOEXEC,
-                          _RESOLVE_IN_ROOT)
+    return inroot.openat2(root_fd, path.lstrip("/") or ".", flags | os.O_CLOEXEC, _RESOLVE)
 
 
 def expand_sources(root_fd: int, sources: list[str]) -> list[str]:
@@ -63,16 +64,23 @@ def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
     return info
 
 
-def _add_tree(tar: tarfile.TarFile, fd: int, prefix: str) -> None:
+#: How deep ``COPY --from`` walks a directory tree.
+MAX_DEPTH = 256
+
+
+def _add_tree(tar: tarfile.TarFile, fd: int, prefix: str, space: inroot.Space,
+              depth: int = 0) -> None:
     """Everything in the directory ``fd`` under ``prefix`` in ``tar``."""
+    if depth > MAX_DEPTH:
+        raise CopyFailed(f"{prefix}: more than {MAX_DEPTH} directories deep")
     for name in sorted(os.listdir(fd)):
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         member = f"{prefix}/{name}" if prefix else name
-        _add_entry(tar, fd, name, member, st)
+        _add_entry(tar, fd, name, member, st, space, depth)
 
 
 def _add_entry(tar: tarfile.TarFile, parent: int, name: str, member: str,
-               st: os.stat_result) -> None:
+               st: os.stat_result, space: inroot.Space, depth: int) -> None:
     info = _info(member, st)
     if stat.S_ISLNK(st.st_mode):
         info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=parent)
@@ -82,21 +90,26 @@ def _add_entry(tar: tarfile.TarFile, parent: int, name: str, member: str,
         tar.addfile(info)
         sub = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=parent)
         try:
-            _add_tree(tar, sub, member)
+            _add_tree(tar, sub, member, space, depth + 1)
         finally:
             os.close(sub)
     elif stat.S_ISREG(st.st_mode):
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=parent)
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             info.size = st.st_size
+            space.claim(st.st_size)  # a sparse file is its size here: checked first
             tar.addfile(info, f)
 
 
 def tar_sources(root: str, sources: list[str], out: IO[bytes], as_file: bool) -> None:
     """A tar, written to ``out``, of ``sources`` resolved inside ``root``: a directory's
-    contents at the top, a file under its own name (or as the only entry, ``as_file``)."""
+    contents at the top, a file under its own name (or as the only entry, ``as_file``).
+    Each file's size is checked against the free space where ``out`` is before it is
+    written (:class:`hutch.imagebuild.inroot.Space`)."""
     root_fd = inroot.open_root(root)
+    space = inroot.Space(out.fileno())
     try:
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for source in expand_sources(root_fd, sources):
@@ -107,10 +120,11 @@ def tar_sources(root: str, sources: list[str], out: IO[bytes], as_file: bool) ->
                 with os.fdopen(fd, "rb") as f:
                     st = os.fstat(fd)
                     if stat.S_ISDIR(st.st_mode):
-                        _add_tree(tar, fd, "")
+                        _add_tree(tar, fd, "", space)
                     elif stat.S_ISREG(st.st_mode):
                         info = _info(PurePosixPath(source).name or "file", st)
                         info.size = st.st_size
+                        space.claim(st.st_size)
                         tar.addfile(info, f)
                     else:
                         raise CopyFailed(f"{source} is not a file or directory")
@@ -133,14 +147,18 @@ def is_dir_in(root: str, path: str) -> bool:
 
 # owners ---------------------------------------------------------------------------------------
 def _table(root: str, path: str) -> list[list[str]]:
+    """The lines of the image's ``path``, split at ``:``; nothing unless it is a regular
+    file (opened without blocking: a FIFO there must not hold the engine)."""
     root_fd = inroot.open_root(root)
     try:
-        fd = _open_in(root_fd, path, os.O_RDONLY)
+        fd = _open_in(root_fd, path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return []
     finally:
         os.close(root_fd)
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeEntry(f"the image's {path} is not a regular file")
         data = f.read(4 << 20)
     return [line.split(":") for line in data.decode(errors="replace").splitlines()]
 

@@ -69,7 +69,8 @@ class Options:
     build_args: dict[str, str]
     env: dict[str, str] | None
     secrets: Sequence[Secret]
-    base_for: Callable[[str], dict[str, Any]]  # a FROM reference -> a base dict
+    #: an image reference -> a base dict (the flag: named by a FROM line, not COPY --from)
+    base_for: Callable[[str, bool], dict[str, Any]]
 
 
 class _AutoDockerIgnore:
@@ -170,7 +171,7 @@ def _from(inst: Instruction, stages: list[StagePlan], globals_: dict[str, str],
     if ref == "scratch":
         return StagePlan({"kind": "scratch"}, name)
     try:
-        return StagePlan(options.base_for(ref), name)
+        return StagePlan(options.base_for(ref, True), name)
     except InvalidError as exc:
         raise inst.fail(str(exc)) from None
 
@@ -297,7 +298,7 @@ def _copy(inst: Instruction, stage: StagePlan, stages: list[StagePlan], options:
         index: int | dict[str, Any] | None = _stage_index(source_from, stages[:-1])
         if index is None:  # an image, not a stage
             try:
-                index = options.base_for(source_from)
+                index = options.base_for(source_from, False)
             except InvalidError as exc:
                 raise inst.fail(str(exc)) from None
         as_file = len(sources) == 1 and not directory and not any(c in sources[0] for c in "*?[")

@@ -229,37 +229,102 @@ def words(inst: Instruction, variables: dict[str, str]) -> list[str]:
 
 
 # .dockerignore ------------------------------------------------------------------------------
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    out, i = "", 0
+Token = tuple[str, str]  # (kind, text): lit, one (?), star (*), dstar (**), dss (**/), set
+
+
+def _tokens(pattern: str) -> list[Token]:
+    out: list[Token] = []
+    i = 0
     while i < len(pattern):
         c = pattern[i]
         if pattern.startswith("**", i):
             i += 2
-            if pattern.startswith("/", i):
-                out += "(?:.*/)?"
-                i += 1
-            else:
-                out += ".*"
+            kind = "dss" if pattern.startswith("/", i) else "dstar"
+            i += kind == "dss"
+            if not out or out[-1] != (kind, ""):  # **/**/ is **/: no blow-up from repeats
+                out.append((kind, ""))
             continue
         if c == "*":
-            out += "[^/]*"
+            out.append(("star", ""))
         elif c == "?":
-            out += "[^/]"
-        elif c == "[":
+            out.append(("one", ""))
+        elif c == "[" and pattern.find("]", i + 1) > i + 1:
             end = pattern.find("]", i + 1)
-            if end < 0:
-                out += re.escape(c)
-            else:
-                body = pattern[i + 1:end]
-                out += "[" + ("^" + body[1:] if body.startswith("^") else body) + "]"
-                i = end
+            out.append(("set", pattern[i + 1:end]))
+            i = end
         elif c == "\\" and i + 1 < len(pattern):
             i += 1
-            out += re.escape(pattern[i])
+            out.append(("lit", pattern[i]))
         else:
-            out += re.escape(c)
+            out.append(("lit", c))
         i += 1
-    return re.compile(out + "(?:/.*)?")
+    return out
+
+
+def _in_set(spec: str, c: str) -> bool:
+    negate = spec.startswith(("^", "!"))
+    body, found, i = spec[1:] if negate else spec, False, 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            found |= body[i] <= c <= body[i + 2]
+            i += 3
+        else:
+            found |= body[i] == c
+            i += 1
+    return found != negate
+
+
+class _Matcher:
+    """A ``.dockerignore`` pattern run as an automaton over the path, one set of states
+    per character: time linear in the path for each pattern token, never the
+    exponential backtracking a regex of many ``**`` takes (a red team's
+    ``**/**/.../x`` took seconds per path that way)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.tokens = _tokens(pattern)
+
+    def _closure(self, states: set[tuple[int, bool]]) -> set[tuple[int, bool]]:
+        todo, seen = list(states), set(states)
+        while todo:
+            i, inside = todo.pop()
+            if not inside and i < len(self.tokens) and \
+                    self.tokens[i][0] in ("star", "dstar", "dss"):
+                nxt = (i + 1, False)  # zero characters (or segments)
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    def _step(self, states: set[tuple[int, bool]], c: str) -> set[tuple[int, bool]]:
+        out: set[tuple[int, bool]] = set()
+        for i, inside in states:
+            if i >= len(self.tokens):
+                continue
+            kind, text = self.tokens[i]
+            if kind == "dss":  # (.*/)? : any characters up to a slash
+                out.add((i, True))
+                if c == "/":
+                    out.add((i + 1, False))
+            elif inside:
+                continue
+            elif kind == "dstar" or (kind == "star" and c != "/"):
+                out.add((i, False))
+            elif (kind == "lit" and c == text) or (kind == "one" and c != "/") or \
+                    (kind == "set" and c != "/" and _in_set(text, c)):
+                out.add((i + 1, False))
+        return self._closure(out)
+
+    def match(self, rel: str) -> bool:
+        """Whether the pattern matches ``rel`` or a directory above it."""
+        end = (len(self.tokens), False)
+        states = self._closure({(0, False)})
+        for c in rel:
+            if c == "/" and end in states:
+                return True
+            states = self._step(states, c)
+            if not states:
+                return False
+        return end in states
 
 
 class DockerIgnore:
@@ -267,7 +332,7 @@ class DockerIgnore:
     last matching rule deciding; a directory's rule covers what is inside it."""
 
     def __init__(self, lines: list[str]) -> None:
-        self.rules: list[tuple[bool, re.Pattern[str]]] = []
+        self.rules: list[tuple[bool, _Matcher]] = []
         for raw in lines:
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -276,13 +341,13 @@ class DockerIgnore:
             body = line[1:].strip() if keep else line
             clean = str(PurePosixPath("/" + body.strip("/"))).lstrip("/") or "."
             clean = re.sub(r"(^|/)\./", r"\1", clean)
-            self.rules.append((keep, _pattern_regex(clean)))
+            self.rules.append((keep, _Matcher(clean)))
 
     def __call__(self, rel: str) -> bool:
         """Whether the context path ``rel`` (``a/b.txt``) is left out."""
         ignored = False
-        for keep, regex in self.rules:
-            if regex.fullmatch(rel):
+        for keep, matcher in self.rules:
+            if matcher.match(rel):
                 ignored = not keep
         return ignored
 

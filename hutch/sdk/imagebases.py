@@ -112,6 +112,15 @@ def _credentials(secret: Secret, auth: Auth, where: str) -> dict[str, str]:
     return {"credentials": text, "auth": "aws" if kinds[0] == "aws" else "basic"}
 
 
+def registry_host(ref: str) -> str:
+    """The registry a reference names: its first part where that is a host (a dot, a
+    port, ``localhost``, an IPv6 address), else Docker Hub (``docker.io``)."""
+    first, slash, _ = ref.partition("/")
+    if slash and (any(c in first for c in ".:[") or first == "localhost"):
+        return "docker.io" if first == "index.docker.io" else first.lower()
+    return "docker.io"
+
+
 def reject_kwargs(kwargs: dict[str, Any], where: str) -> None:
     """Modal's ``**kwargs`` of registry images carry options hutch does not have."""
     for name, value in kwargs.items():

@@ -92,10 +92,26 @@ class DockerfileSources:
                 isinstance(k, str) and isinstance(v, str) for k, v in build_args.items())):
             raise InvalidError("build_args must be a dict of str to str")
 
-        def base_for(ref: str) -> dict[str, Any]:
-            if ref.startswith("hutch/"):
+        named = registry_secret.env().get("REGISTRY_HOST") \
+            if isinstance(registry_secret, Secret) else None
+        bound: list[str] = [named.lower()] if named else []  # where the secret logs in
+
+        def base_for(ref: str, from_line: bool) -> dict[str, Any]:
+            """A FROM or ``COPY --from`` image.  ``registry_secret`` logs in to one
+            registry only: the secret's ``REGISTRY_HOST`` if it names one, else the host of
+            the Dockerfile's first FROM line (its base, as Modal describes the secret);
+            FROM lines of that host get it, ``COPY --from`` images and other hosts never:
+            a Dockerfile's later lines could name anyone's registry (Docker keys logins by
+            host for the same reason)."""
+            if ref.startswith("hutch/") or ref == "scratch":
+                if from_line and not bound:
+                    bound.append("")  # the base is local: no registry gets the secret
                 return imagebases.from_id(ref)
-            return imagebases.registry(ref, registry_secret, where="from_dockerfile")
+            host = imagebases.registry_host(ref)
+            if from_line and not bound:
+                bound.append(host)
+            secret = registry_secret if from_line and host == bound[0] else None
+            return imagebases.registry(ref, secret, where="from_dockerfile")
 
         options = dockerfile.Options(
             context_dir=context, ignore=dockerfile.ignore_rules(ignore, context, dockerfile_path),

@@ -265,8 +265,9 @@ class Builder:
                 rootfs.make_dirs_inside(dirs.merged, workdir)
                 etc = rootfs.write_etc_files(dirs, "hutch-build")
                 user = cfg.get("User") or None
-                try:
-                    owner = treecopy.lookup_owner(str(dirs.merged), user) if user else (0, 0)
+                try:  # (in a worker thread: it reads the image's files)
+                    owner = await trio.to_thread.run_sync(
+                        treecopy.lookup_owner, str(dirs.merged), user) if user else (0, 0)
                 except UnsafeEntry as exc:
                     raise StepFailed(f"image build step {number}: USER {user}: {exc}") from exc
                 mounts = self._cache_mounts(step, dirs.merged, owner)

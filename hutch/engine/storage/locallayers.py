@@ -29,6 +29,7 @@ would replace the link with a directory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -40,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from hutch.api.models import LocalMount
 from hutch.engine.errors import Invalid
 from hutch.engine.kernel import trees
+from hutch.imagebuild import inroot
 
 #: Most bytes and entries one mount may copy.
 MAX_BYTES = 8 << 30
@@ -105,12 +107,32 @@ def fingerprint(mount: LocalMount, image_layers: Sequence[Path]) -> str:
 
 def _image_entry(layers: Sequence[Path], path: str) -> os.stat_result | None:
     """``path`` as the image's top layer that has it shows it (None: no layer has it,
-    or a layer above deleted it)."""
+    a layer above deleted it, or one reaches it only through a link of its own).
+
+    Each layer is looked into beneath its own directory without following any link
+    (``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``): a layer's ``/a -> /home/me`` must not
+    make the engine describe the host's ``/home/me/...`` to the sandbox.  A layer where
+    a directory on the way is a link (or not a directory) hides what lies below it, as
+    overlayfs shows it."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    resolve = inroot.RESOLVE_BENEATH | inroot.RESOLVE_NO_SYMLINKS | inroot.RESOLVE_NO_XDEV
     for layer in reversed(layers):
         try:
-            st = os.lstat(layer / path)
+            layer_fd = os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
+        try:
+            fd = inroot.openat2(layer_fd, path, flags, resolve)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                return None  # a link or file on the way: nothing below shows through
+            continue
+        finally:
+            os.close(layer_fd)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             return None  # a whiteout
         return st
