@@ -75,7 +75,7 @@ def import_image(store: ImageStore, source: str, ref: str, log_line: LogLine,
         log_line(f"skopeo copy {source}")
         proc = subprocess.run(argv, capture_output=True, text=True)
         for line in (proc.stdout + proc.stderr).splitlines():
-            log_line(line)
+            log_line(scrub(line, credentials))
         if proc.returncode != 0:
             tail = scrub("\n".join(proc.stderr.strip().splitlines()[-10:]), credentials)
             raise ImportFailed(f"skopeo could not copy {source}: {tail}")
