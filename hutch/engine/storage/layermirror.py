@@ -13,8 +13,8 @@ its page cache is shared by all of them, as the disk's is today.
 
 The cost is memory: a layer in use is held in RAM (debian_slim with Python and Modal's
 toolchain: about 615 MiB), until ``IDLE_SECONDS`` after its last sandbox ended.  The
-copies live in the pause process's mount namespace, so a restarted daemon finds them (and sandboxes that
-still run keep theirs).
+copies live in the pause process's mount namespace, so a restarted daemon finds them (and
+sandboxes that still run keep theirs).
 """
 
 from __future__ import annotations
