@@ -39,7 +39,7 @@ TOP: dict[str, Where] = {
     "forward": _CLOUD,
     "Cls": _FUNCTIONS,
     "Cron": _FUNCTIONS,
-    "FilePatternMatcher": _FUNCTIONS,
+    "FilePatternMatcher": "hutch.sdk.filepatterns:FilePatternMatcher",
     "Function": _FUNCTIONS,
     "FunctionCall": _FUNCTIONS,
     "Period": _FUNCTIONS,
@@ -144,6 +144,6 @@ SUBMODULES: dict[str, dict[str, Where]] = {
     "environments": {"Environment": _CLOUD},
     "workspace": {"Workspace": _CLOUD},
     "scheduler_placement": {"SchedulerPlacement": _CLOUD},
-    "file_pattern_matcher": {"FilePatternMatcher": _FUNCTIONS},
+    "file_pattern_matcher": {"FilePatternMatcher": "hutch.sdk.filepatterns:FilePatternMatcher"},
     "billing": {"workspace_billing_report": _CLOUD},
 }
