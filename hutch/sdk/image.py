@@ -50,22 +50,15 @@ AFTER_MOUNTS = (
 MAX_REF_LENGTH = imagebases.MAX_REF_LENGTH
 
 
-
 class Image(DockerfileSources, ProjectSteps, CondaSteps, NamedImages, ImagePending,
             LocalObject):
     """A sandbox image; start from :meth:`debian_slim` (or :meth:`from_id`) and add steps."""
 
     def __init__(self, base: dict[str, Any], steps: tuple[ImageStep, ...] = (), *,
                  force_build: bool = False, ref: str | None = None) -> None:
-        self._base = base
-        self._steps = steps
-        self._force_build = force_build
-        self._ref = ref
+        super().__init__(base, steps, force_build=force_build, ref=ref)
         #: what failed in ``with image.imports():`` blocks
         self.import_failures: list[Exception] = []
-
-    def _then(self, step: ImageStep) -> Image:
-        return Image(self._base, (*self._steps, step), force_build=self._force_build)
 
     # bases --------------------------------------------------------------------------------
     @staticmethod

@@ -16,10 +16,11 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from hutch.exception import InvalidError
 from hutch.sdk import imagebases, imagesteps
+from hutch.sdk.imagecore import ImageCore
 from hutch.sdk.options import reject_unsupported
 from hutch.sdk.secret import Secret
 
@@ -45,19 +46,8 @@ def _reachable(urls: list[str]) -> str:
     return _REACHABLE.format(urls=" ".join(shlex.quote(u) for u in urls))
 
 
-class CondaSteps:
-    """The conda part of ``Image`` (its constructor and ``_then`` are Image's)."""
-
-    def __init__(self, base: dict[str, Any], steps: tuple[Any, ...] = (), *,
-                 force_build: bool = False, ref: str | None = None) -> None:
-        raise NotImplementedError  # Image's
-
-    def _then(self, step: Any) -> Self:
-        raise NotImplementedError  # Image's
-
-    def add_local_file(self, local_path: str | Path, remote_path: str, *,
-                       copy: bool = False) -> Self:
-        raise NotImplementedError  # Image's
+class CondaSteps(ImageCore):
+    """The conda part of ``Image``."""
 
     @classmethod
     def micromamba(cls, python_version: str | None = None, force_build: bool = False) -> Self:
@@ -106,7 +96,7 @@ class CondaSteps:
             if not local.is_file():
                 raise InvalidError(f"micromamba_install: spec file {spec_file!r} not found")
             remote = f"/.hutch/{local.name}"
-            image = image.add_local_file(local, remote, copy=True)
+            image = image._image().add_local_file(local, remote, copy=True)
             args += ["-f", remote]
         for channel in channels or []:
             args += ["-c", channel]

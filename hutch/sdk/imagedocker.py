@@ -16,23 +16,13 @@ from typing import Any, Self
 from hutch.exception import InvalidError
 from hutch.sdk import dockerfile, imagebases, imagesteps
 from hutch.sdk.dockerfile import AUTO_DOCKERIGNORE
+from hutch.sdk.imagecore import ImageCore
 from hutch.sdk.options import reject_unsupported
 from hutch.sdk.secret import Secret
 
 
-class DockerfileSources:
-    """The Dockerfile part of ``Image`` (its constructor and ``_then`` are Image's)."""
-
-    _base: dict[str, Any]
-    _steps: tuple[Any, ...]
-    _force_build: bool
-
-    def __init__(self, base: dict[str, Any], steps: tuple[Any, ...] = (), *,
-                 force_build: bool = False, ref: str | None = None) -> None:
-        raise NotImplementedError  # Image's
-
-    def _then(self, step: Any) -> Self:
-        raise NotImplementedError  # Image's
+class DockerfileSources(ImageCore):
+    """The Dockerfile part of ``Image``."""
 
     @classmethod
     def from_scratch(cls, force_build: bool = False) -> Self:

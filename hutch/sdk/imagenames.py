@@ -15,6 +15,7 @@ from typing import Any, Self
 from hutch.api import urls
 from hutch.exception import InvalidError
 from hutch.sdk import imagebases, imagesteps
+from hutch.sdk.imagecore import ImageCore
 from hutch.sdk.options import reject_unsupported
 from hutch.sdk.syncbridge import synchronize
 from hutch.sdk.transport import client
@@ -44,19 +45,8 @@ def named_ref(name: object, environment_name: str | None) -> str:
     return f"hutch/named/{environment}/{image}:{tag}"
 
 
-class NamedImages:
-    """Named images and ``shell`` of ``Image`` (its constructor, ``_then`` and
-    ``resolve`` are Image's)."""
-
-    def __init__(self, base: dict[str, Any], steps: tuple[Any, ...] = (), *,
-                 force_build: bool = False, ref: str | None = None) -> None:
-        raise NotImplementedError  # Image's
-
-    def _then(self, step: Any) -> Self:
-        raise NotImplementedError  # Image's
-
-    async def resolve(self) -> str:
-        raise NotImplementedError  # Image's
+class NamedImages(ImageCore):
+    """Named images and ``shell`` of ``Image``."""
 
     @classmethod
     def from_name(cls, name: str, *, environment_name: str | None = None,
@@ -76,7 +66,7 @@ class NamedImages:
         if experimental_options:
             raise InvalidError("Image.publish: experimental_options are not supported")
         target = named_ref(name, environment_name)
-        ref = await self.resolve()
+        ref = await self._image().resolve()
         await _engine().request("POST", urls.IMAGES_TAG, json_body={"ref": ref, "name": target})
 
     def shell(self, shell_commands: list[str]) -> Self:

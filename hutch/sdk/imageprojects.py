@@ -26,6 +26,7 @@ from typing import Any, Self
 
 from hutch.exception import InvalidError
 from hutch.sdk import imagefunction, imagesteps
+from hutch.sdk.imagecore import ImageCore
 from hutch.sdk.options import reject_unsupported
 from hutch.sdk.secret import Secret
 
@@ -58,15 +59,8 @@ def _env(env: dict[str, str | None] | None) -> dict[str, str]:
     return {k: v for k, v in (env or {}).items() if v is not None}
 
 
-class ProjectSteps:
-    """The project part of ``Image`` (``_then`` and ``add_local_file`` are Image's)."""
-
-    def _then(self, step: Any) -> Self:
-        raise NotImplementedError  # Image's
-
-    def add_local_file(self, local_path: str | Path, remote_path: str, *,
-                       copy: bool = False) -> Self:
-        raise NotImplementedError  # Image's
+class ProjectSteps(ImageCore):
+    """The project part of ``Image``."""
 
     def pip_install_from_pyproject(
             self, pyproject_toml: str, optional_dependencies: list[str] | None = None, *,
@@ -117,9 +111,11 @@ class ProjectSteps:
         args = [f"--project={UV_ROOT}", "--no-install-workspace", "--compile-bytecode"]
         args += [f"--group={g}" for g in _names(groups, "groups")]
         args += [f"--extra={e}" for e in _names(extras, "extras")]
-        image = self.add_local_file(pyproject, f"{UV_ROOT}/pyproject.toml", copy=True)
+        image: Self = self._image().add_local_file(pyproject, f"{UV_ROOT}/pyproject.toml",
+                                                   copy=True)
         if (project / "uv.lock").is_file():
-            image = image.add_local_file(project / "uv.lock", f"{UV_ROOT}/uv.lock", copy=True)
+            image = image._image().add_local_file(project / "uv.lock", f"{UV_ROOT}/uv.lock",
+                                                  copy=True)
             if frozen:
                 args.append("--frozen")
         args += imagesteps.split_options(extra_options, "uv_sync")
@@ -217,14 +213,16 @@ class ProjectSteps:
         if not pyproject.is_file():
             raise InvalidError(f"poetry_install_from_file: {str(pyproject)!r} not found")
         _read_toml(pyproject, "poetry_install_from_file")
-        image = self.add_local_file(pyproject, f"{POETRY_ROOT}/pyproject.toml", copy=True)
+        image: Self = self._image().add_local_file(pyproject, f"{POETRY_ROOT}/pyproject.toml",
+                                                   copy=True)
         if not ignore_lockfile:
             lock = Path(poetry_lockfile).expanduser() if poetry_lockfile else \
                 pyproject.parent / "poetry.lock"
             if not lock.is_file():
                 raise InvalidError(f"poetry_install_from_file: no lock file {str(lock)!r} "
                                    "(pass ignore_lockfile=True to resolve at build time)")
-            image = image.add_local_file(lock, f"{POETRY_ROOT}/poetry.lock", copy=True)
+            image = image._image().add_local_file(lock, f"{POETRY_ROOT}/poetry.lock",
+                                                  copy=True)
         if poetry_version in (None, "latest"):
             poetry = f"{_PIP} poetry"
         elif isinstance(poetry_version, str) and imagesteps.UV_VERSION.fullmatch(poetry_version):
