@@ -204,3 +204,17 @@ def process_with_pid(target: int, argv: list[str], timeout: float = 60, **popen:
             proc.kill()
             proc.wait()
     raise AssertionError(f"pid {target} did not come round within {timeout} s")
+
+
+def image_output(image: Any, script: str, timeout: float = 120) -> str:
+    """What ``sh -c script`` prints in a new sandbox of ``image`` (which must succeed)."""
+    import hutch
+
+    sb = hutch.Sandbox.create("sleep", "300", image=image, timeout=300)
+    try:
+        proc = sb.exec("sh", "-c", script, timeout=timeout)
+        out = proc.stdout.read()
+        assert proc.wait() == 0, (script, out, proc.stderr.read())
+        return str(out)
+    finally:
+        sb.terminate()

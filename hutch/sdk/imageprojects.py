@@ -55,6 +55,17 @@ def _names(items: object, what: str) -> list[str]:
     return items
 
 
+def _tool(name: str, version: str | None, what: str, present_ok: bool) -> str:
+    """The command installing ``name`` from PyPI (``version``: exactly that one; none:
+    the newest, or the image's own when ``present_ok``)."""
+    if version is None or version == "latest":
+        return f"command -v {name} >/dev/null || {_PIP} {name}" if present_ok \
+            else f"{_PIP} {name}"
+    if isinstance(version, str) and imagesteps.UV_VERSION.fullmatch(version):
+        return f"{_PIP} {name}=={version}"
+    raise InvalidError(f"{what} must be a version such as '0.5.1', got {version!r}")
+
+
 def _env(env: dict[str, str | None] | None) -> dict[str, str]:
     return {k: v for k, v in (env or {}).items() if v is not None}
 
@@ -119,13 +130,7 @@ class ProjectSteps(ImageCore):
             if frozen:
                 args.append("--frozen")
         args += imagesteps.split_options(extra_options, "uv_sync")
-        if uv_version is None:
-            uv = f"command -v uv >/dev/null || {_PIP} uv"
-        elif isinstance(uv_version, str) and imagesteps.UV_VERSION.fullmatch(uv_version):
-            uv = f"{_PIP} uv=={uv_version}"
-        else:
-            raise InvalidError(f"uv_version must be a version such as '0.5.1', got "
-                               f"{uv_version!r}")
+        uv = _tool("uv", uv_version, "uv_version", present_ok=True)
         sync = (f"cd {UV_ROOT} && UV_PYTHON_DOWNLOADS=never UV_PYTHON_PREFERENCE=only-system "
                 f"uv sync {shlex.join(args)}")
         step = imagesteps.run_commands([uv, sync], _env(env), list(secrets or ()),
@@ -223,13 +228,7 @@ class ProjectSteps(ImageCore):
                                    "(pass ignore_lockfile=True to resolve at build time)")
             image = image._image().add_local_file(lock, f"{POETRY_ROOT}/poetry.lock",
                                                   copy=True)
-        if poetry_version in (None, "latest"):
-            poetry = f"{_PIP} poetry"
-        elif isinstance(poetry_version, str) and imagesteps.UV_VERSION.fullmatch(poetry_version):
-            poetry = f"{_PIP} poetry=={poetry_version}"
-        else:
-            raise InvalidError(f"poetry_version must be a version or 'latest', got "
-                               f"{poetry_version!r}")
+        poetry = _tool("poetry", poetry_version, "poetry_version", present_ok=False)
         args = ["install", "--no-root", "--no-interaction"]
         for flag, groups in (("--with", with_), ("--without", without), ("--only", only)):
             names = _names(groups, flag.lstrip("-"))

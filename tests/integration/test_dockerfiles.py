@@ -18,17 +18,9 @@ import pytest
 
 import hutch
 from hutch.exception import InvalidError
+from tests.helpers import image_output
 
-
-def _out(image: hutch.Image, script: str) -> str:
-    sb = hutch.Sandbox.create("sleep", "300", image=image, timeout=300)
-    try:
-        proc = sb.exec("sh", "-c", script, timeout=120)
-        out = proc.stdout.read()
-        assert proc.wait() == 0, (script, out, proc.stderr.read())
-        return str(out)
-    finally:
-        sb.terminate()
+_out = image_output
 
 
 def _dockerfile(tmp_path: Path, text: str, files: dict[str, str] | None = None) -> Path:

@@ -13,7 +13,7 @@ import pytest
 
 import hutch
 from hutch.exception import InvalidError
-from tests.helpers import hutch_cli
+from tests.helpers import hutch_cli, image_output
 
 PYPROJECT = """\
 [project]
@@ -30,15 +30,7 @@ dev = ["iniconfig==2.0.0"]
 """
 
 
-def _out(image: hutch.Image, script: str) -> str:
-    sb = hutch.Sandbox.create("sleep", "300", image=image, timeout=300)
-    try:
-        proc = sb.exec("sh", "-c", script, timeout=120)
-        out = proc.stdout.read()
-        assert proc.wait() == 0, (script, out, proc.stderr.read())
-        return str(out)
-    finally:
-        sb.terminate()
+_out = image_output
 
 
 PROBE = ("python -c 'import importlib.metadata as m, sys; "
