@@ -150,16 +150,26 @@ def _mirror() -> str:
 
 def _expected_sha(base: str, release: str, name: str) -> str:
     """The archive's checksum from its release: ``SHA256SUMS`` or ``<name>.sha256``."""
+    unreachable: list[str] = []
     for url in (f"{base}/{release}/SHA256SUMS", f"{base}/{release}/{name}.sha256"):
         try:
             text = _read_url(url, 4 << 20).decode(errors="replace")
-        except (OSError, urllib.error.URLError):
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                unreachable.append(f"{url}: HTTP {exc.code}")
+            continue
+        except (OSError, urllib.error.URLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if not isinstance(reason, FileNotFoundError):  # (a mirror directory's 404)
+                unreachable.append(f"{url}: {reason}")
             continue
         for line in text.splitlines():
             fields = line.split()
             if fields and re.fullmatch(r"[0-9a-f]{64}", fields[0]) and (
                     len(fields) == 1 or fields[-1].lstrip("*") == name):
                 return fields[0]
+    if unreachable:
+        raise PythonUnavailable(f"cannot reach {unreachable[0]}")
     raise PythonUnavailable(f"{base}/{release} has no checksum for {name} (SHA256SUMS or "
                             f"{name}.sha256)")
 

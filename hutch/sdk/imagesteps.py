@@ -73,10 +73,22 @@ def flatten_text(items: Sequence[str | list[str]], what: str) -> list[str]:
     return _flatten(items, what)
 
 
-def _packages(items: Sequence[str | list[str]], what: str) -> list[str]:
+#: Where a requirement string may hold spaces (PEP 508): after its name (and extras),
+#: before a version, a marker or a direct reference.
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[^\]]*\])?\s*([@;<>=!~(]|$)")
+
+
+def _packages(items: Sequence[str | list[str]], what: str, requirements: bool = False
+              ) -> list[str]:
+    """Package names (``apt_install``: no spaces), or with ``requirements`` Python
+    requirement strings as pip takes them (``"rich >= 13"``, ``"esm @ git+https://..."``,
+    ``"six; python_version >= '3'"``: each is one quoted argument).  Never an option."""
     packages = [p.strip() for p in _flatten(items, what)]
     for package in packages:
-        if not package or package.startswith("-") or any(c.isspace() for c in package):
+        spaced = any(c.isspace() for c in package)
+        if not package or package.startswith("-") or (spaced and not (
+                requirements and _REQUIREMENT.match(package))) or \
+                "\n" in package or "\r" in package:
             raise InvalidError(
                 f"{what}: {package!r} is not a package name (options go in extra_options)"
             )
@@ -159,7 +171,7 @@ def pip_install(items: Sequence[str | list[str]], *, requirements: str | None = 
                 find_links: str | None, index_url: str | None, extra_index_url: str | None,
                 pre: bool, extra_options: str, force_build: bool,
                 env: dict[str, str] | None, secrets: Sequence[Secret]) -> Step:
-    packages = _packages(items, "pip_install")
+    packages = _packages(items, "pip_install", requirements=True)
     if not packages and requirements is None:
         raise InvalidError("pip_install needs at least one package")
     args = [shlex.quote(p) for p in packages]
@@ -184,7 +196,7 @@ def uv_pip_install(items: Sequence[str | list[str]], *, index_url: str | None,
                    uv_version: str | None = None) -> Step:
     """``requirements``: paths in the image of requirements files (``-r``); ``uv_version``:
     that uv, installed with pip, rather than any uv the image has."""
-    packages = _packages(items, "uv_pip_install")
+    packages = _packages(items, "uv_pip_install", requirements=True)
     if not packages and not requirements:
         raise InvalidError("uv_pip_install needs at least one package or requirements file")
     options = _pip_options(find_links, index_url, extra_index_url, False, extra_options)

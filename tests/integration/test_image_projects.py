@@ -223,3 +223,11 @@ def test_private_repos_need_their_token(engine: dict[str, Any]) -> None:
                                                                 secrets=[secret])
     with pytest.raises(InvalidError, match="No secrets"):
         hutch.Image.debian_slim().pip_install_private_repos("github.com/a/b", git_user="r")
+
+
+def test_requirement_strings_with_spaces_install(engine: dict[str, Any]) -> None:
+    """As Modal's examples write them: a version range and a marker, with spaces."""
+    image = hutch.Image.from_id(engine["default_image"]).pip_install(
+        "six >= 1.16, < 2", "iniconfig ; python_version >= '3.8'")
+    assert _out(image, PROBE).count("\n") >= 3  # sys.prefix, six, iniconfig
+    assert "iniconfig" in _out(image, "pip list 2>/dev/null | grep -i iniconfig")

@@ -138,3 +138,11 @@ def test_unpack_refuses_entries_outside_python(tmp_path: Path, bad: str) -> None
     with pytest.raises(PythonUnavailable):
         standalone.unpack_to_layer(standalone.Archive(path, "3.12.1", ""), tmp_path / "work")
     assert not (tmp_path / "escape").exists()
+
+
+def test_an_unreachable_mirror_is_named_as_such(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network is not a broken release: the message says which address did not answer."""
+    monkeypatch.setenv(standalone.MIRROR_ENV, "https://nonexistent.invalid/pbs")
+    with pytest.raises(PythonUnavailable, match=r"cannot reach https://nonexistent\.invalid"):
+        standalone.locate("3.12", tmp_path / "data", lambda line: None)

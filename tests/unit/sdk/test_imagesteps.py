@@ -680,3 +680,21 @@ def test_a_build_step_after_local_files_is_modals_error(tmp_path: Path) -> None:
 def test_bad_local_mounts_are_refused_by_the_engine(mount: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         CreateSandboxRequest.model_validate({"local_mounts": [mount]})
+
+
+@pytest.mark.parametrize("requirement", [
+    "rich >= 13", "esm @ git+https://github.com/org/esm.git@81b3", "six; python_version >= '3'",
+    "huggingface_hub[hf_transfer]"])
+def test_pip_takes_requirement_strings_as_one_argument(requirement: str) -> None:
+    for step in (_last(_base().pip_install(requirement)),
+                 _last(_base().uv_pip_install(requirement))):
+        command = step["commands"][-1]
+        assert shlex.split(command)[-1] == requirement
+    with pytest.raises(InvalidError):
+        _base().apt_install("jq curl")  # apt takes names
+
+
+@pytest.mark.parametrize("bad", ["-e x", "--index-url http://x", "a\nb", "  "])
+def test_pip_refuses_options_in_requirements(bad: str) -> None:
+    with pytest.raises(InvalidError):
+        _base().pip_install(bad)
