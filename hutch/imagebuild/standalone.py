@@ -116,7 +116,19 @@ def find_local(version: str, dirs: list[Path]) -> Path | None:
     return None if best is None else best[1]
 
 
+#: (path, size, mtime_ns) -> sha256: an archive is hashed once, not at every build
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def _sha256(path: Path) -> str:
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = _hash_file(path)
+    return _HASHES[key]
+
+
+def _hash_file(path: Path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -187,7 +199,7 @@ def download(series: str, cache: Path, log_line: Callable[[str], None]) -> Path:
     try:
         expected = _expected_sha(base, release, name)
         _read_url(url, MAX_ARCHIVE, Path(tmp))
-        actual = _sha256(Path(tmp))
+        actual = _hash_file(Path(tmp))
         if actual != expected:
             raise PythonUnavailable(f"{url} has sha256 {actual}, its release says {expected}")
         os.replace(tmp, cache / name)

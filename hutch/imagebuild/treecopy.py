@@ -103,21 +103,24 @@ def _add_entry(tar: tarfile.TarFile, parent: int, name: str, member: str,
             tar.addfile(info, f)
 
 
-def tar_sources(root: str, sources: list[str], out: IO[bytes], as_file: bool) -> None:
+def tar_sources(root: str, sources: list[str], out: IO[bytes]) -> bool:
     """A tar, written to ``out``, of ``sources`` resolved inside ``root``: a directory's
-    contents at the top, a file under its own name (or as the only entry, ``as_file``).
-    Each file's size is checked against the free space where ``out`` is before it is
-    written (:class:`hutch.imagebuild.inroot.Space`)."""
+    contents at the top, a file under its own name; whether that is one regular file
+    (which ``COPY`` may then write at a file path).  Each file's size is checked against
+    the free space where ``out`` is before it is written
+    (:class:`hutch.imagebuild.inroot.Space`)."""
     root_fd = inroot.open_root(root)
     space = inroot.Space(out.fileno())
+    files = 0
     try:
+        expanded = expand_sources(root_fd, sources)
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for source in expand_sources(root_fd, sources):
+            for source in expanded:
                 try:  # O_NONBLOCK: a FIFO in the image must not hold the build
                     fd = _open_in(root_fd, source, os.O_RDONLY | os.O_NONBLOCK)
                 except OSError as exc:
                     raise CopyFailed(f"{source}: {exc.strerror}") from exc
-                with os.fdopen(fd, "rb") as f:
+                try:
                     st = os.fstat(fd)
                     if stat.S_ISDIR(st.st_mode):
                         _add_tree(tar, fd, "", space)
@@ -125,9 +128,14 @@ def tar_sources(root: str, sources: list[str], out: IO[bytes], as_file: bool) ->
                         info = _info(PurePosixPath(source).name or "file", st)
                         info.size = st.st_size
                         space.claim(st.st_size)
-                        tar.addfile(info, f)
+                        with os.fdopen(os.dup(fd), "rb") as f:
+                            tar.addfile(info, f)
+                        files += 1
                     else:
                         raise CopyFailed(f"{source} is not a file or directory")
+                finally:
+                    os.close(fd)
+        return files == 1 and len(expanded) == 1
     finally:
         os.close(root_fd)
 

@@ -83,6 +83,20 @@ class _AutoDockerIgnore:
 AUTO_DOCKERIGNORE: Any = _AutoDockerIgnore()
 
 
+class _Predicate:
+    """``ignore=`` given as a predicate on paths (``FilePatternMatcher`` among them)."""
+
+    def __init__(self, check: Callable[[Path], bool]) -> None:
+        self.check = check
+
+    def __call__(self, rel: str) -> bool:
+        return bool(self.check(Path(rel)))
+
+    def can_prune_directories(self) -> bool:
+        prune = getattr(self.check, "can_prune_directories", None)
+        return True if prune is None else bool(prune())
+
+
 def ignore_rules(ignore: Any, context: Path, dockerfile: Path | None) -> Ignore:
     """What COPY leaves out: ``AUTO_DOCKERIGNORE`` (``<Dockerfile>.dockerignore`` or
     ``.dockerignore`` beside the Dockerfile, else ``.dockerignore`` in the context, when
@@ -98,7 +112,7 @@ def ignore_rules(ignore: Any, context: Path, dockerfile: Path | None) -> Ignore:
                 return DockerIgnore(resolved.read_text().splitlines())
         return DockerIgnore([])
     if callable(ignore):
-        return lambda rel: bool(ignore(Path(rel)))
+        return _Predicate(ignore)
     if isinstance(ignore, str) or not all(isinstance(p, str) for p in ignore):
         raise InvalidError("ignore must be a list of .dockerignore patterns or a predicate")
     return DockerIgnore(list(ignore))
@@ -221,6 +235,7 @@ def _instruction(inst: Instruction, stage: StagePlan, stages: list[StagePlan],
         if not shell:
             raise inst.fail('needs the JSON form, as ["/bin/bash", "-c"]')
         stage.shell = shell
+        stage.steps.append(_config(inst, shell=shell))  # later RUN lines use it (engine)
     else:
         raise inst.fail("is not supported by hutch (supported: FROM, RUN, COPY, ADD, ENV, "
                         "ARG, WORKDIR, USER, ENTRYPOINT, CMD, LABEL, SHELL, EXPOSE)")
@@ -232,7 +247,7 @@ def _config(inst: Instruction, **settings: Any) -> dict[str, Any]:
                                     if k in ("env", "workdir", "entrypoint", "cmd")})
     except InvalidError as exc:
         raise inst.fail(str(exc)) from None
-    for key in ("user", "labels", "exposed_ports"):
+    for key in ("user", "labels", "exposed_ports", "shell"):
         if key in settings:
             step[key] = settings[key]
     return step
@@ -260,10 +275,13 @@ def _run(inst: Instruction, stage: StagePlan, stages: list[StagePlan], options: 
         text = inst.args.strip()
         if text.startswith("<<") and len(inst.heredocs) == 1 and \
                 text.split()[0].strip("<-\"'") == inst.heredocs[0][0]:
-            text = inst.heredocs[0][1]  # RUN <<EOF: the heredoc is the script
+            word, text = inst.heredocs[0]  # RUN <<EOF: the heredoc is the script
+            if text.startswith("#!"):  # run by its interpreter, as BuildKit does
+                interpreter = text.split("\n", 1)[0][2:].strip()
+                text = f"{interpreter} <<'{word}'\n{text}{word}"
         else:
             text += "".join(f"\n{body}{word}" for word, body in inst.heredocs)
-        command = text if stage.shell == DEFAULT_SHELL else shlex.join([*stage.shell, text])
+        command = text  # (run by the image's shell: SHELL set it)
     if not command.strip():
         raise inst.fail("needs a command")
     env = {**stage.args, **(options.env or {})}
@@ -405,16 +423,27 @@ def _context_tar(inst: Instruction, sources: list[str], directory: bool, options
             elif kind == "dir":
                 prefix = "" if name == "." else name
 
-                def ignored(rel: Path, prefix: str = prefix) -> bool:
-                    return options.ignore(f"{prefix}/{rel.as_posix()}".lstrip("/"))
-
-                _merge_bytes(tar, tar_directory(what, ignored), mode)
+                _merge_bytes(tar, tar_directory(what, _Under(options.ignore, prefix)), mode)
             elif kind == "archive":
                 with tarfile.open(what) as archive:
                     _merge(tar, archive, mode)
             else:
                 _merge_bytes(tar, tar_file(what, name), mode)
     return out.getvalue(), single and not directory
+
+
+class _Under:
+    """The context's ignore rules for the paths of one of its directories."""
+
+    def __init__(self, rules: Ignore, prefix: str) -> None:
+        self.rules, self.prefix = rules, prefix
+
+    def __call__(self, rel: Path) -> bool:
+        return self.rules(f"{self.prefix}/{rel.as_posix()}".lstrip("/"))
+
+    def can_prune_directories(self) -> bool:
+        prune = getattr(self.rules, "can_prune_directories", None)
+        return True if prune is None else bool(prune())
 
 
 def _merge_bytes(tar: tarfile.TarFile, data: bytes, mode: int | None) -> None:

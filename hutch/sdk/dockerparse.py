@@ -49,80 +49,83 @@ class Instruction:
         return value
 
 
-def _logical_lines(text: str) -> tuple[str, list[tuple[int, str]]]:
-    """The escape character and the lines, continuations joined, with their first line."""
+Line = tuple[int, str, list[tuple[str, str]]]  # first line, text, heredocs (word, body)
+
+
+def _directives(raw: list[str]) -> tuple[str, int]:
+    """The escape character and where the parser directives end."""
     escape = "\\"
-    raw = text.splitlines()
-    start = 0
     for start, line in enumerate(raw):
         match = _DIRECTIVE.match(line.strip())
         if match is None:
-            break
+            return escape, start
         if match.group(1).lower() == "escape":
             if match.group(2) not in ("\\", "`"):
                 raise InvalidError(f"Dockerfile line {start + 1}: escape must be \\ or `")
             escape = match.group(2)
-    else:
-        start = len(raw)
-    lines: list[tuple[int, str]] = []
+    return escape, len(raw)
+
+
+def _logical_lines(text: str) -> list[Line]:
+    """The instructions' lines, continuations joined, with their first line number and
+    the bodies of their heredocs, taken verbatim from the lines that follow (comment,
+    blank and ``\\``-ended lines of a heredoc are the heredoc's own)."""
+    raw = text.splitlines()
+    escape, index = _directives(raw)
+    lines: list[Line] = []
     current: list[str] = []
     first = 0
-    for number, line in enumerate(raw[start:], start=start + 1):
+    while index < len(raw):
+        line = raw[index]
+        index += 1
         stripped = line.strip()
         if current and (not stripped or stripped.startswith("#")):
             continue  # blank and comment lines inside a continuation
         if not current:
             if not stripped or stripped.startswith("#"):
-                lines.append((number, ""))
                 continue
-            first = number
+            first = index
         body = line.rstrip()
         if body.endswith(escape) and not body.endswith(escape * 2):
             current.append(body[:-1])
             continue
         current.append(line)
-        lines.append((first, "".join(current)))
+        joined = "".join(current)
         current = []
+        heredocs: list[tuple[str, str]] = []
+        keyword = joined.split(None, 1)[0].upper()
+        if keyword in ("RUN", "COPY", "ADD") and "[" not in joined.split(None, 1)[-1][:1]:
+            for match in _HEREDOC.finditer(joined):
+                word, tabs = match.group(3), match.group(1) == "-"
+                body_lines: list[str] = []
+                while True:
+                    if index >= len(raw):
+                        raise InvalidError(f"Dockerfile line {first}: {keyword}: the heredoc "
+                                           f"<<{word} has no closing {word} line")
+                    text_line = raw[index].lstrip("\t") if tabs else raw[index]
+                    index += 1
+                    if text_line == word:
+                        break
+                    body_lines.append(text_line)
+                heredocs.append((word, "".join(f"{b}\n" for b in body_lines)))
+        lines.append((first, joined, heredocs))
     if current:
-        lines.append((first, "".join(current)))
-    return escape, lines
+        lines.append((first, "".join(current), []))
+    return lines
 
 
 def parse(text: str) -> list[Instruction]:
     """The instructions of a Dockerfile (or of a list of lines joined by newlines)."""
-    _, lines = _logical_lines(text)
     instructions: list[Instruction] = []
-    index = 0
-    while index < len(lines):
-        number, line = lines[index]
-        index += 1
-        if not line.strip():
-            continue
+    for number, line, heredocs in _logical_lines(text):
         keyword, _, rest = line.strip().partition(" ")
         if not re.fullmatch(r"[A-Za-z]+", keyword):
             raise InvalidError(f"Dockerfile line {number}: {keyword!r} is not an instruction")
-        inst = Instruction(number, keyword.upper(), rest.strip())
+        inst = Instruction(number, keyword.upper(), rest.strip(), heredocs=heredocs)
         if inst.keyword in ("FROM", "RUN", "COPY", "ADD"):
             _take_flags(inst)
-        if inst.keyword in ("RUN", "COPY", "ADD") and not inst.args.startswith("["):
-            for match in _HEREDOC.finditer(inst.args):
-                body, index = _heredoc(lines, index, match.group(3), match.group(1) == "-",
-                                       inst)
-                inst.heredocs.append((match.group(3), body))
         instructions.append(inst)
     return instructions
-
-
-def _heredoc(lines: list[tuple[int, str]], index: int, word: str, strip_tabs: bool,
-             inst: Instruction) -> tuple[str, int]:
-    body: list[str] = []
-    while index < len(lines):
-        _, line = lines[index]
-        index += 1
-        if (line.lstrip("\t") if strip_tabs else line) == word:
-            return "".join(f"{b}\n" for b in body), index
-        body.append(line.lstrip("\t") if strip_tabs else line)
-    raise inst.fail(f"the heredoc <<{word} has no closing {word} line")
 
 
 def _take_flags(inst: Instruction) -> None:
@@ -197,6 +200,8 @@ def _words(text: str, inst: Instruction) -> list[str]:
             elif c == "\\" and quote == '"' and i + 1 < len(text) and text[i + 1] in '"\\':
                 i += 1
                 current += text[i]
+            elif c == "$" and quote == "'":
+                current += "\\$"  # single quotes keep $ as it is, as Docker does
             else:
                 current += c
         elif c in "\"'":
@@ -351,7 +356,7 @@ class DockerIgnore:
                 ignored = not keep
         return ignored
 
-    def prunes(self, rel: str) -> bool:
-        """Whether a whole directory can be skipped: ignored, and no ``!`` rule after the
-        last match could bring anything inside it back."""
-        return self(rel) and not any(keep for keep, _ in self.rules)
+    def can_prune_directories(self) -> bool:
+        """Whether a matched directory can be skipped whole: no ``!`` rule could bring
+        anything inside it back."""
+        return not any(keep for keep, _ in self.rules)

@@ -66,7 +66,8 @@ class CondaSteps(ImageCore):
                  f"{shlex.quote(url)} && chmod 755 /usr/local/bin/micromamba")
         install = (f"micromamba install -r {MAMBA_ROOT} -n base -y python={version} pip "
                    "-c conda-forge && micromamba clean -r " + MAMBA_ROOT + " -a -y")
-        image = cls(imagebases.debian_slim(None), force_build=bool(force_build))
+        # the default image's base (its Python only fetches micromamba; conda brings its own)
+        image = cls(imagebases.debian_slim("3.11"), force_build=bool(force_build))
         setup = imagesteps.run_commands(
             [_reachable([url, _channel_url("conda-forge")]), fetch, install],
             {"MAMBA_ROOT_PREFIX": MAMBA_ROOT}, (), False)

@@ -19,6 +19,7 @@ The program is part of the step, so changing the function rebuilds from that ste
 from __future__ import annotations
 
 import base64
+import dis
 import inspect
 import pickle
 import textwrap
@@ -56,7 +57,10 @@ def _source(obj: Callable[..., Any] | type, what: str) -> str:
 
 
 def _names_used(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
+    """The global names ``code`` (and the code nested in it) reads: not attribute names
+    (``ns.app`` reads ``ns``, not a global ``app``)."""
+    names = {i.argval for i in dis.get_instructions(code)
+             if i.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(i.argval, str)}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _names_used(const)

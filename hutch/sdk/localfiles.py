@@ -60,6 +60,7 @@ def ignored_paths(root: Path, ignore: IgnoreSpec) -> list[str]:
     """The paths under ``root`` (relative) that ``ignore`` leaves out: a directory's, not
     also what is inside it."""
     out: list[str] = []
+    prune = can_prune(ignore)
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
         for name in sorted(filenames):
@@ -67,12 +68,19 @@ def ignored_paths(root: Path, ignore: IgnoreSpec) -> list[str]:
                 out.append((rel_dir / name).as_posix())
         kept = []
         for name in sorted(dirnames):
-            if _ignored(rel_dir / name, ignore):
+            if prune and _ignored(rel_dir / name, ignore):
                 out.append((rel_dir / name).as_posix())
             else:
                 kept.append(name)
         dirnames[:] = kept
     return sorted(out)
+
+
+def can_prune(ignore: IgnoreSpec) -> bool:
+    """Whether a directory ``ignore`` matches can be left out whole: not where a later
+    rule (``!keep``, ``~FilePatternMatcher``) may bring back something inside it."""
+    check = getattr(ignore, "can_prune_directories", None)
+    return True if check is None else bool(check())
 
 
 def tar_directory(root: Path, ignore: IgnoreSpec = ()) -> bytes:
@@ -88,14 +96,16 @@ def tar_directory(root: Path, ignore: IgnoreSpec = ()) -> bytes:
         def unreadable(exc: OSError) -> None:
             raise InvalidError(f"add_local_dir: cannot read {exc.filename}: {exc.strerror}")
 
+        prune = can_prune(ignore)
         for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
             base = Path(dirpath)
             rel_dir = base.relative_to(root)
-            dirnames[:] = sorted(d for d in dirnames if not _ignored(rel_dir / d, ignore))
+            dirnames[:] = sorted(d for d in dirnames
+                                 if not (prune and _ignored(rel_dir / d, ignore)))
             for name in sorted([*dirnames, *filenames]):
                 path, rel = base / name, rel_dir / name
-                if name in filenames and _ignored(rel, ignore):
-                    continue
+                if _ignored(rel, ignore) and (name in filenames or prune):
+                    continue  # (a matched directory that is kept holds kept files)
                 st = os.lstat(path)
                 info = _info(rel.as_posix(), st)
                 if os.path.islink(path):

@@ -222,3 +222,46 @@ def test_dockerfile_images_iterate(tmp_path: Path) -> None:
     """A missing Dockerfile is an InvalidError, not an OSError."""
     with pytest.raises(InvalidError, match="cannot read the Dockerfile"):
         hutch.Image.from_dockerfile(tmp_path / "nope")
+
+
+def test_copy_from_a_stage_takes_directories_and_single_files(engine: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """A directory's contents go into the destination (also a directory holding one
+    file), a single file becomes the destination path, as ``docker build`` does."""
+    dockerfile = _dockerfile(tmp_path, """\
+ARG BASE
+FROM ${BASE} AS build
+RUN mkdir -p /out/dist/sub /out/one && echo a > /out/dist/a && echo b > /out/dist/sub/b \\
+    && echo only > /out/one/only.txt && echo f > /out/file.txt
+FROM $BASE
+COPY --from=build /out/dist /srv
+COPY --from=build /out/one /one
+COPY --from=build /out/file.txt /etc/renamed.conf
+COPY --from=build /out/dist/ /srv2/
+""")
+    image = hutch.Image.from_dockerfile(dockerfile, context_dir=tmp_path,
+                                        build_args={"BASE": engine["default_image"]})
+    out = _out(image, "cd / && find srv srv2 one -type f | sort && cat /etc/renamed.conf")
+    assert out.split() == ["one/only.txt", "srv/a", "srv/sub/b", "srv2/a", "srv2/sub/b", "f"]
+
+
+def test_heredocs_keep_their_shebang_and_comments(engine: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    dockerfile = _dockerfile(tmp_path, """\
+ARG BASE
+FROM $BASE
+RUN <<EOF
+#!/usr/bin/env python3
+# a Python comment, and a blank line below
+
+import sys
+open("/py.txt", "w").write(f"python {sys.version_info[0]}\\n")
+EOF
+COPY <<CONF /etc/app.conf
+# kept
+key = 1
+CONF
+""")
+    image = hutch.Image.from_dockerfile(dockerfile, context_dir=tmp_path,
+                                        build_args={"BASE": engine["default_image"]})
+    assert _out(image, "cat /py.txt /etc/app.conf") == "python 3\n# kept\nkey = 1\n"

@@ -56,8 +56,8 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_CA_PATH = "/dev/hutch-host-ca.crt"
 CA_ENV_VARS = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
                "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS")
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|"
-                  r"\{([A-Za-z_][A-Za-z0-9_]*):([-+])([^}]*)\})")
+_VAR = re.compile(r"\\\$|\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|"
+                  r"\{([A-Za-z_][A-Za-z0-9_]*)(:?[-+])([^}]*)\})")
 
 
 def step_key(parent_key: str, step: LayerStep, secret_salt: bytes = b"") -> str:
@@ -103,14 +103,18 @@ def step_ref(key: str) -> str:
 
 def expand(value: str, env: dict[str, str]) -> str:
     """``$VAR``, ``${VAR}`` (unknown ones become empty), ``${VAR:+word}`` (``word`` when
-    VAR is set and not empty) and ``${VAR:-word}`` (VAR, or ``word`` when it is unset or
-    empty), as Dockerfile ENV does."""
+    VAR is set and not empty), ``${VAR:-word}`` (VAR, or ``word`` when it is unset or
+    empty), the colon-less ``${VAR+word}``/``${VAR-word}`` (set, or unset, empty or not)
+    and ``\\$`` for a ``$``, as Dockerfile ENV does."""
     def one(m: re.Match[str]) -> str:
+        if m.group(0) == "\\$":
+            return "$"
         if m.group(3) is not None:
-            value = env.get(m.group(3))
-            if m.group(4) == "+":
-                return expand(m.group(5), env) if value else ""
-            return value if value else expand(m.group(5), env)
+            value, op = env.get(m.group(3)), m.group(4)
+            is_set = value is not None and (value != "" or not op.startswith(":"))
+            if op.endswith("+"):
+                return expand(m.group(5), env) if is_set else ""
+            return value if is_set and value is not None else expand(m.group(5), env)
         return env.get(m.group(1) or m.group(2), "")
 
     return _VAR.sub(one, value)
@@ -212,7 +216,8 @@ class Builder:
                     raise Invalid(f"build context {step.context} was not uploaded")
             else:
                 context = work / "from.tar"
-                self._tar_from_image(step, source or [], work, context)
+                if not self._tar_from_image(step, source or [], work, context):
+                    step = step.model_copy(update={"as_file": False})  # a directory's files
             if not lower:  # an image without layers: overlayfs needs one, an empty one
                 (work / "empty").mkdir()
                 lower = [work / "empty"]
@@ -227,8 +232,9 @@ class Builder:
 
     @staticmethod
     def _tar_from_image(step: CopyFromStep, layers: list[Path], work: Path,
-                        into: Path) -> None:
-        """The sources of ``step`` from the image of ``layers``, as a tar at ``into``."""
+                        into: Path) -> bool:
+        """The sources of ``step`` from the image of ``layers``, as a tar at ``into``;
+        whether that is one regular file."""
         merged = work / "from"
         merged.mkdir()
         many = len(layers) > 1
@@ -241,7 +247,7 @@ class Builder:
             root = str(merged if many or not layers else layers[0])
             try:
                 with open(into, "wb") as out:
-                    treecopy.tar_sources(root, step.sources, out, step.as_file)
+                    return treecopy.tar_sources(root, step.sources, out)
             finally:
                 if many:
                     linux.umount(str(merged), linux.MNT_DETACH)
@@ -307,10 +313,11 @@ class Builder:
             etc = {**etc, BUILD_CA_PATH: str(HOST_CA_BUNDLE)}
             env.update({var: BUILD_CA_PATH for var in CA_ENV_VARS if var not in env})
         process = ociconfig.process_spec(argv, env, workdir)
-        if owner != (0, 0):  # another user (Dockerfile USER): its ids, no capabilities
+        if owner != (0, 0):  # the image's USER: its ids; no capabilities unless root
             process.user = ociconfig.User(uid=owner[0], gid=owner[1])
-            process.capabilities = ociconfig.Capabilities(
-                bounding=process.capabilities.bounding, effective=[], permitted=[])
+            if owner[0] != 0:
+                process.capabilities = ociconfig.Capabilities(
+                    bounding=process.capabilities.bounding, effective=[], permitted=[])
         spec = ociconfig.sandbox_spec(
             rootfs=str(dirs.merged), hostname="hutch-build", process=process,
             etc_files=etc, devpts_gid=self.devpts_gid, host_network=True,

@@ -143,7 +143,9 @@ class ImageService:
                 if not cached:
                     if self.builder is None:
                         raise ImageBuildFailed("this engine cannot run build steps")
-                    await self.builder.apply(number, ref, step, target, emit)
+                    # (a copy from another image reads the image it was keyed on: its digest,
+                    # even if its name has moved on since)
+                    await self.builder.apply(number, ref, keyed, target, emit)
                     self._resolved.pop(target, None)
             ref = target
         return ref
@@ -198,9 +200,9 @@ class ImageService:
         try:
             archive = await trio.to_thread.run_sync(
                 standalone.locate, series, self.data_dir, log_line)
+            parent = await trio.to_thread.run_sync(self.bases.with_python, ref, archive)
         except standalone.PythonUnavailable as exc:
             raise ImageBuildFailed(str(exc)) from exc
-        parent = await trio.to_thread.run_sync(self.bases.with_python, ref, archive)
         step = bases.python_check_step(series)
         target = step_ref(step_key(self.store.lookup(parent) or "", step))
         async with self._locks[target]:

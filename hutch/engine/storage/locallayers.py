@@ -89,11 +89,10 @@ class _Walk:
             dirnames[:] = kept  # (os.walk does not descend into links)
 
 
-def identity(mount: LocalMount, image_layers: Sequence[Path]) -> str:
-    """Which tree at which place of which image (12 hex digits): the first part of a
-    layer's key, shared by every copy of that tree, edited or not."""
-    text = "\0".join([mount.source, mount.dest, str(mount.file),
-                      *(p.name for p in image_layers)])
+def identity(mount: LocalMount) -> str:
+    """Which tree at which place (12 hex digits): the first part of a layer's key, shared
+    by every copy of that tree, edited or not, on whatever image."""
+    text = "\0".join([mount.source, mount.dest, str(mount.file)])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -112,7 +111,7 @@ def fingerprint(mount: LocalMount, image_layers: Sequence[Path]) -> str:
     walk.sha.update("\0".join([mount.source, mount.dest, str(mount.file),
                                *(p.name for p in image_layers)]).encode())
     walk.keep("", st) if mount.file else walk.tree(source)
-    return identity(mount, image_layers) + walk.sha.hexdigest()[:20]
+    return identity(mount) + walk.sha.hexdigest()[:20]
 
 
 def _image_entry(layers: Sequence[Path], path: str) -> os.stat_result | None:
@@ -175,17 +174,9 @@ def _copy_tree(source: Path, target: Path, walk: _Walk, earlier: Path | None) ->
     written once made, so sharing their files is safe, and an edit of one file in a
     10,000-file tree copies one file."""
     def copy(src: str, dst: str) -> str:
-        if earlier is not None:
-            before = earlier / os.path.relpath(src, source)
-            try:
-                old, new = os.lstat(before), os.lstat(src)
-            except OSError:
-                pass
-            else:
-                if stat.S_ISREG(old.st_mode) and (old.st_size, old.st_mode, old.st_mtime_ns) \
-                        == (new.st_size, new.st_mode, new.st_mtime_ns):
-                    os.link(before, dst, follow_symlinks=False)
-                    return dst
+        if earlier is not None and _unchanged(earlier, os.path.relpath(src, source), src):
+            os.link(earlier / os.path.relpath(src, source), dst, follow_symlinks=False)
+            return dst
         return str(shutil.copy2(src, dst))
 
     def ignore(directory: str, names: list[str]) -> set[str]:
@@ -201,9 +192,37 @@ def _copy_tree(source: Path, target: Path, walk: _Walk, earlier: Path | None) ->
                     dirs_exist_ok=True)
 
 
+def _unchanged(earlier: Path, rel: str, src: str) -> bool:
+    """Whether the earlier copy holds ``rel`` as a regular file the same as ``src`` is
+    now, reached without following any link (the copy holds the tree's links as links:
+    ``sub -> /elsewhere`` then must not lead the engine out of it)."""
+    try:
+        root = os.open(earlier, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = inroot.openat2(root, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                inroot.RESOLVE_BENEATH | inroot.RESOLVE_NO_SYMLINKS)
+        finally:
+            os.close(root)
+        try:
+            old = os.fstat(fd)
+        finally:
+            os.close(fd)
+        new = os.lstat(src)
+    except OSError:
+        return False
+    return stat.S_ISREG(old.st_mode) and \
+        (old.st_size, old.st_mode, old.st_mtime_ns) == (new.st_size, new.st_mode, new.st_mtime_ns)
+
+
 def _earlier_copy(layers_dir: Path, ident: str, dest: str) -> Path | None:
     """The destination directory of the newest copy of the same tree, if any."""
-    found = sorted(layers_dir.glob(f"{PREFIX}{ident}*"), key=lambda p: p.stat().st_mtime)
+    def made(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # (pruned meanwhile)
+            return 0.0
+
+    found = sorted(layers_dir.glob(f"{PREFIX}{ident}*"), key=made)
     place = found[-1] / dest.lstrip("/") if found else None
     return place if place is not None and place.is_dir() and not place.is_symlink() else None
 

@@ -85,3 +85,14 @@ def test_dockerignore(path: str, ignored: bool) -> None:
     rules = DockerIgnore(["# comment", "node_modules", "**/*.pyc", "!keep.pyc", "/build/",
                           "docs/*.md", "!docs/README.md", "*/tmp?", ""])
     assert rules(path) is ignored
+
+
+def test_heredoc_bodies_are_taken_verbatim() -> None:
+    """Comment lines, blank lines and a trailing backslash belong to the heredoc (a script's
+    shebang, a config file's comments)."""
+    text = ("FROM x\nRUN <<EOF\n#!/usr/bin/env python3\n\nprint('a') \\\nEOF\n"
+            "COPY <<CONF /etc/app.conf\n# comment\nkey = 1\nCONF\nENV A=1\n")
+    run, copy, env = parse(text)[1:]
+    assert run.heredocs == [("EOF", "#!/usr/bin/env python3\n\nprint('a') \\\n")]
+    assert copy.heredocs == [("CONF", "# comment\nkey = 1\n")]
+    assert (env.keyword, env.line) == ("ENV", 11)

@@ -47,3 +47,37 @@ def test_it_is_an_ignore_predicate(tmp_path: Path) -> None:
     assert names(tar_directory(tmp_path, FilePatternMatcher("**/*.py"))) == ["b.txt", "sub"]
     assert names(tar_directory(tmp_path, ~FilePatternMatcher("**/*.py", "sub"))) == \
         ["a.py", "sub", "sub/c.py"]
+
+
+def test_exceptions_inside_ignored_directories_are_kept(tmp_path: Path) -> None:
+    """Modal's "only .py files" (``~FilePatternMatcher("**/*.py")``) and a ``!`` rule
+    inside an ignored directory: such directories are walked, not skipped whole."""
+    import io
+    import tarfile
+
+    from hutch.sdk.dockerparse import DockerIgnore
+    from hutch.sdk.localfiles import ignored_paths
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "sub" / "m.py").write_text("m")
+    (tmp_path / "pkg" / "notes.txt").write_text("n")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "keep.txt").write_text("k")
+    (tmp_path / "build" / "junk.o").write_text("j")
+
+    def files(data: bytes) -> list[str]:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            return sorted(m.name for m in tar.getmembers() if m.isfile())
+
+    only_py = ~FilePatternMatcher("**/*.py")
+    assert files(tar_directory(tmp_path, only_py)) == ["pkg/sub/m.py"]
+    rules = DockerIgnore(["build", "!build/keep.txt"])
+
+    def ignore(rel: Path) -> bool:
+        return rules(rel.as_posix())
+
+    ignore.can_prune_directories = rules.can_prune_directories  # type: ignore[attr-defined]
+    assert "build/keep.txt" in files(tar_directory(tmp_path, ignore))
+    assert "build/junk.o" not in files(tar_directory(tmp_path, ignore))
+    assert ignored_paths(tmp_path, only_py) == ["build/junk.o", "build/keep.txt",
+                                                "pkg/notes.txt"]

@@ -89,3 +89,12 @@ def _closure() -> Any:
 def test_what_cannot_travel_is_named(fn: Any, args: tuple[Any, ...], message: str) -> None:
     with pytest.raises(InvalidError, match=message):
         imagefunction.program(fn, args, {})
+
+
+def uses_an_attribute_named_like_a_global(ns: Any) -> Any:
+    return ns.OPEN_FILE  # an attribute, not the module's OPEN_FILE
+
+
+def test_attribute_names_are_not_globals() -> None:
+    text = imagefunction.program(uses_an_attribute_named_like_a_global, (None,), {})
+    assert "OPEN_FILE" not in text.split("def ")[0]
