@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 import tempfile
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -92,6 +93,13 @@ class PythonBases:
     def __init__(self, store: ImageStore, data_dir: Path) -> None:
         self.store = store
         self.data_dir = data_dir
+        #: one build of a Debian tree at a time (3.10, 3.12 and X.Y.Z share trixie's)
+        self._os_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+
+    async def _os(self, suite: str, with_python: bool, forward: LogLine) -> str:
+        async with self._os_locks[debian.os_ref(suite, with_python)]:
+            return await trio.to_thread.run_sync(partial(
+                debian.build_debian_os, self.store, suite, with_python, forward))
 
     def is_built(self, version: str) -> bool:
         """Whether the base for ``version`` is in the store (without looking for archives
@@ -111,9 +119,7 @@ class PythonBases:
                 ref = debian_ref(version)
                 if self.store.lookup(ref) is not None and not force:
                     return ref
-                parent = await trio.to_thread.run_sync(partial(
-                    debian.build_debian_os, self.store, DEBIAN_PYTHON_SUITES[version], True,
-                    forward))
+                parent = await self._os(DEBIAN_PYTHON_SUITES[version], True, forward)
                 step = tools_step(version, False)
                 log_line(f"=> {step.description}")
                 await apply(parent, step, ref)
@@ -135,8 +141,7 @@ class PythonBases:
                f"{_recipe(os_ref, archive.sha256, *step.commands)}")
         if self.store.lookup(ref) is not None and not force:
             return ref
-        os_ref = await trio.to_thread.run_sync(partial(
-            debian.build_debian_os, self.store, STANDALONE_SUITE, False, forward))
+        os_ref = await self._os(STANDALONE_SUITE, False, forward)
         parent = await trio.to_thread.run_sync(self.with_python, os_ref, archive)
         log_line(f"=> {step.description}")
         await apply(parent, step, ref)
