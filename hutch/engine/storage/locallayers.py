@@ -114,6 +114,22 @@ def fingerprint(mount: LocalMount, image_layers: Sequence[Path]) -> str:
     return identity(mount) + walk.sha.hexdigest()[:20]
 
 
+def _stat_beneath(directory: Path, rel: str) -> os.stat_result:
+    """``rel`` in ``directory``, reached without following any link on the way or at its
+    end (``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``); OSError (``ELOOP`` for a link)."""
+    root = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = inroot.openat2(root, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            inroot.RESOLVE_BENEATH | inroot.RESOLVE_NO_SYMLINKS
+                            | inroot.RESOLVE_NO_XDEV)
+    finally:
+        os.close(root)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def _image_entry(layers: Sequence[Path], path: str) -> os.stat_result | None:
     """``path`` as the image's top layer that has it shows it (None: no layer has it,
     a layer above deleted it, or one reaches it only through a link of its own).
@@ -123,25 +139,13 @@ def _image_entry(layers: Sequence[Path], path: str) -> os.stat_result | None:
     make the engine describe the host's ``/home/me/...`` to the sandbox.  A layer where
     a directory on the way is a link (or not a directory) hides what lies below it, as
     overlayfs shows it."""
-    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-    resolve = inroot.RESOLVE_BENEATH | inroot.RESOLVE_NO_SYMLINKS | inroot.RESOLVE_NO_XDEV
     for layer in reversed(layers):
         try:
-            layer_fd = os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fd = inroot.openat2(layer_fd, path, flags, resolve)
+            st = _stat_beneath(layer, path)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
                 return None  # a link or file on the way: nothing below shows through
             continue
-        finally:
-            os.close(layer_fd)
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             return None  # a whiteout
         return st
@@ -197,17 +201,7 @@ def _unchanged(earlier: Path, rel: str, src: str) -> bool:
     now, reached without following any link (the copy holds the tree's links as links:
     ``sub -> /elsewhere`` then must not lead the engine out of it)."""
     try:
-        root = os.open(earlier, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = inroot.openat2(root, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                inroot.RESOLVE_BENEATH | inroot.RESOLVE_NO_SYMLINKS)
-        finally:
-            os.close(root)
-        try:
-            old = os.fstat(fd)
-        finally:
-            os.close(fd)
-        new = os.lstat(src)
+        old, new = _stat_beneath(earlier, rel), os.lstat(src)
     except OSError:
         return False
     return stat.S_ISREG(old.st_mode) and \
