@@ -28,7 +28,7 @@ from benchmarks.harness import timed_runs
 RESULTS = Path(__file__).parent / "results"
 
 
-def _median_ms(samples: list[float]) -> dict[str, float]:
+def median_ms(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {"median_ms": statistics.median(ordered) * 1000,
             "min_ms": ordered[0] * 1000, "max_ms": ordered[-1] * 1000, "runs": len(ordered)}
@@ -57,10 +57,19 @@ def run(cold_runs: int, warm_runs: int) -> dict[str, Any]:
 
     started = [start() for _ in range(warm_runs)]
     return {
-        "cold build (debian_slim().pip_install('six'), pip step forced)": _median_ms(cold),
-        "cache-hit build (same declaration, new Image object)": _median_ms(warm),
-        "create -> first output from the built image": _median_ms(started),
+        "cold build (debian_slim().pip_install('six'), pip step forced)": median_ms(cold),
+        "cache-hit build (same declaration, new Image object)": median_ms(warm),
+        "create -> first output from the built image": median_ms(started),
     }
+
+
+def figures_table(results: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown rows of named figures as :func:`median_ms` makes them."""
+    lines = ["| figure | median | min | max | runs |", "|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | **{r['median_ms']:.1f} ms** | {r['min_ms']:.1f} ms | "
+                     f"{r['max_ms']:.1f} ms | {r['runs']} |")
+    return lines
 
 
 def write(results: dict[str, Any], out: Path) -> None:
@@ -68,10 +77,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     (out / "images.json").write_text(json.dumps(results, indent=1))
     lines = ["# Image builds", "", "`python -m benchmarks.images`: medians on this machine "
              "(see the module docstring for what each figure covers).", "",
-             "| figure | median | min | max | runs |", "|---|---:|---:|---:|---:|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | **{r['median_ms']:.1f} ms** | {r['min_ms']:.1f} ms | "
-                     f"{r['max_ms']:.1f} ms | {r['runs']} |")
+             *figures_table(results)]
     (out / "images.md").write_text("\n".join(lines) + "\n")
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks.images import figures_table, median_ms
 
 RESULTS = Path(__file__).parent / "results"
 DIRS, FILES, SIZE = 1000, 10, 2048
@@ -52,12 +53,6 @@ def _first_output(image: Any) -> float:
     return elapsed
 
 
-def _stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"median_ms": statistics.median(ordered) * 1000, "min_ms": ordered[0] * 1000,
-            "max_ms": ordered[-1] * 1000, "runs": len(ordered)}
-
-
 def run(runs: int) -> dict[str, Any]:
     import hutch
 
@@ -83,10 +78,10 @@ def run(runs: int) -> dict[str, Any]:
             return samples[1:]
 
         return {
-            "copy=False, unchanged tree": _stats(measure(False, None)),
-            "copy=False, one file edited before each run": _stats(measure(False, edit)),
-            "copy=True, unchanged tree": _stats(measure(True, None)),
-            "copy=True, one file edited before each run": _stats(measure(True, edit)),
+            "copy=False, unchanged tree": median_ms(measure(False, None)),
+            "copy=False, one file edited before each run": median_ms(measure(False, edit)),
+            "copy=True, unchanged tree": median_ms(measure(True, None)),
+            "copy=True, one file edited before each run": median_ms(measure(True, edit)),
         }
 
 
@@ -97,11 +92,7 @@ def write(results: dict[str, Any], out: Path) -> None:
              f"`python -m benchmarks.localfiles`: a tree of {DIRS * FILES:,} files "
              f"({DIRS} directories of {FILES} files of {SIZE} bytes); declare the image and "
              "create a sandbox -> first output line, medians on this machine (the module "
-             "docstring says what each covers).", "",
-             "| figure | median | min | max | runs |", "|---|---:|---:|---:|---:|"]
-    for name, s in results.items():
-        lines.append(f"| {name} | **{s['median_ms']:.1f} ms** | {s['min_ms']:.1f} ms | "
-                     f"{s['max_ms']:.1f} ms | {s['runs']} |")
+             "docstring says what each covers).", "", *figures_table(results)]
     (out / "localfiles.md").write_text("\n".join(lines) + "\n")
 
 

@@ -21,7 +21,7 @@ from typing import Self
 from hutch.exception import InvalidError
 from hutch.sdk import imagebases, imagesteps
 from hutch.sdk.imagecore import ImageCore
-from hutch.sdk.options import reject_unsupported
+from hutch.sdk.options import env_without_none, reject_unsupported
 from hutch.sdk.secret import Secret
 
 MAMBA_ROOT = "/opt/conda"
@@ -105,7 +105,7 @@ class CondaSteps(ImageCore):
         if channels:
             commands.insert(0, _reachable([_channel_url(c) for c in channels]))
         step = imagesteps.run_commands(
-            commands, {k: v for k, v in (env or {}).items() if v is not None},
+            commands, env_without_none(env or {}),
             list(secrets or ()), force_build)
         step["description"] = f"micromamba_install {' '.join(names) or spec_file}"
         return image._then(step)

@@ -17,7 +17,7 @@ from hutch.exception import InvalidError
 from hutch.sdk import dockerfile, imagebases, imagesteps
 from hutch.sdk.dockerfile import AUTO_DOCKERIGNORE
 from hutch.sdk.imagecore import ImageCore
-from hutch.sdk.options import reject_unsupported
+from hutch.sdk.options import env_without_none, reject_unsupported
 from hutch.sdk.secret import Secret
 
 
@@ -106,7 +106,7 @@ class DockerfileSources(ImageCore):
         options = dockerfile.Options(
             context_dir=context, ignore=dockerfile.ignore_rules(ignore, context, dockerfile_path),
             build_args=dict(build_args or {}),
-            env={k: v for k, v in (env or {}).items() if v is not None},
+            env=env_without_none(env or {}),
             secrets=list(secrets or ()), base_for=base_for)
         images: list[Self] = []
         for stage in dockerfile.plan(text, options, extends=base is not None):

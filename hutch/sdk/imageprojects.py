@@ -27,14 +27,12 @@ from typing import Any, Self
 from hutch.exception import InvalidError
 from hutch.sdk import imagefunction, imagesteps
 from hutch.sdk.imagecore import ImageCore
-from hutch.sdk.options import reject_unsupported
+from hutch.sdk.options import env_without_none, reject_unsupported
 from hutch.sdk.secret import Secret
 
 UV_ROOT = "/.uv"
 POETRY_ROOT = "/.poetry"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_PIP = "python3 -m pip install --no-cache-dir --disable-pip-version-check " \
-       "--root-user-action=ignore"
 
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -55,19 +53,8 @@ def _names(items: object, what: str) -> list[str]:
     return items
 
 
-def _tool(name: str, version: str | None, what: str, present_ok: bool) -> str:
-    """The command installing ``name`` from PyPI (``version``: exactly that one; none:
-    the newest, or the image's own when ``present_ok``)."""
-    if version is None or version == "latest":
-        return f"command -v {name} >/dev/null || {_PIP} {name}" if present_ok \
-            else f"{_PIP} {name}"
-    if isinstance(version, str) and imagesteps.UV_VERSION.fullmatch(version):
-        return f"{_PIP} {name}=={version}"
-    raise InvalidError(f"{what} must be a version such as '0.5.1', got {version!r}")
-
-
 def _env(env: dict[str, str | None] | None) -> dict[str, str]:
-    return {k: v for k, v in (env or {}).items() if v is not None}
+    return env_without_none(env or {})
 
 
 class ProjectSteps(ImageCore):
@@ -98,7 +85,7 @@ class ProjectSteps(ImageCore):
                                "(or one that is not a requirement string)")
         options = imagesteps.pip_options(find_links, index_url, extra_index_url, pre,
                                          extra_options)
-        command = " ".join([_PIP, *options, shlex.join(sorted(dependencies))])
+        command = " ".join([imagesteps.PIP, *options, shlex.join(sorted(dependencies))])
         step = imagesteps.run_commands([command], _env(env), list(secrets or ()), force_build)
         step["description"] = f"pip_install_from_pyproject {pyproject_toml}"
         return self._then(step)
@@ -130,7 +117,7 @@ class ProjectSteps(ImageCore):
             if frozen:
                 args.append("--frozen")
         args += imagesteps.split_options(extra_options, "uv_sync")
-        uv = _tool("uv", uv_version, "uv_version", present_ok=True)
+        uv = imagesteps.tool_install("uv", uv_version, "uv_version", present_ok=True)
         sync = (f"cd {UV_ROOT} && UV_PYTHON_DOWNLOADS=never UV_PYTHON_PREFERENCE=only-system "
                 f"uv sync {shlex.join(args)}")
         step = imagesteps.run_commands([uv, sync], _env(env), list(secrets or ()),
@@ -197,7 +184,7 @@ class ProjectSteps(ImageCore):
         git = (f"command -v git >/dev/null || ({imagesteps.APT} update -q && "
                f"{imagesteps.APT} install -y -q --no-install-recommends git)")
         step = imagesteps.run_commands(
-            [*checks, git, " ".join([_PIP, *options, *urls])], _env(env),
+            [*checks, git, " ".join([imagesteps.PIP, *options, *urls])], _env(env),
             list(secrets), force_build)
         step["description"] = f"pip_install_private_repos {' '.join(repositories)}"
         return self._then(step)
@@ -228,7 +215,9 @@ class ProjectSteps(ImageCore):
                                    "(pass ignore_lockfile=True to resolve at build time)")
             image = image._image().add_local_file(lock, f"{POETRY_ROOT}/poetry.lock",
                                                   copy=True)
-        poetry = _tool("poetry", poetry_version, "poetry_version", present_ok=False)
+        poetry = imagesteps.tool_install(
+            "poetry", None if poetry_version == "latest" else poetry_version,
+            "poetry_version", present_ok=False)
         args = ["install", "--no-root", "--no-interaction"]
         for flag, groups in (("--with", with_), ("--without", without), ("--only", only)):
             names = _names(groups, flag.lstrip("-"))

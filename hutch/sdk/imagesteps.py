@@ -178,15 +178,27 @@ def pip_install(items: Sequence[str | list[str]], *, requirements: str | None = 
     if requirements is not None:
         args = ["-r", shlex.quote(requirements)]
     options = _pip_options(find_links, index_url, extra_index_url, pre, extra_options)
-    command = " ".join(["python3 -m pip install --no-cache-dir --disable-pip-version-check",
-                        "--root-user-action=ignore", *options, *args])
+    command = " ".join([PIP, *options, *args])
     what = f"-r {requirements}" if requirements else " ".join(packages)
     return _run([command], env, secrets, force_build, f"pip_install {what}")
 
 
-#: A version of uv as ``uv_version=`` takes it (PEP 440's characters).
+#: A version of a tool as ``uv_version=`` takes it (PEP 440's characters).
 _UV_VERSION = re.compile(r"[0-9][0-9A-Za-z.+!-]*")
-UV_VERSION = _UV_VERSION
+#: pip as every package step runs it (Debian's PEP 668 marker is gone from the bases).
+PIP = ("python3 -m pip install --no-cache-dir --disable-pip-version-check "
+       "--root-user-action=ignore")
+
+
+def tool_install(name: str, version: str | None, what: str, present_ok: bool) -> str:
+    """The command installing the tool ``name`` from PyPI: ``version`` exactly; none: the
+    newest, or the image's own when ``present_ok``."""
+    if version is None:
+        return f"command -v {name} >/dev/null || {PIP} {name}" if present_ok \
+            else f"{PIP} {name}"
+    if isinstance(version, str) and _UV_VERSION.fullmatch(version):
+        return f"{PIP} {name}=={version}"
+    raise InvalidError(f"{what} must be a version such as '0.5.1', got {version!r}")
 
 
 def uv_pip_install(items: Sequence[str | list[str]], *, index_url: str | None,
@@ -202,15 +214,7 @@ def uv_pip_install(items: Sequence[str | list[str]], *, index_url: str | None,
     options = _pip_options(find_links, index_url, extra_index_url, False, extra_options)
     if pre:
         options.append("--prerelease=allow")
-    pip = ("python3 -m pip install --no-cache-dir --disable-pip-version-check "
-           "--root-user-action=ignore")
-    if uv_version is None:
-        uv = f"command -v uv >/dev/null || {pip} uv"
-    elif isinstance(uv_version, str) and _UV_VERSION.fullmatch(uv_version):
-        uv = f"{pip} uv=={uv_version}"
-    else:
-        raise InvalidError(f"uv_version must be a version such as '0.5.1', got "
-                           f"{uv_version!r}")
+    uv = tool_install("uv", uv_version, "uv_version", present_ok=True)
     args = [shlex.quote(p) for p in packages]
     for path in requirements:
         args += ["-r", shlex.quote(path)]
