@@ -254,6 +254,34 @@ class TerminateRequest(_Wire):
     grace_period: float = Field(default=3.0, ge=0, le=60)
 
 
+#: ``user`` of an exec: a name or uid, optionally ``:group`` or ``:gid`` (Docker's form).
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?)?")
+#: ``TERM`` of a terminal: what terminfo names look like.
+_TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+class TerminalSize(_Wire):
+    """A terminal's size in character cells."""
+
+    rows: int = Field(default=24, ge=1, le=4096)
+    cols: int = Field(default=80, ge=1, le=4096)
+
+
+class PtySpec(TerminalSize):
+    """A pseudo-terminal for a command: its stdin, stdout and stderr all go to it (the
+    output comes as stream 1), and ``TERM`` is set to ``term`` unless the command's
+    environment sets it."""
+
+    term: str = "xterm-256color"
+
+    @field_validator("term")
+    @classmethod
+    def _term(cls, v: str) -> str:
+        if not _TERM.fullmatch(v):
+            raise ValueError("term is a terminfo name: letters, digits, `_.+-`, at most 64")
+        return v
+
+
 class ExecRequest(_Wire):
     """An exec; ``stdout``/``stderr`` ``devnull`` discard a stream in the engine."""
 
@@ -267,10 +295,29 @@ class ExecRequest(_Wire):
     #: answer once the command has ended, or after this many milliseconds, whichever comes
     #: first (0: at once): a short command's exit status then comes with the answer
     settle_ms: float = Field(default=0.0, ge=0, le=1000)
+    #: run as this user of the image (``name``, ``uid``, ``name:group``, ``uid:gid``)
+    user: str | None = None
+    #: on a pseudo-terminal of the sandbox's (then ``stdout``/``stderr`` must be ``pipe``)
+    pty: PtySpec | None = None
 
     _argv = field_validator("argv")(classmethod(lambda cls, v: _check_argv(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
     _workdir = field_validator("workdir")(classmethod(lambda cls, v: _check_workdir(v)))
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not _USER.fullmatch(v):
+            raise ValueError("user is NAME or UID, optionally :GROUP or :GID (letters, "
+                             "digits, `_.-`, at most 32 each)")
+        return v
+
+    @model_validator(mode="after")
+    def _terminal_output(self) -> ExecRequest:
+        if self.pty is not None and "devnull" in (self.stdout, self.stderr):
+            raise ValueError("a command on a terminal has one output: stdout and stderr "
+                             "must be `pipe` with `pty`")
+        return self
 
 
 class ExecInfo(_Wire):
@@ -280,6 +327,8 @@ class ExecInfo(_Wire):
     state: Literal["running", "exited"]
     returncode: int | None = None
     timed_out: bool = False
+    #: the size of its terminal (an exec with a pty)
+    terminal: TerminalSize | None = None
 
 
 class OutputEvent(_Wire):

@@ -48,6 +48,8 @@ SANDBOX_FS = SANDBOX + "/fs"
 EXEC = V1 + "/execs/{exec_id}"
 EXEC_KILL = EXEC + "/kill"
 EXEC_OUTPUT = EXEC + "/output"
+#: a pty exec's terminal size (PUT)
+EXEC_TERMINAL = EXEC + "/terminal"
 EXEC_STDIN = EXEC + "/stdin"
 EXEC_WAIT = EXEC + "/wait"
 
@@ -65,3 +67,9 @@ VOLUME_RENAME = VOLUME + "/rename"
 #: and copy).
 FS_FILE, FS_LIST, FS_MKDIR, FS_REMOVE = "/file", "/list", "/mkdir", "/remove"
 FS_STAT, FS_WATCH, FS_COPY = "/stat", "/watch", "/copy"
+
+#: filesystem snapshots and images mounted into a running sandbox (issue 19)
+SANDBOX_SNAPSHOT_FILESYSTEM = SANDBOX + "/snapshot-filesystem"
+SANDBOX_SNAPSHOT_DIRECTORY = SANDBOX + "/snapshot-directory"
+SANDBOX_MOUNT_IMAGE = SANDBOX + "/mount-image"
+SANDBOX_UNMOUNT_IMAGE = SANDBOX + "/unmount-image"

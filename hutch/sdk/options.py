@@ -202,6 +202,20 @@ def check_workdir(workdir: object) -> str | None:
     return check_text(workdir, "workdir")
 
 
+def check_user(user: object) -> str:
+    """Who an exec runs as: a name or a uid, optionally ``:group`` (the engine checks the
+    form and looks the names up in the image's own files)."""
+    if isinstance(user, bool) or not isinstance(user, str | int):
+        raise InvalidError(f"user must be a name or a uid, got: {user!r}")
+    if isinstance(user, int):
+        if user < 0:
+            raise InvalidError(f"user must be a name or a uid, got: {user}")
+        return str(user)
+    if not user:
+        raise InvalidError("user must not be empty")
+    return user
+
+
 def check_mount_path(path: object) -> str:
     """Where a volume is mounted in a sandbox, as the engine takes it: an absolute path,
     not ``/`` itself (the root filesystem is the image's), without ``..`` (the mount must

@@ -19,7 +19,7 @@ import anyio
 
 from hutch.api import urls
 from hutch.exception import Error, InvalidError
-from hutch.sdk import syncbridge
+from hutch.sdk import syncbridge, terminal
 from hutch.sdk.streams import EXEC_MAX_BUFFER_SIZE, StreamReader, StreamType, StreamWriter
 from hutch.sdk.syncbridge import synchronize, synchronize_direct
 from hutch.sdk.transport import client
@@ -53,6 +53,8 @@ class ContainerProcess(Generic[T]):
                  stderr: StreamType = StreamType.PIPE) -> None:
         self.object_id: str = info["exec_id"]
         self._returncode = exec_returncode(info)
+        #: the size of its terminal (started with ``pty=True``), else None
+        self._terminal: dict[str, int] | None = info.get("terminal")
         path = urls.EXEC_OUTPUT.format(exec_id=self.object_id)
         self.stdout: StreamReader[T] = StreamReader(path, 1, text=text, by_line=by_line,
                                                     stream_type=stdout)
@@ -111,13 +113,31 @@ class ContainerProcess(Generic[T]):
         assert self._returncode is not None
         return self._returncode
 
+    @synchronize_direct
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the process's terminal (``exec(pty=True)``); what runs on it gets
+        SIGWINCH (a hutch extension)."""
+        if self._terminal is None:
+            raise InvalidError("resize: this process has no terminal (exec it with pty=True)")
+        await client().request("PUT", urls.EXEC_TERMINAL.format(exec_id=self.object_id),
+                               json_body={"rows": rows, "cols": cols})
+        self._terminal = {"rows": rows, "cols": cols}
+
     @synchronize
     async def attach(self) -> None:
         """Connect the process to this one until it ends (Modal's ``attach``): its output
         to this process's stdout and stderr as it comes (streams given ``StreamType.STDOUT``
         or ``DEVNULL`` are left to that), this process's stdin to its stdin (end of input:
-        its end), and no byte of stdin read after it ended.  Without a pseudo-terminal:
-        ``exec(pty=True)`` is not there yet (docs/limits.md)."""
+        its end), and no byte of stdin read after it ended.  A process on a terminal
+        (``exec(pty=True)``) gets this terminal in raw mode, and its size as it changes
+        (:mod:`hutch.sdk.terminal`)."""
+        if self._terminal is not None:
+            with terminal.raw_mode(0) as on_terminal:
+                await self._attach(follow_size=on_terminal)
+        else:
+            await self._attach(follow_size=False)
+
+    async def _attach(self, *, follow_size: bool) -> None:
         shown = {fd for fd, reader in ((1, self.stdout), (2, self.stderr))
                  if reader._stream_type is StreamType.PIPE}
         quit_r, quit_w = os.pipe()
@@ -138,9 +158,22 @@ class ContainerProcess(Generic[T]):
             except (Error, OSError, ValueError):  # it has ended (or there is no stdin)
                 return
 
+        async def follow() -> None:
+            size = terminal.local_size(0)
+            try:
+                while await anyio.to_thread.run_sync(terminal.wait_resize, quit_r):
+                    now = terminal.local_size(0)
+                    if now is not None and now != size:
+                        size = now
+                        await self.resize.aio(*now)
+            except (Error, OSError):  # it has ended
+                return
+
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(feed)
+                if follow_size:
+                    tasks.start_soon(follow)
                 try:
                     async for fd, data in self._events():
                         view = memoryview(data)

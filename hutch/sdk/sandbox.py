@@ -29,7 +29,7 @@ from hutch.exception import (
 from hutch.exception import (
     TimeoutError as HutchTimeoutError,
 )
-from hutch.sdk import options, output
+from hutch.sdk import options, output, terminal
 from hutch.sdk.app import App
 from hutch.sdk.createrequest import create_request
 from hutch.sdk.fileio import FileIO
@@ -410,18 +410,21 @@ class Sandbox(SandboxAccess, SandboxPending, LocalObject):
         pty: bool = False,
         pty_info: Any = None,
         _pty_info: Any = None,
+        user: str | int | None = None,
     ) -> ContainerProcess[Any]:
         """Run a command in the sandbox; its output streams as it is produced.
 
-        Raises :class:`ConflictError` when the sandbox has already finished.
+        ``pty=True`` runs it on a pseudo-terminal of the sandbox's, sized as this process's
+        terminal (its stdout carries all output; ``attach()`` connects this terminal);
+        ``user`` (a hutch extension) runs it as that user of the image: a name or uid,
+        optionally ``:group``.  Raises :class:`ConflictError` when the sandbox has already
+        finished.
         """
         self._attached()
         argv = options.check_args(args, "exec")
         if not argv:
             raise InvalidError("exec needs a command: one or more string arguments")
-        if pty or pty_info is not None or _pty_info is not None:
-            raise InvalidError("exec: `pty` is not supported by this version of hutch "
-                               "(pseudo-terminals are not implemented yet)")
+        pty_body = terminal.pty_request(pty, pty_info if pty_info is not None else _pty_info)
         text_mode, by_line = reader_mode(text, bufsize)
         out_type = check_stream_type(stdout, "stdout")
         err_type = check_stream_type(stderr, "stderr")
@@ -430,10 +433,14 @@ class Sandbox(SandboxAccess, SandboxPending, LocalObject):
             "argv": argv, "env": {**merged_secrets, **options.env_without_none(env)},
             "workdir": options.check_workdir(workdir), "stdin": True,
             "timeout": options.check_timeout(timeout, "timeout", optional=True),
-            "stdout": "devnull" if out_type is StreamType.DEVNULL else "pipe",
-            "stderr": "devnull" if err_type is StreamType.DEVNULL else "pipe",
+            "stdout": "devnull" if out_type is StreamType.DEVNULL and not pty_body else "pipe",
+            "stderr": "devnull" if err_type is StreamType.DEVNULL and not pty_body else "pipe",
             "settle_ms": EXEC_SETTLE_MS,
         }
+        if pty_body is not None:
+            body["pty"] = pty_body
+        if user is not None:
+            body["user"] = options.check_user(user)
         if self._info.get("verbose"):
             output.log_exec(self.object_id, argv, workdir, sorted(merged_secrets))
         info = await _client_request("POST", urls.SANDBOX_EXECS.format(sandbox_id=self.object_id),

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from hutch.api import exitcodes
+from hutch.engine.commands import terminals
 from hutch.engine.commands.starter import StartedCommand
 from hutch.engine.errors import Conflict
 from hutch.engine.kernel import proctree
@@ -71,7 +72,8 @@ class OutputBudget:
 class ExecSession:
     def __init__(self, exec_id: str, sandbox_id: str, argv: list[str],
                  command: StartedCommand, marker: bytes, pidns: int | None,
-                 timeout: float | None, budget: OutputBudget | None = None) -> None:
+                 timeout: float | None, budget: OutputBudget | None = None,
+                 size: tuple[int, int] | None = None) -> None:
         self.exec_id = exec_id
         self.sandbox_id = sandbox_id
         self.argv = argv
@@ -81,6 +83,8 @@ class ExecSession:
         self.pidns = pidns
         self.timeout = timeout
         self.budget = budget if budget is not None else OutputBudget()
+        #: rows and columns of its terminal (None: it has pipes, not a terminal)
+        self.size = size
         #: per stream: [sequence number, data] chunks, the last one still growing
         self._queues: dict[int, deque[list[Any]]] = {1: deque(), 2: deque()}
         self._seq = 0
@@ -141,7 +145,12 @@ class ExecSession:
             return
         async with stream:
             while True:
-                data = await stream.receive_some(65536)
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    if self.size is None:
+                        raise
+                    return  # EIO: the terminal's last holder closed it, the end of its output
                 if not data:
                     return
                 self._append(fd, bytes(data))
@@ -177,11 +186,22 @@ class ExecSession:
         try:
             if data:
                 await stdin.send_all(data)
-            if eof:
+            if eof and self.size is not None:
+                await stdin.send_all(b"\x04")  # a terminal's end of input is ^D, not a close
+            elif eof:
                 self._stdin_closed = True
                 await stdin.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise Conflict(f"stdin is closed: {exc}") from exc
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set its terminal's size; the programs on it get SIGWINCH (a no-op once it ended)."""
+        if self.size is None:
+            raise Conflict("this exec has no terminal (start it with pty=True)")
+        self.size = (rows, cols)
+        fd = self.command.terminal()
+        if fd is not None:
+            terminals.set_size(fd, rows, cols)
 
     # lifetime ---------------------------------------------------------------------------
     def pid(self) -> int | None:

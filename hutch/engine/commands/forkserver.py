@@ -27,6 +27,14 @@ import struct
 import sys
 from typing import Any
 
+if __name__ == "__main__":  # run by path (-I): its siblings are importable by their own names
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    from hutch.engine.commands import terminals, userids
+except ImportError:  # pragma: no cover - the fork server's own process
+    import terminals  # type: ignore[no-redef,import-not-found]
+    import userids  # type: ignore[no-redef,import-not-found]
+
 HEADER = struct.Struct("!I")
 MAX_FDS = 4
 CLONE_NEWNS = 0x00020000
@@ -48,8 +56,6 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
-#: Bytes of the sandbox's /etc/passwd a zygote reads to find root's home.
-PASSWD_MAX = 1 << 20
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Signals a command starts with at their default action, whatever the zygote inherited
 #: (Python ignores SIGPIPE and SIGXFSZ; an engine started from a shell's background job
@@ -267,14 +273,43 @@ class Zygote:
                     pass
             return
         try:
-            if len(fds) == 3:
+            if req.get("op") == "pty":
+                self.open_pty(req)
+            elif len(fds) == 3:
                 self.spawn(req, fds)
         finally:
             for fd in fds:
                 os.close(fd)
 
+    def open_pty(self, req: dict[str, Any]) -> None:
+        """A terminal of the sandbox's for the exec ``req["id"]``: both ends go to the engine,
+        which hands the peer back with the command's spawn request."""
+        rows, cols = int(req["rows"]), int(req["cols"])
+        try:
+            master, peer = terminals.open_pty(rows, cols)
+        except OSError as exc:
+            send(self.sock, {"id": req["id"], "pty_error": f"opening a terminal: {exc}"})
+            return
+        try:
+            send(self.sock, {"id": req["id"], "pty": True}, [master, peer])
+        finally:
+            os.close(master)
+            os.close(peer)
+
     def spawn(self, req: dict[str, Any], fds: list[int]) -> None:
         exec_id, argv, env, cwd = req["id"], req["argv"], req["env"], req["cwd"]
+        user, terminal = req.get("user"), bool(req.get("terminal"))
+        ids: terminals.Ids | None = None
+        if user is not None:
+            try:
+                who = userids.resolve(user)
+            except (LookupError, ValueError) as exc:
+                return self.refuse(exec_id, fds[2], str(exc), None)
+            reason = userids.unmapped(who)
+            if reason is not None:
+                return self.refuse(exec_id, fds[2], reason, None)
+            ids = terminals.Ids(who.uid, who.gid, who.groups)
+            env.setdefault("HOME", who.home)
         if "HOME" not in env:
             env["HOME"] = home_of_root()  # as runc and crun do
         try:
@@ -287,11 +322,17 @@ class Zygote:
             os.chdir("/")
             return self.refuse(exec_id, fds[2], exc.strerror or str(exc), exc.errno)
         try:
-            pid = os.posix_spawn(path, argv, env, setsigdef=RESET_SIGNALS, setsigmask=(),
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, fd, i)
-                                               for i, fd in enumerate(fds)])
+            if terminal or ids is not None:
+                pid = terminals.fork_exec(path, argv, env, cwd, fds, terminal=terminal,
+                                          ids=ids, default_signals=RESET_SIGNALS)
+            else:
+                pid = os.posix_spawn(path, argv, env, setsigdef=RESET_SIGNALS, setsigmask=(),
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, fd, i)
+                                                   for i, fd in enumerate(fds)])
         except OSError as exc:
-            return self.refuse(exec_id, fds[2], f"exec `{path}`: {exc.strerror}", exc.errno)
+            detail = exc.strerror if terminal or ids is not None else \
+                f"exec `{path}`: {exc.strerror}"
+            return self.refuse(exec_id, fds[2], detail or str(exc), exc.errno)
         finally:
             os.chdir("/")
         pidfd = os.pidfd_open(pid)
@@ -316,28 +357,9 @@ class Zygote:
 
 
 def home_of_root(passwd: str = "/etc/passwd") -> str:
-    """Root's home directory in the sandbox's ``/etc/passwd`` (``/`` when it has none).
-
-    The file is the sandbox's: it may be a FIFO nobody writes (an open would block the
-    zygote for good), a device or a huge file.  Only a regular file is read, opened
-    without blocking, and only its first ``PASSWD_MAX`` bytes."""
-    try:
-        fd = os.open(passwd, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return "/"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "/"
-        data = os.read(fd, PASSWD_MAX)
-    except OSError:
-        return "/"
-    finally:
-        os.close(fd)
-    for line in data.decode(errors="replace").splitlines():
-        fields = line.split(":")
-        if len(fields) >= 6 and fields[2] == "0":
-            return fields[5] or "/"
-    return "/"
+    """Root's home directory in the sandbox's ``/etc/passwd`` (``/`` when it has none),
+    read as :mod:`hutch.engine.commands.userids` reads the sandbox's files."""
+    return userids.home_of(0, passwd)
 
 
 def resolve(name: str, path: str) -> str:

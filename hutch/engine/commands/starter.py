@@ -97,6 +97,12 @@ class StartedCommand:
             return self.process.pidfd
         return None
 
+    def terminal(self) -> int | None:
+        """The master end of the command's terminal while it runs (an exec with a pty)."""
+        if isinstance(self.process, ZygoteProcess):
+            return self.process.terminal
+        return None
+
     def remove_leftovers(self) -> None:
         for path in self.leftovers:
             path.unlink(missing_ok=True)
@@ -133,19 +139,27 @@ class CommandStarter:
 
     async def start(self, live: CommandHost, command_id: str, argv: list[str],
                     env: dict[str, str], cwd: str, *, stdin: bool, stdout: bool,
-                    stderr: bool) -> StartedCommand:
+                    stderr: bool, user: str | None = None,
+                    pty: tuple[int, int] | None = None) -> StartedCommand:
+        """Start ``argv`` in the sandbox (as ``user``; on a terminal of ``pty`` rows and
+        columns, which then carries its stdin, stdout and stderr)."""
         if self.fork_server is not None:
             for retry in (True, False):
                 link = await self._link(live)
                 try:
                     process = await link.spawn(command_id, argv, env, cwd, stdin=stdin,
-                                               stdout=stdout, stderr=stderr)
+                                               stdout=stdout, stderr=stderr, user=user,
+                                               pty=pty)
                 except ZygoteError as exc:
                     # gone before its reader noticed: a new one, unless the sandbox ended
                     if retry and not proctree.exited(live.pidfd):
                         continue
                     raise _refusal(live, exc) from exc
                 return StartedCommand(process)
+        if user is not None or pty is not None:
+            raise Conflict("exec with `user` or `pty` needs the engine's zygotes, and this "
+                           "engine starts commands with the runtime's exec (HUTCH_EXEC=runtime, "
+                           "or libseccomp2 is missing: `hutch doctor` tells)")
         process_json = live.dirs.execs / f"{command_id}.json"
         process_json.write_text(json.dumps(ociconfig.process_spec(argv, env, cwd).model_dump(
             by_alias=True, exclude_none=True)))

@@ -59,6 +59,20 @@ class ZygoteProcess:
         self.lost = False
         self.ended = trio.Event()
         self._kill_when_running = False
+        #: the master end of its terminal (an exec with a pty), which the engine keeps
+        self.terminal: int | None = None
+        #: the terminal's other end until the command has it, or why there is none
+        self._peer: int | str | None = None
+        self._pty_ready = trio.Event()
+
+    def _got_pty(self, fds: list[int], error: str | None) -> None:
+        if error is not None or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            self._peer = error or "the zygote sent no terminal"
+        else:
+            self.terminal, self._peer = fds
+        self._pty_ready.set()
 
     def _running(self, pid: int, pidfd: int) -> None:
         self.pid, self.pidfd = pid, pidfd
@@ -70,7 +84,13 @@ class ZygoteProcess:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+        self.close_terminal()  # (its output stream holds the terminal until read to the end)
         self.ended.set()
+
+    def close_terminal(self) -> None:
+        fd, self.terminal = self.terminal, None
+        if fd is not None:
+            os.close(fd)
 
     async def wait(self) -> int:
         """Wait for the end; the exit code, or -N for signal N (like subprocess)."""
@@ -102,20 +122,27 @@ class ZygoteLink:
         self._send_lock = trio.Lock()
 
     async def spawn(self, exec_id: str, argv: list[str], env: dict[str, str], cwd: str, *,
-                    stdin: bool, stdout: bool, stderr: bool) -> ZygoteProcess:
-        """Start ``argv``.  Returns once the zygote has the request: it reports the
-        command's pid (or its failure to start, as exit code 126 or 127) moments later,
-        while the caller answers its own client."""
+                    stdin: bool, stdout: bool, stderr: bool, user: str | None = None,
+                    pty: tuple[int, int] | None = None) -> ZygoteProcess:
+        """Start ``argv`` (as ``user``; on a new terminal of ``pty`` rows and columns).
+        Returns once the zygote has the request: it reports the command's pid (or its
+        failure to start, as exit code 126 or 127) moments later, while the caller answers
+        its own client."""
         if not self.alive:
             raise ZygoteError("the sandbox's zygote has exited")
+        request: dict[str, Any] = {"op": "spawn", "id": exec_id, "argv": argv, "env": env,
+                                   "cwd": cwd}
+        if user is not None:
+            request["user"] = user
+        if pty is not None:
+            return await self._spawn_on_terminal(request, pty)
         in_w, in_r = pipe_or_null(stdin, 0)
         out_r, out_w = pipe_or_null(stdout, 1)
         err_r, err_w = pipe_or_null(stderr, 2)
         process = ZygoteProcess(self, exec_id, in_w, out_r, err_r)
         self.processes[exec_id] = process
         try:
-            await self._send({"op": "spawn", "id": exec_id, "argv": argv, "env": env,
-                              "cwd": cwd}, [in_r, out_w, err_w])
+            await self._send(request, [in_r, out_w, err_w])
         except BaseException:
             self.processes.pop(exec_id, None)
             for stream in (process.stdin, process.stdout, process.stderr):
@@ -125,6 +152,37 @@ class ZygoteLink:
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
+        return process
+
+    async def _spawn_on_terminal(self, request: dict[str, Any], size: tuple[int, int]
+                                 ) -> ZygoteProcess:
+        """Ask the zygote for a terminal of the sandbox's, then start the command on its
+        peer end; the command's stdin and stdout are the master end (its stderr goes to the
+        terminal too, as a terminal has one output)."""
+        exec_id = request["id"]
+        process = ZygoteProcess(self, exec_id, None, None, None)
+        self.processes[exec_id] = process
+        try:
+            await self._send({"op": "pty", "id": exec_id, "rows": size[0], "cols": size[1]})
+            with trio.move_on_after(READY_TIMEOUT):
+                await process._pty_ready.wait()
+            if process.terminal is None or not isinstance(process._peer, int):
+                raise ZygoteError(str(process._peer or "the zygote opened no terminal in time"))
+            process.stdout = trio.lowlevel.FdStream(os.dup(process.terminal))
+            process.stdin = trio.lowlevel.FdStream(os.dup(process.terminal))
+            peer = process._peer
+            await self._send({**request, "terminal": True}, [peer, peer, peer])
+        except BaseException:
+            self.processes.pop(exec_id, None)
+            process.close_terminal()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    await stream.aclose()
+            raise
+        finally:
+            if isinstance(process._peer, int):
+                os.close(process._peer)
+            process._peer = None
         return process
 
     async def _send(self, obj: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -158,6 +216,8 @@ class ZygoteLink:
                 if process is None:
                     for fd in fds:
                         os.close(fd)
+                elif "pty" in obj or "pty_error" in obj:
+                    process._got_pty(fds, obj.get("pty_error"))
                 elif "pid" in obj and fds:
                     process._running(int(obj["pid"]), fds[0])
                 elif "exit" in obj:
@@ -168,6 +228,8 @@ class ZygoteLink:
             self.alive = False
             self.sock.close()
             for process in list(self.processes.values()):
+                if not process._pty_ready.is_set():
+                    process._got_pty([], "the sandbox's zygote exited")
                 log.warning("zygote %d ended while exec %s ran", self.pid, process.exec_id)
                 process.lost = True
                 process.kill()

@@ -435,19 +435,23 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         exec_id = new_id("ex")
         marker = f"HUTCH_EXEC_ID={exec_id}"
         env = {**live.env, **req.env, "HUTCH_EXEC_ID": exec_id}  # the marker wins
+        size = (req.pty.rows, req.pty.cols) if req.pty is not None else None
+        if req.pty is not None and "TERM" not in req.env:
+            env["TERM"] = req.pty.term
         live.active += 1
         live.touch()
         try:
             command = await self.commands.start(
                 live, exec_id, req.argv, env, req.workdir or live.workdir, stdin=req.stdin,
-                stdout=req.stdout == "pipe", stderr=req.stderr == "pipe")
+                stdout=req.stdout == "pipe", stderr=req.stderr == "pipe", user=req.user,
+                pty=size)
         except BaseException:
             live.active -= 1
             live.touch()
             raise
         session = ExecSession(exec_id, sandbox_id, req.argv, command, marker.encode(),
                               live.pidns(), req.timeout,
-                              self.output.setdefault(sandbox_id, OutputBudget()))
+                              self.output.setdefault(sandbox_id, OutputBudget()), size)
         self.execs[exec_id] = session
         self.nursery.start_soon(self._run_exec, session)
         try:  # recorded once the zygote has the request, so that both work side by side

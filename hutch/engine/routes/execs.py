@@ -15,6 +15,7 @@ from hutch.api.models import (
     NDJSON,
     ExecInfo,
     ExecRequest,
+    TerminalSize,
 )
 from hutch.engine.commands.execs import ExecSession
 from hutch.engine.lifecycle.manager import SandboxManager
@@ -36,6 +37,8 @@ def exec_info(session: ExecSession) -> ExecInfo:
         exec_id=session.exec_id, sandbox_id=session.sandbox_id, argv=session.argv,
         state="exited" if session.done.is_set() else "running",
         returncode=session.returncode, timed_out=session.timed_out,
+        terminal=TerminalSize(rows=session.size[0], cols=session.size[1])
+        if session.size is not None else None,
     )
 
 
@@ -86,6 +89,13 @@ def add_exec_routes(app: FastAPI, manager: SandboxManager) -> None:
         session = manager.exec_session(exec_id)
         data = await read_limited(request)
         await session.write_stdin(data, eof)
+        return exec_info(session)
+
+    @app.put(urls.EXEC_TERMINAL, responses=errors_doc(404, 409, 422))
+    async def resize_terminal(exec_id: str, size: TerminalSize) -> ExecInfo:
+        """Set a pty exec's terminal size (its programs get SIGWINCH)."""
+        session = manager.exec_session(exec_id)
+        session.resize(size.rows, size.cols)
         return exec_info(session)
 
     @app.post(urls.EXEC_KILL, responses=errors_doc(404, 409, 422))

@@ -40,7 +40,8 @@ class FakeLink:
         self._closed = trio.Event()
 
     async def spawn(self, exec_id: str, argv: list[str], env: dict[str, str], cwd: str, *,
-                    stdin: bool, stdout: bool, stderr: bool) -> Any:
+                    stdin: bool, stdout: bool, stderr: bool, user: str | None = None,
+                    pty: tuple[int, int] | None = None) -> Any:
         if self.fail_next or not self.alive:
             self.alive = False
             raise ZygoteError("zygote connection lost")

@@ -20,6 +20,7 @@ class FakeSession:
             self.done.set()
         self.returncode = 0 if done else None
         self.timed_out = False
+        self.size: tuple[int, int] | None = None
 
 
 class FakeManager:
