@@ -21,7 +21,7 @@ from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
-from hutch.tools import imagecli, tlstrust
+from hutch.tools import imagecli, shellcli, tlstrust
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -91,8 +91,10 @@ def _stream(proc: ContainerProcess[Any], raw: bool) -> int:
 
 
 def _exec_and_stream(sb: Sandbox, args: argparse.Namespace) -> int:
+    if args.tty:
+        return shellcli.exec_on_terminal(sb, _command(args), args, _env_pairs(args.env))
     proc = sb.exec(*_command(args), workdir=args.workdir, env=_env_pairs(args.env),
-                   timeout=args.exec_timeout)
+                   timeout=args.exec_timeout, user=args.user)
     if args.interactive:
         _forward_stdin(proc)
     else:
@@ -320,13 +322,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
-def _add_exec_options(p: argparse.ArgumentParser) -> None:
+def _add_exec_options(p: argparse.ArgumentParser, terminal: bool = True) -> None:
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-w", "--workdir", help="absolute working directory in the sandbox")
-    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("-u", "--user", help="run as this user of the image: NAME or UID, "
+                   "optionally :GROUP or :GID")
+    if terminal:
+        p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+        p.add_argument("-t", "--tty", action="store_true",
+                       help="on a pseudo-terminal in the sandbox: with -i, this terminal "
+                            "in raw mode and its size followed (like podman's -it)")
+        _add_raw_option(p)
     p.add_argument("--exec-timeout", type=float, default=None, metavar="S",
                    help="kill the command (and its children) after S seconds")
-    _add_raw_option(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
 
 
@@ -352,6 +360,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("sandbox_id")
     _add_exec_options(ex)
     ex.set_defaults(func=cmd_exec)
+
+    shell = shellcli.add_parser(sub, _add_exec_options)
+    shell.set_defaults(func=lambda args: shellcli.cmd_shell(args, _env_pairs(args.env)))
 
     sub.add_parser("ps", help="list running sandboxes").set_defaults(func=cmd_ps)
 

@@ -95,10 +95,22 @@ def test_job_control_in_an_interactive_shell(sandbox: hutch.Sandbox) -> None:
     p.stdin.write(b"\x1a")  # Ctrl-Z: the job stops, the shell comes back
     p.stdin.drain()
     screen.expect(rb"Stopped\s+sh -c 'echo started; exec sleep 300'")
-    p.stdin.write(b"jobs -l; kill -9 %1; wait %1; exit 7\n")
+    p.stdin.write(b"jobs -l\n")
     p.stdin.drain()
-    screen.expect(rb"\[1\]\+\s+\d+ Stopped")
+    pid = screen.expect(rb"\[1\]\+\s+(\d+) Stopped").group(1).decode()
+    p.stdin.write(b"fg\n")  # the job goes on, in the foreground again
+    p.stdin.drain()
+    end = time.monotonic() + DEADLINE
+    while "+" not in (stat := sandbox.exec("ps", "-o", "stat=", "-p", pid).stdout.read()) \
+            or "T" in stat:  # ("+": in the terminal's foreground group; "T": stopped)
+        assert time.monotonic() < end, f"the job did not come back to the foreground: {stat}"
+    p.stdin.write(b"\x03")  # Ctrl-C: SIGINT for the job, the shell goes on
+    p.stdin.drain()
+    screen.expect(rb"\$ ")
+    p.stdin.write(b"exit 7\n")
+    p.stdin.drain()
     assert p.wait() == 7
+    assert sandbox.exec("ps", "-p", pid).wait() == 1  # the job has ended
 
 
 def test_raw_bytes_both_ways(sandbox: hutch.Sandbox) -> None:

@@ -23,7 +23,13 @@ from typing import Protocol
 
 import trio
 
-from hutch.engine.commands.zygote import ForkServer, ZygoteError, ZygoteLink, ZygoteProcess
+from hutch.engine.commands.zygote import (
+    ForkServer,
+    TerminalError,
+    ZygoteError,
+    ZygoteLink,
+    ZygoteProcess,
+)
 from hutch.engine.errors import Conflict, EngineError
 from hutch.engine.isolation import cgroups, seccompbpf
 from hutch.engine.isolation.idslices import Slice
@@ -150,6 +156,9 @@ class CommandStarter:
                     process = await link.spawn(command_id, argv, env, cwd, stdin=stdin,
                                                stdout=stdout, stderr=stderr, user=user,
                                                pty=pty)
+                except TerminalError as exc:
+                    raise Conflict(f"sandbox {live.sandbox_id} has no usable terminal: "
+                                   f"{exc}") from exc
                 except ZygoteError as exc:
                     # gone before its reader noticed: a new one, unless the sandbox ended
                     if retry and not proctree.exited(live.pidfd):

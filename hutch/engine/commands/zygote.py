@@ -41,6 +41,11 @@ class ZygoteError(Exception):
     """A zygote could not be made (or died): the message says which step failed."""
 
 
+class TerminalError(ZygoteError):
+    """The sandbox gave no terminal (its ``/dev/ptmx`` is gone or not the device): the
+    sandbox's doing, and its zygote goes on."""
+
+
 class ZygoteProcess:
     """One command started by a zygote, as the exec that owns it sees it."""
 
@@ -167,7 +172,9 @@ class ZygoteLink:
             with trio.move_on_after(READY_TIMEOUT):
                 await process._pty_ready.wait()
             if process.terminal is None or not isinstance(process._peer, int):
-                raise ZygoteError(str(process._peer or "the zygote opened no terminal in time"))
+                if not self.alive or not process._pty_ready.is_set():
+                    raise ZygoteError(str(process._peer or "no terminal came in time"))
+                raise TerminalError(str(process._peer))
             process.stdout = trio.lowlevel.FdStream(os.dup(process.terminal))
             process.stdin = trio.lowlevel.FdStream(os.dup(process.terminal))
             peer = process._peer
