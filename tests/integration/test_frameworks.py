@@ -64,6 +64,61 @@ def test_the_openai_agents_sdk_modal_backend(engine: dict[str, Any], tmp_path: P
         "ls ['/workspace/notes/a.txt']", "restored from the agent", "after delete False"]
 
 
+def test_the_openai_agents_sdk_tty_session(engine: dict[str, Any], tmp_path: Path) -> None:
+    """Its ``pty_exec_start(tty=True)`` runs ``exec(pty=True)``: a REPL on a terminal, typed
+    into with ``pty_write_stdin`` as its model would."""
+    python = scratch.venv("openai-agents", ["openai-agents"], with_hutch=True)
+    done = _drive(python, AGENTS_SDK_TTY, tmp_path)
+    assert done.stdout.splitlines() == ["supports True", "prompt True", "repl True", "exit 3"]
+
+
+AGENTS_SDK_TTY = r"""
+import asyncio
+
+import modal
+from agents.extensions.sandbox.modal import (
+    ModalImageSelector, ModalSandboxClient, ModalSandboxClientOptions)
+
+
+async def until(session, update, wanted):
+    seen = update.output
+    for _ in range(100):  # (each call waits for output up to its yield time)
+        if wanted in seen or update.exit_code is not None:
+            return seen, update
+        update = await session.pty_write_stdin(session_id=update.process_id, chars="",
+                                               yield_time_s=0.5)
+        seen += update.output
+    return seen, update
+
+
+async def main():
+    client = ModalSandboxClient(image=ModalImageSelector.from_image(modal.Image.debian_slim()))
+    session = await client.create(options=ModalSandboxClientOptions(app_name="agents-tty"))
+    try:
+        await session.start()
+        print("supports", session.supports_pty())
+        update = await session.pty_exec_start("python3", "-i", shell=False, tty=True,
+                                              yield_time_s=5)
+        seen, update = await until(session, update, b">>> ")
+        print("prompt", b">>> " in seen)
+        update = await session.pty_write_stdin(
+            session_id=update.process_id, chars="import os; x = 6 * 7\n", yield_time_s=1)
+        update = await session.pty_write_stdin(
+            session_id=update.process_id, chars="print(os.isatty(0), x)\n", yield_time_s=1)
+        seen, update = await until(session, update, b"True 42")
+        print("repl", b"True 42" in seen)
+        update = await session.pty_write_stdin(session_id=update.process_id,
+                                               chars="exit(3)\n", yield_time_s=2)
+        seen, update = await until(session, update, b"never")
+        print("exit", update.exit_code)
+    finally:
+        await client.delete(session)
+
+
+asyncio.run(main())
+"""
+
+
 SWE_REX = """
 import asyncio
 
