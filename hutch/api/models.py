@@ -158,6 +158,9 @@ class CreateSandboxRequest(_Wire):
     cpu_limit: float | None = Field(default=None, gt=0, le=4096)
     memory: int | None = Field(default=None, gt=0, le=1 << 24)
     memory_limit: int | None = Field(default=None, ge=6, le=1 << 24)
+    #: the entrypoint on a pseudo-terminal of this size and ``TERM`` (``pty=True``): its
+    #: output is the sandbox's stdout, its stdin the terminal's input
+    pty: PtySpec | None = None
     #: Most processes and threads at once (``None``: the engine's default).
     pids_limit: int | None = Field(default=None, ge=8, le=MAX_PIDS_LIMIT)
     #: Most the sandbox may write to its root filesystem, in MiB.
@@ -373,6 +376,14 @@ class EngineInfo(_Wire):
     #: ``runtime`` (the OCI runtime's exec)
     exec_via: str = "runtime"
     default_limits: DefaultLimits = Field(default_factory=DefaultLimits)
+
+
+class CheckpointInfo(_Wire):
+    """``GET /v1/engine/checkpoint``: whether the engine could checkpoint a sandbox (Modal's
+    memory snapshots), and why not, as the engine measured it in its own user namespace."""
+
+    supported: bool
+    reason: str
 
 
 class LookupVolumeRequest(_Wire):

@@ -13,6 +13,8 @@ HEALTH = V1 + "/health"
 ENGINE = V1 + "/engine"
 ENGINE_CA = ENGINE + "/ca"
 ENGINE_SHUTDOWN = ENGINE + "/shutdown"
+#: whether the engine could checkpoint a sandbox (Modal's memory snapshots), measured by it
+ENGINE_CHECKPOINT = ENGINE + "/checkpoint"
 
 APPS_LOOKUP = V1 + "/apps/lookup"
 APP = V1 + "/apps/{app_id}"
@@ -38,6 +40,8 @@ SANDBOX_EXECS = SANDBOX + "/execs"
 SANDBOX_LOGS = SANDBOX + "/logs"
 SANDBOX_STDIN = SANDBOX + "/stdin"
 SANDBOX_TAGS = SANDBOX + "/tags"
+#: the size of a ``pty=True`` sandbox's terminal (PUT)
+SANDBOX_TERMINAL = SANDBOX + "/terminal"
 SANDBOX_TERMINATE = SANDBOX + "/terminate"
 SANDBOX_TUNNELS = SANDBOX + "/tunnels"
 SANDBOX_WAIT = SANDBOX + "/wait"

@@ -12,6 +12,7 @@ from __future__ import annotations
 Where = str
 
 _CLOUD, _FUNCTIONS, _STORAGE, _CLIENT = "!cloud", "!functions", "!storage", "!client"
+_MEMORY = "!memory"
 
 #: ``modal.<name>``: the package's own names.
 TOP: dict[str, Where] = {
@@ -28,7 +29,7 @@ TOP: dict[str, Where] = {
     "current_input_id": "hutch.modal.runtime:current_input_id",
     "current_function_call_id": "hutch.modal.runtime:current_function_call_id",
     "interact": "hutch.modal.runtime:interact",
-    "SandboxSnapshot": _CLOUD,
+    "SandboxSnapshot": _MEMORY,
     "Client": _CLOUD,
     "CloudBucketMount": _CLOUD,
     "Cluster": _CLOUD,
@@ -71,7 +72,7 @@ SUBMODULES: dict[str, dict[str, Where]] = {
             "check_sequence": "hutch.sdk.options:check_sequence"},
     "image": {"Image": TOP["Image"]},
     "sandbox": {"Sandbox": TOP["Sandbox"], "Probe": TOP["Probe"],
-                "SandboxSnapshot": _CLOUD, "SidecarContainer": _CLOUD,
+                "SandboxSnapshot": _MEMORY, "SidecarContainer": _CLOUD,
                 "SidecarManager": _CLOUD},
     "container_process": {"ContainerProcess": "hutch.sdk.process:ContainerProcess"},
     "io_streams": {"StreamReader": "hutch.sdk.streams:StreamReader",
@@ -124,7 +125,7 @@ SUBMODULES: dict[str, dict[str, Where]] = {
               "AppLifecycle": "hutch.sdk.apptypes:AppLifecycle",
               "AppState": "hutch.sdk.apptypes:AppState",
               "VolumeInfo": "hutch.sdk.volume:VolumeInfo"},
-    "snapshot": {"SandboxSnapshot": _CLOUD},
+    "snapshot": {"SandboxSnapshot": _MEMORY},
     "experimental": {},
     "client": {"Client": _CLOUD},
     "functions": {"Function": _FUNCTIONS, "FunctionCall": _FUNCTIONS},

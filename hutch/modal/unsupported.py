@@ -24,6 +24,8 @@ WHY = {
              "proxies, workspaces, environments, billing) do not exist here",
     "client": "it is a part of Modal's own client (`modal.enable_output()` shows hutch's "
               "output)",
+    "memory": "no memory snapshot can be taken here (`Sandbox._experimental_snapshot()` "
+              "gives the reason measured on this host; docs/limits.md, \"Memory snapshots\")",
 }
 
 

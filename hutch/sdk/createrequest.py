@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from hutch.exception import InvalidError
 from hutch.sdk import options
 from hutch.sdk.image import Image
+from hutch.sdk.memorysnapshot import refuse as refuse_memory_snapshots
 from hutch.sdk.probe import Probe
 from hutch.sdk.secret import Secret, merge_secrets
 from hutch.sdk.volume import Volume
@@ -40,6 +41,8 @@ async def create_request(
 ) -> dict[str, Any]:
     """The request body; ``unsupported`` holds the Modal parameters hutch has no use for,
     each of which must be unset."""
+    if unsupported.get("_experimental_enable_snapshot") not in (None, False):
+        await refuse_memory_snapshots("Sandbox.create: `_experimental_enable_snapshot`")
     options.reject_unsupported({
         **unsupported,
         "outbound_cidr_allowlist": outbound_cidr_allowlist, "cidr_allowlist": cidr_allowlist,

@@ -46,7 +46,9 @@ _NEVER = {
     "network_file_systems": "network file systems are a Modal cloud feature; use volumes",
     "include_oidc_identity_token": "hutch issues no OIDC identity tokens",
     "experimental_options": "hutch has no experimental options",
-    "_experimental_enable_snapshot": "hutch has no memory snapshots",
+    "_experimental_enable_snapshot": "memory snapshots are not available: CRIU cannot "
+                                     "checkpoint seccomp-confined sandboxes from a rootless "
+                                     "engine (docs/limits.md, \"Memory snapshots\")",
     "runtime": "hutch runs every sandbox in an OCI container (crun or runc), not gVisor or "
                "a VM",
     "gpu_image": "image steps run without GPUs on this host",
@@ -59,8 +61,6 @@ _NOT_YET = {
     "outbound_domain_allowlist": "domain allowlists",
     "inbound_cidr_allowlist": "inbound allowlists",
     "h2_ports": "HTTP/2 port forwarding",
-    "pty": "pseudo-terminals",
-    "pty_info": "pseudo-terminals",
 }
 
 

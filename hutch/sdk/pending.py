@@ -1,6 +1,7 @@
 """Modal's names that hutch will have and has not yet: the image sources and steps of
 issue 18 (Dockerfiles, pyproject and uv projects, micromamba, functions run in a build,
-named images) and the snapshots and live image mounts of issue 19.
+named images).  (The snapshots and live image mounts of issue 19 are in
+:mod:`hutch.sdk.snapshots`.)
 
 Why they exist now: a program that names one at import (``image =
 modal.Image.from_dockerfile(...)`` at module level) would otherwise stop with an
@@ -12,13 +13,11 @@ issue lands (``tests/integration/test_modal_interface.py`` compares the signatur
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from hutch.exception import InvalidError
-from hutch.sdk.syncbridge import synchronize
 
 _IMAGES = "images from Dockerfiles, projects and other sources are coming (issue 18)"
-_SNAPSHOTS = "snapshots and live image mounts are coming (issue 19)"
 
 
 def not_yet(where: str, what: str) -> NoReturn:
@@ -32,26 +31,3 @@ class ImagePending:
     def logs(self) -> NoReturn:
         """Modal's build logs of an image (``hutch image build`` shows them)."""
         not_yet("Image.logs", _IMAGES)
-
-
-class SandboxPending:
-    """The part of Modal's ``Sandbox`` that issue 19 brings."""
-
-    @synchronize
-    async def snapshot_filesystem(self, timeout: int = 55, *, ttl: int | None = 2592000
-                            ) -> NoReturn:
-        not_yet("Sandbox.snapshot_filesystem", _SNAPSHOTS)
-
-    @synchronize
-    async def snapshot_directory(self, path: Any, *, timeout: int = 55, ttl: int | None = 2592000,
-                           _experimental_encryption_key: bytes | None = None) -> NoReturn:
-        not_yet("Sandbox.snapshot_directory", _SNAPSHOTS)
-
-    @synchronize
-    async def mount_image(self, path: Any, image: Any, *,
-                    _experimental_encryption_key: bytes | None = None) -> NoReturn:
-        not_yet("Sandbox.mount_image", _SNAPSHOTS)
-
-    @synchronize
-    async def unmount_image(self, path: Any) -> NoReturn:
-        not_yet("Sandbox.unmount_image", _SNAPSHOTS)

@@ -41,11 +41,12 @@ from hutch.sdk.files import (
 )
 from hutch.sdk.image import Image, resolves_directly
 from hutch.sdk.localobject import LocalObject
-from hutch.sdk.pending import SandboxPending
+from hutch.sdk.memorysnapshot import SandboxMemorySnapshots
 from hutch.sdk.probe import Probe
 from hutch.sdk.process import EXEC_SETTLE_MS, WAIT_SLICE, ContainerProcess
 from hutch.sdk.sandboxaccess import SandboxAccess
 from hutch.sdk.secret import Secret, merge_secrets
+from hutch.sdk.snapshots import SandboxSnapshots
 from hutch.sdk.streams import (
     StreamReader,
     StreamType,
@@ -83,7 +84,7 @@ def _list_sandboxes(*, app_id: str | None = None, tags: Mapping[str, str] | None
     return sandboxes()
 
 
-class Sandbox(SandboxAccess, SandboxPending, LocalObject):
+class Sandbox(SandboxAccess, SandboxSnapshots, SandboxMemorySnapshots, LocalObject):
     """A sandbox: an isolated container started from an image on this machine."""
 
     def __init__(self, info: dict[str, Any]) -> None:
@@ -158,12 +159,15 @@ class Sandbox(SandboxAccess, SandboxPending, LocalObject):
                 "network_file_systems": network_file_systems,
                 "outbound_domain_allowlist": outbound_domain_allowlist,
                 "inbound_cidr_allowlist": inbound_cidr_allowlist, "h2_ports": h2_ports,
-                "pty": pty, "pty_info": pty_info, "custom_domain": custom_domain,
+                "custom_domain": custom_domain,
                 "proxy": proxy, "include_oidc_identity_token": include_oidc_identity_token,
                 "experimental_options": experimental_options,
                 "_experimental_enable_snapshot": _experimental_enable_snapshot,
                 "client": client, "environment_name": environment_name,
                 "runtime": runtime})
+        pty_body = terminal.pty_request(pty, pty_info)
+        if pty_body is not None:  # its output is sb.stdout; sb.stdin types into it
+            body["pty"] = pty_body
         info = await _client_request("POST", urls.SANDBOXES, json_body=body)
         return Sandbox(info)
 

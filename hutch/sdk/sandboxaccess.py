@@ -1,7 +1,8 @@
 """The ways into a sandbox from outside it, a part of :class:`hutch.sdk.sandbox.Sandbox`:
 its tunnels (``sb.tunnels()``), connect tokens for HTTP requests to a port
-(``sb.create_connect_token()``), the timed log of its entrypoint (``sb.logs``), and
-Modal's dashboard link (which hutch has not).
+(``sb.create_connect_token()``), the timed log of its entrypoint (``sb.logs``), the size
+of its entrypoint's terminal (``pty=True``), and Modal's dashboard link (which hutch has
+not).
 
 Kept apart so that the sandbox's module stays readable; what it uses of the sandbox is
 its id and ``_attached``.
@@ -17,7 +18,7 @@ from hutch.api import urls
 from hutch.exception import ClientClosed, InvalidError
 from hutch.sdk import catrust
 from hutch.sdk.logs import SandboxLogsManager
-from hutch.sdk.syncbridge import synchronize
+from hutch.sdk.syncbridge import synchronize, synchronize_direct
 from hutch.sdk.transport import client
 from hutch.sdk.tunnel import Tunnel
 
@@ -38,6 +39,14 @@ class SandboxAccess:
     def _attached(self) -> None:
         if self._detached:
             raise ClientClosed("Unable to perform operation on a detached sandbox")
+
+    @synchronize_direct
+    async def resize_terminal(self, rows: int, cols: int) -> None:
+        """Set the size of the entrypoint's terminal (``Sandbox.create(pty=True)``); what
+        runs on it gets SIGWINCH (a hutch extension)."""
+        self._attached()
+        await client().request("PUT", urls.SANDBOX_TERMINAL.format(sandbox_id=self.object_id),
+                               json_body={"rows": rows, "cols": cols})
 
     @synchronize
     async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:

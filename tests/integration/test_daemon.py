@@ -144,3 +144,36 @@ def test_engine_cli_status_stop_start(engine: dict[str, Any]) -> None:
     assert started.returncode == 0, started.stderr
     # Stopping the engine terminated its sandboxes.
     assert hutch.Sandbox.from_id(sb.object_id).info()["exit_reason"] == "terminated"
+
+
+def test_a_pty_sandboxs_terminal_outlives_a_killed_daemon(engine: dict[str, Any]) -> None:
+    """Its terminal is held by a relay of its own, not by the daemon: a daemon killed with
+    SIGKILL hangs nothing up, what the sandbox prints meanwhile is kept, and the next
+    daemon types into it and resizes it."""
+    sb = hutch.Sandbox.create("python3", "-i", pty=True, timeout=120)
+    try:
+        sb.stdin.write(b"import signal, os, time\n"
+                       b"signal.signal(signal.SIGWINCH, lambda *_: print("
+                       b"'resized', *os.get_terminal_size(0), flush=True))\n"
+                       b"hung = []; signal.signal(signal.SIGHUP, lambda *_: hung.append(1))\n"
+                       b"print('before', 'kill')\n")
+        sb.stdin.drain()
+        lines = iter(sb.stdout)
+        next(line for line in lines if line.startswith("before kill"))
+        sb.stdin.write(b"time.sleep(1); print('while', 'down')\n")  # printed with no daemon
+        sb.stdin.drain()
+        kill_daemon()
+        again = hutch.Sandbox.from_id(sb.object_id)
+        again.resize_terminal(50, 150)
+        again.stdin.write(b"print('after', 'restart', hung)\n")
+        again.stdin.drain()
+        seen = []
+        for line in again.stdout:  # (from the start: a new handle reads the whole log)
+            seen.append(line)
+            if line.startswith("after restart"):
+                break
+        assert "while down\r\n" in seen, seen
+        assert "resized 150 50\r\n" in seen, seen
+        assert seen[-1].startswith("after restart []"), seen  # no SIGHUP came
+    finally:
+        sb.terminate(grace_period=0)

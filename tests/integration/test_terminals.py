@@ -168,3 +168,34 @@ def test_a_user_on_a_terminal_owns_it(sandbox: hutch.Sandbox) -> None:
     p = sandbox.exec("sh", "-c", "stat -c %U $(tty); id -un", pty=True, user="nobody")
     assert p.wait() == 0
     assert p.stdout.read().split() == ["nobody", "nobody"]
+
+
+def test_a_sandbox_created_with_pty_runs_its_entrypoint_on_a_terminal(
+        engine: dict[str, Any]) -> None:
+    sb = hutch.Sandbox.create("python3", "-i", "-c", SIZE_PROGRAM, pty_info={
+        "winsz_rows": 20, "winsz_cols": 70}, timeout=120)
+    try:
+        lines = iter(sb.stdout)
+        assert "ready 70 20" in next(line for line in lines if "ready" in line)
+        sb.resize_terminal(44, 144)
+        assert "size 144 44" in next(line for line in lines if "size" in line)
+        sb.stdin.write(b"\n")  # readline returns: -i makes it a REPL then
+        sb.stdin.write(b"import os; print(os.isatty(0), os.environ['TERM'], 6 * 7)\n")
+        sb.stdin.drain()
+        assert "True xterm-256color 42" in next(line for line in lines if "True" in line)
+        sb.stdin.write(b"import time; print('sleeping', 'now'); time.sleep(300)\n")
+        sb.stdin.drain()
+        next(line for line in lines if line.startswith("sleeping now"))
+        sb.stdin.write(b"\x03")  # Ctrl-C: its REPL goes on
+        sb.stdin.drain()
+        next(line for line in lines if "KeyboardInterrupt" in line)
+        sb.stdin.write(b"print('after', 'interrupt')\n")
+        sb.stdin.drain()
+        assert "after interrupt" in next(line for line in lines if "after interrupt" in line
+                                         and "print" not in line)
+        sb.stdin.write_eof()  # ^D: the REPL ends, and the sandbox with it
+        sb.stdin.drain()
+        sb.wait(raise_on_termination=False)
+        assert sb.returncode == 0
+    finally:
+        sb.terminate(grace_period=0)

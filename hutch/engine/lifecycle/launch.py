@@ -22,7 +22,7 @@ import trio
 from hutch.engine.errors import EngineError
 from hutch.engine.isolation import idslices
 from hutch.engine.isolation.cgroups import Limits, SandboxCgroup
-from hutch.engine.lifecycle import sandboxids
+from hutch.engine.lifecycle import consoles, sandboxids
 from hutch.engine.network import netns, outbound
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
@@ -61,6 +61,8 @@ class LaunchPlan:
     visible_root: Path | None = None
     #: the fixed-size file system its writes go to (:mod:`hutch.engine.storage.diskslots`)
     disk_slot: Path | None = None
+    #: rows and columns of the entrypoint's terminal (``pty=True``; :mod:`.consoles`)
+    terminal: tuple[int, int] | None = None
 
 
 async def start_container(runtime: OCIRuntime, plan: LaunchPlan
@@ -143,7 +145,8 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                 spec = ociconfig.sandbox_spec(
                     rootfs=str(view / "merged" if view is not None else dirs.merged),
                     hostname=plan.sandbox_id,
-                    process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd),
+                    process=ociconfig.process_spec(plan.argv, plan.env, plan.init_cwd,
+                                                   plan.terminal),
                     etc_files=etc, devpts_gid=plan.devpts_gid, extra_mounts=mounts,
                     cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
                     netns_path=netns_path,
@@ -159,10 +162,23 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                 inside = plan.cgroup is not None and plan.ids is not None
                 if plan.cgroup is not None:
                     plan.cgroup.create(plan.limits)
-                await runtime.create(plan.sandbox_id, dirs.root, stdin=reader, stdout=out,
-                                     stderr=err, pid_file=dirs.pid_file,
-                                     prefix=plan.cgroup.launcher()
-                                     if inside and plan.cgroup is not None else ())
+                console = consoles.ConsoleSocket(dirs.root) if plan.terminal else None
+                try:
+                    await runtime.create(plan.sandbox_id, dirs.root, stdin=reader, stdout=out,
+                                         stderr=err, pid_file=dirs.pid_file,
+                                         prefix=plan.cgroup.launcher()
+                                         if inside and plan.cgroup is not None else (),
+                                         console_socket=console.path if console else None)
+                    if console is not None:
+                        master = await console.receive()
+                        try:
+                            await trio.to_thread.run_sync(consoles.start_relay, master,
+                                                          dirs.root, fifo, out)
+                        finally:
+                            os.close(master)
+                finally:
+                    if console is not None:
+                        console.close()
                 pid = int(dirs.pid_file.read_text().strip())
                 if plan.cgroup is not None and not inside:
                     plan.cgroup.add(pid)

@@ -203,7 +203,8 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                 if spec_record.reaches_tunnels else None,
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk, ids=ids, lower_copies=copies,
-                visible_root=visible, disk_slot=disk))
+                visible_root=visible, disk_slot=disk,
+                terminal=(req.pty.rows, req.pty.cols) if req.pty is not None else None))
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 outbound.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports)
         except BaseException as exc:
@@ -413,7 +414,9 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         try:
             if data:
                 await live.stdin.send_all(data)
-            if eof:
+            if eof and row.spec.terminal:
+                await live.stdin.send_all(b"\x04")  # a terminal's end of input: ^D
+            elif eof:
                 stream, live.stdin = live.stdin, None
                 live.dirs.stdin_fifo.unlink(missing_ok=True)  # a new daemon must not reopen it
                 await stream.aclose()

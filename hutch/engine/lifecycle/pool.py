@@ -69,7 +69,7 @@ REFILL_DELAY = 0.05
 def pool_key(req: CreateSandboxRequest, app_id: str, image: Image) -> str | None:
     """What a sandbox for ``req`` must share with a pool's to come from it (None: no pool
     can serve it, because its entrypoint or probe must start with it)."""
-    if req.entrypoint or req.readiness_probe is not None or image.runs_cmd:
+    if req.entrypoint or req.readiness_probe is not None or image.runs_cmd or req.pty:
         return None
     settings = req.model_dump(include=set(KEY_FIELDS), mode="json")
     return json.dumps([app_id, [p.name for p in image.layer_dirs], image.env,

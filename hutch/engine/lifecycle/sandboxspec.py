@@ -21,6 +21,8 @@ def spec_of(req: CreateSandboxRequest, image: Image, sandbox_id: str
             ) -> tuple[list[str], SandboxSpec]:
     """The entrypoint, and what the engine keeps of a sandbox's request."""
     env = {**base_env(image.env, sandbox_id), **req.env}
+    if req.pty is not None:
+        env.setdefault("TERM", req.pty.term)
     if req.entrypoint:  # the arguments replace the image's Cmd, after its Entrypoint
         argv = [*image.entrypoint, *req.entrypoint]
     elif image.runs_cmd and (image.entrypoint or image.cmd):
@@ -35,6 +37,7 @@ def spec_of(req: CreateSandboxRequest, image: Image, sandbox_id: str
         layers=["sha256:" + p.name for p in image.layer_dirs],
         volumes=sorted({v.name for v in req.volumes.values()}),
         reaches_tunnels=req.network == "open" and req.outbound_cidr_allowlist is None,
+        terminal=req.pty is not None,
     )
 
 

@@ -34,6 +34,7 @@ from hutch.engine.routes.files import add_file_routes
 from hutch.engine.routes.images import add_image_routes
 from hutch.engine.routes.pools import add_pool_routes
 from hutch.engine.routes.sandboxes import add_sandbox_routes
+from hutch.engine.routes.snapshots import add_snapshot_routes
 from hutch.engine.routes.volumes import add_volume_routes
 
 log = logging.getLogger("hutch.server")
@@ -97,6 +98,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     add_app_routes(app, manager)
     add_exec_routes(app, manager)
     add_file_routes(app, manager)
+    add_snapshot_routes(app, manager)
     if manager.pools is not None:
         add_pool_routes(app, manager.pools)
     add_volume_routes(app, manager.volumes)

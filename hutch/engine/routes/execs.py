@@ -91,7 +91,7 @@ def add_exec_routes(app: FastAPI, manager: SandboxManager) -> None:
         await session.write_stdin(data, eof)
         return exec_info(session)
 
-    @app.put(urls.EXEC_TERMINAL, responses=errors_doc(404, 409, 422))
+    @app.put(urls.EXEC_TERMINAL, responses=errors_doc(400, 404, 409, 422))
     async def resize_terminal(exec_id: str, size: TerminalSize) -> ExecInfo:
         """Set a pty exec's terminal size (its programs get SIGWINCH)."""
         session = manager.exec_session(exec_id)

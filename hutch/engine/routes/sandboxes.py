@@ -20,15 +20,18 @@ from hutch.api.appmodels import AppInfo
 from hutch.api.models import (
     MAX_FILE_OFFSET,
     NDJSON,
+    CheckpointInfo,
     CreateSandboxRequest,
     LookupAppRequest,
     SandboxInfo,
     SandboxList,
     SetTagsRequest,
+    TerminalSize,
     TerminateRequest,
 )
-from hutch.engine.errors import Invalid
-from hutch.engine.kernel import linux
+from hutch.engine.errors import Conflict, Invalid
+from hutch.engine.kernel import checkpoint, linux
+from hutch.engine.lifecycle import consoles
 from hutch.engine.lifecycle.livesandbox import first_of
 from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.network import outbound, tlsproxy
@@ -127,6 +130,15 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
         ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, manager.data_dir)
         return {"path": str(ca / "ca.crt"), "pem": (ca / "ca.crt").read_text()}
 
+    checkpoints = checkpoint.CheckpointProbe(manager.runtime.name, manager.runtime.binary)
+
+    @app.get(urls.ENGINE_CHECKPOINT)
+    async def engine_checkpoint() -> CheckpointInfo:
+        """Whether this engine could checkpoint a sandbox (memory snapshots), measured in its
+        own user namespace (hutch/engine/kernel/checkpoint.py); it takes no input, so it
+        answers nothing but 200."""
+        return CheckpointInfo(supported=False, reason=await checkpoints.verdict())
+
     @app.post(urls.SANDBOX_WAIT, responses=errors_doc(404, 422))
     async def wait(sandbox_id: str,
                    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = DEFAULT_WAIT
@@ -154,6 +166,18 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
         data = await read_limited(request)
         await manager.write_stdin(sandbox_id, data, eof)
         return sandbox_info(manager.get(sandbox_id))
+
+    @app.put(urls.SANDBOX_TERMINAL, responses=errors_doc(400, 404, 409, 422))
+    async def resize_terminal(sandbox_id: str, size: TerminalSize) -> SandboxInfo:
+        """Set the size of the entrypoint's terminal (``pty=True``): SIGWINCH for it."""
+        row = manager.get(sandbox_id)
+        live = manager.live.get(sandbox_id)
+        if row.state == "exited" or live is None:
+            raise Conflict(f"Sandbox {sandbox_id} has already finished")
+        if not row.spec.terminal:
+            raise Conflict("this sandbox has no terminal (create it with pty=True)")
+        consoles.resize(live.dirs.root, size.rows, size.cols)
+        return sandbox_info(row)
 
 
 def _parse_tags(tags: str | None) -> dict[str, str] | None:

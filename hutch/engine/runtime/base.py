@@ -31,9 +31,10 @@ class OCIRuntime(Protocol):
     binary: str
 
     async def create(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
-                     stderr: int, pid_file: Path, prefix: Sequence[str] = ()) -> None:
+                     stderr: int, pid_file: Path, prefix: Sequence[str] = (),
+                     console_socket: Path | None = None) -> None:
         """Create the container (its process waits for :meth:`start`); ``prefix`` as for
-        :meth:`exec`."""
+        :meth:`exec`; a process on a terminal sends its master to ``console_socket``."""
 
     async def start(self, cid: str) -> None: ...
 

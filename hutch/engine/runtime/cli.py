@@ -51,9 +51,11 @@ class CLIRuntime:
         return (result.stdout or b"").decode(errors="replace")
 
     async def create(self, cid: str, bundle: Path, *, stdin: int | None, stdout: int,
-                     stderr: int, pid_file: Path, prefix: Sequence[str] = ()) -> None:
-        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file, stdin=stdin,
-                               prefix=prefix)
+                     stderr: int, pid_file: Path, prefix: Sequence[str] = (),
+                     console_socket: Path | None = None) -> None:
+        extra = ["--console-socket", str(console_socket)] if console_socket is not None else []
+        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file, *extra,
+                               stdin=stdin, prefix=prefix)
 
     async def start(self, cid: str) -> None:
         await self._run(self._argv("start", cid))

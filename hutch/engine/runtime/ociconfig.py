@@ -109,8 +109,14 @@ class Rlimit(_Model):
     soft: int
 
 
+class Box(_Model):
+    height: int
+    width: int
+
+
 class Process(_Model):
     terminal: bool = False
+    console_size: Box | None = Field(default=None, alias="consoleSize")
     user: User = Field(default_factory=User)
     args: list[str]
     env: list[str]
@@ -191,8 +197,14 @@ def default_mounts(etc_files: dict[str, str], *, devpts_gid: bool) -> list[Mount
     return mounts
 
 
-def process_spec(args: list[str], env: dict[str, str], cwd: str) -> Process:
-    return Process(args=args, env=[f"{k}={v}" for k, v in env.items()], cwd=cwd)
+def process_spec(args: list[str], env: dict[str, str], cwd: str,
+                 terminal: tuple[int, int] | None = None) -> Process:
+    """The process of a container or exec (``terminal``: on a terminal of these rows and
+    columns, whose master the runtime sends to its ``--console-socket``)."""
+    return Process(args=args, env=[f"{k}={v}" for k, v in env.items()], cwd=cwd,
+                   terminal=terminal is not None,
+                   consoleSize=Box(height=terminal[0], width=terminal[1])
+                   if terminal is not None else None)
 
 
 def sandbox_spec(

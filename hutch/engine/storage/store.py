@@ -128,6 +128,8 @@ class SandboxSpec(BaseModel):
     limits: dict[str, Any] = {}
     #: it has a cgroup of its own
     cgroup: bool = False
+    #: its entrypoint runs on a terminal (``pty=True``: :mod:`hutch.engine.lifecycle.consoles`)
+    terminal: bool = False
     ephemeral_disk: int | None = None
     #: its id slice (:meth:`hutch.engine.isolation.idslices.Slice.record`; ``volumes``: the
     #: slice is its volumes'), or None where it shares the engine's ids

@@ -158,7 +158,7 @@ def test_the_unsupported_lists_cover_modal_parameters() -> None:
     # Guards the parametrized tests below against an accidentally emptied list.
     assert {"gpu", "cloud", "region", "client", "environment_name", "proxy"} <= set(
         options._NEVER)
-    assert {"h2_ports", "pty", "outbound_domain_allowlist",
+    assert {"h2_ports", "outbound_domain_allowlist",
             "inbound_cidr_allowlist"} <= set(options._NOT_YET)
     assert not set(options._NEVER) & set(options._NOT_YET)
 
@@ -204,8 +204,8 @@ def test_block_network_alone_is_accepted() -> None:
 
 
 def test_first_unsupported_parameter_is_named() -> None:
-    with pytest.raises(InvalidError, match="`pty`"):
-        options.reject_unsupported({"idle_timeout": None, "pty": True, "gpu": None})
+    with pytest.raises(InvalidError, match="`h2_ports`"):
+        options.reject_unsupported({"idle_timeout": None, "h2_ports": [8000], "gpu": None})
 
 
 @pytest.mark.parametrize("value", [["10.0.0.0/8"], []])

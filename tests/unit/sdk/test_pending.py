@@ -1,16 +1,15 @@
 """hutch.sdk.pending: Modal's names that later issues bring refuse with InvalidError that
-names the call (never AttributeError or TypeError), in both faces."""
+names the call (never AttributeError or TypeError)."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 
 import pytest
 
 import hutch
 from hutch.exception import InvalidError
-from hutch.sdk.pending import ImagePending, SandboxPending
+from hutch.sdk.pending import ImagePending
 
 
 def _public(cls: type) -> list[str]:
@@ -24,17 +23,6 @@ def test_image_names_refuse(name: str) -> None:
         member = getattr(image, name)  # (logs is a property: it refuses here)
         args, kwargs = _required(member)
         member(*args, **kwargs)
-
-
-@pytest.mark.parametrize("name", _public(SandboxPending))
-def test_sandbox_names_refuse_in_both_faces(name: str) -> None:
-    sb = hutch.Sandbox({"sandbox_id": "sb-x"})
-    member = getattr(sb, name)
-    args, kwargs = _required(member)
-    with pytest.raises(InvalidError, match=f"Sandbox.{name} is not supported"):
-        member(*args, **kwargs)
-    with pytest.raises(InvalidError, match=f"Sandbox.{name} is not supported"):
-        asyncio.run(member.aio(*args, **kwargs))
 
 
 def _required(member: object) -> tuple[list[None], dict[str, None]]:
