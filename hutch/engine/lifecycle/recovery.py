@@ -25,7 +25,7 @@ from hutch.engine.lifecycle.cleanup import PENDING
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
 from hutch.engine.lifecycle.sandboxids import SandboxIds
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
-from hutch.engine.storage import remains, rootfs
+from hutch.engine.storage import imagemounts, remains, rootfs
 from hutch.engine.storage.diskslots import DiskSlots
 from hutch.engine.storage.store import SandboxRow, Store
 from hutch.engine.storage.volumes import VolumeService
@@ -95,6 +95,8 @@ class SandboxRecovery:
             if alive:
                 log.info("adopting running sandbox %s", row.sandbox_id)
                 self.ids.hold(row.sandbox_id, row.spec)
+                if row.spec.ids is not None:  # (its image mounts' copies too)
+                    self.ids.hold_layers(row.sandbox_id, imagemounts.layer_names(dirs))
                 self.volumes.ids.hold(row.sandbox_id, list(row.spec.volumes),
                                       Slice.from_record(row.spec.ids))
                 if row.spec.disk_slot:

@@ -112,6 +112,11 @@ class SandboxIds:
         self.mirror.hold(sandbox_id, [str(name).removeprefix("sha256:")
                                       for name in spec.layers])
 
+    def hold_layers(self, sandbox_id: str, names: list[str]) -> None:
+        """Count an adopted sandbox as a user of more in-memory copies (its image mounts')."""
+        if self.mirror is not None and names:
+            self.mirror.hold(sandbox_id, names)
+
     def give_back(self, sandbox_id: str, spec: SandboxSpec) -> None:
         """Free what the ended sandbox held: once nothing of it runs (its processes had
         its ids, which the next sandbox must not share)."""

@@ -216,6 +216,7 @@ class SnapshotService:
         if path in records:
             raise Conflict(f"an image is already mounted at {path}; unmount it first")
         number = imagemounts.next_number(dirs, records)
+        names = [layer.name for layer in layers]
         mirror = self.manager.ids.mirror
         if live.ids is not None and mirror is not None:
             # held for the sandbox (released when it ends, with its own layers)
@@ -250,7 +251,9 @@ class SnapshotService:
         finally:
             for fd in fds:
                 os.close(fd)
-        records[path] = {"number": number, "mount_id": mount_id, "seen": seen}
+        # (the layers: a restarted daemon holds their in-memory copies for the sandbox again)
+        records[path] = {"number": number, "mount_id": mount_id, "seen": seen,
+                         "layers": names}
         imagemounts.save(dirs, records)
         return seen
 

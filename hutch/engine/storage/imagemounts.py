@@ -101,7 +101,14 @@ def load(dirs: SandboxDirs) -> Records:
     if not isinstance(doc, dict):
         return {}
     return {str(k): {"number": int(v["number"]), "mount_id": int(v["mount_id"]),
-                     "seen": str(v.get("seen", k))} for k, v in doc.items()}
+                     "seen": str(v.get("seen", k)),
+                     "layers": [str(n) for n in v.get("layers", [])]}
+            for k, v in doc.items()}
+
+
+def layer_names(dirs: SandboxDirs) -> list[str]:
+    """The layers of every image mounted in the sandbox (unpacked-layer directory names)."""
+    return sorted({name for record in load(dirs).values() for name in record["layers"]})
 
 
 def save(dirs: SandboxDirs, records: Records) -> None:

@@ -22,7 +22,8 @@ def test_records_round_trip_and_numbers_are_never_reused(tmp_path: Path) -> None
     dirs = SandboxDirs(tmp_path)
     (tmp_path / "upper").mkdir()
     assert imagemounts.load(dirs) == {}
-    records = {"/data": {"number": 1, "mount_id": 42, "seen": "/data"}}
+    records: imagemounts.Records = {"/data": {"number": 1, "mount_id": 42, "seen": "/data",
+                                              "layers": ["aa", "bb"]}}
     imagemounts.save(dirs, records)
     assert imagemounts.load(dirs) == records
     (tmp_path / "imagemount-2").mkdir()  # data left by an earlier mount
@@ -33,3 +34,13 @@ def test_a_damaged_record_file_reads_as_none(tmp_path: Path) -> None:
     dirs = SandboxDirs(tmp_path)
     (tmp_path / imagemounts.RECORDS).write_text("[not json")
     assert imagemounts.load(dirs) == {}
+
+
+def test_the_layers_of_every_mount_are_named_for_a_restarted_daemon(tmp_path: Path) -> None:
+    dirs = SandboxDirs(tmp_path)
+    assert imagemounts.layer_names(dirs) == []
+    imagemounts.save(dirs, {"/a": {"number": 1, "mount_id": 1, "seen": "/a",
+                                   "layers": ["bb", "aa"]},
+                            "/b": {"number": 2, "mount_id": 2, "seen": "/b", "layers": ["aa"]},
+                            "/old": {"number": 3, "mount_id": 3, "seen": "/old"}})
+    assert imagemounts.layer_names(dirs) == ["aa", "bb"]  # (a record from before: none)
