@@ -10,6 +10,7 @@ checked to be ``sha256:`` and 64 hex digits before they become paths.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -163,6 +165,36 @@ class ImageStore:
             index["manifests"] = kept
             self._write_index(index)
             return True
+
+    def touch(self, ref: str) -> None:
+        """Note that ``ref`` was used now (a cached build step hit): the modification time of
+        its manifest blob, which :meth:`expire` reads.  Why the blob: it is written once, so
+        its time is free to mean "last used", and noting it rewrites no index."""
+        digest = self.lookup(ref)
+        if digest is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self.blob_path(digest))
+
+    def expire(self, prefix: str, older_than: float, now: float | None = None) -> list[str]:
+        """Untag the images whose ref starts with ``prefix`` that were not used (made, or
+        :meth:`touch`-ed) in the last ``older_than`` seconds; returns their refs.  Their
+        blobs and layers go with the next :meth:`prune`."""
+        cutoff = (time.time() if now is None else now) - older_than
+        with self._locked():
+            index = self._read_index()
+            kept: list[dict[str, Any]] = []
+            gone: list[dict[str, Any]] = []
+            for m in index["manifests"]:
+                ref = m.get("annotations", {}).get(REF_ANNOTATION, "")
+                try:
+                    used = self.blob_path(m["digest"]).stat().st_mtime
+                except OSError:
+                    used = 0.0
+                (gone if ref.startswith(prefix) and used < cutoff else kept).append(m)
+            if gone:
+                index["manifests"] = kept
+                self._write_index(index)
+        return [m.get("annotations", {}).get(REF_ANNOTATION, "") for m in gone]
 
     def prune(self, in_use: set[str]) -> dict[str, int]:
         """Delete blobs and unpacked layers no tagged image (nor ``in_use`` diff ids) needs."""

@@ -29,10 +29,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     img.add_argument("dest", nargs="?", default="",
                      help="push: the registry reference to push to (REGISTRY/NAME:TAG)")
     img.add_argument("-o", "--output", help="export: the OCI archive to write")
+    img.add_argument("--cache", action="store_true",
+                     help="prune: also forget cached build steps (all of them, or those "
+                          "not used for --older-than)")
+    img.add_argument("--older-than", metavar="AGE", default="0",
+                     help="prune --cache: only steps unused for AGE (30m, 12h, 7d; "
+                          "default 0: all)")
     img.add_argument("--creds", metavar="USER:PASS",
                      help="push: the registry's credentials (default: REGISTRY_USERNAME and "
                           "REGISTRY_PASSWORD from the environment when set)")
     img.set_defaults(func=cmd_image)
+
+
+def age_seconds(text: str) -> float:
+    """``30s``, ``30m``, ``12h``, ``7d`` (or bare seconds) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise SystemExit(f"hutch: --older-than expects an age like 30m, 12h or 7d, "
+                         f"got {text!r}") from None
+    if seconds < 0 or seconds != seconds:
+        raise SystemExit(f"hutch: --older-than must not be negative, got {text!r}")
+    return seconds
 
 
 def _load_image(target: str) -> Image:
@@ -112,7 +132,9 @@ def cmd_image(args: argparse.Namespace) -> int:
         request_blocking("DELETE", urls.IMAGES, params={"ref": args.target})
         print(f"removed {args.target}")
     else:
-        freed = request_blocking("POST", urls.IMAGES_PRUNE)
-        print(f"removed {freed['blobs']} blobs ({freed['bytes'] / 1e6:.1f} MB) and "
+        params = {"cache_older_than": age_seconds(args.older_than)} if args.cache else None
+        freed = request_blocking("POST", urls.IMAGES_PRUNE, params=params)
+        forgot = f"forgot {freed['cache_entries']} cached build steps; " if args.cache else ""
+        print(f"{forgot}removed {freed['blobs']} blobs ({freed['bytes'] / 1e6:.1f} MB) and "
               f"{freed['layers']} unpacked layers")
     return 0

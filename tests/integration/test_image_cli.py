@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,41 @@ def test_prune_keeps_the_layers_of_running_sandboxes(engine: dict[str, Any]) -> 
         assert p.wait() == 0 and len(p.stdout.read().strip()) == 32
     finally:
         sb.terminate()
+
+
+def test_prune_cache_forgets_steps_unused_for_a_while(engine: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    token = uuid.uuid4().hex
+    spec = tmp_path / "images.py"
+    spec.write_text("import hutch\n"
+                    f"old = hutch.Image.debian_slim().run_commands('echo {token} > /old')\n"
+                    f"used = hutch.Image.debian_slim().run_commands('echo {token} > /used')\n")
+    refs = {}
+    for name in ("old", "used"):
+        built = hutch_cli("image", "build", f"{spec}::{name}")
+        assert built.returncode == 0, built.stderr.decode()
+        refs[name] = built.stdout.decode().strip().splitlines()[-1]
+    # both last used two days ago; then `used` is built again: a cache hit notes the use
+    for ref in refs.values():
+        doc = json.loads(hutch_cli("image", "inspect", ref).stdout)
+        blob = Path(engine["data_dir"]) / "oci" / "blobs" / "sha256" / doc["digest"][7:]
+        os.utime(blob, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    again = hutch_cli("image", "build", f"{spec}::used")
+    assert again.returncode == 0 and b"CACHED" in again.stderr, again.stderr.decode()
+
+    pruned = hutch_cli("image", "prune", "--cache", "--older-than", "1d")
+    assert pruned.returncode == 0, pruned.stderr.decode()
+    assert re.match(rb"forgot [1-9]\d* cached build steps", pruned.stdout), pruned.stdout
+    listing = hutch_cli("image", "ls").stdout.decode()
+    assert refs["old"] not in listing and refs["used"] in listing
+    assert engine["default_image"] in listing  # a base image is no build step
+    rebuilt = hutch_cli("image", "build", f"{spec}::old")  # runs again, not CACHED
+    assert rebuilt.returncode == 0, rebuilt.stderr.decode()
+    step_line = next(line for line in rebuilt.stderr.decode().splitlines()
+                     if f"echo {token} > /old" in line)
+    assert "CACHED" not in step_line, rebuilt.stderr.decode()
+    bad = hutch_cli("image", "prune", "--cache", "--older-than", "soon")
+    assert bad.returncode != 0 and b"--older-than expects an age" in bad.stderr
 
 
 def test_uv_and_requirements_files(engine: dict[str, Any], tmp_path: Path) -> None:

@@ -170,4 +170,6 @@ class PythonBases:
             env = [e for e in cfg.get("Env", []) if not e.startswith("TERMINFO_DIRS=")]
             cfg["Env"] = [*env, TERMINFO]
             self.store.write_image(ref, [*layers, layer], cfg)
+        else:
+            self.store.touch(ref)
         return ref

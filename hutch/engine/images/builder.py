@@ -97,8 +97,12 @@ def secret_salt(data_dir: Path) -> bytes:
     return salt
 
 
+#: The refs of cached build steps (and imports): what ``prune --cache`` may forget.
+STEP_PREFIX = "hutch/step:"
+
+
 def step_ref(key: str) -> str:
-    return f"hutch/step:{key[:40]}"
+    return f"{STEP_PREFIX}{key[:40]}"
 
 
 def expand(value: str, env: dict[str, str]) -> str:

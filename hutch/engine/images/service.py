@@ -138,6 +138,8 @@ class ImageService:
             forced = force_all or (isinstance(step, RunStep) and step.force_build)
             async with self._locks[target]:
                 cached = self.store.lookup(target) is not None and not forced
+                if cached:
+                    self.store.touch(target)  # (kept by `prune --cache --older-than`)
                 emit({"step": number, "of": total, "description": describe(step),
                       "cached": cached})
                 if not cached:
@@ -173,6 +175,8 @@ class ImageService:
         ref = step_ref(hashlib.sha256(key.encode()).hexdigest())
         async with self._locks[ref]:
             cached = self.store.lookup(ref) is not None and not force
+            if cached:
+                self.store.touch(ref)
             emit({"step": 1, "of": total, "description": f"import {source}", "cached": cached})
             if not cached:
                 def log_line(line: str) -> None:
@@ -210,6 +214,8 @@ class ImageService:
                 if self.builder is None:
                     raise ImageBuildFailed("this engine cannot run build steps")
                 await self.builder.apply(1, parent, step, target, emit)
+            else:
+                self.store.touch(target)
         return target
 
     def forget(self, ref: str) -> None:

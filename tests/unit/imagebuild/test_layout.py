@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,22 @@ def test_a_layer_that_fails_to_unpack_again_leaves_nothing(
         store.resolve(REF)
     assert not target.exists()
     assert list(store.tmp.iterdir()) == []
+
+
+def test_expire_forgets_only_old_refs_of_the_prefix(store: ImageStore, tmp_path: Path) -> None:
+    layer = store.commit_layer_dir(_make_tree(tmp_path / "src"))
+    for ref in ("hutch/step:old", "hutch/step:fresh", "hutch/named/main/keep:latest"):
+        store.write_image(ref, [layer], {"Env": [f"REF={ref}"]})  # (a manifest each)
+    now = time.time()
+    for ref in ("hutch/step:old", "hutch/step:fresh", "hutch/named/main/keep:latest"):
+        digest = store.lookup(ref)
+        assert digest is not None
+        os.utime(store.blob_path(digest), (now - 3 * 86400, now - 3 * 86400))
+    store.touch("hutch/step:fresh")  # a cache hit, now
+    store.touch("hutch/step:unknown")  # (nothing to note)
+    assert store.expire("hutch/step:", 86400) == ["hutch/step:old"]
+    assert set(store.refs()) == {"hutch/step:fresh", "hutch/named/main/keep:latest"}
+    assert store.expire("hutch/step:", 86400) == []
+    assert store.expire("hutch/step:", 0, now=now + 1) == ["hutch/step:fresh"]
+    removed = store.prune(set())
+    assert removed["layers"] == 0  # the named image still needs the layer
