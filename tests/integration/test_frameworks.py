@@ -64,6 +64,19 @@ def test_the_openai_agents_sdk_modal_backend(engine: dict[str, Any], tmp_path: P
         "ls ['/workspace/notes/a.txt']", "restored from the agent", "after delete False"]
 
 
+def test_the_openai_agents_sdk_persists_workspaces_as_snapshots(
+        engine: dict[str, Any], tmp_path: Path) -> None:
+    """Its ``snapshot_filesystem`` and ``snapshot_directory`` persistence modes use hutch's
+    snapshots (their envelope names a snapshot image, not a tar) and restore from them."""
+    python = scratch.venv("openai-agents", ["openai-agents"], with_hutch=True)
+    done = _drive(python, AGENTS_SDK_SNAPSHOTS, tmp_path)
+    assert done.stdout.splitlines() == [
+        "snapshot_filesystem ref snapshot_filesystem",
+        "snapshot_filesystem restored kept by snapshot_filesystem",
+        "snapshot_directory ref snapshot_directory",
+        "snapshot_directory restored kept by snapshot_directory"]
+
+
 def test_the_openai_agents_sdk_tty_session(engine: dict[str, Any], tmp_path: Path) -> None:
     """Its ``pty_exec_start(tty=True)`` runs ``exec(pty=True)``: a REPL on a terminal, typed
     into with ``pty_write_stdin`` as its model would."""
@@ -116,6 +129,37 @@ async def main():
 
 
 asyncio.run(main())
+"""
+
+
+AGENTS_SDK_SNAPSHOTS = r"""
+import asyncio, io, json, sys
+from pathlib import Path
+
+import modal
+from agents.extensions.sandbox.modal import (
+    ModalImageSelector, ModalSandboxClient, ModalSandboxClientOptions)
+
+
+async def main(mode):
+    client = ModalSandboxClient(image=ModalImageSelector.from_image(modal.Image.debian_slim()))
+    session = await client.create(options=ModalSandboxClientOptions(
+        app_name="agents-snapshots", workspace_persistence=mode))
+    try:
+        await session.start()
+        await session.write(Path("notes/a.txt"), io.BytesIO(b"kept by " + mode.encode()))
+        archive = (await session.persist_workspace()).read()
+        start = archive.index(b"{")  # past the envelope's magic: not a tar
+        print(mode, "ref", json.loads(archive[start:])["workspace_persistence"])
+        await session.exec("rm -rf notes")
+        await session.hydrate_workspace(io.BytesIO(archive))
+        print(mode, "restored", (await session.read(Path("notes/a.txt"))).read().decode())
+    finally:
+        await client.delete(session)
+
+
+for mode in ("snapshot_filesystem", "snapshot_directory"):
+    asyncio.run(main(mode))
 """
 
 
