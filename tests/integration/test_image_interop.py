@@ -257,3 +257,34 @@ def test_umoci_layer_with_whiteouts_imports(engine: dict[str, Any], tmp_path: Pa
         assert (p.stdout.read(), p.wait()) == ("only-file\nfrom umoci\n", 0), p.stderr.read()
     finally:
         sb.terminate()
+
+
+def test_a_snapshot_is_an_ordinary_image_to_push_and_export(
+        engine: dict[str, Any], registry: str, tmp_path: Path) -> None:
+    """``snapshot_filesystem`` gives an image like any other: pushed to a registry and
+    pulled back, or exported as an OCI archive and loaded, it has the sandbox's state
+    (a file written, and one of the image's deleted: a whiteout)."""
+    _need("skopeo")
+    sb = hutch.Sandbox.create(timeout=60)
+    try:
+        setup = sb.exec("sh", "-c", "echo from-the-sandbox > /state && rm /etc/issue")
+        assert setup.wait() == 0, setup.stderr.read()
+        snapshot = sb.snapshot_filesystem()
+    finally:
+        sb.terminate()
+    assert snapshot.object_id is not None
+    check = ("cat /state; test -e /etc/issue && echo issue-back || echo issue-gone")
+    pushed = hutch_cli("image", "push", snapshot.object_id,
+                       f"{registry}/snapshot:{uuid.uuid4().hex[:8]}", timeout=600)
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    target = pushed.stdout.decode().split(" to ")[1].split(" (")[0]
+    archive = tmp_path / "snapshot.tar"
+    exported = hutch_cli("image", "export", snapshot.object_id, "-o", str(archive))
+    assert exported.returncode == 0, exported.stderr.decode()
+    for image in (hutch.Image.from_registry(target), hutch.Image.from_oci_archive(str(archive))):
+        other = hutch.Sandbox.create(image=image, timeout=60)
+        try:
+            p = other.exec("sh", "-c", check)
+            assert (p.stdout.read(), p.wait()) == ("from-the-sandbox\nissue-gone\n", 0)
+        finally:
+            other.terminate()
