@@ -25,7 +25,7 @@ WHY = {
     "client": "it is a part of Modal's own client (`modal.enable_output()` shows hutch's "
               "output)",
     "memory": "no memory snapshot can be taken here (`Sandbox._experimental_snapshot()` "
-              "gives the reason measured on this host; docs/limits.md, \"Memory snapshots\")",
+              "gives the reason the engine measured; docs/limits.md, \"Memory snapshots\")",
 }
 
 

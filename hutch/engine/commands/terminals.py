@@ -12,9 +12,9 @@ must change ids: ``posix_spawn`` can do neither, so such a command is started wi
 ``fork`` + ``execve`` here; every other command keeps the spawn.  Measured end to end
 (``sb.exec("true").wait()``, medians of 60): 1.5-1.8 ms spawned, 3.5 ms with ``user=`` or
 ``pty=True``; a bare fork+exec costs 1.4 ms against 0.54 ms for a spawn in a ``-I -S``
-Python like the zygote (0.3 ms of it the signal resets).  A failure before ``execve`` comes back over a
-close-on-exec pipe, as :mod:`subprocess` reports it.  Standard library only: the zygote
-imports nothing else.
+Python like the zygote (0.3 ms of it the signal resets).  A failure before ``execve``
+comes back over a close-on-exec pipe, as :mod:`subprocess` reports it.  Standard library
+only: the zygote imports nothing else.
 """
 
 from __future__ import annotations

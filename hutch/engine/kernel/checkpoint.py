@@ -14,18 +14,22 @@ What is measured (docs/limits.md, "Memory snapshots", has the whole experiment):
   exactly that: ``PTRACE_SEIZE`` of a ``sleep`` child of its own with that option (the
   option is checked before anything about the tracee, so a child without a filter is
   enough), then kills and reaps the child.  A rootless engine on Linux 6.18 gets ``EPERM``
-  (its capabilities are in the user namespace it made); root gets 0.  About 1 ms here.
-* The host's tools, asked where the kernel allows it (and reported beside a refusal): criu
-  and its version (Debian bookworm's 3.17.1 fails ``criu check`` on Linux 6.18 with "vdso:
-  Failed to fill self vdso symtable", so >= 4.0 is needed), ``criu check`` (0.06 s with
-  criu 4.1.1) and the runtime's ``+CRIU`` build feature (``crun --version``: trixie's 1.21
-  has it, bookworm's 1.8.1 does not; runc drives the criu binary and has no such flag).
+  (its capabilities are in the user namespace it made); root gets 0.  0.3 to 0.5 ms here,
+  the spawn included.
+* The host's tools (reported beside the kernel's refusal too): criu and its version
+  (Debian bookworm's 3.17.1 fails ``criu check`` on Linux 6.18 with "vdso: Failed to fill
+  self vdso symtable", so >= 4.0 is needed), ``criu check`` where the kernel allows the
+  engine (0.06 s with criu 4.1.1; it fails otherwise for that reason), and the runtime's
+  ``+CRIU`` build feature (``crun --version``: trixie's 1.21 has it, bookworm's 1.8.1 does
+  not; runc drives the criu binary and has no such flag).
 
-The kernel is asked at every call (its answer is the engine's credentials', which do not
-change while it runs, but asking costs a millisecond); what a program printed is kept for the
-daemon's lifetime while the program's file is unchanged, so installing criu while the engine
-runs is seen at the next call.  This version of hutch checkpoints nothing, so the verdict is
-always "not supported"; the reason says what would be missing first.
+The kernel is asked at every call (its answer follows the engine's credentials, which do not
+change while it runs, but asking costs under a millisecond); what a program printed is kept
+for the daemon's lifetime while the program's file is unchanged, so installing criu while the
+engine runs is seen at the next call.  A whole answer takes 4 to 7 ms the first time (``crun
+--version``), 0.6 to 0.8 ms after (Linux 6.18, 2 cores, crun 1.8.1, no criu).  This version
+of hutch checkpoints nothing, so the verdict is always "not supported"; the reason says what
+would be missing first.
 """
 
 from __future__ import annotations
@@ -64,8 +68,9 @@ _libc.ptrace.restype = ctypes.c_long
 def suspend_seccomp_errno() -> int | None:
     """Ask the kernel, now, whether this process may suspend a tracee's seccomp filter: 0 if
     it may, else the errno it answered (``EPERM``: no ``CAP_SYS_ADMIN`` in the initial user
-    namespace); None where it could not be asked (no ``sleep`` to trace).  Blocking, and
-    the tracer is the calling thread: run the whole call in one worker thread."""
+    namespace); None where it could not be asked (no ``sleep`` child could be started).
+    Blocking, and the tracer is the calling thread: run the whole call in one worker
+    thread."""
     sleep = shutil.which("sleep")
     if sleep is None:
         return None
@@ -159,7 +164,9 @@ def runtime_problem(name: str, binary: str, run: Run, find: Find) -> str | None:
     path = find(binary)
     if path is None:
         return f"the runtime {binary} is not found"
-    out = run([path, "--version"])[1]
+    code, out = run([path, "--version"])
+    if code == -1:
+        return f"`{binary} --version` could not run: {out[:200]}"
     if "+CRIU" in out:
         return None
     first = out.splitlines()[0] if out.strip() else binary
@@ -213,7 +220,8 @@ class CheckpointProbe:
         self._lock = trio.Lock()
 
     def _run_kept(self, argv: list[str]) -> tuple[int, str]:
-        """``run(argv)``, answered from before while ``argv[0]``'s file is the same."""
+        """``run(argv)``, answered from before while ``argv[0]``'s file is the same (a
+        program that could not run, or timed out, is asked again next time)."""
         try:
             st = os.stat(argv[0])
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -221,7 +229,9 @@ class CheckpointProbe:
             return self._run(argv)
         kept = self._outputs.get(tuple(argv))
         if kept is None or kept.stamp != stamp:
-            kept = self._outputs[tuple(argv)] = _Output(stamp, self._run(argv))
+            kept = _Output(stamp, self._run(argv))
+            if kept.answer[0] != -1:
+                self._outputs[tuple(argv)] = kept
         return kept.answer
 
     def reason(self) -> str:
@@ -237,7 +247,7 @@ class CheckpointProbe:
                                                      if host else "")
         first = criu or runtime
         if code is None:
-            unasked = "the kernel could not be asked (no `sleep` to trace)"
+            unasked = "the kernel could not be asked (no `sleep` child to trace)"
             return f"{first}; {unasked}" if first else unasked
         if first is not None:
             return first

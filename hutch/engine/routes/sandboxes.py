@@ -130,14 +130,19 @@ def add_sandbox_routes(app: FastAPI, manager: SandboxManager) -> None:
         ca = await trio.to_thread.run_sync(tlsproxy.ensure_ca, manager.data_dir)
         return {"path": str(ca / "ca.crt"), "pem": (ca / "ca.crt").read_text()}
 
-    checkpoints = checkpoint.CheckpointProbe(manager.runtime.name, manager.runtime.binary)
+    checkpoints: dict[str, checkpoint.CheckpointProbe] = {}  # by runtime binary, made on use
 
     @app.get(urls.ENGINE_CHECKPOINT)
     async def engine_checkpoint() -> CheckpointInfo:
         """Whether this engine could checkpoint a sandbox (memory snapshots), measured in its
         own user namespace (hutch/engine/kernel/checkpoint.py); it takes no input, so it
         answers nothing but 200."""
-        return CheckpointInfo(supported=False, reason=await checkpoints.verdict())
+        runtime = manager.runtime
+        if runtime.binary not in checkpoints:
+            checkpoints[runtime.binary] = checkpoint.CheckpointProbe(runtime.name,
+                                                                     runtime.binary)
+        return CheckpointInfo(supported=False,
+                              reason=await checkpoints[runtime.binary].verdict())
 
     @app.post(urls.SANDBOX_WAIT, responses=errors_doc(404, 422))
     async def wait(sandbox_id: str,
