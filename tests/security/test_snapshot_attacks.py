@@ -87,7 +87,7 @@ def test_fifos_leases_and_odd_names_neither_hang_nor_break_it(sb: Any) -> None:
               "fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)\n"
               "print('ready', flush=True)\n"
               "import time; time.sleep(600)\n")
-    holder = sb.exec("python3", "-c", script)
+    holder = sb.exec("python3", "-c", script, bufsize=1)  # (by line: print writes twice)
     assert next(iter(holder.stdout)) == "ready\n"
     begin = time.monotonic()
     image = sb.snapshot_filesystem(timeout=60)

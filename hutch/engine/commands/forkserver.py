@@ -204,15 +204,23 @@ def _join(req: dict[str, Any], init_pidfd: int) -> None:
     os.chdir("/")
 
 
-def _restrict(req: dict[str, Any]) -> None:
-    """Drop to the sandbox's capabilities, then ``no_new_privs`` and its seccomp filter."""
+def _last_cap() -> int:
+    """The kernel's highest capability number, read from the engine's ``/proc`` before the
+    zygote joins the sandbox's mount namespace: there, ``/proc/sys`` could be an image
+    mounted over it (``sb.mount_image``), and a ``0`` read there left every capability in
+    the commands' bounding set (tests/security/test_issue19_red_team.py)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def _restrict(req: dict[str, Any], last: int) -> None:
+    """Drop to the sandbox's capabilities (``last``: :func:`_last_cap`), then
+    ``no_new_privs`` and its seccomp filter."""
     try:
         os.setgroups([])
     except PermissionError:
         pass  # a single-id map denies setgroups; the engine has no other groups there
     mask = int(req["caps"])
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
     for cap in range(last + 1):
         if not mask >> cap & 1:
             _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
@@ -233,8 +241,9 @@ def _restrict(req: dict[str, Any]) -> None:
 
 def zygote(req: dict[str, Any], init_pidfd: int, sock: socket.socket) -> int:
     try:
+        last = _last_cap()
         _join(req, init_pidfd)
-        _restrict(req)
+        _restrict(req, last)
     except (SetupError, OSError, KeyError, ValueError) as exc:
         send(sock, {"error": str(exc)})
         return 1

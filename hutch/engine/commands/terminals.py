@@ -22,10 +22,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import signal
 import stat
 import struct
 import termios
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +40,10 @@ PTMX_DEV = (5, 2)
 DEFAULT_SIZE = (24, 80)
 #: Rows or columns at most (what ``struct winsize`` holds is 65535; nothing draws that).
 SIZE_MAX = 4096
+#: Seconds a forked command has to reach its ``execve`` (it takes about a millisecond).
+#: Why a bound: until then it is a process of the sandbox that the sandbox's root may
+#: SIGSTOP, and the single-threaded zygote waiting on it would hold every later exec.
+START_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,17 @@ def fork_exec(path: str, argv: Sequence[str], env: dict[str, str], cwd: str,
     os.close(report_w)
     try:
         report = b""
-        while chunk := os.read(report_r, 4096):
+        end = time.monotonic() + START_TIMEOUT
+        while True:
+            ready, _, _ = select.select([report_r], [], [], max(0.0, end - time.monotonic()))
+            if not ready:  # stopped before its execve (by the sandbox's own processes)
+                os.kill(pid, signal.SIGKILL)
+                report = f"{errno.ETIMEDOUT}:the command did not start within " \
+                         f"{START_TIMEOUT:.0f} s (stopped before it could run)".encode()
+                break
+            chunk = os.read(report_r, 4096)
+            if not chunk:
+                break
             report += chunk
     finally:
         os.close(report_r)

@@ -15,6 +15,14 @@ Two ways, the first the host allows:
   (:mod:`hutch.engine.kernel.proctree`).  What a process can notice: a parent that waits
   with ``WUNTRACED`` sees its child stop and continue, and a ``SIGCONT`` handler runs.
   Commands the engine starts while the sandbox is held (an ``exec``) are not held.
+  Nor are *traced* processes (``strace``, ``gdb``; ``TracerPid`` in their status): a stop
+  signal goes to the tracer, which passes it on after the hold (``strace`` does, ``gdb``
+  stops there), and no ``SIGCONT`` sent meanwhile undoes that, so the traced program
+  stayed stopped for good after every snapshot; a tracee already in a trace stop (``t``)
+  kept the ``SIGSTOP`` pending and stopped once its tracer resumed it (both measured:
+  tests/security/test_issue19_red_team.py).  A traced process waits in a trace stop while
+  its tracer is held, mostly; where it does not, it may write during the copy, which
+  reads every entry safely anyway (:mod:`hutch.imagebuild.layercopy`).
 
 Measured here (2 cores, cgroup v1 host: the stop-signal way): holding 10 busy processes
 of a pid namespace and letting them go took 8 ms (median of 5; 60 ms the first time).
@@ -115,7 +123,9 @@ def _state(pid: int) -> bytes | None:
 
 def _stop_all(pidns: int, held: dict[int, tuple[int, bool]], deadline: float) -> None:
     """SIGSTOP every process of ``pidns`` (recorded in ``held``: pidfd, and whether it was
-    stopped before) until no new one appears, then wait until all are stopped."""
+    stopped before) until no new one appears, then wait until all are stopped.  Traced
+    processes are recorded as stopped before and sent nothing (see the module's notes)."""
+    traced: set[int] = set()
     for _ in range(_PASSES):
         new = [pid for pid in _members(pidns) if pid not in held]
         if not new:
@@ -123,6 +133,10 @@ def _stop_all(pidns: int, held: dict[int, tuple[int, bool]], deadline: float) ->
         for pid in new:
             pidfd = proctree.pin(pid, pidns)
             if pidfd is None:
+                continue
+            if _traced(pid):
+                held[pid] = (pidfd, True)  # left alone: neither stopped nor continued
+                traced.add(pid)
                 continue
             held[pid] = (pidfd, _state(pid) in (b"T", b"t"))
             with contextlib.suppress(ProcessLookupError):
@@ -132,13 +146,25 @@ def _stop_all(pidns: int, held: dict[int, tuple[int, bool]], deadline: float) ->
                            "be stopped")
     delay = 0.0002
     for pid in held:
-        while not _held(pid):
+        while pid not in traced and not _held(pid):
             if time.monotonic() > deadline:
                 raise FreezeFailed(f"a process of the sandbox (pid {pid}, state "
                                    f"{_state(pid)!r}, waiting in {_wchan(pid)!r}) did not "
                                    "stop within the time allowed")
             time.sleep(delay)  # (a worker thread) a process stops once off the CPU
             delay = min(delay * 2, 0.01)
+
+
+def _traced(pid: int) -> bool:
+    """Whether a tracer is attached to ``pid`` (its status's ``TracerPid``)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"TracerPid:"):
+                    return line.split()[1] != b"0"
+    except (OSError, IndexError):
+        pass
+    return False
 
 
 def _held(pid: int) -> bool:

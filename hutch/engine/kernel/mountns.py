@@ -11,11 +11,11 @@ takes 0.09 ms, where a helper process (``python -c``) took 41 ms.
 
 The mount is made beforehand in the engine's namespace and cloned detached
 (``open_tree(OPEN_TREE_CLONE)``); the target is resolved inside the sandbox's root
-(``openat2`` ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` from a descriptor of
-``/proc/<init>/root``) and the clone moved onto that descriptor, so a symlink the sandbox
-swaps in cannot redirect it.  Detaching checks the mount id found at the path against
-the one recorded when it was attached and unmounts through the resolved descriptor
-(``fchdir`` + ``umount2(".")``), so only that mount can be taken away.
+(``openat2`` ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` from a descriptor of the
+namespace's root, :func:`namespace_root`) and the clone moved onto that descriptor, so a
+symlink the sandbox swaps in cannot redirect it.  Detaching checks the mount id found at
+the path against the one recorded when it was attached and unmounts through the resolved
+descriptor (``fchdir`` + ``umount2(".")``), so only that mount can be taken away.
 """
 
 from __future__ import annotations
@@ -95,6 +95,20 @@ def in_namespace(mntns_fd: int, work: Callable[[], T]) -> T:
     return result[0]
 
 
+def namespace_root(mntns_fd: int) -> int:
+    """A descriptor (``O_PATH``) of the root of the mount namespace ``mntns_fd``: ``/`` as
+    the sandbox's commands see it (the zygote joins the namespace, so its root).
+
+    Why not ``/proc/<init>/root``: that is the root of the sandbox's *init*, which may
+    ``chroot`` (it holds ``CAP_SYS_CHROOT``; its code is the sandbox's).  An init that
+    did ``chroot("/proc")`` made ``/1`` name the sandbox's ``/proc/1``, which passed
+    :func:`check_target`: an image was mounted over ``/proc/1``, and
+    ``snapshot_directory("/")`` copied ``/proc`` (tests/security/test_issue19_red_team.py).
+    No process of the sandbox can change its namespace's root (it may not mount)."""
+    return in_namespace(mntns_fd, lambda: os.open(
+        "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+
+
 def seen_path(root: int, fd: int, proc: int | None = None) -> str:
     """Where ``fd`` is, as the root ``root`` sees it (``proc``: a descriptor of the
     engine's ``/proc``, for a thread whose root is elsewhere)."""
@@ -120,6 +134,18 @@ def _mount_id_at(proc: int, fd: int) -> int:
     raise OSError(f"no mnt_id for descriptor {fd}")
 
 
+def _open_target(root_fd: int, path: str) -> int:
+    """``path`` resolved in the sandbox's root; :class:`MountRefused` where it names no
+    directory (the sandbox may remove or rename it at any time: measured, a renamed parent
+    made an unmount an internal engine error, tests/security/test_issue19_red_team.py)."""
+    try:
+        return inroot.openat2(root_fd, path.lstrip("/"), os.O_PATH | os.O_DIRECTORY,
+                              _RESOLVE)
+    except OSError as exc:
+        raise MountRefused(f"{path} is no directory in the sandbox (any more): "
+                           f"{exc.strerror}") from exc
+
+
 def attach(mntns_fd: int, root_fd: int, path: str, mount_fd: int, *,
            refuse: Collection[str] = ()) -> tuple[str, int]:
     """Move the detached mount ``mount_fd`` onto ``path`` (an existing directory),
@@ -128,8 +154,7 @@ def attach(mntns_fd: int, root_fd: int, path: str, mount_fd: int, *,
     proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def work() -> tuple[str, int]:
-        target = inroot.openat2(root_fd, path.lstrip("/"), os.O_PATH | os.O_DIRECTORY,
-                                _RESOLVE)
+        target = _open_target(root_fd, path)
         try:
             seen = check_target(seen_path(root_fd, target, proc))
             if seen in refuse:
@@ -140,12 +165,9 @@ def attach(mntns_fd: int, root_fd: int, path: str, mount_fd: int, *,
                 f"move_mount {path}")
         finally:
             os.close(target)
-        placed = inroot.openat2(root_fd, seen.lstrip("/"), os.O_PATH | os.O_DIRECTORY,
-                                _RESOLVE)
-        try:
-            return seen, _mount_id_at(proc, placed)
-        finally:
-            os.close(placed)
+        # the attached mount is the one ``mount_fd`` holds: its id needs no second lookup
+        # of the path, which the sandbox may have renamed meanwhile
+        return seen, _mount_id_at(proc, mount_fd)
 
     try:
         return in_namespace(mntns_fd, work)
@@ -159,8 +181,7 @@ def detach(mntns_fd: int, root_fd: int, path: str, expected: int) -> None:
     proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def work() -> None:
-        target = inroot.openat2(root_fd, path.lstrip("/"), os.O_PATH | os.O_DIRECTORY,
-                                _RESOLVE)
+        target = _open_target(root_fd, path)
         try:
             if _mount_id_at(proc, target) != expected:
                 raise MountRefused(f"no image is mounted at {path}")

@@ -24,6 +24,7 @@ import posixpath
 import signal
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -66,7 +67,7 @@ class SnapshotService:
         """Snapshot the sandbox's file system; returns the image's ref and digest."""
         live = self._live(sandbox_id)
         row = self.manager.store.sandbox(sandbox_id)
-        async with self.locks[sandbox_id]:
+        async with self._lock(sandbox_id):
             deadline = time.monotonic() + timeout
             ref = await trio.to_thread.run_sync(self._filesystem, live, row, deadline)
         return ref, self.manager.images.store.lookup(ref) or ""
@@ -79,7 +80,7 @@ class SnapshotService:
         normal = "/" + posixpath.normpath(path).lstrip("/")
         if mountns.forbidden(normal):
             raise Invalid(f"{normal} belongs to the kernel: it cannot be snapshotted")
-        async with self.locks[sandbox_id]:
+        async with self._lock(sandbox_id):
             deadline = time.monotonic() + timeout
             ref = await trio.to_thread.run_sync(self._directory, live, row, normal, deadline)
         return ref, self.manager.images.store.lookup(ref) or ""
@@ -156,9 +157,8 @@ class SnapshotService:
 
     def _directory(self, live: LiveSandbox, row: SandboxRow, path: str,
                    deadline: float) -> str:
-        root = os.open(f"/proc/{live.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        root = self._root(live)
         try:
-            self._still_running(live)
             try:
                 src = inroot.openat2(root, path.lstrip("/") or ".",
                                      os.O_RDONLY | os.O_DIRECTORY, _RESOLVE)
@@ -186,6 +186,33 @@ class SnapshotService:
         return snapshots.write_snapshot(store, sandbox_id=live.sandbox_id, base_ref=None,
                                         layer=layer, source=f"{live.sandbox_id}:{path}")
 
+    def _root(self, live: LiveSandbox) -> int:
+        """A descriptor of the sandbox's ``/``: its mount namespace's root, never its
+        init's (which may have ``chroot``-ed: :func:`mountns.namespace_root`)."""
+        try:
+            mntns_fd = os.open(f"/proc/{live.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise Conflict(f"Sandbox {live.sandbox_id} is not running: {exc}") from exc
+        try:
+            self._still_running(live)
+            return mountns.namespace_root(mntns_fd)
+        finally:
+            os.close(mntns_fd)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, sandbox_id: str) -> AsyncIterator[None]:
+        """One snapshot or mount change of a sandbox at a time; the lock is dropped once
+        nobody holds or waits for it (one per sandbox ever snapshotted would stay)."""
+        lock = self.locks[sandbox_id]
+        try:
+            async with lock:
+                yield
+        finally:
+            stats = lock.statistics()
+            if not stats.locked and not stats.tasks_waiting and \
+                    self.locks.get(sandbox_id) is lock:
+                del self.locks[sandbox_id]
+
     @staticmethod
     def _still_running(live: LiveSandbox) -> None:
         """After a descriptor of ``/proc/<pid>/...`` was opened: the pid was still the
@@ -207,7 +234,7 @@ class SnapshotService:
         except mountns.MountRefused as exc:
             raise Invalid(str(exc)) from exc
         image = await self.manager.images.resolve(ref)
-        async with self.locks[sandbox_id]:
+        async with self._lock(sandbox_id):
             return await trio.to_thread.run_sync(self._mount, live, normal, image.layer_dirs)
 
     def _mount(self, live: LiveSandbox, path: str, layers: list[Path]) -> str:
@@ -224,13 +251,14 @@ class SnapshotService:
         fds: list[int] = []
         try:
             try:
-                for name in ("ns/mnt", "root", "ns/user"):
-                    flags = os.O_PATH | os.O_DIRECTORY if name == "root" else os.O_RDONLY
-                    fds.append(os.open(f"/proc/{live.pid}/{name}", flags | os.O_CLOEXEC))
+                for name in ("ns/mnt", "ns/user"):
+                    fds.append(os.open(f"/proc/{live.pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
             except OSError as exc:
                 raise Conflict(f"Sandbox {live.sandbox_id} is not running: {exc}") from exc
             self._still_running(live)
-            mntns_fd, root, userns_fd = fds
+            mntns_fd, userns_fd = fds
+            root = mountns.namespace_root(mntns_fd)  # (not its init's: it may chroot)
+            fds.append(root)
             try:
                 rootfs.make_dirs_inside(Path(f"/proc/self/fd/{root}"), path, live.owner)
             except OSError as exc:
@@ -260,7 +288,7 @@ class SnapshotService:
     async def unmount_image(self, sandbox_id: str, path: str) -> None:
         live = self._live(sandbox_id)
         normal = "/" + posixpath.normpath(path).lstrip("/")
-        async with self.locks[sandbox_id]:
+        async with self._lock(sandbox_id):
             await trio.to_thread.run_sync(self._unmount, live, normal)
 
     def _unmount(self, live: LiveSandbox, path: str) -> None:
@@ -271,9 +299,13 @@ class SnapshotService:
             raise Invalid(f"no image is mounted at {path} (give the path given to "
                           "mount_image)")
         mntns_fd = os.open(f"/proc/{live.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        root = os.open(f"/proc/{live.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self._still_running(live)
+            root = mountns.namespace_root(mntns_fd)
+        except BaseException:
+            os.close(mntns_fd)
+            raise
+        try:
             mountns.detach(mntns_fd, root, str(record.get("seen", path)),
                            int(record["mount_id"]))
         except mountns.MountRefused as exc:

@@ -78,6 +78,14 @@ READONLY_PATHS = [
 ]
 
 NAMESPACES = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+#: Terminals one sandbox's ``/dev/pts`` may hold at once (devpts ``max=``).  Why: every
+#: devpts instance but the host's draws from one pool of the kernel's (``kernel.pty.max``
+#: less ``kernel.pty.reserve``: 3072 here), so without a cap of its own one sandbox opening
+#: ``/dev/ptmx`` in a loop took all 3071 left (measured on Linux 6.18), and every other
+#: sandbox's ``exec(pty=True)`` and ``Sandbox.create(pty=True)`` failed with ``ENOSPC``
+#: (tests/security/test_issue19_red_team.py).  Their buffers are kernel memory no
+#: sandbox's memory limit counts, too.
+PTYS_MAX = 256
 
 
 class _Model(BaseModel):
@@ -176,7 +184,8 @@ class Spec(_Model):
 
 def default_mounts(etc_files: dict[str, str], *, devpts_gid: bool) -> list[Mount]:
     """The standard container mounts plus read-only binds of generated ``/etc`` files."""
-    devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
+    devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+              f"max={PTYS_MAX}"]
     if devpts_gid:
         devpts.append("gid=5")
     mounts = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -81,3 +82,25 @@ def test_ptmx_that_is_not_the_device_is_refused(tmp_path: Path, monkeypatch: pyt
         str(fake) if path == "/dev/ptmx" else path, *a))
     with pytest.raises(OSError, match="not the pseudo-terminal multiplexer"):
         terminals.open_pty(24, 80)
+
+
+class _Wedged:
+    """Signals to reset whose iteration never ends: a child held before its execve."""
+
+    def __iter__(self) -> _Wedged:
+        return self
+
+    def __next__(self) -> int:
+        time.sleep(3600)
+        raise StopIteration
+
+
+def test_a_child_held_before_its_exec_is_killed_in_time(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.setattr(terminals, "START_TIMEOUT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="did not start within") as caught:
+        terminals.fork_exec("/bin/true", ["true"], {}, "/", [0, 1, 2], terminal=False,
+                            ids=None, default_signals=_Wedged())
+    assert caught.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - started < 10  # killed and reaped, not waited for
