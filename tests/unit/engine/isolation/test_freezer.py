@@ -37,6 +37,10 @@ def busy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[byte
     procs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(3)]
     stopped = subprocess.Popen(["sleep", "60"])
     os.kill(stopped.pid, 19)  # SIGSTOP: stopped before the freeze, stays so after
+    end = time.monotonic() + 10
+    while _state(stopped.pid) != "T":  # (it stops once it is scheduled)
+        assert time.monotonic() < end, _state(stopped.pid)
+        time.sleep(0.005)
     procs.append(stopped)
     mine = [p.pid for p in procs]
     monkeypatch.setattr(freezer, "_members", lambda pidns: list(mine))
