@@ -6,9 +6,10 @@ exists to be rootless), and integration tests refuse to run as root unless marke
 The rootless suites (integration, security) share one real engine for the session.  Its
 state lives apart from the user's own engine: a runtime dir under /tmp (short enough for a
 Unix socket path) and a data dir under ~/.cache that survives runs, so the Debian base image
-is built once per machine.  Cached build steps the suite has not used for
-``CACHE_KEEP`` seconds are forgotten when a session starts: many tests build images with
-unique contents, and without this a CI machine's data dir held 4,089 of them (43 GB).
+is built once per machine.  When a session starts, the cached build steps beyond
+``CACHE_KEEP_BYTES`` (least recently used first) are forgotten: many tests build images
+with unique contents, and without this a CI machine's data dir held 4,089 of them (43 GB,
+made in 17 hours); what the suite reuses it hits every run, and so keeps.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ os.environ.setdefault("HUTCH_OCI_SCHEMAS", str(Path(__file__).parent / "data" / 
 
 RUNTIME_DIR = Path(os.environ.get("HUTCH_TEST_RUNTIME", f"/tmp/hutch-it-{os.getuid()}"))
 DATA_DIR = Path(os.environ.get("HUTCH_TEST_DATA", Path.home() / ".cache" / "hutch-it"))
-#: Cached build steps unused this long are pruned at the start of a session (a day: what
-#: the suite reuses it hits every run, and so keeps).
-CACHE_KEEP = 86400.0
+#: Compressed bytes of cached build steps a session starts with at most.
+CACHE_KEEP_BYTES = 2 << 30
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -48,7 +48,8 @@ def engine() -> Iterator[dict[str, Any]]:
         pytest.skip("the rootless suite runs as an unprivileged user")
     with engine_dirs(RUNTIME_DIR, DATA_DIR):
         info: dict[str, Any] = request_blocking("GET", "/v1/engine")
-        request_blocking("POST", "/v1/images/prune", params={"cache_older_than": CACHE_KEEP})
+        request_blocking("POST", "/v1/images/prune",
+                         params={"cache_keep_bytes": CACHE_KEEP_BYTES})
         # Build (or find) the default image once, before any timed expectation.
         request_blocking("POST", "/v1/images/default")
         yield info

@@ -15,6 +15,7 @@ import fcntl
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -175,26 +176,48 @@ class ImageStore:
             with contextlib.suppress(OSError):
                 os.utime(self.blob_path(digest))
 
-    def expire(self, prefix: str, older_than: float, now: float | None = None) -> list[str]:
-        """Untag the images whose ref starts with ``prefix`` that were not used (made, or
-        :meth:`touch`-ed) in the last ``older_than`` seconds; returns their refs.  Their
-        blobs and layers go with the next :meth:`prune`."""
-        cutoff = (time.time() if now is None else now) - older_than
+    def expire(self, prefix: str, older_than: float | None = None,
+               keep_bytes: int | None = None, now: float | None = None) -> list[str]:
+        """Untag images whose ref starts with ``prefix``: those not used (made, or
+        :meth:`touch`-ed) in the last ``older_than`` seconds, then, least recently used
+        first, as many as it takes for the layers the rest added (each one's top layer,
+        compressed) to fit in ``keep_bytes``, as BuildKit's ``keepStorage`` does.  Returns
+        their refs; their blobs and layers go with the next :meth:`prune`."""
+        now = time.time() if now is None else now
+        cutoff = -math.inf if older_than is None else now - older_than
         with self._locked():
             index = self._read_index()
-            kept: list[dict[str, Any]] = []
-            gone: list[dict[str, Any]] = []
-            for m in index["manifests"]:
-                ref = m.get("annotations", {}).get(REF_ANNOTATION, "")
-                try:
-                    used = self.blob_path(m["digest"]).stat().st_mtime
-                except OSError:
-                    used = 0.0
-                (gone if ref.startswith(prefix) and used < cutoff else kept).append(m)
+            candidates: list[tuple[float, int, dict[str, Any]]] = []
+            for position, m in enumerate(index["manifests"]):
+                if m.get("annotations", {}).get(REF_ANNOTATION, "").startswith(prefix):
+                    try:
+                        used = self.blob_path(m["digest"]).stat().st_mtime
+                    except OSError:
+                        used = -math.inf
+                    candidates.append((used, position, m))
+            gone = {position for used, position, _ in candidates if used < cutoff}
+            if keep_bytes is not None:
+                held = 0
+                for _used, position, m in sorted(candidates, key=lambda c: -c[0]):
+                    if position in gone:
+                        continue
+                    held += self._top_layer_size(m["digest"])
+                    if held > keep_bytes:
+                        gone.add(position)
             if gone:
-                index["manifests"] = kept
+                index["manifests"] = [m for position, m in enumerate(index["manifests"])
+                                      if position not in gone]
                 self._write_index(index)
-        return [m.get("annotations", {}).get(REF_ANNOTATION, "") for m in gone]
+        return [m.get("annotations", {}).get(REF_ANNOTATION, "")
+                for _, position, m in candidates if position in gone]
+
+    def _top_layer_size(self, digest: str) -> int:
+        """Bytes of the layer an image adds to its parent (its last), compressed."""
+        try:
+            layers = self.read_json(digest).get("layers") or [{}]
+            return int(layers[-1].get("size", 0))
+        except (OSError, ValueError, TypeError):
+            return 0
 
     def prune(self, in_use: set[str]) -> dict[str, int]:
         """Delete blobs and unpacked layers no tagged image (nor ``in_use`` diff ids) needs."""

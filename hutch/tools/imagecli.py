@@ -32,9 +32,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     img.add_argument("--cache", action="store_true",
                      help="prune: also forget cached build steps (all of them, or those "
                           "not used for --older-than)")
-    img.add_argument("--older-than", metavar="AGE", default="0",
-                     help="prune --cache: only steps unused for AGE (30m, 12h, 7d; "
-                          "default 0: all)")
+    img.add_argument("--older-than", metavar="AGE", default=None,
+                     help="prune --cache: steps unused for AGE (30m, 12h, 7d; without it "
+                          "or --keep-storage: all)")
+    img.add_argument("--keep-storage", metavar="SIZE", default=None,
+                     help="prune --cache: then the least recently used steps beyond SIZE "
+                          "(compressed; 500M, 10G)")
     img.add_argument("--creds", metavar="USER:PASS",
                      help="push: the registry's credentials (default: REGISTRY_USERNAME and "
                           "REGISTRY_PASSWORD from the environment when set)")
@@ -53,6 +56,21 @@ def age_seconds(text: str) -> float:
     if seconds < 0 or seconds != seconds:
         raise SystemExit(f"hutch: --older-than must not be negative, got {text!r}")
     return seconds
+
+
+def size_bytes(text: str) -> int:
+    """``500M``, ``10G``, ``2T`` (or bare bytes; ``K`` too) in bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = (text[:-1], text[-1].upper()) if text and text[-1].upper() in units \
+        else (text, "")
+    try:
+        size = float(number) * units.get(unit, 1)
+    except ValueError:
+        raise SystemExit(f"hutch: --keep-storage expects a size like 500M or 10G, "
+                         f"got {text!r}") from None
+    if size < 0 or size != size:
+        raise SystemExit(f"hutch: --keep-storage must not be negative, got {text!r}")
+    return int(size)
 
 
 def _load_image(target: str) -> Image:
@@ -132,7 +150,13 @@ def cmd_image(args: argparse.Namespace) -> int:
         request_blocking("DELETE", urls.IMAGES, params={"ref": args.target})
         print(f"removed {args.target}")
     else:
-        params = {"cache_older_than": age_seconds(args.older_than)} if args.cache else None
+        params: dict[str, float | int] | None = None
+        if args.cache:
+            params = {}
+            if args.older_than is not None or args.keep_storage is None:
+                params["cache_older_than"] = age_seconds(args.older_than or "0")
+            if args.keep_storage is not None:
+                params["cache_keep_bytes"] = size_bytes(args.keep_storage)
         freed = request_blocking("POST", urls.IMAGES_PRUNE, params=params)
         forgot = f"forgot {freed['cache_entries']} cached build steps; " if args.cache else ""
         print(f"{forgot}removed {freed['blobs']} blobs ({freed['bytes'] / 1e6:.1f} MB) and "

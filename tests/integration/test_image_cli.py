@@ -103,6 +103,8 @@ def test_prune_cache_forgets_steps_unused_for_a_while(engine: dict[str, Any],
     assert "CACHED" not in step_line, rebuilt.stderr.decode()
     bad = hutch_cli("image", "prune", "--cache", "--older-than", "soon")
     assert bad.returncode != 0 and b"--older-than expects an age" in bad.stderr
+    bad_size = hutch_cli("image", "prune", "--cache", "--keep-storage", "lots")
+    assert bad_size.returncode != 0 and b"--keep-storage expects a size" in bad_size.stderr
 
 
 def test_uv_and_requirements_files(engine: dict[str, Any], tmp_path: Path) -> None:

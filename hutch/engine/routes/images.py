@@ -103,17 +103,19 @@ def add_image_routes(app: FastAPI, manager: SandboxManager) -> None:
     @app.post(urls.IMAGES_PRUNE, responses=errors_doc(422))
     async def prune_images(
         cache_older_than: Annotated[float | None, Query(ge=0)] = None,
+        cache_keep_bytes: Annotated[int | None, Query(ge=0)] = None,
     ) -> dict[str, int]:
-        """Delete blobs and unpacked layers no image and no running sandbox needs; with
-        ``cache_older_than`` (seconds), first forget the cached build steps not used for
-        that long (``hutch/step:*``; 0: all of them), as ``docker builder prune --filter
-        until=`` does.  Why: every build step is an image, and a CI data directory grew to
-        4,089 of them and 43 GB in two weeks; named images and snapshots stay."""
+        """Delete blobs and unpacked layers no image and no running sandbox needs; first
+        forget cached build steps (``hutch/step:*``): those not used for
+        ``cache_older_than`` seconds (0: all), as ``docker builder prune --filter until=``
+        does, then the least recently used beyond ``cache_keep_bytes`` (BuildKit's
+        ``keepStorage``).  Why: every build step is an image, and a CI data directory grew
+        to 4,089 of them and 43 GB in 17 hours; named images and snapshots stay."""
         store = manager.images.store
         expired: list[str] = []
-        if cache_older_than is not None:
+        if cache_older_than is not None or cache_keep_bytes is not None:
             expired = await trio.to_thread.run_sync(store.expire, STEP_PREFIX,
-                                                    cache_older_than)
+                                                    cache_older_than, cache_keep_bytes)
             for ref in expired:
                 manager.images.forget(ref)
         in_use = {layer for row in manager.store.list_sandboxes(pooled=True)

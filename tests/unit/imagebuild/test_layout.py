@@ -308,3 +308,24 @@ def test_expire_forgets_only_old_refs_of_the_prefix(store: ImageStore, tmp_path:
     assert store.expire("hutch/step:", 0, now=now + 1) == ["hutch/step:fresh"]
     removed = store.prune(set())
     assert removed["layers"] == 0  # the named image still needs the layer
+
+
+def test_expire_keeps_the_most_recently_used_within_a_budget(store: ImageStore,
+                                                             tmp_path: Path) -> None:
+    now = time.time()
+    sizes = {}
+    for age, name in enumerate(("newest", "middle", "oldest")):
+        tree = _make_tree(tmp_path / name)
+        (tree / name).write_text(name * 1000)  # (a layer of its own)
+        layer = store.commit_layer_dir(tree)
+        ref = f"hutch/step:{name}"
+        store.write_image(ref, [layer], {})
+        digest = store.lookup(ref)
+        assert digest is not None
+        os.utime(store.blob_path(digest), (now - age * 60, now - age * 60))
+        sizes[name] = layer[0]["size"]
+    budget = sizes["newest"] + sizes["middle"]
+    assert store.expire("hutch/step:", keep_bytes=budget) == ["hutch/step:oldest"]
+    assert store.expire("hutch/step:", keep_bytes=budget) == []
+    assert store.expire("hutch/step:", keep_bytes=0) == ["hutch/step:newest",
+                                                         "hutch/step:middle"]
