@@ -23,6 +23,14 @@ def check_sandbox_path(path: str) -> str:
     return path
 
 
+class SandboxPathRequest(_Wire):
+    """A call about one absolute path of a running sandbox."""
+
+    path: str = Field(min_length=1, max_length=MAX_PATH)
+
+    _path = field_validator("path")(classmethod(lambda cls, v: check_sandbox_path(v)))
+
+
 class SnapshotRequest(_Wire):
     """Snapshot a running sandbox's whole file system (its changes over its image)."""
 
@@ -33,12 +41,8 @@ class SnapshotRequest(_Wire):
     ttl: int | None = Field(default=DEFAULT_TTL, ge=0)
 
 
-class SnapshotDirectoryRequest(SnapshotRequest):
+class SnapshotDirectoryRequest(SandboxPathRequest, SnapshotRequest):
     """Snapshot one directory of a running sandbox as an image of its contents alone."""
-
-    path: str = Field(min_length=1, max_length=MAX_PATH)
-
-    _path = field_validator("path")(classmethod(lambda cls, v: check_sandbox_path(v)))
 
 
 class SnapshotInfo(_Wire):
@@ -48,21 +52,14 @@ class SnapshotInfo(_Wire):
     digest: str
 
 
-class MountImageRequest(_Wire):
+class MountImageRequest(SandboxPathRequest):
     """Mount an image of the engine (by reference) at ``path`` in a running sandbox."""
 
-    path: str = Field(min_length=1, max_length=MAX_PATH)
     image: str = Field(min_length=1, max_length=512)
 
-    _path = field_validator("path")(classmethod(lambda cls, v: check_sandbox_path(v)))
 
-
-class UnmountImageRequest(_Wire):
+class UnmountImageRequest(SandboxPathRequest):
     """Unmount the image mounted at ``path`` (the path given to the mount)."""
-
-    path: str = Field(min_length=1, max_length=MAX_PATH)
-
-    _path = field_validator("path")(classmethod(lambda cls, v: check_sandbox_path(v)))
 
 
 class ImageMountInfo(_Wire):

@@ -28,11 +28,11 @@ forbids it.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hutch.api import urls
 from hutch.api.models import CheckpointInfo
-from hutch.exception import ClientClosed, InvalidError
+from hutch.exception import InvalidError
 from hutch.sdk import options
 from hutch.sdk.syncbridge import static_direct, synchronize
 from hutch.sdk.transport import client
@@ -62,15 +62,14 @@ class SandboxMemorySnapshots:
     signatures; each call raises :class:`InvalidError` with the reason the engine measured
     when asked (see the module)."""
 
-    #: let go of (``detach``): no call may use it any more (as in ``SandboxAccess``)
-    _detached: bool
+    if TYPE_CHECKING:
+        def _attached(self) -> None: ...
 
     @synchronize
     async def _experimental_snapshot(self) -> NoReturn:
         """Modal: a snapshot of the sandbox's memory and files.  Raises
         :class:`InvalidError` with the engine's reason (``ClientClosed`` when detached)."""
-        if self._detached:
-            raise ClientClosed("Unable to perform operation on a detached sandbox")
+        self._attached()
         await refuse("Sandbox._experimental_snapshot")
 
     @static_direct()

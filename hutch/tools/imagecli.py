@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from hutch.api import urls
@@ -44,33 +45,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     img.set_defaults(func=cmd_image)
 
 
+def _amount(text: str, units: Mapping[str, float], option: str, example: str) -> float:
+    """``text``, a number with an optional unit of ``units`` after it, in base units."""
+    unit = text[-1:] if text[-1:] in units else ""
+    try:
+        value = float(text[:len(text) - len(unit)]) * units.get(unit, 1)
+    except ValueError:
+        raise SystemExit(f"hutch: {option} expects {example}, got {text!r}") from None
+    if value < 0 or value != value:
+        raise SystemExit(f"hutch: {option} must not be negative, got {text!r}")
+    return value
+
+
 def age_seconds(text: str) -> float:
     """``30s``, ``30m``, ``12h``, ``7d`` (or bare seconds) in seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        raise SystemExit(f"hutch: --older-than expects an age like 30m, 12h or 7d, "
-                         f"got {text!r}") from None
-    if seconds < 0 or seconds != seconds:
-        raise SystemExit(f"hutch: --older-than must not be negative, got {text!r}")
-    return seconds
+    return _amount(text, {"s": 1, "m": 60, "h": 3600, "d": 86400}, "--older-than",
+                   "an age like 30m, 12h or 7d")
+
+
+_SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def size_bytes(text: str) -> int:
-    """``500M``, ``10G``, ``2T`` (or bare bytes; ``K`` too) in bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number, unit = (text[:-1], text[-1].upper()) if text and text[-1].upper() in units \
-        else (text, "")
-    try:
-        size = float(number) * units.get(unit, 1)
-    except ValueError:
-        raise SystemExit(f"hutch: --keep-storage expects a size like 500M or 10G, "
-                         f"got {text!r}") from None
-    if size < 0 or size != size:
-        raise SystemExit(f"hutch: --keep-storage must not be negative, got {text!r}")
-    return int(size)
+    """``500M``, ``10G``, ``2T`` (or bare bytes; ``K`` too; any case) in bytes."""
+    units = {**_SIZES, **{unit.lower(): size for unit, size in _SIZES.items()}}
+    return int(_amount(text, units, "--keep-storage", "a size like 500M or 10G"))
 
 
 def _load_image(target: str) -> Image:

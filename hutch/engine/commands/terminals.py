@@ -36,10 +36,6 @@ TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
 #: The ptmx device's numbers (major 5, minor 2), which ``/dev/ptmx`` must be.
 PTMX_DEV = (5, 2)
-#: The size a terminal gets when the caller gives none (a VT100's).
-DEFAULT_SIZE = (24, 80)
-#: Rows or columns at most (what ``struct winsize`` holds is 65535; nothing draws that).
-SIZE_MAX = 4096
 #: Seconds a forked command has to reach its ``execve`` (it takes about a millisecond).
 #: Why a bound: until then it is a process of the sandbox that the sandbox's root may
 #: SIGSTOP, and the single-threaded zygote waiting on it would hold every later exec.

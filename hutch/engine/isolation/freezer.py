@@ -102,32 +102,13 @@ def _freeze_cgroup(cgroup_dir: Path, settle: float) -> bool:
     raise FreezeFailed(f"the sandbox's cgroup did not freeze within {settle} s")
 
 
-def _members(pidns: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}/ns/pid").st_ino == pidns:
-                    found.append(int(entry))
-    return found
-
-
-def _state(pid: int) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:][:1]
-
-
 def _stop_all(pidns: int, held: dict[int, tuple[int, bool]], deadline: float) -> None:
     """SIGSTOP every process of ``pidns`` (recorded in ``held``: pidfd, and whether it was
     stopped before) until no new one appears, then wait until all are stopped.  Traced
     processes are recorded as stopped before and sent nothing (see the module's notes)."""
     traced: set[int] = set()
     for _ in range(_PASSES):
-        new = [pid for pid in _members(pidns) if pid not in held]
+        new = [pid for pid in proctree.members(pidns) if pid not in held]
         if not new:
             break
         for pid in new:
@@ -138,7 +119,7 @@ def _stop_all(pidns: int, held: dict[int, tuple[int, bool]], deadline: float) ->
                 held[pid] = (pidfd, True)  # left alone: neither stopped nor continued
                 traced.add(pid)
                 continue
-            held[pid] = (pidfd, _state(pid) in (b"T", b"t"))
+            held[pid] = (pidfd, proctree.state(pid) in (b"T", b"t"))
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
     else:
@@ -149,8 +130,8 @@ def _stop_all(pidns: int, held: dict[int, tuple[int, bool]], deadline: float) ->
         while pid not in traced and not _held(pid):
             if time.monotonic() > deadline:
                 raise FreezeFailed(f"a process of the sandbox (pid {pid}, state "
-                                   f"{_state(pid)!r}, waiting in {_wchan(pid)!r}) did not "
-                                   "stop within the time allowed")
+                                   f"{proctree.state(pid)!r}, waiting in {_wchan(pid)!r}) "
+                                   "did not stop within the time allowed")
             time.sleep(delay)  # (a worker thread) a process stops once off the CPU
             delay = min(delay * 2, 0.01)
 
@@ -172,7 +153,7 @@ def _held(pid: int) -> bool:
     its (stopped) child to exec, which sleeps uninterruptibly until then and takes its
     stop only afterwards (``sh`` runs commands so: in one snapshot of four of a shell loop,
     waiting for it to stop hung until the deadline)."""
-    state = _state(pid)
+    state = proctree.state(pid)
     if state in (b"T", b"t", b"Z", b"X", None):
         return True
     # (the wait is in kernel_clone on Linux 6.18, wait_for_vfork_done where not inlined)

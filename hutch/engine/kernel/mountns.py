@@ -43,6 +43,12 @@ class MountRefused(ValueError):
     """The path cannot take (or does not hold) the mount; the message says why."""
 
 
+def normalised(path: str) -> str:
+    """``path`` made absolute, without ``.``, ``..`` or doubled slashes (as text: nothing
+    resolved)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
 def forbidden(path: str) -> bool:
     """Whether ``path`` (normalised) is in :data:`FORBIDDEN`."""
     return any(path == top or path.startswith(top + "/") for top in FORBIDDEN)
@@ -53,8 +59,7 @@ def check_target(path: str) -> str:
     :data:`FORBIDDEN`."""
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise MountRefused(f"{path!r} is not an absolute path")
-    normal = posixpath.normpath(path)
-    normal = "/" + normal.lstrip("/")
+    normal = normalised(path)
     if normal == "/":
         raise MountRefused("an image cannot be mounted at /")
     if forbidden(normal):

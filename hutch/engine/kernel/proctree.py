@@ -37,10 +37,15 @@ def _ppid(pid: int) -> int | None:
     return None if fields is None else int(fields[1])
 
 
+def state(pid: int) -> bytes | None:
+    """The state letter of ``pid`` (``R``, ``S``, ``D``, ``T``, ``t``, ``Z``...), or None."""
+    fields = _stat(pid)
+    return None if fields is None else fields[0]
+
+
 def running(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] != b"Z"
+    return state(pid) not in (None, b"Z")
 
 
 def _pids() -> list[int]:
@@ -52,6 +57,11 @@ def _pidns(pid: int) -> int | None:
         return os.stat(f"/proc/{pid}/ns/pid").st_ino
     except OSError:
         return None
+
+
+def members(pidns: int) -> list[int]:
+    """The pids of the processes in the pid namespace ``pidns`` (its inode number)."""
+    return [p for p in _pids() if _pidns(p) == pidns]
 
 
 def _has_marker(pid: int, marker: bytes) -> bool:
@@ -66,7 +76,7 @@ def find_tree(root: int, marker: bytes | None = None, pidns: int | None = None) 
     """``root``, its descendants and the marked processes of the namespace ``pidns``
     (with ``pidns``, only processes in that namespace: nothing of the host)."""
     children: dict[int, list[int]] = defaultdict(list)
-    pids = _pids() if pidns is None else [p for p in _pids() if _pidns(p) == pidns]
+    pids = _pids() if pidns is None else members(pidns)
     for pid in pids:
         ppid = _ppid(pid)
         if ppid is not None:

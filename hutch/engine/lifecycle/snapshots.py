@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import posixpath
 import signal
 import time
 from collections import defaultdict
@@ -77,7 +76,7 @@ class SnapshotService:
         """Snapshot one directory of the sandbox; returns the image's ref and digest."""
         live = self._live(sandbox_id)
         row = self.manager.store.sandbox(sandbox_id)
-        normal = "/" + posixpath.normpath(path).lstrip("/")
+        normal = mountns.normalised(path)
         if mountns.forbidden(normal):
             raise Invalid(f"{normal} belongs to the kernel: it cannot be snapshotted")
         async with self._lock(sandbox_id):
@@ -143,17 +142,23 @@ class SnapshotService:
             raise
         return tree
 
-    def _filesystem(self, live: LiveSandbox, row: SandboxRow, deadline: float) -> str:
-        base = self._base_ref(row)
-        src = os.open(live.dirs.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def _take(self, live: LiveSandbox, row: SandboxRow, src: int, deadline: float, *,
+              overlay: bool, base: str | None, source: str) -> str:
+        """Copy the tree ``src`` (closed here) and tag it as a snapshot over ``base``."""
         try:
-            tree = self._copy(live, row, src, deadline, overlay=True)
+            tree = self._copy(live, row, src, deadline, overlay=overlay)
         finally:
             os.close(src)
         store = self.manager.images.store
         layer = snapshots.commit_tree(store, tree)
         return snapshots.write_snapshot(store, sandbox_id=live.sandbox_id, base_ref=base,
-                                        layer=layer, source=live.sandbox_id)
+                                        layer=layer, source=source)
+
+    def _filesystem(self, live: LiveSandbox, row: SandboxRow, deadline: float) -> str:
+        base = self._base_ref(row)
+        src = os.open(live.dirs.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._take(live, row, src, deadline, overlay=True, base=base,
+                          source=live.sandbox_id)
 
     def _directory(self, live: LiveSandbox, row: SandboxRow, path: str,
                    deadline: float) -> str:
@@ -177,14 +182,8 @@ class SnapshotService:
                               "snapshotted")
         finally:
             os.close(root)
-        try:
-            tree = self._copy(live, row, src, deadline, overlay=False)
-        finally:
-            os.close(src)
-        store = self.manager.images.store
-        layer = snapshots.commit_tree(store, tree)
-        return snapshots.write_snapshot(store, sandbox_id=live.sandbox_id, base_ref=None,
-                                        layer=layer, source=f"{live.sandbox_id}:{path}")
+        return self._take(live, row, src, deadline, overlay=False, base=None,
+                          source=f"{live.sandbox_id}:{path}")
 
     def _root(self, live: LiveSandbox) -> int:
         """A descriptor of the sandbox's ``/``: its mount namespace's root, never its
@@ -287,7 +286,7 @@ class SnapshotService:
 
     async def unmount_image(self, sandbox_id: str, path: str) -> None:
         live = self._live(sandbox_id)
-        normal = "/" + posixpath.normpath(path).lstrip("/")
+        normal = mountns.normalised(path)
         async with self._lock(sandbox_id):
             await trio.to_thread.run_sync(self._unmount, live, normal)
 

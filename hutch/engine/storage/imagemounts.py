@@ -12,7 +12,8 @@ to be moved into the sandbox; the staging mounts are gone before the call return
 nothing of it is left mounted in the sandbox's directory, where cleanup removes files.
 
 Which mounts a sandbox has is kept in ``imagemounts.json`` in its directory (path ->
-number and mount id), so a restarted daemon can still unmount them.
+number, mount id and layers), so a restarted daemon can still unmount them and holds
+their layers' in-memory copies again.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ Records = dict[str, dict[str, Any]]
 
 def load(dirs: SandboxDirs) -> Records:
     """Path asked for -> ``{"number", "mount_id", "seen"}`` (where it resolved in the
-    sandbox) of its image mounts."""
+    sandbox) and ``"layers"`` (the image's unpacked-layer names) of its image mounts."""
     try:
         doc = json.loads((dirs.root / RECORDS).read_text())
     except (OSError, ValueError):

@@ -43,7 +43,7 @@ def busy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[byte
         time.sleep(0.005)
     procs.append(stopped)
     mine = [p.pid for p in procs]
-    monkeypatch.setattr(freezer, "_members", lambda pidns: list(mine))
+    monkeypatch.setattr(freezer.proctree, "members", lambda pidns: list(mine))
     monkeypatch.setattr(freezer.proctree, "pin", lambda pid, ns: os.pidfd_open(pid))
     yield procs
     for p in procs:
