@@ -409,6 +409,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check the host").set_defaults(func=cmd_doctor)
     tlstrust.add_parser(sub)
+    from hutch.tools import mcpserver  # (it imports the mcp SDK only when `hutch mcp` runs)
+
+    mcpserver.add_parser(sub)
     return p
 
 
