@@ -193,3 +193,61 @@ def test_a_session_runs_a_repl_on_a_terminal(engine: dict[str, Any], tmp_path: P
     """``pty_exec_start(tty=True)`` is ``exec(pty=True)``: typed into as the model would."""
     assert _drive(PTY, tmp_path) == ["supports True", "prompt True", "repl True", "exit 3",
                                      "plain [b'err', b'out'] 4"]
+
+
+RUNNER = r"""
+import asyncio, json
+
+from agents import RunConfig, Runner
+from agents.items import ModelResponse
+from agents.models.interface import Model
+from agents.run_config import SandboxRunConfig
+from agents.sandbox.sandbox_agent import SandboxAgent
+from agents.usage import Usage
+from openai.types.responses import (
+    ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText)
+
+from hutch.integrations.openai_agents import HutchSandboxClient
+
+
+class FakeModel(Model):
+    # The model's two turns, fixed: a shell command in the sandbox, then an answer made of
+    # what the command printed (read from the tool output the Runner sends back).
+    async def get_response(self, system_instructions, input, *args, **kwargs):
+        outputs = [item.get("output") for item in input
+                   if isinstance(item, dict) and item.get("type") == "function_call_output"]
+        if not outputs:
+            call = ResponseFunctionToolCall(
+                type="function_call", call_id="call-1", name="exec_command", id="fc-1",
+                status="completed",
+                arguments=json.dumps({"cmd": "echo $((6*7)) > answer.txt && cat answer.txt "
+                                             "&& id -un"}))
+            return ModelResponse(output=[call], usage=Usage(), response_id=None)
+        text = "tool said: " + " ".join(str(o) for o in outputs).replace("\n", " ")
+        message = ResponseOutputMessage(
+            id="msg-1", type="message", role="assistant", status="completed",
+            content=[ResponseOutputText(type="output_text", text=text, annotations=[])])
+        return ModelResponse(output=[message], usage=Usage(), response_id=None)
+
+    def stream_response(self, *args, **kwargs):
+        raise RuntimeError("not streamed here")
+
+
+async def main():
+    agent = SandboxAgent(name="coder", instructions="Use the shell.", model=FakeModel())
+    client = HutchSandboxClient()
+    result = await Runner.run(agent, "What is six times seven?",
+                              run_config=RunConfig(sandbox=SandboxRunConfig(client=client)))
+    print("final has 42", "42" in result.final_output)
+    print("final has root", "root" in result.final_output)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_sandbox_agent_runs_through_the_runner(engine: dict[str, Any], tmp_path: Path) -> None:
+    """``Runner.run`` with ``RunConfig(sandbox=SandboxRunConfig(client=HutchSandboxClient()))``:
+    the SDK makes the session, gives the agent its shell tool, and the (fixed) model's
+    command runs in a hutch sandbox."""
+    assert _drive(RUNNER, tmp_path) == ["final has 42 True", "final has root True"]
