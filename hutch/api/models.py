@@ -263,11 +263,19 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?(:[A-Za-z0-9_][A-Za-z0-9
 _TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 
 
+#: A terminal's size where none is known (a VT100's), and the most rows or columns taken
+#: (``struct winsize`` holds 65535; nothing draws that).
+DEFAULT_TERMINAL_SIZE = (24, 80)
+MAX_TERMINAL_CELLS = 4096
+#: ``TERM`` where the client's is unknown (what most terminal emulators are now).
+DEFAULT_TERM = "xterm-256color"
+
+
 class TerminalSize(_Wire):
     """A terminal's size in character cells."""
 
-    rows: int = Field(default=24, ge=1, le=4096)
-    cols: int = Field(default=80, ge=1, le=4096)
+    rows: int = Field(default=DEFAULT_TERMINAL_SIZE[0], ge=1, le=MAX_TERMINAL_CELLS)
+    cols: int = Field(default=DEFAULT_TERMINAL_SIZE[1], ge=1, le=MAX_TERMINAL_CELLS)
 
 
 class PtySpec(TerminalSize):
@@ -275,7 +283,7 @@ class PtySpec(TerminalSize):
     output comes as stream 1), and ``TERM`` is set to ``term`` unless the command's
     environment sets it."""
 
-    term: str = "xterm-256color"
+    term: str = DEFAULT_TERM
 
     @field_validator("term")
     @classmethod

@@ -26,10 +26,8 @@ import tty
 from collections.abc import Iterator
 from typing import Any
 
-#: ``TERM`` in the sandbox when the local one is unknown (what most emulators are now).
-DEFAULT_TERM = "xterm-256color"
-#: A terminal's size when the local one is unknown (a VT100's).
-DEFAULT_SIZE = (24, 80)
+from hutch.api.models import DEFAULT_TERM, DEFAULT_TERMINAL_SIZE, MAX_TERMINAL_CELLS
+
 #: Seconds between looks at the local window's size where no SIGWINCH handler is set.
 SIZE_POLL = 0.25
 
@@ -50,7 +48,7 @@ def pty_request(pty: bool, pty_info: Any = None) -> dict[str, Any] | None:
     of Modal's ``PTYInfo`` (``winsz_rows``, ``winsz_cols``, ``env_term``); None for neither."""
     if not pty and pty_info is None:
         return None
-    rows, cols = local_size() or DEFAULT_SIZE
+    rows, cols = local_size() or DEFAULT_TERMINAL_SIZE
     term = os.environ.get("TERM") or DEFAULT_TERM
     if not pty and pty_info is not None:
         def field(name: str) -> Any:
@@ -62,7 +60,8 @@ def pty_request(pty: bool, pty_info: Any = None) -> dict[str, Any] | None:
         term = str(field("env_term") or term)
     if term == "dumb" or not term.replace("-", "").replace(".", "").replace("+", "").isalnum():
         term = DEFAULT_TERM
-    return {"rows": max(1, min(rows, 4096)), "cols": max(1, min(cols, 4096)), "term": term}
+    return {"rows": max(1, min(rows, MAX_TERMINAL_CELLS)),
+            "cols": max(1, min(cols, MAX_TERMINAL_CELLS)), "term": term}
 
 
 @contextlib.contextmanager
