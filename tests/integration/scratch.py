@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def _pip(python: Path, *args: str) -> None:
         if any(text in done.stderr for text in unreachable):
             pytest.skip(f"the package index is unreachable: {done.stderr.strip()[-300:]}")
         raise AssertionError(done.stderr)
+
+
+def drive(python: Path, source: str, cwd: Path, *args: str, env: dict[str, str] | None = None,
+          name: str = "drive.py") -> subprocess.CompletedProcess[str]:
+    """Run ``source`` (dedented) as a program with ``python`` in ``cwd`` (with ``args``; the
+    test's environment, or ``env``), and check that it ended with 0."""
+    program = cwd / name
+    program.write_text(textwrap.dedent(source))
+    done = subprocess.run([str(python), str(program), *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd, env=dict(os.environ) if env is None else env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
 
 
 def venv(name: str, packages: list[str], *, with_hutch: bool = False) -> Path:

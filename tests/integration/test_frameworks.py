@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +47,7 @@ asyncio.run(main())
 
 def _drive(python: Path, source: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run ``source`` with the scratch environment's Python, ``import modal`` -> hutch."""
-    program = tmp_path / "drive.py"
-    program.write_text(textwrap.dedent(source))
-    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env={**os.environ, "HUTCH_AS_MODAL": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return scratch.drive(python, source, tmp_path, env={**os.environ, "HUTCH_AS_MODAL": "1"})
 
 
 def test_the_openai_agents_sdk_modal_backend(engine: dict[str, Any], tmp_path: Path) -> None:

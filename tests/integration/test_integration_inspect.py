@@ -5,9 +5,7 @@ configuration, and the times of a first sandbox and of later ones."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +112,7 @@ for sample in log.samples:
 def _drive(python: Path, source: str, tmp_path: Path,
            *args: str) -> subprocess.CompletedProcess[str]:
     """Runs ``source`` with the scratch environment's Python, in ``tmp_path``."""
-    program = tmp_path / "drive.py"
-    program.write_text(textwrap.dedent(source))
-    done = subprocess.run([str(python), str(program), *args], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env={**os.environ})
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done
+    return scratch.drive(python, source, tmp_path, *args)
 
 
 def test_inspect_self_check_passes(engine: dict[str, Any], tmp_path: Path) -> None:

@@ -6,9 +6,6 @@ called as an agent's tool node calls them, its ``BaseSandbox`` file operations, 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +77,7 @@ print("TIMING provider sandboxes (warm pool of 2) " + " ".join("%.3f" % t for t 
 def test_deepagents_backend_through_its_filesystem_tools(engine: dict[str, Any],
                                                         tmp_path: Path) -> None:
     python = scratch.venv("deepagents", ["deepagents"], with_hutch=True)
-    program = tmp_path / "drive.py"
-    program.write_text(textwrap.dedent(DRIVER))
-    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env=dict(os.environ))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = scratch.drive(python, DRIVER, tmp_path)
     print(done.stdout)  # (the TIMING lines: pytest -s shows them)
     lines = [line for line in done.stdout.splitlines() if not line.startswith("TIMING")]
     assert lines == [

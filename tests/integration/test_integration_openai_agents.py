@@ -5,8 +5,6 @@ LLM (no ``HUTCH_AS_MODAL``: nothing here goes through the Modal shim)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +15,8 @@ PACKAGES = ["openai-agents"]
 
 def _drive(source: str, tmp_path: Path) -> list[str]:
     python = scratch.venv("openai-agents-native", PACKAGES, with_hutch=True)
-    program = tmp_path / "drive.py"
-    program.write_text(textwrap.dedent(source))
     env = {k: v for k, v in os.environ.items() if k != "HUTCH_AS_MODAL"}
-    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = scratch.drive(python, source, tmp_path, env=env)
     print(done.stdout)  # (the timings, for the log)
     return [line for line in done.stdout.splitlines() if not line.startswith("time ")]
 

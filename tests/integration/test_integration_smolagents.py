@@ -5,8 +5,6 @@ PyPI in a scratch environment: a ``CodeAgent`` whose steps come from a fake mode
 from __future__ import annotations
 
 import os
-import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +93,8 @@ def test_a_code_agent_runs_its_steps_in_a_hutch_sandbox(engine: dict[str, Any],
     """State between steps, a tool sent as source, variables sent by ``additional_args``,
     an error observed by the agent, and ``final_answer`` ending the run with its value."""
     python = scratch.venv("smolagents", ["smolagents"], with_hutch=True)
-    program = tmp_path / "agent.py"
-    program.write_text(textwrap.dedent(AGENT))
     env = {k: v for k, v in os.environ.items() if k != "HUTCH_AS_MODAL"}
-    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = scratch.drive(python, AGENT, tmp_path, env=env, name="agent.py")
     print(done.stdout)  # (the timings, for the log)
     ours = ("answer", "steps", "state", "last", "error", "final", "cleaned", "stray",
             "timeout", "after")  # (smolagents' loggers print to stdout too)

@@ -5,8 +5,6 @@ token, and on a Unix socket."""
 from __future__ import annotations
 
 import os
-import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -202,12 +200,8 @@ anyio.run(main)
 
 
 def _drive(python: Path, source: str, tmp_path: Path) -> list[str]:
-    program = tmp_path / "drive.py"
-    program.write_text(textwrap.dedent(source))
-    done = subprocess.run([str(python), str(program)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path,
-                          env={**os.environ, "SOCKET_DIR": str(tmp_path)})
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = scratch.drive(python, source, tmp_path,
+                         env={**os.environ, "SOCKET_DIR": str(tmp_path)})
     print(done.stdout)  # (the TIMING lines: pytest -s shows them)
     return [line for line in done.stdout.splitlines() if not line.startswith("TIMING")]
 
