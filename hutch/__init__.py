@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hutch.modal.aliasing import install_as_modal
     from hutch.sdk.app import App
     from hutch.sdk.image import Image
+    from hutch.sdk.network import Network
     from hutch.sdk.output import enable_output
     from hutch.sdk.pool import WarmPool
     from hutch.sdk.probe import Probe
@@ -35,6 +36,7 @@ _LAZY = {
     "App": "hutch.sdk.app",
     "ContainerProcess": "hutch.sdk.process",
     "Image": "hutch.sdk.image",
+    "Network": "hutch.sdk.network",
     "Probe": "hutch.sdk.probe",
     "Sandbox": "hutch.sdk.sandbox",
     "Secret": "hutch.sdk.secret",
@@ -68,6 +70,7 @@ __all__ = [
     "ContainerProcess",
     "Error",
     "Image",
+    "Network",
     "Probe",
     "Sandbox",
     "Secret",

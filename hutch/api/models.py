@@ -127,6 +127,32 @@ class LocalMount(_Wire):
         return v
 
 
+#: a name another sandbox of the same network finds this one by (a DNS name: labels of
+#: letters, digits, '-' and '_', joined by dots)
+_ALIAS = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})"
+                    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*")
+MAX_NETWORK_ALIASES = 16
+
+
+class NetworkAttachment(_Wire):
+    """The private network a sandbox joins (``hutch network``; created beforehand) and the
+    names its members find it by, besides its id (and its ``name``, when it has one)."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list, max_length=MAX_NETWORK_ALIASES)
+
+    _name = field_validator("name")(_check_name("network"))
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: list[str]) -> list[str]:
+        for alias in v:
+            if not _ALIAS.fullmatch(alias):
+                raise ValueError(f"network alias {alias[:80]!r} is not a host name (labels of "
+                                 "letters, digits, '-' and '_', joined by dots)")
+        return v
+
+
 class CreateSandboxRequest(_Wire):
     app_id: str | None = None
     app_name: str | None = None
@@ -148,6 +174,8 @@ class CreateSandboxRequest(_Wire):
     #: slirp4netns, or only to ``outbound_cidr_allowlist`` when it is given.
     network: Literal["none", "open"] = "none"
     outbound_cidr_allowlist: list[str] | None = None
+    #: a private network shared with other sandboxes, besides ``network`` (hutch's own)
+    network_attachment: NetworkAttachment | None = None
     #: Sandbox ports forwarded from ephemeral ports of the host's 127.0.0.1.
     unencrypted_ports: list[int] = Field(default_factory=list, max_length=64)
     #: The same, behind TLS terminated by the engine (certificate from its own CA).
@@ -434,9 +462,10 @@ class ErrorBody(_Wire):
 _ERROR_STATUSES = {
     400: "Invalid input (an unparsable body too), or a file operation's error (``type``)",
     403: "A file operation was refused (``permission_denied``)",
-    404: "No such sandbox, exec, app, image, volume or file",
+    404: "No such sandbox, exec, app, image, volume, network or file",
     409: "Conflicts with the current state (e.g. the sandbox has finished)",
     422: "The request does not match its schema (the message names the field)",
+    429: "Every one of a resource is in use (``resource_exhausted``)",
     504: "Timed out",
 }
 

@@ -77,3 +77,7 @@ SANDBOX_SNAPSHOT_FILESYSTEM = SANDBOX + "/snapshot-filesystem"
 SANDBOX_SNAPSHOT_DIRECTORY = SANDBOX + "/snapshot-directory"
 SANDBOX_MOUNT_IMAGE = SANDBOX + "/mount-image"
 SANDBOX_UNMOUNT_IMAGE = SANDBOX + "/unmount-image"
+
+#: private networks between sandboxes (``hutch network``)
+NETWORKS = V1 + "/networks"
+NETWORK = NETWORKS + "/{name}"

@@ -15,6 +15,7 @@ from hutch.exception import InvalidError
 from hutch.sdk import options
 from hutch.sdk.image import Image
 from hutch.sdk.memorysnapshot import refuse as refuse_memory_snapshots
+from hutch.sdk.network import attachment
 from hutch.sdk.probe import Probe
 from hutch.sdk.secret import Secret, merge_secrets
 from hutch.sdk.volume import Volume
@@ -38,6 +39,7 @@ async def create_request(
     outbound_cidr_allowlist: Sequence[str] | None, cidr_allowlist: Sequence[str] | None,
     encrypted_ports: Sequence[int], unencrypted_ports: Sequence[int],
     readiness_probe: Probe | None, unsupported: Mapping[str, Any],
+    network: object = None, network_aliases: object = (),
 ) -> dict[str, Any]:
     """The request body; ``unsupported`` holds the Modal parameters hutch has no use for,
     each of which must be unset."""
@@ -91,6 +93,9 @@ async def create_request(
         body["volumes"] = {options.check_mount_path(p): v.mount() for p, v in volumes.items()}
         for volume in volumes.values():
             await volume._resolve()  # (a lazy from_name: made, or NotFoundError, now)
+    joined = await attachment(network, network_aliases)
+    if joined is not None:
+        body["network_attachment"] = joined
     if app is not None:
         body["app_id"] = await app.resolve_id()
     if image is not None:

@@ -42,6 +42,7 @@ from hutch.sdk.files import (
 from hutch.sdk.image import Image, resolves_directly
 from hutch.sdk.localobject import LocalObject
 from hutch.sdk.memorysnapshot import SandboxMemorySnapshots
+from hutch.sdk.network import Network
 from hutch.sdk.probe import Probe
 from hutch.sdk.process import EXEC_SETTLE_MS, WAIT_SLICE, ContainerProcess
 from hutch.sdk.sandboxaccess import SandboxAccess
@@ -140,8 +141,12 @@ class Sandbox(SandboxAccess, SandboxSnapshots, SandboxMemorySnapshots, LocalObje
         client: Any = None,
         environment_name: str | None = None,
         runtime: str | None = None,
+        network: Network | str | None = None,
+        network_aliases: Sequence[str] = (),
     ) -> Sandbox:
-        """Start a sandbox running ``args`` (or idling until terminated when none are given).
+        """Start a sandbox running ``args`` (or idling until terminated when none are given);
+        ``network``/``network_aliases``: a :class:`~hutch.Network` it joins, found there by
+        those names (hutch's own).
 
         Raises :class:`AlreadyExistsError` when a running sandbox of the app has ``name``.
         """
@@ -154,7 +159,7 @@ class Sandbox(SandboxAccess, SandboxSnapshots, SandboxMemorySnapshots, LocalObje
             pids_limit=pids_limit, volumes=volumes, outbound_cidr_allowlist=outbound_cidr_allowlist,
             cidr_allowlist=cidr_allowlist, encrypted_ports=encrypted_ports,
             unencrypted_ports=unencrypted_ports, readiness_probe=readiness_probe,
-            unsupported={
+            network=network, network_aliases=network_aliases, unsupported={
                 "gpu": gpu, "cloud": cloud, "region": region,
                 "network_file_systems": network_file_systems,
                 "outbound_domain_allowlist": outbound_domain_allowlist,

@@ -396,6 +396,10 @@ def _new_tracebacks(log_path: Path, offset: int) -> str:
     return "\n\n".join("\n".join(lines[max(0, i - 1):i + 40]) for i in starts[:3])
 
 
+def _networks(client: httpx.Client) -> set[str]:
+    return {n["name"] for n in client.get("/v1/networks").json()["networks"]}
+
+
 def test_the_api_survives_a_fuzzing_run(client: httpx.Client) -> None:
     started = time.monotonic()
     daemon_pid = client.get("/v1/engine").json()["pid"]
@@ -406,6 +410,7 @@ def test_the_api_survives_a_fuzzing_run(client: httpx.Client) -> None:
                   schemathesis.openapi.from_dict(raw).get_all_operations()
                   if result.ok().label not in SKIPPED]
     before, pools_before = set(_states(client)), _pools(client, raw)
+    networks_before = _networks(client)
     tree_before = _engine_process_tree(daemon_pid)
 
     with start_blocking_portal("trio") as portal:
@@ -461,6 +466,11 @@ def test_the_api_survives_a_fuzzing_run(client: httpx.Client) -> None:
     assert len(names) == 1, f"the live volume is gone: {names}"
     answer = client.delete(f"/v1/volumes/{names[0]}")
     assert answer.status_code == 200, answer.text
+    # the networks the run made (they outlive the data directory's sessions) go too, once
+    # their members have left
+    for name in sorted(_networks(client) - networks_before):
+        wait_for(lambda name=name: client.delete(f"/v1/networks/{name}").status_code == 200,
+                 timeout=30, what=f"network {name} to be deleted")
     wait_for(lambda: len(_engine_process_tree(daemon_pid)) <= len(tree_before)
              + PROCESS_SLACK, timeout=20, what="the engine's process tree to shrink back")
 

@@ -141,3 +141,23 @@ def test_the_hosts_own_address_on_its_lan_stays_closed_when_the_lan_is_allowed(
         thread.join(timeout=5)
         listener.close()
     assert accepted == []
+
+
+def test_private_networks_work_for_a_root_engine(root_engine: dict[str, Any]) -> None:
+    """The same private network as the rootless suite's, its namespaces made by real root."""
+    with hutch.Network.ephemeral() as net:
+        server = hutch.Sandbox.create("python3", "-m", "http.server", "8000", network=net,
+                                      network_aliases=["files"], timeout=120)
+        client = hutch.Sandbox.create(network=net, block_network=True, timeout=120)
+        try:
+            def fetched() -> bool:
+                p = client.exec("python3", "-c", "import urllib.request; urllib.request."
+                                "urlopen('http://files:8000/', timeout=3)")
+                return p.wait() == 0
+
+            wait_for(fetched, timeout=30, what="the server answering by name")
+        finally:
+            for sb in (server, client):
+                sb.terminate()
+                sb.wait(raise_on_termination=False)
+            wait_for(lambda: not net.members(), what="the members leaving")

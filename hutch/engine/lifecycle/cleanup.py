@@ -18,6 +18,7 @@ import trio
 
 from hutch.engine.commands.execs import ExecSession
 from hutch.engine.isolation.cgroups import SandboxCgroup
+from hutch.engine.lifecycle.networks import NetworkRegistry
 from hutch.engine.lifecycle.sandboxids import SandboxIds
 from hutch.engine.network import outbound
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
@@ -38,6 +39,7 @@ class _Manager(Protocol):
     volumes: VolumeService
     disks: DiskSlots
     execs: dict[str, ExecSession]
+    networks: NetworkRegistry
 
     def _cgroup(self, sandbox_id: str, spec: SandboxSpec) -> SandboxCgroup | None: ...
 
@@ -58,6 +60,7 @@ class SandboxCleanup:
         except OSError as exc:  # (out of descriptors): the cleanup goes on
             log.warning("deleting container %s: %s", sandbox_id, exc)
         await outbound.detach(dirs.root)
+        await self.networks.leave(sandbox_id)
         row = self.store.sandbox(sandbox_id)
         cgroup = self._cgroup(sandbox_id, row.spec)
         if cgroup is not None:

@@ -23,7 +23,8 @@ from hutch.engine.errors import EngineError
 from hutch.engine.isolation import idslices
 from hutch.engine.isolation.cgroups import Limits, SandboxCgroup
 from hutch.engine.lifecycle import consoles, sandboxids
-from hutch.engine.network import netns, outbound
+from hutch.engine.lifecycle.networks import Join
+from hutch.engine.network import bridges, netns, outbound
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.storage import layermirror, rootfs
@@ -63,6 +64,9 @@ class LaunchPlan:
     disk_slot: Path | None = None
     #: rows and columns of the entrypoint's terminal (``pty=True``; :mod:`.consoles`)
     terminal: tuple[int, int] | None = None
+    #: the private network it joins (:mod:`.networks`) and its peers' lines of /etc/hosts
+    network: Join | None = None
+    hosts_extra: str = ""
 
 
 async def start_container(runtime: OCIRuntime, plan: LaunchPlan
@@ -109,13 +113,14 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
     rootfs.make_dirs_inside(dirs.merged, plan.workdir, owner)
     etc = rootfs.write_etc_files(dirs, plan.sandbox_id,
                                  nameserver=outbound.SLIRP_DNS if plan.online else None,
-                                 owner=owner)
+                                 owner=owner, hosts_extra=plan.hosts_extra)
     if plan.online:
         trusted = plan.trust_bundle or outbound.HOST_CA_BUNDLE
         etc.update(outbound.host_trust(dirs.merged, trusted))
     if plan.visible_root is not None:
         sandboxids.bind_visible(dirs.root, plan.visible_root)
-    firewall = outbound.ruleset(plan.allowlist) if plan.online else None
+    firewall = outbound.ruleset(plan.allowlist, private=plan.network.subnet
+                                if plan.network is not None else None) if plan.online else None
     fifo = dirs.stdin_fifo
     os.mkfifo(fifo, 0o600)
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -135,6 +140,8 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
                 netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 if plan.online:
                     nursery.start_soon(outbound.attach, netns_path, dirs.root)
+                if plan.network is not None:
+                    nursery.start_soon(_join, plan.network, netns_fd)
                 view = plan.visible_root
                 mounts = plan.mounts
                 if view is not None:  # the runtime resolves these as the sandbox's root
@@ -206,3 +213,10 @@ def _seen_from(view: Path, root: Path, source: str) -> str:
     """``source``, a path under the sandbox's directory ``root``, as its root reaches it
     (under ``view``); other paths as they are."""
     return source.replace(str(root), str(view), 1) if source.startswith(f"{root}/") else source
+
+
+async def _join(join: Join, sandbox_netns: int) -> None:
+    """Connect the sandbox's network namespace to its private network (about 3 ms, beside
+    the runtime's create)."""
+    await trio.to_thread.run_sync(bridges.join, join.netns, sandbox_netns,
+                                  join.host_interface, join.address, join.prefixlen)

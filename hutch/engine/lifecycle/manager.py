@@ -40,6 +40,7 @@ from hutch.engine.lifecycle.cleanup import PENDING, SandboxCleanup
 from hutch.engine.lifecycle.connecttokens import ConnectTokens
 from hutch.engine.lifecycle.launch import LaunchPlan, start_container
 from hutch.engine.lifecycle.livesandbox import LiveSandbox, first_of, until_exit_activity_or
+from hutch.engine.lifecycle.networks import NetworkRegistry
 from hutch.engine.lifecycle.pool import PoolService
 from hutch.engine.lifecycle.probes import run_probe
 from hutch.engine.lifecycle.recovery import SandboxRecovery
@@ -56,7 +57,6 @@ from hutch.engine.storage.volumes import VolumeService
 from hutch.imagebuild.layout import Image
 
 log = logging.getLogger("hutch.sandbox")
-
 
 
 class SandboxManager(SandboxRecovery, SandboxCleanup):
@@ -94,6 +94,8 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         self.volumes = VolumeService(store, data_dir, DiskSlots.for_volumes(data_dir, user),
                                      self.ids.slices)
         self.disks = DiskSlots.for_engine(data_dir, user)
+        self.networks = NetworkRegistry(data_dir, runtime_dir,
+                                        lambda sandbox_id: self.dirs(sandbox_id).etc / "hosts")
         nursery.start_soon(self.ids.sweep_forever)
         self.log_watcher = logindex.LogWatcher()
         nursery.start_soon(self.log_watcher.run)
@@ -143,7 +145,10 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                 raise Invalid("warm pools cannot hold sandboxes with copy=False local files "
                               "(their files are read when a sandbox starts); use copy=True")
             image = await self._with_local_files(image, req)
-        if not pooled and self.pools is not None:
+        attachment = req.network_attachment
+        if attachment is not None and pooled:
+            raise Invalid("warm pools cannot hold sandboxes on a private network")
+        if not pooled and self.pools is not None and attachment is None:
             taken = await self.pools.take(req, app_id, image)
             if taken is not None:
                 return taken
@@ -188,7 +193,10 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
             raise
         dirs = self.dirs(sandbox_id)
         stdin: trio.lowlevel.FdStream | None = None
+        join = None
         try:
+            if attachment is not None:
+                join = await self.networks.reserve(attachment, sandbox_id, req.name)
             dirs.root.mkdir(parents=True)
             (dirs.root / PENDING).touch()  # until its cleanup is over (recovery finishes it)
             visible = self.ids.visible_dir(dirs.root, ids) if ids is not None else None
@@ -204,7 +212,9 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                 cgroup=self._cgroup(sandbox_id, spec_record), limits=limits,
                 disk_mib=req.ephemeral_disk, ids=ids, lower_copies=copies,
                 visible_root=visible, disk_slot=disk,
-                terminal=(req.pty.rows, req.pty.cols) if req.pty is not None else None))
+                terminal=(req.pty.rows, req.pty.cols) if req.pty is not None else None,
+                network=join, hosts_extra=self.networks.hosts_entries(join.network_id)
+                if join is not None else ""))
             for port in [*req.unencrypted_ports, *req.encrypted_ports]:
                 outbound.record_tunnel(dirs.root, port, 0, tls=port in req.encrypted_ports)
         except BaseException as exc:
@@ -217,6 +227,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                 raise Invalid(f"the sandbox could not start: {exc.stderr}") from exc
             raise
         self.store.mark_running(sandbox_id, pid)
+        await self.networks.joined(sandbox_id)
         row = self.store.sandbox(sandbox_id)
         self._supervise(row, stdin)
         remains.record(dirs.root, "init", pid, self.live[sandbox_id].pidfd)

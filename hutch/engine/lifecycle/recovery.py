@@ -23,6 +23,7 @@ from hutch.engine.isolation.idslices import Slice
 from hutch.engine.kernel import proctree
 from hutch.engine.lifecycle.cleanup import PENDING
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
+from hutch.engine.lifecycle.networks import NetworkRegistry
 from hutch.engine.lifecycle.sandboxids import SandboxIds
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.storage import imagemounts, remains, rootfs
@@ -48,6 +49,7 @@ class _Manager(Protocol):
     sandboxes_dir: Path
     exits_dir: Path
     live: dict[str, LiveSandbox]
+    networks: NetworkRegistry
 
     def dirs(self, sandbox_id: str) -> rootfs.SandboxDirs: ...
     def _supervise(self, row: SandboxRow, stdin: trio.lowlevel.FdStream | None = None
@@ -128,6 +130,7 @@ class SandboxRecovery:
             else:
                 log.info("finished the cleanup of sandbox %s", row.sandbox_id)
         self._forget_stale_exit_records()
+        await self.networks.recover(lambda sandbox_id: sandbox_id in self.live)
         try:  # what a crash left in them
             await trio.to_thread.run_sync(self.disks.empty_free)
         except Exception:

@@ -97,9 +97,11 @@ def _nft_set(networks: list[Any]) -> str:
     return "{ " + ", ".join(map(str, networks)) + " }"
 
 
-def ruleset(allowlist: list[str] | None, host: hostnet.HostNetworks | None = None) -> str:
+def ruleset(allowlist: list[str] | None, host: hostnet.HostNetworks | None = None, *,
+            private: str | None = None) -> str:
     """The nftables ruleset of a sandbox with network access; ``host`` (read from the
-    kernel now when not given) names the host's addresses and attached networks."""
+    kernel now when not given) names the host's addresses and attached networks;
+    ``private``: the subnet of its private network (reached on its ``eth0`` only)."""
     if host is None:
         host = hostnet.read()
     own4 = [a for a in host.addresses if a.version == 4]
@@ -113,6 +115,8 @@ def ruleset(allowlist: list[str] | None, host: hostnet.HostNetworks | None = Non
         '    oifname "lo" accept',
         "    ct state established,related accept",
     ]
+    if private is not None:
+        lines.append(f'    oifname "eth0" ip daddr {ipaddress.ip_network(private)} accept')
     if dns_allowed(allowlist):
         lines += [f"    ip daddr {SLIRP_DNS} udp dport 53 accept",
                   f"    ip daddr {SLIRP_DNS} tcp dport 53 accept"]

@@ -32,6 +32,7 @@ from hutch.engine.routes.common import health_answer
 from hutch.engine.routes.execs import add_exec_routes
 from hutch.engine.routes.files import add_file_routes
 from hutch.engine.routes.images import add_image_routes
+from hutch.engine.routes.networks import add_network_routes
 from hutch.engine.routes.pools import add_pool_routes
 from hutch.engine.routes.sandboxes import add_sandbox_routes
 from hutch.engine.routes.snapshots import add_snapshot_routes
@@ -102,6 +103,7 @@ def build_app(manager: SandboxManager, info: Callable[[], EngineInfo],
     if manager.pools is not None:
         add_pool_routes(app, manager.pools)
     add_volume_routes(app, manager.volumes)
+    add_network_routes(app, manager)
     framework_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -308,13 +308,14 @@ def make_dirs_inside(root: Path, path: str, owner: int | None = None) -> None:
 
 
 def write_etc_files(dirs: SandboxDirs, hostname: str, nameserver: str | None = None,
-                    owner: int | None = None) -> dict[str, str]:
-    """Generate /etc/hostname, /etc/hosts and /etc/resolv.conf (the host's, or one naming
-    ``nameserver``), owned by ``owner`` (the sandbox's root) where given; returns dest ->
-    source."""
+                    owner: int | None = None, hosts_extra: str = "") -> dict[str, str]:
+    """Generate /etc/hostname, /etc/hosts (with ``hosts_extra`` at its end: the peers on a
+    private network) and /etc/resolv.conf (the host's, or one naming ``nameserver``),
+    owned by ``owner`` (the sandbox's root) where given; returns dest -> source."""
     files = {
         "/etc/hostname": f"{hostname}\n",
-        "/etc/hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n",
+        "/etc/hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n"
+                      + hosts_extra,
         "/etc/resolv.conf": f"nameserver {nameserver}\n" if nameserver else _resolv_conf(),
     }
     out = {}

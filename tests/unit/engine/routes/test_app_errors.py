@@ -39,6 +39,7 @@ class _StubManager:
         self.logs = logs
         self.volumes = SimpleNamespace(ops=FileOps())  # (its routes' worker threads)
         self.pools = None
+        self.networks = None
         self.state = "running"
         self.live = {"sb-x": SimpleNamespace(pid=os.getpid(), workdir="/", terminating=False,
                                              done=trio.Event(), owner=None)}
