@@ -329,6 +329,30 @@ def check_tun() -> Check:
     return Check("/dev/net/tun", "ok", f"mode {mode:o}")
 
 
+#: Makes a bridge and a veth pair in a new user and network namespace: what the engine does
+#: for a private network (hutch.Network); the kernel loads ``bridge`` and ``veth`` on use.
+BRIDGE_PROBE = """
+from pyroute2 import IPRoute
+with IPRoute() as ipr:
+    ipr.link("add", ifname="probe0", kind="bridge")
+    ipr.link("add", ifname="probe1", kind="veth", peer={"ifname": "probe2"})
+"""
+
+
+def check_private_networks() -> Check:
+    try:
+        probe = subprocess.run(["unshare", "--user", "--map-root-user", "--net",
+                                sys.executable, "-c", BRIDGE_PROBE],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("private networks", "warn", f"could not probe: {exc}")
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["no reason given"])[-1]
+        return Check("private networks", "warn", "no bridge or veth pair in a user namespace "
+                     f"(hutch.Network will fail): {reason}", "as root: modprobe bridge veth")
+    return Check("private networks", "ok", "bridge and veth pairs in a user namespace")
+
+
 def check_engine() -> list[Check]:
     from hutch.exception import Error
     from hutch.sdk.transport import request_blocking
@@ -353,7 +377,7 @@ def check_engine() -> list[Check]:
 
 CHECKS: list[Callable[[], Check | list[Check]]] = [
     check_python, check_binaries, check_libraries, check_kernel, check_userns, check_subids,
-    check_cgroups, check_limits, check_tun, check_engine,
+    check_cgroups, check_limits, check_tun, check_private_networks, check_engine,
 ]
 
 

@@ -56,6 +56,8 @@ def test_doctor(engine: dict[str, Any]) -> None:
                  "user namespaces", "runtime", "slirp4netns", "libnftables", "libseccomp",
                  "openssl", "limit: memory", "limit: pids", "limit: ephemeral_disk"):
         assert f"] {name}" in out
+    # this host makes bridges in a user namespace (the private network tests need them)
+    assert "[ok  ] private networks: bridge and veth pairs" in out
 
 
 def test_run_with_an_explicit_image(engine: dict[str, Any]) -> None:
