@@ -39,9 +39,9 @@ from hutch.exception import Error, NotFoundError
 from hutch.sdk.app import App
 from hutch.sdk.image import Image
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE
+from hutch.sdk.pythonkernel import KernelLost, KernelReply, PythonKernel
 from hutch.sdk.sandbox import Sandbox
 from hutch.tools.mcphttp import loopback_address, serve_http, token_from_env, unix_listener
-from hutch.tools.mcprepl import Repl, ReplError
 
 APP_NAME = "hutch-mcp"
 WORKDIR = "/workspace"
@@ -75,13 +75,13 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 
 class _Sandboxes:
-    """The sandboxes of this server: checks ids, keeps one interpreter per sandbox."""
+    """The sandboxes of this server: checks ids, keeps one Python kernel per sandbox."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.app = App.lookup(APP_NAME, create_if_missing=True)
         self.created: set[str] = set()
-        self.repls: dict[str, Repl] = {}
+        self.kernels: dict[str, PythonKernel] = {}
         self.lock = threading.Lock()
 
     def get(self, sandbox_id: object) -> Sandbox:
@@ -102,18 +102,19 @@ class _Sandboxes:
                           f"{info.get('returncode')}, {info.get('exit_reason') or 'ended'})")
         return sb
 
-    def repl(self, sb: Sandbox) -> Repl:
+    def kernel(self, sb: Sandbox) -> PythonKernel:
+        """The sandbox's kernel, started on first use (one that was lost restarts itself)."""
         with self.lock:
-            repl = self.repls.get(sb.object_id)
-            if repl is None or not repl.alive:
-                repl = self.repls[sb.object_id] = Repl(sb)
-            return repl
+            kernel = self.kernels.get(sb.object_id)
+            if kernel is None:
+                kernel = self.kernels[sb.object_id] = PythonKernel(sb, filename="<run_python>")
+            return kernel
 
     def forget(self, sandbox_id: str) -> None:
         with self.lock:
-            repl = self.repls.pop(sandbox_id, None)
-        if repl is not None:
-            repl.close()
+            kernel = self.kernels.pop(sandbox_id, None)
+        if kernel is not None:
+            kernel.close()
 
     def close(self) -> None:
         """Terminate what this server created (a client that exits leaves nothing)."""
@@ -200,6 +201,14 @@ def run_shell(sb: Sandbox, command: str, timeout: float, workdir: str | None,
     return proc.wait()
 
 
+def python_result(reply: KernelReply) -> dict[str, Any]:
+    """``run_python``'s answer: printed output, the trailing value's ``repr``, the
+    traceback of an exception (the model reads text, not the kernel's record of it)."""
+    return {"output": reply.output, "value": reply.value,
+            "error": reply.error.traceback if reply.error is not None else None,
+            "truncated": reply.truncated}
+
+
 def build_server(config: Config) -> tuple[Any, _Sandboxes]:
     """The MCP server with its tools, and its sandboxes (imports the ``mcp`` SDK)."""
     import anyio.to_thread
@@ -226,7 +235,7 @@ def build_server(config: Config) -> tuple[Any, _Sandboxes]:
             return await anyio.to_thread.run_sync(fn, *args)
         except Refused as exc:
             raise ToolError(str(exc)) from None
-        except ReplError as exc:
+        except KernelLost as exc:
             raise ToolError(str(exc)) from None
         except Error as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from None
@@ -336,7 +345,7 @@ def build_server(config: Config) -> tuple[Any, _Sandboxes]:
             raise ToolError(str(exc)) from None
 
         def run() -> dict[str, Any]:
-            return boxes.repl(boxes.get(sandbox_id)).run(code, limit)
+            return python_result(boxes.kernel(boxes.get(sandbox_id)).run(code, limit))
 
         return await call(run)
 

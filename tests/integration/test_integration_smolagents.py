@@ -12,6 +12,7 @@ from tests.integration import scratch
 
 AGENT = r'''
 import time
+from importlib.metadata import entry_points
 
 from smolagents import CodeAgent, tool
 from smolagents.memory import ActionStep
@@ -50,6 +51,7 @@ def double(n: int) -> int:
     return 2 * n
 
 
+print("entry point", entry_points(group="smolagents.executors")["hutch"].load() is HutchExecutor)
 began = time.monotonic()
 executor = HutchExecutor()
 print(f"time executor 1 {time.monotonic() - began:.3f}")
@@ -81,7 +83,7 @@ print("stray", "from fd 1" in out.logs, "printed" in out.logs, out.output)
 try:
     again.run_code_raise_errors("import time\ntime.sleep(30)")
 except Exception as e:
-    print("timeout", type(e).__name__, "restarted" in str(e))
+    print("timeout", type(e).__name__, "variables are lost" in str(e))
 out = again.run_code_raise_errors("'kept' in globals()")
 print("after restart", out.output)
 again.cleanup()
@@ -91,15 +93,17 @@ again.cleanup()
 def test_a_code_agent_runs_its_steps_in_a_hutch_sandbox(engine: dict[str, Any],
                                                         tmp_path: Path) -> None:
     """State between steps, a tool sent as source, variables sent by ``additional_args``,
-    an error observed by the agent, and ``final_answer`` ending the run with its value."""
+    an error observed by the agent, ``final_answer`` ending the run with its value; output
+    of child processes, a timeout that loses the state; the ``smolagents.executors`` entry
+    point naming the executor."""
     python = scratch.venv("smolagents", ["smolagents"], with_hutch=True)
     env = {k: v for k, v in os.environ.items() if k != "HUTCH_AS_MODAL"}
     done = scratch.drive(python, AGENT, tmp_path, env=env, name="agent.py")
     print(done.stdout)  # (the timings, for the log)
-    ours = ("answer", "steps", "state", "last", "error", "final", "cleaned", "stray",
+    ours = ("entry", "answer", "steps", "state", "last", "error", "final", "cleaned", "stray",
             "timeout", "after")  # (smolagents' loggers print to stdout too)
     assert [line for line in done.stdout.splitlines() if line.startswith(ours)] == [
-        "answer {'x': 21, 'y': 42, 'root': 6}", "steps 4", "state kept True True",
-        "last output True", "error AgentExecutionError True", "final True",
+        "entry point True", "answer {'x': 21, 'y': 42, 'root': 6}", "steps 4",
+        "state kept True True", "last output True", "error AgentExecutionError True", "final True",
         "cleaned True True", "stray True True 2", "timeout AgentError True",
         "after restart False"]

@@ -1,11 +1,11 @@
 """``hutch mcp``'s parts that need neither the ``mcp`` SDK nor an engine: argument checks,
-the HTTP transports' token gate, loopback check and socket mode, the Python driver of
-``run_python`` (run here with this Python), and the missing-SDK message.
+the HTTP transports' token gate, loopback check and socket mode, ``run_python``'s answer,
+and the missing-SDK message.
 tests/integration/test_mcp_server.py drives the whole server with the SDK's own client."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import stat
 import subprocess
@@ -16,7 +16,8 @@ from typing import Any
 import anyio
 import pytest
 
-from hutch.tools import mcphttp, mcprepl, mcpserver
+from hutch.sdk import pythonkernel
+from hutch.tools import mcphttp, mcpserver
 from hutch.tools.cli import main
 
 
@@ -113,37 +114,17 @@ def test_the_unix_socket_is_private_and_a_stale_one_replaced(tmp_path: Path) -> 
         mcphttp.unix_listener(str(tmp_path / "plain"))
 
 
-def test_the_python_driver_keeps_state_and_captures_output() -> None:
-    """The driver ``run_python`` starts in a sandbox, spoken to as the server does."""
-    proc = subprocess.Popen([sys.executable, "-u", "-c", mcprepl.DRIVER],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-
-    def run(code: str) -> dict[str, Any]:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps({"code": code}) + "\n")
-        proc.stdin.flush()
-        answer: dict[str, Any] = json.loads(proc.stdout.readline())
-        return answer
-
-    try:
-        assert run("x = 6 * 7\nprint('set')") == {
-            "output": "set\n", "value": None, "error": None, "truncated": False}
-        assert run("x + 1")["value"] == "43"
-        child = run("import os, sys; os.system('echo from a child'); "
-                    "print('err', file=sys.stderr); input()")
-        assert "from a child\n" in child["output"] and "err\n" in child["output"]
-        assert "EOFError" in child["error"]  # (input() reads /dev/null, not the requests)
-        failed = run("def f():\n    return 1 / 0\nf()")
-        assert "ZeroDivisionError" in failed["error"] and 'File "<run_python>"' in failed["error"]
-        assert "SyntaxError" in run("def (")["error"]
-        assert "SystemExit" in run("raise SystemExit(3)")["error"]
-        assert run("x")["value"] == "42"  # (still alive, state kept)
-        big = run("print('a' * (2 << 20))")
-        assert big["truncated"] and len(big["output"]) == mcprepl.MAX_OUTPUT
-    finally:
-        proc.kill()
-        proc.wait()
+def test_run_python_answers_with_the_traceback_as_text() -> None:
+    """The kernel's reply as the tool returns it (the kernel itself:
+    tests/unit/sdk/test_pythonkernel.py)."""
+    error = pythonkernel.CodeError("ZeroDivisionError", "division by zero", "Traceback ...")
+    reply = pythonkernel.KernelReply(output="before\n", truncated=False, value=None,
+                                     error=error, final=None)
+    assert mcpserver.python_result(reply) == {
+        "output": "before\n", "value": None, "error": "Traceback ...", "truncated": False}
+    reply = dataclasses.replace(reply, error=None, value="42", truncated=True)
+    assert mcpserver.python_result(reply) == {
+        "output": "before\n", "value": "42", "error": None, "truncated": True}
 
 
 def test_without_the_sdk_hutch_mcp_names_the_extra(capsys: pytest.CaptureFixture[str],
