@@ -21,7 +21,7 @@ from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
-from hutch.tools import imagecli, shellcli, tlstrust
+from hutch.tools import imagecli, networkcli, shellcli, tlstrust
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -106,7 +106,7 @@ def _exec_and_stream(sb: Sandbox, args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     image = Image.from_id(args.image) if args.image else None
     sb = Sandbox.create(timeout=args.timeout, name=args.name, env=_env_pairs(args.env),
-                        workdir=args.workdir, image=image)
+                        workdir=args.workdir, image=image, **networkcli.run_options(args))
     try:
         return _exec_and_stream(sb, args)
     finally:
@@ -353,6 +353,7 @@ def parser() -> argparse.ArgumentParser:
                      help="sandbox timeout in seconds (default 300)")
     run.add_argument("--name")
     run.add_argument("--image", help="image reference (default: the Debian base)")
+    networkcli.add_run_options(run)
     _add_exec_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -391,6 +392,8 @@ def parser() -> argparse.ArgumentParser:
     vol.add_argument("remote", nargs="?", default="",
                      help="put: the path in the volume; get: the local file to write")
     vol.set_defaults(func=cmd_volume)
+
+    networkcli.add_parser(sub)
 
     sec = sub.add_parser("secret", help="create, list and delete named secrets")
     sec.add_argument("action", choices=["create", "list", "delete"])

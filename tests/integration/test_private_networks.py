@@ -167,3 +167,22 @@ def test_ephemeral_network(engine: dict[str, Any]) -> None:
     with hutch.Network.ephemeral() as net:
         assert net.name in [n.name for n in hutch.Network.list()]
     assert net.name not in [n.name for n in hutch.Network.list()]
+
+
+def test_many_members_join_at_once(network: hutch.Network) -> None:
+    """Creates on one network from several threads: each succeeds, and every member's
+    /etc/hosts ends up naming all of them (rewrites land in order)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        members = list(pool.map(lambda i: hutch.Sandbox.create(
+            network=network, network_aliases=[f"n{i}"], block_network=True, timeout=120),
+            range(12)))
+    try:
+        assert len({m.address for m in network.members()}) == 12
+        for sb in members:
+            hosts = sb.open("/etc/hosts").read()
+            assert all(f"\tn{i} " in hosts for i in range(12)), hosts
+    finally:
+        for sb in members:
+            sb.terminate()

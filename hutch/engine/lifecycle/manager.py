@@ -227,10 +227,10 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                 raise Invalid(f"the sandbox could not start: {exc.stderr}") from exc
             raise
         self.store.mark_running(sandbox_id, pid)
-        await self.networks.joined(sandbox_id)
         row = self.store.sandbox(sandbox_id)
         self._supervise(row, stdin)
         remains.record(dirs.root, "init", pid, self.live[sandbox_id].pidfd)
+        await self.networks.joined(sandbox_id)  # (never raises: it runs supervised)
         await self._serve_tunnels(self.live[sandbox_id])
         return row
 

@@ -188,10 +188,15 @@ class NetworkRegistry:
         return None
 
     async def joined(self, sandbox_id: str) -> None:
-        """Tell the network's other members about a sandbox that has joined."""
-        record = self._member_of(sandbox_id)
-        if record is not None:
-            await trio.to_thread.run_sync(self._rewrite_hosts, record)
+        """Tell the network's other members about a sandbox that has joined (a hosts file
+        that cannot be written is logged: the sandbox runs all the same)."""
+        try:
+            async with self.lock:
+                record = self._member_of(sandbox_id)
+                if record is not None:
+                    await self._rewrite_hosts(record)
+        except Exception:
+            log.exception("telling the network's members about sandbox %s", sandbox_id)
 
     async def leave(self, sandbox_id: str) -> None:
         """Take an ended (or never started) sandbox off its network, if it was on one."""
@@ -209,7 +214,7 @@ class NetworkRegistry:
             except bridges.BridgeSetupFailed as exc:
                 log.warning("network %s: %s", record["name"], exc)
         self._save(record)
-        await trio.to_thread.run_sync(self._rewrite_hosts, record)
+        await self._rewrite_hosts(record)
 
     async def _prune(self, record: dict[str, Any], is_live: Callable[[str], bool]) -> None:
         gone = [s for s in record["members"] if not is_live(s)]
@@ -222,15 +227,22 @@ class NetworkRegistry:
             for record in list(self.records.values()):
                 await self._prune(record, is_live)
 
-    def _rewrite_hosts(self, record: dict[str, Any]) -> None:
+    async def _rewrite_hosts(self, record: dict[str, Any]) -> None:
         """Rewrite, in place (the file is bind-mounted into the sandbox), the /etc/hosts of
-        every member: what the sandbox's own entries were, then the network's."""
+        every member: what precedes the network's entries, then the entries.  Called with
+        the lock held, so rewrites land in the order the members changed; what they write
+        is taken here, on the event loop, where the members change."""
         entries = self.hosts_entries(record["network_id"])
-        for sandbox_id in record["members"]:
-            try:
-                rewrite_hosts_file(self.hosts_file(sandbox_id), entries)
-            except OSError as exc:  # (a sandbox ending meanwhile)
-                log.debug("hosts file of %s: %s", sandbox_id, exc)
+        files = {s: self.hosts_file(s) for s in record["members"]}
+
+        def rewrite() -> None:
+            for sandbox_id, path in files.items():
+                try:
+                    rewrite_hosts_file(path, entries)
+                except OSError as exc:  # (a sandbox ending meanwhile)
+                    log.debug("hosts file of %s: %s", sandbox_id, exc)
+
+        await trio.to_thread.run_sync(rewrite)
 
 
 #: Most bytes of a sandbox's own /etc/hosts kept when hutch's entries are rewritten.
