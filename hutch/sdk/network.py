@@ -59,6 +59,11 @@ class Network(LocalObject):
         return None if self._info is None else str(self._info["network_id"])
 
     @property
+    def labels(self) -> dict[str, str]:
+        """Its labels (given at :meth:`create`), once the network was looked up."""
+        return {} if self._info is None else dict(self._info.get("labels", {}))
+
+    @property
     def subnet(self) -> str | None:
         """Its IPv4 subnet (a /24 of 10.89.0.0/16), once the network was looked up."""
         return None if self._info is None else str(self._info["subnet"])

@@ -17,8 +17,9 @@ def add_network_routes(app: FastAPI, manager: SandboxManager) -> None:
 
     def on_network(sandbox_id: str) -> bool:
         """Whether a member's sandbox runs, or is being made (its address is taken)."""
-        if sandbox_id in manager.live:
-            return True
+        live = manager.live.get(sandbox_id)
+        if live is not None:  # (one that has ended leaves at its cleanup: let go now)
+            return not live.done.is_set()
         try:
             return manager.store.sandbox(sandbox_id).state == "creating"
         except NotFound:

@@ -1,7 +1,8 @@
 """The ``hutch`` sandbox environment for inspect_ai: each sample's services are hutch
 sandboxes, created in parallel (from a warm pool when ``HUTCH_INSPECT_WARM_POOL`` asks for
-one), and every exec and file operation goes straight to the engine over hutch's async SDK,
-with no ``docker`` command line in between.
+one; in ``depends_on`` order, on a network of the sample's own where they share one: see
+:mod:`hutch.integrations.inspect.project`), and every exec and file operation goes straight
+to the engine over hutch's async SDK, with no ``docker`` command line in between.
 
 inspect loads this module through the ``inspect_ai`` entry point (``pip install
 "hutch[inspect]"``), which registers the class with ``@sandboxenv(name="hutch")``; nothing
@@ -38,7 +39,7 @@ from inspect_ai.util._sandbox.environment import SandboxUnavailableError
 
 import hutch
 from hutch.exception import ClientClosed, ConflictError, NotFoundError
-from hutch.integrations.inspect import compose
+from hutch.integrations.inspect import compose, project
 from hutch.integrations.inspect.compose import ComposeError, ServiceSpec
 from hutch.sdk.options import ARG_MAX_BYTES
 
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 #: The app every inspect sandbox is created in, and the tag that marks them for cleanup.
 APP_NAME = "inspect"
-TAG = "inspect-sandbox"
+TAG = project.LABEL
 #: Seconds a sandbox may live: hutch's (and Modal's) most; inspect ends it at sample end.
 SANDBOX_TIMEOUT = 86400
 #: Bytes of stdin sent per request (the SDK buffers at most 2 MiB before a drain).
@@ -137,14 +138,18 @@ class HutchSandboxEnvironment(SandboxEnvironment):  # type: ignore[misc]
     _live: ClassVar[dict[str, set[str]]] = {}
     #: Warm pools declared by ``task_init``, by task.
     _pools: ClassVar[dict[str, list[Any]]] = {}
+    #: Networks of samples not yet deleted, by task, for ``task_cleanup`` to delete.
+    _networks: ClassVar[dict[str, set[str]]] = {}
 
     def __init__(self, sandbox: hutch.Sandbox, service: str, working_dir: str,
-                 user: str | None = None) -> None:
+                 user: str | None = None, networks: list[str] | None = None) -> None:
         super().__init__()
         self.sandbox = sandbox
         self.service = service
         self.working_dir = working_dir
         self.default_user = user
+        #: the networks of its sample (the same list for each of its services)
+        self.networks = networks if networks is not None else []
 
     # -- what inspect asks of a provider -------------------------------------------------
 
@@ -183,51 +188,81 @@ class HutchSandboxEnvironment(SandboxEnvironment):  # type: ignore[misc]
     @classmethod
     async def sample_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None,
                           metadata: dict[str, str]) -> dict[str, SandboxEnvironment]:
+        """The sample's services, each a sandbox, on networks of the sample's own where
+        they share one, started in ``depends_on`` order and healthy (see
+        :mod:`hutch.integrations.inspect.project`)."""
         specs = services_for(config, metadata)
         from inspect_ai.log._samples import sample_active
 
         sample = sample_active()
-        tags = {TAG: "1", "inspect-task": _tag(task_name)}
+        tags = {TAG: "1", project.TASK_LABEL: _tag(task_name)}
         if sample is not None:
             tags["inspect-sample"] = _tag(sample.sample.id)
             tags["inspect-epoch"] = _tag(sample.epoch)
+        run = project.new_run()
+        names = project.network_names(specs, task_name, run)
+        if names:
+            tags[project.RUN_LABEL] = run
         app = await hutch.App.lookup.aio(APP_NAME, create_if_missing=True)
         made: dict[str, HutchSandboxEnvironment] = {}
+        networks: list[str] = []
+
+        async def start(spec: ServiceSpec, network: str | None) -> hutch.Sandbox:
+            env = await cls._start(spec, app, tags, task_name, network, networks)
+            made[spec.name] = env
+            return env.sandbox
+
         try:
-            async with anyio.create_task_group() as group:
-                for spec in specs:
-                    group.start_soon(cls._start, spec, app, tags, task_name, made)
+            await project.make_networks(names.values(), project.labels(_tag(task_name), run),
+                                        networks)
+            cls._networks.setdefault(task_name, set()).update(networks)
+            await project.start_services(specs, start, names)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await cls._end(task_name, made.values())
+                await cls._end(task_name, made.values(), networks)
             raise
         return {spec.name: made[spec.name] for spec in specs}
 
     @classmethod
     async def _start(cls, spec: ServiceSpec, app: hutch.App, tags: dict[str, str],
-                     task_name: str, made: dict[str, HutchSandboxEnvironment]) -> None:
+                     task_name: str, network: str | None,
+                     networks: list[str]) -> HutchSandboxEnvironment:
         sb = await hutch.Sandbox.create.aio(
             *(spec.entrypoint or ()), app=app, image=_image(spec), env=spec.env or None,
-            workdir=spec.workdir, timeout=SANDBOX_TIMEOUT, tags=tags, **_shape(spec))
+            workdir=spec.workdir, timeout=SANDBOX_TIMEOUT, tags=tags, network=network,
+            network_aliases=list(spec.aliases) if network else (),
+            readiness_probe=hutch.Probe.with_exec(
+                *spec.healthcheck.argv, interval_ms=spec.healthcheck.interval_ms)
+            if spec.healthcheck else None, **_shape(spec))
         cls._live.setdefault(task_name, set()).add(sb.object_id)
-        env = cls(sb, spec.name, spec.workdir or "/", spec.user)
-        made[spec.name] = env
+        env = cls(sb, spec.name, spec.workdir or "/", spec.user, networks)
         if spec.workdir is None:  # the image's WORKDIR, as docker's provider asks for it
-            proc = await sb.exec.aio("pwd", timeout=60)
-            found = (await proc.stdout.read.aio()).strip()
-            if await proc.wait.aio() == 0 and found.startswith("/"):
-                env.working_dir = found
+            try:
+                proc = await sb.exec.aio("pwd", timeout=60)
+                found = (await proc.stdout.read.aio()).strip()
+                if await proc.wait.aio() == 0 and found.startswith("/"):
+                    env.working_dir = found
+            except (ConflictError, NotFoundError):
+                pass  # (a service that has done its work and ended)
+        return env
 
     @classmethod
-    async def _end(cls, task_name: str, environments: Any) -> None:
+    async def _end(cls, task_name: str, environments: Any,
+                   networks: list[str] | None = None) -> None:
+        """Terminate the sandboxes; then, once they have left them, delete ``networks``."""
         live = cls._live.get(task_name, set())
-        for env in environments:
-            if isinstance(env, HutchSandboxEnvironment):
-                live.discard(env.sandbox.object_id)
-                try:
-                    await env.sandbox.terminate.aio()
-                except (NotFoundError, ConflictError, ClientClosed):
-                    pass
+        ended = [env.sandbox for env in environments
+                 if isinstance(env, HutchSandboxEnvironment)]
+        async with anyio.create_task_group() as group:
+            for sandbox in ended:
+                live.discard(sandbox.object_id)
+                group.start_soon(_terminate, sandbox)
+        if networks:
+            with anyio.CancelScope(shield=True):
+                left = await project.remove_networks(networks, ended)
+            kept = cls._networks.setdefault(task_name, set())
+            kept.difference_update(networks)
+            kept.update(left)  # (for task_cleanup to try again)
 
     @classmethod
     async def sample_cleanup(cls, task_name: str,
@@ -236,7 +271,9 @@ class HutchSandboxEnvironment(SandboxEnvironment):  # type: ignore[misc]
                              interrupted: bool) -> None:
         # A hutch sandbox ends in milliseconds and shows no output while it does, so it
         # ends now even when the sample was interrupted (docker's waits for task end).
-        await cls._end(task_name, environments.values())
+        networks = {name for env in environments.values()
+                    if isinstance(env, HutchSandboxEnvironment) for name in env.networks}
+        await cls._end(task_name, environments.values(), sorted(networks))
 
     @classmethod
     async def task_cleanup(cls, task_name: str, config: SandboxEnvironmentConfigType | None,
@@ -244,26 +281,28 @@ class HutchSandboxEnvironment(SandboxEnvironment):  # type: ignore[misc]
         for pool in cls._pools.pop(task_name, []):
             await pool.delete.aio()
         left = cls._live.pop(task_name, set())
+        networks = cls._networks.pop(task_name, set())
         if not cleanup:
-            if left:
-                print(f"hutch sandboxes left running: {' '.join(sorted(left))} "
+            if left or networks:
+                print(f"hutch sandboxes left running: {' '.join(sorted(left))}; networks: "
+                      f"{' '.join(sorted(networks))} "
                       "(end them with: inspect sandbox cleanup hutch)")
             return
+        ended = []
         for sandbox_id in left:
             try:
-                await (await hutch.Sandbox.from_id.aio(sandbox_id)).terminate.aio()
+                ended.append(sb := await hutch.Sandbox.from_id.aio(sandbox_id))
+                await sb.terminate.aio()
             except (NotFoundError, ConflictError):
                 pass
+        await project.remove_networks(sorted(networks), ended)
 
     @classmethod
     async def cli_cleanup(cls, id: str | None) -> None:
-        """``inspect sandbox cleanup hutch [ID]``: ends one sandbox, or every sandbox
-        inspect started (tagged ``inspect-sandbox``)."""
-        if id is not None:
-            await (await hutch.Sandbox.from_id.aio(id)).terminate.aio()
-            return
-        async for sb in hutch.Sandbox.list.aio(tags={TAG: "1"}):
-            await sb.terminate.aio()
+        """``inspect sandbox cleanup hutch [ID]``: ends every sandbox inspect started
+        (tagged ``inspect-sandbox``) and deletes their networks; with a sandbox's id (or
+        the name of a sample's network), that sample's sandboxes and networks."""
+        await project.clean_up(id)
 
     # -- one sandbox ---------------------------------------------------------------------
 
@@ -413,6 +452,13 @@ async def _prepare(spec: ServiceSpec, app: hutch.App, size: int, pools: list[Any
     image = await _image(spec).build.aio()
     if size > 0 and spec.poolable:
         pools.append(await app.warm_pool.aio(image, size=min(size, 64), **_shape(spec)))
+
+
+async def _terminate(sandbox: hutch.Sandbox) -> None:
+    try:
+        await sandbox.terminate.aio()
+    except (NotFoundError, ConflictError, ClientClosed):
+        pass
 
 
 async def _collect(stream: Any, tail: _Tail) -> None:
