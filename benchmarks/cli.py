@@ -26,11 +26,11 @@ from benchmarks import files as files_bench
 from benchmarks import images as images_bench
 from benchmarks.environment import DEFAULT_IMAGE, Rootfs, locate_rootfs, machine_info
 from benchmarks.harness import Outcome, Trial, Unavailable, describe, run_interleaved
-from benchmarks.hutch_peer import HutchPeer, HutchPoolPeer
+from benchmarks.hutch_peer import HutchColdPeer, HutchPeer, HutchPoolPeer
 from benchmarks.peers import BwrapPeer, CrunPeer, Peer, PodmanPeer, default_podman_root
 from benchmarks.report import ms, ratios, write_all
 
-ALL_PEERS = ("hutch", "hutch-pool", "crun", "podman", "bwrap")
+ALL_PEERS = ("hutch", "hutch-cold", "hutch-pool", "crun", "podman", "bwrap")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 SCENARIOS: dict[str, tuple[str, str]] = {
@@ -123,6 +123,8 @@ def _make_peers(names: list[str], hutch: HutchPeer | str, rootfs: Rootfs | str,
     for name in names:
         if name == "hutch":
             peers[name] = hutch
+        elif name == "hutch-cold":
+            peers[name] = _attempt(HutchColdPeer) if isinstance(hutch, HutchPeer) else hutch
         elif name == "hutch-pool":
             _log("filling a warm pool")
             peers[name] = _attempt(HutchPoolPeer) if isinstance(hutch, HutchPeer) else hutch

@@ -72,10 +72,30 @@ class HutchPeer(Peer):
     def exec_command(self) -> str:
         return "sb.exec('true').wait()  (sb running sleep infinity)"
 
+    def reserve(self, size: int | None = None) -> dict[str, int]:
+        """The engine's reserve (resized to ``size`` first, when given)."""
+        if size is not None:
+            answer: dict[str, int] = self._request("PUT", "/v1/engine/reserve",
+                                                   json_body={"size": size})
+            return answer
+        info: dict[str, int] = self._request("GET", "/v1/engine")["reserve"]
+        return info
+
+    def await_reserve(self, timeout: float = 30.0) -> None:
+        """Untimed: until the reserve holds what it keeps (as hutch-pool waits for its
+        pool), so that each trial finds what a create on an idle engine finds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.reserve()
+            if info["ready"] >= info["size"]:
+                return
+            time.sleep(0.02)
+
     def startup_trial(self) -> Trial:
         sandbox_cls = self._hutch.Sandbox
 
         def trial() -> Sample:
+            self.await_reserve()
             t0 = time.perf_counter()
             sb = sandbox_cls.create(*PRINT_ARGV, timeout=self.timeout)
             t1 = time.perf_counter()
@@ -116,6 +136,44 @@ class HutchPeer(Peer):
         with contextlib.suppress(Exception):
             self._sleeper.terminate(grace_period=1.0)
         self._sleeper = None
+
+
+class HutchColdPeer(HutchPeer):
+    """hutch without its reserve: the same trial as ``hutch``, with the engine's reserve
+    emptied first (``PUT /v1/engine/reserve`` size 0, untimed) and refilled after, so that
+    the create makes its container as a create of a configuration not used before does."""
+
+    name = "hutch-cold"
+
+    def __init__(self, sandbox_timeout: float = 120.0) -> None:
+        super().__init__(sandbox_timeout)
+        self.size = self.reserve()["size"]
+
+    def startup_command(self) -> str:
+        return super().startup_command() + "  (engine reserve emptied first)"
+
+    def startup_trial(self) -> Trial:
+        inner = super().startup_trial()
+
+        def trial() -> Sample:
+            self.reserve(0)
+            try:
+                return inner()
+            finally:
+                self.reserve(self.size)
+        return trial
+
+    def await_reserve(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.reserve()["ready"] and time.monotonic() < deadline:
+            time.sleep(0.02)  # the waiting sandboxes end: nothing of them is left to take
+
+    def open_exec(self) -> Trial:
+        raise Unavailable("execs do not depend on the reserve: see hutch")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.reserve(self.size)
 
 
 class HutchPoolPeer(HutchPeer):

@@ -389,39 +389,6 @@ class LookupAppRequest(_Wire):
     _name = field_validator("name")(_check_name("app"))
 
 
-class DefaultLimits(_Wire):
-    """The limits a sandbox that sets none gets from this engine (None: no limit), in the
-    API's units; ``memory_mib`` grows by a sandbox's ``ephemeral_disk``, and a request
-    above a default raises it to the request (docs/limits.md, "resources")."""
-
-    memory_mib: int | None = None
-    cpu: float | None = None
-    pids: int | None = None
-
-
-class EngineInfo(_Wire):
-    version: str
-    api_version: str
-    pid: int
-    runtime: str
-    runtime_fallback_reason: str | None
-    userns_mode: str
-    data_dir: str
-    default_image: str
-    #: how commands start in sandboxes: ``zygote`` (the engine's fork server) or
-    #: ``runtime`` (the OCI runtime's exec)
-    exec_via: str = "runtime"
-    default_limits: DefaultLimits = Field(default_factory=DefaultLimits)
-
-
-class CheckpointInfo(_Wire):
-    """``GET /v1/engine/checkpoint``: whether the engine could checkpoint a sandbox (Modal's
-    memory snapshots), and why not, as the engine measured it in its own user namespace."""
-
-    supported: bool
-    reason: str
-
-
 class LookupVolumeRequest(_Wire):
     name: str
     create_if_missing: bool = False

@@ -81,3 +81,6 @@ SANDBOX_UNMOUNT_IMAGE = SANDBOX + "/unmount-image"
 #: private networks between sandboxes (``hutch network``)
 NETWORKS = V1 + "/networks"
 NETWORK = NETWORKS + "/{name}"
+
+#: how many sandboxes the engine's reserve keeps (``PUT``; its state is in ``ENGINE``)
+ENGINE_RESERVE = V1 + "/engine/reserve"

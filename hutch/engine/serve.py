@@ -20,7 +20,8 @@ import trio
 
 from hutch import __version__
 from hutch.api import paths
-from hutch.api.models import API_VERSION, DefaultLimits, EngineInfo
+from hutch.api.enginemodels import DefaultLimits, EngineInfo, ReserveInfo
+from hutch.api.models import API_VERSION
 from hutch.engine.commands import starter
 from hutch.engine.httpd.server import HTTPServer
 from hutch.engine.images.builder import Builder
@@ -30,6 +31,7 @@ from hutch.engine.kernel import linux
 from hutch.engine.lifecycle import sandboxlimits
 from hutch.engine.lifecycle.manager import SandboxManager
 from hutch.engine.lifecycle.pool import PoolService
+from hutch.engine.lifecycle.reserve import DEFAULT_SIZE as DEFAULT_RESERVE
 from hutch.engine.network import netns
 from hutch.engine.routes.app import build_app
 from hutch.engine.routes.fastpath import FastPath
@@ -121,7 +123,7 @@ async def run() -> None:
             cgroups=cgroup_host, fork_server=starter.make_fork_server(), defaults=defaults,
             userns_mode=userns["mode"], user=user,
         )
-        manager.pools = PoolService(manager, nursery)
+        manager.pools = PoolService(manager, nursery, reserve_size=_reserve_size())
         contexts = data_dir / "contexts"
         contexts.mkdir(exist_ok=True)
         images.enable_builds(Builder(images.store, probe.runtime,
@@ -135,6 +137,8 @@ async def run() -> None:
                 userns_mode=userns["mode"], data_dir=str(data_dir),
                 default_image=images.default_ref, exec_via=manager.commands.via,
                 default_limits=_default_limits(defaults, cgroup_host),
+                reserve=ReserveInfo(**manager.pools.reserve.info()) if manager.pools
+                else ReserveInfo(),
             )
 
         sock = trio.socket.from_stdlib_socket(_listen(paths.socket_path()))
@@ -190,5 +194,18 @@ def main() -> int:
     return 0
 
 
+def _reserve_size() -> int:
+    """``HUTCH_RESERVE``: how many sandboxes the engine keeps started ahead of time for the
+    configuration used most (:mod:`hutch.engine.lifecycle.reserve`); 0 turns it off."""
+    value = os.environ.get("HUTCH_RESERVE", "")
+    if value.isdigit() and int(value) <= 64:
+        return int(value)
+    if value:
+        log.warning("HUTCH_RESERVE=%r is not a number from 0 to 64: keeping %d", value,
+                    DEFAULT_RESERVE)
+    return DEFAULT_RESERVE
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

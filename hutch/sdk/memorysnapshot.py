@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hutch.api import urls
-from hutch.api.models import CheckpointInfo
+from hutch.api.enginemodels import CheckpointInfo
 from hutch.exception import InvalidError
 from hutch.sdk import options
 from hutch.sdk.syncbridge import static_direct, synchronize

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from hutch.api import paths, urls
-from hutch.api.models import CheckpointInfo
+from hutch.api.enginemodels import CheckpointInfo
 from hutch.exception import InvalidError
 from tests.integration import scratch
 

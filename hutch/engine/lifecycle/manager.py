@@ -35,7 +35,7 @@ from hutch.engine.errors import Conflict, Invalid, TimedOut
 from hutch.engine.images.service import ImageService
 from hutch.engine.isolation.cgroups import CgroupHost, Limits, SandboxCgroup
 from hutch.engine.isolation.idslices import Slice
-from hutch.engine.lifecycle import logindex, sandboxlimits, sandboxspec
+from hutch.engine.lifecycle import logindex, reserve, sandboxlimits, sandboxspec
 from hutch.engine.lifecycle.cleanup import PENDING, SandboxCleanup
 from hutch.engine.lifecycle.connecttokens import ConnectTokens
 from hutch.engine.lifecycle.launch import LaunchPlan, start_container
@@ -119,20 +119,12 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                  for mount in req.local_mounts]
         return dataclasses.replace(image, layer_dirs=[*image.layer_dirs, *extra])
 
-    async def create(self, req: CreateSandboxRequest, *, pooled: bool = False) -> SandboxRow:
-        """A new sandbox for ``req`` (taken from a matching warm pool when there is one);
-        ``pooled``: a sandbox for a pool, unlisted until :meth:`adopt_pooled` hands it out."""
-        allowlist = None
-        if (req.unencrypted_ports or req.encrypted_ports) and req.network != "open":
-            raise Invalid("Cannot specify open ports when `block_network` is enabled")
-        if req.outbound_cidr_allowlist is not None:
-            if req.network != "open":
-                raise Invalid("`outbound_cidr_allowlist` cannot be used when `block_network` "
-                              "is enabled")
-            allowlist = outbound.check_allowlist(req.outbound_cidr_allowlist)
-        probe = req.readiness_probe
-        if probe is not None and (probe.tcp_port is None) == (probe.exec_argv is None):
-            raise Invalid("a readiness probe has either tcp_port or exec_argv")
+    async def create(self, req: CreateSandboxRequest, *, pooled: bool = False,
+                     waiter: bool = False) -> SandboxRow:
+        """A new sandbox for ``req`` (taken from a matching warm pool or the reserve when
+        there is one); ``pooled``: a sandbox for a pool, unlisted until :meth:`adopt_pooled`
+        hands it out; ``waiter``: running :data:`reserve.WAITER` (the reserve's)."""
+        allowlist = sandboxspec.checked_network(req)
         limits = Limits(cpu=req.cpu, cpu_limit=req.cpu_limit, memory=req.memory,
                         memory_limit=req.memory_limit, pids=req.pids_limit)
         self.cgroups.require(limits)
@@ -179,6 +171,8 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         # A default entrypoint (sleep) runs with the image's environment in / , so that a
         # pooled sandbox, started before its user's env and workdir were known, is the same.
         init_env = sandboxspec.base_env(image.env, sandbox_id) if default else spec_record.env
+        if waiter:  # its command comes later, with its env and workdir
+            argv, init_env = list(reserve.WAITER_ARGV), {}
         workdir = spec_record.workdir
         try:
             self.store.insert_sandbox(

@@ -31,6 +31,8 @@ from hutch.engine.commands.starter import CommandStarter
 from hutch.engine.errors import AlreadyExists, Invalid, NotFound
 from hutch.engine.images.service import ImageService
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
+from hutch.engine.lifecycle.reserve import DEFAULT_SIZE as DEFAULT_RESERVE
+from hutch.engine.lifecycle.reserve import KEY_FIELDS, Reserve
 from hutch.engine.storage.recordids import new_id
 from hutch.engine.storage.store import SandboxRow, Store
 from hutch.imagebuild.layout import Image
@@ -46,18 +48,15 @@ class PoolHost(Protocol):
     commands: CommandStarter
 
     def app_id(self, req: CreateSandboxRequest) -> str: ...
-    async def create(self, req: CreateSandboxRequest, *, pooled: bool = False
-                     ) -> SandboxRow: ...
+    async def create(self, req: CreateSandboxRequest, *, pooled: bool = False,
+                     waiter: bool = False) -> SandboxRow: ...
     def adopt_pooled(self, sandbox_id: str, req: CreateSandboxRequest, image: Image
                      ) -> SandboxRow: ...
     async def terminate(self, sandbox_id: str, grace: float) -> SandboxRow: ...
+    async def write_stdin(self, sandbox_id: str, data: bytes, eof: bool) -> None: ...
 
 log = logging.getLogger("hutch.pool")
 
-#: The request fields that shape a container, and so must match for a take.
-KEY_FIELDS = ("network", "outbound_cidr_allowlist", "unencrypted_ports", "encrypted_ports",
-              "volumes", "cpu", "cpu_limit", "memory", "memory_limit", "pids_limit",
-              "ephemeral_disk")
 #: Seconds a keeper waits after a failed fill before trying again.
 RETRY_AFTER = 2.0
 #: Seconds between a take and the refill it causes: the refill's start (mounts, runtime
@@ -102,10 +101,13 @@ class WarmPool:
 
 
 class PoolService:
-    def __init__(self, manager: PoolHost, nursery: trio.Nursery) -> None:
+    def __init__(self, manager: PoolHost, nursery: trio.Nursery,
+                 reserve_size: int = DEFAULT_RESERVE) -> None:
         self.manager = manager
         self.nursery = nursery
         self.pools: dict[str, WarmPool] = {}
+        #: the pool the engine keeps by itself, for the configuration used most
+        self.reserve = Reserve(manager, nursery, reserve_size)
 
     async def declare(self, template: CreateSandboxRequest, size: int) -> WarmPool:
         """The app's pool for these settings, made or resized to ``size``."""
@@ -159,14 +161,15 @@ class PoolService:
 
     async def take(self, req: CreateSandboxRequest, app_id: str, image: Image
                    ) -> SandboxRow | None:
-        """A pooled sandbox for ``req``, adopted, or None when no pool has one ready."""
+        """A pooled sandbox for ``req``, adopted, or None when no pool has one ready (nor
+        the reserve)."""
         if not self.pools:  # no pool declared: nothing to compute
-            return None
+            return await self.reserve.take(req, app_id, image)
         key = pool_key(req, app_id, image)
         pool = next((p for p in self.pools.values() if p.key == key), None) \
             if key is not None else None
         if pool is None or not self._live_count(pool):
-            return None
+            return await self.reserve.take(req, app_id, image)
         if req.name is not None:
             try:
                 self.manager.store.sandbox_by_name(app_id, req.name)
@@ -213,7 +216,9 @@ class PoolService:
         for pool in self.pools.values():
             if sandbox_id in pool.ready:
                 pool.notify()
+        self.reserve.ended(sandbox_id)
 
     async def close(self) -> None:
         for pool_id in list(self.pools):
             await self.delete(pool_id)
+        await self.reserve.close()

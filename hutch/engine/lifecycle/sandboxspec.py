@@ -9,6 +9,8 @@ that decides what a sandbox runs when neither the request nor the image says.
 from __future__ import annotations
 
 from hutch.api.models import CreateSandboxRequest
+from hutch.engine.errors import Invalid
+from hutch.engine.network import outbound
 from hutch.engine.storage.store import SandboxSpec
 from hutch.imagebuild.layout import Image
 
@@ -53,3 +55,20 @@ def base_env(image_env: dict[str, str], sandbox_id: str) -> dict[str, str]:
     env.setdefault("HOSTNAME", sandbox_id)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def checked_network(req: CreateSandboxRequest) -> list[str] | None:
+    """The request's outbound allowlist, normalized (None: none), once its network settings
+    and probe were found to make sense together (:class:`Invalid` otherwise)."""
+    allowlist = None
+    if (req.unencrypted_ports or req.encrypted_ports) and req.network != "open":
+        raise Invalid("Cannot specify open ports when `block_network` is enabled")
+    if req.outbound_cidr_allowlist is not None:
+        if req.network != "open":
+            raise Invalid("`outbound_cidr_allowlist` cannot be used when `block_network` "
+                          "is enabled")
+        allowlist = outbound.check_allowlist(req.outbound_cidr_allowlist)
+    probe = req.readiness_probe
+    if probe is not None and (probe.tcp_port is None) == (probe.exec_argv is None):
+        raise Invalid("a readiness probe has either tcp_port or exec_argv")
+    return allowlist

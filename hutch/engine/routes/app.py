@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException
 
 from hutch import __version__
 from hutch.api import urls
+from hutch.api.enginemodels import EngineInfo
 from hutch.api.errors import STATUS
 from hutch.api.models import (
-    EngineInfo,
     ErrorBody,
     document_error_bodies,
 )

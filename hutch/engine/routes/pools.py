@@ -1,6 +1,7 @@
 """The engine's warm-pool routes: declare, list, wait for, and delete an app's pools
-(:mod:`hutch.engine.lifecycle.pool`).  Taking from a pool needs no route: ``POST /v1/sandboxes``
-takes from a matching pool by itself."""
+(:mod:`hutch.engine.lifecycle.pool`), and size the engine's own reserve
+(:mod:`hutch.engine.lifecycle.reserve`).  Taking from a pool needs no route:
+``POST /v1/sandboxes`` takes from a matching pool, or the reserve, by itself."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Annotated
 from fastapi import FastAPI, Query
 
 from hutch.api import urls
+from hutch.api.enginemodels import ReserveInfo, ReserveRequest
 from hutch.api.models import PoolInfo, PoolRequest
 from hutch.engine.lifecycle.pool import PoolService
+from hutch.engine.routes.common import errors_doc
 
 
 def add_pool_routes(app: FastAPI, pools: PoolService) -> None:
@@ -40,3 +43,11 @@ def add_pool_routes(app: FastAPI, pools: PoolService) -> None:
         info = pools.get(pool_id).info()
         await pools.delete(pool_id)
         return info
+
+    @app.put(urls.ENGINE_RESERVE, responses=errors_doc(400, 422))
+    async def resize_reserve(req: ReserveRequest) -> ReserveInfo:
+        """Keep ``size`` sandboxes in the engine's reserve from now on (0 turns it off;
+        sandboxes waiting beyond it end): for a benchmark of creates it does not serve,
+        or to give back what it holds."""
+        pools.reserve.resize(req.size)
+        return ReserveInfo(**pools.reserve.info())

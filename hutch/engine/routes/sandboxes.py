@@ -17,10 +17,10 @@ from fastapi.responses import StreamingResponse
 
 from hutch.api import urls
 from hutch.api.appmodels import AppInfo
+from hutch.api.enginemodels import CheckpointInfo
 from hutch.api.models import (
     MAX_FILE_OFFSET,
     NDJSON,
-    CheckpointInfo,
     CreateSandboxRequest,
     LookupAppRequest,
     SandboxInfo,
