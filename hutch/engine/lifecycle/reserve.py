@@ -251,8 +251,13 @@ class Reserve:
         live.default_entrypoint = default
         self.taken += 1
         self._notify()
-        await self.host.write_stdin(sandbox_id, launch_script(
-            argv, env, cwd, secrets.token_hex(16)), eof=False)
+        try:
+            await self.host.write_stdin(sandbox_id, launch_script(
+                argv, env, cwd, secrets.token_hex(16)), eof=False)
+        except BaseException:  # (its waiter died meanwhile): it must not idle on as theirs
+            with trio.CancelScope(shield=True):
+                await self.host.terminate(sandbox_id, 0.0)
+            raise
         return row
 
     def resize(self, size: int) -> None:
