@@ -23,6 +23,7 @@ from hutch.sdk import terminal
 from hutch.sdk.image import Image
 from hutch.sdk.process import EXEC_TIMEOUT_RETURNCODE, ContainerProcess
 from hutch.sdk.sandbox import Sandbox
+from hutch.tools import networkcli
 
 #: What ``hutch shell`` runs without a command: bash where the image has it, else sh.
 DEFAULT_SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; "
@@ -68,7 +69,7 @@ def cmd_shell(args: argparse.Namespace, env: dict[str, str]) -> int:
                                 env)
     image = Image.from_id(args.image) if args.image else None
     sb = Sandbox.create(timeout=args.timeout, image=image, workdir=args.workdir,
-                        block_network=args.block_network)
+                        block_network=args.block_network, **networkcli.run_options(args))
     try:
         return exec_on_terminal(sb, cmd or DEFAULT_SHELL, args, env)
     finally:
@@ -86,5 +87,6 @@ def add_parser(sub: Any, exec_options: Any) -> argparse.ArgumentParser:
                        help="the new sandbox's timeout in seconds (default 3600)")
     shell.add_argument("--block-network", action="store_true",
                        help="the new sandbox without network access")
+    networkcli.add_run_options(shell)
     exec_options(shell, terminal=False)
     return shell  # type: ignore[no-any-return]

@@ -92,6 +92,20 @@ def test_shell_without_a_sandbox_makes_one_and_removes_it(engine: dict[str, Any]
     assert hutch.Sandbox.from_id(sandbox_id).poll() is not None  # gone with the shell
 
 
+def test_a_shell_on_a_private_network_finds_its_peers(engine: dict[str, Any]) -> None:
+    with hutch.Network.ephemeral() as net:
+        peer = hutch.Sandbox.create(network=net, network_aliases=["peer"], timeout=120)
+        try:
+            term = Terminal("shell", "--network", net.name, "--network-alias", "me")
+            term.type("getent hosts peer me | wc -l\r")
+            term.wait_for("\n2\n")
+            term.type("exit\r")
+            assert term.exit_code() == 0
+        finally:
+            peer.terminate()
+            peer.wait(raise_on_termination=False)
+
+
 def test_a_python_repl_keeps_its_state_through_ctrl_c(target: hutch.Sandbox) -> None:
     term = Terminal("shell", target.object_id, "--", "python3", "-i")
     term.wait_for(">>>")
