@@ -389,6 +389,8 @@ def test_chaos(chaos_engine: dict[str, Any], tmp_path: Path) -> None:
         finally:
             reader.terminate()
     finally:
+        # the reserve's waiting sandboxes end too (the engine's own: never listed)
+        request_blocking("PUT", "/v1/engine/reserve", json_body={"size": 0})
         for sb in list(hutch.Sandbox.list()):
             sb.terminate(wait=True)
     ids = _sandbox_ids(data) - before

@@ -13,11 +13,11 @@ working directory, as in a fresh sandbox, under the same namespaces, limits, sec
 filter, firewall and capabilities (they were set on the waiter and carry over the exec).
 
 What is kept: up to ``size`` sandboxes (``HUTCH_RESERVE``, default 2; 0 turns it off) for
-the key (:func:`reserve_key`: app, image, network, limits, volumes) seen most often among
+the key (:func:`reserve_key`: app, image, network, limits, disk) seen most often among
 the last :data:`RECENT` creates, when it was seen at least twice; a take is refilled in
 the background, 50 ms later.  A request it cannot serve the same way as a fresh create
-(a terminal, a readiness probe, files layered at start, a private network, an image whose
-``/bin/sh`` is not dash, a command not found in the image) is created as before.  Its
+(a terminal, a readiness probe, files layered at start, volumes, a private network, an
+image whose ``/bin/sh`` is not dash, a command not found in the image) is created as before.  Its
 cost while idle: each waiting sandbox's processes (dash, slirp4netns), its ids and
 cgroup, reported in benchmarks/results.
 """
@@ -68,9 +68,11 @@ WAITER_ARGV = ["/bin/sh", "-c", WAITER]
 
 def reserve_key(req: CreateSandboxRequest, app_id: str, image: Image) -> str | None:
     """What a create must share with the reserve's sandboxes to take one (None: it cannot,
-    because something of it must exist before its command starts)."""
+    because something of it must exist before its command starts, or because a waiting
+    sandbox would hold what its user may want back: a volume, which cannot be deleted, or
+    move to other ids, while a sandbox mounts it)."""
     if req.pty is not None or req.readiness_probe is not None or req.local_mounts \
-            or req.network_attachment is not None:
+            or req.network_attachment is not None or req.volumes:
         return None
     settings = req.model_dump(include=set(KEY_FIELDS), mode="json")
     return json.dumps([app_id, image.ref, [p.name for p in image.layer_dirs], settings],

@@ -18,7 +18,13 @@ import pytest
 import trio
 import trio.testing
 
-from hutch.api.models import CreateSandboxRequest, NetworkAttachment, ProbeSpec, PtySpec
+from hutch.api.models import (
+    CreateSandboxRequest,
+    NetworkAttachment,
+    ProbeSpec,
+    PtySpec,
+    VolumeMount,
+)
 from hutch.engine.lifecycle import reserve
 from hutch.imagebuild.layout import Image
 
@@ -63,7 +69,8 @@ def test_only_requests_made_alike_share_a_key() -> None:
     assert reserve.reserve_key(base.model_copy(update={"pids_limit": 99}), "ap-1",
                                IMAGE) != key
     for refused in ({"pty": PtySpec()}, {"network_attachment": NetworkAttachment(name="n")},
-                    {"readiness_probe": ProbeSpec(tcp_port=80)}):
+                    {"readiness_probe": ProbeSpec(tcp_port=80)},
+                    {"volumes": {"/data": VolumeMount(name="v")}}):
         assert reserve.reserve_key(base.model_copy(update=refused), "ap-1", IMAGE) is None
 
 
