@@ -20,6 +20,7 @@ from hutch.exception import (
     SandboxTimeoutError,
 )
 from hutch.sdk.transport import events_blocking, request_blocking
+from tests.helpers import wait_for
 
 
 def test_entrypoint_output_and_exit_code(engine: dict[str, Any]) -> None:
@@ -191,12 +192,17 @@ def test_entrypoint_that_cannot_start_is_invalid_and_leaves_nothing(
         hutch.Sandbox.create("no-such-command", name="never-started", timeout=60)
     # The failed sandbox frees its name and leaves no directories behind; so does one that
     # was terminated (terminate returns once it is cleaned up).  Sandboxes that other tests
-    # left running (or a pool refilling) keep theirs.
+    # left running (or a pool refilling) keep theirs; one the engine's reserve ended in the
+    # background (it changed configuration) may still be cleaning up: it is waited for.
     sb = hutch.Sandbox.create(name="never-started", timeout=60)
     sb.terminate()
-    leftovers = [sid for sid in with_rootfs() - before
-                 if sid == sb.object_id or _state(sid) != "running"]
-    assert leftovers == []
+
+    def leftovers() -> list[str]:
+        return [sid for sid in with_rootfs() - before
+                if sid == sb.object_id or _state(sid) != "running"]
+
+    assert sb.object_id not in leftovers()
+    wait_for(lambda: not leftovers(), timeout=15, what="no ended sandbox's directories")
 
 
 def _state(sandbox_id: str) -> str | None:

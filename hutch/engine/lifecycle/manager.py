@@ -243,7 +243,8 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         live.env, live.workdir = spec.env, spec.workdir
         live.idle_timeout = req.idle_timeout
         self.commands.taken(live)
-        live.touch()  # the supervisor looks at the new deadline
+        live.touch()
+        live.reschedule()  # the supervisor looks at the new deadline
         return self.store.sandbox(sandbox_id)
 
     async def _serve_tunnels(self, live: LiveSandbox) -> None:
