@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from benchmarks import concurrency
 from benchmarks import files as files_bench
 from benchmarks import images as images_bench
+from benchmarks import scale as scale_bench
 from benchmarks.environment import DEFAULT_IMAGE, Rootfs, locate_rootfs, machine_info
 from benchmarks.harness import Outcome, Trial, Unavailable, describe, run_interleaved
 from benchmarks.hutch_peer import HutchColdPeer, HutchPeer, HutchPoolPeer
@@ -70,6 +71,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(0: skip it)")
     parser.add_argument("--concurrency-runs", type=int, default=20,
                         help="rounds of the concurrency scenario per contender")
+    parser.add_argument("--scale", type=int, default=500,
+                        help="idle sandboxes at once in the engine-memory scenario, after 50 "
+                             "(0: skip it)")
+    parser.add_argument("--scale-rounds", type=int, default=1,
+                        help="rounds of the engine-memory scenario")
+    parser.add_argument("--scale-fresh-engine", action="store_true",
+                        help="stop the engine before each round of it (ends its sandboxes)")
     parser.add_argument("--podman-root", type=Path, default=default_podman_root(),
                         help="the benchmark's own podman storage (default %(default)s)")
     args = parser.parse_args(argv)
@@ -77,6 +85,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.runs = 3
         args.concurrency = min(args.concurrency, 5)
         args.concurrency_runs = 1
+        args.scale = min(args.scale, 50)
+        args.scale_rounds = 1
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = sorted(set(wanted) - set(ALL_PEERS))
     if unknown or not wanted:
@@ -190,9 +200,29 @@ def _files_and_images(results: dict[str, Any], args: argparse.Namespace, out: Pa
     built = _attempt(lambda: images_bench.run(1 if args.quick else 5, args.runs))
     if isinstance(built, str):
         results["notes"].append(f"image benchmark failed: {built}")
+        return
+    _log("scenario: create -> first output by image (10 layers, a large one)")
+    by_image = _attempt(lambda: images_bench.run_by_image(
+        2 if args.quick else args.runs, 64 if args.quick else images_bench.BIG_MIB,
+        progress=_log))
+    if isinstance(by_image, str):
+        results["notes"].append(f"image start benchmark failed: {by_image}")
+    results["images"] = built
+    results["images_by_image"] = None if isinstance(by_image, str) else by_image
+    images_bench.write(built, out, results["images_by_image"])
+
+
+def _scale(results: dict[str, Any], args: argparse.Namespace, out: Path) -> None:
+    """The engine with 0, 50 and ``--scale`` idle sandboxes (its own report too)."""
+    steps = scale_bench.steps_for(args.scale)
+    _log(f"scenario: {scale_bench.title(steps).lower()}")
+    found = _attempt(lambda: scale_bench.run(steps, args.scale_rounds, args.scale_fresh_engine,
+                                             progress=_log))
+    if isinstance(found, str):
+        results["notes"].append(f"scale benchmark failed: {found}")
     else:
-        results["images"] = built
-        images_bench.write(built, out)
+        results["scale"] = found
+        scale_bench.write(found, out)
 
 
 def _summary(results: dict[str, Any]) -> str:
@@ -259,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["concurrency"] = _concurrency(peers, args)
             if "hutch" in args.peers and isinstance(hutch, HutchPeer):
                 _files_and_images(results, args, out)
+                if args.scale > 0:
+                    _scale(results, args, out)
         except KeyboardInterrupt:
             _log("interrupted; writing what was measured")
     written = write_all(results, out)

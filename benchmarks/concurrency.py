@@ -3,11 +3,13 @@
 For each contender, ``N`` idle sandboxes (``sleep infinity``) are started concurrently
 (hutch: ``Sandbox.create`` from 16 threads; crun and podman: ``N`` detached ``run``
 commands at once, 16 at a time), timed from the first call until every one is running.
-Then the memory every process this user runs gained is summed: the processes that are new
-(sandbox inits, slirp4netns, conmon, ...) count whole, the ones that were already there
-(hutch's engine, podman's pause process) count with their growth; the benchmark's own
-process is left out.  Memory is PSS (``/proc/<pid>/smaps_rollup``: shared pages divided
-among the processes sharing them), divided by ``N``: what one more idle sandbox costs.
+Then the memory every process this user runs gained is summed, its subordinate ids
+included (each hutch sandbox's init runs under its own slice of them, a podman container
+under its own): the processes that are new (sandbox inits, slirp4netns, conmon, ...) count
+whole, the ones that were already there (hutch's engine, podman's pause process) count
+with their growth; the benchmark's own process is left out.  Memory is PSS
+(``/proc/<pid>/smaps_rollup``: shared pages divided among the processes sharing them),
+divided by ``N``: what one more idle sandbox costs.
 Everything is torn down before the next round; rounds alternate between contenders.
 """
 
@@ -29,15 +31,26 @@ from benchmarks.peers import SLEEP_ARGV, CrunPeer, PodmanPeer
 PARALLEL = 16
 
 
+def _owned(uid: int) -> Callable[[int], bool]:
+    """Whether a process's uid is this user's: its own or one of its subordinate ids (a
+    hutch sandbox's init runs under its own slice of them, a podman container's too)."""
+    from hutch.engine.kernel.userns import subid_range
+
+    sub = subid_range("/etc/subuid", uid)
+    return lambda owner: owner == uid or (
+        sub is not None and sub.start <= owner < sub.start + sub.count)
+
+
 def _pss_by_pid() -> dict[int, int]:
-    """PSS in bytes of every process of this user that can be read."""
-    uid, me = os.getuid(), os.getpid()
+    """PSS in bytes of every process of this user (or its subordinate ids) that can be
+    read."""
+    ours, me = _owned(os.getuid()), os.getpid()
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            if entry.stat().st_uid != uid:
+            if not ours(entry.stat().st_uid):
                 continue
             for line in (entry / "smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -58,8 +71,9 @@ class Round:
     """One contender's way to start ``n`` idle sandboxes at once and to remove them."""
 
     def __init__(self, name: str, start: Callable[[int], list[Any]],
-                 stop: Callable[[list[Any]], None]) -> None:
-        self.name, self.start, self.stop = name, start, stop
+                 stop: Callable[[list[Any]], None],
+                 settle: Callable[[], None] = lambda: None) -> None:
+        self.name, self.start, self.stop, self.settle = name, start, stop, settle
 
     def run(self, n: int) -> tuple[float, int]:
         before = _pss_by_pid()
@@ -67,6 +81,7 @@ class Round:
         handles = self.start(n)
         elapsed = time.perf_counter() - t0
         try:
+            self.settle()
             per_sandbox = _added(before, _pss_by_pid()) // n
         finally:
             self.stop(handles)
@@ -89,7 +104,20 @@ def hutch_round(pool: ThreadPoolExecutor, exec_first: bool = False) -> Round:
 
     def stop(sandboxes: list[Any]) -> None:
         list(pool.map(lambda sb: sb.terminate(wait=True), sandboxes))
-    return Round("hutch, after an exec" if exec_first else "hutch", start, stop)
+
+    def settle() -> None:
+        """Untimed, before the memory is read: the engine's reserve refilled.  The creates
+        took its waiting sandboxes (counted before, as the engine's); their successors
+        count as new processes, so that ``n`` sandboxes' worth is added in all."""
+        from hutch.sdk.transport import request_blocking
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            info = request_blocking("GET", "/v1/engine")["reserve"]
+            if info["ready"] >= info["size"]:
+                return
+            time.sleep(0.02)
+    return Round("hutch, after an exec" if exec_first else "hutch", start, stop, settle)
 
 
 def _run_all(pool: ThreadPoolExecutor, argvs: list[list[str]]) -> None:

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks import scale
 from benchmarks.files import table as files_table
+from benchmarks.images import by_image_table
 
 SCENARIO_ORDER = ("startup", "exec")
 
@@ -142,6 +144,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         out += _scenario_table(scenario)
     out += _concurrency_section(results.get("concurrency"))
     out += _files_images_section(results)
+    out += _scale_section(results.get("scale"))
     notes = list(results.get("notes", []))
     for key in SCENARIO_ORDER:
         for name, peer in results["scenarios"].get(key, {}).get("peers", {}).items():
@@ -164,7 +167,21 @@ def _files_images_section(results: dict[str, Any]) -> list[str]:
                 "| figure | median | runs |", "|---|---:|---:|"]
         out += [f"| {name} | **{r['median_ms']:.1f} ms** | {r['runs']} |"
                 for name, r in images.items()]
+    by_image = results.get("images_by_image")
+    if by_image:
+        out += ["", "### Create → first output by image", "",
+                f"Reserve emptied (images interleaved) and kept for each image in turn, "
+                f"{by_image['runs']} runs each (details: [images.md](images.md)).", "",
+                *by_image_table(by_image)]
     return out
+
+
+def _scale_section(result: dict[str, Any] | None) -> list[str]:
+    if not result:
+        return []
+    return ["", f"## {scale.title(result['steps'])}", "",
+            f"Medians of {result['rounds']} round(s) (details: [scale.md](scale.md)).", "",
+            *scale.section(result, heading="###")]
 
 
 def _concurrency_section(conc: dict[str, Any] | None) -> list[str]:
@@ -191,7 +208,7 @@ def _concurrency_section(conc: dict[str, Any] | None) -> list[str]:
             t_ratio = _ratio_text(hutch["total_s"]["median"] / t["median"])
             mem = hutch["pss_per_sandbox_bytes"]["median"] / m["median"] if m["median"] \
                 else None
-            m_ratio = "—" if mem is None else f"{mem:.2f}x" + (
+            m_ratio = "—" if not mem else f"{mem:.2f}x" + (
                 " (hutch larger)" if mem >= 1 else f" (hutch {1 / mem:.1f}x smaller)")
         out.append(f"| {name} | **{t['median']:.2f} s** | {t['p10']:.2f} s | "
                    f"{t['p90']:.2f} s | {t_ratio} | **{m['median'] / 2**20:.2f} MiB** | "

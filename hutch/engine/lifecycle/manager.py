@@ -125,6 +125,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         there is one); ``pooled``: a sandbox for a pool, unlisted until :meth:`adopt_pooled`
         hands it out; ``waiter``: running :data:`reserve.WAITER` (the reserve's)."""
         allowlist = sandboxspec.checked_network(req)
+        sandboxlimits.require_descriptors()
         limits = Limits(cpu=req.cpu, cpu_limit=req.cpu_limit, memory=req.memory,
                         memory_limit=req.memory_limit, pids=req.pids_limit)
         self.cgroups.require(limits)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.api.models import DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT
+from hutch.engine.errors import Exhausted
 from hutch.engine.isolation.cgroups import CgroupHost, Limits
 
 MEMORY_ENV = "HUTCH_DEFAULT_MEMORY_MIB"
@@ -160,3 +161,28 @@ def host_memory_mib() -> int:
 
 def host_cpus() -> int:
     return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
+
+
+#: The engine's descriptors stay below this: libnftables, which loads each sandbox's
+#: firewall in the daemon, waits with ``select()``, and a socket numbered past FD_SETSIZE
+#: (1024) ends the daemon (``bit out of range 0 - FD_SETSIZE``; measured with the soft
+#: limit raised, at about 310 sandboxes at once: benchmarks/README.md, "500 at once").
+DESCRIPTOR_CEILING = 1024
+#: ... with room for what one create opens on the way (pipes, FIFOs, namespaces, sockets).
+DESCRIPTOR_HEADROOM = 64
+
+
+def require_descriptors() -> None:
+    """Refuse a new sandbox, with the reason, when the engine is near the descriptors it
+    may use (its soft ``RLIMIT_NOFILE``, at most :data:`DESCRIPTOR_CEILING`): running out
+    half-way through a create left slirp4netns processes behind; this fails first."""
+    import resource
+
+    probe = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # the lowest free number
+    os.close(probe)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = DESCRIPTOR_CEILING if soft == resource.RLIM_INFINITY \
+        else min(soft, DESCRIPTOR_CEILING)
+    if probe >= limit - DESCRIPTOR_HEADROOM:
+        raise Exhausted(f"the engine holds {probe} open files, near its limit of {limit}: "
+                        "no more sandboxes at once (each holds about 3); end some first")

@@ -17,6 +17,12 @@ import trio
 from hutch.engine.runtime.base import RuntimeCommandError
 from hutch.engine.runtime.spawn import SpawnedProcess, spawn
 
+#: Both runtimes give each container a session keyring of its own by default, and the kernel
+#: lets an unprivileged user hold 200 keys (``kernel.keys.maxkeys``): past about 180
+#: sandboxes at once, ``crun create`` failed with "create keyring: Disk quota exceeded".
+#: A sandbox cannot use a keyring anyway (its seccomp filter refuses ``add_key``,
+#: ``keyctl`` and ``request_key``; ``/proc/keys`` is masked), so none is made.
+NO_NEW_KEYRING = "--no-new-keyring"
 
 class CLIRuntime:
     name = "oci"
@@ -54,8 +60,8 @@ class CLIRuntime:
                      stderr: int, pid_file: Path, prefix: Sequence[str] = (),
                      console_socket: Path | None = None) -> None:
         extra = ["--console-socket", str(console_socket)] if console_socket is not None else []
-        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file, *extra,
-                               stdin=stdin, prefix=prefix)
+        await self._run_logged("create", cid, bundle, stdout, stderr, pid_file,
+                               NO_NEW_KEYRING, *extra, stdin=stdin, prefix=prefix)
 
     async def start(self, cid: str) -> None:
         await self._run(self._argv("start", cid))
@@ -84,7 +90,8 @@ class CLIRuntime:
 
     async def run_attached(self, cid: str, bundle: Path) -> SpawnedProcess:
         """``run`` in the foreground with piped output (image build steps)."""
-        return spawn(self._argv("run", "--bundle", str(bundle), cid), stdin=False)
+        return spawn(self._argv("run", NO_NEW_KEYRING, "--bundle", str(bundle), cid),
+                     stdin=False)
 
     async def kill(self, cid: str, signal: int) -> None:
         await self._run(self._argv("kill", cid, str(signal)))

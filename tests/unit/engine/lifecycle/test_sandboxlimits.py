@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,30 @@ def test_doctor_shows_the_defaults_and_bad_settings(tmp_path: Path,
     check = check_sandbox_defaults(undelegated)
     assert check.status == "warn" and check.fix == "run tools/setup-host.sh"
     assert "memory unlimited (not delegated)" in check.detail
+
+
+def test_creates_are_refused_before_the_engine_runs_out_of_descriptors() -> None:
+    """With the lowest free descriptor pushed near the ceiling, a create is refused with
+    the reason rather than failing half-way (a real soft limit, lowered for the test)."""
+    import resource
+
+    from hutch.engine.errors import Exhausted
+
+    sandboxlimits.require_descriptors()  # a test process holds few
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        while len(held) < 256:
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+            if held[-1] >= 256 - sandboxlimits.DESCRIPTOR_HEADROOM:
+                break
+        with pytest.raises(Exhausted, match="open files"):
+            sandboxlimits.require_descriptors()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
