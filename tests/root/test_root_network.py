@@ -161,3 +161,29 @@ def test_private_networks_work_for_a_root_engine(root_engine: dict[str, Any]) ->
                 sb.terminate()
                 sb.wait(raise_on_termination=False)
             wait_for(lambda: not net.members(), what="the members leaving")
+
+
+def test_sandboxes_made_ahead_do_not_outlive_the_hosts_networks(
+        root_engine: dict[str, Any]) -> None:
+    """The engine's reserve (and a warm pool) make sandboxes before anyone asks: one made
+    before the host joined a LAN has a firewall that does not know that LAN, and must not
+    be handed out after (the reserve's first version did: this test's LAN was reachable)."""
+    from hutch.sdk.transport import request_blocking
+
+    for _ in range(8):  # the default configuration, the one the reserve keeps
+        hutch.Sandbox.create("true", timeout=30)
+    wait_for(lambda: (lambda r: r["size"] and r["ready"] >= r["size"])(
+        request_blocking("GET", "/v1/engine")["reserve"]), what="the reserve filled")
+    app = hutch.App.lookup(f"pool-{uuid.uuid4().hex[:8]}", create_if_missing=True)
+    pool = app.warm_pool(size=1)
+    pool.wait_ready(timeout=60)
+    try:
+        with _test_host("203.0.113") as lan:  # the host joins a LAN now
+            for kwargs in ({}, {"app": app}):
+                sb = hutch.Sandbox.create(timeout=60, **kwargs)
+                try:
+                    assert not _reaches(sb, lan), kwargs
+                finally:
+                    sb.terminate()
+    finally:
+        pool.delete()

@@ -33,6 +33,7 @@ from hutch.engine.images.service import ImageService
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
 from hutch.engine.lifecycle.reserve import DEFAULT_SIZE as DEFAULT_RESERVE
 from hutch.engine.lifecycle.reserve import KEY_FIELDS, Reserve
+from hutch.engine.network import hostnet
 from hutch.engine.storage.recordids import new_id
 from hutch.engine.storage.store import SandboxRow, Store
 from hutch.imagebuild.layout import Image
@@ -106,6 +107,8 @@ class PoolService:
         self.manager = manager
         self.nursery = nursery
         self.pools: dict[str, WarmPool] = {}
+        #: the host's networks each pooled sandbox's firewall was made against
+        self.views = hostnet.Views()
         #: the pool the engine keeps by itself, for the configuration used most
         self.reserve = Reserve(manager, nursery, reserve_size)
 
@@ -178,6 +181,13 @@ class PoolService:
             else:
                 raise AlreadyExists(
                     f"a running sandbox named {req.name!r} already exists in this app")
+        if not self.views.current(pool.ready[0]):  # the host's networks changed: all stale
+            stale = list(pool.ready)
+            pool.ready.clear()
+            pool.notify()
+            for sandbox_id in stale:
+                self.nursery.start_soon(self.manager.terminate, sandbox_id, 0.0)
+            return await self.reserve.take(req, app_id, image)
         sandbox_id = pool.ready.popleft()
         pool.taken += 1
         pool.notify()  # the keeper refills
@@ -192,6 +202,7 @@ class PoolService:
                     await trio.sleep(REFILL_DELAY)
                 continue
             pool.filling += 1
+            before = hostnet.view()
             try:
                 row = await self.manager.create(pool.template, pooled=True)
             except Exception as exc:  # a fill that fails is reported, then retried
@@ -204,6 +215,9 @@ class PoolService:
             if pool.closed:
                 await self.manager.terminate(row.sandbox_id, 0.0)
                 return
+            if not self.views.made(row.sandbox_id, before):  # made as the host changed
+                await self.manager.terminate(row.sandbox_id, 0.0)
+                continue
             live = self.manager.live.get(row.sandbox_id)
             if live is not None:
                 await self.manager.commands.prepare(live)  # its first exec starts at once
@@ -217,6 +231,7 @@ class PoolService:
             if sandbox_id in pool.ready:
                 pool.notify()
         self.reserve.ended(sandbox_id)
+        self.views.forget(sandbox_id)
 
     async def close(self) -> None:
         for pool_id in list(self.pools):

@@ -40,6 +40,7 @@ import trio
 from hutch.api.models import CreateSandboxRequest
 from hutch.engine.lifecycle import sandboxspec
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
+from hutch.engine.network import hostnet
 from hutch.engine.storage.store import SandboxRow
 from hutch.imagebuild import inroot
 from hutch.imagebuild.layout import Image
@@ -183,8 +184,10 @@ class Reserve:
         self.filling = 0
         self.changed = trio.Event()
         self.taken = 0
-        #: sandboxes of a configuration no longer kept, to end
+        #: sandboxes of a configuration no longer kept (or made before the host's networks
+        #: changed), to end
         self.retired: list[str] = []
+        self.views = hostnet.Views()
         self.nursery = nursery
         #: the keeper task runs from the first configuration kept until :meth:`close`
         self.keeping = self.closed = False
@@ -237,6 +240,11 @@ class Reserve:
         sandbox_id = self._ready(kept)
         if sandbox_id is None:
             return None
+        if not self.views.current(sandbox_id):  # the host's networks changed: all stale
+            self.retired.extend([sandbox_id, *kept.ready])
+            kept.ready.clear()
+            self._notify()
+            return None
         live = self.host.live[sandbox_id]
         argv, spec = sandboxspec.spec_of(req, image, sandbox_id)
         default = spec.default_entrypoint
@@ -275,6 +283,7 @@ class Reserve:
         return {"size": self.size, "ready": ready, "taken": self.taken}
 
     def ended(self, sandbox_id: str) -> None:
+        self.views.forget(sandbox_id)
         if self.kept is not None and sandbox_id in self.kept.ready:
             self._notify()
 
@@ -293,6 +302,7 @@ class Reserve:
                     await trio.sleep(REFILL_DELAY)
                 continue
             self.filling += 1
+            before = hostnet.view()
             try:
                 row = await self.host.create(kept.template, pooled=True, waiter=True)
             except Exception as exc:  # reported, then tried again
@@ -306,7 +316,8 @@ class Reserve:
                 self.refused.add(kept.key)
                 self.kept = None
                 log.info("the reserve keeps nothing for an image whose /bin/sh is not dash")
-            if self.closed or self.kept is not kept or live is None:
+            if self.closed or self.kept is not kept or live is None \
+                    or not self.views.made(row.sandbox_id, before):
                 self.retired.append(row.sandbox_id)
                 continue
             kept.ready.append(row.sandbox_id)

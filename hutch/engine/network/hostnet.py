@@ -134,3 +134,41 @@ def read() -> HostNetworks:
 
 def _sort_key(item: IPAddress | IPNetwork) -> tuple[int, str]:
     return item.version, str(item)
+
+
+def view() -> HostNetworks | None:
+    """:func:`read`, or None when the kernel would not say (a sandbox made ahead of time
+    against an unknown view is never handed out: :mod:`hutch.engine.lifecycle.reserve`)."""
+    try:
+        return read()
+    except HostNetworkUnknown:
+        return None
+
+
+class Views:
+    """What the host's networks were when each sandbox made ahead of time (a warm pool's,
+    the reserve's) got its firewall, which refuses the host's addresses and networks *as
+    they were then*.  A take checks the host's networks now: one that gained a network
+    since (a VPN, a LAN: reachable by a sandbox whose firewall predates it) makes every
+    such sandbox stale, and the create makes a fresh one.  Found by
+    tests/root/test_root_network.py, whose test LAN appeared after the reserve filled."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, HostNetworks] = {}
+
+    def made(self, sandbox_id: str, before: HostNetworks | None) -> bool:
+        """Record a sandbox made between ``before`` and now; False (not to be handed
+        out) when the host's networks changed meanwhile or are unknown."""
+        after = view()
+        if before is None or after != before:
+            return False
+        self.seen[sandbox_id] = before
+        return True
+
+    def current(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's firewall still matches the host's networks."""
+        seen = self.seen.get(sandbox_id)
+        return seen is not None and view() == seen
+
+    def forget(self, sandbox_id: str) -> None:
+        self.seen.pop(sandbox_id, None)
