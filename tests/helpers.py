@@ -218,3 +218,31 @@ def image_output(image: Any, script: str, timeout: float = 120) -> str:
         return str(out)
     finally:
         sb.terminate()
+
+
+#: An HTTP server on port 8000 of every address that answers with the sandbox's hostname
+#: (its id): what the private-network tests reach peers with.
+SERVE_HOSTNAME = "import http.server, socket\n" \
+    "class H(http.server.BaseHTTPRequestHandler):\n" \
+    "    def do_GET(self):\n" \
+    "        body = socket.gethostname().encode()\n" \
+    "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n" \
+    "http.server.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n"
+
+
+@contextmanager
+def private_network(prefix: str) -> Iterator[Any]:
+    """A ``hutch.Network`` of the test's own; afterwards its members are terminated and,
+    once they have left, it is deleted."""
+    import uuid
+
+    import hutch
+
+    net = hutch.Network.create(f"{prefix}-{uuid.uuid4().hex[:12]}")
+    try:
+        yield net
+    finally:
+        for member in net.members():
+            hutch.Sandbox.from_id(member.sandbox_id).terminate()
+        wait_for(lambda: not net.members(), what="the network's members leaving")
+        hutch.Network.delete(net.name)

@@ -10,15 +10,9 @@ import uuid
 from typing import Any
 
 import hutch
-from tests.helpers import hutch_cli, wait_for
+from tests.helpers import SERVE_HOSTNAME, hutch_cli, wait_for
 
-#: an HTTP server on port 8000 that answers with the sandbox's hostname (its id)
-SERVE = "import http.server, socket\n" \
-    "class H(http.server.BaseHTTPRequestHandler):\n" \
-    "    def do_GET(self):\n" \
-    "        body = socket.gethostname().encode()\n" \
-    "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n" \
-    "http.server.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n"
+SERVE = SERVE_HOSTNAME
 
 #: prints what http://<argv[1]>:8000/ answers, trying for up to 30 s (the server may not
 #: listen yet), then this sandbox's own network entries of /etc/hosts

@@ -6,7 +6,6 @@ and networks outlive the daemon."""
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,15 +13,9 @@ import pytest
 
 import hutch
 from hutch.exception import AlreadyExistsError, ConflictError, InvalidError, NotFoundError
-from tests.helpers import kill_daemon, wait_for
+from tests.helpers import SERVE_HOSTNAME, kill_daemon, private_network, wait_for
 
-#: an HTTP server that answers with the sandbox's hostname (its id)
-SERVE = "import http.server, socket\n" \
-    "class H(http.server.BaseHTTPRequestHandler):\n" \
-    "    def do_GET(self):\n" \
-    "        body = socket.gethostname().encode()\n" \
-    "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n" \
-    "http.server.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n"
+SERVE = SERVE_HOSTNAME
 
 #: prints what GET http://<argv[1]>:8000/ answers, or the error's name
 FETCH = "import sys, urllib.request\n" \
@@ -48,12 +41,8 @@ def serving(sb: hutch.Sandbox, peer: hutch.Sandbox, host: str) -> str:
 
 @pytest.fixture
 def network(engine: dict[str, Any]) -> Iterator[hutch.Network]:
-    net = hutch.Network.create(f"it-{uuid.uuid4().hex[:12]}")
-    yield net
-    for member in net.members():
-        hutch.Sandbox.from_id(member.sandbox_id).terminate()
-    wait_for(lambda: not net.members(), what="members leaving")
-    hutch.Network.delete(net.name)
+    with private_network("it") as net:
+        yield net
 
 
 def test_members_find_each_other_by_name(network: hutch.Network) -> None:

@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,3 +188,29 @@ def test_sandboxes_made_ahead_do_not_outlive_the_hosts_networks(
                     sb.terminate()
     finally:
         pool.delete()
+
+
+def test_members_do_not_forward_even_where_the_host_does(root_engine: dict[str, Any]) -> None:
+    """A new network namespace copies the host's IPv4 settings: on a host that forwards
+    (Docker, Kubernetes) a member would route between its eth0 and tap0. The engine turns
+    forwarding, route_localnet, proxy_arp and source routes off in every member."""
+    settings = [Path(f"/proc/sys/net/ipv4/conf/{scope}/{name}")
+                for scope in ("all", "default") for name in ("forwarding", "route_localnet")]
+    saved = [p.read_text() for p in settings]
+    try:
+        for path in settings:
+            path.write_text("1")
+        with hutch.Network.ephemeral() as net:
+            sb = hutch.Sandbox.create(network=net, timeout=60)
+            try:
+                p = sb.exec("sh", "-c", "cat /proc/sys/net/ipv4/conf/all/forwarding "
+                            "/proc/sys/net/ipv4/conf/eth0/forwarding "
+                            "/proc/sys/net/ipv4/conf/eth0/route_localnet")
+                assert p.stdout.read().split() == ["0", "0", "0"]
+            finally:
+                sb.terminate()
+                sb.wait(raise_on_termination=False)
+            wait_for(lambda: not net.members(), what="the member leaving")
+    finally:
+        for path, value in zip(settings, saved, strict=True):
+            path.write_text(value)

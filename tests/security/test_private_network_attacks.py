@@ -22,7 +22,7 @@ import pytest
 
 import hutch
 from hutch.exception import InvalidError, ResourceExhaustedError
-from tests.helpers import wait_for
+from tests.helpers import private_network, wait_for
 
 #: Each attack prints one JSON line {"name": outcome}; an outcome is "refused: <errno
 #: name>" or what the attack got.
@@ -59,6 +59,10 @@ with open("/proc/net/if_inet6") as f:
     results["ipv6 addresses"] = [l.split()[-1] for l in f if l.split()[-1] != "lo"]
 with open("/proc/sys/net/ipv6/conf/eth0/disable_ipv6") as f:
     results["eth0 ipv6 disabled"] = f.read().strip()
+for scope in ("all", "eth0"):
+    for name in ("forwarding", "route_localnet", "proxy_arp", "accept_source_route"):
+        with open(f"/proc/sys/net/ipv4/conf/{scope}/{name}") as f:
+            results[f"{scope} {name}"] = f.read().strip()
 print(json.dumps(results))
 """
 
@@ -85,12 +89,8 @@ def _json(sb: hutch.Sandbox, *argv: str) -> dict[str, Any]:
 
 @pytest.fixture
 def network(engine: dict[str, Any]) -> Iterator[hutch.Network]:
-    net = hutch.Network.create(f"sec-{uuid.uuid4().hex[:12]}")
-    yield net
-    for member in net.members():
-        hutch.Sandbox.from_id(member.sandbox_id).terminate()
-    wait_for(lambda: not net.members(), what="members leaving")
-    hutch.Network.delete(net.name)
+    with private_network("sec") as net:
+        yield net
 
 
 def test_root_in_a_member_cannot_reconfigure_spoof_or_sniff(network: hutch.Network) -> None:
@@ -110,6 +110,9 @@ def test_root_in_a_member_cannot_reconfigure_spoof_or_sniff(network: hutch.Netwo
                                                                        signed=True)), got
         # (tap0, slirp4netns's, has one: its firewall refuses all IPv6)
         assert "eth0" not in got["ipv6 addresses"] and got["eth0 ipv6 disabled"] == "1", got
+        # nothing routes between eth0 and tap0, whatever the host's own settings
+        assert all(got[f"{scope} {name}"] == "0" for scope in ("all", "eth0") for name in
+                   ("forwarding", "route_localnet", "proxy_arp", "accept_source_route")), got
         (attacker_member,) = [m for m in network.members()
                               if m.sandbox_id == attacker.object_id]
         assert attacker_member.address != victim_address

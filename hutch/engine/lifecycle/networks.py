@@ -200,6 +200,8 @@ class NetworkRegistry:
 
     async def leave(self, sandbox_id: str) -> None:
         """Take an ended (or never started) sandbox off its network, if it was on one."""
+        if self._member_of(sandbox_id) is None:  # (most sandboxes: no lock to wait for)
+            return
         async with self.lock:
             record = self._member_of(sandbox_id)
             if record is not None:

@@ -25,9 +25,11 @@ cgroup, reported in benchmarks/results.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 from collections import deque
@@ -38,10 +40,12 @@ from typing import Protocol
 import trio
 
 from hutch.api.models import CreateSandboxRequest
+from hutch.engine.errors import AlreadyExists, NotFound
 from hutch.engine.lifecycle import sandboxspec
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
 from hutch.engine.network import hostnet
-from hutch.engine.storage.store import SandboxRow
+from hutch.engine.storage import rootfs
+from hutch.engine.storage.store import SandboxRow, Store
 from hutch.imagebuild import inroot
 from hutch.imagebuild.layout import Image
 
@@ -135,13 +139,38 @@ def runs_dash(root: Path) -> bool:
     try:
         fd = inroot.openat2(root_fd, "/bin/sh", os.O_PATH | os.O_CLOEXEC,
                             inroot.RESOLVE_IN_ROOT)
-        target = os.readlink(f"/proc/self/fd/{fd}")
-        os.close(fd)
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
     except OSError:
         return False
     finally:
         os.close(root_fd)
     return os.path.basename(target) == "dash"
+
+
+#: What a launch script may hold: the waiter joins its lines one by one (quadratic in dash),
+#: so a request with thousands of lines in its arguments or environment is created fresh.
+MAX_SCRIPT_BYTES, MAX_SCRIPT_LINES = 256 * 1024, 1024
+#: Names dash can ``export``: an image's config may name others (``spring.profiles``),
+#: which a fresh sandbox runs with and dash would refuse.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _script(root: Path, argv: list[str], env: dict[str, str], cwd: str) -> bytes | None:
+    """The launch script of a take, or None where the reserve cannot run the command as a
+    fresh sandbox would (then it is created fresh: the same result, errors included)."""
+    if not all(_NAME.fullmatch(name) for name in env):
+        return None
+    try:
+        script = launch_script(argv, env, cwd, secrets.token_hex(16))
+        found = finds_command(root, argv[0], env, cwd)
+    except (UnicodeEncodeError, ValueError):  # (lone surrogates, NUL: fresh and refused)
+        return None
+    if not found or len(script) > MAX_SCRIPT_BYTES or script.count(b"\n") > MAX_SCRIPT_LINES:
+        return None
+    return script
 
 
 @dataclass
@@ -162,6 +191,7 @@ class ReserveHost(Protocol):
     """What the reserve needs of the sandbox manager (which holds it through its pools)."""
 
     live: dict[str, LiveSandbox]
+    store: Store
 
     async def create(self, req: CreateSandboxRequest, *, pooled: bool = False,
                      waiter: bool = False) -> SandboxRow: ...
@@ -207,7 +237,10 @@ class Reserve:
         counts = collections.Counter(self.recent)
         self.templates = {k: v for k, v in self.templates.items() if k in counts}
         best, seen = counts.most_common(1)[0]
-        if seen >= 2 and (self.kept is None or self.kept.key != best):
+        # (another configuration takes over only when seen more often than the one kept:
+        # two used in turn would otherwise swap places at every create, serving none)
+        if seen >= 2 and (self.kept is None or (self.kept.key != best
+                          and seen > counts.get(self.kept.key, 0))):
             old, self.kept = self.kept, Kept(best, self.templates[best])
             if old is not None:
                 self.retired.extend(old.ready)
@@ -222,6 +255,7 @@ class Reserve:
             live = self.host.live.get(sandbox_id)
             if live is not None and not live.done.is_set():
                 return sandbox_id
+            self._notify()  # one that ended: the keeper makes another
         return None
 
     async def take(self, req: CreateSandboxRequest, app_id: str, image: Image
@@ -235,12 +269,19 @@ class Reserve:
             return None
         self._note(key, req, app_id)
         kept = self.kept
-        if kept is None or kept.key != key:
+        if kept is None or kept.key != key or not kept.ready:
             return None
+        if req.name is not None:  # taken: refused before any sandbox is touched
+            with contextlib.suppress(NotFound):
+                self.host.store.sandbox_by_name(app_id, req.name)
+                raise AlreadyExists(
+                    f"a running sandbox named {req.name!r} already exists in this app")
         sandbox_id = self._ready(kept)
         if sandbox_id is None:
             return None
-        if not self.views.current(sandbox_id):  # the host's networks changed: all stale
+        if not self.views.current(sandbox_id) or self.host.store.sandbox(
+                sandbox_id).spec.layers != ["sha256:" + p.name for p in image.layer_dirs]:
+            # the host's networks changed since it was made, or its image's tag moved
             self.retired.extend([sandbox_id, *kept.ready])
             kept.ready.clear()
             self._notify()
@@ -250,24 +291,25 @@ class Reserve:
         default = spec.default_entrypoint
         env = sandboxspec.base_env(image.env, sandbox_id) if default else spec.env
         cwd = "/" if default else spec.workdir
-        if not finds_command(live.dirs.merged, argv[0], env, cwd):
+        script = _script(live.dirs.merged, argv, env, cwd)
+        if script is None:
             kept.ready.appendleft(sandbox_id)
             return None
+        # From here the sandbox is changed: it is handed out, or it ends.  The script goes
+        # first, while the sandbox is still pooled (a daemon that dies now leaves a pooled
+        # sandbox, which the next one ends), then it becomes the user's.
         try:
+            rootfs.make_dirs_inside(live.dirs.merged, spec.workdir, live.owner)
+            await self.host.write_stdin(sandbox_id, script, eof=False)
             row = self.host.adopt_pooled(sandbox_id, req, image)
-        except BaseException:  # (a name taken): it waits for the next create
-            kept.ready.appendleft(sandbox_id)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.host.terminate(sandbox_id, 0.0)
+            self._notify()
             raise
         live.default_entrypoint = default
         self.taken += 1
         self._notify()
-        try:
-            await self.host.write_stdin(sandbox_id, launch_script(
-                argv, env, cwd, secrets.token_hex(16)), eof=False)
-        except BaseException:  # (its waiter died meanwhile): it must not idle on as theirs
-            with trio.CancelScope(shield=True):
-                await self.host.terminate(sandbox_id, 0.0)
-            raise
         return row
 
     def resize(self, size: int) -> None:
@@ -285,6 +327,7 @@ class Reserve:
     def ended(self, sandbox_id: str) -> None:
         self.views.forget(sandbox_id)
         if self.kept is not None and sandbox_id in self.kept.ready:
+            self.kept.ready.remove(sandbox_id)  # (it timed out, or was killed): refill
             self._notify()
 
     async def _keep(self) -> None:
@@ -316,9 +359,12 @@ class Reserve:
                 self.refused.add(kept.key)
                 self.kept = None
                 log.info("the reserve keeps nothing for an image whose /bin/sh is not dash")
-            if self.closed or self.kept is not kept or live is None \
-                    or not self.views.made(row.sandbox_id, before):
+            if self.closed or self.kept is not kept or live is None:
                 self.retired.append(row.sandbox_id)
+                continue
+            if not self.views.made(row.sandbox_id, before):  # (the host's networks moved)
+                self.retired.append(row.sandbox_id)
+                await trio.sleep(RETRY_AFTER)
                 continue
             kept.ready.append(row.sandbox_id)
         while self.retired:

@@ -57,6 +57,28 @@ def _in_thread(work: Callable[[], None], what: str) -> None:
         raise BridgeSetupFailed(f"{what}: {failure[0]}") from failure[0]
 
 
+#: IPv4 settings a new network namespace copies from the host's (``devconf_inherit_init_net``
+#: 0): a host that forwards (Docker, Kubernetes), answers ARP for others or routes to
+#: 127/8 would hand that to every member, whose ``eth0`` and ``tap0`` a forwarding
+#: namespace would join into a way around its firewall.  Each is set off in the network's
+#: namespace and in every member's, before its ``eth0`` comes up.
+IPV4_OFF = ("forwarding", "route_localnet", "accept_source_route", "proxy_arp",
+            "send_redirects", "accept_redirects")
+
+
+def _ipv4_defaults(*interfaces: str) -> None:
+    """The settings of :data:`IPV4_OFF` off on ``all``, ``default`` and ``interfaces`` of
+    the calling thread's namespace; ARP answered only for an interface's own address."""
+    for interface in ("all", "default", *interfaces):
+        for name in IPV4_OFF:
+            path = Path(f"/proc/sys/net/ipv4/conf/{interface}/{name}")
+            if path.exists():
+                path.write_text("0")
+    for interface in interfaces:
+        Path(f"/proc/sys/net/ipv4/conf/{interface}/arp_ignore").write_text("1")
+        Path(f"/proc/sys/net/ipv4/conf/{interface}/arp_announce").write_text("2")
+
+
 def _disable_ipv6(interface: str) -> None:
     """No IPv6 (and so no link-local address) on ``interface`` of the calling thread's
     namespace (``all``/``default`` for the namespace itself)."""
@@ -77,6 +99,7 @@ def make(path: Path) -> None:
         linux.unshare(linux.CLONE_NEWNET)  # this thread only
         for scope in ("all", "default"):
             _disable_ipv6(scope)
+        _ipv4_defaults()
         with IPRoute() as ipr:
             ipr.link("add", ifname=BRIDGE, kind="bridge")
             for name in ("lo", BRIDGE):
@@ -123,6 +146,7 @@ def join(network: Path, sandbox_netns: int, host_interface: str, address: str,
                 ipr.link("add", ifname=SANDBOX_INTERFACE, kind="veth",
                          peer={"ifname": host_interface, "net_ns_fd": network_fd})
                 _disable_ipv6(SANDBOX_INTERFACE)
+                _ipv4_defaults(SANDBOX_INTERFACE)
                 (index,) = ipr.link_lookup(ifname=SANDBOX_INTERFACE)
                 ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
                 ipr.link("set", index=index, state="up")

@@ -132,7 +132,10 @@ def ruleset(allowlist: list[str] | None, host: hostnet.HostNetworks | None = Non
         if allowlist:
             lines.append(f"    ip daddr {_nft_set(allowlist)} accept")
         lines.append("    reject")
-    lines += ["  }", "}", ""]
+    # nothing passes through a sandbox's namespace (between a private network's eth0 and
+    # tap0, were forwarding ever on: bridges.IPV4_OFF)
+    lines += ["  }", "  chain forward {", "    type filter hook forward priority 0; policy drop;",
+              "  }", "}", ""]
     return "\n".join(lines)
 
 

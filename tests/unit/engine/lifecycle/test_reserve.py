@@ -117,6 +117,14 @@ class FakeHost:
         self.written: dict[str, bytes] = {}
         self.terminated: list[str] = []
         self.ids = (f"sb-{n}" for n in itertools.count())
+        self.layers = ["sha256:" + p.name for p in IMAGE.layer_dirs]
+        self.store = SimpleNamespace(sandbox_by_name=self._by_name, sandbox=lambda sid: (
+            SimpleNamespace(spec=SimpleNamespace(layers=self.layers))))
+
+    @staticmethod
+    def _by_name(app_id: str, name: str) -> None:
+        from hutch.engine.errors import NotFound
+        raise NotFound(name)
 
     async def create(self, req: CreateSandboxRequest, *, pooled: bool = False,
                      waiter: bool = False) -> Any:
@@ -125,7 +133,7 @@ class FakeHost:
         sandbox_id = next(self.ids)
         self.live[sandbox_id] = SimpleNamespace(
             sandbox_id=sandbox_id, done=trio.Event(), dirs=SimpleNamespace(merged=self.root),
-            default_entrypoint=True)
+            default_entrypoint=True, owner=None)
         return SimpleNamespace(sandbox_id=sandbox_id)
 
     def adopt_pooled(self, sandbox_id: str, req: CreateSandboxRequest, image: Image) -> Any:
@@ -170,6 +178,58 @@ def test_the_keeper_keeps_the_configuration_used_most(tmp_path: Path) -> None:
             assert kept.info()["ready"] == 0
             await kept.close()
             assert set(host.live) == {row.sandbox_id}  # only the one taken runs on
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_two_configurations_in_turn_do_not_churn(tmp_path: Path) -> None:
+    host = FakeHost(_root(tmp_path))
+    one = CreateSandboxRequest(entrypoint=["python3"])
+    two = one.model_copy(update={"pids_limit": 100})
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            kept = reserve.Reserve(host, nursery, 2)  # type: ignore[arg-type]
+            for _ in range(2):
+                await kept.take(one, "ap", IMAGE)
+            await trio.sleep(1)
+            for _ in range(12):  # in turn: ties never take over from the one kept
+                await kept.take(two, "ap", IMAGE)
+                await kept.take(one, "ap", IMAGE)
+                await trio.sleep(1)
+            assert host.terminated == []  # nothing retired
+            await kept.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_requests_the_waiter_cannot_run_alike_are_made_fresh(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    env = {"PATH": "/usr/bin"}
+    assert reserve._script(root, ["python3"], env, "/") is not None
+    assert reserve._script(root, ["python3"], {**env, "spring.profile": "x"}, "/") is None
+    assert reserve._script(root, ["python3", "\n" * 2000], env, "/") is None
+    assert reserve._script(root, ["python3", "\udc80"], env, "/") is None
+    assert reserve._script(root, ["missing"], env, "/") is None
+
+
+def test_a_waiting_sandbox_that_ends_is_replaced(tmp_path: Path) -> None:
+    host = FakeHost(_root(tmp_path))
+    req = CreateSandboxRequest(entrypoint=["python3"])
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            kept = reserve.Reserve(host, nursery, 2)  # type: ignore[arg-type]
+            for _ in range(2):
+                await kept.take(req, "ap", IMAGE)
+            await trio.sleep(1)
+            assert kept.info()["ready"] == 2
+            for sandbox_id in list(host.live):  # both time out while waiting
+                host.live.pop(sandbox_id).done.set()
+                kept.ended(sandbox_id)
+            await trio.sleep(1)
+            assert kept.info()["ready"] == 2 and len(host.live) == 2  # made again
+            await kept.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
