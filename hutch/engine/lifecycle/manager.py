@@ -22,12 +22,7 @@ from pathlib import Path
 import trio
 
 from hutch.api import exitcodes
-from hutch.api.models import (
-    MAX_TIMEOUT,
-    CreateSandboxRequest,
-    ExecRequest,
-    ProbeSpec,
-)
+from hutch.api.models import MAX_TIMEOUT, CreateSandboxRequest, ExecRequest, ProbeSpec
 from hutch.engine.commands.execs import ExecSession, OutputBudget
 from hutch.engine.commands.starter import CommandStarter
 from hutch.engine.commands.zygote import ForkServer
@@ -226,7 +221,12 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         self._supervise(row, stdin)
         remains.record(dirs.root, "init", pid, self.live[sandbox_id].pidfd)
         await self.networks.joined(sandbox_id)  # (never raises: it runs supervised)
-        await self._serve_tunnels(self.live[sandbox_id])
+        try:
+            await self._serve_tunnels(self.live[sandbox_id])
+        except BaseException:  # (no CA for its encrypted ports): it must not run on unowned
+            with trio.CancelScope(shield=True):
+                await self.terminate(sandbox_id, 0.0)
+            raise
         return row
 
     def adopt_pooled(self, sandbox_id: str, req: CreateSandboxRequest, image: Image

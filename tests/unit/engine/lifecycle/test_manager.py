@@ -129,3 +129,21 @@ def test_a_pooled_sandbox_handed_out_becomes_its_users(tmp_path: Path) -> None:
         await manager.terminate(row.sandbox_id, grace=0)
 
     _run(test, tmp_path)
+
+
+def test_a_create_whose_ports_cannot_be_served_ends_its_sandbox(tmp_path: Path) -> None:
+    """The last step of a create (its ports' listeners) failing after the start: the
+    create fails and the sandbox ends, rather than running on with nobody holding it (a
+    reserve or pool keeper retrying every 2 s leaked one each time)."""
+    async def test(manager: SandboxManager) -> None:
+        async def no_ca(live: object) -> None:
+            raise OSError("openssl is missing")
+
+        manager._serve_tunnels = no_ca  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="openssl"):
+            await manager.create(CreateSandboxRequest())
+        (row,) = [r for r in manager.store.db.execute("SELECT state, exit_reason FROM "
+                                                       "sandboxes")]
+        assert tuple(row) == ("exited", "terminated") and manager.live == {}
+
+    _run(test, tmp_path)
