@@ -217,6 +217,7 @@ class PoolService:
                 return
             if not self.views.made(row.sandbox_id, before):  # made as the host changed
                 await self.manager.terminate(row.sandbox_id, 0.0)
+                await trio.sleep(RETRY_AFTER)  # (as the reserve: no create-and-end loop)
                 continue
             live = self.manager.live.get(row.sandbox_id)
             if live is not None:
