@@ -32,7 +32,7 @@ from hutch.engine.errors import AlreadyExists, Invalid, NotFound
 from hutch.engine.images.service import ImageService
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
 from hutch.engine.lifecycle.reserve import DEFAULT_SIZE as DEFAULT_RESERVE
-from hutch.engine.lifecycle.reserve import KEY_FIELDS, Reserve
+from hutch.engine.lifecycle.reserve import KEY_FIELDS, REFILL_DELAY, Reserve, make_ahead
 from hutch.engine.network import hostnet
 from hutch.engine.storage.recordids import new_id
 from hutch.engine.storage.store import SandboxRow, Store
@@ -57,13 +57,6 @@ class PoolHost(Protocol):
     async def write_stdin(self, sandbox_id: str, data: bytes, eof: bool) -> None: ...
 
 log = logging.getLogger("hutch.pool")
-
-#: Seconds a keeper waits after a failed fill before trying again.
-RETRY_AFTER = 2.0
-#: Seconds between a take and the refill it causes: the refill's start (mounts, runtime
-#: calls) runs on the engine's one event loop, so it waits until the take's response and
-#: the new owner's first requests are out of the way.
-REFILL_DELAY = 0.05
 
 
 def pool_key(req: CreateSandboxRequest, app_id: str, image: Image) -> str | None:
@@ -90,6 +83,9 @@ class WarmPool:
     last_error: str | None = None
     changed: trio.Event = field(default_factory=trio.Event)
     closed: bool = False
+
+    def failed(self, why: str) -> None:
+        self.last_error = why
 
     def notify(self) -> None:
         self.changed.set()
@@ -202,23 +198,18 @@ class PoolService:
                     await trio.sleep(REFILL_DELAY)
                 continue
             pool.filling += 1
-            before = hostnet.view()
             try:
-                row = await self.manager.create(pool.template, pooled=True)
-            except Exception as exc:  # a fill that fails is reported, then retried
-                pool.last_error = str(exc)
-                log.warning("warm pool %s: could not start a sandbox: %s", pool.pool_id, exc)
-                await trio.sleep(RETRY_AFTER)
-                continue
+                row = await make_ahead(
+                    lambda: self.manager.create(pool.template, pooled=True), self.views,
+                    lambda sandbox_id: self.manager.terminate(sandbox_id, 0.0),
+                    f"warm pool {pool.pool_id}", pool.failed)
             finally:
                 pool.filling -= 1
+            if row is None:  # a fill that fails is reported, then retried
+                continue
             if pool.closed:
                 await self.manager.terminate(row.sandbox_id, 0.0)
                 return
-            if not self.views.made(row.sandbox_id, before):  # made as the host changed
-                await self.manager.terminate(row.sandbox_id, 0.0)
-                await trio.sleep(RETRY_AFTER)  # (as the reserve: no create-and-end loop)
-                continue
             live = self.manager.live.get(row.sandbox_id)
             if live is not None:
                 await self.manager.commands.prepare(live)  # its first exec starts at once

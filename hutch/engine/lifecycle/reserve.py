@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import re
 import secrets
 import stat
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -58,8 +60,9 @@ KEY_FIELDS = ("network", "outbound_cidr_allowlist", "unencrypted_ports", "encryp
 #: How many of the latest creates choose the configuration kept.
 RECENT = 8
 DEFAULT_SIZE = 2
-#: Seconds between a take and its refill (the take's answer and the new owner's first
-#: requests go first on the engine's one event loop); after a failed fill.
+#: Seconds between a take and its refill (a warm pool's too: the refill's start runs on
+#: the engine's one event loop, so the take's answer and the new owner's first requests
+#: go first); and after a failed fill.
 REFILL_DELAY = 0.05
 RETRY_AFTER = 2.0
 
@@ -185,6 +188,29 @@ class Kept:
     def notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+
+async def make_ahead(create: Callable[[], Awaitable[SandboxRow]], views: hostnet.Views,
+                     end: Callable[[str], Awaitable[object]], what: str,
+                     failed: Callable[[str], None] = lambda why: None) -> SandboxRow | None:
+    """One sandbox made ahead of time (the reserve's, a warm pool keeper's), with the
+    host's networks its firewall was made against recorded in ``views``; None after a
+    failed create (logged, and told to ``failed`` at once) or after one made while the
+    host's networks moved (ended with ``end``), in both cases ``RETRY_AFTER`` later, so
+    that a keeper never loops creating."""
+    before = hostnet.view()
+    try:
+        row = await create()
+    except Exception as exc:  # reported, then tried again
+        log.warning("%s could not start a sandbox: %s", what, exc)
+        failed(str(exc))
+        await trio.sleep(RETRY_AFTER)
+        return None
+    if not views.made(row.sandbox_id, before):
+        await end(row.sandbox_id)
+        await trio.sleep(RETRY_AFTER)
+        return None
+    return row
 
 
 class ReserveHost(Protocol):
@@ -345,15 +371,16 @@ class Reserve:
                     await trio.sleep(REFILL_DELAY)
                 continue
             self.filling += 1
-            before = hostnet.view()
             try:
-                row = await self.host.create(kept.template, pooled=True, waiter=True)
-            except Exception as exc:  # reported, then tried again
-                log.warning("the reserve could not start a sandbox: %s", exc)
-                await trio.sleep(RETRY_AFTER)
-                continue
+                row = await make_ahead(
+                    functools.partial(self.host.create, kept.template, pooled=True,
+                                      waiter=True),
+                    self.views, lambda sandbox_id: self.host.terminate(sandbox_id, 0.0),
+                    "the reserve")
             finally:
                 self.filling -= 1
+            if row is None:
+                continue
             live = self.host.live.get(row.sandbox_id)
             if live is not None and not runs_dash(live.dirs.merged):
                 self.refused.add(kept.key)
@@ -361,10 +388,6 @@ class Reserve:
                 log.info("the reserve keeps nothing for an image whose /bin/sh is not dash")
             if self.closed or self.kept is not kept or live is None:
                 self.retired.append(row.sandbox_id)
-                continue
-            if not self.views.made(row.sandbox_id, before):  # (the host's networks moved)
-                self.retired.append(row.sandbox_id)
-                await trio.sleep(RETRY_AFTER)
                 continue
             kept.ready.append(row.sandbox_id)
         while self.retired:

@@ -17,7 +17,8 @@ import trio.testing
 
 from hutch.api.models import CreateSandboxRequest
 from hutch.engine.errors import Invalid
-from hutch.engine.lifecycle.pool import RETRY_AFTER, PoolService
+from hutch.engine.lifecycle.pool import PoolService
+from hutch.engine.lifecycle.reserve import RETRY_AFTER
 from hutch.imagebuild.layout import Image
 
 IMAGE = Image(ref="hutch/test", digest="sha256:" + "c" * 64,
