@@ -96,6 +96,7 @@ async def run() -> None:
     userns = json.loads((runtime_dir / "userns.json").read_text())
     store = Store(data_dir / "state.db")
     netns.warm_up()
+    log.info("open files: up to %d", sandboxlimits.raise_descriptor_limit())
     await trio.to_thread.run_sync(seccompbpf.default_annotation)  # compiled once, here
     images = ImageService(data_dir)
     probe = await choose_runtime(runtime_dir / "oci-state", images.store.tmp)

@@ -136,3 +136,22 @@ def test_requests_above_limits_and_bad_values_are_refused(engine: dict[str, Any]
         hutch.Sandbox.create(memory=(256, 128))
     with pytest.raises(hutch.exception.InvalidError, match="positive"):
         hutch.Sandbox.create(ephemeral_disk=-5)
+
+
+def test_the_engine_raises_its_open_files_limit_and_sandboxes_keep_1024(
+        engine: dict[str, Any]) -> None:
+    """The daemon holds about 3 descriptors per sandbox, so it raises its soft limit to its
+    hard one; a sandbox's processes (its entrypoint, and an exec through its zygote) start
+    with the usual 1024 and the engine's hard limit, not the daemon's raised one."""
+    daemon = Path(f"/proc/{engine['pid']}/limits").read_text()
+    soft, hard = next(line for line in daemon.splitlines()
+                      if line.startswith("Max open files")).split()[3:5]
+    assert soft == hard or int(soft) == 65536, daemon
+    sb = hutch.Sandbox.create("sh", "-c", "echo $(ulimit -Sn) $(ulimit -Hn); sleep infinity",
+                              timeout=60)
+    try:
+        assert next(iter(sb.stdout)).split() == [str(min(1024, int(hard))), hard]
+        proc = sb.exec("sh", "-c", "echo $(ulimit -Sn) $(ulimit -Hn)")
+        assert proc.stdout.read().split() == [str(min(1024, int(hard))), hard]
+    finally:
+        sb.terminate()

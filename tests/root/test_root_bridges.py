@@ -13,15 +13,20 @@ from pathlib import Path
 import pytest
 import trio
 
-from hutch.engine.network import bridges, netns
+from hutch.engine.commands.zygote import ForkServer
+from hutch.engine.network import bridges
 
 LISTEN = "import socket; s = socket.socket(); s.bind(('0.0.0.0', 7000)); s.listen(); " \
     "print('ready', flush=True); c, peer = s.accept(); print(peer[0], flush=True)"
 
 
 async def _prepare() -> int:
-    async with trio.open_nursery() as nursery:
-        fd: int = await nursery.start(netns.prepare, None)
+    server = ForkServer(0, None)
+    try:
+        async with trio.open_nursery() as nursery:
+            fd: int = await nursery.start(server.network_namespace, None)
+    finally:
+        server.stop()
     return fd
 
 

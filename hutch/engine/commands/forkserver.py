@@ -16,22 +16,28 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import functools
 import gc
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
 import stat
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 if __name__ == "__main__":  # run by path (-I): its siblings are importable by their own names
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [_HERE, os.path.join(os.path.dirname(_HERE), "network")]
 try:
     from hutch.engine.commands import terminals, userids
+    from hutch.engine.network import nsconfig
 except ImportError:  # pragma: no cover - the fork server's own process
+    import nsconfig  # type: ignore[no-redef,import-not-found]
     import terminals  # type: ignore[no-redef,import-not-found]
     import userids  # type: ignore[no-redef,import-not-found]
 
@@ -116,40 +122,77 @@ def unpack_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 # the fork server --------------------------------------------------------------------------
 def serve(sock: socket.socket) -> None:
-    """Fork a zygote per request until the engine closes its end."""
+    """Fork a child per request until the engine closes its end: a zygote (fds: the
+    sandbox's init pidfd and the zygote's socket) or, with ``"op": "netns"``, a network
+    namespace's maker (fds: its socket, and the namespace to configure where it exists)."""
     _non_dumpable()
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited zygotes
-    # Zygotes share this process's pages until they write to them.  A garbage collection
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited children
+    nsconfig.preload()
+    # Children share this process's pages until they write to them.  A garbage collection
     # writes to every object it visits, so the heap is frozen out of the collector here and
-    # zygotes do not collect at all (they make no reference cycles to speak of).
+    # children do not collect at all (they make no reference cycles to speak of).
     gc.freeze()
     while True:
         req, fds = receive(sock)
         if req is None:
             return
-        if len(fds) != 2:
+        if req.get("op") == "netns" and len(fds) in (1, 2):
+            reply, held = fds[0], fds[1:]
+            _fork(sock, reply, held, functools.partial(
+                network_namespace, req, existing=held[0] if held else None))
+        elif "op" not in req and len(fds) == 2:
+            init_pidfd, zygote_fd = fds
+            _fork(sock, zygote_fd, [init_pidfd], functools.partial(zygote, req, init_pidfd))
+        else:
             for fd in fds:
                 os.close(fd)
-            continue
-        init_pidfd, zygote_fd = fds
+
+
+def _fork(sock: socket.socket, reply: int, held: list[int],
+          work: Callable[[socket.socket], int]) -> None:
+    """Run ``work`` on the socket ``reply`` in a child, which exits with its code; this
+    process closes its copies of ``reply`` and ``held``."""
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        with socket.socket(fileno=reply) as rsock:
+            send(rsock, {"error": f"cannot fork: {exc}"})
+        for fd in held:
+            os.close(fd)
+        return
+    if pid == 0:
+        code = 1
         try:
-            pid = os.fork()
-        except OSError as exc:
-            with socket.socket(fileno=zygote_fd) as zsock:
-                send(zsock, {"error": f"cannot fork a zygote: {exc}"})
-            os.close(init_pidfd)
-            continue
-        if pid == 0:
-            code = 1
-            try:
-                gc.disable()
-                sock.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                code = zygote(req, init_pidfd, socket.socket(fileno=zygote_fd))
-            finally:
-                os._exit(code)
-        os.close(init_pidfd)
-        os.close(zygote_fd)
+            gc.disable()
+            sock.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            code = work(socket.socket(fileno=reply))
+        finally:
+            os._exit(code)
+    for fd in (reply, *held):
+        os.close(fd)
+
+
+def network_namespace(req: dict[str, Any], sock: socket.socket, existing: int | None) -> int:
+    """Make a network namespace (or join ``existing``), send the engine a descriptor of it
+    at once (the runtime creates the container in it meanwhile), then configure it
+    (:func:`nsconfig.configure` with ``req["firewall"]``) and report."""
+    try:
+        if existing is None:
+            _check(_libc.unshare(CLONE_NEWNET), "making a network namespace")
+        else:
+            _check(_libc.setns(existing, CLONE_NEWNET), "joining the network namespace")
+            os.close(existing)
+        made = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        send(sock, {"made": True}, [made])
+        os.close(made)
+        firewall = req.get("firewall")
+        nsconfig.configure(firewall if isinstance(firewall, str) else None)
+    except (SetupError, nsconfig.ConfigError, OSError) as exc:
+        send(sock, {"error": str(exc)})
+        return 1
+    send(sock, {"configured": True})
+    return 0
 
 
 # a zygote ---------------------------------------------------------------------------------
@@ -399,7 +442,16 @@ def resolve(name: str, path: str) -> str:
                   f"executable file `{name}` not found in $PATH: No such file or directory")
 
 
-if __name__ == "__main__":
+def lower_descriptor_limit(soft: int) -> None:
+    """Start with the soft limit of open files a sandbox's processes have (the daemon raised
+    its own), so a command a zygote starts has what the sandbox's init got."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = soft if hard == resource.RLIM_INFINITY else min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+if __name__ == "__main__":  # forkserver.py FD SANDBOX_NOFILE
     _fd = int(sys.argv[1])
     os.set_inheritable(_fd, False)  # it came as a plain fd 3; commands must not get it
+    lower_descriptor_limit(int(sys.argv[2]))
     serve(socket.socket(fileno=_fd))

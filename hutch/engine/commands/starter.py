@@ -114,16 +114,17 @@ class StartedCommand:
             path.unlink(missing_ok=True)
 
 
-def make_fork_server() -> ForkServer | None:
-    """The engine's fork server, or None where commands go through the runtime's exec."""
+def make_fork_server() -> ForkServer:
+    """The engine's fork server (started); it makes no zygotes where commands go through
+    the runtime's exec."""
+    bpf: str | None = None
     if os.environ.get("HUTCH_EXEC") == "runtime":
         log.info("execs use the runtime's exec (HUTCH_EXEC=runtime)")
-        return None
-    bpf = seccompbpf.default_annotation().get(seccompbpf.ANNOTATION)
-    if bpf is None:
-        log.warning("execs use the runtime's exec: the seccomp filter cannot be compiled "
-                    "here (install libseccomp2)")
-        return None
+    else:
+        bpf = seccompbpf.default_annotation().get(seccompbpf.ANNOTATION)
+        if bpf is None:
+            log.warning("execs use the runtime's exec: the seccomp filter cannot be compiled "
+                        "here (install libseccomp2)")
     server = ForkServer(ociconfig.capability_mask(ociconfig.DEFAULT_CAPABILITIES), bpf)
     server.start()
     return server

@@ -27,6 +27,8 @@ from typing import Any
 import trio
 
 from hutch.engine.commands import forkserver
+from hutch.engine.network.netns import NetnsSetupFailed
+from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.spawn import pipe_or_null
 
 log = logging.getLogger("hutch.zygote")
@@ -259,14 +261,20 @@ class ZygoteLink:
 
 
 class ForkServer:
-    """The engine's fork server process: started once, asked for one zygote per sandbox."""
+    """The engine's fork server process: started once, asked for one zygote per sandbox
+    that runs execs, and for every sandbox's network namespace.  ``seccomp_bpf``: the
+    filter zygotes load; None where execs go through the runtime (no zygotes)."""
 
-    def __init__(self, capabilities: int, seccomp_bpf: str) -> None:
+    def __init__(self, capabilities: int, seccomp_bpf: str | None) -> None:
         self.capabilities = capabilities
         self.seccomp_bpf = seccomp_bpf
         self._sock: socket.socket | None = None
         self._pid: int | None = None
         self._lock = trio.Lock()
+
+    @property
+    def makes_zygotes(self) -> bool:
+        return self.seccomp_bpf is not None
 
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -274,7 +282,8 @@ class ForkServer:
         try:
             self._pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-I", "-S", str(Path(forkserver.__file__)), "3"],
+                [sys.executable, "-I", "-S", str(Path(forkserver.__file__)), "3",
+                 str(ociconfig.SANDBOX_NOFILE)],
                 {"PATH": os.environ.get("PATH", forkserver.DEFAULT_PATH)},
                 file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
                               (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)])
@@ -316,28 +325,34 @@ class ForkServer:
         log.warning("fork server died; the next zygote starts another")
         return True
 
+    async def _request(self, request: dict[str, Any], fds: list[int]) -> None:
+        """Send ``request`` with ``fds``, starting the fork server again where it is gone."""
+        async with self._lock:
+            for attempt in (1, 2):
+                if self._sock is None:
+                    self.start()
+                assert self._sock is not None
+                try:
+                    forkserver.send(self._sock, request, fds)
+                    return
+                except OSError as exc:
+                    log.warning("fork server gone (%s); starting another", exc)
+                    self.stop()
+                    if attempt == 2:
+                        raise ZygoteError(f"the fork server cannot be reached: {exc}") \
+                            from exc
+
     async def zygote(self, init_pidfd: int, cgroup_procs: list[str], *, userns: bool = False
                      ) -> ZygoteLink:
         """A zygote joined to the sandbox whose init ``init_pidfd`` refers to (``userns``:
         to its user namespace too, where it has one of its own)."""
+        if self.seccomp_bpf is None:
+            raise ZygoteError("this engine makes no zygotes (execs use the runtime's exec)")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            request = {"cgroup_procs": cgroup_procs, "caps": self.capabilities,
-                       "seccomp": self.seccomp_bpf, "userns": userns}
-            async with self._lock:
-                for attempt in (1, 2):
-                    if self._sock is None:
-                        self.start()
-                    assert self._sock is not None
-                    try:
-                        forkserver.send(self._sock, request, [init_pidfd, theirs.fileno()])
-                        break
-                    except OSError as exc:
-                        log.warning("fork server gone (%s); starting another", exc)
-                        self.stop()
-                        if attempt == 2:
-                            raise ZygoteError(f"the fork server cannot be reached: {exc}") \
-                                from exc
+            await self._request({"cgroup_procs": cgroup_procs, "caps": self.capabilities,
+                                 "seccomp": self.seccomp_bpf, "userns": userns},
+                                [init_pidfd, theirs.fileno()])
         finally:
             theirs.close()
         sock = trio.socket.from_stdlib_socket(ours)
@@ -349,6 +364,40 @@ class ForkServer:
             raise ZygoteError((first or {}).get("error") or "the zygote exited at once")
         sock.close()
         raise ZygoteError(f"no zygote was ready within {READY_TIMEOUT:.0f} s")
+
+    async def network_namespace(self, firewall: str | None, existing: int | None = None, *,
+                                task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                                ) -> None:
+        """Make a sandbox's network namespace in a child of the fork server
+        (:func:`forkserver.network_namespace`): ``nursery.start`` gives a descriptor of it
+        as soon as it exists (the caller closes it once the runtime has joined), and this
+        returns once its loopback is up and the nftables ``firewall`` (if any) is loaded.
+        ``existing``: a namespace made already (in the sandbox's user namespace), to
+        configure instead.  About 2 ms, none of it on the daemon's interpreter."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self._request({"op": "netns", "firewall": firewall},
+                                [theirs.fileno(), *([] if existing is None else [existing])])
+        except ZygoteError as exc:
+            ours.close()
+            raise NetnsSetupFailed(str(exc)) from exc
+        finally:
+            theirs.close()
+        with trio.socket.from_stdlib_socket(ours) as sock:
+            with trio.move_on_after(READY_TIMEOUT):
+                reply, fds = await _receive(sock)
+                if reply is not None and reply.get("made") and len(fds) == 1:
+                    task_status.started(fds[0])
+                    reply, _ = await _receive(sock)
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                if reply is not None and reply.get("configured"):
+                    return
+                raise NetnsSetupFailed("could not set up the sandbox's network namespace: "
+                                       + ((reply or {}).get("error") or "its maker exited"))
+            raise NetnsSetupFailed("the sandbox's network namespace was not set up within "
+                                   f"{READY_TIMEOUT:.0f} s")
 
 
 async def _receive(sock: trio.socket.SocketType) -> tuple[dict[str, Any] | None, list[int]]:

@@ -3,9 +3,10 @@ start.
 
 Every sandbox is *created* by the runtime (namespaces made, its process waiting), then set
 up from outside while nothing in it runs yet: moved into its cgroup
-(:mod:`hutch.engine.isolation.cgroups`), its network namespace configured from inside (its loopback
-and, with network access, its firewall: :mod:`hutch.engine.network.netns`) and, with network
-access, connected (:mod:`hutch.engine.network.outbound`).
+(:mod:`hutch.engine.isolation.cgroups`), its network namespace configured from inside by a
+child of the engine's fork server (its loopback and, with network access, its firewall:
+:mod:`hutch.engine.network.nsconfig`) and, with network access, connected
+(:mod:`hutch.engine.network.outbound`).
 Only then is it *started*, so its first instruction already runs under its limits and
 with its network.
 """
@@ -19,12 +20,13 @@ from pathlib import Path
 
 import trio
 
+from hutch.engine.commands.zygote import ForkServer
 from hutch.engine.errors import EngineError
 from hutch.engine.isolation import idslices
 from hutch.engine.isolation.cgroups import Limits, SandboxCgroup
 from hutch.engine.lifecycle import consoles, sandboxids
 from hutch.engine.lifecycle.networks import Join
-from hutch.engine.network import bridges, netns, outbound
+from hutch.engine.network import bridges, outbound
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.base import OCIRuntime, RuntimeCommandError
 from hutch.engine.storage import layermirror, rootfs
@@ -69,9 +71,10 @@ class LaunchPlan:
     hosts_extra: str = ""
 
 
-async def start_container(runtime: OCIRuntime, plan: LaunchPlan
+async def start_container(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan
                           ) -> tuple[int, trio.lowlevel.FdStream]:
     """Start the container; returns its init pid and the write end of its stdin.
+    ``fork_server`` makes its network namespace.
 
     The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
     open read-write (so opening never blocks and the entrypoint sees no EOF until the
@@ -94,16 +97,16 @@ async def start_container(runtime: OCIRuntime, plan: LaunchPlan
             raise
         owner = plan.ids.root
     try:
-        return await _start(runtime, plan, layers, owner, userns, made_netns)
+        return await _start(runtime, fork_server, plan, layers, owner, userns, made_netns)
     finally:
         for fd in (userns, made_netns):
             if fd is not None:
                 os.close(fd)  # the container holds its namespaces from here on
 
 
-async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owner: int | None,
-                 userns: int | None, made_netns: int | None
-                 ) -> tuple[int, trio.lowlevel.FdStream]:
+async def _start(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan,
+                 layers: list[Path], owner: int | None, userns: int | None,
+                 made_netns: int | None) -> tuple[int, trio.lowlevel.FdStream]:
     dirs = plan.dirs
     rootfs.mount_rootfs(dirs, layers, disk_mib=plan.disk_mib, owner=owner,
                         disk_slot=plan.disk_slot)
@@ -136,7 +139,8 @@ async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owne
             # The network namespace is made first (moments), then configured and connected
             # while the runtime creates the container in it; all of it before the start.
             async with trio.open_nursery() as nursery:
-                netns_fd = await nursery.start(netns.prepare, firewall, made_netns)
+                netns_fd = await nursery.start(fork_server.network_namespace, firewall,
+                                               made_netns)
                 netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 if plan.online:
                     nursery.start_soon(outbound.attach, netns_path, dirs.root)

@@ -58,7 +58,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
     def __init__(self, *, store: Store, images: ImageService, runtime: OCIRuntime,
                  data_dir: Path, runtime_dir: Path, devpts_gid: bool,
                  nursery: trio.Nursery, cgroups: CgroupHost,
-                 fork_server: ForkServer | None = None,
+                 fork_server: ForkServer,
                  defaults: SandboxDefaults | None = None, userns_mode: str = "single",
                  user: str | None = None) -> None:
         self.store = store
@@ -77,7 +77,10 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         self.cgroups = cgroups
         #: the limits of a sandbox that sets none
         self.defaults = defaults if defaults is not None else sandboxlimits.defaults(cgroups)
-        self.commands = CommandStarter(runtime, fork_server, nursery)
+        #: makes zygotes, where execs use them, and every sandbox's network namespace
+        self.fork_server = fork_server
+        self.commands = CommandStarter(
+            runtime, fork_server if fork_server.makes_zygotes else None, nursery)
         #: starts a sandbox's container (a seam: unit tests start a host process instead)
         self.launch = start_container
         self.pools: PoolService | None = None
@@ -192,7 +195,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
             visible = self.ids.visible_dir(dirs.root, ids) if ids is not None else None
             mounts = self.volumes.mounts(req.volumes, dirs.root / "volumes",
                                          stage_all=ids is not None)
-            pid, stdin = await self.launch(self.runtime, LaunchPlan(
+            pid, stdin = await self.launch(self.runtime, self.fork_server, LaunchPlan(
                 sandbox_id=sandbox_id, dirs=dirs, layers=image.layer_dirs, argv=argv,
                 env=init_env, workdir=workdir, init_cwd="/" if default else workdir,
                 mounts=mounts, devpts_gid=self.devpts_gid,

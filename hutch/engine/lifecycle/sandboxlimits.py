@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import resource
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,21 +164,33 @@ def host_cpus() -> int:
     return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
 
 
-#: The engine's descriptors stay below this: libnftables, which loads each sandbox's
-#: firewall in the daemon, waits with ``select()``, and a socket numbered past FD_SETSIZE
-#: (1024) ends the daemon (``bit out of range 0 - FD_SETSIZE``; measured with the soft
-#: limit raised, at about 310 sandboxes at once: benchmarks/README.md, "500 at once").
-DESCRIPTOR_CEILING = 1024
+#: The engine's soft limit of open files, at most (its hard limit where lower): it holds
+#: about 3 per sandbox.  It was 1024 while libnftables, waiting with ``select()``, loaded
+#: the firewalls in the daemon (a socket numbered past FD_SETSIZE aborted it at about 310
+#: sandboxes at once: benchmarks/README.md, "500 at once"); the fork server's children
+#: load them now (:mod:`hutch.engine.network.nsconfig`).
+DESCRIPTOR_CEILING = 65536
 #: ... with room for what one create opens on the way (pipes, FIFOs, namespaces, sockets).
 DESCRIPTOR_HEADROOM = 64
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the engine's soft limit of open files to its hard limit (at most
+    :data:`DESCRIPTOR_CEILING`), as podman and Go programs do; returns the soft limit.
+    Its sandboxes' processes keep the usual 1024 (:func:`ociconfig.sandbox_nofile`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = DESCRIPTOR_CEILING if hard == resource.RLIM_INFINITY \
+        else min(hard, DESCRIPTOR_CEILING)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    return soft
 
 
 def require_descriptors() -> None:
     """Refuse a new sandbox, with the reason, when the engine is near the descriptors it
     may use (its soft ``RLIMIT_NOFILE``, at most :data:`DESCRIPTOR_CEILING`): running out
     half-way through a create left slirp4netns processes behind; this fails first."""
-    import resource
-
     probe = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # the lowest free number
     os.close(probe)
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -9,6 +9,7 @@ ipc, uts, cgroup and network namespaces.
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -206,6 +207,22 @@ def default_mounts(etc_files: dict[str, str], *, devpts_gid: bool) -> list[Mount
     return mounts
 
 
+#: The soft limit of open files a sandbox's processes start with (their hard limit is the
+#: engine's): the daemon raises its own soft limit (it holds about 3 descriptors per
+#: sandbox), and its processes would inherit that; 1024 is what programs that still use
+#: ``select()`` need, and what the engine's user has by default.
+SANDBOX_NOFILE = 1024
+
+
+def sandbox_nofile() -> Rlimit:
+    """A sandbox process's ``RLIMIT_NOFILE``: :data:`SANDBOX_NOFILE` (or the engine's hard
+    limit, where lower), hard: the engine's."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # (the kernel's nr_open default; "unlimited" is no number here)
+    return Rlimit(type="RLIMIT_NOFILE", hard=hard, soft=min(SANDBOX_NOFILE, hard))
+
+
 def process_spec(args: list[str], env: dict[str, str], cwd: str,
                  terminal: tuple[int, int] | None = None) -> Process:
     """The process of a container or exec (``terminal``: on a terminal of these rows and
@@ -213,7 +230,7 @@ def process_spec(args: list[str], env: dict[str, str], cwd: str,
     return Process(args=args, env=[f"{k}={v}" for k, v in env.items()], cwd=cwd,
                    terminal=terminal is not None,
                    consoleSize=Box(height=terminal[0], width=terminal[1])
-                   if terminal is not None else None)
+                   if terminal is not None else None, rlimits=[sandbox_nofile()])
 
 
 def sandbox_spec(

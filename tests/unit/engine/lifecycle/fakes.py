@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from hutch.engine.commands.zygote import ForkServer
 from hutch.engine.isolation.cgroups import CgroupHost
 from hutch.engine.lifecycle.launch import LaunchPlan
 from hutch.engine.lifecycle.manager import SandboxManager
@@ -69,7 +70,7 @@ class FakeImages:
 
 def host_launch(runtime: FakeRuntime, exits: Path, fail: bool = False) -> Launch:
     """Start the plan's entrypoint on the host; record its exit as the pause process does."""
-    async def launch(_: Any, plan: LaunchPlan) -> tuple[int, trio.lowlevel.FdStream]:
+    async def launch(_: Any, __: Any, plan: LaunchPlan) -> tuple[int, trio.lowlevel.FdStream]:
         if fail:
             raise OSError("the runtime could not start it")
         plan.dirs.execs.mkdir(parents=True)  # (the bundle's, which execs write into)
@@ -105,6 +106,7 @@ def make_manager(tmp_path: Path, nursery: trio.Nursery, runtime: FakeRuntime | N
         store=Store(tmp_path / "state.db"), images=FakeImages(),  # type: ignore[arg-type]
         runtime=runtime, data_dir=tmp_path / "data",  # type: ignore[arg-type]
         runtime_dir=runtime_dir, devpts_gid=False, nursery=nursery,
-        cgroups=CgroupHost(version=2), userns_mode="single", user="no-such-user-for-slots")
+        cgroups=CgroupHost(version=2), fork_server=ForkServer(0, None),  # (never started)
+        userns_mode="single", user="no-such-user-for-slots")
     manager.launch = host_launch(runtime, runtime_dir / "exits", fail)  # type: ignore[assignment]
     return manager

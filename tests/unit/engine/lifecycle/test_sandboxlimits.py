@@ -188,3 +188,18 @@ def test_creates_are_refused_before_the_engine_runs_out_of_descriptors() -> None
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_engine_raises_its_soft_limit_of_open_files_to_its_hard_one() -> None:
+    """Checked in a child (the limit is the process's): from 256 to its hard limit."""
+    import subprocess
+    import sys
+
+    code = ("import resource; hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]); "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+            "from hutch.engine.lifecycle import sandboxlimits; "
+            "print(sandboxlimits.raise_descriptor_limit(), "
+            "*resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert int(out[0]) > 256 and out == [out[2]] * 3

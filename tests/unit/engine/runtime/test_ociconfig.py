@@ -78,11 +78,21 @@ def test_to_json_uses_spec_names_and_drops_unset(config_validator: Validator) ->
     assert "no_new_privileges" not in doc["process"]
     assert "oci_version" not in doc
     # unset optional fields are dropped rather than written as null
-    assert "rlimits" not in doc["process"]
+    assert "consoleSize" not in doc["process"]
     assert "additionalGids" not in doc["process"]["user"]
     assert all("path" not in ns for ns in doc["linux"]["namespaces"])
     assert "options" not in next(m for m in doc["mounts"] if m["destination"] == "/proc")
     assert all(v is not None for m in doc["mounts"] for v in m.values())
+
+
+def test_processes_start_with_1024_open_files_and_the_engines_hard_limit() -> None:
+    """The daemon raises its own soft limit; its sandboxes' processes must not inherit it."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    (nofile,) = _spec()["process"]["rlimits"]
+    assert nofile["type"] == "RLIMIT_NOFILE"
+    assert nofile["soft"] == min(1024, hard) and nofile["hard"] == hard
 
 
 def test_namespaces_without_user_namespace() -> None:

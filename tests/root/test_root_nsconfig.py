@@ -1,31 +1,39 @@
 """The engine's own network namespaces (root: the test inspects them with ``nsenter``).
 
-``netns.prepare`` makes a namespace on a thread of its own, hands its descriptor over at
-once (the runtime joins it by path while the set-up goes on) and then configures it.
+``ForkServer.network_namespace`` has a child of the fork server make a namespace, hand its
+descriptor over at once (the runtime joins it by path while the set-up goes on) and then
+configure it (:mod:`hutch.engine.network.nsconfig`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import resource
 import subprocess
 
 import pytest
 import trio
 
+from hutch.engine.commands.zygote import ForkServer
 from hutch.engine.network import hostnet, netns, outbound
 
 
 async def _prepare(firewall: str | None = None) -> int:
-    """A namespace made and configured by ``prepare`` (its failure raised as itself)."""
+    """A namespace made and configured by a fork server's child (its failure raised as
+    itself)."""
     fd: int | None = None
+    server = ForkServer(0, None)
     try:
         async with trio.open_nursery() as nursery:
-            fd = await nursery.start(netns.prepare, firewall)
+            fd = await nursery.start(server.network_namespace, firewall)
     except BaseExceptionGroup as group:
         if fd is not None:
             os.close(fd)
         raise group.exceptions[0] from None
+    finally:
+        server.stop()
     assert fd is not None
     return fd  # the nursery has waited for the configuration too
 
@@ -92,3 +100,25 @@ def test_the_firewall_loads_when_the_hosts_networks_overlap_its_own() -> None:
 def test_a_bad_ruleset_is_a_clear_error() -> None:
     with pytest.raises(netns.NetnsSetupFailed, match="firewall"):
         trio.run(_prepare, "table inet hutch { chain output { nonsense } }")
+
+
+def test_the_firewall_loads_while_the_engine_holds_descriptors_past_1023() -> None:
+    """libnftables waits with ``select()``, which aborted a daemon whose netlink socket was
+    numbered 1024 or more: the fork server's child loads it, whatever the engine holds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), max(hard, 2048)))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        fd = trio.run(_prepare, outbound.ruleset(["192.0.2.0/24"]))
+        try:
+            assert fd >= 1024  # the engine's side is past select()'s range
+            assert "192.0.2.0/24 accept" in _in(fd, "nft", "list", "ruleset")
+        finally:
+            os.close(fd)
+    finally:
+        for made in held:
+            with contextlib.suppress(OSError):
+                os.close(made)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
