@@ -113,8 +113,10 @@ def fork_exec(path: str, argv: Sequence[str], env: dict[str, str], cwd: str,
     try:
         report = b""
         end = time.monotonic() + START_TIMEOUT
+        poller = select.poll()  # (not select(): descriptors may be numbered past 1023)
+        poller.register(report_r, select.POLLIN)
         while True:
-            ready, _, _ = select.select([report_r], [], [], max(0.0, end - time.monotonic()))
+            ready = poller.poll(max(0.0, end - time.monotonic()) * 1000)
             if not ready:  # stopped before its execve (by the sandbox's own processes)
                 os.kill(pid, signal.SIGKILL)
                 report = f"{errno.ETIMEDOUT}:the command did not start within " \

@@ -140,8 +140,12 @@ def start_time(pid: int) -> int | None:
 
 def exited(pidfd: int | None) -> bool:
     """Whether the process of ``pidfd`` has exited (a pidfd polls readable then; none: it
-    is gone)."""
-    return pidfd is None or bool(select.select([pidfd], [], [], 0)[0])
+    is gone).  ``poll``, not ``select``: the engine's descriptors go past 1023."""
+    if pidfd is None:
+        return True
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def kill_tree(root: int, marker: bytes | None = None, pidns: int | None = None,
