@@ -1,4 +1,5 @@
-"""The engine's fork server and the exec zygotes it forks, one per sandbox that runs execs.
+"""The engine's fork server and the exec zygotes it forks, one per sandbox that runs execs;
+it also forks the makers of sandboxes' namespaces (:mod:`.nsmaker`).
 
 Why: ``crun exec`` costs about 7 ms a command (it re-reads the container's state, forks
 twice, joins the namespaces and loads the seccomp filter); a *zygote* does that once per
@@ -34,10 +35,11 @@ if __name__ == "__main__":  # run by path (-I): its siblings are importable by t
     _HERE = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [_HERE, os.path.join(os.path.dirname(_HERE), "network")]
 try:
-    from hutch.engine.commands import terminals, userids
+    from hutch.engine.commands import nsmaker, terminals, userids
     from hutch.engine.network import nsconfig
 except ImportError:  # pragma: no cover - the fork server's own process
     import nsconfig  # type: ignore[no-redef,import-not-found]
+    import nsmaker  # type: ignore[no-redef,import-not-found]
     import terminals  # type: ignore[no-redef,import-not-found]
     import userids  # type: ignore[no-redef,import-not-found]
 
@@ -83,7 +85,8 @@ def send(sock: socket.socket, obj: dict[str, Any], fds: list[int] | None = None)
     if fds:
         sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                        struct.pack(f"{len(fds)}i", *fds))])
-    sock.sendall(frame[sent:])
+    if sent < len(frame):  # (an empty send to a peer that has read and gone is EPIPE)
+        sock.sendall(frame[sent:])
 
 
 def _exactly(sock: socket.socket, size: int, head: bytes = b"") -> bytes | None:
@@ -128,6 +131,7 @@ def serve(sock: socket.socket) -> None:
     _non_dumpable()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited children
     nsconfig.preload()
+    _keep_large_allocations()
     # Children share this process's pages until they write to them.  A garbage collection
     # writes to every object it visits, so the heap is frozen out of the collector here and
     # children do not collect at all (they make no reference cycles to speak of).
@@ -139,13 +143,34 @@ def serve(sock: socket.socket) -> None:
         if req.get("op") == "netns" and len(fds) in (1, 2):
             reply, held = fds[0], fds[1:]
             _fork(sock, reply, held, functools.partial(
-                network_namespace, req, existing=held[0] if held else None))
+                _network_namespace, req, held[0] if held else None))
+        elif req.get("op") == "userns" and len(fds) == 1:
+            _fork(sock, fds[0], [], functools.partial(_user_namespace, req))
         elif "op" not in req and len(fds) == 2:
             init_pidfd, zygote_fd = fds
             _fork(sock, zygote_fd, [init_pidfd], functools.partial(zygote, req, init_pidfd))
         else:
             for fd in fds:
                 os.close(fd)
+
+
+def _network_namespace(req: dict[str, Any], existing: int | None, sock: socket.socket) -> int:
+    return nsmaker.network_namespace(req, functools.partial(send, sock), existing)
+
+
+def _user_namespace(req: dict[str, Any], sock: socket.socket) -> int:
+    return nsmaker.user_namespace(req, functools.partial(send, sock))
+
+
+def _keep_large_allocations() -> None:
+    """Have malloc serve large blocks from the heap and keep what is freed, here and in
+    the children: libnftables allocates and frees 2 MiB per firewall, and that
+    ``munmap`` in a short-lived child flushed the TLB of every CPU it had run on
+    (``smp_call_function_many_cond``: about 4% of the machine's CPU while sandboxes were
+    created back to back).  The fork server itself allocates little."""
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    _libc.mallopt(m_mmap_threshold, 32 << 20)
+    _libc.mallopt(m_trim_threshold, 64 << 20)
 
 
 def _fork(sock: socket.socket, reply: int, held: list[int],
@@ -171,28 +196,6 @@ def _fork(sock: socket.socket, reply: int, held: list[int],
             os._exit(code)
     for fd in (reply, *held):
         os.close(fd)
-
-
-def network_namespace(req: dict[str, Any], sock: socket.socket, existing: int | None) -> int:
-    """Make a network namespace (or join ``existing``), send the engine a descriptor of it
-    at once (the runtime creates the container in it meanwhile), then configure it
-    (:func:`nsconfig.configure` with ``req["firewall"]``) and report."""
-    try:
-        if existing is None:
-            _check(_libc.unshare(CLONE_NEWNET), "making a network namespace")
-        else:
-            _check(_libc.setns(existing, CLONE_NEWNET), "joining the network namespace")
-            os.close(existing)
-        made = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        send(sock, {"made": True}, [made])
-        os.close(made)
-        firewall = req.get("firewall")
-        nsconfig.configure(firewall if isinstance(firewall, str) else None)
-    except (SetupError, nsconfig.ConfigError, OSError) as exc:
-        send(sock, {"error": str(exc)})
-        return 1
-    send(sock, {"configured": True})
-    return 0
 
 
 # a zygote ---------------------------------------------------------------------------------

@@ -365,6 +365,31 @@ class ForkServer:
         sock.close()
         raise ZygoteError(f"no zygote was ready within {READY_TIMEOUT:.0f} s")
 
+    async def user_namespace(self, map_lines: str, counts: dict[str, int]) -> tuple[int, int]:
+        """Descriptors of a new user namespace mapped with ``map_lines`` and of a new network
+        namespace that belongs to it (:func:`forkserver.user_namespace`): a sandbox's own,
+        which the runtime joins; ``counts``: its ``/proc/sys/user`` limits.  About 1 ms."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self._request({"op": "userns", "map": map_lines, "counts": counts},
+                                [theirs.fileno()])
+        except ZygoteError as exc:
+            ours.close()
+            raise NetnsSetupFailed(str(exc)) from exc
+        finally:
+            theirs.close()
+        with trio.socket.from_stdlib_socket(ours) as sock:
+            with trio.move_on_after(READY_TIMEOUT):
+                reply, fds = await _receive(sock)
+                if reply is not None and reply.get("made") and len(fds) == 2:
+                    return fds[0], fds[1]
+                for fd in fds:
+                    os.close(fd)
+                raise NetnsSetupFailed("could not make the sandbox's user namespace: "
+                                       + ((reply or {}).get("error") or "its maker exited"))
+            raise NetnsSetupFailed("the sandbox's user namespace was not made within "
+                                   f"{READY_TIMEOUT:.0f} s")
+
     async def network_namespace(self, firewall: str | None, existing: int | None = None, *,
                                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                                 ) -> None:

@@ -13,8 +13,6 @@ Details: docs/security.md, "Each sandbox its own ids".
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,56 +177,5 @@ def capacity(subordinate_ids: int, size: int = MIN_SIZE) -> int:
 #: refuses it too).
 SANDBOX_COUNTS = {"max_inotify_instances": 32, "max_inotify_watches": 65536,
                   "max_user_namespaces": 0}
-
-
-def make_namespaces(piece: Slice) -> tuple[int, int]:
-    """Descriptors of a new user namespace mapped as ``piece`` and of a new network
-    namespace that belongs to it: the sandbox's (the runtime joins both).
-
-    A network namespace belongs to the user namespace it was made in, and only a holder of
-    CAP_SYS_ADMIN there may mount a sysfs for it; made by the engine, in the engine's, the
-    runtime could only bind the host's /sys into the sandbox.  A short-lived
-    ``unshare --user`` child makes the user namespace and the engine (root of the parent)
-    writes its maps; a second child enters it as its root (``nsenter``), sets its
-    ``SANDBOX_COUNTS`` and makes the network namespace.  Both live on in the
-    descriptors.  About 4 ms.  The daemon has threads, so it cannot ``unshare`` a user
-    namespace itself."""
-    env = {"PATH": "/usr/bin:/bin"}
-    holder = subprocess.Popen(["unshare", "--user", "--", "sh", "-c", "echo; read x"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, env=env)
-    maker: subprocess.Popen[bytes] | None = None
-    fds: list[int] = []
-    try:
-        _wait_ready(holder, "unshare --user")
-        for name in ("uid_map", "gid_map"):
-            with open(f"/proc/{holder.pid}/{name}", "w") as f:
-                f.write(piece.map_lines())
-        fds.append(os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC))
-        counts = "; ".join(f"echo {value} > /proc/sys/user/{name}"
-                           for name, value in SANDBOX_COUNTS.items())
-        maker = subprocess.Popen(
-            ["nsenter", f"--user=/proc/{holder.pid}/ns/user", "--", "sh", "-ec",
-             f'{counts}; exec unshare --net -- sh -c "echo; read y"'],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-        _wait_ready(maker, "unshare --net")
-        fds.append(os.open(f"/proc/{maker.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC))
-        return fds[0], fds[1]
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    finally:
-        for child in (holder, maker):
-            if child is not None:
-                assert child.stdin is not None and child.stdout is not None
-                child.stdin.close()
-                child.stdout.close()
-                child.wait()
-
-
-def _wait_ready(child: subprocess.Popen[bytes], what: str) -> None:
-    """Wait for ``child``'s first line: it runs in the namespace it made."""
-    assert child.stdout is not None
-    if child.stdout.read(1) != b"\n":
-        raise OSError(f"{what} failed (exit {child.wait()})")
+# (the engine's fork server makes a sandbox's namespaces and sets these:
+# hutch.engine.commands.forkserver.user_namespace)

@@ -86,8 +86,7 @@ async def start_container(runtime: OCIRuntime, fork_server: ForkServer, plan: La
     made_netns: int | None = None
     if plan.ids is not None:
         assert plan.lower_copies is not None
-        # two short children (~4 ms): off the event loop, which serves other requests
-        fds = await trio.to_thread.run_sync(idslices.make_namespaces, plan.ids)
+        fds = await fork_server.user_namespace(plan.ids.map_lines(), idslices.SANDBOX_COUNTS)
         userns, made_netns = fds
         try:
             layers = layermirror.mount_lowers(plan.lower_copies, dirs.lower, fds[0])
