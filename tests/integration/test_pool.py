@@ -138,6 +138,27 @@ def test_deleting_a_pool_and_restarting_the_engine_end_waiting_sandboxes(
     assert not _running_pooled()
 
 
+def test_stopping_the_app_ends_its_pools(engine: dict[str, Any]) -> None:
+    app = _app()
+    before = _unlisted()  # (the engine's reserve may keep some)
+    pool = app.warm_pool(size=2)
+    pool.wait_ready(timeout=60)
+    waiting = _unlisted() - before  # the pool's 2 (and any the reserve started meanwhile)
+    assert len(waiting) >= 2
+    app.stop()
+    assert all(p["pool_id"] != pool.pool_id for p in request_blocking("GET", "/v1/pools"))
+    # ended, and the pool is gone: nothing refills it
+    assert len(waiting & _unlisted()) <= len(waiting) - 2
+
+
+def _unlisted() -> set[str]:
+    """The running sandboxes not listed: waiting pooled ones (every running sandbox has an
+    ``init.pid`` in its directory until its cleanup)."""
+    listed = {sb.object_id for sb in hutch.Sandbox.list()}
+    sandboxes = Path(request_blocking("GET", "/v1/engine")["data_dir"]) / "sandboxes"
+    return {d.name for d in sandboxes.iterdir() if (d / "init.pid").exists()} - listed
+
+
 def _running_pooled() -> bool:
     """Whether the engine runs a sandbox that is not listed (a waiting pooled one): every
     running sandbox has an ``init.pid`` in its directory until its cleanup."""

@@ -115,3 +115,39 @@ def test_waiting_sandboxes_are_nobodys(kept: dict[str, int]) -> None:
         assert sb.object_id in {s.object_id for s in hutch.Sandbox.list()}
     finally:
         sb.terminate()
+
+
+def _waiting() -> int:
+    """The reserve's sandboxes waiting now, seen as processes: pid 1 of each runs WAITER."""
+    from pathlib import Path
+
+    from hutch.engine.lifecycle.reserve import WAITER_ARGV
+
+    wanted = ("\0".join(WAITER_ARGV) + "\0").encode()
+    count = 0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                count += (proc / "cmdline").read_bytes() == wanted
+            except OSError:
+                pass
+    return count
+
+
+def test_stopping_an_app_ends_what_the_reserve_keeps_for_it(engine: dict[str, Any]) -> None:
+    """``App.stop`` ends the app's sandboxes, the ones waiting for it included, and the
+    reserve keeps none for it until it creates again."""
+    if reserve()["size"] == 0:
+        pytest.skip("the engine keeps no reserve (HUTCH_RESERVE=0)")
+    app = hutch.App.lookup("reserve-stop-test", create_if_missing=True)
+    for _ in range(9):  # (the latest creates are all this app's)
+        hutch.Sandbox.create("true", app=app, pids_limit=PIDS - 1, timeout=30)
+    wait_for(lambda: reserve()["ready"] == reserve()["size"] and _waiting() == reserve()["size"],
+             timeout=60, what="the reserve filled for the app")
+    app.stop()
+    assert reserve()["ready"] == 0 and _waiting() == 0
+    taken = reserve()["taken"]
+    sb = hutch.Sandbox.create("true", app=app, pids_limit=PIDS - 1, timeout=30)
+    assert reserve()["taken"] == taken  # a fresh one: the app is in use again
+    sb.wait(raise_on_termination=False)
+    assert sb.returncode == 0

@@ -146,6 +146,13 @@ class PoolService:
         while pool.ready:
             await self.manager.terminate(pool.ready.popleft(), 0.0)
 
+    async def stop_app(self, app_id: str) -> None:
+        """The app has stopped (Modal's ``App.stop``): its warm pools end with the
+        sandboxes waiting in them, and the reserve keeps nothing for it any more."""
+        for pool_id in [p.pool_id for p in self.pools.values() if p.app_id == app_id]:
+            await self.delete(pool_id)
+        await self.reserve.forget_app(app_id)
+
     async def wait_full(self, pool_id: str, timeout: float) -> WarmPool:
         pool = self.get(pool_id)
         with trio.move_on_after(timeout):

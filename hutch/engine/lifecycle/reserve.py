@@ -346,6 +346,19 @@ class Reserve:
                 self.retired.append(self.kept.ready.pop())
         self._notify()
 
+    async def forget_app(self, app_id: str) -> None:
+        """The app has stopped: end the sandboxes waiting for its configuration, and keep
+        none for it until it creates again (its creates leave the count)."""
+        self.recent = deque((k for k in self.recent if json.loads(k)[0] != app_id),
+                            maxlen=RECENT)
+        if self.kept is not None and self.kept.template.app_id == app_id:
+            self.retired.extend(self.kept.ready)
+            self.kept.ready.clear()
+            self.kept = None
+        self._notify()
+        while self.retired:
+            await self.host.terminate(self.retired.pop(), 0.0)
+
     def info(self) -> dict[str, int]:
         ready = len(self.kept.ready) if self.kept is not None else 0
         return {"size": self.size, "ready": ready, "taken": self.taken}

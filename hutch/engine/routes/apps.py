@@ -45,10 +45,13 @@ def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
 
     @app.post(urls.APP_STOP, responses=errors_doc(404, 422))
     async def stop_app(app_id: str) -> AppInfo:
-        """Terminate the app's running sandboxes and mark it stopped (Modal's
-        ``App.stop``); a sandbox created in it later makes it in use again."""
+        """Terminate the app's running sandboxes, its warm pools and what the engine's
+        reserve keeps for it, and mark it stopped (Modal's ``App.stop``); a sandbox created
+        in it later makes it in use again."""
         manager.store.app_by_id(app_id)
         manager.store.mark_app_stopped(app_id)
+        if manager.pools is not None:
+            await manager.pools.stop_app(app_id)
         async with trio.open_nursery() as nursery:
             for row in manager.store.list_sandboxes(app_id=app_id):
                 nursery.start_soon(manager.terminate, row.sandbox_id, 0.0)
