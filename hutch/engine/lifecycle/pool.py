@@ -33,7 +33,7 @@ from hutch.engine.images.service import ImageService
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
 from hutch.engine.lifecycle.reserve import DEFAULT_SIZE as DEFAULT_RESERVE
 from hutch.engine.lifecycle.reserve import KEY_FIELDS, REFILL_DELAY, Reserve, make_ahead
-from hutch.engine.network import hostnet
+from hutch.engine.network import hostnet, outbound
 from hutch.engine.storage.recordids import new_id
 from hutch.engine.storage.store import SandboxRow, Store
 from hutch.imagebuild.layout import Image
@@ -104,7 +104,7 @@ class PoolService:
         self.nursery = nursery
         self.pools: dict[str, WarmPool] = {}
         #: the host's networks each pooled sandbox's firewall was made against
-        self.views = hostnet.Views()
+        self.views = hostnet.Views(files=(outbound.HOST_CA_BUNDLE,))
         #: the pool the engine keeps by itself, for the configuration used most
         self.reserve = Reserve(manager, nursery, reserve_size)
 

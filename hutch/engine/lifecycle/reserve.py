@@ -45,7 +45,7 @@ from hutch.api.models import CreateSandboxRequest
 from hutch.engine.errors import AlreadyExists, NotFound
 from hutch.engine.lifecycle import sandboxspec
 from hutch.engine.lifecycle.livesandbox import LiveSandbox
-from hutch.engine.network import hostnet
+from hutch.engine.network import hostnet, outbound
 from hutch.engine.storage import rootfs
 from hutch.engine.storage.store import SandboxRow, Store
 from hutch.imagebuild import inroot
@@ -198,7 +198,7 @@ async def make_ahead(create: Callable[[], Awaitable[SandboxRow]], views: hostnet
     failed create (logged, and told to ``failed`` at once) or after one made while the
     host's networks moved (ended with ``end``), in both cases ``RETRY_AFTER`` later, so
     that a keeper never loops creating."""
-    before = hostnet.view()
+    before = views.snapshot()
     try:
         row = await create()
     except Exception as exc:  # reported, then tried again
@@ -243,7 +243,7 @@ class Reserve:
         #: sandboxes of a configuration no longer kept (or made before the host's networks
         #: changed), to end
         self.retired: list[str] = []
-        self.views = hostnet.Views()
+        self.views = hostnet.Views(files=(outbound.HOST_CA_BUNDLE,))
         self.nursery = nursery
         #: the keeper task runs from the first configuration kept until :meth:`close`
         self.keeping = self.closed = False

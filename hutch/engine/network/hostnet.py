@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from hutch.engine.errors import Invalid
 
@@ -145,30 +146,49 @@ def view() -> HostNetworks | None:
         return None
 
 
+#: What a sandbox made ahead of time was made against: the host's networks, and the
+#: identity (device, inode, size, mtime) of each file :class:`Views` watches (None: absent).
+Snapshot = tuple[HostNetworks | None, tuple[tuple[int, int, int, int] | None, ...]]
+
+
 class Views:
     """What the host's networks were when each sandbox made ahead of time (a warm pool's,
     the reserve's) got its firewall, which refuses the host's addresses and networks *as
-    they were then*.  A take checks the host's networks now: one that gained a network
-    since (a VPN, a LAN: reachable by a sandbox whose firewall predates it) makes every
-    such sandbox stale, and the create makes a fresh one.  Found by
-    tests/root/test_root_network.py, whose test LAN appeared after the reserve filled."""
+    they were then*, and what the ``files`` it was given (the host's CA bundle, bound into
+    it) were then.  A take checks them now: a host that gained a network since (a VPN, a
+    LAN: reachable by a sandbox whose firewall predates it), or whose CA bundle changed (a
+    CA distrusted since would still be trusted in it), makes every such sandbox stale, and
+    the create makes a fresh one.  Found by tests/root/test_root_network.py, whose test LAN
+    appeared after the reserve filled."""
 
-    def __init__(self) -> None:
-        self.seen: dict[str, HostNetworks] = {}
+    def __init__(self, files: tuple[Path, ...] = ()) -> None:
+        self.files = files
+        self.seen: dict[str, Snapshot] = {}
 
-    def made(self, sandbox_id: str, before: HostNetworks | None) -> bool:
+    def snapshot(self) -> Snapshot:
+        """The host now (taken before a sandbox is made, for :meth:`made`)."""
+        return view(), tuple(_identity(path) for path in self.files)
+
+    def made(self, sandbox_id: str, before: Snapshot) -> bool:
         """Record a sandbox made between ``before`` and now; False (not to be handed
-        out) when the host's networks changed meanwhile or are unknown."""
-        after = view()
-        if before is None or after != before:
+        out) when the host changed meanwhile or its networks are unknown."""
+        if before[0] is None or self.snapshot() != before:
             return False
         self.seen[sandbox_id] = before
         return True
 
     def current(self, sandbox_id: str) -> bool:
-        """Whether the sandbox's firewall still matches the host's networks."""
+        """Whether the sandbox still matches the host."""
         seen = self.seen.get(sandbox_id)
-        return seen is not None and view() == seen
+        return seen is not None and self.snapshot() == seen
 
     def forget(self, sandbox_id: str) -> None:
         self.seen.pop(sandbox_id, None)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,23 @@ def test_dns_goes_only_where_the_allowlist_permits(allowlist: list[str] | None,
     assert outbound.dns_allowed(allowlist) is dns
     assert ("ip daddr 10.0.2.3 udp dport 53 accept" in rules) is dns
     assert ("ip daddr 10.0.2.3 tcp dport 53 accept" in rules) is dns
+
+
+def test_views_make_a_sandbox_stale_when_a_watched_file_changes(tmp_path: Path) -> None:
+    """A sandbox made ahead of time has the host's CA bundle of then bound into it: a
+    bundle replaced since (a CA distrusted) makes it stale, as a new host network does."""
+    bundle = tmp_path / "ca.crt"
+    bundle.write_text("old CA\n")
+    views = hostnet.Views(files=(bundle,))
+    assert views.made("sb-a", views.snapshot())
+    assert views.current("sb-a")
+    replacement = tmp_path / "ca.crt.new"
+    replacement.write_text("new CA\n")
+    replacement.replace(bundle)  # as update-ca-certificates does
+    assert not views.current("sb-a")
+    before = views.snapshot()
+    bundle.unlink()  # changed while the next one was made: not handed out
+    assert not views.made("sb-b", before)
+    assert not views.current("sb-b")
+    views.forget("sb-a")
+    assert not views.current("sb-a")
