@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import hutch
+from hutch.sdk.transport import request_blocking
 from tests.helpers import SPIN, cgroup_file, user_cgroups
 
 USER_CGROUPS, needs = user_cgroups()
@@ -143,7 +144,8 @@ def test_the_engine_raises_its_open_files_limit_and_sandboxes_keep_1024(
     """The daemon holds about 3 descriptors per sandbox, so it raises its soft limit to its
     hard one; a sandbox's processes (its entrypoint, and an exec through its zygote) start
     with the usual 1024 and the engine's hard limit, not the daemon's raised one."""
-    daemon = Path(f"/proc/{engine['pid']}/limits").read_text()
+    pid = request_blocking("GET", "/v1/engine")["pid"]  # (now: earlier tests restart it)
+    daemon = Path(f"/proc/{pid}/limits").read_text()
     soft, hard = next(line for line in daemon.splitlines()
                       if line.startswith("Max open files")).split()[3:5]
     assert soft == hard or int(soft) == 65536, daemon

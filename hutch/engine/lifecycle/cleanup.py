@@ -16,8 +16,8 @@ from typing import Protocol
 
 import trio
 
-from hutch.engine.commands.execs import ExecSession
 from hutch.engine.isolation.cgroups import SandboxCgroup
+from hutch.engine.lifecycle.execregistry import ExecRegistry
 from hutch.engine.lifecycle.networks import NetworkRegistry
 from hutch.engine.lifecycle.sandboxids import SandboxIds
 from hutch.engine.network import outbound
@@ -38,7 +38,7 @@ class _Manager(Protocol):
     ids: SandboxIds
     volumes: VolumeService
     disks: DiskSlots
-    execs: dict[str, ExecSession]
+    execs: ExecRegistry
     networks: NetworkRegistry
 
     def _cgroup(self, sandbox_id: str, spec: SandboxSpec) -> SandboxCgroup | None: ...
@@ -49,9 +49,9 @@ class SandboxCleanup:
                        held: bool = True) -> None:
         """Undo what the sandbox's start made; ``held``: this daemon holds its ids and disk
         slot (not so for a cleanup a crash cut short), which go back."""
-        for session in [s for s in self.execs.values()
-                        if s.sandbox_id == sandbox_id and not s.done.is_set()]:
-            session.kill_tree()
+        for session in self.execs.of_sandbox(sandbox_id):
+            if not session.done.is_set():
+                session.kill_tree()
         try:
             await self.runtime.delete(sandbox_id, force=True)
         except RuntimeCommandError as exc:

@@ -33,6 +33,7 @@ from hutch.engine.isolation.idslices import Slice
 from hutch.engine.lifecycle import logindex, reserve, sandboxlimits, sandboxspec
 from hutch.engine.lifecycle.cleanup import PENDING, SandboxCleanup
 from hutch.engine.lifecycle.connecttokens import ConnectTokens
+from hutch.engine.lifecycle.execregistry import ExecRegistry
 from hutch.engine.lifecycle.launch import LaunchPlan, start_container
 from hutch.engine.lifecycle.livesandbox import LiveSandbox, first_of, until_exit_activity_or
 from hutch.engine.lifecycle.networks import NetworkRegistry
@@ -85,7 +86,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         self.launch = start_container
         self.pools: PoolService | None = None
         self.live: dict[str, LiveSandbox] = {}
-        self.execs: dict[str, ExecSession] = {}
+        self.execs = ExecRegistry()
         #: the unread exec output each running sandbox holds in the engine
         self.output: dict[str, OutputBudget] = {}
         self.ids = SandboxIds(userns_mode, runtime_dir)
@@ -345,7 +346,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                 await live.stdin.aclose()
         self.live.pop(live.sandbox_id, None)
         self.output.pop(live.sandbox_id, None)
-        for session in [s for s in self.execs.values() if s.sandbox_id == live.sandbox_id]:
+        for session in self.execs.of_sandbox(live.sandbox_id):
             session.discard()  # nobody may read it now, and a paused pipe must run out
         live.done.set()
         if self.pools is not None:
@@ -465,7 +466,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         session = ExecSession(exec_id, sandbox_id, req.argv, command, marker.encode(),
                               live.pidns(), req.timeout,
                               self.output.setdefault(sandbox_id, OutputBudget()), size)
-        self.execs[exec_id] = session
+        self.execs.add(session)
         self.nursery.start_soon(self._run_exec, session)
         try:  # recorded once the zygote has the request, so that both work side by side
             self.store.insert_exec(exec_id, sandbox_id, req.argv)
@@ -487,9 +488,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
             if live is not None:
                 live.active -= 1
                 live.touch()
-        # Keep finished sessions readable for a while, then forget them.
-        await trio.sleep(600)
-        self.execs.pop(session.exec_id, None)
+            self.execs.finished(session)  # readable for a while yet
 
     def exec_session(self, exec_id: str) -> ExecSession:
         session = self.execs.get(exec_id)
