@@ -24,7 +24,7 @@ async def _prepare() -> int:
     server = ForkServer(0, None)
     try:
         async with trio.open_nursery() as nursery:
-            fd: int = await nursery.start(server.network_namespace, None)
+            fd: int = (await nursery.start(server.network_namespace, None)).net
     finally:
         server.stop()
     return fd

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import trio
 
-from hutch.engine.commands.zygote import ForkServer
+from hutch.engine.commands.zygote import ForkServer, Namespaces
 from hutch.engine.network import hostnet, netns, outbound
 
 
@@ -27,7 +27,7 @@ async def _prepare(firewall: str | None = None) -> int:
     server = ForkServer(0, None)
     try:
         async with trio.open_nursery() as nursery:
-            fd = await nursery.start(server.network_namespace, firewall)
+            fd = (await nursery.start(server.network_namespace, firewall)).net
     except BaseExceptionGroup as group:
         if fd is not None:
             os.close(fd)
@@ -122,3 +122,34 @@ def test_the_firewall_loads_while_the_engine_holds_descriptors_past_1023() -> No
             with contextlib.suppress(OSError):
                 os.close(made)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_sandbox_of_its_own_ids_gets_both_namespaces_from_one_child() -> None:
+    """With ``ids``, the child unshares a user namespace (the fork server writes its map),
+    sets its counts as its root, and makes the network namespace inside it."""
+    server = ForkServer(0, None)
+
+    async def make() -> Namespaces:
+        async with trio.open_nursery() as nursery:
+            made: Namespaces = await nursery.start(
+                server.network_namespace, outbound.ruleset(["192.0.2.0/24"]),
+                ("0 700000 65536\n", {"max_user_namespaces": 0, "max_inotify_instances": 7}))
+        return made
+
+    try:
+        made = trio.run(make)
+    finally:
+        server.stop()
+    assert made.user is not None
+    try:
+        assert os.fstat(made.user).st_ino != os.stat("/proc/self/ns/user").st_ino
+        user = f"/proc/{os.getpid()}/fd/{made.user}"
+        uid_map = _in(made.net, "nsenter", f"--user={user}", "cat", "/proc/self/uid_map")
+        assert uid_map.split() == ["0", "700000", "65536"]
+        counts = _in(made.net, "nsenter", f"--user={user}", "cat",
+                     "/proc/sys/user/max_user_namespaces", "/proc/sys/user/max_inotify_instances")
+        assert counts.split() == ["0", "7"]
+        assert "192.0.2.0/24 accept" in _in(made.net, "nft", "list", "ruleset")
+    finally:
+        os.close(made.net)
+        os.close(made.user)

@@ -15,6 +15,7 @@ docs/design.md, "Execs: the zygote".
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import errno
 import functools
@@ -22,6 +23,7 @@ import gc
 import json
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -45,6 +47,8 @@ except ImportError:  # pragma: no cover - the fork server's own process
 
 HEADER = struct.Struct("!I")
 MAX_FDS = 4
+#: Seconds the fork server waits for a namespace maker to unshare its user namespace.
+MAP_TIMEOUT = 5.0
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -126,8 +130,9 @@ def unpack_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 # the fork server --------------------------------------------------------------------------
 def serve(sock: socket.socket) -> None:
     """Fork a child per request until the engine closes its end: a zygote (fds: the
-    sandbox's init pidfd and the zygote's socket) or, with ``"op": "netns"``, a network
-    namespace's maker (fds: its socket, and the namespace to configure where it exists)."""
+    sandbox's init pidfd and the zygote's socket) or, with ``"op": "netns"``, the maker of
+    a sandbox's network namespace (fd: its socket; with ``"map"``: of its own user
+    namespace too, :mod:`.nsmaker`)."""
     _non_dumpable()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited children
     nsconfig.preload()
@@ -140,12 +145,10 @@ def serve(sock: socket.socket) -> None:
         req, fds = receive(sock)
         if req is None:
             return
-        if req.get("op") == "netns" and len(fds) in (1, 2):
-            reply, held = fds[0], fds[1:]
-            _fork(sock, reply, held, functools.partial(
-                _network_namespace, req, held[0] if held else None))
-        elif req.get("op") == "userns" and len(fds) == 1:
-            _fork(sock, fds[0], [], functools.partial(_user_namespace, req))
+        if req.get("op") == "netns" and "map" in req and len(fds) == 1:
+            _sandbox_namespaces(sock, fds[0], req)
+        elif req.get("op") == "netns" and len(fds) == 1:
+            _fork(sock, fds[0], [], functools.partial(_network_namespace, req))
         elif "op" not in req and len(fds) == 2:
             init_pidfd, zygote_fd = fds
             _fork(sock, zygote_fd, [init_pidfd], functools.partial(zygote, req, init_pidfd))
@@ -154,12 +157,45 @@ def serve(sock: socket.socket) -> None:
                 os.close(fd)
 
 
-def _network_namespace(req: dict[str, Any], existing: int | None, sock: socket.socket) -> int:
-    return nsmaker.network_namespace(req, functools.partial(send, sock), existing)
+def _network_namespace(req: dict[str, Any], sock: socket.socket) -> int:
+    return nsmaker.network_namespace(req, functools.partial(send, sock))
 
 
-def _user_namespace(req: dict[str, Any], sock: socket.socket) -> int:
-    return nsmaker.user_namespace(req, functools.partial(send, sock))
+def _sandbox_namespaces(sock: socket.socket, reply: int, req: dict[str, Any]) -> None:
+    """A child makes the sandbox's user and network namespaces
+    (:func:`nsmaker.sandbox_namespaces`); this process, in the engine's user namespace,
+    writes the user namespace's maps once the child has unshared it (moments: the
+    requests behind wait meanwhile, at most ``MAP_TIMEOUT``)."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    report = os.dup(reply)
+    try:
+        pid = _fork(sock, reply, [ready_w, go_r], functools.partial(
+            _own_namespaces, req, ready_w, go_r, [ready_r, go_w, report]))
+        if pid is None:
+            return
+        poller = select.poll()
+        poller.register(ready_r, select.POLLIN)
+        try:
+            if not poller.poll(MAP_TIMEOUT * 1000) or os.read(ready_r, 1) != b"u":
+                raise OSError(errno.ETIMEDOUT, "its child did not unshare its namespace")
+            nsmaker.write_maps(pid, str(req["map"]))
+            os.write(go_w, b"m")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with socket.socket(fileno=os.dup(report)) as rsock, contextlib.suppress(OSError):
+                send(rsock, {"error": f"making the sandbox's user namespace: {exc}"})
+    finally:
+        for fd in (ready_r, go_w, report):
+            os.close(fd)
+
+
+def _own_namespaces(req: dict[str, Any], ready: int, go: int, parents: list[int],
+                    sock: socket.socket) -> int:
+    for fd in parents:  # (the fork server's ends)
+        os.close(fd)
+    return nsmaker.sandbox_namespaces(req, functools.partial(send, sock), ready, go)
 
 
 def _keep_large_allocations() -> None:
@@ -174,9 +210,10 @@ def _keep_large_allocations() -> None:
 
 
 def _fork(sock: socket.socket, reply: int, held: list[int],
-          work: Callable[[socket.socket], int]) -> None:
+          work: Callable[[socket.socket], int]) -> int | None:
     """Run ``work`` on the socket ``reply`` in a child, which exits with its code; this
-    process closes its copies of ``reply`` and ``held``."""
+    process closes its copies of ``reply`` and ``held``.  Returns the child's pid (None
+    when it could not fork, which ``reply`` hears)."""
     try:
         pid = os.fork()
     except OSError as exc:
@@ -184,7 +221,7 @@ def _fork(sock: socket.socket, reply: int, held: list[int],
             send(rsock, {"error": f"cannot fork: {exc}"})
         for fd in held:
             os.close(fd)
-        return
+        return None
     if pid == 0:
         code = 1
         try:
@@ -196,6 +233,7 @@ def _fork(sock: socket.socket, reply: int, held: list[int],
             os._exit(code)
     for fd in (reply, *held):
         os.close(fd)
+    return pid
 
 
 # a zygote ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,15 @@ class ZygoteLink:
         os.close(self.pidfd)
 
 
+@dataclass(frozen=True)
+class Namespaces:
+    """Descriptors of a sandbox's namespaces made by the fork server's child."""
+
+    net: int
+    #: its own user namespace, where it has one
+    user: int | None = None
+
+
 class ForkServer:
     """The engine's fork server process: started once, asked for one zygote per sandbox
     that runs execs, and for every sandbox's network namespace.  ``seccomp_bpf``: the
@@ -365,63 +375,43 @@ class ForkServer:
         sock.close()
         raise ZygoteError(f"no zygote was ready within {READY_TIMEOUT:.0f} s")
 
-    async def user_namespace(self, map_lines: str, counts: dict[str, int]) -> tuple[int, int]:
-        """Descriptors of a new user namespace mapped with ``map_lines`` and of a new network
-        namespace that belongs to it (:func:`forkserver.user_namespace`): a sandbox's own,
-        which the runtime joins; ``counts``: its ``/proc/sys/user`` limits.  About 1 ms."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            await self._request({"op": "userns", "map": map_lines, "counts": counts},
-                                [theirs.fileno()])
-        except ZygoteError as exc:
-            ours.close()
-            raise NetnsSetupFailed(str(exc)) from exc
-        finally:
-            theirs.close()
-        with trio.socket.from_stdlib_socket(ours) as sock:
-            with trio.move_on_after(READY_TIMEOUT):
-                reply, fds = await _receive(sock)
-                if reply is not None and reply.get("made") and len(fds) == 2:
-                    return fds[0], fds[1]
-                for fd in fds:
-                    os.close(fd)
-                raise NetnsSetupFailed("could not make the sandbox's user namespace: "
-                                       + ((reply or {}).get("error") or "its maker exited"))
-            raise NetnsSetupFailed("the sandbox's user namespace was not made within "
-                                   f"{READY_TIMEOUT:.0f} s")
-
-    async def network_namespace(self, firewall: str | None, existing: int | None = None, *,
-                                task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-                                ) -> None:
+    async def network_namespace(
+            self, firewall: str | None, ids: tuple[str, dict[str, int]] | None = None, *,
+            task_status: trio.TaskStatus[Namespaces] = trio.TASK_STATUS_IGNORED) -> None:
         """Make a sandbox's network namespace in a child of the fork server
-        (:func:`forkserver.network_namespace`): ``nursery.start`` gives a descriptor of it
-        as soon as it exists (the caller closes it once the runtime has joined), and this
-        returns once its loopback is up and the nftables ``firewall`` (if any) is loaded.
-        ``existing``: a namespace made already (in the sandbox's user namespace), to
-        configure instead.  About 2 ms, none of it on the daemon's interpreter."""
+        (:mod:`.nsmaker`): ``nursery.start`` gives descriptors as soon as it exists (the
+        caller closes them: the network namespace's once the runtime has joined it), and
+        this returns once its loopback is up and the nftables ``firewall`` (if any) is
+        loaded.  ``ids``: the map and ``/proc/sys/user`` counts of a user namespace of the
+        sandbox's own, made first, which the network namespace then belongs to.  About
+        2 ms, none of it on the daemon's interpreter."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request: dict[str, Any] = {"op": "netns", "firewall": firewall}
+        if ids is not None:
+            request.update(map=ids[0], counts=ids[1])
         try:
-            await self._request({"op": "netns", "firewall": firewall},
-                                [theirs.fileno(), *([] if existing is None else [existing])])
+            await self._request(request, [theirs.fileno()])
         except ZygoteError as exc:
             ours.close()
             raise NetnsSetupFailed(str(exc)) from exc
         finally:
             theirs.close()
+        wanted = 1 if ids is None else 2
         with trio.socket.from_stdlib_socket(ours) as sock:
             with trio.move_on_after(READY_TIMEOUT):
                 reply, fds = await _receive(sock)
-                if reply is not None and reply.get("made") and len(fds) == 1:
-                    task_status.started(fds[0])
+                if reply is not None and reply.get("made") and len(fds) == wanted:
+                    task_status.started(Namespaces(fds[0], fds[1] if ids is not None
+                                                   else None))
                     reply, _ = await _receive(sock)
                 else:
                     for fd in fds:
                         os.close(fd)
                 if reply is not None and reply.get("configured"):
                     return
-                raise NetnsSetupFailed("could not set up the sandbox's network namespace: "
-                                       + ((reply or {}).get("error") or "its maker exited"))
-            raise NetnsSetupFailed("the sandbox's network namespace was not set up within "
+                raise NetnsSetupFailed("could not set up the sandbox's namespaces: "
+                                       + ((reply or {}).get("error") or "their maker exited"))
+            raise NetnsSetupFailed("the sandbox's namespaces were not set up within "
                                    f"{READY_TIMEOUT:.0f} s")
 
 

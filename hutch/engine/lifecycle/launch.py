@@ -17,10 +17,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
-from hutch.engine.commands.zygote import ForkServer
+from hutch.engine.commands.zygote import ForkServer, Namespaces
 from hutch.engine.errors import EngineError
 from hutch.engine.isolation import idslices
 from hutch.engine.isolation.cgroups import Limits, SandboxCgroup
@@ -74,38 +75,67 @@ class LaunchPlan:
 async def start_container(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan
                           ) -> tuple[int, trio.lowlevel.FdStream]:
     """Start the container; returns its init pid and the write end of its stdin.
-    ``fork_server`` makes its network namespace.
+    ``fork_server`` makes its namespaces: its own user namespace (with ``plan.ids``) and
+    its network namespace, configured while the rest is set up, and before the start.
 
     The entrypoint's stdin is a FIFO in the sandbox's directory.  The engine holds it
     open read-write (so opening never blocks and the entrypoint sees no EOF until the
     client sends one) and hands the entrypoint a read-only descriptor.
     """
-    dirs = plan.dirs
-    layers, owner = plan.layers, None
-    userns: int | None = None
-    made_netns: int | None = None
-    if plan.ids is not None:
-        assert plan.lower_copies is not None
-        fds = await fork_server.user_namespace(plan.ids.map_lines(), idslices.SANDBOX_COUNTS)
-        userns, made_netns = fds
-        try:
-            layers = layermirror.mount_lowers(plan.lower_copies, dirs.lower, fds[0])
-        except BaseException:
-            for made in fds:
-                os.close(made)
-            raise
-        owner = plan.ids.root
+    firewall = outbound.ruleset(plan.allowlist, private=plan.network.subnet
+                                if plan.network is not None else None) if plan.online else None
+    ids = (plan.ids.map_lines(), idslices.SANDBOX_COUNTS) if plan.ids is not None else None
+    configured = trio.Event()
+    made: Namespaces | None = None
     try:
-        return await _start(runtime, fork_server, plan, layers, owner, userns, made_netns)
+        async with trio.open_nursery() as nursery:
+            made = await nursery.start(_namespaces, fork_server, firewall, ids, configured)
+            layers, owner = plan.layers, None
+            if plan.ids is not None:
+                assert plan.lower_copies is not None and made.user is not None
+                layers = layermirror.mount_lowers(plan.lower_copies, plan.dirs.lower,
+                                                  made.user)
+                owner = plan.ids.root
+            return await _start(runtime, plan, layers, owner, made, configured)
+    except BaseExceptionGroup as group:
+        _raise_first(group)
     finally:
-        for fd in (userns, made_netns):
-            if fd is not None:
-                os.close(fd)  # the container holds its namespaces from here on
+        if made is not None:  # the container holds its namespaces from here on
+            for fd in (made.net, made.user):
+                if fd is not None:
+                    os.close(fd)
 
 
-async def _start(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan,
-                 layers: list[Path], owner: int | None, userns: int | None,
-                 made_netns: int | None) -> tuple[int, trio.lowlevel.FdStream]:
+async def _namespaces(fork_server: ForkServer, firewall: str | None,
+                      ids: tuple[str, dict[str, int]] | None, configured: trio.Event, *,
+                      task_status: trio.TaskStatus[Namespaces] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+    await fork_server.network_namespace(firewall, ids, task_status=task_status)
+    configured.set()
+
+
+def _raise_first(group: BaseExceptionGroup) -> NoReturn:
+    """Raise the set-up's own failure, or the runtime's, rather than the group (or its one
+    exception, or else the group)."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    first = [e for e in leaves if isinstance(e, EngineError | RuntimeCommandError)]
+    if first:
+        raise first[0] from group
+    if len(leaves) == 1:
+        raise leaves[0] from group
+    raise group
+
+
+async def _start(runtime: OCIRuntime, plan: LaunchPlan, layers: list[Path], owner: int | None,
+                 made: Namespaces, configured: trio.Event
+                 ) -> tuple[int, trio.lowlevel.FdStream]:
     dirs = plan.dirs
     rootfs.mount_rootfs(dirs, layers, disk_mib=plan.disk_mib, owner=owner,
                         disk_slot=plan.disk_slot)
@@ -121,8 +151,6 @@ async def _start(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan,
         etc.update(outbound.host_trust(dirs.merged, trusted))
     if plan.visible_root is not None:
         sandboxids.bind_visible(dirs.root, plan.visible_root)
-    firewall = outbound.ruleset(plan.allowlist, private=plan.network.subnet
-                                if plan.network is not None else None) if plan.online else None
     fifo = dirs.stdin_fifo
     os.mkfifo(fifo, 0o600)
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -132,14 +160,12 @@ async def _start(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan,
     if owner is not None:  # the sandbox's root writes them again as /proc/1/fd/1 and 2
         for fd in (out, err):
             os.fchown(fd, owner, owner)
-    netns_fd: int | None = None
+    netns_fd = made.net  # (start_container closes it)
     try:
         try:
-            # The network namespace is made first (moments), then configured and connected
-            # while the runtime creates the container in it; all of it before the start.
+            # The network namespace is connected while the runtime creates the container
+            # in it (and configured meanwhile: ``configured``); all of it before the start.
             async with trio.open_nursery() as nursery:
-                netns_fd = await nursery.start(fork_server.network_namespace, firewall,
-                                               made_netns)
                 netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 if plan.online:
                     nursery.start_soon(outbound.attach, netns_path, dirs.root)
@@ -160,8 +186,8 @@ async def _start(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan,
                     etc_files=etc, devpts_gid=plan.devpts_gid, extra_mounts=mounts,
                     cgroups_path=plan.cgroup.runtime_path if plan.cgroup is not None else None,
                     netns_path=netns_path,
-                    userns_path=f"/proc/{os.getpid()}/fd/{userns}" if userns is not None
-                    else None,
+                    userns_path=f"/proc/{os.getpid()}/fd/{made.user}"
+                    if made.user is not None else None,
                     id_mappings=plan.ids.oci_mappings()
                     if plan.ids is not None and runtime.name == "runc" else None,
                 )
@@ -193,16 +219,9 @@ async def _start(runtime: OCIRuntime, fork_server: ForkServer, plan: LaunchPlan,
                 if plan.cgroup is not None and not inside:
                     plan.cgroup.add(pid)
         except BaseExceptionGroup as group:
-            # the set-up's own failure, or the runtime's, rather than the group
-            first = [e for e in group.exceptions
-                     if isinstance(e, EngineError | RuntimeCommandError)]
-            if first:
-                raise first[0] from group
-            raise
-        finally:
-            if netns_fd is not None:
-                os.close(netns_fd)  # the container holds the namespace from here on
-        await runtime.start(plan.sandbox_id)
+            _raise_first(group)
+        await configured.wait()  # (its firewall loaded: the sandbox's first instruction
+        await runtime.start(plan.sandbox_id)  # runs behind it)
     except BaseException:
         os.close(writer)
         raise
