@@ -35,7 +35,7 @@ from typing import Any
 
 if __name__ == "__main__":  # run by path (-I): its siblings are importable by their own names
     _HERE = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:0] = [_HERE, os.path.join(os.path.dirname(_HERE), "network")]
+    sys.path += [_HERE, os.path.join(os.path.dirname(_HERE), "network")]  # (after the stdlib)
 try:
     from hutch.engine.commands import nsmaker, terminals, userids
     from hutch.engine.network import nsconfig
@@ -136,7 +136,7 @@ def serve(sock: socket.socket) -> None:
     _non_dumpable()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited children
     nsconfig.preload()
-    _keep_large_allocations()
+    nsmaker.keep_large_allocations()
     # Children share this process's pages until they write to them.  A garbage collection
     # writes to every object it visits, so the heap is frozen out of the collector here and
     # children do not collect at all (they make no reference cycles to speak of).
@@ -174,6 +174,10 @@ def _sandbox_namespaces(sock: socket.socket, reply: int, req: dict[str, Any]) ->
             _own_namespaces, req, ready_w, go_r, [ready_r, go_w, report]))
         if pid is None:
             return
+        try:
+            pidfd: int | None = os.pidfd_open(pid)  # (the kill below must not miss)
+        except ProcessLookupError:
+            pidfd = None  # it has ended already, and said why
         poller = select.poll()
         poller.register(ready_r, select.POLLIN)
         try:
@@ -182,10 +186,14 @@ def _sandbox_namespaces(sock: socket.socket, reply: int, req: dict[str, Any]) ->
             nsmaker.write_maps(pid, str(req["map"]))
             os.write(go_w, b"m")
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+            if pidfd is not None:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             with socket.socket(fileno=os.dup(report)) as rsock, contextlib.suppress(OSError):
                 send(rsock, {"error": f"making the sandbox's user namespace: {exc}"})
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
     finally:
         for fd in (ready_r, go_w, report):
             os.close(fd)
@@ -198,17 +206,6 @@ def _own_namespaces(req: dict[str, Any], ready: int, go: int, parents: list[int]
     return nsmaker.sandbox_namespaces(req, functools.partial(send, sock), ready, go)
 
 
-def _keep_large_allocations() -> None:
-    """Have malloc serve large blocks from the heap and keep what is freed, here and in
-    the children: libnftables allocates and frees 2 MiB per firewall, and that
-    ``munmap`` in a short-lived child flushed the TLB of every CPU it had run on
-    (``smp_call_function_many_cond``: about 4% of the machine's CPU while sandboxes were
-    created back to back).  The fork server itself allocates little."""
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    _libc.mallopt(m_mmap_threshold, 32 << 20)
-    _libc.mallopt(m_trim_threshold, 64 << 20)
-
-
 def _fork(sock: socket.socket, reply: int, held: list[int],
           work: Callable[[socket.socket], int]) -> int | None:
     """Run ``work`` on the socket ``reply`` in a child, which exits with its code; this
@@ -217,7 +214,7 @@ def _fork(sock: socket.socket, reply: int, held: list[int],
     try:
         pid = os.fork()
     except OSError as exc:
-        with socket.socket(fileno=reply) as rsock:
+        with socket.socket(fileno=reply) as rsock, contextlib.suppress(OSError):
             send(rsock, {"error": f"cannot fork: {exc}"})
         for fd in held:
             os.close(fd)

@@ -403,7 +403,9 @@ class ForkServer:
                 if reply is not None and reply.get("made") and len(fds) == wanted:
                     task_status.started(Namespaces(fds[0], fds[1] if ids is not None
                                                    else None))
-                    reply, _ = await _receive(sock)
+                    reply, extra = await _receive(sock)
+                    for fd in extra:
+                        os.close(fd)
                 else:
                     for fd in fds:
                         os.close(fd)
@@ -421,21 +423,26 @@ async def _receive(sock: trio.socket.SocketType) -> tuple[dict[str, Any] | None,
                                              socket.CMSG_LEN(forkserver.MAX_FDS * 4),
                                              socket.MSG_CMSG_CLOEXEC)
     fds = forkserver.unpack_fds(ancdata)
-    if not head:
-        return None, fds
-    body = bytearray(head)
-    while len(body) < forkserver.HEADER.size:
-        chunk = await sock.recv(forkserver.HEADER.size - len(body))
-        if not chunk:
+    try:
+        if not head:
             return None, fds
-        body += chunk
-    size = forkserver.HEADER.unpack(bytes(body))[0]
-    payload = bytearray()
-    while len(payload) < size:
-        chunk = await sock.recv(size - len(payload))
-        if not chunk:
-            return None, fds
-        payload += chunk
-    obj: dict[str, Any] = json.loads(payload)
+        body = bytearray(head)
+        while len(body) < forkserver.HEADER.size:
+            chunk = await sock.recv(forkserver.HEADER.size - len(body))
+            if not chunk:
+                return None, fds
+            body += chunk
+        size = forkserver.HEADER.unpack(bytes(body))[0]
+        payload = bytearray()
+        while len(payload) < size:
+            chunk = await sock.recv(size - len(payload))
+            if not chunk:
+                return None, fds
+            payload += chunk
+        obj: dict[str, Any] = json.loads(payload)
+    except BaseException:  # (cancelled, or a bad frame): the fds are nobody's but ours
+        for fd in fds:
+            os.close(fd)
+        raise
     return obj, fds
 

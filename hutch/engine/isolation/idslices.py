@@ -177,5 +177,5 @@ def capacity(subordinate_ids: int, size: int = MIN_SIZE) -> int:
 #: refuses it too).
 SANDBOX_COUNTS = {"max_inotify_instances": 32, "max_inotify_watches": 65536,
                   "max_user_namespaces": 0}
-# (the engine's fork server makes a sandbox's namespaces and sets these:
-# hutch.engine.commands.forkserver.user_namespace)
+# (a child of the engine's fork server makes a sandbox's namespaces and sets these:
+# hutch.engine.commands.nsmaker.sandbox_namespaces)

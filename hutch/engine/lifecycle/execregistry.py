@@ -38,6 +38,7 @@ class ExecRegistry:
         self._by_sandbox.setdefault(session.sandbox_id, set()).add(session.exec_id)
 
     def get(self, exec_id: str) -> ExecSession | None:
+        self._expire(trio.current_time())  # (an engine with no execs ending forgets too)
         return self._sessions.get(exec_id)
 
     def of_sandbox(self, sandbox_id: str) -> list[ExecSession]:
@@ -48,6 +49,9 @@ class ExecRegistry:
         while is over (or beyond the newest ``KEEP_MAX``)."""
         now = trio.current_time()
         self._finished.append((now + KEEP_SECONDS, session.exec_id))
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
         while self._finished and (self._finished[0][0] <= now
                                   or len(self._finished) > KEEP_MAX):
             self._forget(self._finished.popleft()[1])

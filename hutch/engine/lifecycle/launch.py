@@ -118,13 +118,15 @@ def _raise_first(group: BaseExceptionGroup) -> NoReturn:
     """Raise the set-up's own failure, or the runtime's, rather than the group (or its one
     exception, or else the group)."""
     leaves: list[BaseException] = []
-    todo: list[BaseException] = [group]
-    while todo:
-        exc = todo.pop()
+
+    def collect(exc: BaseException) -> None:  # (in the order they were raised)
         if isinstance(exc, BaseExceptionGroup):
-            todo.extend(exc.exceptions)
+            for inner in exc.exceptions:
+                collect(inner)
         else:
             leaves.append(exc)
+
+    collect(group)
     first = [e for e in leaves if isinstance(e, EngineError | RuntimeCommandError)]
     if first:
         raise first[0] from group

@@ -150,7 +150,8 @@ class PoolService:
         """The app has stopped (Modal's ``App.stop``): its warm pools end with the
         sandboxes waiting in them, and the reserve keeps nothing for it any more."""
         for pool_id in [p.pool_id for p in self.pools.values() if p.app_id == app_id]:
-            await self.delete(pool_id)
+            if pool_id in self.pools:  # (a concurrent delete may have taken it meanwhile)
+                await self.delete(pool_id)
         await self.reserve.forget_app(app_id)
 
     async def wait_full(self, pool_id: str, timeout: float) -> WarmPool:
@@ -220,6 +221,9 @@ class PoolService:
             live = self.manager.live.get(row.sandbox_id)
             if live is not None:
                 await self.manager.commands.prepare(live)  # its first exec starts at once
+            if pool.closed:  # (deleted, or its app stopped, while the zygote was made)
+                await self.manager.terminate(row.sandbox_id, 0.0)
+                return
             pool.last_error = None
             pool.ready.append(row.sandbox_id)
             pool.notify()

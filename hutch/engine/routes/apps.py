@@ -50,11 +50,13 @@ def add_app_routes(app: FastAPI, manager: SandboxManager) -> None:
         in it later makes it in use again."""
         manager.store.app_by_id(app_id)
         manager.store.mark_app_stopped(app_id)
-        if manager.pools is not None:
-            await manager.pools.stop_app(app_id)
-        async with trio.open_nursery() as nursery:
-            for row in manager.store.list_sandboxes(app_id=app_id):
-                nursery.start_soon(manager.terminate, row.sandbox_id, 0.0)
+        try:
+            if manager.pools is not None:
+                await manager.pools.stop_app(app_id)
+        finally:
+            async with trio.open_nursery() as nursery:
+                for row in manager.store.list_sandboxes(app_id=app_id):
+                    nursery.start_soon(manager.terminate, row.sandbox_id, 0.0)
         return AppInfo(**manager.store.app(app_id))
 
     @app.put(urls.APP_TAGS, responses=errors_doc(400, 404, 422))

@@ -37,6 +37,8 @@ def test_finished_sessions_are_forgotten_after_their_while() -> None:
         assert reg.get("ex-1") is None and reg.get("ex-2") is second
         assert reg.of_sandbox("sb-a") == [second]
         assert len(reg) == 1
+        await trio.sleep(execregistry.KEEP_SECONDS + 1)
+        assert reg.get("ex-2") is None  # (a look-up forgets too, with no exec ending)
 
     _run(main)
 
