@@ -54,14 +54,14 @@ CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = nsmaker.CLONE_NEWNET
+CLONE_NEWUSER = nsmaker.CLONE_NEWUSER
 #: The sandbox namespaces a zygote joins (every sandbox has its own of each); and, for a
 #: sandbox with ids of its own, its user namespace last (its network namespace belongs to
 #: the engine's, which a process of the sandbox's could no longer join).
 JOIN = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 PR_CAPBSET_DROP = 24
-PR_SET_DUMPABLE = 4
+PR_SET_DUMPABLE = nsmaker.PR_SET_DUMPABLE
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 PR_SET_NO_NEW_PRIVS = 38
@@ -74,11 +74,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: ignores SIGINT and SIGQUIT), as the runtime gives a container's processes.
 RESET_SIGNALS = tuple(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class SetupError(Exception):
-    """A step of a zygote's setup failed; the message names it."""
+_libc = nsmaker.libc
+SetupError = nsmaker.SetupError
+_check = nsmaker.check
 
 
 # framing ----------------------------------------------------------------------------------
@@ -234,12 +232,6 @@ def _fork(sock: socket.socket, reply: int, held: list[int],
 
 
 # a zygote ---------------------------------------------------------------------------------
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise SetupError(f"{what}: {os.strerror(err)}")
-
-
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 

@@ -28,14 +28,16 @@ CLONE_NEWNET = 0x40000000
 #: sends a frame (and descriptors) to the engine
 Report = Callable[[dict[str, Any], list[int]], None]
 
-_libc = ctypes.CDLL(None, use_errno=True)
+#: libc, for the calls Python lacks (shared with the fork server and its zygotes)
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SetupError(Exception):
-    """A step failed; the message names it."""
+    """A step of a child's set-up failed; the message names it."""
 
 
-def _check(result: int, what: str) -> None:
+def check(result: int, what: str) -> None:
+    """Raise :class:`SetupError` naming ``what`` when a libc call returned non-zero."""
     if result != 0:
         raise SetupError(f"{what}: {os.strerror(ctypes.get_errno())}")
 
@@ -47,8 +49,8 @@ def keep_large_allocations() -> None:
     had run on (``smp_call_function_many_cond``: about 4% of the machine's CPU while
     sandboxes were created back to back).  The fork server itself allocates little."""
     m_trim_threshold, m_mmap_threshold = -1, -3
-    _libc.mallopt(m_mmap_threshold, 32 << 20)
-    _libc.mallopt(m_trim_threshold, 64 << 20)
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 64 << 20)
 
 
 def network_namespace(req: dict[str, Any], report: Report) -> int:
@@ -56,7 +58,7 @@ def network_namespace(req: dict[str, Any], report: Report) -> int:
     of it at once (the runtime creates the container in it meanwhile), then configure it
     and report (:func:`_configure`)."""
     try:
-        _check(_libc.unshare(CLONE_NEWNET), "making a network namespace")
+        check(libc.unshare(CLONE_NEWNET), "making a network namespace")
         made = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         report({"made": True}, [made])
         os.close(made)
@@ -79,18 +81,18 @@ def sandbox_namespaces(req: dict[str, Any], report: Report, ready: int, go: int)
     (about 4 ms, and 6 ms of CPU a sandbox), and then two more forks of the fork server
     (about 4 ms of CPU each, most of it copying the pages Python writes to)."""
     try:
-        _check(_libc.unshare(CLONE_NEWUSER), "making a user namespace")
+        check(libc.unshare(CLONE_NEWUSER), "making a user namespace")
         os.write(ready, b"u")
         if os.read(go, 1) != b"m":
             return 1  # (the fork server reports why)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         # (a change of credentials may make it dumpable again: nothing may trace it)
-        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "making the process non-dumpable")
+        check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "making the process non-dumpable")
         for name, value in dict(req.get("counts", {})).items():
             with open(f"/proc/sys/user/{os.path.basename(name)}", "w") as f:
                 f.write(str(int(value)))
-        _check(_libc.unshare(CLONE_NEWNET), "making a network namespace")
+        check(libc.unshare(CLONE_NEWNET), "making a network namespace")
         made = [os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
                 for kind in ("net", "user")]
         report({"made": True}, made)
