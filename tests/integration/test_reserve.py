@@ -118,19 +118,25 @@ def test_waiting_sandboxes_are_nobodys(kept: dict[str, int]) -> None:
 
 
 def _waiting() -> int:
-    """The reserve's sandboxes waiting now, seen as processes: pid 1 of each runs WAITER."""
+    """The reserve's sandboxes waiting now, seen as processes: pid 1 of each runs WAITER,
+    a child of this engine's pause process (another engine of the machine has its own)."""
     from pathlib import Path
 
+    from hutch.api import paths
     from hutch.engine.lifecycle.reserve import WAITER_ARGV
 
     wanted = ("\0".join(WAITER_ARGV) + "\0").encode()
+    pause = (paths.runtime_dir() / paths.PAUSE_PID).read_text().strip()
     count = 0
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                count += (proc / "cmdline").read_bytes() == wanted
+                if (proc / "cmdline").read_bytes() != wanted:
+                    continue
+                status = (proc / "status").read_text()
             except OSError:
-                pass
+                continue
+            count += f"\nPPid:\t{pause}\n" in status
     return count
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,6 +42,8 @@ SANDBOX_BUFFERED = 64 << 20
 EXEC_FLOOR = 256 << 10
 #: Bytes a chunk costs the engine beyond its data (bytes object, list, deque slot).
 CHUNK_OVERHEAD = 128
+#: Bytes one read of an exec's pipe takes at most.
+READ_SIZE = 65536
 #: A chunk grows by merging later writes until it holds this many bytes.
 CHUNK_MERGE = 64 << 10
 
@@ -94,11 +97,17 @@ class ExecSession:
         self._dropping = False
         self.returncode: int | None = None
         self.timed_out = False
+        #: the state its record in the engine's state was written with ("running" or
+        #: "exited"; None: not yet), by the lifecycle's ``SandboxManager.record_exec``
+        self.recorded: str | None = None
         self._stdin_closed = False
         self.done = trio.Event()
         self._changed = trio.Event()
         #: set once a kill (or the timeout) has killed the process tree
         self._killed = trio.Event()
+        #: pumps still reading; ``_wake`` is set (and replaced) when one ends or on a kill
+        self._pumping = 0
+        self._wake = trio.Event()
 
     # output ----------------------------------------------------------------------------
     def _append(self, fd: int, data: bytes) -> None:
@@ -140,22 +149,30 @@ class ExecSession:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _pump(self, stream: trio.abc.ReceiveStream | None, fd: int) -> None:
+    async def _pump(self, stream: trio.lowlevel.FdStream | None, fd: int) -> None:
+        """Read ``stream`` to its end into the output queue.  Its descriptor is read
+        directly (``FdStream.receive_some`` passes through the scheduler twice per read:
+        a command that prints nothing should cost no more than the wait for its end)."""
         if stream is None:
             return
         async with stream:
+            source = stream.fileno()
             while True:
                 try:
-                    data = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
+                    data = os.read(source, READ_SIZE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(source)
+                    continue
+                except OSError as exc:
                     if self.size is None:
-                        raise
-                    return  # EIO: the terminal's last holder closed it, the end of its output
+                        raise trio.BrokenResourceError(f"reading fd {fd}: {exc}") from exc
+                    return  # EIO: the terminal's last holder closed it, its output's end
                 if not data:
                     return
-                self._append(fd, bytes(data))
+                self._append(fd, data)
                 while self._must_pause():
                     await self.budget.released()
+                await trio.lowlevel.checkpoint()  # (a command that never stops writing)
 
     async def follow(self, fds: tuple[int, ...] = (1, 2)) -> AsyncIterator[tuple[int, bytes]]:
         """Consume ``(fd, data)`` chunks of ``fds`` in the order produced, until the end.
@@ -221,6 +238,7 @@ class ExecSession:
         if self.pid() is None:
             self.process.kill()
         self._killed.set()
+        self._poke()
 
     def kill_tree(self) -> None:
         """Kill the process, its descendants and whatever in the sandbox carries its
@@ -233,29 +251,41 @@ class ExecSession:
         proctree.kill_tree(pid if pid is not None else 0, self.marker, self.pidns,
                            self.command.pidfd())
 
-    async def _read_output(self) -> None:
-        """Pump both pipes to their end, or until ``EOF_GRACE`` after a kill: a process
-        that escaped the kill may hold them open for as long as the sandbox runs."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_both, nursery.cancel_scope)
-            await self._killed.wait()
-            await trio.sleep(EOF_GRACE)  # (cancelled here when both pipes have ended)
-            log.info("exec %s: its pipes are still held after its kill; closing them",
-                     self.exec_id)
-            nursery.cancel_scope.cancel()  # the pumps close the engine's ends as they leave
+    async def _pump_counted(self, stream: trio.lowlevel.FdStream, fd: int) -> None:
+        try:
+            await self._pump(stream, fd)
+        finally:
+            self._pumping -= 1
+            self._poke()
 
-    async def _pump_both(self, done: trio.CancelScope) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, self.process.stdout, 1)
-            nursery.start_soon(self._pump, self.process.stderr, 2)
-        done.cancel()  # both reached their end: stop waiting for a kill
+    def _poke(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def _until_pipes_end(self, pumps: trio.CancelScope) -> None:
+        """Wait for both pipes' end; once the exec was killed, for ``EOF_GRACE`` at most: a
+        process that escaped the kill may hold them open for as long as the sandbox runs."""
+        while self._pumping:
+            if self._killed.is_set():
+                with trio.move_on_after(EOF_GRACE):
+                    while self._pumping:
+                        await self._wake.wait()
+                if self._pumping:
+                    log.info("exec %s: its pipes are still held after its kill; closing "
+                             "them", self.exec_id)
+                    pumps.cancel()  # the pumps close the engine's ends as they leave
+                return
+            await self._wake.wait()
 
     async def run(self) -> int:
         """Pump output until the exec ends (or times out); returns its exit code."""
         deadline = math.inf if self.timeout is None else trio.current_time() + self.timeout
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_output)
+                for stream, fd in ((self.process.stdout, 1), (self.process.stderr, 2)):
+                    if stream is not None:
+                        self._pumping += 1
+                        nursery.start_soon(self._pump_counted, stream, fd)
                 with trio.move_on_at(deadline) as scope:
                     await self.process.wait()
                 if self.process.lost:  # what it started may run on: end it by its marker
@@ -265,6 +295,7 @@ class ExecSession:
                     await self.kill()
                     with trio.CancelScope(shield=True):
                         await self.process.wait()
+                await self._until_pipes_end(nursery.cancel_scope)
         finally:
             if self.process.returncode is None:
                 with trio.CancelScope(shield=True):

@@ -333,6 +333,7 @@ class Zygote:
         self.selector = selectors.DefaultSelector()
         self.selector.register(sock, selectors.EVENT_READ, None)
         self.running: dict[str, tuple[int, int]] = {}  # id -> (pid, pidfd)
+        self.root_home = userids.RootHome()
 
     def run(self) -> None:
         while True:
@@ -393,7 +394,7 @@ class Zygote:
             ids = terminals.Ids(who.uid, who.gid, who.groups)
             env.setdefault("HOME", who.home)
         if "HOME" not in env:
-            env["HOME"] = home_of_root()  # as runc and crun do
+            env["HOME"] = self.root_home.get()  # as runc and crun do
         try:
             os.chdir(cwd)
         except OSError as exc:
@@ -436,12 +437,6 @@ class Zygote:
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         send(self.sock, {"id": exec_id, "exit": os.waitstatus_to_exitcode(status)})
-
-
-def home_of_root(passwd: str = "/etc/passwd") -> str:
-    """Root's home directory in the sandbox's ``/etc/passwd`` (``/`` when it has none),
-    read as :mod:`hutch.engine.commands.userids` reads the sandbox's files."""
-    return userids.home_of(0, passwd)
 
 
 def resolve(name: str, path: str) -> str:

@@ -117,6 +117,27 @@ def home_of(uid: int, passwd: str = "/etc/passwd") -> str:
     return "/"
 
 
+class RootHome:
+    """Root's home directory in ``passwd`` (``/`` when it gives none), the HOME of every
+    command a zygote starts without one, as runc and crun set it.  The file is read again
+    only when its identity (device, inode, size, modification time) changed: a stat per
+    command instead of an open, a read and a parse."""
+
+    def __init__(self, passwd: str = "/etc/passwd") -> None:
+        self.passwd = passwd
+        self._seen: tuple[tuple[int, int, int, int], str] | None = None
+
+    def get(self) -> str:
+        try:
+            st = os.stat(self.passwd)
+        except OSError:
+            return "/"
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._seen is None or self._seen[0] != key:
+            self._seen = (key, home_of(0, self.passwd))
+        return self._seen[1]
+
+
 def unmapped(ids: Identity, uid_map: str = "/proc/1/uid_map",
              gid_map: str = "/proc/1/gid_map") -> str | None:
     """Why ``ids`` cannot be taken in this user namespace (an id outside its maps), or None.

@@ -28,6 +28,8 @@ from typing import Any
 import trio
 
 from hutch.engine.commands import forkserver
+from hutch.engine.commands.frames import FrameReader
+from hutch.engine.kernel import fdio
 from hutch.engine.network.netns import NetnsSetupFailed
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.spawn import pipe_or_null
@@ -117,8 +119,10 @@ class ZygoteProcess:
 class ZygoteLink:
     """The engine's connection to one sandbox's zygote."""
 
-    def __init__(self, sock: trio.socket.SocketType, pid: int) -> None:
+    def __init__(self, sock: trio.socket.SocketType, pid: int, raw: socket.socket) -> None:
         self.sock = sock
+        #: the same socket, for the calls that go through trio only when they would block
+        self.raw = raw
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)
         self.processes: dict[str, ZygoteProcess] = {}
@@ -198,27 +202,34 @@ class ZygoteLink:
     async def _send(self, obj: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(obj).encode()
         frame = forkserver.HEADER.pack(len(data)) + data
-        async with self._send_lock:
-            try:
-                sent = 0
-                if fds:
-                    sent = await self.sock.sendmsg(
-                        [frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   struct.pack(f"{len(fds)}i", *fds))])
-                view = memoryview(frame)[sent:]
-                while view:
-                    view = view[await self.sock.send(view):]
-            except OSError as exc:
-                self.alive = False
-                raise ZygoteError(f"the sandbox's zygote is gone: {exc}") from exc
+        try:  # (through the scheduler only when another send holds the socket, or it is full)
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
+            sent = 0
+            while fds:
+                try:
+                    sent = self.raw.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                       struct.pack(f"{len(fds)}i", *fds))])
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.raw)
+            await fdio.send_all(self.raw.fileno(), memoryview(frame)[sent:])
+        except (OSError, trio.BrokenResourceError) as exc:
+            self.alive = False
+            raise ZygoteError(f"the sandbox's zygote is gone: {exc}") from exc
+        finally:
+            self._send_lock.release()
 
     async def read_frames(self) -> None:
         """Dispatch the zygote's frames until it exits (the manager's nursery runs this)."""
+        frames = FrameReader(self.raw)
         try:
             while True:
                 try:
-                    obj, fds = await _receive(self.sock)
-                except (OSError, trio.ClosedResourceError):
+                    obj, fds = await frames.next()
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     return
                 if obj is None:
                     return
@@ -235,6 +246,7 @@ class ZygoteLink:
                     self.processes.pop(process.exec_id, None)
                     process._exited(int(obj["exit"]))
         finally:
+            frames.close()
             self.alive = False
             self.sock.close()
             for process in list(self.processes.values()):
@@ -369,7 +381,7 @@ class ForkServer:
         with trio.move_on_after(READY_TIMEOUT):
             first, _ = await _receive(sock)
             if first is not None and "ready" in first:
-                return ZygoteLink(sock, int(first["ready"]))
+                return ZygoteLink(sock, int(first["ready"]), ours)
             sock.close()
             raise ZygoteError((first or {}).get("error") or "the zygote exited at once")
         sock.close()

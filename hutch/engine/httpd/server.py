@@ -28,6 +28,7 @@ import trio
 
 from hutch.engine.httpd import parse as httpparse
 from hutch.engine.httpd.parse import BadRequest, Request
+from hutch.engine.kernel import fdio
 
 log = logging.getLogger("hutch.http")
 
@@ -109,7 +110,7 @@ class _Connection:
 
     async def _fill(self) -> None:
         try:
-            data = await self.stream.receive_some(READ_SIZE)
+            data = await fdio.receive_some(self.stream.socket.fileno(), READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.gone = True
             raise _PeerClosed from exc
@@ -421,7 +422,7 @@ class _Exchange:
         if self.conn.gone:
             raise ClientDisconnected("the client closed the connection")
         try:
-            await self.conn.stream.send_all(data)
+            await fdio.send_all(self.conn.stream.socket.fileno(), data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.conn.gone = True
             raise ClientDisconnected("the client closed the connection") from exc

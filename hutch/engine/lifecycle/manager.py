@@ -86,7 +86,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
         self.launch = start_container
         self.pools: PoolService | None = None
         self.live: dict[str, LiveSandbox] = {}
-        self.execs = ExecRegistry()
+        self.execs = ExecRegistry(store)
         #: the unread exec output each running sandbox holds in the engine
         self.output: dict[str, OutputBudget] = {}
         self.ids = SandboxIds(userns_mode, runtime_dir)
@@ -468,11 +468,6 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                               self.output.setdefault(sandbox_id, OutputBudget()), size)
         self.execs.add(session)
         self.nursery.start_soon(self._run_exec, session)
-        try:  # recorded once the zygote has the request, so that both work side by side
-            self.store.insert_exec(exec_id, sandbox_id, req.argv)
-        except BaseException:
-            command.process.kill()  # the caller hears of a failure: nothing may run on
-            raise
         return session
 
     async def _run_exec(self, session: ExecSession) -> None:
@@ -482,7 +477,7 @@ class SandboxManager(SandboxRecovery, SandboxCleanup):
                 session.discard()  # its sandbox has ended: what nobody read goes with it
             # Let whoever waits on the session (an exec answered at its end) go first.
             await trio.lowlevel.cancel_shielded_checkpoint()
-            self.store.finish_exec(session.exec_id, code, session.timed_out)
+            self.execs.record_end(session, code, sandbox_live=session.sandbox_id in self.live)
         finally:
             live = self.live.get(session.sandbox_id)
             if live is not None:

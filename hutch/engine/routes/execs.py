@@ -48,6 +48,7 @@ async def start_exec(manager: SandboxManager, sandbox_id: str, req: ExecRequest)
     if req.settle_ms:
         with trio.move_on_after(req.settle_ms / 1000):
             await session.done.wait()
+    manager.execs.record(session)
     return exec_info(session)
 
 

@@ -423,11 +423,22 @@ class Store(AppRecords):
             )
 
     # execs ------------------------------------------------------------------------------
-    def insert_exec(self, exec_id: str, sandbox_id: str, argv: list[str]) -> None:
+    def insert_exec(self, exec_id: str, sandbox_id: str, argv: list[str],
+                    ended: tuple[int, bool] | None = None) -> None:
+        """Record an exec: running, or already ``ended`` (its code, whether it timed out),
+        which saves a command that ends before its start is answered a second write."""
+        now = time.time()
+        if ended is None:
+            self.db.execute(
+                "INSERT INTO execs (exec_id, sandbox_id, argv, state, created_at)"
+                " VALUES (?, ?, ?, 'running', ?)",
+                (exec_id, sandbox_id, json.dumps(argv), now),
+            )
+            return
         self.db.execute(
-            "INSERT INTO execs (exec_id, sandbox_id, argv, state, created_at)"
-            " VALUES (?, ?, ?, 'running', ?)",
-            (exec_id, sandbox_id, json.dumps(argv), time.time()),
+            "INSERT INTO execs (exec_id, sandbox_id, argv, state, returncode, timed_out,"
+            " created_at, finished_at) VALUES (?, ?, ?, 'exited', ?, ?, ?, ?)",
+            (exec_id, sandbox_id, json.dumps(argv), ended[0], int(ended[1]), now, now),
         )
 
     def finish_exec(self, exec_id: str, returncode: int, timed_out: bool) -> None:

@@ -79,15 +79,3 @@ def test_a_path_with_a_slash_is_taken_as_it_is(tmp_path: Path) -> None:
     with pytest.raises(OSError) as missing:
         forkserver.resolve(str(tmp_path / "gone"), "/bin")
     assert missing.value.errno == errno.ENOENT
-
-
-def test_root_home_comes_from_passwd(tmp_path: Path) -> None:
-    passwd = tmp_path / "passwd"
-    passwd.write_text("daemon:x:1:1::/usr/sbin:/bin/false\nroot:x:0:0:root:/var/root:/bin/sh\n")
-    assert forkserver.home_of_root(str(passwd)) == "/var/root"
-    passwd.write_text("daemon:x:1:1::/usr/sbin:/bin/false\n")
-    assert forkserver.home_of_root(str(passwd)) == "/"
-    passwd.unlink()
-    assert forkserver.home_of_root(str(passwd)) == "/"
-    os.mkfifo(passwd)  # nobody writes it: an open that blocked would never return
-    assert forkserver.home_of_root(str(passwd)) == "/"

@@ -90,3 +90,23 @@ def test_ids_outside_the_maps_are_named(tmp_path: Path) -> None:
     assert group_reason is not None and "group id 2000" in group_reason
     # no maps to read: nothing to say (the kernel's EINVAL is the answer then)
     assert userids.unmapped(who, str(tmp_path / "none"), str(tmp_path / "none")) is None
+
+
+def test_root_home_comes_from_passwd_and_follows_its_changes(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text("daemon:x:1:1::/usr/sbin:/bin/false\nroot:x:0:0:root:/var/root:/bin/sh\n")
+    home = userids.RootHome(str(passwd))
+    assert home.get() == "/var/root"
+    assert home.get() == "/var/root"  # (from what it read: the file is the same)
+    passwd.write_text("root:x:0:0:root:/home/admin:/bin/sh\n")  # another size
+    assert home.get() == "/home/admin"
+    replaced = tmp_path / "passwd.new"
+    replaced.write_text("root:x:0:0:root:/home/adm1n:/bin/sh\n")  # same size, new inode
+    replaced.rename(passwd)
+    assert home.get() == "/home/adm1n"
+    passwd.write_text("daemon:x:1:1::/usr/sbin:/bin/false\n")
+    assert home.get() == "/"
+    passwd.unlink()
+    assert home.get() == "/"
+    os.mkfifo(passwd)  # nobody writes it: an open that blocked would never return
+    assert home.get() == "/"

@@ -23,9 +23,20 @@ class FakeSession:
         self.size: tuple[int, int] | None = None
 
 
+class FakeExecs:
+    """The manager's exec registry: which sessions were recorded before their answer."""
+
+    def __init__(self) -> None:
+        self.recorded: list[str] = []
+
+    def record(self, session: FakeSession) -> None:
+        self.recorded.append(session.exec_id)
+
+
 class FakeManager:
     def __init__(self) -> None:
         self.requests: list[tuple[str, ExecRequest]] = []
+        self.execs = FakeExecs()
 
     async def exec(self, sandbox_id: str, req: ExecRequest) -> FakeSession:
         self.requests.append((sandbox_id, req))
@@ -98,6 +109,7 @@ def test_an_exec_is_started_with_the_parsed_request() -> None:
     assert sandbox_id == "sb-1" and req.argv == ["echo", "hi"] and req.env == {"A": "1"}
     info = ExecInfo.model_validate_json(body)
     assert (info.exec_id, info.state, info.returncode) == ("ex-1", "running", None)
+    assert manager.execs.recorded == ["ex-1"]  # (committed before its id is answered)
 
 
 def test_bad_input_goes_to_the_app_with_its_body() -> None:

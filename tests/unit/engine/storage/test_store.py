@@ -292,6 +292,12 @@ def test_exec_rows(store: Store, app_id: str) -> None:
     store.finish_exec("ex-a", 0, timed_out=False)
     assert store.exec_row("ex-a")["returncode"] == 3
 
+    # an exec that ended before its start was answered: one write, already ended
+    store.insert_exec("ex-quick", sid, ["true"], ended=(124, True))
+    row = store.exec_row("ex-quick")
+    assert (row["state"], row["returncode"], bool(row["timed_out"])) == ("exited", 124, True)
+    assert row["finished_at"] == row["created_at"]
+
     with pytest.raises(NotFound):
         store.exec_row("ex-unknown")
     # execs belong to an existing sandbox
