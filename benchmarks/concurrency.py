@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Stats, Unavailable, describe
+from benchmarks.harness import Stats, Unavailable, describe, engine_settled
 from benchmarks.peers import SLEEP_ARGV, CrunPeer, PodmanPeer
 
 PARALLEL = 16
@@ -109,14 +109,7 @@ def hutch_round(pool: ThreadPoolExecutor, exec_first: bool = False) -> Round:
         """Untimed, before the memory is read: the engine's reserve refilled.  The creates
         took its waiting sandboxes (counted before, as the engine's); their successors
         count as new processes, so that ``n`` sandboxes' worth is added in all."""
-        from hutch.sdk.transport import request_blocking
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            info = request_blocking("GET", "/v1/engine")["reserve"]
-            if info["ready"] >= info["size"]:
-                return
-            time.sleep(0.02)
+        engine_settled()
     return Round("hutch, after an exec" if exec_first else "hutch", start, stop, settle)
 
 

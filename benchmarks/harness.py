@@ -164,6 +164,22 @@ def wait_quiet(share: float = QUIET_SHARE, window: float = QUIET_WINDOW,
     return False
 
 
+def engine_settled(timeout: float = 10.0) -> bool:
+    """Wait (untimed, before a measurement) until the hutch engine has refilled its reserve
+    (the sandboxes it starts ahead of time after a create took one) and the CPUs are
+    quiet: a measurement taken meanwhile shares the machine with those starts.  False if
+    that did not happen within ``timeout`` seconds."""
+    from hutch.sdk.transport import request_blocking
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = request_blocking("GET", "/v1/engine")["reserve"]
+        if info["ready"] >= info["size"]:
+            return wait_quiet(max_wait=max(0.0, deadline - time.monotonic()))
+        time.sleep(0.02)
+    return False
+
+
 def run_interleaved(trials: dict[str, Trial], outcomes: dict[str, Outcome], runs: int,
                     warmup: int, progress: Callable[[str], None] = print) -> None:
     """Call every available trial ``warmup + runs`` times, round-robin; record the last ``runs``.
