@@ -1,5 +1,5 @@
-"""The frames a zygote sends the engine (:mod:`.forkserver`'s framing: a 4-byte length,
-then JSON), read in as few calls as they arrived in.
+"""The frames the engine and its fork server and zygotes exchange (:mod:`.forkserver`'s
+framing: a 4-byte length, then JSON), sent and read on non-blocking sockets.
 
 Why: reading a frame's header, then its body, through trio's socket made three scheduler
 passes per frame, and an exec has two frames (its pid, then its exit, which often arrive
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 from collections import deque
 from typing import Any
 
@@ -22,6 +23,34 @@ from hutch.engine.kernel import fdio
 
 #: Bytes one read of a zygote's socket takes at most (its frames are a few hundred bytes).
 READ_SIZE = 65536
+#: Seconds a frame may wait for room in its socket before its peer is given up.
+SEND_TIMEOUT = 10.0
+
+
+async def send_frame(sock: socket.socket, obj: dict[str, Any], fds: list[int] | None = None
+                     ) -> None:
+    """Send ``obj`` as one frame (with ``fds`` on its first part) on the non-blocking
+    ``sock``, waiting through trio only while the socket is full: a fork server busy
+    with one request (a namespace maker it waits for, up to five seconds) must not stop
+    the engine's event loop when the requests queued behind it fill the socket.
+
+    A frame goes whole or the peer is given up: the send is shielded from cancellation
+    (half a frame would garble every later one) and limited to ``SEND_TIMEOUT`` seconds.
+    Raises ``OSError`` or ``trio.BrokenResourceError`` when the peer is gone or stuck."""
+    data = json.dumps(obj).encode()
+    frame = forkserver.HEADER.pack(len(data)) + data
+    with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT):
+        sent = 0
+        while fds:
+            try:
+                sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                               struct.pack(f"{len(fds)}i", *fds))])
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+        await fdio.send_all(sock.fileno(), memoryview(frame)[sent:])
+        return
+    raise trio.BrokenResourceError(f"the peer took no frame for {SEND_TIMEOUT:.0f} s")
 
 
 class FrameReader:

@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,7 @@ from typing import Any
 import trio
 
 from hutch.engine.commands import forkserver
-from hutch.engine.commands.frames import FrameReader
-from hutch.engine.kernel import fdio
+from hutch.engine.commands.frames import FrameReader, send_frame
 from hutch.engine.network.netns import NetnsSetupFailed
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.spawn import pipe_or_null
@@ -200,22 +198,12 @@ class ZygoteLink:
         return process
 
     async def _send(self, obj: dict[str, Any], fds: list[int] | None = None) -> None:
-        data = json.dumps(obj).encode()
-        frame = forkserver.HEADER.pack(len(data)) + data
         try:  # (through the scheduler only when another send holds the socket, or it is full)
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
-            sent = 0
-            while fds:
-                try:
-                    sent = self.raw.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                       struct.pack(f"{len(fds)}i", *fds))])
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.raw)
-            await fdio.send_all(self.raw.fileno(), memoryview(frame)[sent:])
+            await send_frame(self.raw, obj, fds)
         except (OSError, trio.BrokenResourceError) as exc:
             self.alive = False
             raise ZygoteError(f"the sandbox's zygote is gone: {exc}") from exc
@@ -315,6 +303,7 @@ class ForkServer:
         # Requests are small and the fork server reads them at once; a wedged one must not
         # block the engine's event loop (a timeout counts as gone: it is replaced).
         ours.settimeout(READY_TIMEOUT)
+        ours.setblocking(False)  # (requests are sent through trio: frames.send_frame)
         self._sock = ours
         log.info("fork server %d started", self._pid)
 
@@ -355,9 +344,9 @@ class ForkServer:
                     self.start()
                 assert self._sock is not None
                 try:
-                    forkserver.send(self._sock, request, fds)
+                    await send_frame(self._sock, request, fds)
                     return
-                except OSError as exc:
+                except (OSError, trio.BrokenResourceError) as exc:
                     log.warning("fork server gone (%s); starting another", exc)
                     self.stop()
                     if attempt == 2:

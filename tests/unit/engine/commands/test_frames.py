@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+import trio.testing
 
-from hutch.engine.commands import forkserver
+from hutch.engine.commands import forkserver, frames
 from hutch.engine.commands.frames import FrameReader
 
 
@@ -88,3 +89,46 @@ def test_a_frame_that_is_not_json_breaks_the_link(pair: tuple[socket.socket, soc
     theirs.sendall(forkserver.HEADER.pack(3) + b"{{{")
     with pytest.raises(trio.BrokenResourceError):
         _read_all(ours, 1)
+
+
+def test_a_frame_goes_whole_with_its_descriptors(pair: tuple[socket.socket, socket.socket]
+                                                 ) -> None:
+    ours, theirs = pair
+    r, w = os.pipe()
+    try:
+        trio.run(frames.send_frame, ours, {"op": "spawn", "id": "e"}, [r])
+        obj, fds = forkserver.receive(theirs)
+        assert obj == {"op": "spawn", "id": "e"} and len(fds) == 1
+        assert _inode(fds[0]) == _inode(r)
+        os.close(fds[0])
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_peer_that_reads_nothing_is_given_up_without_stopping_the_loop(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """The engine's loop runs on while the socket is full; after SEND_TIMEOUT the peer is
+    given up (a fork server stuck that long is started again), never half a frame left
+    to garble the next: the send was shielded from the caller's cancellation."""
+    ours, _theirs = pair
+    ticks = 0
+
+    async def main() -> None:
+        nonlocal ticks
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await trio.sleep(1)
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            with trio.move_on_after(1.5):  # the caller gives up: the frame still goes on
+                with pytest.raises(trio.BrokenResourceError):
+                    await frames.send_frame(ours, {"pad": "x" * (8 << 20)})
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert ticks >= frames.SEND_TIMEOUT - 1  # (the loop ran all along)
