@@ -68,8 +68,16 @@ class NetworkSetupFailed(HostFault):
     pass
 
 
+#: Networks an allowlist may name: each is an element of the sandbox's firewall, which
+#: libnftables builds at every create (a request of 1 MiB could otherwise name 60,000).
+ALLOWLIST_MAX = 1024
+
+
 def check_allowlist(cidrs: list[str]) -> list[str]:
     """The allowlist as normalized IPv4 networks (``InvalidError`` for anything else)."""
+    if len(cidrs) > ALLOWLIST_MAX:
+        raise Invalid(f"outbound_cidr_allowlist: {len(cidrs)} networks; at most "
+                      f"{ALLOWLIST_MAX} (merge them into wider CIDRs)")
     networks = []
     for cidr in cidrs:
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from hutch.engine.errors import Invalid
 from hutch.engine.network import hostnet, outbound
 
 
@@ -129,3 +130,10 @@ def test_views_make_a_sandbox_stale_when_a_watched_file_changes(tmp_path: Path) 
     assert not views.current("sb-b")
     views.forget("sb-a")
     assert not views.current("sb-a")
+
+
+def test_an_allowlist_names_at_most_allowlist_max_networks() -> None:
+    many = [f"10.{i // 256}.{i % 256}.0/24" for i in range(outbound.ALLOWLIST_MAX)]
+    assert len(outbound.check_allowlist(many)) == outbound.ALLOWLIST_MAX
+    with pytest.raises(Invalid, match="at most 1024"):
+        outbound.check_allowlist([*many, "192.0.2.0/24"])
