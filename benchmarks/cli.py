@@ -181,6 +181,8 @@ def _concurrency(peers: dict[str, Peer | str], args: argparse.Namespace) -> dict
                 rounds.append(concurrency.hutch_round(pool, exec_first=True))
             elif isinstance(peer, CrunPeer):
                 rounds.append(concurrency.crun_round(pool, peer))
+                rounds.append(concurrency.crun_isolated_round(
+                    pool, peer, peer.state.parent / "crun-isolated"))
             elif isinstance(peer, PodmanPeer):
                 rounds.append(concurrency.podman_round(pool, peer))
         return concurrency.run(rounds, args.concurrency, args.concurrency_runs, _log)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -113,17 +115,19 @@ def hutch_round(pool: ThreadPoolExecutor, exec_first: bool = False) -> Round:
     return Round("hutch, after an exec" if exec_first else "hutch", start, stop, settle)
 
 
+def _run_one(argv: list[str]) -> None:
+    # a file, not a pipe: a detached container keeps its stderr open for good
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=err, timeout=300, check=False)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise Unavailable(f"{argv[0]} exited {proc.returncode}: "
+                              f"{err.read().decode(errors='replace')[-300:]}")
+
+
 def _run_all(pool: ThreadPoolExecutor, argvs: list[list[str]]) -> None:
-    def run(argv: list[str]) -> None:
-        # a file, not a pipe: a detached container keeps its stderr open for good
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=err, timeout=300, check=False)
-            if proc.returncode != 0:
-                err.seek(0)
-                raise Unavailable(f"{argv[0]} exited {proc.returncode}: "
-                                  f"{err.read().decode(errors='replace')[-300:]}")
-    list(pool.map(run, argvs))
+    list(pool.map(_run_one, argvs))
 
 
 def crun_round(pool: ThreadPoolExecutor, peer: CrunPeer) -> Round:
@@ -136,6 +140,81 @@ def crun_round(pool: ThreadPoolExecutor, peer: CrunPeer) -> Round:
     def stop(ids: list[Any]) -> None:
         _run_all(pool, [[*peer._base(), "delete", "--force", cid] for cid in ids])
     return Round("crun", start, stop)
+
+
+def crun_isolated_round(pool: ThreadPoolExecutor, peer: CrunPeer, workdir: Path) -> Round:
+    """raw crun doing what every hutch sandbox with network access has, with the same
+    parts: its own network namespace and seccomp filter (in the bundle), slirp4netns
+    connecting it and hutch's firewall loaded inside it by ``nft`` (hutch loads it with
+    libnftables, in a forked child, before the start).  Not included: hutch's cgroup, its
+    own id range, its overlay root, and slirp4netns's ``--enable-sandbox`` (it must start
+    inside the sandbox's user namespace for that, as hutch's does); so this is a floor
+    for a sandbox as isolated as hutch's, made from these parts."""
+    from hutch.engine.network import outbound
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    bundle = peer.isolated_bundle(workdir / "bundle")
+    rules = workdir / "firewall.nft"
+    rules.write_text(outbound.ruleset(None))
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+
+    def one(cid: str) -> tuple[str, int | None]:
+        pid_file = workdir / f"{cid}.pid"
+        _run_one([*peer._base(), "run", "--detach", "--pid-file", str(pid_file),
+                  "--bundle", str(bundle), cid])
+        pid = pid_file.read_text().strip()
+        # crun returns before its init has exec'd the command; until then the init is not
+        # dumpable and its namespaces cannot be named through /proc
+        deadline = time.monotonic() + 5
+        while not os.path.exists(f"/proc/{pid}/ns/user") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        log = workdir / f"{cid}.slirp.log"
+        ready_r, ready_w = os.pipe()
+        try:
+            slirp = os.posix_spawnp("slirp4netns", [
+                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                "--enable-seccomp", "--ready-fd=3", f"--userns-path=/proc/{pid}/ns/user",
+                "--netns-type=path", f"/proc/{pid}/ns/net", "tap0"], dict(os.environ),
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                              (os.POSIX_SPAWN_OPEN, 2, str(log),
+                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                              (os.POSIX_SPAWN_DUP2, ready_w, 3)])
+        finally:
+            os.close(ready_w)
+        with os.fdopen(ready_r, "rb") as ready:
+            if ready.read(1) != b"1":
+                _end(cid, slirp)
+                raise Unavailable("slirp4netns did not become ready: "
+                                  + log.read_text(errors="replace")[-300:])
+        try:
+            _run_one(["nsenter", "--preserve-credentials", "-U", "-n", "-t", pid,
+                      nft, "-f", str(rules)])
+        except BaseException:
+            _end(cid, slirp)
+            raise
+        return cid, slirp
+
+    def _end(cid: str, slirp: int | None) -> None:
+        if slirp is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slirp, signal.SIGKILL)
+            os.waitpid(slirp, 0)
+        with contextlib.suppress(Unavailable):
+            _run_one([*peer._base(), "delete", "--force", cid])
+
+    def start(n: int) -> list[Any]:
+        started = [pool.submit(one, peer._next_id()) for _ in range(n)]
+        made = [f.result() for f in started if f.exception() is None]
+        failed = [f.exception() for f in started if f.exception() is not None]
+        if failed:
+            stop(made)  # (whatever did start is not left running)
+            raise failed[0]  # type: ignore[misc]
+        return made
+
+    def stop(handles: list[Any]) -> None:
+        list(pool.map(lambda h: _end(*h), handles))
+    return Round("crun, isolated as hutch", start, stop)
 
 
 def podman_round(pool: ThreadPoolExecutor, peer: PodmanPeer) -> Round:

@@ -107,6 +107,22 @@ class CrunPeer(Peer):
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
         return bundle
 
+    def isolated_bundle(self, bundle: Path) -> Path:
+        """The sleep bundle with what a hutch sandbox has beyond it and crun can be told
+        to make: a network namespace of its own, and hutch's seccomp filter (compiled,
+        as hutch hands it to crun).  The rest (slirp4netns, the firewall) is started
+        beside it: :func:`benchmarks.concurrency.crun_isolated_round`."""
+        from hutch.engine.isolation import seccompbpf
+
+        self._bundle(bundle, SLEEP_ARGV)
+        config = json.loads((bundle / "config.json").read_text())
+        namespaces = config["linux"].setdefault("namespaces", [])
+        if not any(n.get("type") == "network" for n in namespaces):
+            namespaces.append({"type": "network"})
+        config.setdefault("annotations", {}).update(seccompbpf.default_annotation())
+        (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        return bundle
+
     def _base(self) -> list[str]:
         return [self.crun, "--root", str(self.state)]
 

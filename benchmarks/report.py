@@ -193,6 +193,9 @@ def _concurrency_section(conc: dict[str, Any] | None) -> list[str]:
            f"{conc['n']}: what one more idle sandbox costs (`benchmarks/concurrency.py`). "
            "\"hutch, after an exec\" also runs `exec true` in each sandbox (timed with the "
            "creates), so each has its zygote, kept for 30 s after its last command. "
+           "\"crun, isolated as hutch\" is raw crun with what a hutch sandbox has beyond "
+           "it, from the same parts: a network namespace, hutch's seccomp filter, "
+           "slirp4netns and hutch's firewall loaded by `nft` (no cgroup, no id slice). "
            f"{conc['runs']} rounds per contender, alternating.", "",
            "| contender | all running: median | p10 | p90 | hutch ÷ contender "
            "| PSS per idle sandbox: median | hutch ÷ contender |",

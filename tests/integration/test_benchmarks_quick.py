@@ -27,7 +27,7 @@ def test_quick_benchmark_writes_its_reports(engine: dict[str, Any], tmp_path: Pa
             assert len(peer["samples_s"]) == 3 and all(0 < s < 60 for s in peer["samples_s"])
     concurrency = report["concurrency"]
     assert concurrency["n"] == 5
-    for name in ("hutch", "hutch, after an exec", "crun"):
+    for name in ("hutch", "hutch, after an exec", "crun", "crun, isolated as hutch"):
         peer = concurrency["peers"][name]
         assert peer["available"], peer.get("reason")
         assert peer["total_s"]["median"] > 0 and peer["pss_per_sandbox_bytes"]["median"] > 0
