@@ -97,8 +97,8 @@ class ExecSession:
         self._dropping = False
         self.returncode: int | None = None
         self.timed_out = False
-        #: the state its record in the engine's state was written with ("running" or
-        #: "exited"; None: not yet), by the lifecycle's ``SandboxManager.record_exec``
+        #: the state its row in the engine's state was written with ("running" or
+        #: "exited"; None: not yet), by the lifecycle's ``ExecRegistry.record``
         self.recorded: str | None = None
         self._stdin_closed = False
         self.done = trio.Event()

@@ -48,7 +48,7 @@ async def send_frame(sock: socket.socket, obj: dict[str, Any], fds: list[int] | 
                 break
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
-        await fdio.send_all(sock.fileno(), memoryview(frame)[sent:])
+        await fdio.send_all(sock, memoryview(frame)[sent:])
         return
     raise trio.BrokenResourceError(f"the peer took no frame for {SEND_TIMEOUT:.0f} s")
 
@@ -94,6 +94,8 @@ class FrameReader:
                 last = offset
             offset += forkserver.HEADER.size + forkserver.HEADER.unpack_from(self.buffer,
                                                                               offset)[0]
+        if start <= offset < len(self.buffer):  # a frame whose header this read cut
+            last = offset
         if last is None:  # not from a zygote speaking the protocol
             _close(fds)
             raise trio.BrokenResourceError("descriptors without a frame of theirs")

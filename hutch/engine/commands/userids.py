@@ -120,19 +120,20 @@ def home_of(uid: int, passwd: str = "/etc/passwd") -> str:
 class RootHome:
     """Root's home directory in ``passwd`` (``/`` when it gives none), the HOME of every
     command a zygote starts without one, as runc and crun set it.  The file is read again
-    only when its identity (device, inode, size, modification time) changed: a stat per
-    command instead of an open, a read and a parse."""
+    only when its identity (device, inode, size, modification and change times: the
+    latter no one can set back) changed: a stat per command instead of an open, a read
+    and a parse."""
 
     def __init__(self, passwd: str = "/etc/passwd") -> None:
         self.passwd = passwd
-        self._seen: tuple[tuple[int, int, int, int], str] | None = None
+        self._seen: tuple[tuple[int, ...], str] | None = None
 
     def get(self) -> str:
         try:
             st = os.stat(self.passwd)
         except OSError:
             return "/"
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._seen is None or self._seen[0] != key:
             self._seen = (key, home_of(0, self.passwd))
         return self._seen[1]

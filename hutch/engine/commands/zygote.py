@@ -204,11 +204,21 @@ class ZygoteLink:
             await self._send_lock.acquire()
         try:
             await send_frame(self.raw, obj, fds)
-        except (OSError, trio.BrokenResourceError) as exc:
-            self.alive = False
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.abandon()
             raise ZygoteError(f"the sandbox's zygote is gone: {exc}") from exc
         finally:
             self._send_lock.release()
+
+    def abandon(self) -> None:
+        """Give the zygote up after a failed send (part of a frame may have gone: it would
+        wait for the rest for good): killed, so that its reader sees the end and reports
+        every exec it ran as lost."""
+        self.alive = False
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.raw.shutdown(socket.SHUT_RDWR)
 
     async def read_frames(self) -> None:
         """Dispatch the zygote's frames until it exits (the manager's nursery runs this)."""
@@ -222,17 +232,17 @@ class ZygoteLink:
                 if obj is None:
                     return
                 process = self.processes.get(obj.get("id", ""))
-                if process is None:
-                    for fd in fds:
-                        os.close(fd)
-                elif "pty" in obj or "pty_error" in obj:
+                if process is not None and ("pty" in obj or "pty_error" in obj):
                     process._got_pty(fds, obj.get("pty_error"))
-                elif "pid" in obj and fds:
-                    process._running(int(obj["pid"]), fds[0])
-                elif "exit" in obj:
+                    continue
+                if process is not None and "pid" in obj and fds:
+                    process._running(int(obj["pid"]), fds.pop(0))
+                elif process is not None and "exit" in obj:
                     self.last_used = trio.current_time()
                     self.processes.pop(process.exec_id, None)
                     process._exited(int(obj["exit"]))
+                for fd in fds:  # (descriptors no frame of the protocol carries)
+                    os.close(fd)
         finally:
             frames.close()
             self.alive = False
@@ -300,15 +310,16 @@ class ForkServer:
         finally:
             os.close(null)
             theirs.close()
-        # Requests are small and the fork server reads them at once; a wedged one must not
-        # block the engine's event loop (a timeout counts as gone: it is replaced).
-        ours.settimeout(READY_TIMEOUT)
-        ours.setblocking(False)  # (requests are sent through trio: frames.send_frame)
+        # A fork server that reads nothing must not stop the engine's event loop: requests
+        # go through trio (frames.send_frame), and one stuck for 10 s replaces it.
+        ours.setblocking(False)
         self._sock = ours
         log.info("fork server %d started", self._pid)
 
     def stop(self) -> None:
         if self._sock is not None:
+            with contextlib.suppress(RuntimeError):  # (outside trio: nothing waits on it)
+                trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
             self._sock = None
         if self._pid is not None:
@@ -346,7 +357,7 @@ class ForkServer:
                 try:
                     await send_frame(self._sock, request, fds)
                     return
-                except (OSError, trio.BrokenResourceError) as exc:
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     log.warning("fork server gone (%s); starting another", exc)
                     self.stop()
                     if attempt == 2:

@@ -17,6 +17,7 @@ Errors are a stream's: ``trio.BrokenResourceError`` for a peer gone (``EPIPE``,
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -41,18 +42,23 @@ async def receive_some(fd: int, size: int) -> bytes:
         return data
 
 
-async def send_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """All of ``data`` to ``fd``."""
+async def send_all(target: int | socket.socket, data: bytes | bytearray | memoryview) -> None:
+    """All of ``data`` to ``target``: a descriptor only its caller may close (an exec's
+    pipe, the connection a task serves), or a socket object, which another task may close
+    meanwhile: its ``send`` then fails with ``EBADF`` instead of writing to whatever file
+    took the number."""
+    write = target.send if isinstance(target, socket.socket) \
+        else functools.partial(os.write, target)
     with memoryview(data) as view:
         left = view
         while left:
             try:
-                sent = os.write(fd, left)
+                sent = write(left)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
+                await trio.lowlevel.wait_writable(target)
                 continue
             except OSError as exc:
-                raise trio.BrokenResourceError(f"writing fd {fd}: {exc}") from exc
+                raise trio.BrokenResourceError(f"writing: {exc}") from exc
             left = left[sent:]
         if len(view) >= YIELD_AFTER:
             await trio.lowlevel.checkpoint()

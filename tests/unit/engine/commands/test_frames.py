@@ -3,6 +3,7 @@ and each frame's descriptors with it, however the kernel batched them."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -132,3 +133,55 @@ def test_a_peer_that_reads_nothing_is_given_up_without_stopping_the_loop(
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert ticks >= frames.SEND_TIMEOUT - 1  # (the loop ran all along)
+
+
+def test_descriptors_go_to_their_frame_when_a_read_cuts_its_header(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """A read of READ_SIZE bytes that ends two bytes into the header of the frame that
+    carries descriptors: they are that frame's, not the one before it."""
+    ours, theirs = pair
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    first = {"id": "a", "exit": 0, "pad": ""}
+    size = len(json.dumps(first).encode())
+    first["pad"] = "x" * (frames.READ_SIZE - forkserver.HEADER.size - size - 2)
+    r, w = os.pipe()
+    try:
+        forkserver.send(theirs, first)  # (both queued before the reads: the cut is exact)
+        forkserver.send(theirs, {"id": "b", "pid": 7}, [r])
+
+        async def main() -> list[tuple[object, list[int]]]:
+            reader = FrameReader(ours)
+            return [await reader.next(), await reader.next()]
+        (a, a_fds), (b, b_fds) = trio.run(main)
+        assert a == first and a_fds == []
+        assert b == {"id": "b", "pid": 7} and len(b_fds) == 1
+        assert _inode(b_fds[0]) == _inode(r)
+        os.close(b_fds[0])
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_zygote_whose_send_failed_is_killed(pair: tuple[socket.socket, socket.socket]
+                                              ) -> None:
+    """Part of a frame may have gone: the zygote would wait for the rest for good, and
+    every exec of its sandbox with it.  It is killed, so that its reader ends and reports
+    them lost."""
+    import subprocess
+
+    from hutch.engine.commands.zygote import ZygoteError, ZygoteLink
+
+    ours, theirs = pair
+    child = subprocess.Popen(["sleep", "60"])  # (stands for the zygote's process)
+    try:
+        async def main() -> bool:
+            link = ZygoteLink(trio.socket.from_stdlib_socket(ours), child.pid, ours)
+            theirs.close()  # its end gone: the send fails
+            with pytest.raises(ZygoteError):
+                await link._send({"op": "spawn", "id": "e"})
+            os.close(link.pidfd)
+            return link.alive
+        assert trio.run(main) is False
+        assert child.wait(timeout=10) == -9
+    finally:
+        child.kill()
