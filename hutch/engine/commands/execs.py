@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +24,7 @@ from hutch.api import exitcodes
 from hutch.engine.commands import terminals
 from hutch.engine.commands.starter import StartedCommand
 from hutch.engine.errors import Conflict
-from hutch.engine.kernel import proctree
+from hutch.engine.kernel import fdio, proctree
 
 log = logging.getLogger("hutch.exec")
 
@@ -159,13 +158,10 @@ class ExecSession:
             source = stream.fileno()
             while True:
                 try:
-                    data = os.read(source, READ_SIZE)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(source)
-                    continue
-                except OSError as exc:
+                    data = await fdio.receive_some(source, READ_SIZE)
+                except trio.BrokenResourceError:
                     if self.size is None:
-                        raise trio.BrokenResourceError(f"reading fd {fd}: {exc}") from exc
+                        raise
                     return  # EIO: the terminal's last holder closed it, its output's end
                 if not data:
                     return
