@@ -102,8 +102,8 @@ class ExecSession:
         self._stdin_closed = False
         self.done = trio.Event()
         self._changed = trio.Event()
-        #: set once a kill (or the timeout) has killed the process tree
-        self._killed = trio.Event()
+        #: whether a kill (or the timeout) has killed the process tree
+        self._killed = False
         #: pumps still reading; ``_wake`` is set (and replaced) when one ends or on a kill
         self._pumping = 0
         self._wake = trio.Event()
@@ -233,7 +233,7 @@ class ExecSession:
         await trio.to_thread.run_sync(self.kill_tree)
         if self.pid() is None:
             self.process.kill()
-        self._killed.set()
+        self._killed = True
         self._poke()
 
     def kill_tree(self) -> None:
@@ -262,7 +262,7 @@ class ExecSession:
         """Wait for both pipes' end; once the exec was killed, for ``EOF_GRACE`` at most: a
         process that escaped the kill may hold them open for as long as the sandbox runs."""
         while self._pumping:
-            if self._killed.is_set():
+            if self._killed:
                 with trio.move_on_after(EOF_GRACE):
                     while self._pumping:
                         await self._wake.wait()

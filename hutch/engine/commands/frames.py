@@ -54,12 +54,13 @@ async def send_frame(sock: socket.socket, obj: dict[str, Any], fds: list[int] | 
 
 
 class FrameReader:
-    """A zygote's frames, read in as few calls as they arrived in: each read takes what
-    the socket holds (an exec's pid and exit frames often come together) instead of a
-    frame's header, then its body.
+    """The frames of a zygote, or of a namespace maker, read in as few calls as they
+    arrived in: each read takes what the socket holds (an exec's pid and exit frames
+    often come together) instead of a frame's header, then its body.
 
     The descriptors a frame carries arrive with the read that reaches its first byte:
-    the zygote sends every frame in one ``sendmsg``, the descriptors on its first part,
+    every frame is sent in one ``sendmsg`` (``forkserver.send``), the descriptors on its
+    first part,
     and Linux ends a read of a Unix stream socket right after the part that carried
     descriptors.  So they belong to the last frame that starts in that read's data."""
 

@@ -14,7 +14,6 @@ link: the commands it was watching are reported killed, and the next exec makes 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ import trio
 
 from hutch.engine.commands import forkserver
 from hutch.engine.commands.frames import FrameReader, send_frame
+from hutch.engine.kernel import fdio
 from hutch.engine.network.netns import NetnsSetupFailed
 from hutch.engine.runtime import ociconfig
 from hutch.engine.runtime.spawn import pipe_or_null
@@ -117,10 +117,10 @@ class ZygoteProcess:
 class ZygoteLink:
     """The engine's connection to one sandbox's zygote."""
 
-    def __init__(self, sock: trio.socket.SocketType, pid: int, raw: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, pid: int, frames: FrameReader) -> None:
+        #: non-blocking; read through ``frames`` (which may hold what came after "ready")
         self.sock = sock
-        #: the same socket, for the calls that go through trio only when they would block
-        self.raw = raw
+        self.frames = frames
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)
         self.processes: dict[str, ZygoteProcess] = {}
@@ -203,7 +203,7 @@ class ZygoteLink:
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
-            await send_frame(self.raw, obj, fds)
+            await send_frame(self.sock, obj, fds)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.abandon()
             raise ZygoteError(f"the sandbox's zygote is gone: {exc}") from exc
@@ -218,15 +218,14 @@ class ZygoteLink:
         with contextlib.suppress(ProcessLookupError, OSError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         with contextlib.suppress(OSError):
-            self.raw.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     async def read_frames(self) -> None:
         """Dispatch the zygote's frames until it exits (the manager's nursery runs this)."""
-        frames = FrameReader(self.raw)
         try:
             while True:
                 try:
-                    obj, fds = await frames.next()
+                    obj, fds = await self.frames.next()
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     return
                 if obj is None:
@@ -244,9 +243,9 @@ class ZygoteLink:
                 for fd in fds:  # (descriptors no frame of the protocol carries)
                     os.close(fd)
         finally:
-            frames.close()
+            self.frames.close()
             self.alive = False
-            self.sock.close()
+            fdio.close(self.sock)
             for process in list(self.processes.values()):
                 if not process._pty_ready.is_set():
                     process._got_pty([], "the sandbox's zygote exited")
@@ -318,9 +317,7 @@ class ForkServer:
 
     def stop(self) -> None:
         if self._sock is not None:
-            with contextlib.suppress(RuntimeError):  # (outside trio: nothing waits on it)
-                trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
+            fdio.close(self._sock)
             self._sock = None
         if self._pid is not None:
             # it exits once its socket closes; killed first so that reaping never waits
@@ -377,15 +374,27 @@ class ForkServer:
                                 [init_pidfd, theirs.fileno()])
         finally:
             theirs.close()
-        sock = trio.socket.from_stdlib_socket(ours)
-        with trio.move_on_after(READY_TIMEOUT):
-            first, _ = await _receive(sock)
-            if first is not None and "ready" in first:
-                return ZygoteLink(sock, int(first["ready"]), ours)
-            sock.close()
-            raise ZygoteError((first or {}).get("error") or "the zygote exited at once")
-        sock.close()
-        raise ZygoteError(f"no zygote was ready within {READY_TIMEOUT:.0f} s")
+        ours.setblocking(False)
+        frames = FrameReader(ours)
+        failure = f"no zygote was ready within {READY_TIMEOUT:.0f} s"
+        link = None
+        try:
+            with trio.move_on_after(READY_TIMEOUT):
+                try:
+                    first, fds = await frames.next()
+                except trio.BrokenResourceError as exc:
+                    first, fds = {"error": str(exc)}, []
+                for fd in fds:
+                    os.close(fd)
+                if first is not None and "ready" in first:
+                    link = ZygoteLink(ours, int(first["ready"]), frames)
+                    return link
+                failure = (first or {}).get("error") or "the zygote exited at once"
+        finally:
+            if link is None:  # (failed, timed out or cancelled: the socket is nobody's)
+                frames.close()
+                fdio.close(ours)
+        raise ZygoteError(failure)
 
     async def network_namespace(
             self, firewall: str | None, ids: tuple[str, dict[str, int]] | None = None, *,
@@ -409,13 +418,15 @@ class ForkServer:
         finally:
             theirs.close()
         wanted = 1 if ids is None else 2
-        with trio.socket.from_stdlib_socket(ours) as sock:
+        ours.setblocking(False)
+        frames = FrameReader(ours)
+        try:
             with trio.move_on_after(READY_TIMEOUT):
-                reply, fds = await _receive(sock)
+                reply, fds = await frames.next()
                 if reply is not None and reply.get("made") and len(fds) == wanted:
                     task_status.started(Namespaces(fds[0], fds[1] if ids is not None
                                                    else None))
-                    reply, extra = await _receive(sock)
+                    reply, extra = await frames.next()
                     for fd in extra:
                         os.close(fd)
                 else:
@@ -427,34 +438,9 @@ class ForkServer:
                                        + ((reply or {}).get("error") or "their maker exited"))
             raise NetnsSetupFailed("the sandbox's namespaces were not set up within "
                                    f"{READY_TIMEOUT:.0f} s")
-
-
-async def _receive(sock: trio.socket.SocketType) -> tuple[dict[str, Any] | None, list[int]]:
-    """One frame (and the fds that came with it) from a trio socket; None at the end."""
-    head, ancdata, _, _ = await sock.recvmsg(forkserver.HEADER.size,
-                                             socket.CMSG_LEN(forkserver.MAX_FDS * 4),
-                                             socket.MSG_CMSG_CLOEXEC)
-    fds = forkserver.unpack_fds(ancdata)
-    try:
-        if not head:
-            return None, fds
-        body = bytearray(head)
-        while len(body) < forkserver.HEADER.size:
-            chunk = await sock.recv(forkserver.HEADER.size - len(body))
-            if not chunk:
-                return None, fds
-            body += chunk
-        size = forkserver.HEADER.unpack(bytes(body))[0]
-        payload = bytearray()
-        while len(payload) < size:
-            chunk = await sock.recv(size - len(payload))
-            if not chunk:
-                return None, fds
-            payload += chunk
-        obj: dict[str, Any] = json.loads(payload)
-    except BaseException:  # (cancelled, or a bad frame): the fds are nobody's but ours
-        for fd in fds:
-            os.close(fd)
-        raise
-    return obj, fds
-
+        except trio.BrokenResourceError as exc:
+            raise NetnsSetupFailed(f"could not set up the sandbox's namespaces: {exc}") \
+                from exc
+        finally:
+            frames.close()
+            fdio.close(ours)

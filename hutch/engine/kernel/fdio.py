@@ -77,3 +77,13 @@ async def receive_message(sock: socket.socket, size: int, ancillary: int,
         except OSError as exc:
             raise trio.BrokenResourceError(f"receiving: {exc}") from exc
         return data, ancdata
+
+
+def close(sock: socket.socket) -> None:
+    """Close ``sock``, waking whatever task waits on it (``ClosedResourceError``) as trio's
+    own sockets do; outside trio it is only closed."""
+    try:
+        trio.lowlevel.notify_closing(sock)
+    except RuntimeError:  # (not in trio: nothing can be waiting)
+        pass
+    sock.close()

@@ -428,17 +428,12 @@ class Store(AppRecords):
         """Record an exec: running, or already ``ended`` (its code, whether it timed out),
         which saves a command that ends before its start is answered a second write."""
         now = time.time()
-        if ended is None:
-            self.db.execute(
-                "INSERT INTO execs (exec_id, sandbox_id, argv, state, created_at)"
-                " VALUES (?, ?, ?, 'running', ?)",
-                (exec_id, sandbox_id, json.dumps(argv), now),
-            )
-            return
+        code, timed_out = ended if ended is not None else (None, False)
         self.db.execute(
             "INSERT INTO execs (exec_id, sandbox_id, argv, state, returncode, timed_out,"
-            " created_at, finished_at) VALUES (?, ?, ?, 'exited', ?, ?, ?, ?)",
-            (exec_id, sandbox_id, json.dumps(argv), ended[0], int(ended[1]), now, now),
+            " created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (exec_id, sandbox_id, json.dumps(argv), "running" if ended is None else "exited",
+             code, int(timed_out), now, None if ended is None else now),
         )
 
     def finish_exec(self, exec_id: str, returncode: int, timed_out: bool) -> None:

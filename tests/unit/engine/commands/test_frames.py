@@ -175,7 +175,7 @@ def test_a_zygote_whose_send_failed_is_killed(pair: tuple[socket.socket, socket.
     child = subprocess.Popen(["sleep", "60"])  # (stands for the zygote's process)
     try:
         async def main() -> bool:
-            link = ZygoteLink(trio.socket.from_stdlib_socket(ours), child.pid, ours)
+            link = ZygoteLink(ours, child.pid, FrameReader(ours))
             theirs.close()  # its end gone: the send fails
             with pytest.raises(ZygoteError):
                 await link._send({"op": "spawn", "id": "e"})
