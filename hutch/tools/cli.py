@@ -21,7 +21,7 @@ from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
-from hutch.tools import imagecli, networkcli, shellcli, tlstrust
+from hutch.tools import imagecli, k8scli, networkcli, shellcli, tlstrust
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -412,6 +412,7 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check the host").set_defaults(func=cmd_doctor)
     tlstrust.add_parser(sub)
+    k8scli.add_parser(sub)
     from hutch.tools import mcpserver  # (it imports the mcp SDK only when `hutch mcp` runs)
 
     mcpserver.add_parser(sub)

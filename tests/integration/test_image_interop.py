@@ -7,6 +7,7 @@ podman check uses its own storage under tmp_path.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -80,7 +81,15 @@ def test_push_with_the_cli_then_pull_and_run(engine: dict[str, Any], registry: s
         "Accept": "application/vnd.oci.image.manifest.v1+json, "
                   "application/vnd.docker.distribution.manifest.v2+json"})
     assert manifest.status_code == 200
-    assert manifest.headers["Docker-Content-Digest"] in out
+    digest = manifest.headers["Docker-Content-Digest"]
+    assert digest in out
+    # what a cluster would run: `hutch k8s render` pins the tag to the same digest
+    r = hutch_cli("k8s", "render", "pool", "--image", f"{registry}/pushed:1", "--size", "2",
+                  "--tls-verify", "false", "-o", "json")
+    assert r.returncode == 0, r.stderr.decode()
+    template = json.loads(r.stdout)["items"][0]
+    assert template["spec"]["podTemplate"]["spec"]["containers"][0]["image"] == \
+        f"{registry}/pushed@{digest}"
     image = hutch.Image.from_registry(f"{registry}/pushed:1").build()
     sb = hutch.Sandbox.create(image=image, timeout=60)
     try:
