@@ -128,13 +128,14 @@ class SandboxFilesystemFileTooLargeError(SandboxFilesystemError):
     """A file is larger than the operation takes (Modal's name; hutch streams files)."""
 
 
+class AuthError(Error):
+    """A remote engine refused the credentials (a wrong or revoked token, see
+    docs/remote.md); Modal's name for its own authentication failures."""
+
+
 # Modal's other names, so that code written for Modal that catches or names them runs
 # unchanged (``except modal.exception.InternalError:``).  hutch raises none of them: what
 # they describe (its gRPC service, workspaces, Functions) does not exist here.
-
-class AuthError(Error):
-    """Modal's authentication failed (hutch has no accounts: never raised)."""
-
 
 class InternalError(Error):
     """Modal's service failed internally (never raised: hutch raises ``EngineError``)."""

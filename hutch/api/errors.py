@@ -16,6 +16,7 @@ ErrorKind = Literal[
     "not_found", "already_exists", "invalid", "conflict", "engine", "timeout", "image_build",
     "resource_exhausted", "file_not_found", "is_a_directory", "not_a_directory",
     "permission_denied", "file_exists", "directory_not_empty", "file_busy", "file_error",
+    "unauthorized",
 ]
 
 #: Every kind, in the order above.
@@ -27,4 +28,5 @@ STATUS: dict[str, int] = {
     "timeout": 504, "image_build": 500, "resource_exhausted": 429, "file_not_found": 404,
     "is_a_directory": 400, "not_a_directory": 400, "permission_denied": 403,
     "file_exists": 409, "directory_not_empty": 409, "file_busy": 409, "file_error": 400,
+    "unauthorized": 401,
 }

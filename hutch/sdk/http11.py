@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterable, AsyncIterator
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +37,11 @@ import anyio.abc
 #: Bytes read at a time; a body's pieces (file downloads) are read up to ``PIECE_SIZE``.
 READ_SIZE = 65536
 PIECE_SIZE = 1 << 20
-#: Idle connections kept per pool.
+#: Idle connections kept per pool, and for how many seconds one is used again: well
+#: under the engine's 300 s keep-alive, since over TCP (a remote engine) a request written
+#: to a connection the far end just closed is only found out by its missing answer.
 MAX_IDLE = 8
+MAX_IDLE_AGE = 60.0
 
 #: A request body: whole, or as an iterator sent with the chunked transfer coding (a file
 #: upload, read as it goes: its length need not be known and it is never held whole).
@@ -90,13 +95,14 @@ def _param(value: object) -> str:
 
 def encode_request(method: str, path: str, params: dict[str, Any] | None,
                    body: bytes | None, content_type: str | None,
-                   chunked: bool = False) -> bytes:
+                   chunked: bool = False, extra: Sequence[str] = ()) -> bytes:
     """The request's head, followed by ``body`` when there is one; ``chunked``: the body
-    follows in chunks (:func:`encode_chunk`) instead."""
+    follows in chunks (:func:`encode_chunk`) instead; ``extra``: more header lines (a
+    remote engine's ``Authorization``)."""
     target = quote(path, safe="/:@!$&'()*+,;=-._~")
     if params:
         target += "?" + urlencode({k: _param(v) for k, v in params.items()})
-    lines = [f"{method} {target} HTTP/1.1", "Host: hutch", "Accept: */*"]
+    lines = [f"{method} {target} HTTP/1.1", "Host: hutch", "Accept: */*", *extra]
     if chunked:
         lines.append("Transfer-Encoding: chunked")
     elif body is not None:
@@ -120,6 +126,7 @@ class _Reader:
         self.stream = stream
         self.buffer = bytearray()
         self.received = 0
+        self.idle_since = 0.0
 
     async def _fill(self, size: int = READ_SIZE) -> None:
         try:
@@ -195,12 +202,19 @@ async def body_chunks(reader: _Reader, method: str, status: int, headers: dict[s
 
 
 class Pool:
-    """Keep-alive connections to one Unix socket, for one event loop."""
+    """Keep-alive connections to one Unix socket (or, for a remote engine, to ``tcp``'s
+    host and port over TLS), for one event loop; ``headers`` go with every request."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, *, tcp: tuple[str, int] | None = None,
+                 tls: ssl.SSLContext | None = None, headers: Sequence[str] = ()) -> None:
         self.socket_path = socket_path
+        self.tcp, self.tls, self.headers = tcp, tls, list(headers)
         self._idle: list[_Reader] = []
         self._closed = False
+
+    @property
+    def where(self) -> str:
+        return self.socket_path if self.tcp is None else f"{self.tcp[0]}:{self.tcp[1]}"
 
     async def aclose(self) -> None:
         self._closed = True
@@ -223,9 +237,12 @@ class Pool:
         """Send a request; yields the answer's status (``body`` empty) and an iterator over
         its body as it arrives.  A connection left before the body's end is closed."""
         if body is None or isinstance(body, bytes):
-            head, rest = encode_request(method, path, params, body, content_type), None
+            head = encode_request(method, path, params, body, content_type,
+                                  extra=self.headers)
+            rest = None
         else:
-            head = encode_request(method, path, params, None, content_type, chunked=True)
+            head = encode_request(method, path, params, None, content_type, chunked=True,
+                                  extra=self.headers)
             rest = body
         reader, (status, headers, keep) = await self._send(head, rest)
         finished = False
@@ -241,12 +258,23 @@ class Pool:
         finally:
             if finished and keep and not reader.buffer and not self._closed \
                     and len(self._idle) < MAX_IDLE:
+                reader.idle_since = time.monotonic()
                 self._idle.append(reader)
             else:
                 await self._discard(reader)
 
     async def _connect(self) -> anyio.abc.ByteStream:
-        return await anyio.connect_unix(self.socket_path)
+        if self.tcp is None:
+            return await anyio.connect_unix(self.socket_path)
+        host, port = self.tcp
+        if self.tls is None:
+            return await anyio.connect_tcp(host, port)
+        try:
+            return await anyio.connect_tcp(host, port, ssl_context=self.tls,
+                                           tls_standard_compatible=False)
+        except anyio.BrokenResourceError as exc:  # (a failed handshake, as anyio says it)
+            raise ConnectionRefusedError(f"TLS with {host}:{port} failed: "
+                                         f"{exc.__cause__ or exc}") from exc
 
     async def _discard(self, reader: _Reader) -> None:
         with anyio.CancelScope(shield=True):
@@ -259,13 +287,16 @@ class Pool:
         head."""
         while True:
             reader = self._idle.pop() if self._idle else None
+            if reader is not None and time.monotonic() - reader.idle_since > MAX_IDLE_AGE:
+                await self._discard(reader)  # (the engine may be closing it just now)
+                continue
             fresh = reader is None
             if reader is None:
                 try:
                     reader = _Reader(await self._connect())
                 except OSError as exc:
                     raise NotSent(exc.errno, f"cannot connect to the engine at "
-                                       f"{self.socket_path}: {exc.strerror}") from exc
+                                       f"{self.where}: {exc.strerror or exc}") from exc
             reader.received = 0
             sent = begun = False
             failure: Exception | None = None
@@ -360,11 +391,22 @@ class BlockingPool(Pool):
     """A :class:`Pool` of :class:`BlockingStream` connections, for one thread; ``timeout``
     bounds each socket operation (``TimeoutError``, an ``OSError``)."""
 
-    def __init__(self, socket_path: str, timeout: float | None = None) -> None:
-        super().__init__(socket_path)
+    def __init__(self, socket_path: str, timeout: float | None = None, *,
+                 tcp: tuple[str, int] | None = None, tls: ssl.SSLContext | None = None,
+                 headers: Sequence[str] = ()) -> None:
+        super().__init__(socket_path, tcp=tcp, tls=tls, headers=headers)
         self.timeout = timeout
 
     async def _connect(self) -> anyio.abc.ByteStream:
+        if self.tcp is not None:
+            raw = socket.create_connection(self.tcp, timeout=self.timeout)
+            try:
+                sock = self.tls.wrap_socket(raw, server_hostname=self.tcp[0]) \
+                    if self.tls is not None else raw
+            except BaseException:
+                raw.close()
+                raise
+            return BlockingStream(sock)  # type: ignore[return-value]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

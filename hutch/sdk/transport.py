@@ -1,4 +1,5 @@
-"""The SDK's one transport: HTTP/1.1 + JSON to the engine's Unix socket, via ``http11``.
+"""The SDK's one transport: HTTP/1.1 + JSON to the engine, via ``http11``: on its Unix
+socket, or a remote engine's (:mod:`.endpoint`: over TLS, or an ssh forward).
 
 Like httpx's transports it is thin: it sends requests and translates what comes back at
 this boundary.  Engine error bodies become ``hutch.exception`` classes; a socket nobody
@@ -32,9 +33,9 @@ import anyio
 import sniffio
 
 from hutch import exception
-from hutch.api import paths, urls
+from hutch.api import urls
 from hutch.api.models import API_VERSION
-from hutch.sdk import http11, launcher, syncbridge
+from hutch.sdk import endpoint, http11, launcher, syncbridge
 
 _ERRORS: dict[str, type[exception.Error]] = {
     "not_found": exception.NotFoundError,
@@ -53,6 +54,7 @@ _ERRORS: dict[str, type[exception.Error]] = {
     "directory_not_empty": exception.SandboxFilesystemDirectoryNotEmptyError,
     "file_busy": exception.SandboxFilesystemBusyError,
     "file_error": exception.SandboxFilesystemError,
+    "unauthorized": exception.AuthError,
 }
 
 
@@ -75,6 +77,8 @@ def _raise_for(response: http11.Response) -> None:
 
 
 def _check_health(status: int, body: dict[str, Any]) -> bool:
+    if status == 401:  # a remote engine's gateway refused the credentials
+        raise exception.AuthError(str(body.get("message") or "the engine refused the token"))
     if status != 200:
         return False
     version = body.get("api_version")
@@ -86,6 +90,16 @@ def _check_health(status: int, body: dict[str, Any]) -> bool:
     return True
 
 
+def _health_body(answer: http11.Response) -> dict[str, Any]:
+    if answer.status not in (200, 401):
+        return {}
+    try:
+        body = answer.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 #: Requests that may be sent again when the engine died before answering them: they
 #: change nothing.  Any request may be sent again when nothing of it was sent.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -94,17 +108,33 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READY_TIMEOUT = 2.0
 
 
-def _ready_blocking() -> bool:
+def make_pool(where: endpoint.Endpoint, blocking: bool = False,
+              timeout: float | None = None) -> http11.Pool:
+    """A connection pool to ``where``: its Unix socket, or TLS to its host and port."""
+    tcp = (where.host, where.port) if where.host is not None and where.port is not None \
+        else None
+    if blocking:
+        return http11.BlockingPool(where.unix or "", timeout, tcp=tcp, tls=where.tls,
+                                   headers=where.header_lines())
+    return http11.Pool(where.unix or "", tcp=tcp, tls=where.tls, headers=where.header_lines())
+
+
+def _ready_blocking(where: endpoint.Endpoint | None = None) -> bool:
     """Whether the engine answers (a blocking probe, for the launcher's thread and direct
-    calls)."""
-    pool = http11.BlockingPool(str(paths.socket_path()), timeout=READY_TIMEOUT)
+    calls).  A remote engine's failure is raised with its reason (a refused certificate,
+    a wrong token), not taken for an engine to start."""
+    where = where or endpoint.current()
+    pool = make_pool(where, blocking=True, timeout=READY_TIMEOUT)
     try:
         answer = syncbridge.run_direct(pool.request, "GET", urls.HEALTH)
-    except (OSError, http11.ProtocolError):
-        return False
+    except (OSError, http11.ProtocolError) as exc:
+        if where.local:
+            return False
+        raise exception.ConnectionError(f"no hutch engine answers at {where.url}: "
+                                        f"{exc}") from exc
     finally:
         syncbridge.run_direct(pool.aclose)
-    return _check_health(answer.status, answer.json() if answer.status == 200 else {})
+    return _check_health(answer.status, _health_body(answer))
 
 
 def _json(body: Any) -> bytes:
@@ -112,16 +142,18 @@ def _json(body: Any) -> bytes:
 
 
 class EngineClient:
-    """A connection pool to the engine for one event loop; the engine starts on first use."""
+    """A connection pool to the engine for one event loop; the engine starts on first use
+    (the local one: a remote engine, :mod:`.endpoint`, is never started from here)."""
 
     def __init__(self, autostart: bool = True) -> None:
-        self.socket = paths.socket_path()
-        self.autostart = autostart
+        self.endpoint = endpoint.current()
+        self.socket = self.endpoint.url
+        self.autostart = autostart and self.endpoint.local
         self._pool = self._make_pool()
         self._checked = False
 
     def _make_pool(self) -> http11.Pool:
-        return http11.Pool(str(self.socket))
+        return make_pool(self.endpoint)
 
     async def aclose(self) -> None:
         await self._pool.aclose()
@@ -130,15 +162,23 @@ class EngineClient:
         with anyio.move_on_after(READY_TIMEOUT):
             try:
                 answer = await self._pool.request("GET", urls.HEALTH)
-            except (OSError, http11.ProtocolError):
-                return False
-            return _check_health(answer.status, answer.json() if answer.status == 200 else {})
+            except (OSError, http11.ProtocolError) as exc:
+                if self.endpoint.local:
+                    return False
+                raise exception.ConnectionError(
+                    f"no hutch engine answers at {self.socket}: {exc}") from exc
+            return _check_health(answer.status, _health_body(answer))
         return False
+
+    async def _prepare(self) -> None:
+        if self.endpoint.ssh:
+            await anyio.to_thread.run_sync(self.endpoint.prepare)
 
     async def ensure(self) -> None:
         """Make sure an engine of our API version answers, starting one if allowed."""
         if self._checked:
             return
+        await self._prepare()
         if not await self._ready():
             if not self.autostart:
                 raise exception.ConnectionError(f"no hutch engine answers on {self.socket}")
@@ -161,7 +201,7 @@ class EngineClient:
     def _may_repeat(self, exc: BaseException, method: str) -> bool:
         """Whether a request that failed with ``exc`` is sent again once an engine runs:
         when nothing of it was sent, or when it is safe to repeat and no answer began."""
-        if not self.autostart:
+        if not (self.autostart or self.endpoint.ssh):  # (an ssh forward is started again)
             return False
         if isinstance(exc, http11.NotSent):
             return True
@@ -259,10 +299,13 @@ class DirectClient(EngineClient):
     """The engine client of one thread's direct calls: blocking sockets, no event loop."""
 
     def _make_pool(self) -> http11.Pool:
-        return http11.BlockingPool(str(self.socket))
+        return make_pool(self.endpoint, blocking=True)
 
     async def _ready(self) -> bool:
-        return _ready_blocking()  # this thread may block: it is a call
+        return _ready_blocking(self.endpoint)  # this thread may block: it is a call
+
+    async def _prepare(self) -> None:
+        self.endpoint.prepare()
 
     async def _launch(self) -> None:
         launcher.ensure_engine(_ready_blocking)

@@ -21,7 +21,15 @@ from hutch.sdk.sandbox import Sandbox
 from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
-from hutch.tools import imagecli, k8scli, networkcli, shellcli, tlstrust
+from hutch.tools import (
+    contextcli,
+    enginecli,
+    imagecli,
+    k8scli,
+    networkcli,
+    shellcli,
+    tlstrust,
+)
 
 
 def _env_pairs(items: Sequence[str]) -> dict[str, str]:
@@ -153,39 +161,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     finally:
         for sink in sinks.values():
             sink.close()
-    return 0
-
-
-def cmd_engine(args: argparse.Namespace) -> int:
-    from hutch.sdk import launcher
-
-    if args.action == "ca":
-        doc = request_blocking("GET", urls.ENGINE_CA)
-        print(doc["pem"], end="")
-        print(f"# {doc['path']}: trust it to verify sandboxes' encrypted ports",
-              file=sys.stderr)
-        return 0
-    if args.action == "start":
-        info = request_blocking("GET", urls.ENGINE)
-        request_blocking("POST", urls.IMAGES_DEFAULT)
-        print(f"engine running: pid {info['pid']}, runtime {info['runtime']}, "
-              f"user namespace {info['userns_mode']}")
-        return 0
-    try:
-        info = request_blocking("GET", urls.ENGINE, autostart=False)
-    except Error:
-        info = None
-    if args.action == "status":
-        if info is None:
-            print("engine not running")
-            return 3
-        for key, value in info.items():
-            print(f"{key}: {value}")
-        return 0
-    if info is not None:
-        request_blocking("POST", urls.ENGINE_SHUTDOWN, autostart=False)
-    stopped = launcher.stop_engine()
-    print("engine stopped" if info is not None or stopped else "engine was not running")
     return 0
 
 
@@ -378,9 +353,8 @@ def parser() -> argparse.ArgumentParser:
     _add_raw_option(logs)
     logs.set_defaults(func=cmd_logs)
 
-    eng = sub.add_parser("engine", help="start, stop or inspect the engine daemon")
-    eng.add_argument("action", choices=["start", "stop", "status", "ca"])
-    eng.set_defaults(func=cmd_engine)
+    enginecli.add_parser(sub)
+    contextcli.add_parser(sub)
 
     imagecli.add_parser(sub)
 

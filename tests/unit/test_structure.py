@@ -32,6 +32,8 @@ LAYERS = [
     ["hutch.engine.images"],
     ["hutch.engine.lifecycle"],
     ["hutch.engine.httpd"],
+    # the TLS gateway for other machines: a process of its own in front of the socket
+    ["hutch.engine.remote"],
     ["hutch.engine.routes"],
     ["hutch.engine.serve", "hutch.engine.pause"],
 ]

@@ -29,6 +29,7 @@ CASES = [
     ("file_busy", 409, exception.SandboxFilesystemBusyError),
     ("file_error", 400, exception.SandboxFilesystemError),
     ("resource_exhausted", 429, exception.ResourceExhaustedError),
+    ("unauthorized", 401, exception.AuthError),
 ]
 
 
