@@ -51,6 +51,15 @@ class Endpoint:
         """What every request carries besides the SDK's own headers."""
         return [f"Authorization: Bearer {self.token}"] if self.token else []
 
+    def diagnosis(self) -> str:
+        """What the transport adds to a failed connection's message (what ssh said)."""
+        if not self.ssh:
+            return ""
+        from hutch.sdk import sshforward
+
+        words = sshforward.said(self.url)
+        return f" (ssh said: {words})" if words else ""
+
     def prepare(self) -> None:
         """Make the endpoint reachable (an ssh forward is started, or started again when
         its ssh ended); blocking."""

@@ -142,6 +142,17 @@ def ensure(url: str, local: str, extra: list[str] | None = None) -> None:
         _forwards[url] = process
 
 
+def said(url: str) -> str:
+    """The last thing the forward's ssh said (why a connection through it failed: the
+    remote socket refused, or sshd does not allow forwarding), or ``""``."""
+    try:
+        log = Path(local_socket(url)).with_suffix(".log").read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in log.strip().splitlines() if not line.startswith("Warning:")]
+    return lines[-1] if lines else ""
+
+
 def _answers(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(2)

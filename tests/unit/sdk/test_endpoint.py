@@ -63,7 +63,7 @@ def test_https_without_credentials_says_what_to_set(monkeypatch: pytest.MonkeyPa
     with pytest.raises(InvalidError, match="HUTCH_ENGINE_CREDENTIALS"):
         endpoint.current()
     monkeypatch.setenv("HUTCH_ENGINE_CREDENTIALS", str(tmp_path))
-    with pytest.raises(NotFoundError, match="lacks ca.crt, client.crt, client.key, token"):
+    with pytest.raises(NotFoundError, match=r"lacks ca\.crt, client\.crt, client\.key, token"):
         endpoint.current()
 
 
