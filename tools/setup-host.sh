@@ -15,8 +15,11 @@ TEST_USER="${HUTCH_TEST_USER:-hutchtest}"
 PACKAGES=(
   crun runc uidmap mmdebstrap umoci skopeo slirp4netns fuse-overlayfs iproute2 tar gzip
   python3 python3-venv python3-dev sqlite3 ca-certificates rsync util-linux procps
-  podman bubblewrap docker-registry zstd nftables openssl patchelf
+  podman bubblewrap docker-registry zstd nftables openssl patchelf openssh-client
 )
+# Started by the remote-engine tests on loopback ports of their own, never as a service:
+# installed with the service kept from starting (policy-rc.d), and left disabled.
+SERVER_PACKAGES=(openssh-server)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup-host.sh must run as root" >&2
@@ -34,9 +37,29 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+for p in "${SERVER_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    echo "setup-host: installing $p (its service not started)"
+    export DEBIAN_FRONTEND=noninteractive
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$p" >/dev/null || { rm -f /usr/sbin/policy-rc.d; exit 1; }
+    rm -f /usr/sbin/policy-rc.d
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+      systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+    fi
+  fi
+done
+
 if ! id "$TEST_USER" >/dev/null 2>&1; then
   echo "setup-host: creating user $TEST_USER"
   useradd --create-home --shell /bin/bash "$TEST_USER"
+fi
+# Without a password, but not locked: sshd lets no locked account in, even with a key (the
+# remote-engine tests log in over ssh with a throwaway key).
+if [ "$(getent shadow "$TEST_USER" | cut -d: -f2)" = "!" ]; then
+  usermod -p '*' "$TEST_USER"
 fi
 # Each sandbox takes a slice of about 1025 of these ids (docs/security.md): Debian's default
 # 65536 hold 61 sandboxes at once, fewer than the suite's hostile battery runs together, so
