@@ -42,7 +42,8 @@ BINARIES: dict[str, tuple[str, str, bool]] = {
     "umoci": ("umoci", "OCI image interop (image builder)", False),
     "skopeo": ("skopeo", "pulling images from registries (image builder)", False),
     "slirp4netns": ("slirp4netns", "outbound networking for sandboxes", True),
-    "openssl": ("openssl", "the engine's CA for encrypted ports", False),
+    "openssl": ("openssl", "the engine's CA for encrypted ports and remote clients", False),
+    "ssh": ("openssh-client", "reaching an engine on another machine (ssh://)", False),
     "zstd": ("zstd", "importing zstd-compressed image layers", False),
 }
 
