@@ -136,5 +136,6 @@ def _https(url: str, host: str | None, port: int | None, credentials: str | None
         raise InvalidError(f"{bundle / 'token'} does not hold a token")
     context = ssl.create_default_context(cafile=str(bundle / "ca.crt"))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.hostname_checks_common_name = False  # the server's names are its SANs only
     context.load_cert_chain(bundle / "client.crt", bundle / "client.key")
     return Endpoint(url=url, host=host, port=port, tls=context, token=token)

@@ -42,6 +42,8 @@ PIECE_SIZE = 1 << 20
 #: to a connection the far end just closed is only found out by its missing answer.
 MAX_IDLE = 8
 MAX_IDLE_AGE = 60.0
+#: Seconds a remote engine has to accept a connection and finish the TLS handshake.
+CONNECT_TIMEOUT = 30.0
 
 #: A request body: whole, or as an iterator sent with the chunked transfer coding (a file
 #: upload, read as it goes: its length need not be known and it is never held whole).
@@ -267,14 +269,21 @@ class Pool:
         if self.tcp is None:
             return await anyio.connect_unix(self.socket_path)
         host, port = self.tcp
-        if self.tls is None:
-            return await anyio.connect_tcp(host, port)
         try:
-            return await anyio.connect_tcp(host, port, ssl_context=self.tls,
-                                           tls_standard_compatible=False)
+            with anyio.fail_after(CONNECT_TIMEOUT):
+                stream = await anyio.connect_tcp(host, port, ssl_context=self.tls,
+                                                 tls_standard_compatible=False) \
+                    if self.tls is not None else await anyio.connect_tcp(host, port)
         except anyio.BrokenResourceError as exc:  # (a failed handshake, as anyio says it)
             raise ConnectionRefusedError(f"TLS with {host}:{port} failed: "
                                          f"{exc.__cause__ or exc}") from exc
+        except TimeoutError:
+            raise ConnectionRefusedError(f"{host}:{port} did not answer in "
+                                         f"{CONNECT_TIMEOUT:g} s") from None
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if raw is not None:
+            _keep_alive(raw)
+        return stream
 
     async def _discard(self, reader: _Reader) -> None:
         with anyio.CancelScope(shield=True):
@@ -366,6 +375,17 @@ async def _send_chunks(stream: anyio.abc.ByteStream, body: AsyncIterable[bytes]
     return None
 
 
+def _keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive probes after 30 s of silence, every 10 s, 3 of them: a remote engine
+    whose network went away is found out in about a minute, not never (a stream of exec
+    output may be silent for hours)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 class BlockingStream:
     """A connected socket behind the ``send``/``receive``/``aclose`` coroutines the pool
     awaits, none of which suspends: each blocks its thread instead.  For direct calls
@@ -399,10 +419,12 @@ class BlockingPool(Pool):
 
     async def _connect(self) -> anyio.abc.ByteStream:
         if self.tcp is not None:
-            raw = socket.create_connection(self.tcp, timeout=self.timeout)
+            raw = socket.create_connection(self.tcp, timeout=self.timeout or CONNECT_TIMEOUT)
             try:
+                _keep_alive(raw)
                 sock = self.tls.wrap_socket(raw, server_hostname=self.tcp[0]) \
                     if self.tls is not None else raw
+                sock.settimeout(self.timeout)
             except BaseException:
                 raw.close()
                 raise

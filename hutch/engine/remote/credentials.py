@@ -4,9 +4,10 @@ remote-credentials``).
 
 Why both a certificate and a token: the TLS handshake refuses whoever has no certificate
 of this CA before a byte of HTTP is read, and the token (checked on each connection's
-first request) can be revoked alone, at once, by deleting one file, with no certificate
-revocation list to distribute.  Only the token's SHA-256 is kept on the server: a copy of
-the server's directory lets nobody in.
+first request, with the certificate's name) can be revoked alone by deleting one file,
+with no certificate revocation list to distribute: new connections are refused at once,
+open ones end within seconds (:mod:`.gateway`).  Only the token's SHA-256 is kept on the
+server: a copy of the server's directory lets nobody in.
 
 Made with the ``openssl`` command, as the tunnels' CA is
 (:mod:`hutch.engine.network.tlsproxy`), but a separate CA: that one is trusted inside
@@ -36,6 +37,9 @@ _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([
 #: key, and its token.
 BUNDLE_FILES = ("ca.crt", "client.crt", "client.key", "token")
 EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+#: What a server's or client's certificate says besides its purpose: no CA, a signing key.
+LEAF = ["-addext", "basicConstraints=critical,CA:FALSE",
+        "-addext", "keyUsage=critical,digitalSignature"]
 
 
 class CredentialError(EngineError):
@@ -54,7 +58,11 @@ def check_name(name: str) -> str:
 
 
 def check_host(host: str) -> str:
-    """A name or an address the server certificate vouches for."""
+    """A name or an address the server certificate vouches for (it goes into openssl's
+    configuration syntax: letters, digits, '.', ':' and '-' only, so nothing in it can
+    end a value or start another; no IPv6 scope, which a certificate cannot name)."""
+    if not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host):
+        raise Invalid(f"{host!r} is neither an IP address nor a host name")
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
@@ -97,7 +105,7 @@ def ensure_server(data_dir: Path, hosts: list[str]) -> Path:
         sans = ",".join(("IP:" if _is_ip(n) else "DNS:") + n for n in names)
         _openssl(where, "req", "-new", *EC_KEY, "-subj", f"/CN={names[0]}",
                  "-keyout", "server.key", "-out", "server.csr",
-                 "-addext", f"subjectAltName={sans}",
+                 "-addext", f"subjectAltName={sans}", *LEAF,
                  "-addext", "extendedKeyUsage=serverAuth")
         _openssl(where, "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey",
                  "ca.key", "-CAcreateserial", "-days", "825", "-copy_extensions", "copy",
@@ -131,7 +139,7 @@ def issue_client(data_dir: Path, name: str, out: Path) -> Path:
     old_umask = os.umask(0o077)
     try:
         _openssl(out, "req", "-new", *EC_KEY, "-subj", f"/CN={name}",
-                 "-keyout", "client.key", "-out", "client.csr",
+                 "-keyout", "client.key", "-out", "client.csr", *LEAF,
                  "-addext", "extendedKeyUsage=clientAuth")
         _openssl(out, "x509", "-req", "-in", "client.csr", "-CA", str(where / "ca.crt"),
                  "-CAkey", str(where / "ca.key"), "-CAserial", str(where / "ca.srl"),
@@ -143,7 +151,7 @@ def issue_client(data_dir: Path, name: str, out: Path) -> Path:
         (out / "token").write_text(token + "\n")
         clients = _private_dir(where / "clients")
         staged = clients / f".{name}.tmp"
-        staged.write_text(_digest(token) + "\n")
+        staged.write_text(digest(token) + "\n")
         os.replace(staged, clients / f"{name}.sha256")
     finally:
         os.umask(old_umask)
@@ -165,21 +173,30 @@ def clients(data_dir: Path) -> list[str]:
         if folder.is_dir() else []
 
 
-def _digest(token: str) -> str:
+def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def client_of(data_dir: Path, token: str) -> str | None:
-    """The client whose token this is (read from disk each time: a revocation counts at
-    once), or None.  Every stored hash is compared, in constant time."""
+def stored(data_dir: Path) -> dict[str, str]:
+    """Every client's token hash, to its name, read from disk now (a revocation counts
+    from the next read).  A file that cannot be read raises: a client must not be told
+    its token is wrong because the server ran out of descriptors."""
     folder = remote_dir(data_dir) / "clients"
-    given = _digest(token)
-    found = None
+    found = {}
     for path in sorted(folder.glob("*.sha256")) if folder.is_dir() else []:
         try:
-            kept = path.read_text().strip()
-        except OSError:
-            continue
+            found[path.read_text().strip()] = path.name.removesuffix(".sha256")
+        except FileNotFoundError:
+            continue  # (revoked meanwhile)
+    return found
+
+
+def client_of(data_dir: Path, token: str) -> str | None:
+    """The client whose token this is, or None.  Every stored hash is compared, in
+    constant time."""
+    given = digest(token)
+    found = None
+    for kept, name in stored(data_dir).items():
         if hmac.compare_digest(kept, given):
-            found = path.name.removesuffix(".sha256")
+            found = name
     return found

@@ -40,7 +40,9 @@ def test_server_certificate_names_and_modes(tmp_path: Path) -> None:
     assert "engine.example" not in _sans(where / "server.crt")
 
 
-@pytest.mark.parametrize("host", ["-oProxyCommand=x", "a b", "x" * 254, "a..b", ""])
+@pytest.mark.parametrize("host", ["-oProxyCommand=x", "a b", "x" * 254, "a..b", "",
+                                  "::1%x,DNS:evil.example", "::1%x\nbasicConstraints=x",
+                                  "a,DNS:b", "fe80::1%eth0"])
 def test_bad_host_names_are_refused(tmp_path: Path, host: str) -> None:
     with pytest.raises(Invalid):
         credentials.ensure_server(tmp_path, [host])
@@ -57,6 +59,13 @@ def test_a_bundle_admits_its_token_until_revoked_or_reissued(tmp_path: Path) -> 
                              "-purpose", "sslclient", str(bundle / "client.crt")],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
+    as_server = subprocess.run(["openssl", "verify", "-CAfile", str(bundle / "ca.crt"),
+                                "-purpose", "sslserver", str(bundle / "client.crt")],
+                               capture_output=True, text=True)
+    assert as_server.returncode != 0  # a client's certificate cannot pass as the server's
+    text = subprocess.run(["openssl", "x509", "-in", str(bundle / "client.crt"), "-noout",
+                           "-text"], capture_output=True, text=True, check=True).stdout
+    assert "CA:FALSE" in text and "Digital Signature" in text
     token = (bundle / "token").read_text().strip()
     assert credentials.client_of(data, token) == "laptop"
     assert credentials.client_of(data, token + "x") is None

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from hutch.engine.remote import credentials, gateway
+from tests.helpers import wait_for
 
 
 @dataclass
@@ -29,28 +30,35 @@ class Served:
 
 
 def _behind(path: Path, received: list[bytes]) -> threading.Thread:
-    """What stands for the engine here: answers each connection's first request 200 with
-    the bytes it received, and records them."""
+    """What stands for the engine here: answers each request (a head without a body) 200
+    with the bytes it received, keeping the connection, and records them."""
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen(8)
 
-    def serve() -> None:
-        while True:
-            conn, _ = listener.accept()
-            with conn:
-                data = b""
+    def connection(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while True:
                 while b"\r\n\r\n" not in data:
                     chunk = conn.recv(65536)
                     if not chunk:
-                        break
+                        return
                     data += chunk
-                if data == b"stop":
-                    return
-                received.append(data)
-                body = json.dumps({"seen": data.decode("latin-1")}).encode()
+                request, _, data = data.partition(b"\r\n\r\n")
+                received.append(request + b"\r\n\r\n")
+                body = json.dumps({"seen": request.decode("latin-1")}).encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
                              % (len(body), body))
+
+    def serve() -> None:
+        while True:
+            conn, _ = listener.accept()
+            peek = conn.recv(4, socket.MSG_PEEK)
+            if peek == b"stop":
+                conn.close()
+                return
+            threading.Thread(target=connection, args=(conn,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -98,16 +106,20 @@ def _context(bundle: Path | None, ca: Path) -> ssl.SSLContext:
     return context
 
 
+def _answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+        if b"\r\n\r\n" in answer and answer.count(b"}") >= 1:
+            break
+    return answer
+
+
 def _exchange(port: int, context: ssl.SSLContext | None, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
         sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
         sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-            if b"\r\n\r\n" in answer and answer.count(b"}") >= 1:
-                break
-        return answer
+        return _answer(sock)
 
 
 def _request(token: str | None) -> bytes:
@@ -195,3 +207,68 @@ def test_listen_addresses(listen: str, expected: tuple[str, int]) -> None:
 def test_bad_listen_addresses(listen: str) -> None:
     with pytest.raises(ValueError, match="tcp://HOST:PORT"):
         gateway.parse_listen(listen)
+
+
+def test_revoking_a_client_ends_its_open_connections(served: Served) -> None:
+    ca = served.bundle / "ca.crt"
+    with socket.create_connection(("127.0.0.1", served.port), timeout=20) as raw, \
+            _context(served.bundle, ca).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(_request(_token(served)))
+        assert _answer(tls).startswith(b"HTTP/1.1 200 OK")
+        tls.sendall(_request(_token(served)))  # the same connection goes on serving
+        assert _answer(tls).startswith(b"HTTP/1.1 200 OK")
+        assert credentials.revoke(served.data, "tester")
+        tls.settimeout(gateway.RECHECK_EVERY * 5)
+        try:
+            assert tls.recv(4096) == b""  # closed by the gateway within its recheck
+        except (ssl.SSLError, ConnectionError):
+            pass
+    assert len(served.received) == 2
+
+
+def test_a_certificate_with_another_clients_token_is_refused(served: Served,
+                                                             tmp_path: Path) -> None:
+    other = credentials.issue_client(served.data, "other", tmp_path / "other")
+    ca = served.bundle / "ca.crt"
+    mixed = _exchange(served.port, _context(other, ca), _request(_token(served)))
+    assert mixed.startswith(b"HTTP/1.1 401 "), mixed
+    own = _exchange(served.port, _context(other, ca),
+                    _request((other / "token").read_text().strip()))
+    assert own.startswith(b"HTTP/1.1 200 OK"), own
+
+
+def test_a_head_too_large_is_431(served: Served) -> None:
+    ca = served.bundle / "ca.crt"
+    huge = b"GET / HTTP/1.1\r\nX-Filler: " + b"a" * (gateway.MAX_HEAD + 10) + b"\r\n\r\n"
+    answer = _exchange(served.port, _context(served.bundle, ca), huge)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert served.received == []
+
+
+def _closed_at_once(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as probe:
+        probe.settimeout(1)
+        try:
+            return probe.recv(1) == b""
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            return True
+
+
+def test_idle_connections_of_one_peer_cannot_shut_out_the_rest(served: Served) -> None:
+    """A peer that opens connections and sends nothing gets MAX_ADMITTING_PER_PEER of
+    them waiting; the next are closed at once (not queued, each holding a descriptor);
+    once they go, a client is admitted again."""
+    idle = [socket.create_connection(("127.0.0.1", served.port), timeout=20)
+            for _ in range(gateway.MAX_ADMITTING_PER_PEER)]
+    try:
+        wait_for(lambda: _closed_at_once(served.port), timeout=30,
+                 what="a connection past the limit closed at once")
+    finally:
+        for sock in idle:
+            sock.close()
+    ca = served.bundle / "ca.crt"
+    answer = wait_for(lambda: _exchange(served.port, _context(served.bundle, ca),
+                                        _request(_token(served))) or None, timeout=30)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
