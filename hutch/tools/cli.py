@@ -22,7 +22,6 @@ from hutch.sdk.termsafe import TerminalFilter
 from hutch.sdk.transport import events_blocking, request_blocking
 from hutch.sdk.volume import Volume
 from hutch.tools import (
-    contextcli,
     enginecli,
     imagecli,
     k8scli,
@@ -354,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
     logs.set_defaults(func=cmd_logs)
 
     enginecli.add_parser(sub)
-    contextcli.add_parser(sub)
+    enginecli.add_context_parser(sub)
 
     imagecli.add_parser(sub)
 

@@ -1,4 +1,5 @@
-"""``hutch engine``: start, stop, inspect the engine; serve it to other machines.
+"""``hutch engine``: start, stop, inspect the engine; serve it to other machines; and
+``hutch context``: which engine, this machine's or another's, the commands talk to.
 
 ``start|stop|status|ca`` act on the engine the SDK would use (a remote one too: ``stop``
 there asks it to shut down).  ``socket`` starts this user's engine if needed and prints its
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -21,7 +23,7 @@ import trio
 
 from hutch.api import paths, urls
 from hutch.exception import Error
-from hutch.sdk import endpoint, launcher
+from hutch.sdk import contexts, endpoint, launcher
 from hutch.sdk.transport import request_blocking
 
 
@@ -156,3 +158,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _start_engine() -> None:
     request_blocking("GET", urls.ENGINE)
+
+
+def add_context_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``hutch context create|use|ls|show|rm``: named engines, as ``docker context`` keeps
+    them (:mod:`hutch.sdk.contexts`); ``use`` changes where every later SDK program and
+    CLI call of this user goes, until ``hutch context use default``."""
+    ctx = sub.add_parser("context", help="name remote engines and choose one")
+    actions = ctx.add_subparsers(dest="context_action", required=True)
+    create = actions.add_parser("create", help="name an engine")
+    create.add_argument("name")
+    create.add_argument("--engine", required=True,
+                        help="https://HOST:PORT, ssh://[USER@]HOST[:PORT][/socket] or "
+                             "unix:///path")
+    create.add_argument("--credentials", metavar="DIR",
+                        help="an https:// engine's client bundle")
+    create.add_argument("--ssh-option", action="append", default=[], metavar="ARG",
+                        help="an argument for ssh (each one: --ssh-option=-i "
+                             "--ssh-option=~/.ssh/key)")
+    use = actions.add_parser("use", help="send every later call there (default: local)")
+    use.add_argument("name")
+    remove = actions.add_parser("rm", help="forget a context")
+    remove.add_argument("name")
+    actions.add_parser("ls", help="list contexts")
+    actions.add_parser("show", help="print the engine in force now")
+    ctx.set_defaults(func=cmd_context)
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    action = args.context_action
+    if action == "create":
+        made = contexts.create(args.name, args.engine, args.credentials, args.ssh_option)
+        print(f"created {made.name}: {made.engine} (`hutch context use {made.name}`)")
+    elif action == "use":
+        contexts.use(args.name)
+        print(f"using {args.name}")
+    elif action == "rm":
+        contexts.remove(args.name)
+        print(f"removed {args.name}")
+    elif action == "ls":
+        current, found = contexts.listed()
+        print(f"{'NAME':<24} {'ENGINE':<48} CREDENTIALS")
+        for context in found:
+            mark = "*" if context.name == current else " "
+            engine = context.engine or "(this machine's engine)"
+            extra = context.credentials or " ".join(shlex.quote(o)
+                                                    for o in context.ssh_options)
+            print(f"{context.name + mark:<24} {engine:<48} {extra}")
+    else:
+        print(endpoint.current().url)
+    return 0
