@@ -86,11 +86,24 @@ def create(name: str, engine: str, credentials: str | None = None,
         raise InvalidError("`default` is the local engine: choose another name")
     if not engine.startswith(("https://", "ssh://", "unix://")):
         raise InvalidError(f"an engine URL is https://, ssh:// or unix://, got {engine!r}")
+    if engine.startswith("https://") and credentials is None:
+        raise InvalidError("an https:// engine needs --credentials: the bundle directory "
+                           "`hutch engine remote-credentials` wrote on its machine")
+    if not engine.startswith("https://") and credentials is not None:
+        raise InvalidError("--credentials is for https:// engines (ssh:// logs in with ssh's "
+                           "own keys: --ssh-option)")
+    if ssh_options and not engine.startswith("ssh://"):
+        raise InvalidError("--ssh-option is for ssh:// engines")
     data = _load()
     if name in data["contexts"]:
         raise InvalidError(f"the context {name!r} exists (`hutch context rm {name}` first)")
     if credentials is not None:
         credentials = str(Path(credentials).expanduser().resolve())
+        missing = [n for n in ("ca.crt", "client.crt", "client.key", "token")
+                   if not (Path(credentials) / n).is_file()]
+        if missing:
+            raise NotFoundError(f"{credentials} is not a hutch client bundle: it lacks "
+                                f"{', '.join(missing)}")
     context = Context(name, engine, credentials, list(ssh_options or []))
     data["contexts"][name] = {k: v for k, v in asdict(context).items() if k != "name"}
     _save(data)
@@ -98,6 +111,8 @@ def create(name: str, engine: str, credentials: str | None = None,
 
 
 def remove(name: str) -> None:
+    if name == DEFAULT:
+        raise InvalidError("`default` is the local engine and cannot be removed")
     data = _load()
     if name not in data["contexts"]:
         raise NotFoundError(f"no context named {name!r}")

@@ -51,14 +51,24 @@ class Endpoint:
         """What every request carries besides the SDK's own headers."""
         return [f"Authorization: Bearer {self.token}"] if self.token else []
 
-    def diagnosis(self) -> str:
-        """What the transport adds to a failed connection's message (what ssh said)."""
-        if not self.ssh:
-            return ""
-        from hutch.sdk import sshforward
+    def diagnosis(self, failure: BaseException | None = None) -> str:
+        """What the transport adds to a failed connection's message: what ssh said, or
+        what a TLS failure most likely means."""
+        if self.ssh:
+            from hutch.sdk import sshforward
 
-        words = sshforward.said(self.url)
-        return f" (ssh said: {words})" if words else ""
+            words = sshforward.said(self.url)
+            return f" (ssh said: {words})" if words else ""
+        if self.tls is None or failure is None:
+            return ""
+        text = repr(failure) + repr(failure.__cause__)
+        if "Hostname mismatch" in text or "IP address mismatch" in text:
+            return (f" (the engine's certificate does not name {self.host}: on the engine's "
+                    f"machine, `hutch engine remote-credentials --host {self.host}` adds it)")
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            return " (the engine's certificate is not of this bundle's CA)"
+        return (" (the engine's gateway ends the connection when it refuses the client "
+                "certificate: is HUTCH_ENGINE_CREDENTIALS a bundle this engine issued?)")
 
     def prepare(self) -> None:
         """Make the endpoint reachable (an ssh forward is started, or started again when
@@ -105,7 +115,12 @@ def _make(url: str, credentials: str | None, ssh_options: list[str]) -> Endpoint
             raise InvalidError(f"HUTCH_ENGINE={url!r}: a unix:// URL names an absolute path")
         return Endpoint(url=url, unix=path, local=Path(path) == paths.socket_path())
     if parts.scheme == "https":
-        return _https(url, parts.hostname, parts.port, credentials)
+        try:
+            port = parts.port
+        except ValueError:
+            raise InvalidError(f"HUTCH_ENGINE={url!r}: the port is a number from 1 to "
+                               "65535") from None
+        return _https(url, parts.hostname, port, credentials)
     if parts.scheme == "ssh":
         from hutch.sdk import sshforward
 
@@ -126,6 +141,9 @@ def _https(url: str, host: str | None, port: int | None, credentials: str | None
                            "remote-credentials` wrote (or `hutch context create ... "
                            "--credentials DIR`)")
     bundle = Path(credentials).expanduser()
+    if not bundle.is_dir():
+        raise NotFoundError(f"the client bundle {bundle} does not exist (`hutch engine "
+                            "remote-credentials` on the engine's machine writes one)")
     missing = [name for name in ("ca.crt", "client.crt", "client.key", "token")
                if not (bundle / name).is_file()]
     if missing:

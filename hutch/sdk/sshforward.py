@@ -82,7 +82,10 @@ def _parse(url: str) -> tuple[str, list[str], str]:
     destination = f"{unquote(parts.username)}@{host}" if parts.username else host
     if destination.startswith("-"):
         raise InvalidError(f"{url!r}: a host name cannot begin with '-'")
-    port = ["-p", str(parts.port)] if parts.port else []
+    try:
+        port = ["-p", str(parts.port)] if parts.port else []
+    except ValueError:
+        raise InvalidError(f"{url!r}: the port is a number from 1 to 65535") from None
     return destination, port, unquote(parts.path) if parts.path not in ("", "/") else ""
 
 
@@ -100,15 +103,16 @@ def _ssh_base(url: str, extra: list[str]) -> tuple[list[str], str, str]:
 
 def _remote_socket(base: list[str], destination: str) -> str:
     command = os.environ.get("HUTCH_SSH_HUTCH", "hutch")
-    result = subprocess.run([*base, "--", destination, f"{command} engine socket"],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    argv = [*base, "--", destination, f"{command} engine socket"]
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=300)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines or not lines[-1].startswith("/"):
+        hint = " (hutch is not on the remote PATH: HUTCH_SSH_HUTCH names its command " \
+            "there)" if result.returncode == 127 else ""
         raise ConnectionError(
-            f"`ssh {destination} {command} engine socket` failed (exit "
-            f"{result.returncode}): {result.stderr.strip()[-800:] or result.stdout[-300:]}"
-            " (is hutch installed there? HUTCH_SSH_HUTCH names its command)")
+            f"`{shlex.join(argv[1:])}` failed (exit {result.returncode}): "
+            f"{result.stderr.strip()[-800:] or result.stdout[-300:]}{hint}")
     return lines[-1]
 
 

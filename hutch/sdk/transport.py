@@ -131,7 +131,7 @@ def _ready_blocking(where: endpoint.Endpoint | None = None) -> bool:
         if where.local:
             return False
         raise exception.ConnectionError(f"no hutch engine answers at {where.url}: "
-                                        f"{exc}{where.diagnosis()}") from exc
+                                        f"{exc}{where.diagnosis(exc)}") from exc
     finally:
         syncbridge.run_direct(pool.aclose)
     return _check_health(answer.status, _health_body(answer))
@@ -167,7 +167,7 @@ class EngineClient:
                     return False
                 raise exception.ConnectionError(
                     f"no hutch engine answers at {self.socket}: {exc}"
-                    f"{self.endpoint.diagnosis()}") from exc
+                    f"{self.endpoint.diagnosis(exc)}") from exc
             return _check_health(answer.status, _health_body(answer))
         return False
 

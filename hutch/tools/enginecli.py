@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from hutch.api import paths, urls
-from hutch.exception import Error
+from hutch.exception import Error, InvalidError
 from hutch.sdk import contexts, endpoint, launcher
 from hutch.sdk.transport import request_blocking
 
@@ -92,12 +92,21 @@ def cmd_engine(args: argparse.Namespace) -> int:
 def _local_only(what: str) -> None:
     where = endpoint.current()
     if not where.local:
-        raise SystemExit(f"hutch: `engine {what}` acts on this machine's engine, and "
-                         f"HUTCH_ENGINE (or the context) chooses {where.url}: run it on the "
-                         "engine's machine, or unset it")
+        raise InvalidError(f"`engine {what}` acts on this machine's engine, and HUTCH_ENGINE "
+                           f"(or the context) chooses {where.url}: run it on the engine's "
+                           "machine, or unset it")
 
 
 def cmd_credentials(args: argparse.Namespace) -> int:
+    from hutch.engine.errors import EngineError
+
+    try:
+        return _credentials(args)
+    except EngineError as exc:  # (the engine's own error kinds, said as the SDK's)
+        raise (InvalidError if exc.type == "invalid" else Error)(exc.message) from None
+
+
+def _credentials(args: argparse.Namespace) -> int:
     from hutch.engine.remote import credentials
 
     _local_only("remote-credentials")
@@ -129,12 +138,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         host, port = gateway.parse_listen(args.listen)
     except ValueError as exc:
-        raise SystemExit(f"hutch: {exc}") from None
+        raise InvalidError(str(exc)) from None
     data = paths.data_dir()
     remote = credentials.remote_dir(data)
     if not (remote / "server.crt").exists() or not credentials.clients(data):
-        raise SystemExit("hutch: no client may connect yet: issue a bundle with `hutch "
-                         "engine remote-credentials --host NAME` first")
+        raise InvalidError("no client may connect yet: issue a bundle with `hutch engine "
+                           "remote-credentials --host NAME` first")
     request_blocking("GET", urls.ENGINE)  # the engine runs (started now if it did not)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         stream=sys.stderr)

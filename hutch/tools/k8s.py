@@ -11,23 +11,25 @@ a ``SandboxClaim`` takes a sandbox from one.  What each argument becomes:
 ``*args``, ``workdir``     ``command``, ``workingDir`` (no args: ``sleep infinity``, as a
                            hutch sandbox without a command idles until terminated)
 ``cpu``, ``memory``        ``resources`` requests, and limits for ``(request, limit)``
-``gpu``                    an ``nvidia.com/gpu`` limit (``"A100:2"``: 2)
+``gpu``                    an ``nvidia.com/gpu`` limit (``"A100:2"``: 2; the type is the
+                           cluster's node labels' to choose, not rendered)
 ``env``, ``secrets``       ``env``; ``envFrom`` Kubernetes Secrets of the same names
                            (``Secret.from_name``: values never go in a manifest)
 ``timeout``                ``shutdownTime`` (now + timeout) with ``shutdownPolicy: Delete``
 ``idle_timeout``           the annotation ``hutch.dev/idle-timeout`` (agent-sandbox has no
                            idle shutdown: a controller of yours acts on it)
-``block_network``,         a NetworkPolicy: the template's ``networkPolicy`` (its
-``outbound_cidr_allowlist``  controller makes the policy), or, for a lone ``Sandbox``, a
-                           ``networking.k8s.io/v1`` NetworkPolicy selecting its pod
+network options            a NetworkPolicy: the template's ``networkPolicy`` (its
+                           controller makes the policy), or, for a lone ``Sandbox``, a
+                           ``networking.k8s.io/v1`` NetworkPolicy selecting its pod; by
+                           default hutch's own egress rules (:data:`BLOCKED_V4`, no IPv6)
 ``*_ports``                ``containerPort``\\ s and ``service: true``
 ``tags``                   labels
 =========================  ===============================================================
 
 The pod keeps hutch's defaults where Kubernetes can express them: its own user namespace
 (``hostUsers: false``), the runtime's seccomp profile, podman's capability set and no
-privilege escalation, no service-account token, and egress to the public Internet only
-(agent-sandbox's own default, which blocks the cluster's and the cloud's private ranges).
+privilege escalation, no service-account token, and egress to the public Internet only,
+as hutch's firewall allows it (stricter than agent-sandbox's own default).
 """
 
 from __future__ import annotations
@@ -61,12 +63,14 @@ CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_S
 ROUTER_PEER = {"namespaceSelector": {"matchLabels": {
     "kubernetes.io/metadata.name": "agent-sandbox-system"}},
     "podSelector": {"matchLabels": {"app": "sandbox-router"}}}
-#: Egress with the network on and no allowlist: the public Internet (the controller's
-#: default, written out for a lone Sandbox, which has no controller-made policy).
-PUBLIC_INTERNET = [{"to": [
-    {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12",
-                                                 "192.168.0.0/16", "169.254.0.0/16"]}},
-    {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10"]}}]}]
+#: Egress with the network on and no allowlist: hutch's own default
+#: (``hutch.engine.network.outbound.BLOCKED_V4``: private, shared, loopback, link-local,
+#: benchmarking, multicast and reserved ranges refused) and no IPv6, as a local sandbox
+#: has; stricter than agent-sandbox's default (which lets 100.64/10 and IPv6 through).
+BLOCKED_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+              "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+              "224.0.0.0/4", "240.0.0.0/4"]
+PUBLIC_INTERNET = [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": BLOCKED_V4}}]}]
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]\Z")
@@ -96,7 +100,7 @@ def shape(*args: str, image: str, env: Mapping[str, str | None] | None = None,
           memory: int | tuple[int, int] | None = None, gpu: str | None = None,
           block_network: bool = False, outbound_cidr_allowlist: Sequence[str] | None = None,
           encrypted_ports: Sequence[int] = (), unencrypted_ports: Sequence[int] = (),
-          tags: Mapping[str, str] | None = None, tls_verify: bool = True) -> Shape:
+          tags: Mapping[str, str] | None = None, tls_verify: bool | None = None) -> Shape:
     """The arguments checked as ``Sandbox.create`` checks them (:class:`InvalidError`
     names the one refused), the image pinned by digest."""
     if block_network and outbound_cidr_allowlist is not None:
@@ -135,7 +139,7 @@ def sandbox(spec: Shape, *, name: str, timeout: float = 300,
         "metadata": _metadata(name, namespace, labels),
         "spec": {"podSelector": {"matchLabels": {NAME_LABEL: name}},
                  "policyTypes": ["Ingress", "Egress"],
-                 **_network_rules(spec, lone=True)},
+                 **_network_rules(spec)},
     }
     return [{"apiVersion": API, "kind": "Sandbox",
              "metadata": _metadata(name, namespace, labels, idle_timeout),
@@ -150,9 +154,8 @@ def warm_pool(spec: Shape, *, name: str, size: int, namespace: str | None = None
         raise InvalidError(f"a warm pool's size must be a whole number from 0, got {size!r}")
     labels = {**spec.labels, NAME_LABEL: name}
     template: dict[str, Any] = {"podTemplate": _pod_template(spec, labels),
-                                "networkPolicyManagement": "Managed"}
-    if spec.block_network or spec.allowlist is not None:
-        template["networkPolicy"] = _network_rules(spec, lone=False)
+                                "networkPolicyManagement": "Managed",
+                                "networkPolicy": _network_rules(spec)}
     if spec.ports:
         template["service"] = True
     return [
@@ -174,8 +177,11 @@ def claim(*, pool: str, name: str, timeout: float = 300, namespace: str | None =
     _check_name(pool, "warm pool")
     labels = _labels(tags)
     shutdown = _shutdown(timeout, now)
+    metadata = _metadata(name, namespace, labels)
+    if not labels:
+        del metadata["labels"]
     return [{"apiVersion": EXTENSIONS_API, "kind": "SandboxClaim",
-             "metadata": _metadata(name, namespace, labels),
+             "metadata": metadata,
              "spec": {"warmPoolRef": {"name": pool},
                       "lifecycle": shutdown,
                       **({"additionalPodMetadata": {"labels": labels}} if labels else {})}}]
@@ -187,9 +193,11 @@ def default_name(spec: Shape) -> str:
     return f"hutch-{digest[:10]}"
 
 
-def pin_image(ref: str, *, tls_verify: bool = True) -> str:
+def pin_image(ref: str, *, tls_verify: bool | None = None) -> str:
     """``ref`` by digest: as given when it has one, else the registry's digest of the
-    tag now (``skopeo inspect``), so every pod of a pool runs the same bytes."""
+    tag now (``skopeo inspect``), so every pod of a pool runs the same bytes.
+    ``tls_verify`` None: verified, except for a registry on localhost, 127.0.0.1 or
+    [::1], reached over plain HTTP as ``hutch image push`` reaches it."""
     if not isinstance(ref, str) or not ref or any(c.isspace() for c in ref):
         raise InvalidError(f"an image reference is a registry name, got {ref!r}")
     if "@" in ref:
@@ -200,6 +208,8 @@ def pin_image(ref: str, *, tls_verify: bool = True) -> str:
     if skopeo is None:
         raise NotFoundError("resolving an image tag to its digest needs skopeo "
                             "(apt-get install skopeo), or give the reference by digest")
+    if tls_verify is None:
+        tls_verify = not _loopback_registry(ref)
     result = subprocess.run(
         [skopeo, "inspect", "--no-tags", f"--tls-verify={str(tls_verify).lower()}",
          "--format", "{{.Digest}}", f"docker://{ref}"],
@@ -209,6 +219,12 @@ def pin_image(ref: str, *, tls_verify: bool = True) -> str:
         raise NotFoundError(f"cannot resolve {ref!r} to a digest: "
                             f"{result.stderr.strip()[-500:] or digest}")
     return f"{ref.rsplit(':', 1)[0] if _has_tag(ref) else ref}@{digest}"
+
+
+def _loopback_registry(ref: str) -> bool:
+    first = ref.split("/", 1)[0] if "/" in ref else ""
+    host = first.rsplit(":", 1)[0] if not first.startswith("[") else first.split("]")[0] + "]"
+    return host in ("localhost", "127.0.0.1", "[::1]")
 
 
 def _has_tag(ref: str) -> bool:
@@ -255,12 +271,20 @@ def _quantity(cores: float) -> str:
     return str(int(cores)) if cores == int(cores) else f"{max(1, round(cores * 1000))}m"
 
 
+#: Modal's GPU types (``gpu=``); the type itself is not rendered: which nodes carry it is
+#: the cluster's labelling (a ``nodeSelector`` of yours), the count is the limit.
+GPU_TYPES = {"any", "t4", "l4", "a10g", "a10", "a100", "a100-40gb", "a100-80gb", "l40s",
+             "h100", "h100!", "h200", "b200"}
+
+
 def _gpu_count(gpu: object) -> int:
     """Modal's ``gpu`` (``"T4"``, ``"A100:2"``, ``"any"``) as a count of GPUs."""
-    if not isinstance(gpu, str) or not re.fullmatch(r"[A-Za-z0-9-]+(:[1-9][0-9]?)?", gpu):
-        raise InvalidError(f"`gpu` is a GPU type with an optional count (\"A100:2\"), "
-                           f"got {options.shown(gpu)}")
-    return int(gpu.partition(":")[2] or 1)
+    match = re.fullmatch(r"([A-Za-z0-9!-]+)(?::([1-9][0-9]?))?", gpu) \
+        if isinstance(gpu, str) else None
+    if match is None or match.group(1).lower() not in GPU_TYPES:
+        raise InvalidError(f"`gpu` is a GPU type ({', '.join(sorted(GPU_TYPES))}) with an "
+                           f"optional count (\"A100:2\"), got {options.shown(gpu)}")
+    return int(match.group(2) or 1)
 
 
 def _cidrs(allowlist: Sequence[str]) -> list[str]:
@@ -315,14 +339,14 @@ def _shutdown(timeout: float, now: datetime.datetime | None) -> dict[str, Any]:
             "shutdownTime": end.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def _network_rules(spec: Shape, *, lone: bool) -> dict[str, Any]:
+def _network_rules(spec: Shape) -> dict[str, Any]:
     """Ingress from agent-sandbox's router only; egress: none (``block_network``), the
-    allowlist's networks, or (a lone Sandbox's default) the public Internet."""
+    allowlist's networks, or the public Internet as hutch's firewall allows it.  (No
+    ``egress`` key is no rule: everything out refused.)"""
     rules: dict[str, Any] = {"ingress": [{"from": [ROUTER_PEER]}]}
-    if spec.allowlist is not None:
-        rules["egress"] = [{"to": [{"ipBlock": {"cidr": c}} for c in spec.allowlist]}] \
-            if spec.allowlist else []
-    elif not spec.block_network and lone:
+    if spec.allowlist:
+        rules["egress"] = [{"to": [{"ipBlock": {"cidr": c}} for c in spec.allowlist]}]
+    elif spec.allowlist is None and not spec.block_network:
         rules["egress"] = PUBLIC_INTERNET
     return rules
 

@@ -53,8 +53,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _shape_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True,
                    help="registry reference, by digest or by a tag resolved to its digest")
-    p.add_argument("--tls-verify", choices=["true", "false"], default="true",
-                   help="verify the registry's certificate when resolving a tag")
+    p.add_argument("--tls-verify", choices=["true", "false"], default=None,
+                   help="verify the registry's certificate when resolving a tag (default: "
+                        "yes, except for a registry on localhost, reached over HTTP)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--secret", action="append", default=[], metavar="NAME",
                    help="a Kubernetes Secret whose keys become variables")
@@ -110,7 +111,7 @@ def manifests(args: argparse.Namespace) -> list[dict[str, Any]]:
         gpu=args.gpu, block_network=args.block_network,
         outbound_cidr_allowlist=args.allow_cidr, unencrypted_ports=args.port,
         encrypted_ports=args.encrypted_port, tags=_pairs(args.tag, "--tag"),
-        tls_verify=args.tls_verify == "true")
+        tls_verify=None if args.tls_verify is None else args.tls_verify == "true")
     name = args.name or k8s.default_name(spec)
     if args.k8s_kind == "pool":
         return k8s.warm_pool(spec, name=name, size=args.size, namespace=args.namespace,

@@ -180,6 +180,7 @@ class Gateway:
                 return  # closed at once: a connection kept waiting holds a descriptor
             self.admitting += 1
             self.admitting_from[peer] += 1
+            admitted = None
             try:
                 with trio.move_on_after(ADMISSION_TIMEOUT):
                     admitted = await self._admit(raw, peer)

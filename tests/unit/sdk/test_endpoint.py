@@ -47,6 +47,8 @@ def test_https_with_its_bundle(monkeypatch: pytest.MonkeyPatch, bundle: Path) ->
 
 @pytest.mark.parametrize(("url", "message"), [
     ("http://engine:80", "http:// is refused"),
+    ("https://engine:99999", "the port is a number"),
+    ("ssh://me@engine:abc", "the port is a number"),
     ("https://engine", "names a host and a port"),
     ("unix://relative", "absolute path"),
     ("ftp://x", "unix://, https:// or ssh://"),
@@ -65,6 +67,27 @@ def test_https_without_credentials_says_what_to_set(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("HUTCH_ENGINE_CREDENTIALS", str(tmp_path))
     with pytest.raises(NotFoundError, match=r"lacks ca\.crt, client\.crt, client\.key, token"):
         endpoint.current()
+    monkeypatch.setenv("HUTCH_ENGINE_CREDENTIALS", str(tmp_path / "missing"))
+    with pytest.raises(NotFoundError, match="does not exist"):
+        endpoint.current()
+
+
+def test_tls_failures_say_what_they_likely_mean(monkeypatch: pytest.MonkeyPatch,
+                                                bundle: Path) -> None:
+    import ssl
+
+    monkeypatch.setenv("HUTCH_ENGINE", "https://devbox.example:7443")
+    monkeypatch.setenv("HUTCH_ENGINE_CREDENTIALS", str(bundle))
+    where = endpoint.current()
+    mismatch = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+                                               "verify failed: Hostname mismatch")
+    assert "--host devbox.example" in where.diagnosis(mismatch)
+    other_ca = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+                                               "verify failed: unable to get local issuer")
+    assert "not of this bundle's CA" in where.diagnosis(other_ca)
+    assert "refuses the client certificate" in where.diagnosis(ConnectionResetError())
+    assert endpoint.Endpoint(url="unix:///x", unix="/x").diagnosis(ConnectionResetError()) \
+        == ""
 
 
 def test_contexts_choose_and_the_environment_overrides(monkeypatch: pytest.MonkeyPatch,
@@ -98,7 +121,17 @@ def test_context_mistakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None
         contexts.create("../a", "https://x:1")
     contexts.create("a", "https://x:1", str(bundle))
     with pytest.raises(InvalidError, match="exists"):
-        contexts.create("a", "https://y:1")
+        contexts.create("a", "https://y:1", str(bundle))
+    with pytest.raises(InvalidError, match="needs --credentials"):
+        contexts.create("b", "https://y:1")
+    with pytest.raises(InvalidError, match="for https:// engines"):
+        contexts.create("b", "ssh://me@host", str(bundle))
+    with pytest.raises(InvalidError, match="for ssh:// engines"):
+        contexts.create("b", "https://y:1", str(bundle), ["-i", "key"])
+    with pytest.raises(NotFoundError, match="not a hutch client bundle"):
+        contexts.create("b", "https://y:1", str(bundle.parent))
+    with pytest.raises(InvalidError, match="cannot be removed"):
+        contexts.remove("default")
     with pytest.raises(NotFoundError):
         contexts.use("missing")
     monkeypatch.setenv("HUTCH_CONTEXT", "missing")

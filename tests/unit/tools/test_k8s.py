@@ -176,7 +176,8 @@ def test_network_choices() -> None:
     default = k8s.shape(image=IMAGE)
     allow = k8s.shape(image=IMAGE, outbound_cidr_allowlist=["10.1.2.3/16"])
     assert k8s.sandbox(default, name="a")[1]["spec"]["egress"] == k8s.PUBLIC_INTERNET
-    assert "networkPolicy" not in k8s.warm_pool(default, name="a", size=1)[0]["spec"]
+    assert k8s.warm_pool(default, name="a", size=1)[0]["spec"]["networkPolicy"][
+        "egress"] == k8s.PUBLIC_INTERNET
     template = k8s.warm_pool(allow, name="a", size=1)[0]["spec"]
     assert template["networkPolicy"]["egress"] == [{"to": [{"ipBlock": {
         "cidr": "10.1.0.0/16"}}]}]
@@ -191,6 +192,7 @@ def test_network_choices() -> None:
     ({"block_network": True, "outbound_cidr_allowlist": []}, "cannot be combined"),
     ({"cpu": (2.0, 1.0)}, "lower than request"),
     ({"gpu": "A100:x"}, "GPU type"),
+    ({"gpu": "banana"}, "GPU type"),
     ({"env": {"1A": "x"}}, "not a valid environment variable"),
     ({"workdir": "relative"}, "workdir"),
 ])
@@ -255,3 +257,29 @@ def test_the_cli_writes_yaml_that_reads_back_the_same(kind: str) -> None:
                                    [{"k": {"m": "line\nbreak"}}, "é", 1.5, True]])
 def test_the_yaml_emitter_round_trips(value: Any) -> None:
     assert yaml.safe_load(k8scli.to_yaml(value)) == value
+
+
+def test_the_default_egress_is_hutchs_own() -> None:
+    """A sandbox on a cluster refuses what a local one refuses (and IPv6 altogether)."""
+    from hutch.engine.network import outbound
+
+    assert k8s.BLOCKED_V4 == outbound.BLOCKED_V4
+    assert [peer["ipBlock"]["cidr"] for peer in k8s.PUBLIC_INTERNET[0]["to"]] == ["0.0.0.0/0"]
+
+
+def test_a_claim_without_tags_has_no_labels() -> None:
+    assert "labels" not in k8s.claim(pool="p", name="c", now=NOW)[0]["metadata"]
+
+
+@pytest.mark.parametrize(("ref", "loopback"), [
+    ("localhost:5000/a:1", True), ("127.0.0.1:5000/team/a:1", True), ("[::1]:5000/a", True),
+    ("registry.example/a:1", False), ("localhost/a:1", True), ("a:1", False),
+    ("docker.io/library/python:3", False),
+])
+def test_loopback_registries_are_plain_http(ref: str, loopback: bool) -> None:
+    assert k8s._loopback_registry(ref) is loopback
+
+
+def test_a_gpu_count() -> None:
+    spec = k8s.shape(image=IMAGE, gpu="any")
+    assert spec.resources["limits"] == {"nvidia.com/gpu": "1"}

@@ -272,3 +272,16 @@ def test_idle_connections_of_one_peer_cannot_shut_out_the_rest(served: Served) -
     answer = wait_for(lambda: _exchange(served.port, _context(served.bundle, ca),
                                         _request(_token(served))) or None, timeout=30)
     assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_connection_that_sends_nothing_is_closed_quietly(
+        served: Served, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Past the admission deadline it is closed, with no traceback in the log (a peer
+    could otherwise fill the log by opening connections)."""
+    monkeypatch.setattr(gateway, "ADMISSION_TIMEOUT", 0.3)
+    with caplog.at_level("DEBUG", logger="hutch.remote"), \
+            socket.create_connection(("127.0.0.1", served.port), timeout=20) as idle:
+        assert idle.recv(1) == b""  # closed by the gateway, not by this test
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
+        [r.getMessage() for r in caplog.records]
