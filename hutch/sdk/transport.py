@@ -104,8 +104,14 @@ def _health_body(answer: http11.Response) -> dict[str, Any]:
 #: change nothing.  Any request may be sent again when nothing of it was sent.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-#: Seconds the engine has to answer a health check before it counts as not running.
+#: Seconds the engine has to answer a health check before it counts as not running; a
+#: remote one more (a TLS handshake, or an ssh channel, over a real network first).
 READY_TIMEOUT = 2.0
+REMOTE_READY_TIMEOUT = 15.0
+
+
+def _ready_timeout(where: endpoint.Endpoint) -> float:
+    return READY_TIMEOUT if where.local else REMOTE_READY_TIMEOUT
 
 
 def make_pool(where: endpoint.Endpoint, blocking: bool = False,
@@ -124,7 +130,7 @@ def _ready_blocking(where: endpoint.Endpoint | None = None) -> bool:
     calls).  A remote engine's failure is raised with its reason (a refused certificate,
     a wrong token), not taken for an engine to start."""
     where = where or endpoint.current()
-    pool = make_pool(where, blocking=True, timeout=READY_TIMEOUT)
+    pool = make_pool(where, blocking=True, timeout=_ready_timeout(where))
     try:
         answer = syncbridge.run_direct(pool.request, "GET", urls.HEALTH)
     except (OSError, http11.ProtocolError) as exc:
@@ -159,7 +165,7 @@ class EngineClient:
         await self._pool.aclose()
 
     async def _ready(self) -> bool:
-        with anyio.move_on_after(READY_TIMEOUT):
+        with anyio.move_on_after(_ready_timeout(self.endpoint)):
             try:
                 answer = await self._pool.request("GET", urls.HEALTH)
             except (OSError, http11.ProtocolError) as exc:
