@@ -30,6 +30,7 @@ import pytest
 
 from tests.helpers import hutch_cli, wait_for
 from tests.integration.registry import free_port
+from tests.integration.sshd import Sshd, answers, serve_sshd
 
 SEED = Path(__file__).with_name("remote_seed.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +42,6 @@ class Gateway:
     port: int
     bundle: Path
     process: subprocess.Popen[bytes]
-
-
-def _answers(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +57,7 @@ def gateway(engine: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
                                 f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE,
                                env=os.environ.copy())
     try:
-        wait_for(lambda: process.poll() is not None or _answers(port), timeout=60,
+        wait_for(lambda: process.poll() is not None or answers(port), timeout=60,
                  what="the gateway")
         assert process.poll() is None, process.stderr.read().decode() if process.stderr \
             else ""
@@ -184,57 +180,21 @@ def test_plain_http_is_refused(gateway: Gateway, tmp_path: Path) -> None:
     assert result.returncode != 0 and "http:// is refused" in result.stderr, result.stderr
 
 
-@dataclass
-class Sshd:
-    port: int
-    key: Path
-    known_hosts: Path
-
-
 @pytest.fixture(scope="module")
 def sshd(engine: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    """sshd as this user on a loopback port, its sessions given the test engine's dirs
-    (``SetEnv``): a login there finds the engine as the user's own would be found.
-    (sshd forwards a Unix socket only where it may forward TCP too: ``local`` here, and
-    Debian's default, ``yes``.)"""
-    binary = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(binary) or shutil.which("ssh") is None:
-        pytest.skip("openssh-server is not installed (tools/setup-host.sh installs it)")
-    where = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(where / name)], check=True)
-    shutil.copy(where / "user_key.pub", where / "authorized_keys")
-    port = free_port()
+    """sshd as this user, its sessions given the test engine's dirs: a login there finds
+    the engine as the user's own would be found."""
     carried = {k: os.environ[k] for k in ("HUTCH_RUNTIME_DIR", "HUTCH_DATA_DIR",
                                           "PYTHONPATH") if k in os.environ}
     carried.setdefault("PYTHONPATH", str(ROOT))
-    (where / "sshd_config").write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {where / 'host_key'}",
-        f"AuthorizedKeysFile {where / 'authorized_keys'}", "PidFile none", "UsePAM no",
-        "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "AllowStreamLocalForwarding yes", "AllowTcpForwarding local", "X11Forwarding no",
-        "SetEnv " + " ".join(f"{k}={v}" for k, v in carried.items()), ""]))
-    host_key = (where / "host_key.pub").read_text().split()
-    (where / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    process = subprocess.Popen([binary, "-D", "-e", "-f", str(where / "sshd_config")],
-                               stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: process.poll() is not None or _answers(port), timeout=30,
-                 what="sshd")
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr \
-            else ""
-        yield Sshd(port, where / "user_key", where / "known_hosts")
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    with serve_sshd(tmp_path_factory.mktemp("sshd"), carried) as served:
+        yield served
 
 
 def _ssh_env(tmp_path: Path, sshd: Sshd, url: str) -> dict[str, str]:
     return _client_env(
         tmp_path, HUTCH_ENGINE=url, HUTCH_SSH_HUTCH=f"{sys.executable} -m hutch",
-        HUTCH_SSH_OPTIONS=f"-i {sshd.key} -o UserKnownHostsFile={sshd.known_hosts} "
-                          "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes")
+        HUTCH_SSH_OPTIONS=sshd.options())
 
 
 def test_the_seed_program_over_ssh(sshd: Sshd, local_result: dict[str, Any],

@@ -10,7 +10,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import pytest
 
 from tests.helpers import hutch_cli, wait_for
 from tests.integration.registry import free_port
+from tests.integration.sshd import Sshd, answers, serve_sshd
 
 SEED = Path(__file__).resolve().parents[1] / "integration" / "remote_seed.py"
 ROOT_DIR = Path(__file__).resolve().parents[2]
@@ -34,11 +34,6 @@ def _user() -> pwd.struct_passwd:
         return pwd.getpwnam(USER)
     except KeyError:
         pytest.skip(f"no user {USER} (tools/setup-host.sh makes it)")
-
-
-def _answers(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _owned(path: Path, who: pwd.struct_passwd) -> Path:
@@ -97,7 +92,7 @@ def test_roots_engine_over_tls_to_another_user(root_engine: dict[str, Any],
                                 f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE,
                                env=os.environ.copy())
     try:
-        wait_for(lambda: gateway.poll() is not None or _answers(port), timeout=60,
+        wait_for(lambda: gateway.poll() is not None or answers(port), timeout=60,
                  what="the gateway")
         assert gateway.poll() is None
         env = {"HOME": who.pw_dir, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -118,55 +113,27 @@ def test_roots_engine_over_tls_to_another_user(root_engine: dict[str, Any],
 
 
 @pytest.fixture
-def root_sshd(shared: Path) -> Iterator[tuple[int, Path, Path, Path]]:
-    binary = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(binary):
-        pytest.skip("openssh-server is not installed (tools/setup-host.sh installs it)")
+def root_sshd(shared: Path) -> Iterator[tuple[Sshd, Path]]:
+    """A privileged sshd, as on any server, letting in the test user only; its sessions
+    find that user's engine in a runtime directory of this test's."""
     who = _user()
-    where = shared / "sshd"  # (sshd reads authorized_keys as the user logging in)
-    where.mkdir(mode=0o755)
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(where / name)], check=True)
-    shutil.copy(where / "user_key.pub", where / "authorized_keys")
-    (where / "authorized_keys").chmod(0o644)
     runtime = Path(f"/tmp/hutch-remote-{who.pw_uid}")
     data = Path(os.environ.get("HUTCH_TEST_DATA", Path(who.pw_dir) / ".cache" / "hutch-it"))
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
-    port = free_port()
-    (where / "sshd_config").write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {where / 'host_key'}",
-        f"AuthorizedKeysFile {where / 'authorized_keys'}", "PidFile none", "UsePAM no",
-        "StrictModes no",  # (the key lies under /tmp, which is everyone's)
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        f"AllowUsers {USER}", "AllowStreamLocalForwarding yes",
-        "AllowTcpForwarding local", "X11Forwarding no",
-        f"SetEnv HUTCH_RUNTIME_DIR={runtime} HUTCH_DATA_DIR={data} PYTHONPATH={ROOT_DIR}",
-        ""]))
-    host_key = (where / "host_key.pub").read_text().split()
-    (where / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    process = subprocess.Popen([binary, "-D", "-e", "-f", str(where / "sshd_config")],
-                               stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: process.poll() is not None or _answers(port), timeout=30,
-                 what="sshd")
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr \
-            else ""
-        yield port, where / "user_key", where / "known_hosts", runtime
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    where = shared / "sshd"
+    where.mkdir(mode=0o755)
+    with serve_sshd(where, {"HUTCH_RUNTIME_DIR": str(runtime), "HUTCH_DATA_DIR": str(data),
+                            "PYTHONPATH": str(ROOT_DIR)}, allow_user=USER) as served:
+        yield served, runtime
 
 
 def test_another_users_engine_over_ssh(root_engine: dict[str, Any], context_dir: Path,
-                                       root_sshd: tuple[int, Path, Path, Path],
+                                       root_sshd: tuple[Sshd, Path],
                                        tmp_path: Path) -> None:
-    port, key, known_hosts, runtime = root_sshd
+    sshd, runtime = root_sshd
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUTCH_")}
-    env.update(HUTCH_ENGINE=f"ssh://{USER}@127.0.0.1:{port}",
+    env.update(HUTCH_ENGINE=f"ssh://{USER}@127.0.0.1:{sshd.port}",
                HUTCH_SSH_HUTCH=f"{sys.executable} -m hutch",
-               HUTCH_SSH_OPTIONS=f"-i {key} -o UserKnownHostsFile={known_hosts} "
-                                 "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+               HUTCH_SSH_OPTIONS=sshd.options(),
                HUTCH_RUNTIME_DIR=str(tmp_path / "run"), HUTCH_DATA_DIR=str(tmp_path / "data"),
                PYTHONPATH=str(ROOT_DIR))
     try:
