@@ -72,6 +72,23 @@ def _context(name: str, raw: Any) -> Context:
                    ssh_options=[str(o) for o in raw.get("ssh_options") or []])
 
 
+#: What a client bundle of ``hutch engine remote-credentials`` holds.
+BUNDLE_FILES = ("ca.crt", "client.crt", "client.key", "token")
+
+
+def check_bundle(bundle: Path) -> Path:
+    """``bundle`` if it is a client bundle's directory, else :class:`NotFoundError`
+    naming what is missing."""
+    if not bundle.is_dir():
+        raise NotFoundError(f"the client bundle {bundle} does not exist (`hutch engine "
+                            "remote-credentials` on the engine's machine writes one)")
+    missing = [name for name in BUNDLE_FILES if not (bundle / name).is_file()]
+    if missing:
+        raise NotFoundError(f"{bundle} is not a hutch client bundle: it lacks "
+                            f"{', '.join(missing)}")
+    return bundle
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidError(f"a context's name is letters, digits, '.', '_' and '-', got "
@@ -98,12 +115,7 @@ def create(name: str, engine: str, credentials: str | None = None,
     if name in data["contexts"]:
         raise InvalidError(f"the context {name!r} exists (`hutch context rm {name}` first)")
     if credentials is not None:
-        credentials = str(Path(credentials).expanduser().resolve())
-        missing = [n for n in ("ca.crt", "client.crt", "client.key", "token")
-                   if not (Path(credentials) / n).is_file()]
-        if missing:
-            raise NotFoundError(f"{credentials} is not a hutch client bundle: it lacks "
-                                f"{', '.join(missing)}")
+        credentials = str(check_bundle(Path(credentials).expanduser().resolve()))
     context = Context(name, engine, credentials, list(ssh_options or []))
     data["contexts"][name] = {k: v for k, v in asdict(context).items() if k != "name"}
     _save(data)

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from hutch.api import paths
-from hutch.exception import InvalidError, NotFoundError
+from hutch.exception import InvalidError
 from hutch.sdk import contexts
 
 
@@ -140,15 +140,7 @@ def _https(url: str, host: str | None, port: int | None, credentials: str | None
                            "HUTCH_ENGINE_CREDENTIALS to the directory `hutch engine "
                            "remote-credentials` wrote (or `hutch context create ... "
                            "--credentials DIR`)")
-    bundle = Path(credentials).expanduser()
-    if not bundle.is_dir():
-        raise NotFoundError(f"the client bundle {bundle} does not exist (`hutch engine "
-                            "remote-credentials` on the engine's machine writes one)")
-    missing = [name for name in ("ca.crt", "client.crt", "client.key", "token")
-               if not (bundle / name).is_file()]
-    if missing:
-        raise NotFoundError(f"{bundle} is not a hutch client bundle: it lacks "
-                            f"{', '.join(missing)}")
+    bundle = contexts.check_bundle(Path(credentials).expanduser())
     token = (bundle / "token").read_text().strip()
     if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{1,512}", token):
         raise InvalidError(f"{bundle / 'token'} does not hold a token")

@@ -28,9 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import hutch_cli, wait_for
-from tests.integration.registry import free_port
-from tests.integration.sshd import Sshd, answers, serve_sshd
+from tests.integration.remote_servers import Sshd, serve_gateway, serve_sshd
 
 SEED = Path(__file__).with_name("remote_seed.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,32 +39,14 @@ class Gateway:
     url: str
     port: int
     bundle: Path
-    process: subprocess.Popen[bytes]
 
 
 @pytest.fixture(scope="module")
 def gateway(engine: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Gateway]:
-    name = f"it-{uuid.uuid4().hex[:8]}"
     bundle = tmp_path_factory.mktemp("remote") / "bundle"
-    made = hutch_cli("engine", "remote-credentials", "--name", name, "--host", "127.0.0.1",
-                     "--out", str(bundle))
-    assert made.returncode == 0, made.stderr.decode()
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "hutch", "engine", "serve", "--listen",
-                                f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE,
-                               env=os.environ.copy())
-    try:
-        wait_for(lambda: process.poll() is not None or answers(port), timeout=60,
-                 what="the gateway")
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr \
-            else ""
-        yield Gateway(f"https://127.0.0.1:{port}", port, bundle, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        assert hutch_cli("engine", "remote-credentials", "--name", name,
-                         "--revoke").returncode == 0
+    with serve_gateway(bundle) as port:
+        yield Gateway(f"https://127.0.0.1:{port}", port, bundle)
 
 
 def _client_env(tmp_path: Path, **settings: str) -> dict[str, str]:

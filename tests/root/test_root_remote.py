@@ -20,9 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import hutch_cli, wait_for
-from tests.integration.registry import free_port
-from tests.integration.sshd import Sshd, answers, serve_sshd
+from tests.integration.remote_servers import Sshd, serve_gateway, serve_sshd
 
 SEED = Path(__file__).resolve().parents[1] / "integration" / "remote_seed.py"
 ROOT_DIR = Path(__file__).resolve().parents[2]
@@ -80,21 +78,10 @@ def test_roots_engine_over_tls_to_another_user(root_engine: dict[str, Any],
                                                context_dir: Path, shared: Path,
                                                tmp_path: Path) -> None:
     who = _user()
-    name = f"root-it-{uuid.uuid4().hex[:8]}"
-    made = hutch_cli("engine", "remote-credentials", "--name", name, "--host", "127.0.0.1",
-                     "--out", str(tmp_path / "bundle"))
-    assert made.returncode == 0, made.stderr.decode()
     client = shared / "client"
-    shutil.copytree(tmp_path / "bundle", client / "bundle")  # the copy a user is handed
-    _owned(client, who)
-    port = free_port()
-    gateway = subprocess.Popen([sys.executable, "-m", "hutch", "engine", "serve", "--listen",
-                                f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE,
-                               env=os.environ.copy())
-    try:
-        wait_for(lambda: gateway.poll() is not None or answers(port), timeout=60,
-                 what="the gateway")
-        assert gateway.poll() is None
+    with serve_gateway(tmp_path / "bundle", prefix="root-it") as port:
+        shutil.copytree(tmp_path / "bundle", client / "bundle")  # the copy a user is handed
+        _owned(client, who)
         env = {"HOME": who.pw_dir, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT_DIR),
                "HUTCH_ENGINE": f"https://127.0.0.1:{port}",
@@ -106,10 +93,6 @@ def test_roots_engine_over_tls_to_another_user(root_engine: dict[str, Any],
             capture_output=True, text=True, timeout=600)
         _check(_result(completed), context_dir)
         assert not (client / "run" / "engine.sock").exists()
-    finally:
-        gateway.terminate()
-        gateway.wait(timeout=20)
-        hutch_cli("engine", "remote-credentials", "--name", name, "--revoke")
 
 
 @pytest.fixture

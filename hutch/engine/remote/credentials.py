@@ -191,12 +191,17 @@ def stored(data_dir: Path) -> dict[str, str]:
     return found
 
 
-def client_of(data_dir: Path, token: str) -> str | None:
-    """The client whose token this is, or None.  Every stored hash is compared, in
-    constant time."""
+def owner(kept: dict[str, str], token: str) -> str | None:
+    """The client of ``kept`` (:func:`stored`) whose token this is, or None.  Every
+    stored hash is compared, in constant time."""
     given = digest(token)
     found = None
-    for kept, name in stored(data_dir).items():
-        if hmac.compare_digest(kept, given):
+    for hashed, name in kept.items():
+        if hmac.compare_digest(hashed, given):
             found = name
     return found
+
+
+def client_of(data_dir: Path, token: str) -> str | None:
+    """:func:`owner` among the tokens stored now."""
+    return owner(stored(data_dir), token)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hmac
 import json
 import logging
 import re
@@ -238,11 +237,7 @@ class Gateway:
             await _answer(tls, 503, "engine", "the gateway cannot read its clients' tokens "
                           "now: try again")
             return None
-        given = credentials.digest(token or "")
-        client = None
-        for digest, name in kept.items():
-            if hmac.compare_digest(digest, given):
-                client = name
+        client = credentials.owner(kept, token or "")
         named = _certificate_name(tls)
         if token is None or client is None or client != named:
             log.warning("refused %s (certificate %r): %s", peer, named,
@@ -252,7 +247,7 @@ class Gateway:
                           "the hutch engine refused the token: it is missing, wrong or "
                           "revoked (`hutch engine remote-credentials` issues a new one)")
             return None
-        return _Admitted(tls, received, client, given)
+        return _Admitted(tls, received, client, credentials.digest(token))
 
     async def _first_head(self, tls: trio.SSLStream[Any]) -> bytes | None:
         """Everything read up to the end of the first request's head (it may hold the

@@ -1,5 +1,6 @@
-"""An sshd of the test's own on a loopback port, with throwaway host and user keys: what the
-``ssh://`` remote-engine tests log in through, as a user's ssh would reach a server."""
+"""What the remote-engine tests reach an engine through: ``hutch engine serve`` on a loopback
+port with a client bundle issued for the test, and an sshd of the test's own on a loopback
+port, with throwaway host and user keys, as a user's ssh would reach a server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import hutch_cli, wait_for
 from tests.integration.registry import free_port
 
 
@@ -74,3 +77,29 @@ def serve_sshd(where: Path, session_env: dict[str, str], allow_user: str | None 
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@contextmanager
+def serve_gateway(bundle: Path, prefix: str = "it") -> Iterator[int]:
+    """``hutch engine serve`` (of the engine this process's environment names) on a free
+    loopback port, with a client bundle issued into ``bundle``; yields the port.  The
+    client is revoked at the end."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    made = hutch_cli("engine", "remote-credentials", "--name", name, "--host", "127.0.0.1",
+                     "--out", str(bundle))
+    assert made.returncode == 0, made.stderr.decode()
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "hutch", "engine", "serve", "--listen",
+                                f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE,
+                               env=os.environ.copy())
+    try:
+        wait_for(lambda: process.poll() is not None or answers(port), timeout=60,
+                 what="the gateway")
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr \
+            else ""
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        assert hutch_cli("engine", "remote-credentials", "--name", name,
+                         "--revoke").returncode == 0
