@@ -80,9 +80,10 @@ def serve_sshd(where: Path, session_env: dict[str, str], allow_user: str | None 
 
 
 @contextmanager
-def serve_gateway(bundle: Path, prefix: str = "it") -> Iterator[int]:
+def serve_gateway(bundle: Path, prefix: str = "it", listen: str = "127.0.0.1"
+                  ) -> Iterator[int]:
     """``hutch engine serve`` (of the engine this process's environment names) on a free
-    loopback port, with a client bundle issued into ``bundle``; yields the port.  The
+    port of ``listen``, with a client bundle issued into ``bundle``; yields the port.  The
     client is revoked at the end."""
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     made = hutch_cli("engine", "remote-credentials", "--name", name, "--host", "127.0.0.1",
@@ -90,7 +91,7 @@ def serve_gateway(bundle: Path, prefix: str = "it") -> Iterator[int]:
     assert made.returncode == 0, made.stderr.decode()
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "hutch", "engine", "serve", "--listen",
-                                f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE,
+                                f"tcp://{listen}:{port}"], stderr=subprocess.PIPE,
                                env=os.environ.copy())
     try:
         wait_for(lambda: process.poll() is not None or answers(port), timeout=60,
